@@ -1,0 +1,1 @@
+"""One Typer app; one module per verb, each exposing ``register(app)``."""

@@ -1,0 +1,26 @@
+"""Small helpers shared by CLI verbs (tables, metric formatting)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    return t
+
+
+def metrics_line(m: Any) -> str:
+    return (f"prompt {m.prompt_tokens} tok · generated {m.generated_tokens} tok · "
+            f"TTFT {m.ttft_s * 1000:.0f} ms · prefill {m.prefill_tps:.0f} tok/s · "
+            f"decode {m.decode_tps:.1f} tok/s · peak RSS {m.peak_rss_mb:.0f} MB")

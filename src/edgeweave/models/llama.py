@@ -1,0 +1,179 @@
+"""Our compact Llama-family model, split into independently runnable blocks.
+
+``embed(ids) -> h``, ``block(i, h, cache) -> h`` and ``head(h) -> logits`` are the whole
+API: any half-open range of blocks ``[start, end)`` runs on its own with its own
+:class:`KVCache`, which is what pipeline stages and the planner build on. Module names match
+Hugging Face's so checkpoints, PEFT target names and compression rules carry over.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeweave.models.cache import KVCache
+from edgeweave.models.config import ModelConfig
+from edgeweave.types import Shard
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(var + self.eps))
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64)
+                                     / cfg.head_dim))
+    rs = cfg.rope_scaling
+    if rs:  # Llama 3 frequency-dependent scaling
+        factor = rs["factor"]
+        low, high = rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+        old = rs.get("original_max_position_embeddings", 8192)
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old / low, inv / factor, inv)
+        mid = (wavelen <= old / low) & (wavelen >= old / high)
+        inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    return inv.float()
+
+
+class Rotary(nn.Module):
+    """Cos/sin tables, grown on demand; HF's rotate-half convention."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self._cos = torch.empty(0)
+        self._sin = torch.empty(0)
+
+    def tables(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cos.shape[0] < end:
+            n = max(end, 2 * self._cos.shape[0], 256)
+            t = torch.arange(n, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq)
+            emb = torch.cat([freqs, freqs], dim=-1)
+            self._cos, self._sin = emb.cos(), emb.sin()
+        return self._cos, self._sin
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h, hd = cfg.hidden_size, cfg.head_dim
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
+        self.q_proj = nn.Linear(h, cfg.num_heads * hd, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(h, cfg.kv_dim, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(h, cfg.kv_dim, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, h, bias=False)
+
+    def forward(self, x: torch.Tensor, layer: int, cache: KVCache | None,
+                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        past = cache.position(layer) if cache is not None else 0
+        c, s = cos[past:past + t], sin[past:past + t]
+        q, k = apply_rope(q, c, s), apply_rope(k, c, s)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        gqa = self.n_heads != self.n_kv
+        if t == 1:
+            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        elif past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:  # chunk after a prefix: query i sees keys up to past + i
+            mask = torch.ones(t, past + t, dtype=torch.bool).tril(diagonal=past)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(h, i, bias=False)
+        self.up_proj = nn.Linear(h, i, bias=False)
+        self.down_proj = nn.Linear(i, h, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+
+class BlockModel(nn.Module):
+    """Llama-family decoder holding the blocks of ``shard`` (all blocks by default).
+
+    The embedding is kept when the shard starts at block 0, the final norm and head when it
+    ends at the last block (with tied embeddings the head shares the embedding matrix).
+    """
+
+    def __init__(self, cfg: ModelConfig, shard: Shard | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.shard = shard or Shard(0, cfg.num_layers, cfg.num_layers)
+        sh = self.shard
+        self.embed_tokens = (nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+                             if sh.is_first or (sh.is_last and cfg.tie_word_embeddings) else None)
+        self.layers = nn.ModuleDict({str(i): Block(cfg) for i in range(sh.start, sh.end)})
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if sh.is_last else None
+        self.lm_head = None
+        if sh.is_last:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            if cfg.tie_word_embeddings:
+                self.lm_head.weight = self.embed_tokens.weight
+        self.rotary = Rotary(cfg)
+
+    # -- the three primitives -------------------------------------------------------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, hidden)."""
+        return self.embed_tokens(ids)
+
+    def block(self, i: int, h: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Run block ``i`` on ``h`` (B, T, hidden), appending to ``cache`` when given."""
+        layer = self.layers[str(i)]
+        past = cache.position(i) if cache is not None else 0
+        cos, sin = self.rotary.tables(past + h.shape[1])
+        h = h + layer.self_attn(layer.input_layernorm(h), i, cache, cos, sin)
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, T, hidden) -> (B, T, vocab) logits."""
+        return self.lm_head(self.norm(h))
+
+    # -- conveniences built on the primitives ---------------------------------------------
+    def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
+        dtype = next(self.parameters()).dtype
+        return KVCache(self.cfg, self.shard.start, self.shard.end, max_len, batch, dtype)
+
+    def run_blocks(self, h: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        for i in range(self.shard.start, self.shard.end):
+            h = self.block(i, h, cache)
+        return h
+
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Whole-model forward (needs the full shard): ids -> logits."""
+        return self.head(self.run_blocks(self.embed(ids), cache))

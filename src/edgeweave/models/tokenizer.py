@@ -1,0 +1,78 @@
+"""Tokenizer and chat template straight from a checkpoint folder (``tokenizers`` + jinja2),
+without importing ``transformers`` on the hot path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgeweave.errors import CheckpointError
+
+
+class Tokenizer:
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer as _Tok
+
+        tok_file = folder / "tokenizer.json"
+        if not tok_file.is_file():
+            raise CheckpointError(f"{folder} has no tokenizer.json: copy the checkpoint's "
+                                  "tokenizer files next to config.json")
+        try:
+            self._tok = _Tok.from_file(str(tok_file))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise CheckpointError(f"cannot read {tok_file}: {e}; re-download or re-export it") from e
+        cfg_file = folder / "tokenizer_config.json"
+        self.config: dict[str, Any] = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        template = self.config.get("chat_template")
+        jinja_file = folder / "chat_template.jinja"
+        if jinja_file.is_file():
+            template = jinja_file.read_text()
+        self.chat_template: str | None = template if isinstance(template, str) else None
+        self.bos_token = _token_str(self.config.get("bos_token"))
+        self.eos_token = _token_str(self.config.get("eos_token"))
+        self.eos_token_id = self.token_to_id(self.eos_token) if self.eos_token else None
+        self.add_bos = bool(self.config.get("add_bos_token", False))
+        self.vocab_size = self._tok.get_vocab_size()
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        if self.add_bos and add_special_tokens and self.bos_token:
+            bos = self.token_to_id(self.bos_token)
+            if bos is not None and (not ids or ids[0] != bos):
+                ids = [bos, *ids]
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            # No template: a plain transcript still gives a base model something to continue.
+            body = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+            return body + ("assistant:" if add_generation_prompt else "")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise
+        return env.from_string(self.chat_template).render(
+            messages=list(messages), add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+        )
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        return self.encode(self.render_chat(messages), add_special_tokens=False)
+
+
+def _token_str(tok: Any) -> str | None:
+    if isinstance(tok, dict):
+        return tok.get("content")
+    return tok if isinstance(tok, str) else None
+
+
+def _raise(msg: str) -> None:
+    raise CheckpointError(f"chat template refused the messages: {msg}")

@@ -1,0 +1,1 @@
+"""Running models: engines, generation loop, (later) stages, transport and coordinator."""

@@ -1,0 +1,1 @@
+"""Stage engines: one file per backend, all with the :class:`LogitsEngine` shape."""

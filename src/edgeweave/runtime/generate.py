@@ -1,0 +1,236 @@
+"""Our decode loop, layered as mlx_lm does it: one step -> a stream -> final text.
+
+``generate_step`` samples token ids from any :class:`LogitsEngine`; ``stream_generate`` turns
+them into text deltas (incremental detokenisation, stop strings) with metrics attached to
+every response; ``generate`` collects the stream. HTTP and CLI are thin wrappers over the
+stream.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from edgeweave.errors import GenerationError
+from edgeweave.models.tokenizer import Tokenizer
+from edgeweave.runtime.engine import LogitsEngine
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings. ``temperature == 0`` means greedy."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_tokens > 0, f"max_tokens must be > 0 (got {self.max_tokens})"),
+            (self.temperature >= 0, f"temperature must be >= 0 (got {self.temperature})"),
+            (self.top_k >= 0, f"top_k must be >= 0, 0 disables it (got {self.top_k})"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1] (got {self.top_p})"),
+            (self.repetition_penalty > 0,
+             f"repetition_penalty must be > 0, 1 disables it (got {self.repetition_penalty})"),
+            (all(self.stop), "stop strings must be non-empty"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise GenerationError(msg)
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass(frozen=True)
+class GenerationMetrics:
+    prompt_tokens: int
+    generated_tokens: int
+    ttft_s: float
+    prefill_tps: float
+    decode_tps: float
+    total_s: float
+    peak_rss_mb: float
+    extra: dict[str, float] = field(default_factory=dict)  # engine stats, e.g. bytes on wire
+
+
+@dataclass(frozen=True)
+class GenerationResponse:
+    """One streamed piece: new text, the tokens that produced it, metrics so far."""
+
+    text: str
+    tokens: tuple[int, ...]
+    finish_reason: str | None
+    metrics: GenerationMetrics
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    metrics: GenerationMetrics
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, history: Sequence[int],
+           gen: torch.Generator | None) -> int:
+    """Pick the next token from (vocab,) logits."""
+    logits = logits.float()
+    if params.repetition_penalty != 1.0 and history:
+        idx = torch.tensor(sorted(set(history)), dtype=torch.long)
+        seen = logits[idx]
+        logits = logits.clone()
+        logits[idx] = torch.where(seen > 0, seen / params.repetition_penalty,
+                                  seen * params.repetition_penalty)
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits / params.temperature
+    if params.top_k:
+        kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token once the mass *before* it already reaches top_p (keeps at least one)
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= params.top_p
+        logits = logits.scatter(0, order[drop], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def generate_step(engine: LogitsEngine, prompt_ids: Sequence[int], params: SamplingParams,
+                  eos_ids: Sequence[int] = ()) -> Iterator[int]:
+    """Yield sampled token ids until ``max_tokens`` or a stop token (which is not yielded)."""
+    if not prompt_ids:
+        raise GenerationError("the prompt is empty: give at least one token of text")
+    if len(prompt_ids) + params.max_tokens > engine.max_len:
+        raise GenerationError(
+            f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+            f"context of {engine.max_len} tokens: shorten the prompt or lower max_tokens"
+        )
+    gen = None
+    if params.seed is not None:
+        gen = torch.Generator().manual_seed(params.seed)
+    stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))
+    history = list(prompt_ids)
+    logits = engine.prefill(list(prompt_ids))
+    for _ in range(params.max_tokens):
+        tok = sample(logits, params, history, gen)
+        if tok in stops:
+            return
+        yield tok
+        history.append(tok)
+        if len(history) - len(prompt_ids) >= params.max_tokens:
+            return
+        logits = engine.decode(tok)
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters might still become a stop string."""
+    keep = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                keep = max(keep, n)
+                break
+    return keep
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str | Sequence[int] | Sequence[dict[str, str]],
+                  chat: bool = False) -> list[int]:
+    """Text, ready token ids, or chat messages -> token ids."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise GenerationError("the prompt is empty: give some text to continue or answer")
+        if chat:
+            return tokenizer.encode_chat([{"role": "user", "content": prompt}])
+        return tokenizer.encode(prompt, add_special_tokens=True)
+    items = list(prompt)
+    if not items:
+        raise GenerationError("the prompt is empty: give at least one message or token")
+    if isinstance(items[0], dict):
+        if not any(str(m.get("content", "")).strip() for m in items):
+            raise GenerationError("every chat message is empty: give some content")
+        return tokenizer.encode_chat(items)
+    return [int(t) for t in items]
+
+
+def stream_generate(engine: LogitsEngine, tokenizer: Tokenizer,
+                    prompt: str | Sequence[int] | Sequence[dict[str, str]],
+                    params: SamplingParams | None = None, chat: bool = False
+                    ) -> Iterator[GenerationResponse]:
+    """Stream text deltas; every response carries the metrics so far, the last one is final."""
+    params = params or SamplingParams()
+    ids = encode_prompt(tokenizer, prompt, chat)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    t0 = time.perf_counter()
+    t_first = None
+    tokens: list[int] = []
+    pending: list[int] = []  # tokens whose text is held back (partial character or stop prefix)
+    emitted = 0
+    text = ""
+    finish = "length"
+
+    def metrics() -> GenerationMetrics:
+        now = time.perf_counter()
+        ttft = (t_first or now) - t0
+        n_dec = max(len(tokens) - 1, 0)
+        extra = getattr(engine, "stats", None)
+        return GenerationMetrics(
+            prompt_tokens=len(ids), generated_tokens=len(tokens), ttft_s=ttft,
+            prefill_tps=len(ids) / ttft if ttft > 0 else 0.0,
+            decode_tps=n_dec / (now - t_first) if t_first and now > t_first and n_dec else 0.0,
+            total_s=now - t0, peak_rss_mb=peak_rss_mb(),
+            extra=dict(extra() if callable(extra) else extra or {}),
+        )
+
+    for tok in generate_step(engine, ids, params, eos):
+        if t_first is None:
+            t_first = time.perf_counter()
+        tokens.append(tok)
+        pending.append(tok)
+        text = tokenizer.decode(tokens)
+        hit = min((i for i in (text.find(s, max(emitted - len(s), 0)) for s in params.stop)
+                   if i >= 0), default=-1)
+        if hit >= 0:
+            text, finish = text[:hit], "stop"
+            break
+        if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
+            continue
+        safe = len(text) - _held_back(text, params.stop)
+        if safe > emitted:
+            yield GenerationResponse(text[emitted:safe], tuple(pending), None, metrics())
+            emitted, pending = safe, []
+    else:
+        if len(tokens) < params.max_tokens:
+            finish = "stop"  # ended on an end-of-sequence token
+    yield GenerationResponse(text[emitted:], tuple(pending), finish, metrics())
+
+
+def generate(engine: LogitsEngine, tokenizer: Tokenizer,
+             prompt: str | Sequence[int] | Sequence[dict[str, str]],
+             params: SamplingParams | None = None, chat: bool = False) -> GenerationResult:
+    """Whole completion with its metrics."""
+    pieces: list[str] = []
+    tokens: list[int] = []
+    last = None
+    for r in stream_generate(engine, tokenizer, prompt, params, chat):
+        pieces.append(r.text)
+        tokens.extend(r.tokens)
+        last = r
+    assert last is not None  # stream_generate always yields a final response
+    return GenerationResult("".join(pieces), tokens, last.finish_reason or "length", last.metrics)

@@ -1,0 +1,135 @@
+"""The stage engine interface: one block range ``[start, end)`` with per-session KV caches.
+
+Every backend (``torch.py`` reference, ``onnx.py`` fast path) implements :class:`StageEngine`
+and registers a factory with :func:`register_engine`; ``StageServer`` and the in-process
+transport only ever talk to this interface.
+
+Data contract (batch ``B`` is 1 in practice, ``T`` tokens in this step, ``H`` hidden size):
+
+* ``forward(session_id, x)`` on a **first** stage takes int64 token ids ``(B, T)``; on any
+  other stage float32 hidden states ``(B, T, H)``.
+* It returns float32 hidden states ``(B, T, H)`` or, on a **last** stage, the float32 logits
+  of the last position only ``(B, vocab)`` (the head runs where it is needed).
+* A stage that is both first and last maps ids to logits.
+* Tensors are ``torch.Tensor`` on CPU; numpy backends use ``torch.from_numpy`` /
+  ``.numpy()`` (zero-copy both ways).
+* Each call appends ``T`` positions to that session's cache; ``truncate(session_id, n)``
+  forgets everything after ``n`` tokens (replay, rollback), ``length`` says how many are held.
+
+Memory accounting is per session (``session_bytes``) so the server can cap and evict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from edgeweave.errors import ConfigError, RuntimeStageError
+from edgeweave.types import Shard
+
+VARIANTS = ("fp32", "int8", "int4")
+
+
+class SessionNotFound(RuntimeStageError):
+    """The stage holds no cache for this session (never opened, closed or evicted)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What a node needs to build one stage: model source, block range, weight variant.
+
+    ``model`` is a bundled name, a Hugging Face folder, or a compression artifact folder;
+    ``threads`` 0 keeps the process default.
+    """
+
+    model: str
+    shard: Shard
+    variant: str = "fp32"
+    backend: str = "torch"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("EngineConfig needs a model name or folder")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"unknown variant {self.variant!r}: "
+                              f"choose one of {', '.join(VARIANTS)}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (got {self.threads})")
+
+    @property
+    def key(self) -> str:
+        """Stable name of this stage on a node, e.g. ``"0-10:fp32"``."""
+        return f"{self.shard.start}-{self.shard.end}:{self.variant}"
+
+
+@runtime_checkable
+class StageEngine(Protocol):
+    """One block range of one model, serving many sessions (see module docstring)."""
+
+    config: EngineConfig
+    hidden_size: int
+    vocab_size: int
+
+    def open(self, session_id: str, max_len: int) -> None:
+        """Create (or reset to empty) the session's KV cache for up to ``max_len`` tokens."""
+        ...
+
+    def forward(self, session_id: str, x: torch.Tensor) -> torch.Tensor:
+        """Run the shard on ``x`` (ids or hidden states), appending to the session's cache."""
+        ...
+
+    def truncate(self, session_id: str, length: int) -> None:
+        """Keep only the first ``length`` tokens of the session's cache."""
+        ...
+
+    def length(self, session_id: str) -> int:
+        """Tokens currently held for the session."""
+        ...
+
+    def close(self, session_id: str) -> None:
+        """Free the session's cache (no error if it is unknown)."""
+        ...
+
+    def session_bytes(self, session_id: str) -> int:
+        """Bytes reserved by the session's cache."""
+        ...
+
+    def sessions(self) -> list[str]:
+        ...
+
+
+EngineFactory = Callable[[EngineConfig], StageEngine]
+_ENGINES: dict[str, EngineFactory] = {}
+
+
+def register_engine(name: str) -> Callable[[EngineFactory], EngineFactory]:
+    """Decorator: ``@register_engine("onnx")`` on a factory ``(EngineConfig) -> StageEngine``."""
+
+    def deco(factory: EngineFactory) -> EngineFactory:
+        _ENGINES[name] = factory
+        return factory
+
+    return deco
+
+
+def _import_backend(name: str) -> None:
+    import contextlib
+    import importlib
+
+    # backends register on import; importing lazily keeps `import edgeweave` light
+    with contextlib.suppress(ModuleNotFoundError):
+        importlib.import_module(f"edgeweave.runtime.engines.{name}")
+
+
+def create_engine(config: EngineConfig) -> StageEngine:
+    """Build the stage engine for ``config.backend`` (``torch`` or any registered one)."""
+    if config.backend not in _ENGINES:
+        _import_backend(config.backend)
+    if config.backend not in _ENGINES:
+        raise ConfigError(f"unknown stage backend {config.backend!r}: registered backends are "
+                          f"{', '.join(sorted(_ENGINES)) or 'none'}")
+    return _ENGINES[config.backend](config)

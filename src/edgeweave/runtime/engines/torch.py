@@ -1,0 +1,97 @@
+"""Reference stage engine: a range of :class:`BlockModel` blocks run by PyTorch.
+
+The engine runs only ``config.shard``'s blocks, so one loaded model can back several stages
+in the same process (the embedded deployment loads the model once); a node loads just its
+shard's tensors. fp32 weights take the fast numpy GEMV route of ``runtime.fast``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgeweave.errors import ArtifactError, RuntimeStageError
+from edgeweave.models.cache import KVCache
+from edgeweave.models.llama import BlockModel
+from edgeweave.runtime.engines.base import EngineConfig, SessionNotFound, register_engine
+from edgeweave.runtime.fast import accelerate_decode
+
+
+def load_stage_model(config: EngineConfig) -> BlockModel:
+    """Load only ``config.shard`` of ``config.model`` in the requested weight variant."""
+    if config.variant == "fp32":
+        from edgeweave.models import load
+
+        return load(config.model, shard=config.shard).model
+    try:  # compressed variants come from the compression package's cached artifacts
+        from edgeweave import compress
+    except ImportError as e:
+        raise ArtifactError(f"variant {config.variant!r} needs edgeweave.compress, which is not "
+                            "available in this installation: use variant fp32") from e
+    path = compress.variant(config.variant, config.model) if hasattr(compress, "variant") \
+        else config.model
+    return compress.load_artifact(path, shard=config.shard).model
+
+
+class TorchStageEngine:
+    """:class:`~edgeweave.runtime.engines.base.StageEngine` over PyTorch blocks."""
+
+    def __init__(self, config: EngineConfig, model: BlockModel | None = None) -> None:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.config = config
+        self.model = model if model is not None else load_stage_model(config)
+        sh, msh = config.shard, self.model.shard
+        if not (msh.start <= sh.start and sh.end <= msh.end and sh.n_layers == msh.n_layers):
+            raise RuntimeStageError(f"the loaded model holds blocks {msh} but the stage needs {sh}")
+        if config.variant == "fp32":
+            accelerate_decode(self.model)
+        self.hidden_size = self.model.cfg.hidden_size
+        self.vocab_size = self.model.cfg.vocab_size
+        self._caches: dict[str, KVCache] = {}
+
+    def _cache(self, session_id: str) -> KVCache:
+        try:
+            return self._caches[session_id]
+        except KeyError:
+            raise SessionNotFound(f"stage {self.config.key} has no session {session_id!r}: "
+                                  "open it first (it may have been evicted)") from None
+
+    def open(self, session_id: str, max_len: int) -> None:
+        old = self._caches.get(session_id)
+        if old is not None and old.max_len >= max_len:
+            old.reset()
+            return
+        sh = self.config.shard
+        dtype = next(self.model.parameters()).dtype
+        self._caches[session_id] = KVCache(self.model.cfg, sh.start, sh.end, max_len, 1, dtype)
+
+    @torch.inference_mode()
+    def forward(self, session_id: str, x: torch.Tensor) -> torch.Tensor:
+        cache = self._cache(session_id)
+        sh = self.config.shard
+        h = self.model.embed(x.long()) if sh.is_first else x
+        for i in range(sh.start, sh.end):
+            h = self.model.block(i, h, cache)
+        if sh.is_last:
+            return self.model.head(h[:, -1:])[:, -1]  # (B, vocab): the head only where needed
+        return h
+
+    def truncate(self, session_id: str, length: int) -> None:
+        self._cache(session_id).truncate(length)
+
+    def length(self, session_id: str) -> int:
+        return self._cache(session_id).length
+
+    def close(self, session_id: str) -> None:
+        self._caches.pop(session_id, None)
+
+    def session_bytes(self, session_id: str) -> int:
+        return self._cache(session_id).nbytes
+
+    def sessions(self) -> list[str]:
+        return list(self._caches)
+
+
+@register_engine("torch")
+def _make(config: EngineConfig) -> TorchStageEngine:
+    return TorchStageEngine(config)

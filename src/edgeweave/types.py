@@ -124,3 +124,137 @@ class Plan:
         )
         return cls(stages=stages, objective=d.get("objective", "latency"),
                    predicted=dict(d.get("predicted", {})), notes=tuple(d.get("notes", ())))
+
+
+# -- devices, links and fleets (the planner's inputs) ---------------------------------------
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A device class: usable memory, sustained memory bandwidth and compute per precision.
+
+    ``compute`` maps a precision of :data:`PRECISIONS` to sustained operations per second;
+    a missing precision falls back to the next wider one (int4 -> int8 -> fp16 -> fp32),
+    which is what runtimes do when a kernel is missing (dequantize and compute wider).
+    ``op_overhead_s`` is the fixed cost of dispatching one operator (framework + kernel
+    launch), the term that dominates small models on CPUs and GPUs alike.
+    """
+
+    name: str
+    tier: str
+    memory: int  # usable bytes for model, KV cache and activations
+    mem_bw: float  # sustained bytes/s
+    compute: dict[str, float] = field(hash=False)
+    power_idle_w: float = 1.0
+    power_active_w: float = 5.0
+    battery_wh: float | None = None
+    op_overhead_s: float = 5e-6
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.memory <= 0 or self.mem_bw <= 0:
+            raise ConfigError(f"device class {self.name!r}: memory and mem_bw must be > 0")
+        bad = set(self.compute) - set(PRECISIONS)
+        if bad or "fp32" not in self.compute:
+            raise ConfigError(
+                f"device class {self.name!r}: compute needs fp32 and only {', '.join(PRECISIONS)}"
+                f" (got {sorted(self.compute)})")
+        if any(v <= 0 for v in self.compute.values()):
+            raise ConfigError(f"device class {self.name!r}: compute rates must be > 0")
+        if not 0 <= self.power_idle_w <= self.power_active_w:
+            raise ConfigError(f"device class {self.name!r}: need 0 <= power idle <= active")
+
+    def ops_per_s(self, precision: str) -> float:
+        order = PRECISIONS[: PRECISIONS.index(precision) + 1][::-1]
+        return next(self.compute[p] for p in order if p in self.compute)
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """A link class. ``up`` is the direction from a link's ``a`` end to its ``b`` end."""
+
+    name: str
+    up_bps: float  # bits/s
+    down_bps: float
+    latency_s: float  # one way
+    energy_per_byte_j: float
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.up_bps <= 0 or self.down_bps <= 0 or self.latency_s < 0 or self.energy_per_byte_j < 0:
+            raise ConfigError(f"link class {self.name!r}: rates must be > 0, latency and energy >= 0")
+
+
+@dataclass(frozen=True)
+class FleetDevice:
+    """One device of a fleet: its class, battery level (0..1, None on mains), the model
+    variants (artifacts) it holds (None: any) and the fraction of its memory in use by others."""
+
+    id: str
+    profile: DeviceProfile
+    battery: float | None = None
+    artifacts: tuple[str, ...] | None = None
+    memory_pressure: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.battery is not None and not 0 <= self.battery <= 1:
+            raise ConfigError(f"device {self.id!r}: battery must be in [0, 1] (got {self.battery})")
+        if not 0 <= self.memory_pressure < 1:
+            raise ConfigError(f"device {self.id!r}: memory_pressure must be in [0, 1)")
+
+    @property
+    def free_memory(self) -> float:
+        return self.profile.memory * (1.0 - self.memory_pressure)
+
+
+@dataclass(frozen=True)
+class Link:
+    a: str
+    b: str
+    profile: LinkProfile
+    bandwidth_scale: float = 1.0  # measured / nominal, updated by telemetry
+
+    def __post_init__(self) -> None:
+        if self.a == self.b:
+            raise ConfigError(f"link {self.a!r} -> {self.b!r} joins a device to itself")
+        if self.bandwidth_scale <= 0:
+            raise ConfigError(f"link {self.a}-{self.b}: bandwidth_scale must be > 0")
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Devices, the links between them, where requests enter and where tokens must go."""
+
+    name: str
+    devices: tuple[FleetDevice, ...]
+    links: tuple[Link, ...]
+    entry: str
+    exit: str
+
+    def __post_init__(self) -> None:
+        ids = [d.id for d in self.devices]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ConfigError(f"fleet {self.name!r}: device ids must be unique; repeated: {dup}")
+        known = set(ids)
+        for end in (self.entry, self.exit):
+            if end not in known:
+                raise ConfigError(f"fleet {self.name!r}: entry/exit {end!r} is not a device "
+                                  f"of the fleet (devices: {', '.join(ids)})")
+        for ln in self.links:
+            for end in (ln.a, ln.b):
+                if end not in known:
+                    raise ConfigError(f"fleet {self.name!r}: link {ln.a}-{ln.b} names unknown "
+                                      f"device {end!r} (devices: {', '.join(ids)})")
+
+    def device(self, device_id: str) -> FleetDevice:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise ConfigError(f"fleet {self.name!r} has no device {device_id!r}")
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(d.id for d in self.devices)

@@ -1,0 +1,312 @@
+"""DemonstrationStore: bounded, embedded, selectable, persistent demonstrations.
+
+Rows live densely in numpy arrays (row i = slot i; deleting moves the last row into the hole),
+so kNN selection is one ``(n, d) @ (d,)`` product plus ``argpartition``: about a millisecond
+at 10k entries of 384 dimensions. Caps on entries and bytes hold after every call: an insert
+that exceeds either evicts with the configured policy (``prompt.policies``) before returning.
+
+Persistence (optional ``path``): SQLite in WAL mode; each insert and its evictions commit in
+one transaction, so a crash mid-write leaves the database at the last committed state, never
+half a row. Selection recency is kept in memory and written with the next transaction (or
+``flush()``): a crash may lose recency, never demonstrations.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeweave.errors import ConfigError
+from edgeweave.prompt.embed import normalize
+from edgeweave.prompt.policies import StoreView, get_eviction, get_ordering
+
+ROW_OVERHEAD = 64  # bytes counted per entry beside its text and embedding (ids, counters)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    dim: int
+    max_entries: int = 1000
+    max_bytes: int = 8 << 20
+    eviction: str = "lru"
+    seed: int = 0
+    synchronous: str = "FULL"  # SQLite: FULL survives power loss, NORMAL only process crashes
+
+    def __post_init__(self) -> None:
+        if self.dim <= 0:
+            raise ConfigError(f"dim must be > 0 (got {self.dim})")
+        if self.max_entries <= 0 or self.max_bytes <= 0:
+            raise ConfigError("max_entries and max_bytes must be > 0")
+        get_eviction(self.eviction)  # validates the name
+        if self.synchronous not in ("FULL", "NORMAL", "OFF"):
+            raise ConfigError("synchronous must be FULL, NORMAL or OFF")
+
+
+@dataclass(frozen=True)
+class Demo:
+    id: int
+    input: str
+    output: str
+    label: str | None
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class Selected:
+    demo: Demo
+    similarity: float
+
+
+def entry_bytes(input_text: str, output: str, label: str | None, dim: int) -> int:
+    return (len(input_text.encode()) + len(output.encode()) + len((label or "").encode())
+            + 4 * dim + ROW_OVERHEAD)
+
+
+class DemonstrationStore:
+    def __init__(self, config: StoreConfig, path: str | Path | None = None) -> None:
+        self.config = config
+        self._rng = np.random.default_rng(config.seed)
+        cap = config.max_entries + 1  # one row of headroom: insert, then evict
+        self._emb = np.zeros((cap, config.dim), dtype=np.float32)
+        self._last = np.zeros(cap, dtype=np.int64)
+        self._util = np.zeros(cap, dtype=np.float64)
+        self._ids = np.zeros(cap, dtype=np.int64)
+        self._rows: list[tuple[str, str, str | None, int]] = []  # input, output, label, bytes
+        self._slot: dict[int, int] = {}
+        self._n = 0
+        self._bytes = 0
+        self._clock = 0
+        self._next_id = 1
+        self._dirty: set[int] = set()
+        self.evicted = 0
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            self._open(Path(path))
+
+    # ---- sizes -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def ids(self) -> list[int]:
+        return [int(i) for i in self._ids[: self._n]]
+
+    def get(self, demo_id: int) -> Demo:
+        s = self._slot.get(demo_id)
+        if s is None:
+            raise KeyError(demo_id)
+        inp, out, label, _ = self._rows[s]
+        return Demo(demo_id, inp, out, label, self._emb[s].copy())
+
+    # ---- writes ------------------------------------------------------------------------
+    def add(self, input_text: str, output: str, embedding: np.ndarray,
+            label: str | None = None) -> int:
+        """Insert one demonstration (evicting if a cap is exceeded); return its id."""
+        return self.add_many([(input_text, output, embedding, label)])[0]
+
+    def add_many(self, items: Iterable[tuple[str, str, np.ndarray, str | None]]) -> list[int]:
+        """Insert several demonstrations in one transaction (all or nothing on disk)."""
+        new_ids: list[int] = []
+        removed: list[int] = []
+        inserted: list[tuple] = []
+        for input_text, output, embedding, label in items:
+            vec = normalize(np.asarray(embedding, dtype=np.float32).reshape(-1))
+            if vec.shape[0] != self.config.dim:
+                raise ConfigError(f"embedding has {vec.shape[0]} dims, the store expects "
+                                  f"{self.config.dim}")
+            size = entry_bytes(input_text, output, label, self.config.dim)
+            if size > self.config.max_bytes:
+                raise ConfigError(f"one demonstration of {size} bytes exceeds max_bytes="
+                                  f"{self.config.max_bytes}: shorten it or raise the cap")
+            self._clock += 1
+            did = self._next_id
+            self._next_id += 1
+            s = self._n
+            self._emb[s], self._last[s], self._util[s], self._ids[s] = vec, self._clock, 0.0, did
+            self._rows.append((input_text, output, label, size))
+            self._slot[did] = s
+            self._n += 1
+            self._bytes += size
+            removed.extend(self._enforce_caps(protect=did))
+            if did in self._slot:
+                new_ids.append(did)
+                inserted.append((did, input_text, output, label, vec.tobytes(), 0.0,
+                                 self._clock, size))
+        if self._db is not None:
+            kept = [r for r in inserted if r[0] in self._slot]
+            with self._db:  # one transaction: rows in, evicted rows out, clock
+                self._db.executemany("INSERT INTO demos VALUES (?,?,?,?,?,?,?,?)", kept)
+                self._db.executemany("DELETE FROM demos WHERE id=?", [(i,) for i in removed])
+                self._write_touches()
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?), "
+                                 "('next_id', ?)", (str(self._clock), str(self._next_id)))
+        return new_ids
+
+    def remove(self, demo_id: int) -> None:
+        self._delete_slot(self._slot[demo_id])
+        if self._db is not None:
+            with self._db:
+                self._db.execute("DELETE FROM demos WHERE id=?", (demo_id,))
+
+    def feedback(self, demo_ids: Sequence[int], reward: float, rate: float = 0.2) -> None:
+        """Credit the demonstrations used for an answer (reward 1 right, 0 wrong): the
+        ``utility`` eviction policy keeps those that helped."""
+        for did in demo_ids:
+            s = self._slot.get(did)
+            if s is not None:
+                self._util[s] = (1 - rate) * self._util[s] + rate * reward
+                self._dirty.add(did)
+
+    def flush(self) -> None:
+        if self._db is not None:
+            with self._db:
+                self._write_touches()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self.flush()
+            self._db.close()
+            self._db = None
+
+    def _enforce_caps(self, protect: int) -> list[int]:
+        """Evict until both caps hold; ``protect`` is the id of the entry just inserted."""
+        removed: list[int] = []
+        evict = get_eviction(self.config.eviction)
+        while self._n > self.config.max_entries or self._bytes > self.config.max_bytes:
+            over = max(self._n - self.config.max_entries, 1)
+            victims = evict(self._view(), over, self._slot.get(protect, -1), self._rng)
+            if not victims:
+                break
+            for did in [int(self._ids[s]) for s in victims]:  # ids: slots move on delete
+                self._delete_slot(self._slot[did])
+                removed.append(did)
+                if self._n <= self.config.max_entries and self._bytes <= self.config.max_bytes:
+                    break
+        self.evicted += len(removed)
+        return removed
+
+    def _delete_slot(self, s: int) -> None:
+        last = self._n - 1
+        did = int(self._ids[s])
+        self._bytes -= self._rows[s][3]
+        del self._slot[did]
+        self._dirty.discard(did)
+        if s != last:
+            self._emb[s], self._last[s] = self._emb[last], self._last[last]
+            self._util[s], self._ids[s] = self._util[last], self._ids[last]
+            self._rows[s] = self._rows[last]
+            self._slot[int(self._ids[s])] = s
+        self._rows.pop()
+        self._n -= 1
+
+    def _view(self) -> StoreView:
+        n = self._n
+        return StoreView(self._emb[:n], self._last[:n], self._util[:n],
+                         [r[2] for r in self._rows])
+
+    # ---- selection ---------------------------------------------------------------------
+    def select(self, query: np.ndarray | None, k: int, strategy: str = "knn",
+               rng: np.random.Generator | None = None, exclude: Sequence[int] = ()
+               ) -> list[Selected]:
+        """Up to ``k`` demonstrations, most similar first (``knn``) or uniformly at random
+        (``random``, similarities still reported). ``exclude`` ids are never returned."""
+        n = self._n
+        if n == 0 or k <= 0:
+            return []
+        if strategy not in ("knn", "random"):
+            raise ConfigError(f"unknown selection {strategy!r}; choose knn or random")
+        if query is None:
+            sims = np.zeros(n, dtype=np.float32)
+        else:
+            q = normalize(np.asarray(query, dtype=np.float32).reshape(-1))
+            sims = self._emb[:n] @ q
+        if exclude:
+            bad = [self._slot[i] for i in exclude if i in self._slot]
+            sims = sims.copy()
+            sims[bad] = -np.inf
+        k_eff = min(k, n - len(exclude)) if exclude else min(k, n)
+        if k_eff <= 0:
+            return []
+        if strategy == "knn":
+            top = np.argpartition(-sims, k_eff - 1)[:k_eff]
+            top = top[np.argsort(-sims[top], kind="stable")]
+        else:
+            rng = rng or self._rng
+            allowed = np.flatnonzero(np.isfinite(sims))
+            top = rng.choice(allowed, k_eff, replace=False)
+        self._clock += 1
+        out = []
+        for s in top:
+            s = int(s)
+            self._last[s] = self._clock
+            did = int(self._ids[s])
+            self._dirty.add(did)
+            inp, outp, label, _ = self._rows[s]
+            out.append(Selected(Demo(did, inp, outp, label, self._emb[s]), float(sims[s])))
+        return out
+
+    @staticmethod
+    def order(selected: Sequence[Selected], ordering: str,
+              rng: np.random.Generator | None = None) -> list[Selected]:
+        fn = get_ordering(ordering)
+        perm = fn([s.similarity for s in selected], [s.demo.label for s in selected],
+                  rng or np.random.default_rng(0))
+        return [selected[i] for i in perm]
+
+    # ---- persistence -------------------------------------------------------------------
+    def _open(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), isolation_level="DEFERRED")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.config.synchronous}")
+        with db:
+            db.execute("CREATE TABLE IF NOT EXISTS demos (id INTEGER PRIMARY KEY, input TEXT "
+                       "NOT NULL, output TEXT NOT NULL, label TEXT, emb BLOB NOT NULL, utility "
+                       "REAL NOT NULL, last_used INTEGER NOT NULL, nbytes INTEGER NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = db.execute("SELECT value FROM meta WHERE key='config'").fetchone()
+            if row and json.loads(row[0])["dim"] != self.config.dim:
+                raise ConfigError(f"{path} holds {json.loads(row[0])['dim']}-dim embeddings, "
+                                  f"not {self.config.dim}: open it with the same dim")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)",
+                       (json.dumps(asdict(self.config)),))
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        rows = db.execute("SELECT id, input, output, label, emb, utility, last_used, nbytes "
+                          "FROM demos ORDER BY id").fetchall()
+        if len(rows) > self.config.max_entries:  # the cap was lowered since: keep the newest
+            rows = sorted(rows, key=lambda r: r[6])[-self.config.max_entries:]
+            rows.sort(key=lambda r: r[0])
+            with db:
+                keep = ",".join(str(int(r[0])) for r in rows)
+                db.execute(f"DELETE FROM demos WHERE id NOT IN ({keep})")
+        for did, inp, out, label, emb, util, last, size in rows:
+            s = self._n
+            self._emb[s] = np.frombuffer(emb, dtype=np.float32)
+            self._last[s], self._util[s], self._ids[s] = last, util, did
+            self._rows.append((inp, out, label, size))
+            self._slot[did] = s
+            self._n += 1
+            self._bytes += size
+        self._clock = max(int(meta.get("clock", 0)), int(self._last[: self._n].max(initial=0)))
+        top_id = int(self._ids[: self._n].max(initial=0))
+        self._next_id = max(int(meta.get("next_id", 1)), top_id + 1)
+        self._db = db
+        removed = self._enforce_caps(protect=-1)
+        if removed:
+            with db:
+                db.executemany("DELETE FROM demos WHERE id=?", [(i,) for i in removed])
+
+    def _write_touches(self) -> None:
+        assert self._db is not None
+        rows = [(int(self._last[self._slot[i]]), float(self._util[self._slot[i]]), i)
+                for i in self._dirty if i in self._slot]
+        self._db.executemany("UPDATE demos SET last_used=?, utility=? WHERE id=?", rows)
+        self._dirty.clear()

@@ -1,0 +1,233 @@
+"""The LoRA training loop: micro-batches with accumulation, per-block gradient
+checkpointing, a frozen prefix that never enters autograd, FedProx's proximal term, and a
+checkpoint that makes an interrupted run resume to the very same result.
+
+Determinism is by construction: step ``s`` draws its batch and seeds dropout from
+``(seed, s)``, so resuming at step ``s`` needs only the adapter, the optimizer state and
+the loss history, which the checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from edgeweave.errors import CheckpointError
+from edgeweave.finetune.config import TrainConfig
+from edgeweave.finetune.data import IGNORE, Example, collate
+from edgeweave.finetune.lora import adapter_state, lora_layers, parse_key, trainable_parameters
+from edgeweave.finetune.memory import MemoryMeter
+from edgeweave.finetune.quantbase import base_bytes
+from edgeweave.paths import atomic_dir
+
+
+@dataclass
+class TrainResult:
+    """What a run did and cost; benchmarks and the CLI read these, never re-time."""
+
+    steps: int
+    losses: list[float]
+    seconds: float
+    peak_rss_mb: float
+    saved_activations_mb: float
+    trainable_params: int
+    base_mb: float
+    resumed_from: int = 0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else float("nan")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def first_trainable_block(model: nn.Module) -> int:
+    """Lowest block holding a trainable adapter; blocks below it run without autograd."""
+    idx = [parse_key(f"{n}.lora_A.weight")[0] for n, m in lora_layers(model).items()
+           if any(p.requires_grad for p in m.parameters())]
+    return min(idx) if idx else model.shard.start
+
+
+class PrefixCache:
+    """Hidden states entering block ``start`` per example; valid while the blocks below
+    ``start`` are frozen and adapter-free, so each example's prefix is computed once."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self._h: dict[Example, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def batch(self, model: nn.Module, examples: Sequence[Example],
+              idx: Sequence[int]) -> torch.Tensor:
+        # Keyed by the (frozen, hashable) example itself, so one cache serves many lists.
+        chosen = [examples[i] for i in idx]
+        for ex in chosen:
+            if ex not in self._h:
+                h = model.embed(torch.tensor([ex.ids]))
+                for b in range(model.shard.start, self.start):
+                    h = model.block(b, h)
+                self._h[ex] = h[0]
+        t = max(self._h[ex].shape[0] for ex in chosen)
+        first = self._h[chosen[0]]
+        out = torch.zeros(len(chosen), t, first.shape[-1], dtype=first.dtype)
+        for row, ex in enumerate(chosen):
+            out[row, :self._h[ex].shape[0]] = self._h[ex]
+        return out
+
+
+def hidden_in(model: nn.Module, ids: torch.Tensor, start: int) -> torch.Tensor:
+    with torch.no_grad():
+        h = model.embed(ids)
+        for b in range(model.shard.start, start):
+            h = model.block(b, h)
+    return h
+
+
+def loss_from(model: nn.Module, h: torch.Tensor, labels: torch.Tensor, start: int,
+              grad_checkpointing: bool = False) -> torch.Tensor:
+    """Mean next-token loss of blocks ``[start, end)`` + head on hidden states ``h``."""
+    for b in range(start, model.shard.end):
+        if grad_checkpointing and torch.is_grad_enabled():
+            h = checkpoint(model.block, b, h, None, use_reentrant=False)
+        else:
+            h = model.block(b, h)
+    logits = model.head(h).float()
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+
+def batch_indices(n: int, step: int, cfg: TrainConfig) -> list[int]:
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    reps = -(-cfg.batch_size // n)
+    perm = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
+    return perm[:cfg.batch_size].tolist()
+
+
+def _save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
+                     losses: list[float], cfg: TrainConfig) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_dir(folder) as tmp:
+        save_file(adapter_state(model), str(tmp / "adapter.safetensors"))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses,
+                                                    "train": cfg.to_dict()}))
+
+
+def _load_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                     cfg: TrainConfig) -> tuple[int, list[float]]:
+    from safetensors.torch import load_file
+
+    from edgeweave.finetune.lora import load_adapter_state
+
+    state_file = folder / "state.json"
+    if not state_file.is_file():
+        return 0, []
+    state = json.loads(state_file.read_text())
+    if state["train"] != cfg.to_dict():
+        raise CheckpointError(f"{folder} was written by a different TrainConfig: delete it or "
+                              "resume with the same settings")
+    load_adapter_state(model, load_file(str(folder / "adapter.safetensors")))
+    opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    return int(state["step"]), list(state["losses"])
+
+
+def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
+          checkpoint_dir: str | Path | None = None, stop_after: int | None = None,
+          prefix_cache: PrefixCache | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train the adapters already injected in ``model`` (see :func:`apply_lora`).
+
+    ``stop_after`` ends the run after that many steps *of this call* (a simulated
+    interruption); calling again with the same ``checkpoint_dir`` resumes.
+    """
+    if not examples:
+        raise CheckpointError("no training examples: give the run some data")
+    params = trainable_parameters(model)
+    if not params:
+        raise CheckpointError("the model has no trainable adapter: call apply_lora first")
+    model.train()
+    start = first_trainable_block(model)
+    if prefix_cache is not None and prefix_cache.start != start:
+        raise CheckpointError(f"prefix cache built for block {prefix_cache.start}, "
+                              f"adapters start at block {start}")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    step, losses = _load_checkpoint(ckpt, model, opt, cfg) if ckpt else (0, [])
+    resumed_from = step
+    reference = ([p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None)
+    meter = MemoryMeter()
+    t0 = time.perf_counter()
+    done_here = 0
+    with meter:
+        while step < cfg.steps and (stop_after is None or done_here < stop_after):
+            torch.manual_seed(cfg.seed * 7919 + step)  # dropout, reproducible on resume
+            idx = batch_indices(len(examples), step, cfg)
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for m0 in range(0, cfg.batch_size, cfg.micro_batch_size):
+                micro = idx[m0:m0 + cfg.micro_batch_size]
+                ids, labels = collate([examples[i] for i in micro])
+                with meter.saved_tensors(model):
+                    h = (prefix_cache.batch(model, examples, micro) if prefix_cache
+                         else hidden_in(model, ids, start))
+                    loss = loss_from(model, h, labels, start, cfg.grad_checkpointing)
+                    loss = loss / cfg.accumulation
+                    if reference is not None and m0 == 0:
+                        prox = sum(((p - r) ** 2).sum() for p, r in zip(params, reference,
+                                                                        strict=True))
+                        loss = loss + cfg.proximal_mu / 2 * prox
+                meter.end_forward()
+                loss.backward()
+                total += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            step += 1
+            done_here += 1
+            losses.append(total)
+            if on_step:
+                on_step(step, total)
+            if ckpt and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0
+                                                  or step == cfg.steps):
+                _save_checkpoint(ckpt, model, opt, step, losses, cfg)
+    if ckpt and step > resumed_from and not (cfg.checkpoint_every
+                                             and step % cfg.checkpoint_every == 0):
+        _save_checkpoint(ckpt, model, opt, step, losses, cfg)
+    model.eval()
+    return TrainResult(
+        steps=step, losses=losses, seconds=time.perf_counter() - t0,
+        peak_rss_mb=meter.report.peak_rss_mb, saved_activations_mb=meter.report.saved_mb,
+        trainable_params=sum(p.numel() for p in params), base_mb=base_bytes(model) / 2**20,
+        resumed_from=resumed_from,
+        options={"grad_checkpointing": cfg.grad_checkpointing,
+                 "micro_batch_size": cfg.micro_batch_size, "base_dtype": cfg.base_dtype},
+    )
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, examples: Sequence[Example], batch_size: int = 8,
+                  prefix_cache: PrefixCache | None = None) -> float:
+    """Token-weighted mean loss of ``examples`` (targets only)."""
+    was = model.training
+    model.eval()
+    start = prefix_cache.start if prefix_cache else model.shard.start
+    tot, n = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        idx = list(range(i, min(i + batch_size, len(examples))))
+        ids, labels = collate([examples[j] for j in idx])
+        h = (prefix_cache.batch(model, examples, idx) if prefix_cache
+             else hidden_in(model, ids, start))
+        k = int((labels != IGNORE).sum())
+        tot += float(loss_from(model, h, labels, start)) * k
+        n += k
+    model.train(was)
+    return tot / max(n, 1)

@@ -12,6 +12,15 @@ from edgeweave.runtime.engines.torch import TorchStageEngine
 from edgeweave.types import Shard
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # 2-thread OpenMP barriers on a shared 2-core machine cost ~30x for tiny models
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _stages(model, cuts):
     n = model.cfg.num_layers
     bounds = [0, *cuts, n]

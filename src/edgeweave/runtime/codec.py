@@ -1,0 +1,107 @@
+"""Hidden-state codecs: how a tensor between two stages becomes bytes on the wire.
+
+A plan picks one codec per stage output (``types.CODECS``). Layouts (all little-endian,
+``N`` = number of tokens = product of all dims but the last, ``H`` = last dim):
+
+* ``fp32`` (id 0): ``N*H`` float32.
+* ``fp16`` (id 1): ``N*H`` float16 (values beyond +-65504 saturate to inf, as IEEE does).
+* ``int8`` (id 2): ``N`` float32 scales, then ``N*H`` int8; per-token absmax,
+  ``scale = max|x| / 127``, ``q = round(x / scale)``, ``x' = q * scale``.
+* ``ids``  (id 255): int32 token ids (first-stage input), never lossy.
+
+The shape travels in the frame header (see ``runtime.stage``), not in the payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+import torch
+
+from edgeweave.errors import ConfigError, RuntimeStageError
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    id: int
+    encode_np: Callable[[np.ndarray], bytes]
+    decode_np: Callable[[memoryview, tuple[int, ...]], np.ndarray]
+    size: Callable[[tuple[int, ...]], int]
+    lossless: bool
+
+    def encode(self, x: torch.Tensor) -> bytes:
+        return self.encode_np(x.detach().contiguous().numpy())
+
+    def decode(self, data: bytes | memoryview, shape: tuple[int, ...]) -> torch.Tensor:
+        shape = tuple(shape)
+        if len(data) != self.size(shape):
+            raise RuntimeStageError(f"{self.name} payload of {len(data)} bytes does not match "
+                                    f"shape {shape} ({self.size(shape)} bytes): peer out of sync")
+        return torch.from_numpy(self.decode_np(memoryview(data), shape))
+
+
+_BY_NAME: dict[str, Codec] = {}
+_BY_ID: dict[int, Codec] = {}
+
+
+def register(codec: Codec) -> Codec:
+    _BY_NAME[codec.name] = codec
+    _BY_ID[codec.id] = codec
+    return codec
+
+
+def get(name_or_id: str | int) -> Codec:
+    table = _BY_ID if isinstance(name_or_id, int) else _BY_NAME
+    try:
+        return table[name_or_id]
+    except KeyError:
+        raise ConfigError(f"unknown codec {name_or_id!r}: choose one of "
+                          f"{', '.join(sorted(_BY_NAME))}") from None
+
+
+def _tokens(shape: tuple[int, ...]) -> int:
+    return prod(shape[:-1]) if shape else 1
+
+
+def _plain(name: str, cid: int, dtype: str, lossless: bool) -> Codec:
+    dt = np.dtype(dtype)
+
+    def enc(a: np.ndarray) -> bytes:
+        return a.astype(dt, copy=False).tobytes()
+
+    def dec(buf: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+        return np.frombuffer(buf, dtype=dt).astype(np.float32).reshape(shape)
+
+    return Codec(name, cid, enc, dec, lambda s: prod(s) * dt.itemsize, lossless)
+
+
+def _int8_encode(a: np.ndarray) -> bytes:
+    a = a.astype(np.float32, copy=False)
+    flat = a.reshape(-1, a.shape[-1])  # (N, H)
+    scale = np.abs(flat).max(axis=1) / 127.0
+    safe = np.where(scale > 0, scale, 1.0)  # all-zero tokens encode as zeros
+    q = np.clip(np.rint(flat / safe[:, None]), -127, 127).astype(np.int8)
+    return scale.astype("<f4").tobytes() + q.tobytes()
+
+
+def _int8_decode(buf: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    n = _tokens(shape)
+    scale = np.frombuffer(buf[: 4 * n], dtype="<f4")
+    q = np.frombuffer(buf[4 * n:], dtype=np.int8).reshape(n, shape[-1])
+    return (q.astype(np.float32) * scale[:, None]).reshape(shape)
+
+
+def _ids_decode(buf: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(buf, dtype="<i4").astype(np.int64).reshape(shape)
+
+
+FP32 = register(_plain("fp32", 0, "<f4", lossless=True))
+FP16 = register(_plain("fp16", 1, "<f2", lossless=False))
+INT8 = register(Codec("int8", 2, _int8_encode, _int8_decode,
+                      lambda s: 4 * _tokens(s) + prod(s), lossless=False))
+IDS = register(Codec("ids", 255, lambda a: a.astype("<i4").tobytes(), _ids_decode,
+                     lambda s: 4 * prod(s), lossless=True))

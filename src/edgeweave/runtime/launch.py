@@ -1,0 +1,249 @@
+"""Ways to get a :class:`Coordinator`: embedded, attached to running nodes, or launched.
+
+* :func:`embedded` — every stage in this process behind in-process links (the default: no
+  network, no processes, the model loaded once and shared by the stages).
+* :func:`attach` — nodes already running (``edgeweave node``) at known addresses.
+* :func:`launch` — start one ``edgeweave node`` process per device of the plan on this host
+  (loopback), then attach; :class:`LocalDeployment` stops them.
+
+:func:`run_node` is the plain function behind ``edgeweave node``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeweave.errors import ConfigError, RuntimeStageError
+from edgeweave.runtime.coordinator import Coordinator
+from edgeweave.types import Plan, Shard
+
+READY = "EDGEWEAVE-NODE READY"
+
+
+def _tokenizer(model: str) -> Any:
+    from edgeweave.models.catalog import resolve
+    from edgeweave.models.tokenizer import Tokenizer
+
+    return Tokenizer(resolve(model)[1])
+
+
+def _n_layers(model: str) -> int:
+    from edgeweave.models.catalog import resolve
+    from edgeweave.models.checkpoint import read_config
+
+    return read_config(resolve(model)[1]).num_layers
+
+
+def embedded(model: str = "smollm2-135m-instruct", plan: Plan | None = None, *,
+             loaded: Any = None, memory_cap_bytes: int = 8 << 30, **kw: Any) -> Coordinator:
+    """All stages of ``plan`` (default: one stage) in this process.
+
+    ``loaded`` is an already loaded ``LoadedModel`` (or a bare ``BlockModel``) to share;
+    fp32 torch stages reuse it, other variants and backends are built by their engines.
+    """
+    from edgeweave.models.llama import BlockModel
+    from edgeweave.runtime.engines.base import create_engine
+    from edgeweave.runtime.engines.torch import TorchStageEngine
+    from edgeweave.runtime.stage import StageHost
+    from edgeweave.runtime.transport.inproc import InProcessLink
+
+    if loaded is None:
+        from edgeweave.models import load
+
+        loaded = load(model)
+    block_model = loaded if isinstance(loaded, BlockModel) else loaded.model
+    plan = plan or Plan.single(block_model.cfg.num_layers, "local")
+
+    def factory(cfg):  # noqa: ANN001, ANN202
+        if cfg.backend == "torch" and cfg.variant == "fp32":
+            return TorchStageEngine(cfg, model=block_model)
+        return create_engine(cfg)
+
+    hosts: dict[str, StageHost] = {}
+
+    def connect(device: str) -> InProcessLink:
+        host = hosts.setdefault(device, StageHost(model, memory_cap_bytes, engine_factory=factory))
+        return InProcessLink(host, f"inproc:{device}")
+
+    coord = Coordinator(plan, model, connect, **kw)
+    coord.tokenizer = getattr(loaded, "tokenizer", None)  # type: ignore[attr-defined]
+    coord.hosts = hosts  # type: ignore[attr-defined]
+    return coord
+
+
+def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = None,
+           connect_timeout: float = 10.0, tokenizer: Any = None, **kw: Any) -> Coordinator:
+    """Coordinator over running nodes; ``addresses`` maps each device to ``host:port``."""
+    from edgeweave.runtime.transport.grpc_link import GrpcLink
+
+    missing = sorted({s.device for s in plan.stages} - set(addresses))
+    if missing:
+        raise ConfigError(f"no address for device(s) {', '.join(missing)}: pass host:port for "
+                          "every device of the plan")
+    addrs = dict(addresses)
+
+    def connect(device: str) -> GrpcLink:
+        if device not in addrs:
+            raise ConfigError(f"device {device!r} has no known address")
+        return GrpcLink(addrs[device], tls, connect_timeout)
+
+    coord = Coordinator(plan, model, connect, **kw)
+    coord.tokenizer = tokenizer if tokenizer is not None else _tokenizer(model)  # type: ignore[attr-defined]
+    coord.addresses = addrs  # type: ignore[attr-defined]
+    return coord
+
+
+@dataclass
+class LocalDeployment:
+    """Node processes on this host plus the coordinator attached to them."""
+
+    coordinator: Coordinator
+    processes: dict[str, subprocess.Popen[bytes]]
+    addresses: dict[str, str]
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def kill(self, device: str) -> None:
+        """SIGKILL one node (what failover has to survive)."""
+        self.processes[device].kill()
+        self.processes[device].wait(10)
+
+    def close(self) -> None:
+        try:
+            self.coordinator.close()
+        finally:
+            stop_processes(self.processes.values())
+
+    def __enter__(self) -> LocalDeployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def node_command(model: str, *, port: int = 0, stages: tuple[Shard, ...] = (),
+                 variant: str = "fp32", tls_dir: str | Path | None = None, name: str = "",
+                 threads: int = 0, memory_mb: int = 0) -> list[str]:
+    cmd = [sys.executable, "-c", "from edgeweave.cli.app import entry; entry()", "node",
+           "--model", model, "--host", "127.0.0.1", "--port", str(port), "--variant", variant]
+    for sh in stages:
+        cmd += ["--stage", f"{sh.start}:{sh.end}"]
+    if tls_dir is not None:
+        cmd += ["--tls-dir", str(tls_dir), "--name", name]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if memory_mb:
+        cmd += ["--memory-mb", str(memory_mb)]
+    return cmd
+
+
+def start_node(cmd: list[str], log: Path, timeout: float = 120.0,
+               env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a node process and wait for its ready line; returns ``(process, address)``."""
+    full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=full_env)
+    found: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            text = line.decode(errors="replace").strip()
+            if text.startswith(READY):
+                found.append(text.split()[-1])
+                return
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout)
+    if not found:
+        stop_processes([proc])
+        raise RuntimeStageError(f"node did not start within {timeout:.0f} s; its log: "
+                                f"{log.read_text(errors='replace')[-2000:]}")
+    return proc, found[0]
+
+
+def stop_processes(procs: Any) -> None:
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+        if p.stdout is not None:
+            p.stdout.close()
+
+
+def launch(plan: Plan, model: str, *, tls_dir: str | Path | None = None,
+           coordinator_name: str = "coordinator", threads: int = 0, log_dir: Path | None = None,
+           env: Mapping[str, str] | None = None, **kw: Any) -> LocalDeployment:
+    """Start one node per device of ``plan`` on 127.0.0.1 (preloading its stages) and attach.
+
+    With ``tls_dir`` (from ``edgeweave certs``), nodes use ``<device>.pem`` and the
+    coordinator ``<coordinator_name>.pem``: mutual TLS on every channel.
+    """
+    from edgeweave.security.tls import TLSFiles
+
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="edgeweave-nodes-"))
+    devices = list(dict.fromkeys(s.device for s in plan.stages))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    addrs: dict[str, str] = {}
+    logs: dict[str, Path] = {}
+    try:
+        for d in devices:
+            shards = tuple(s.shard for s in plan.stages if s.device == d)
+            variant = next(s.variant for s in plan.stages if s.device == d)
+            logs[d] = log_dir / f"{d}.log"
+            cmd = node_command(model, stages=shards, variant=variant, tls_dir=tls_dir, name=d,
+                               threads=threads)
+            procs[d], addrs[d] = start_node(cmd, logs[d], env=env)
+        tls = TLSFiles.from_dir(tls_dir, coordinator_name) if tls_dir is not None else None
+        coord = attach(plan, model, addrs, tls=tls, **kw)
+    except BaseException:
+        stop_processes(procs.values())
+        raise
+    return LocalDeployment(coord, procs, addrs, logs)
+
+
+def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[str, ...] = (),
+             variant: str = "fp32", tls: Any = None, memory_mb: int = 4096, threads: int = 0,
+             backend: str = "torch", ready: Callable[[str], None] | None = None) -> None:
+    """Serve stages of ``model`` until SIGTERM/SIGINT (the body of ``edgeweave node``)."""
+    from edgeweave.runtime.engines.base import EngineConfig
+    from edgeweave.runtime.stage import StageHost, serve
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    stage_host = StageHost(model, memory_mb << 20, threads)
+    n = _n_layers(model) if stages else 0
+    for spec in stages:
+        try:
+            start, end = (int(v) for v in spec.split(":"))
+        except ValueError:
+            raise ConfigError(f"--stage {spec!r} must look like START:END, e.g. 0:10") from None
+        stage_host.load(EngineConfig(model, Shard(start, end, n), variant, backend, threads))
+    server, bound = serve(stage_host, f"{host}:{port}", tls)
+    if bound == 0:
+        raise ConfigError(f"cannot listen on {host}:{port}: is the port taken?")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    (ready or print)(f"{READY} {host}:{bound}")
+    stop.wait()
+    server.stop(grace=1.0).wait()

@@ -1,0 +1,29 @@
+"""The link interface the coordinator uses to talk to one node."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from edgeweave.errors import RuntimeStageError
+from edgeweave.runtime.transport.frame import Frame
+
+
+class StageUnavailable(RuntimeStageError):
+    """A node did not answer within its deadline or its connection broke (failover cue)."""
+
+    def __init__(self, message: str, device: str = "") -> None:
+        super().__init__(message)
+        self.device = device
+
+
+class Link(Protocol):
+    """A request/response channel to one node; safe to call from several threads."""
+
+    address: str
+
+    def call(self, frame: Frame, timeout: float) -> Frame:
+        """Send ``frame``; return the node's response or raise :class:`StageUnavailable`."""
+        ...
+
+    def close(self) -> None:
+        ...

@@ -1,0 +1,27 @@
+"""In-process link: frames go straight to a :class:`StageHost` (embedded default).
+
+Frames are still built and their payloads still encoded with the plan's codec, so the
+embedded deployment computes exactly what a networked one does and reports the bytes it
+would have sent.
+"""
+
+from __future__ import annotations
+
+from edgeweave.runtime.stage import StageHost
+from edgeweave.runtime.transport.base import StageUnavailable
+from edgeweave.runtime.transport.frame import Frame
+
+
+class InProcessLink:
+    def __init__(self, host: StageHost, address: str = "inproc") -> None:
+        self.host = host
+        self.address = address
+        self.closed = False
+
+    def call(self, frame: Frame, timeout: float) -> Frame:
+        if self.closed:
+            raise StageUnavailable(f"in-process stage host {self.address} is closed")
+        return self.host.handle(frame)
+
+    def close(self) -> None:
+        self.closed = True

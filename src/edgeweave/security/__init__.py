@@ -1,0 +1,1 @@
+"""Fleet security: a certificate authority per fleet and mutual TLS for stage traffic."""

@@ -1,0 +1,78 @@
+"""Hidden-state codecs: exact bytes, round trips, quality thresholds."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from edgeweave.errors import ConfigError, RuntimeStageError
+from edgeweave.runtime import codec
+
+
+def _snr_db(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(10 * torch.log10(x.pow(2).sum() / (x - y).pow(2).sum()))
+
+
+def test_fp32_bytes_are_little_endian_floats():
+    x = torch.tensor([[[1.0, -2.5]]])
+    data = codec.get("fp32").encode(x)
+    assert data == struct.pack("<2f", 1.0, -2.5)
+    assert torch.equal(codec.get(0).decode(data, (1, 1, 2)), x)
+
+
+def test_fp16_bytes_and_roundtrip():
+    x = torch.tensor([[0.5, 1.0, -3.0]])
+    data = codec.get("fp16").encode(x)
+    assert data == struct.pack("<3e", 0.5, 1.0, -3.0)
+    assert torch.equal(codec.FP16.decode(data, (1, 3)), x)
+
+
+def test_int8_layout_is_scales_then_values():
+    # two tokens of two values: absmax 127 -> scale 1.0; absmax 2.54 -> scale 0.02
+    x = torch.tensor([[[127.0, -63.4], [2.54, 0.0]]])
+    data = codec.INT8.encode(x)
+    scales = np.frombuffer(data[:8], dtype="<f4")
+    assert len(data) == 2 * 4 + 4 == codec.INT8.size((1, 2, 2))
+    np.testing.assert_allclose(scales, [1.0, 0.02], rtol=1e-6)
+    assert data[8:] == bytes(np.array([127, -63, 127, 0], dtype=np.int8).tobytes())
+    y = codec.INT8.decode(data, (1, 2, 2))
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert torch.allclose(y, torch.tensor([[[127.0, -63.0], [2.54, 0.0]]]), atol=1e-6)
+
+
+def test_int8_zero_token_stays_zero():
+    x = torch.zeros(1, 3, 8)
+    assert torch.equal(codec.INT8.decode(codec.INT8.encode(x), (1, 3, 8)), x)
+
+
+@pytest.mark.parametrize("name,min_snr", [("fp16", 60.0), ("int8", 35.0)])
+def test_lossy_codecs_keep_snr(name, min_snr):
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 576) * 3
+    c = codec.get(name)
+    y = c.decode(c.encode(x), tuple(x.shape))
+    assert _snr_db(x, y) > min_snr
+
+
+def test_ids_codec_is_int32():
+    ids = torch.tensor([[1, 49151, 7]])
+    data = codec.IDS.encode(ids)
+    assert data == struct.pack("<3i", 1, 49151, 7)
+    out = codec.IDS.decode(data, (1, 3))
+    assert out.dtype == torch.int64 and torch.equal(out, ids)
+
+
+@pytest.mark.parametrize("name,expected", [("fp32", 4 * 576), ("fp16", 2 * 576), ("int8", 4 + 576)])
+def test_bytes_per_token(name, expected):
+    c = codec.get(name)
+    assert len(c.encode(torch.randn(1, 1, 576))) == c.size((1, 1, 576)) == expected
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="unknown codec"):
+        codec.get("bf8")
+    with pytest.raises(RuntimeStageError, match="does not match"):
+        codec.FP32.decode(b"\x00" * 7, (1, 2))

@@ -1,0 +1,122 @@
+"""Coordinator over in-process stages: exactness, codecs, plan switches, eviction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeweave.models import load
+from edgeweave.runtime.engine import LocalEngine, LogitsEngine
+from edgeweave.runtime.generate import SamplingParams, generate, generate_step
+from edgeweave.runtime.launch import embedded
+from edgeweave.types import Plan, Shard, Stage
+
+PROMPT = [1, 5, 9, 17, 33, 3, 40, 41]
+PARAMS = SamplingParams(max_tokens=24, ignore_eos=True)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # 2-thread OpenMP barriers on a shared 2-core machine cost ~30x for tiny models
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _reference(model) -> list[int]:
+    return list(generate_step(LocalEngine(model, max_len=128), PROMPT, PARAMS))
+
+
+@pytest.fixture
+def lm(tiny_folder):
+    return load(str(tiny_folder))
+
+
+def test_three_stage_embedded_matches_single_process(lm):
+    # Prepare
+    plan = Plan.split(4, [1, 3], ["a", "b", "c"])
+    coord = embedded(str(lm.folder), plan, loaded=lm, max_len=128)
+    # Execute
+    session = coord.new_session()
+    assert isinstance(session, LogitsEngine)
+    got = list(generate_step(session, PROMPT, PARAMS))
+    # Assert
+    assert got == _reference(lm.model)
+    st = session.stats
+    assert st["steps"] == 24 and st["hops"] == 3 * 24
+    # ids 4 B/token in, 64 fp32 hidden values x 2 hops out, 128 logits back (+ headers)
+    assert st["hidden_bytes"] == 2 * 4 * 64 * (len(PROMPT) + 23)
+    assert st["hop_rtt_ms"] >= st["hop_compute_ms"] > 0
+    session.close()
+    coord.close()
+
+
+def test_generate_copies_stats_into_metrics(lm):
+    coord = embedded(str(lm.folder), Plan.split(4, [2]), loaded=lm, max_len=128)
+    with coord.new_session() as s:
+        res = generate(s, lm.tokenizer, "the sensor reads", SamplingParams(max_tokens=5))
+    assert res.metrics.extra["bytes_sent"] > 0 and "hop_overhead_ms" in res.metrics.extra
+
+
+@pytest.mark.parametrize("codec,ratio", [("fp16", 2), ("int8", None)])
+def test_lossy_codecs_shrink_hidden_bytes(lm, codec, ratio):
+    plan32 = Plan.split(4, [2], ["a", "b"])
+    plan = Plan.split(4, [2], ["a", "b"], codec=codec)
+    sizes = {}
+    for p in (plan32, plan):
+        coord = embedded(str(lm.folder), p, loaded=lm, max_len=128)
+        s = coord.new_session()
+        toks = list(generate_step(s, PROMPT, SamplingParams(max_tokens=8, ignore_eos=True)))
+        assert len(toks) == 8
+        sizes[p.stages[0].codec] = s.stats["hidden_bytes"]
+    n = len(PROMPT) + 7
+    if ratio:
+        assert sizes["fp32"] == ratio * sizes[codec]
+    else:  # one fp32 scale + one byte per value per token
+        assert sizes[codec] == n * (4 + 64)
+
+
+def test_apply_plan_between_tokens_keeps_the_session(lm):
+    plan = Plan.split(4, [2], ["a", "b"])
+    coord = embedded(str(lm.folder), plan, loaded=lm, max_len=128)
+    s = coord.new_session()
+    gen = generate_step(s, PROMPT, PARAMS)
+    got = [next(gen) for _ in range(10)]
+    # move the second stage to a new device and split the first one in two
+    new = Plan((Stage("a", Shard(0, 1, 4)), Stage("c", Shard(1, 2, 4)),
+                Stage("c", Shard(2, 4, 4))))
+    coord.apply_plan(new)
+    got += list(gen)
+    assert got == _reference(lm.model)
+    assert coord.plan == new and s.stats["replayed_tokens"] > 0
+
+
+def test_mark_failed_moves_stages_and_output_is_identical(lm):
+    coord = embedded(str(lm.folder), Plan.split(4, [1, 3], ["a", "b", "c"]), loaded=lm,
+                     max_len=128)
+    s = coord.new_session()
+    gen = generate_step(s, PROMPT, PARAMS)
+    got = [next(gen) for _ in range(7)]
+    coord.mark_failed("b")
+    got += list(gen)
+    assert got == _reference(lm.model)
+    assert [st.device for st in coord.plan.stages] == ["a", "a", "c"]
+    assert coord.stats["failovers"] == 1 and coord.stats["recovery_s"] > 0
+
+
+def test_evicted_sessions_are_replayed(lm):
+    # each session's cache on stage [0, 2): 2 layers x 2 (k, v) x 2 heads x 128 x 16 x 4 B
+    per_session = 2 * 2 * 2 * 128 * 16 * 4
+    coord = embedded(str(lm.folder), Plan.split(4, [2], ["a", "b"]), loaded=lm, max_len=128,
+                     memory_cap_bytes=per_session)  # room for one session per host
+    s1, s2 = coord.new_session(), coord.new_session()
+    g1, g2 = generate_step(s1, PROMPT, PARAMS), generate_step(s2, PROMPT, PARAMS)
+    out1, out2 = [], []
+    for _ in range(24):  # interleave: every step evicts the other session
+        out1.append(next(g1))
+        out2.append(next(g2))
+    ref = _reference(lm.model)
+    assert out1 == ref and out2 == ref
+    assert s1.stats["evictions_restored"] > 0
+    assert coord.hosts["a"].evictions > 0

@@ -1,0 +1,36 @@
+"""``edgeweave serve``: an OpenAI-compatible HTTP server for one model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve_cmd(
+        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+                                  help="Bundled name, HF folder or .gguf file."),
+        host: str = typer.Option("127.0.0.1", "--host",
+                                 help="Address to listen on (loopback by default)."),
+        port: int = typer.Option(8000, "--port", "-p"),
+        api_key: Annotated[list[str] | None, typer.Option(
+            "--api-key", help="Accepted Bearer key (repeatable); none = open.")] = None,
+        max_concurrent: int = typer.Option(32, "--max-concurrent",
+                                           help="Active sessions; one more gets HTTP 429."),
+        max_prompt_tokens: int = typer.Option(1024, "--max-prompt-tokens"),
+        max_tokens_limit: int = typer.Option(512, "--max-tokens-limit",
+                                             help="The most tokens one request may ask for."),
+    ) -> None:
+        """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
+        from edgeweave.serve.config import ServeConfig
+        from edgeweave.serve.server import serve
+
+        cfg = ServeConfig(api_keys=tuple(api_key or ()), max_concurrent=max_concurrent,
+                          max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,
+                          default_max_tokens=min(128, max_tokens_limit))
+        if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+            typer.secho(f"warning: serving on {host} without --api-key", err=True,
+                        fg=typer.colors.YELLOW)
+        serve(model, host=host, port=port, config=cfg)

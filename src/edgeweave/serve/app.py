@@ -1,0 +1,294 @@
+"""FastAPI app: the OpenAI-compatible edge of edgeweave.
+
+``create_app(backend, config)`` wires a :class:`SessionFactory` (one engine per request) to
+the HTTP API. Generation runs on the single round-robin scheduler thread; handlers only
+validate, tokenize, submit, and relay the scheduler's events as JSON or server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edgeweave.errors import EdgeweaveError
+from edgeweave.runtime.generate import GenerationResponse, SamplingParams
+from edgeweave.serve.backend import SessionFactory
+from edgeweave.serve.config import ServeConfig
+from edgeweave.serve.errors import (
+    APIError,
+    bad_request,
+    model_not_found,
+    rate_limited,
+    server_error,
+    unauthorized,
+)
+from edgeweave.serve.metrics import ServeMetrics, response_metrics
+from edgeweave.serve.responses import Shape, sse, usage
+from edgeweave.serve.scheduler import Busy, Event, Job, Scheduler
+from edgeweave.serve.schema import ChatCompletionRequest, CompletionRequest
+
+_DISCONNECT_POLL_S = 1.0  # how often a non-streaming request checks for a vanished client
+
+
+def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> FastAPI:
+    """An app serving ``backend``; the scheduler thread lives as long as the app runs."""
+    cfg = config or ServeConfig()
+    model_id = cfg.model_id or backend.model_id
+    started = int(time.time())
+    state: dict[str, Any] = {}
+
+    def active() -> int:
+        sched = state.get("scheduler")
+        return sched.active if sched else 0
+
+    metrics = ServeMetrics(active)
+
+    def on_finish(job: Job, last: GenerationResponse | None) -> None:
+        if last is not None and job.started is not None:
+            metrics.observe(job.tag, last.finish_reason or "length",
+                            last.metrics, job.started - job.arrived)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state["scheduler"] = Scheduler(backend, cfg.max_concurrent, on_finish)
+        try:
+            yield
+        finally:
+            state["scheduler"].stop()
+
+    app = FastAPI(title="edgeweave", version="0.1.0", lifespan=lifespan)
+    app.state.config = cfg
+    app.state.backend = backend
+    app.state.metrics = metrics
+
+    # ---- errors: every failure leaves in OpenAI's shape --------------------------------
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError) -> JSONResponse:
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        errs = e.errors()
+        first = errs[0] if errs else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        msg = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
+        return bad_request(msg, ".".join(loc) or None).response()
+
+    @app.exception_handler(EdgeweaveError)
+    async def _ours(_: Request, e: EdgeweaveError) -> JSONResponse:
+        return bad_request(str(e)).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if e.status_code == 404 else None
+        return APIError(e.status_code, str(e.detail), "invalid_request_error", None,
+                        code).response()
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, e: Exception) -> JSONResponse:
+        return server_error(f"internal error: {type(e).__name__}: {e}").response()
+
+    app.add_middleware(_CountRequests, counter=metrics.requests)
+
+    # ---- public endpoints ----------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_id, "active_sessions": active(),
+                "max_concurrent": cfg.max_concurrent}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    # ---- the API, behind keys ----------------------------------------------------------
+    async def check_key(request: Request) -> None:
+        if not cfg.api_keys:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+        if not any(hmac.compare_digest(key.strip().encode(), k.encode()) for k in cfg.api_keys):
+            raise unauthorized("invalid API key: check the key the server was started with")
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
+
+    def model_entry() -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": started, "owned_by": "edgeweave",
+                "max_model_len": backend.max_len}
+
+    @api.get("/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_entry()]}
+
+    @api.get("/models/{name:path}")
+    async def model(name: str) -> dict[str, Any]:
+        if name != model_id:
+            raise model_not_found(name, model_id)
+        return model_entry()
+
+    def admit(requested_model: str, ids: list[int], params: SamplingParams) -> None:
+        if requested_model != model_id:
+            raise model_not_found(requested_model, model_id)
+        if len(ids) > cfg.max_prompt_tokens:
+            raise bad_request(
+                f"the prompt has {len(ids)} tokens, above this server's limit of "
+                f"{cfg.max_prompt_tokens}: shorten it", "messages", "context_length_exceeded")
+        if len(ids) + params.max_tokens > backend.max_len:
+            raise bad_request(
+                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                f"model's context of {backend.max_len} tokens: shorten the prompt or lower "
+                "max_tokens", "max_tokens", "context_length_exceeded")
+
+    @api.post("/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        params = body.sampling(cfg)
+        messages = body.chat()
+        if not any(m["content"].strip() for m in messages):
+            raise bad_request("every message is empty: give some content", "messages")
+        ids = await run_in_threadpool(backend.tokenizer.encode_chat, messages)
+        admit(body.model, ids, params)
+        return await run(Shape("chat", model_id), ids, params, body, request)
+
+    @api.post("/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        params = body.sampling(cfg)
+        prompt = body.single_prompt()
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise bad_request("the prompt is empty: give some text", "prompt")
+            ids = await run_in_threadpool(backend.tokenizer.encode, prompt, True)
+        else:
+            ids = [int(t) for t in prompt]
+            vocab = backend.tokenizer.vocab_size
+            if any(not 0 <= t < vocab for t in ids):
+                raise bad_request(f"token ids must be in [0, {vocab})", "prompt")
+        admit(body.model, ids, params)
+        return await run(Shape("text", model_id), ids, params, body, request)
+
+    app.include_router(api)
+
+    # ---- running a job ---------------------------------------------------------------------
+    async def run(shape: Shape, ids: list[int], params: SamplingParams,
+                  body: ChatCompletionRequest | CompletionRequest, request: Request
+                  ) -> Response:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(ev: Event) -> None:  # called on the scheduler thread
+            # RuntimeError: the event loop is gone (shutdown), nobody is left to tell
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, ev)
+
+        job = Job(ids, params, sink, tag="chat" if shape.kind == "chat" else "completions")
+        try:
+            state["scheduler"].submit(job)
+        except Busy as e:
+            raise rate_limited(str(e)) from e
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(stream(shape, job, queue, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return await collect(shape, job, queue, request)
+
+    async def stream(shape: Shape, job: Job, queue: asyncio.Queue[Event], include_usage: bool
+                     ) -> AsyncIterator[str]:
+        try:
+            if shape.kind == "chat":
+                yield sse(shape.chunk("", first=True))
+            while True:
+                ev = await queue.get()
+                if ev.piece is None:
+                    yield sse(error_body(ev.error))
+                    break
+                piece = ev.piece
+                if piece.text:
+                    yield sse(shape.chunk(piece.text))
+                if piece.finish_reason is not None:
+                    m = piece.metrics
+                    queue_s = (job.started or job.arrived) - job.arrived
+                    final = shape.chunk(None, piece.finish_reason)
+                    final["edgeweave"] = response_metrics(m, queue_s)
+                    yield sse(final)
+                    if include_usage:
+                        yield sse(shape.usage_chunk(usage(m.prompt_tokens, m.generated_tokens)))
+                    break
+            yield sse("[DONE]")
+        finally:
+            job.cancel()  # no-op when finished; stops generation when the client went away
+
+    async def collect(shape: Shape, job: Job, queue: asyncio.Queue[Event], request: Request
+                      ) -> JSONResponse:
+        pieces: list[str] = []
+        try:
+            while True:
+                try:
+                    ev = await asyncio.wait_for(queue.get(), _DISCONNECT_POLL_S)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return JSONResponse({}, status_code=499)
+                    continue
+                if ev.piece is None:
+                    err = error_body(ev.error)["error"]
+                    status = 400 if err["type"] == "invalid_request_error" else 500
+                    return JSONResponse({"error": err}, status_code=status)
+                pieces.append(ev.piece.text)
+                if ev.piece.finish_reason is not None:
+                    m = ev.piece.metrics
+                    out = shape.whole("".join(pieces), ev.piece.finish_reason,
+                                      usage(m.prompt_tokens, m.generated_tokens))
+                    queue_s = (job.started or job.arrived) - job.arrived
+                    out["edgeweave"] = response_metrics(m, queue_s)
+                    return JSONResponse(out)
+        finally:
+            job.cancel()
+
+    return app
+
+
+def error_body(error: BaseException | None) -> dict[str, Any]:
+    """A failure during generation: ours are the client's to fix (400), others are 500."""
+    if isinstance(error, EdgeweaveError):
+        return bad_request(str(error)).body()
+    return server_error(f"generation failed: {type(error).__name__}: {error}").body()
+
+
+_KNOWN_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
+                          "/metrics"})
+
+
+class _CountRequests:
+    """Plain ASGI middleware (no response buffering, streams pass through untouched)."""
+
+    def __init__(self, app: Any, counter: Any) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def send_status(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"] if scope["path"] in _KNOWN_PATHS else "other"
+            self.counter.labels(path, str(status[0])).inc()

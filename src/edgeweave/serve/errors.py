@@ -1,0 +1,47 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}`` with a status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+
+class APIError(Exception):
+    """An error the HTTP layer turns into an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status, message, type_, param, code)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, "invalid_request_error", param, code)
+
+
+def unauthorized(message: str) -> APIError:
+    return APIError(401, message, "invalid_request_error", None, "invalid_api_key")
+
+
+def rate_limited(message: str) -> APIError:
+    return APIError(429, message, "rate_limit_error", None, "rate_limit_exceeded")
+
+
+def model_not_found(model: str, served: str) -> APIError:
+    return APIError(404, f"the model {model!r} does not exist here: this server serves "
+                         f"{served!r} (see GET /v1/models)", "invalid_request_error", "model",
+                    "model_not_found")
+
+
+def server_error(message: str) -> APIError:
+    return APIError(500, message, "server_error", None, None)

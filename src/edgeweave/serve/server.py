@@ -1,0 +1,90 @@
+"""Start a real uvicorn server (blocking for the CLI, or in a thread for tests/embedding)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from edgeweave.errors import ConfigError
+from edgeweave.serve.backend import LocalSessions, SessionFactory
+from edgeweave.serve.config import ServeConfig
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port {self.port} is not in [0, 65536)")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def _uvicorn_server(backend: SessionFactory, config: ServeConfig, address: ServerAddress,
+                    log_level: str):  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    from edgeweave.serve.app import create_app
+
+    app = create_app(backend, config)
+    return uvicorn.Server(uvicorn.Config(app, host=address.host, port=address.port,
+                                         log_level=log_level, access_log=False, ws="none",
+                                         timeout_graceful_shutdown=5))
+
+
+def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port: int = 8000,
+          api_keys: tuple[str, ...] = (), config: ServeConfig | None = None,
+          backend: SessionFactory | None = None, log_level: str = "info") -> None:
+    """Load ``model`` (unless a ``backend`` is given) and serve it until interrupted."""
+    cfg = config or ServeConfig(api_keys=api_keys)
+    address = ServerAddress(host, port)  # validate before the slow model load
+    backend = backend or LocalSessions.load(model)
+    try:
+        _uvicorn_server(backend, cfg, address, log_level).run()
+    finally:
+        backend.close()
+
+
+class BackgroundServer:
+    """A uvicorn server on a thread; ``with BackgroundServer(...) as url:`` in tests."""
+
+    def __init__(self, backend: SessionFactory, config: ServeConfig | None = None,
+                 host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+        import socket
+
+        if port == 0:  # pick a free port now, so the URL is known before start
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.address = ServerAddress(host, port)
+        self.server = _uvicorn_server(backend, config or ServeConfig(), self.address, log_level)
+        self.thread = threading.Thread(target=self.server.run, name="edgeweave-uvicorn",
+                                       daemon=True)
+
+    @property
+    def url(self) -> str:
+        return self.address.url
+
+    def start(self, timeout: float = 20.0) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(f"the server did not start on {self.url}: is the port free?")
+            time.sleep(0.02)
+        return self.url
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

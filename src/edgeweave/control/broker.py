@@ -1,0 +1,89 @@
+"""Run Debian's ``mosquitto`` on loopback (tests, demos, a single-box fleet).
+
+Install with ``apt-get install -y mosquitto``. ``set_tcp_nodelay true`` matters: without it
+QoS 1 round trips take ~88 ms on loopback (Nagle + delayed ACK) instead of ~1 ms.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from edgeweave.errors import ConfigError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def find_mosquitto() -> str:
+    exe = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if Path(p).is_file()), None)
+    if exe is None:
+        raise ConfigError("the MQTT broker 'mosquitto' is not installed: "
+                          "apt-get update && apt-get install -y mosquitto")
+    return exe
+
+
+class Mosquitto:
+    """A broker process on ``host:port`` with a throw-away config; stop() ends it."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host, self.port = host, port or free_port(host)
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> Mosquitto:
+        exe = find_mosquitto()
+        self._dir = tempfile.TemporaryDirectory(prefix="edgeweave-mqtt-")
+        conf = Path(self._dir.name) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "set_tcp_nodelay true\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n"
+        )
+        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise ConfigError(f"mosquitto exited at start (port {self.port} taken?): {err}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise ConfigError(f"mosquitto did not listen on {self.host}:{self.port} in {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,228 @@
+"""The coordinator side: one subscription to the fleet, events out to callbacks.
+
+MQTT messages arrive on paho's network thread and only update state; the events they raise
+are queued and delivered by a dispatcher thread, so a slow callback (a failover replaying
+sessions takes seconds) never stalls the control plane. A watchdog thread turns heartbeat
+silence into ``gone`` for nodes whose connection hangs without closing (the broker would
+only notice after 1.5 keep-alives).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeweave.control.client import connect, make_client
+from edgeweave.control.events import EventKind, FleetEvent, MonitorConfig
+from edgeweave.control.messages import Telemetry, check_name, decode, parse_topic, subscription
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[FleetEvent], None]
+
+
+@dataclass(frozen=True)
+class _Condition:
+    """A telemetry reading that raises one event when low and another when recovered."""
+
+    flag: str
+    raised: EventKind
+    cleared: EventKind
+    reading: Callable[[Telemetry], float | None]
+    threshold: Callable[[MonitorConfig], tuple[float, float]]  # (low, hysteresis)
+
+
+CONDITIONS = (
+    _Condition("battery_low", EventKind.BATTERY_LOW, EventKind.BATTERY_OK,
+               lambda t: None if t.charging else t.battery,
+               lambda c: (c.battery_low, c.battery_hysteresis)),
+    _Condition("memory_pressure", EventKind.MEMORY_PRESSURE, EventKind.MEMORY_OK,
+               lambda t: t.free_memory_mb, lambda c: (c.memory_low_mb, c.memory_hysteresis_mb)),
+    _Condition("link_degraded", EventKind.LINK_DEGRADED, EventKind.LINK_OK,
+               lambda t: t.link_quality, lambda c: (c.link_low, c.link_hysteresis)),
+)
+
+
+@dataclass
+class NodeState:
+    device: str
+    online: bool = False
+    ever_online: bool = False
+    profile: dict[str, Any] = field(default_factory=dict)
+    heartbeat_s: float | None = None
+    last_seen: float = 0.0  # monotonic
+    telemetry: Telemetry | None = None
+    flags: set[str] = field(default_factory=set)  # active conditions
+    gone_reason: str | None = None
+
+
+class FleetMonitor:
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, *, fleet: str = "default",
+                 config: MonitorConfig | None = None, client_id: str | None = None) -> None:
+        self.host, self.port, self.fleet = host, port, check_name("fleet", fleet)
+        self.config = config or MonitorConfig()
+        self._client = make_client(client_id or f"edgeweave-monitor-{fleet}-{id(self):x}")
+        self._client.on_message = self._on_message
+        self._nodes: dict[str, NodeState] = {}
+        self._lock = threading.Condition()
+        self._callbacks: list[tuple[frozenset[EventKind] | None, Callback]] = []
+        self._queue: queue.Queue[FleetEvent | None] = queue.Queue()
+        self.history: deque[FleetEvent] = deque(maxlen=10_000)
+        self.callback_errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- callbacks ---------------------------------------------------------------------------
+    def subscribe(self, callback: Callback, kinds: Iterable[EventKind] | None = None) -> None:
+        """Call ``callback(event)`` for every event (or only those of ``kinds``)."""
+        self._callbacks.append((None if kinds is None else frozenset(kinds), callback))
+
+    def on_device_gone(self, callback: Callable[[str], None]) -> None:
+        self.subscribe(lambda e: callback(e.device), [EventKind.GONE])
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> FleetMonitor:
+        subscribed = threading.Event()
+        self._client.on_subscribe = lambda *a: subscribed.set()
+        connect(self._client, self.host, self.port, keepalive=10, timeout=timeout,
+                on_connected=lambda c: c.subscribe(subscription(self.fleet), qos=1))
+        if not subscribed.wait(timeout):
+            self.stop()
+            raise TimeoutError(f"no SUBACK from the broker at {self.host}:{self.port}")
+        for target, name in ((self._dispatch, "dispatch"), (self._watchdog, "watchdog")):
+            t = threading.Thread(target=target, name=f"fleet-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        self._client.disconnect()
+        self._client.loop_stop()
+        for t in self._threads:
+            t.join(5)
+
+    def __enter__(self) -> FleetMonitor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- queries -----------------------------------------------------------------------------
+    def nodes(self) -> dict[str, NodeState]:
+        """A snapshot of every node heard of."""
+        import copy
+
+        with self._lock:
+            return copy.deepcopy(self._nodes)
+
+    def online(self) -> list[str]:
+        with self._lock:
+            return sorted(d for d, n in self._nodes.items() if n.online)
+
+    def wait_for(self, kind: EventKind, device: str | None = None, timeout: float = 10.0,
+                 after: float = float("-inf")) -> FleetEvent | None:
+        """The first event of ``kind`` (for ``device``) at or after monotonic ``after``."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for e in self.history:
+                    if e.kind == kind and e.at >= after and device in (None, e.device):
+                        return e
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._lock.wait(left)
+
+    # -- state machine (network thread and watchdog) ---------------------------------------
+    def _emit(self, kind: EventKind, node: NodeState, **detail: Any) -> None:
+        ev = FleetEvent(kind, node.device, detail)
+        self.history.append(ev)
+        self._lock.notify_all()
+        self._queue.put(ev)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        parsed = parse_topic(msg.topic)
+        body = decode(msg.payload) if parsed else None
+        if parsed is None or body is None or parsed[0] != self.fleet:
+            return
+        _, device, kind = parsed
+        with self._lock:
+            node = self._nodes.setdefault(device, NodeState(device))
+            getattr(self, f"_on_{kind}")(node, body, bool(msg.retain))
+
+    def _seen(self, node: NodeState) -> None:
+        node.last_seen = time.monotonic()
+        if not node.online and node.ever_online:
+            node.online, node.gone_reason = True, None
+            self._emit(EventKind.BACK, node)
+
+    def _on_profile(self, node: NodeState, body: dict[str, Any], retained: bool) -> None:
+        node.profile = dict(body.get("profile") or {})
+        hb = body.get("heartbeat_s")
+        node.heartbeat_s = float(hb) if isinstance(hb, (int, float)) and hb > 0 else None
+
+    def _on_status(self, node: NodeState, body: dict[str, Any], retained: bool) -> None:
+        if body.get("state") == "online":
+            node.last_seen = time.monotonic()
+            if not node.ever_online:
+                node.online = node.ever_online = True
+                self._emit(EventKind.JOINED, node, retained=retained)
+            else:
+                self._seen(node)
+        elif body.get("state") == "offline" and node.online:
+            self._gone(node, str(body.get("reason", "offline")))
+
+    def _on_heartbeat(self, node: NodeState, body: dict[str, Any], retained: bool) -> None:
+        if node.ever_online:  # a heartbeat before any status: wait for the announce
+            self._seen(node)
+
+    def _on_telemetry(self, node: NodeState, body: dict[str, Any], retained: bool) -> None:
+        t = Telemetry.from_msg(body)
+        if t is None:
+            return
+        node.telemetry = t
+        if node.ever_online:
+            self._seen(node)
+        for cond in CONDITIONS:
+            value = cond.reading(t)
+            low, hyst = cond.threshold(self.config)
+            if value is None:
+                continue
+            if cond.flag not in node.flags and value < low:
+                node.flags.add(cond.flag)
+                self._emit(cond.raised, node, value=value, threshold=low)
+            elif cond.flag in node.flags and value >= low + hyst:
+                node.flags.discard(cond.flag)
+                self._emit(cond.cleared, node, value=value, threshold=low + hyst)
+
+    def _gone(self, node: NodeState, reason: str) -> None:
+        node.online, node.gone_reason = False, reason
+        self._emit(EventKind.GONE, node, reason=reason)
+
+    def _watchdog(self) -> None:
+        while not self._stop.wait(self.config.watchdog_period_s):
+            now = time.monotonic()
+            with self._lock:
+                for node in self._nodes.values():
+                    period = node.heartbeat_s or self.config.default_heartbeat_s
+                    if node.online and now - node.last_seen > self.config.heartbeat_misses * period:
+                        self._gone(node, "heartbeat_timeout")
+
+    def _dispatch(self) -> None:
+        while (ev := self._queue.get()) is not None:
+            for kinds, cb in list(self._callbacks):
+                if kinds is not None and ev.kind not in kinds:
+                    continue
+                try:
+                    cb(ev)
+                except Exception as e:  # noqa: BLE001 - one bad callback must not stop others
+                    log.exception("fleet callback failed on %s", ev)
+                    self.callback_errors.append(e)

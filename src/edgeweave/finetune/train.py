@@ -85,6 +85,12 @@ class PrefixCache:
         return out
 
 
+def _frozen(model: nn.Module, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Adapter-free blocks ``[start, stop)`` without autograd."""
+    with torch.no_grad():
+        return run_from(model, h, start, stop)
+
+
 def hidden_in(model: nn.Module, ids: torch.Tensor, start: int) -> torch.Tensor:
     with torch.no_grad():
         h = model.embed(ids)
@@ -93,16 +99,28 @@ def hidden_in(model: nn.Module, ids: torch.Tensor, start: int) -> torch.Tensor:
     return h
 
 
-def loss_from(model: nn.Module, h: torch.Tensor, labels: torch.Tensor, start: int,
-              grad_checkpointing: bool = False) -> torch.Tensor:
-    """Mean next-token loss of blocks ``[start, end)`` + head on hidden states ``h``."""
-    for b in range(start, model.shard.end):
+def run_from(model: nn.Module, h: torch.Tensor, start: int, stop: int | None = None,
+             grad_checkpointing: bool = False) -> torch.Tensor:
+    """Blocks ``[start, stop)`` (default: to the end) on hidden states ``h``."""
+    for b in range(start, model.shard.end if stop is None else stop):
         if grad_checkpointing and torch.is_grad_enabled():
             h = checkpoint(model.block, b, h, None, use_reentrant=False)
         else:
             h = model.block(b, h)
-    logits = model.head(h).float()
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    return h
+
+
+def loss_from(model: nn.Module, h: torch.Tensor, labels: torch.Tensor, start: int,
+              grad_checkpointing: bool = False) -> torch.Tensor:
+    """Mean next-token loss of blocks ``[start, end)`` + head on hidden states ``h``.
+
+    The vocabulary projection runs only at target positions: with short answers after
+    long prompts that is most of the compute of a small model.
+    """
+    h = run_from(model, h, start, grad_checkpointing=grad_checkpointing)
+    mask = labels != IGNORE
+    logits = model.head(h[mask]).float()  # (targets, vocab)
+    return F.cross_entropy(logits, labels[mask])
 
 
 def batch_indices(n: int, step: int, cfg: TrainConfig) -> list[int]:
@@ -157,9 +175,9 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
         raise CheckpointError("the model has no trainable adapter: call apply_lora first")
     model.train()
     start = first_trainable_block(model)
-    if prefix_cache is not None and prefix_cache.start != start:
-        raise CheckpointError(f"prefix cache built for block {prefix_cache.start}, "
-                              f"adapters start at block {start}")
+    if prefix_cache is not None and prefix_cache.start > start:
+        raise CheckpointError(f"prefix cache reaches block {prefix_cache.start}, past the "
+                              f"first adapter at block {start}")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     step, losses = _load_checkpoint(ckpt, model, opt, cfg) if ckpt else (0, [])
@@ -178,7 +196,8 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
                 micro = idx[m0:m0 + cfg.micro_batch_size]
                 ids, labels = collate([examples[i] for i in micro])
                 with meter.saved_tensors(model):
-                    h = (prefix_cache.batch(model, examples, micro) if prefix_cache
+                    h = (_frozen(model, prefix_cache.batch(model, examples, micro),
+                                 prefix_cache.start, start) if prefix_cache
                          else hidden_in(model, ids, start))
                     loss = loss_from(model, h, labels, start, cfg.grad_checkpointing)
                     loss = loss / cfg.accumulation

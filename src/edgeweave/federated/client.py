@@ -1,0 +1,137 @@
+"""The Flower ``ClientApp``: a device that fine-tunes the share of the adapter it is sent.
+
+Only adapter tensors travel: the server sends exactly the keys (rank slice and blocks)
+this client trains and gets the same keys back, which is also what Flower's
+``LocalDpMod`` requires. The frozen base model is loaded once per process and shared by
+every in-process client (their LoRA layers are separate module objects around the same
+base tensors). Node config: ``partition-id``, ``memory-mb``.
+Run config: see :class:`edgeweave.federated.config.FedConfig.to_run_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeweave.finetune.config import LoRAConfig, TrainConfig
+
+_LOCK = threading.Lock()
+_BASES: dict[tuple[str, str], Any] = {}
+_CACHES: dict[tuple, Any] = {}
+
+
+def shared_base(model: str, base_dtype: str):
+    """The frozen base model of this process (loaded and converted once)."""
+    from edgeweave.finetune.quantbase import convert_base
+    from edgeweave.models.catalog import load
+
+    with _LOCK:
+        key = (model, base_dtype)
+        if key not in _BASES:
+            lm = load(model)
+            if base_dtype == "bfloat16":  # int8 is applied per client copy (new modules)
+                convert_base(lm.model, base_dtype)
+            _BASES[key] = lm.model
+        return _BASES[key]
+
+
+def client_model(base, lora: LoRAConfig, base_dtype: str):
+    """A LoRA model sharing ``base``'s tensors (no copy of the weights)."""
+    from edgeweave.finetune.lora import apply_lora
+    from edgeweave.finetune.quantbase import convert_base
+
+    memo = {id(t): t for t in [*base.parameters(), *base.buffers()]}
+    model = apply_lora(copy.deepcopy(base, memo), lora)
+    if base_dtype == "int8":
+        convert_base(model, "int8")
+    return model
+
+
+def prefix_cache(key: tuple, start: int):
+    from edgeweave.finetune.train import PrefixCache
+
+    with _LOCK:
+        if key not in _CACHES:
+            _CACHES[key] = PrefixCache(start)
+        return _CACHES[key]
+
+
+def region_start(run: dict) -> int:
+    """First block carrying adapters ('' = the whole model, block 0)."""
+    a, _, _ = str(run.get("region", "")).partition("-")
+    return int(a) if a else 0
+
+
+def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
+                     partition: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Pure-ish core of the client: returns (trained arrays, metrics)."""
+    from edgeweave.federated.tasks import cached_task
+    from edgeweave.finetune.lora import adapter_state, load_adapter_state
+    from edgeweave.finetune.train import train
+
+    rank, layers = int(cfg["rank"]), tuple(int(x) for x in cfg["layers"])
+    lora = LoRAConfig(rank=rank, alpha=float(run["scale"]) * rank,
+                      target_modules=tuple(str(run["targets"]).split(",")), layers=layers)
+    base = shared_base(str(run["model"]), str(run["base-dtype"]))
+    model = client_model(base, lora, str(run["base-dtype"]))
+    load_adapter_state(model, {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    data = cached_task(str(run["task"]), str(run["model"]), int(run["num-clients"]),
+                       int(run["seq-len"]), float(run["alpha"]), int(run["seed"]))
+    examples = data.clients[partition % len(data.clients)]
+    start = region_start(run)
+    cache = prefix_cache((run["model"], run["base-dtype"], run["task"], partition, start), start)
+    tcfg = TrainConfig(steps=int(cfg["steps"]), lr=float(cfg["lr"]),
+                       batch_size=int(cfg["batch-size"]), micro_batch_size=int(cfg["batch-size"]),
+                       seq_len=int(run["seq-len"]), proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+                       base_dtype=str(run["base-dtype"]),
+                       seed=int(run["seed"]) * 1000 + int(cfg["server-round"]) * 37 + partition)
+    t0 = time.perf_counter()
+    res = train(model, examples, tcfg, prefix_cache=cache)
+    out = {k: v.numpy() for k, v in adapter_state(model).items()}
+    metrics = {"num-examples": len(examples), "train-loss": float(np.mean(res.losses)),
+               "peak-rss-mb": res.peak_rss_mb, "saved-act-mb": res.saved_activations_mb,
+               "trainable-params": res.trainable_params, "train-s": time.perf_counter() - t0,
+               "rank": rank, "blocks": len(layers),
+               "bytes-up": int(sum(v.nbytes for v in out.values())),
+               "bytes-down": int(sum(np.asarray(v).nbytes for v in arrays.values())),
+               "partition-id": partition}
+    return out, metrics
+
+
+def make_client_app(mods: list | None = None):
+    """A Flower ``ClientApp`` (train + query), optionally wrapped in Flower mods."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp(mods=mods or [])
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config.get("partition-id", context.node_id))
+        arrays = msg.content["arrays"].to_numpy_ndarrays()
+        keys = list(msg.content["arrays"].keys())
+        cfg = dict(msg.content["config"])
+        out, metrics = train_on_message(dict(zip(keys, arrays, strict=True)), cfg,
+                                        dict(context.run_config), partition)
+        reply = RecordDict({"arrays": ArrayRecord({k: _array(out[k]) for k in keys}),
+                            "metrics": MetricRecord(metrics)})
+        return Message(reply, reply_to=msg)
+
+    @app.query()
+    def _query(msg: Message, context: Context) -> Message:
+        profile = {"partition-id": int(context.node_config.get("partition-id", -1)),
+                   "memory-mb": int(context.node_config.get("memory-mb", 8192))}
+        return Message(RecordDict({"profile": ConfigRecord(profile)}), reply_to=msg)
+
+    return app
+
+
+def _array(v: np.ndarray):
+    from flwr.app import Array
+
+    return Array(np.ascontiguousarray(v))

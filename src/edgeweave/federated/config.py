@@ -1,0 +1,122 @@
+"""The typed, frozen configuration of a federated run, and its flat Flower form.
+
+Flower's run config is a flat ``{str: int|float|str|bool}`` mapping (``pyproject.toml``
+``[tool.flwr.app.config]`` or ``--run-config``); :meth:`FedConfig.to_run_config` and
+:meth:`FedConfig.from_run_config` convert both ways so simulation and deployment share one
+source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from edgeweave.errors import ConfigError
+from edgeweave.federated.hetero import DEFAULT_TIERS, Tier
+
+AGGREGATIONS = ("fedavg", "pad", "svd")
+SERVER_OPTS = ("avg", "adam")
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    """One federated LoRA run.
+
+    ``region`` is the half-open block range that carries adapters (``None`` = every block);
+    blocks below it are frozen and adapter-free, so clients cache their hidden states.
+    ``scale`` is LoRA's alpha/rank, equal for every client whatever its rank.
+    ``client_memory_mb`` gives each client's memory (its tier); empty = cycle the tiers.
+    ``aggregation``: ``fedavg`` (same shapes), ``pad`` (zero-pad/truncate) or ``svd``
+    (SVD redistribution). ``server_opt``: ``avg`` (FedAvg/FedProx) or ``adam`` (FedAdam).
+    ``dp_clip`` > 0 turns on Flower's ``LocalDpMod`` on every client.
+    """
+
+    model: str = "smollm2-135m-instruct"
+    task: str = "iot"
+    num_clients: int = 8
+    rounds: int = 5
+    aggregation: str = "pad"
+    server_opt: str = "avg"
+    server_lr: float = 0.02
+    proximal_mu: float = 0.0
+    local_steps: int = 5
+    lr: float = 2e-3
+    batch_size: int = 4
+    seq_len: int = 96
+    dirichlet_alpha: float = 0.5
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    region: tuple[int, int] | None = None
+    scale: float = 2.0
+    tiers: tuple[Tier, ...] = DEFAULT_TIERS
+    client_memory_mb: tuple[int, ...] = ()
+    base_dtype: str = "float32"
+    timeout_s: float = 600.0
+    min_clients: int = 0  # wait for this many nodes (0 = num_clients)
+    dp_clip: float = 0.0
+    dp_epsilon: float = 1.0
+    dp_delta: float = 1e-5
+    seed: int = 0
+    version: int = field(default=1)
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"aggregation {self.aggregation!r}: choose from {AGGREGATIONS}")
+        if self.server_opt not in SERVER_OPTS:
+            raise ConfigError(f"server_opt {self.server_opt!r}: choose from {SERVER_OPTS}")
+        if self.server_opt == "adam" and self.aggregation == "svd":
+            raise ConfigError("FedAdam needs factor-aligned aggregation: the SVD re-basis "
+                              "changes every round; use aggregation='pad' or 'fedavg'")
+        if self.num_clients < 1 or self.rounds < 1 or self.local_steps < 1:
+            raise ConfigError("num_clients, rounds and local_steps must be >= 1")
+        if self.region is not None and not 0 <= self.region[0] < self.region[1]:
+            raise ConfigError(f"region {self.region} must be a half-open [start, end) range")
+        ranks = {t.rank for t in self.tiers}
+        if self.aggregation == "fedavg" and len(ranks) > 1:
+            raise ConfigError("fedavg needs one rank for every tier; use 'pad' or 'svd' for "
+                              "rank-heterogeneous clients")
+        if self.client_memory_mb and len(self.client_memory_mb) != self.num_clients:
+            raise ConfigError("client_memory_mb needs one entry per client")
+
+    @property
+    def max_rank(self) -> int:
+        return max(t.rank for t in self.tiers)
+
+    def memory_of(self, partition: int) -> int:
+        if self.client_memory_mb:
+            return self.client_memory_mb[partition]
+        ordered = sorted(self.tiers, key=lambda t: t.memory_mb)
+        return ordered[partition % len(ordered)].memory_mb
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flat Flower run config (the whole config travels as JSON under ``edgeweave``,
+        plus the keys a ClientApp reads directly)."""
+        return {"edgeweave": json.dumps(self.to_dict()), "model": self.model, "task": self.task,
+                "num-clients": self.num_clients, "seq-len": self.seq_len,
+                "alpha": self.dirichlet_alpha, "seed": self.seed,
+                "targets": ",".join(self.targets), "scale": self.scale,
+                "region": "" if self.region is None else f"{self.region[0]}-{self.region[1]}",
+                "base-dtype": self.base_dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FedConfig:
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise ConfigError(f"unknown FedConfig fields {bad}")
+        d = dict(d)
+        d["tiers"] = tuple(Tier(**t) if isinstance(t, dict) else t for t in d.get("tiers", ()))
+        for k in ("targets", "client_memory_mb", "region"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    @classmethod
+    def from_run_config(cls, rc: dict[str, Any]) -> FedConfig:
+        if "edgeweave" in rc:
+            return cls.from_dict(json.loads(str(rc["edgeweave"])))
+        raise ConfigError("run config lacks the 'edgeweave' key: build it with "
+                          "FedConfig.to_run_config()")

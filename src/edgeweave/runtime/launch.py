@@ -146,12 +146,16 @@ def node_command(model: str, *, port: int = 0, stages: tuple[Shard, ...] = (),
     return cmd
 
 
-def start_node(cmd: list[str], log: Path, timeout: float = 120.0,
-               env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a node process and wait for its ready line; returns ``(process, address)``."""
+def spawn_node(cmd: list[str], log: Path,
+               env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    # idle OpenMP threads must sleep, not spin: the other stages need the cores meanwhile
     full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
     with open(log, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=full_env)
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=full_env)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> str:
+    """Wait for a spawned node's ready line; returns its ``host:port``."""
     found: list[str] = []
 
     def read() -> None:
@@ -169,7 +173,14 @@ def start_node(cmd: list[str], log: Path, timeout: float = 120.0,
         stop_processes([proc])
         raise RuntimeStageError(f"node did not start within {timeout:.0f} s; its log: "
                                 f"{log.read_text(errors='replace')[-2000:]}")
-    return proc, found[0]
+    return found[0]
+
+
+def start_node(cmd: list[str], log: Path, timeout: float = 120.0,
+               env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a node process and wait until it serves; returns ``(process, address)``."""
+    proc = spawn_node(cmd, log, env)
+    return proc, wait_ready(proc, log, timeout)
 
 
 def stop_processes(procs: Any) -> None:
@@ -210,7 +221,9 @@ def launch(plan: Plan, model: str, *, tls_dir: str | Path | None = None,
             logs[d] = log_dir / f"{d}.log"
             cmd = node_command(model, stages=shards, variant=variant, tls_dir=tls_dir, name=d,
                                threads=threads)
-            procs[d], addrs[d] = start_node(cmd, logs[d], env=env)
+            procs[d] = spawn_node(cmd, logs[d], env)  # all start (and load) in parallel
+        for d in devices:
+            addrs[d] = wait_ready(procs[d], logs[d])
         tls = TLSFiles.from_dir(tls_dir, coordinator_name) if tls_dir is not None else None
         coord = attach(plan, model, addrs, tls=tls, **kw)
     except BaseException:
@@ -245,5 +258,6 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     (ready or print)(f"{READY} {host}:{bound}")
-    stop.wait()
+    while not stop.wait(0.5):  # a timed wait lets the signal handler run promptly
+        pass
     server.stop(grace=1.0).wait()

@@ -183,8 +183,9 @@ class LinkProfile:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.up_bps <= 0 or self.down_bps <= 0 or self.latency_s < 0 or self.energy_per_byte_j < 0:
-            raise ConfigError(f"link class {self.name!r}: rates must be > 0, latency and energy >= 0")
+        if min(self.up_bps, self.down_bps) <= 0 or min(self.latency_s, self.energy_per_byte_j) < 0:
+            raise ConfigError(
+                f"link class {self.name!r}: rates must be > 0, latency and energy >= 0")
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,10 @@ def embedded(model: str = "smollm2-135m-instruct", plan: Plan | None = None, *,
 
 
 def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = None,
-           connect_timeout: float = 10.0, tokenizer: Any = None, **kw: Any) -> Coordinator:
-    """Coordinator over running nodes; ``addresses`` maps each device to ``host:port``."""
+           connect_timeout: float = 10.0, tokenizer: Any = "auto", **kw: Any) -> Coordinator:
+    """Coordinator over running nodes; ``addresses`` maps each device to ``host:port``.
+
+    ``tokenizer="auto"`` loads the model's tokenizer here (``coordinator.tokenizer``)."""
     from edgeweave.runtime.transport.grpc_link import GrpcLink
 
     missing = sorted({s.device for s in plan.stages} - set(addresses))
@@ -98,7 +100,7 @@ def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = N
         return GrpcLink(addrs[device], tls, connect_timeout)
 
     coord = Coordinator(plan, model, connect, **kw)
-    coord.tokenizer = tokenizer if tokenizer is not None else _tokenizer(model)  # type: ignore[attr-defined]
+    coord.tokenizer = _tokenizer(model) if tokenizer == "auto" else tokenizer  # type: ignore[attr-defined]
     coord.addresses = addrs  # type: ignore[attr-defined]
     return coord
 

@@ -73,4 +73,4 @@ def test_registry_rejects_unknown_backend():
     with pytest.raises(ConfigError, match="unknown stage backend"):
         create_engine(cfg)
     with pytest.raises(ConfigError):
-        EngineConfig("x", Shard(0, 1, 1), variant="int3")
+        EngineConfig("x", Shard(0, 1, 1), variant="Int 3")

@@ -21,6 +21,7 @@ Memory accounting is per session (``session_bytes``) so the server can cap and e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -30,7 +31,7 @@ import torch
 from edgeweave.errors import ConfigError, RuntimeStageError
 from edgeweave.types import Shard
 
-VARIANTS = ("fp32", "int8", "int4")
+_VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # e.g. fp32, int8, int4, int4-rtn
 
 
 class SessionNotFound(RuntimeStageError):
@@ -42,6 +43,7 @@ class EngineConfig:
     """What a node needs to build one stage: model source, block range, weight variant.
 
     ``model`` is a bundled name, a Hugging Face folder, or a compression artifact folder;
+    ``variant`` names the weights (``fp32`` or a ``compress.variant`` name such as ``int8``);
     ``threads`` 0 keeps the process default.
     """
 
@@ -54,9 +56,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("EngineConfig needs a model name or folder")
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"unknown variant {self.variant!r}: "
-                              f"choose one of {', '.join(VARIANTS)}")
+        if not _VARIANT_NAME.fullmatch(self.variant):
+            raise ConfigError(f"variant {self.variant!r} is not a variant name: use fp32, "
+                              "int8, int4 or another name `edgeweave.compress` knows")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (got {self.threads})")
 
@@ -117,12 +119,15 @@ def register_engine(name: str) -> Callable[[EngineFactory], EngineFactory]:
 
 
 def _import_backend(name: str) -> None:
-    import contextlib
     import importlib
 
     # backends register on import; importing lazily keeps `import edgeweave` light
-    with contextlib.suppress(ModuleNotFoundError):
-        importlib.import_module(f"edgeweave.runtime.engines.{name}")
+    module = f"edgeweave.runtime.engines.{name}"
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:  # the backend exists but lacks a dependency: say which
+            raise ConfigError(f"stage backend {name!r} needs {e.name!r}: pip install it") from e
 
 
 def create_engine(config: EngineConfig) -> StageEngine:

@@ -7,28 +7,46 @@ shard's tensors. fp32 weights take the fast numpy GEMV route of ``runtime.fast``
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import torch
 
 from edgeweave.errors import ArtifactError, RuntimeStageError
 from edgeweave.models.cache import KVCache
 from edgeweave.models.llama import BlockModel
+from edgeweave.runtime import fast as _fast
 from edgeweave.runtime.engines.base import EngineConfig, SessionNotFound, register_engine
 from edgeweave.runtime.fast import accelerate_decode
 
+# the GEMV route wants torch single-threaded at decode (see runtime.fast), when available
+_decode_threads = getattr(_fast, "decode_threads", lambda active=True: contextlib.nullcontext())
+
 
 def load_stage_model(config: EngineConfig) -> BlockModel:
-    """Load only ``config.shard`` of ``config.model`` in the requested weight variant."""
+    """Load only ``config.shard`` of ``config.model`` in the requested weight variant.
+
+    ``model`` may be a compression artifact folder (loaded as it is), or a model whose
+    ``variant`` other than fp32 is built or reused by ``edgeweave.compress.variant``."""
+    if (Path(config.model) / "manifest.json").is_file():
+        from edgeweave.compress import load_artifact
+
+        return load_artifact(config.model, shard=config.shard).model
     if config.variant == "fp32":
         from edgeweave.models import load
 
         return load(config.model, shard=config.shard).model
+    from edgeweave.models.catalog import BUNDLED
+
+    if config.model not in BUNDLED:
+        raise ArtifactError(f"variant {config.variant!r} of {config.model!r}: pass the artifact "
+                            "folder made by `edgeweave compress` as the model instead")
     try:  # compressed variants come from the compression package's cached artifacts
         from edgeweave import compress
     except ImportError as e:
         raise ArtifactError(f"variant {config.variant!r} needs edgeweave.compress, which is not "
                             "available in this installation: use variant fp32") from e
-    path = compress.variant(config.variant, config.model) if hasattr(compress, "variant") \
-        else config.model
+    path = compress.variant(config.variant, config.model)
     return compress.load_artifact(path, shard=config.shard).model
 
 
@@ -43,7 +61,8 @@ class TorchStageEngine:
         sh, msh = config.shard, self.model.shard
         if not (msh.start <= sh.start and sh.end <= msh.end and sh.n_layers == msh.n_layers):
             raise RuntimeStageError(f"the loaded model holds blocks {msh} but the stage needs {sh}")
-        if config.variant == "fp32":
+        self._gemv = config.variant == "fp32"
+        if self._gemv:
             accelerate_decode(self.model)
         self.hidden_size = self.model.cfg.hidden_size
         self.vocab_size = self.model.cfg.vocab_size
@@ -69,12 +88,14 @@ class TorchStageEngine:
     def forward(self, session_id: str, x: torch.Tensor) -> torch.Tensor:
         cache = self._cache(session_id)
         sh = self.config.shard
-        h = self.model.embed(x.long()) if sh.is_first else x
-        for i in range(sh.start, sh.end):
-            h = self.model.block(i, h, cache)
-        if sh.is_last:
-            return self.model.head(h[:, -1:])[:, -1]  # (B, vocab): the head only where needed
-        return h
+        one_token = x.shape[1] == 1
+        with _decode_threads(self._gemv and one_token):
+            h = self.model.embed(x.long()) if sh.is_first else x
+            for i in range(sh.start, sh.end):
+                h = self.model.block(i, h, cache)
+            if sh.is_last:
+                return self.model.head(h[:, -1:])[:, -1]  # (B, vocab): the head where needed
+            return h
 
     def truncate(self, session_id: str, length: int) -> None:
         self._cache(session_id).truncate(length)

@@ -57,10 +57,17 @@ def tables_for(model: ModelConfig | ModelCosts, fleet: Fleet, *,
 
 
 def search(t: CostTables, obj: O.Objective, cap_s: float | None = None,
-           node_budget: int = NODE_BUDGET) -> tuple[float, list[Part], bool]:
-    """(optimal value, stages as (device, variant, start, end, codec), proven optimal)."""
+           node_budget: int = NODE_BUDGET,
+           penalty: np.ndarray | None = None) -> tuple[float, list[Part], bool]:
+    """(optimal value, stages as (device, variant, start, end, codec), proven optimal).
+
+    ``penalty`` (n, V, L) adds a cost per block placed on (device, variant): the adapter
+    uses it to price moving layers away from where they are now."""
     n, L, op = t.n, t.L, obj.op
     SC, _ = t.stage_arrays(obj.stage_metric)  # (n, V, L+1, L+1)
+    if penalty is not None:
+        cum = np.concatenate([np.zeros((n, len(t.variants), 1)), np.cumsum(penalty, axis=2)], 2)
+        SC = SC + np.maximum(cum[:, :, None, :] - cum[:, :, :, None], 0.0)
     H = t.hop[obj.hop_metric].copy()  # (n, n, K)
     E, Cl = obj.entry(t).astype(float), obj.close(t).astype(float)
     if cap_s is not None:  # throughput's second pass: nothing may exceed the bottleneck

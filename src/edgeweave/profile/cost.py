@@ -170,3 +170,14 @@ def hop_energy_j(nbytes: float, link: LinkProfile) -> float:
 
 def codec_time_s(codec: str) -> float:
     return CODEC_TIME_S[codec]
+
+
+def model_costs(name: str | None = None, prompt_len: int = 128, context: int = 512) -> ModelCosts:
+    """Costs of a loadable model (bundled name, HF folder or .gguf) from its config only."""
+    import json
+
+    from edgeweave.models import DEFAULT_MODEL, resolve
+
+    label, folder = resolve(name or DEFAULT_MODEL)
+    cfg = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    return ModelCosts.from_config(cfg, label, prompt_len, context)

@@ -1,0 +1,74 @@
+"""``edgeweave plan``: the optimal placement of a model on a fleet file, with baselines."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from edgeweave.cli.common import console, table
+
+
+def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
+             baseline: str | None = None, min_quality: float = 0.0,
+             battery_reserve: float = 0.2, prompt_len: int = 128, context: int = 512) -> dict:
+    """Plan (and optionally baselines) for a fleet file; host-calibrated when profiled."""
+    from edgeweave.plan.baselines import BASELINES, baseline_tables
+    from edgeweave.plan.fleet import load_fleet
+    from edgeweave.plan.partition import place_tables, tables_for
+    from edgeweave.profile import probe
+    from edgeweave.profile.cost import UNCALIBRATED, model_costs
+
+    spec = load_fleet(fleet)
+    hp = probe.load_cached()
+    cal = hp.calibration() if hp else UNCALIBRATED
+    t = tables_for(model_costs(model, prompt_len, context), spec.fleet, variants=spec.variants,
+                   min_quality=min_quality, battery_reserve=battery_reserve, calibration=cal)
+    plans = {"planner": place_tables(t, objective)}
+    names = list(BASELINES) if baseline == "all" else [baseline] if baseline else []
+    for b in names:
+        plans[b] = baseline_tables(t, b, objective)
+    return {"fleet": spec.fleet.name, "model": t.model.name, "calibration": cal.source,
+            "plans": plans}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plan")
+    def plan_cmd(
+        fleet: str = typer.Option(..., "--fleet", help="Fleet YAML (see examples/fleets)."),
+        objective: str = typer.Option("latency", "--objective",
+                                      help="latency | ttft | energy | throughput"),
+        baseline: str = typer.Option(None, "--baseline",
+                                     help="Also show a baseline: memory | neurosurgeon | "
+                                          "single | cloud | all"),
+        model: str = typer.Option(None, "--model", help="Model (default: bundled)."),
+        min_quality: float = typer.Option(0.0, "--min-quality",
+                                          help="Minimum quality kept (0..1) per variant."),
+        battery_reserve: float = typer.Option(0.2, "--battery-reserve"),
+        as_json: bool = typer.Option(False, "--json", help="Print plans as JSON."),
+    ) -> None:
+        """Place the model's blocks on a fleet minimising an objective; print the breakdown."""
+        r = run_plan(fleet, objective, model, baseline, min_quality, battery_reserve)
+        if as_json:
+            console.print_json(json.dumps({k: p.to_dict() for k, p in r["plans"].items()}))
+            return
+        best = r["plans"]["planner"]
+        console.print(f"fleet {r['fleet']}, model {r['model']}, objective {objective} "
+                      f"({r['calibration']})")
+        console.print(table("Plan", ["stage", "device", "blocks", "variant", "codec out"],
+                            [(k, s.device, str(s.shard), s.variant,
+                              s.codec if k + 1 < len(best.stages) else "-")
+                             for k, s in enumerate(best.stages)]))
+        rows = []
+        for name, p in r["plans"].items():
+            q = p.predicted
+            rows.append((name, len(p.stages), f"{q['per_token_s'] * 1e3:.3g}",
+                         f"{q['ttft_s'] * 1e3:.3g}", f"{q['energy_per_token_j'] * 1e3:.3g}",
+                         f"{q['throughput_tps']:.3g}", f"{q['compute_s'] * 1e3:.3g}",
+                         f"{q['transfer_s'] * 1e3:.3g}", f"{q['max_memory_util']:.0%}",
+                         f"{q['quality']:.3f}", "yes" if q["feasible"] else "NO"))
+        console.print(table("Predicted cost (ms, mJ per token; tok/s when pipelined)",
+                            ["plan", "st", "ms/tok", "TTFT", "mJ/tok", "tok/s", "comp",
+                             "xfer", "mem", "qual", "ok"], rows))
+        for n in best.notes:
+            console.print(f"- {n}")

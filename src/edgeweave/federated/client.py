@@ -103,6 +103,23 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
     return out, metrics
 
 
+def train_only(mod):
+    """Apply a Flower mod to train messages only (``LocalDpMod`` rejects the profile query,
+    which carries no ArrayRecord)."""
+    def wrapped(msg, ctx, call_next):
+        if msg.metadata.message_type.split(".")[0] == "train":
+            return mod(msg, ctx, call_next)
+        return call_next(msg, ctx)
+    return wrapped
+
+
+def local_dp(clip: float, epsilon: float, delta: float):
+    """Flower's ``LocalDpMod`` (clip the update to ``clip``, add Gaussian noise)."""
+    from flwr.clientapp.mod import LocalDpMod
+
+    return train_only(LocalDpMod(clip, sensitivity=clip, epsilon=epsilon, delta=delta))
+
+
 def make_client_app(mods: list | None = None):
     """A Flower ``ClientApp`` (train + query), optionally wrapped in Flower mods."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -118,6 +135,7 @@ def make_client_app(mods: list | None = None):
         cfg = dict(msg.content["config"])
         out, metrics = train_on_message(dict(zip(keys, arrays, strict=True)), cfg,
                                         dict(context.run_config), partition)
+        metrics["memory-mb"] = int(context.node_config.get("memory-mb", 8192))
         reply = RecordDict({"arrays": ArrayRecord({k: _array(out[k]) for k in keys}),
                             "metrics": MetricRecord(metrics)})
         return Message(reply, reply_to=msg)

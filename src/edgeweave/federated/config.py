@@ -29,6 +29,9 @@ class FedConfig:
     ``client_memory_mb`` gives each client's memory (its tier); empty = cycle the tiers.
     ``aggregation``: ``fedavg`` (same shapes), ``pad`` (zero-pad/truncate) or ``svd``
     (SVD redistribution). ``server_opt``: ``avg`` (FedAvg/FedProx) or ``adam`` (FedAdam).
+    ``probe``: query new nodes for their memory before their first round; off, a new node
+    trains the smallest tier's share once and its reply carries its profile (one message
+    fewer per node: in deployment every message starts a ClientApp process).
     ``dp_clip`` > 0 turns on Flower's ``LocalDpMod`` on every client.
     """
 
@@ -53,6 +56,7 @@ class FedConfig:
     base_dtype: str = "float32"
     timeout_s: float = 600.0
     min_clients: int = 0  # wait for this many nodes (0 = num_clients)
+    probe: bool = True  # ask new nodes for their profile first (else: learn it from replies)
     dp_clip: float = 0.0
     dp_epsilon: float = 1.0
     dp_delta: float = 1e-5

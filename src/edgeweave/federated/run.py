@@ -114,10 +114,9 @@ def run_strategy(cfg: FedConfig, grid, evaluate: bool = True) -> dict[str, Any]:
 def client_mods(cfg: FedConfig) -> list:
     if cfg.dp_clip <= 0:
         return []
-    from flwr.clientapp.mod import LocalDpMod
+    from edgeweave.federated.client import local_dp
 
-    return [LocalDpMod(cfg.dp_clip, sensitivity=cfg.dp_clip, epsilon=cfg.dp_epsilon,
-                       delta=cfg.dp_delta)]
+    return [local_dp(cfg.dp_clip, cfg.dp_epsilon, cfg.dp_delta)]
 
 
 def simulate(cfg: FedConfig, *, workers: int = 1, apps: dict[int, Any] | None = None,

@@ -71,7 +71,11 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
                 time.sleep(0.2)
             nodes = sorted(grid.get_node_ids())
             new = [n for n in nodes if n not in self.profiles]
-            if new:
+            if new and not self.cfg.probe:
+                smallest = min(self.cfg.tiers, key=lambda t: t.memory_mb)
+                for n in new:  # until its first reply says otherwise
+                    self.profiles[n] = {"memory-mb": smallest.memory_mb, "partition-id": -1}
+            elif new:
                 msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY)
                         for n in new]
                 for rep in grid.send_and_receive(msgs, timeout=self.cfg.timeout_s):
@@ -120,6 +124,8 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
                 m = dict(r.content["metrics"])
                 weights.append(float(m.get("num-examples", 1)))
                 node = r.metadata.src_node_id
+                if "memory-mb" in m:  # nodes report their profile with every reply
+                    self.profiles.setdefault(node, {})["memory-mb"] = m["memory-mb"]
                 clients.append({"node": node, **self._sent.get(node, {}), **m,
                                 "bytes_up": int(sum(v.nbytes for v in states[-1].values()))})
             record = {"round": server_round, "sent": len(self._sent), "replied": len(ok),

@@ -1,0 +1,82 @@
+"""Embedded simulation on a tiny random model: Flower ClientApps behind our in-process
+Grid, heterogeneous tiers, every aggregation, FedAdam/FedProx, Flower's LocalDpMod, and a
+client that hangs mid-run without stalling the round beyond its timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from edgeweave.federated.config import FedConfig
+from edgeweave.federated.hetero import Tier
+from edgeweave.federated.run import simulate
+
+TIERS = (Tier("micro", 512, rank=2, window=1), Tier("edge", 2048, rank=4, window=2),
+         Tier("gateway", 8192, rank=4, window=None))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(folder, **kw) -> FedConfig:
+    base = dict(model=str(folder), task="pattern", num_clients=3, rounds=2, aggregation="pad",
+                local_steps=4, lr=2e-2, seq_len=12, timeout_s=60, tiers=TIERS, region=(2, 4),
+                targets=("q_proj", "v_proj", "down_proj"))
+    base.update(kw)
+    return FedConfig(**base)
+
+
+@pytest.mark.parametrize("kw", [
+    {"aggregation": "pad"},
+    {"aggregation": "svd", "proximal_mu": 0.1},
+    {"aggregation": "pad", "server_opt": "adam", "server_lr": 0.02},
+])
+def test_heterogeneous_rounds_learn_and_only_adapters_travel(tiny_folder, tmp_home, kw):
+    res = simulate(_cfg(tiny_folder, **kw), workers=3)
+    assert res["final_eval"]["loss"] < res["initial_eval"]["loss"]
+    for r in res["rounds"]:
+        assert r["replied"] == 3 and r["failed"] == 0
+        ranks = sorted(c["rank"] for c in r["clients"])
+        assert ranks == [2, 4, 4]  # tiers by memory: micro, edge, gateway
+        blocks = sorted(c["blocks"] for c in r["clients"])
+        assert blocks == [1, 2, 2]
+        assert r["bytes_up"] < 0.05 * 3 * res["full_model_bytes"]
+        assert all(c["bytes_up"] == c["bytes_down"] for c in r["clients"])  # same keys back
+
+
+def test_local_dp_mod_clips_and_noises(tiny_folder, tmp_home):
+    res = simulate(_cfg(tiny_folder, rounds=1, dp_clip=0.5, dp_epsilon=5.0), workers=3)
+    assert res["rounds"][0]["replied"] == 3  # LocalDpMod accepted our same-keys replies
+
+
+def test_hanging_client_does_not_stall_the_round(tiny_folder, tmp_home):
+    from edgeweave.federated.client import make_client_app
+
+    release = threading.Event()
+
+    def hang_in_round_2(msg, ctx, call_next):  # a Flower mod: the device goes silent
+        if msg.metadata.message_type == "train" and msg.content["config"]["server-round"] == 2:
+            release.wait(120)
+        return call_next(msg, ctx)
+
+    good, bad = make_client_app(), make_client_app([hang_in_round_2])
+    cfg = _cfg(tiny_folder, timeout_s=4, local_steps=2)
+    t0 = time.perf_counter()
+    try:
+        res = simulate(cfg, workers=3, apps={1: good, 2: good, 3: bad})
+    finally:
+        release.set()
+    r1, r2 = res["rounds"]
+    assert r1["replied"] == 3
+    assert r2["sent"] == 3 and r2["replied"] == 2 and r2["failed"] == 1
+    assert r2["seconds"] < cfg.timeout_s + 3
+    assert time.perf_counter() - t0 < 60
+    assert res["final_eval"] is not None

@@ -1,0 +1,259 @@
+"""Fast stage engine: a block range exported to ONNX and run by ONNX Runtime.
+
+Implements :class:`~edgeweave.runtime.engines.base.StageEngine` (registered as ``"onnx"``).
+Each session owns a preallocated KV cache (one ``OrtValue`` per layer for keys and values,
+``(1, kv, max_len, hd)``) bound as both ``past_*`` input and ``present_*`` output of
+``GroupQueryAttention``, so a decode step writes one position in place and copies nothing;
+``truncate`` only lowers the session's length. Graphs come from
+:mod:`~edgeweave.runtime.engines.onnx_export` and are cached on disk by
+:mod:`~edgeweave.runtime.engines.onnx_cache`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeweave.errors import ConfigError, GenerationError
+from edgeweave.models.llama import BlockModel
+from edgeweave.runtime.engines.base import (
+    EngineConfig,
+    SessionNotFound,
+    StageEngine,
+    register_engine,
+)
+from edgeweave.runtime.engines.onnx_cache import (
+    cached_export,
+    expected_manifest,
+    export_dir,
+    fingerprint,
+)
+from edgeweave.runtime.engines.onnx_export import ExportSpec, build_stage
+
+# Execution providers by device kind, best first; CPU is always the fallback. The names are
+# ONNX Runtime's; only providers present in the installed wheel are used.
+PROVIDERS: dict[str, tuple[str, ...]] = {
+    "cpu": ("CPUExecutionProvider",),
+    "arm-cpu": ("XnnpackExecutionProvider", "CPUExecutionProvider"),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "jetson": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+    "npu-qualcomm": ("QNNExecutionProvider", "CPUExecutionProvider"),
+    "apple": ("CoreMLExecutionProvider", "CPUExecutionProvider"),
+    "intel": ("OpenVINOExecutionProvider", "CPUExecutionProvider"),
+    "windows-gpu": ("DmlExecutionProvider", "CPUExecutionProvider"),
+}
+
+
+@dataclass(frozen=True)
+class SessionProfile:
+    """ONNX Runtime session options for one device (defaults tuned for small CPUs)."""
+
+    threads: int = 0  # intra-op threads; 0 = the cores this process may use
+    device: str = "cpu"  # a key of PROVIDERS
+    arena: bool = True  # keep the CPU arena: decode reallocates the same shapes every step
+    optimization: str = "all"  # basic | extended | all
+    spinning: bool = True  # worker threads spin between ops (lower latency, busier cores)
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (got {self.threads})")
+        if self.device not in PROVIDERS:
+            raise ConfigError(f"unknown device kind {self.device!r}: choose one of "
+                              f"{', '.join(sorted(PROVIDERS))}")
+        if self.optimization not in ("basic", "extended", "all"):
+            raise ConfigError(f"optimization must be basic, extended or all "
+                              f"(got {self.optimization!r})")
+
+    def providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        have = set(ort.get_available_providers())
+        return [p for p in PROVIDERS[self.device] if p in have] or ["CPUExecutionProvider"]
+
+    def options(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads or len(os.sched_getaffinity(0))
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.enable_cpu_mem_arena = self.arena
+        so.graph_optimization_level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[self.optimization]
+        so.add_session_config_entry("session.intra_op.allow_spinning",
+                                    "1" if self.spinning else "0")
+        so.log_severity_level = 3
+        return so
+
+
+@dataclass
+class _Session:
+    keys: list[Any]  # OrtValue per layer
+    values: list[Any]
+    max_len: int
+    binding: Any
+    length: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class OnnxStageEngine:
+    """:class:`StageEngine` over one exported ONNX graph (see module docstring)."""
+
+    def __init__(self, config: EngineConfig, model_path: str | os.PathLike[str],
+                 hidden_size: int, vocab_size: int, kv_shape: tuple[int, int],
+                 profile: SessionProfile | None = None, info: dict[str, Any] | None = None
+                 ) -> None:
+        import onnxruntime as ort
+
+        self.config = config
+        self.hidden_size, self.vocab_size = hidden_size, vocab_size
+        self.profile = profile or SessionProfile(threads=config.threads)
+        self.path = Path(model_path)
+        self.info = dict(info or {})
+        self.session = ort.InferenceSession(str(self.path), self.profile.options(),
+                                            providers=self.profile.providers())
+        self._kv_heads, self._head_dim = kv_shape
+        self._layers = range(config.shard.start, config.shard.end)
+        self._sessions: dict[str, _Session] = {}
+        self._input = "input_ids" if config.shard.is_first else "hidden_states"
+        self._output = "logits" if config.shard.is_last else "hidden_states_out"
+
+    # -- sessions ---------------------------------------------------------------------------
+    def open(self, session_id: str, max_len: int) -> None:
+        import onnxruntime as ort
+
+        old = self._sessions.get(session_id)
+        if old is not None and old.max_len >= max_len:
+            old.length = 0
+            return
+        shape = (1, self._kv_heads, max_len, self._head_dim)
+        keys = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in self._layers]
+        values = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
+                  for _ in self._layers]
+        binding = self.session.io_binding()
+        binding.bind_output(self._output, "cpu")  # first: get_outputs()[0] is the result
+        for j, i in enumerate(self._layers):  # past and present share one buffer
+            binding.bind_ortvalue_input(f"past_key_{i}", keys[j])
+            binding.bind_ortvalue_input(f"past_value_{i}", values[j])
+            binding.bind_ortvalue_output(f"present_key_{i}", keys[j])
+            binding.bind_ortvalue_output(f"present_value_{i}", values[j])
+        self._sessions[session_id] = _Session(keys, values, max_len, binding)
+
+    def _get(self, session_id: str) -> _Session:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise SessionNotFound(f"stage {self.config.key} has no session {session_id!r}: "
+                                  "open it first (it may have been evicted)") from None
+
+    def forward(self, session_id: str, x: torch.Tensor) -> torch.Tensor:
+        s = self._get(session_id)
+        arr = x.detach().cpu().numpy()
+        if self.config.shard.is_first:
+            arr = arr.astype(np.int64, copy=False)
+        else:
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+        t = arr.shape[1]
+        total = s.length + t
+        if total > s.max_len:
+            raise GenerationError(f"the KV cache holds {s.max_len} tokens but the sequence needs "
+                                  f"{total}: lower max_tokens or shorten the prompt")
+        b = s.binding
+        b.bind_cpu_input(self._input, np.ascontiguousarray(arr))
+        b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
+        b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        b.bind_output(self._output, "cpu")
+        self.session.run_with_iobinding(b)
+        out = b.get_outputs()[0].numpy()
+        s.length = total
+        y = torch.from_numpy(out)
+        return y[:, -1] if self.config.shard.is_last else y  # logits (B, vocab)
+
+    def truncate(self, session_id: str, length: int) -> None:
+        s = self._get(session_id)
+        if length < 0:
+            raise GenerationError(f"cannot truncate to {length} tokens")
+        s.length = min(s.length, length)  # GQA reads only seqlens_k positions
+
+    def length(self, session_id: str) -> int:
+        return self._get(session_id).length
+
+    def close(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    def session_bytes(self, session_id: str) -> int:
+        s = self._get(session_id)
+        return 2 * len(s.keys) * self._kv_heads * s.max_len * self._head_dim * 4
+
+    def sessions(self) -> list[str]:
+        return list(self._sessions)
+
+
+# -- building an engine: export (cached) then open ----------------------------------------------
+def export_stage(model: BlockModel, spec: ExportSpec, folder: str | os.PathLike[str],
+                 source_fp: str = "", recipe: dict[str, Any] | None = None) -> tuple[Path, bool]:
+    """Export ``spec`` of ``model`` into ``folder`` unless a matching export is there."""
+    want = expected_manifest(source_fp, spec, recipe or {})
+    return cached_export(Path(folder), want, lambda: build_stage(model, spec))
+
+
+def engine_from_model(model: BlockModel, config: EngineConfig, folder: str | os.PathLike[str],
+                      spec: ExportSpec | None = None, profile: SessionProfile | None = None,
+                      source_fp: str = "", recipe: dict[str, Any] | None = None
+                      ) -> OnnxStageEngine:
+    """Export (or reuse) the graph of ``config.shard`` of an in-memory model and load it."""
+    cfg = model.cfg
+    sh = config.shard
+    spec = spec or ExportSpec(sh.start, sh.end, weights=config.variant,
+                              max_len=cfg.max_position)
+    if (spec.start, spec.end) != (sh.start, sh.end):
+        raise ConfigError(f"export spec [{spec.start}, {spec.end}) differs from the stage {sh}")
+    path, reused = export_stage(model, spec, folder, source_fp, recipe)
+    return OnnxStageEngine(config, path, cfg.hidden_size, cfg.vocab_size,
+                           (cfg.num_kv_heads, cfg.head_dim), profile,
+                           info={"export_reused": reused, "spec": spec.to_dict()})
+
+
+def _load_source(config: EngineConfig) -> tuple[BlockModel, str, Path, dict[str, Any]]:
+    """(model, name, folder, recipe): the artifact of the compression package when it has
+    one for the variant, else the fp32 model (quantized by the exporter's RTN)."""
+    from edgeweave.models import load
+    from edgeweave.models.catalog import resolve
+
+    if config.variant != "fp32":
+        try:
+            from edgeweave import compress
+            path = Path(compress.variant(config.variant, config.model))
+            art = compress.load_artifact(path, shard=config.shard)
+            return art.model, f"{Path(config.model).name}", path, {"source": "artifact",
+                                                                  "artifact": str(path)}
+        except (ImportError, AttributeError):
+            pass  # no compression package here: the exporter quantizes with its own RTN
+    name, folder = resolve(config.model)
+    lm = load(config.model, shard=config.shard)
+    recipe = {"source": "model"} if config.variant == "fp32" else {
+        "source": "onnx-rtn", "note": "quantized by the ONNX exporter (no compression artifact)"}
+    return lm.model, name, folder, recipe
+
+
+def build_engine(config: EngineConfig, profile: SessionProfile | None = None,
+                 spec: ExportSpec | None = None) -> OnnxStageEngine:
+    """Load ``config.model`` (only the shard), export it once, run it with ONNX Runtime."""
+    model, name, folder, recipe = _load_source(config)
+    sh = config.shard
+    spec = spec or ExportSpec(sh.start, sh.end, weights=config.variant,
+                              max_len=model.cfg.max_position)
+    return engine_from_model(model, config, export_dir(name, config.variant, spec), spec,
+                             profile, fingerprint(folder), recipe)
+
+
+@register_engine("onnx")
+def _make(config: EngineConfig) -> StageEngine:
+    return build_engine(config)

@@ -1,0 +1,258 @@
+"""Build the ONNX graph of one stage ``[start, end)`` of a :class:`BlockModel` by hand.
+
+Writing the graph with ``onnx.helper`` (not ``torch.onnx.export``) lets every block use the
+fused kernels ONNX Runtime ships for decoder inference on CPU, the ones onnxruntime-genai
+uses:
+
+* ``SimplifiedLayerNormalization`` / ``com.microsoft.SkipSimplifiedLayerNormalization``
+  (RMSNorm, with the residual add fused in),
+* one fused QKV projection feeding ``com.microsoft.GroupQueryAttention`` with rotary
+  embedding inside and a *preallocated* KV cache shared between ``past_*`` and ``present_*``
+  (bound to the same buffer, so decode copies nothing),
+* fused gate/up projection, and ``MatMul`` (fp32) or ``com.microsoft.MatMulNBits``
+  (int8/int4 blocks carrying the compression artifact's scales) for every linear layer.
+
+Graph inputs: ``input_ids`` (int64, B x T) on the first stage or ``hidden_states``
+(float, B x T x H) otherwise; ``seqlens_k`` (int32, B: total length - 1);
+``total_sequence_length`` (int32 scalar); ``past_key_<i>``/``past_value_<i>``
+(float, B x kv x max_len x hd). Outputs: ``logits`` (B x T' x V; T' = 1 when only the last
+position is asked for) on the last stage or ``hidden_states_out``; ``present_key_<i>`` ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edgeweave.errors import ConfigError
+from edgeweave.models.llama import BlockModel, rope_inv_freq
+from edgeweave.runtime.engines.onnx_quant import (
+    WEIGHT_FORMATS,
+    Dense,
+    QuantSpec,
+    Weight,
+    concat,
+    rtn,
+    weight_of,
+)
+from edgeweave.types import Shard
+
+OPSET = 21
+MS_OPSET = 1
+EXPORTER_VERSION = 1  # bump when the graph layout changes: cached exports are rebuilt
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What to export: a block range, its weight format and the context it can hold."""
+
+    start: int
+    end: int
+    weights: str = "fp32"  # fp32 | int8 | int4 (plain nn.Linear layers are RTN-quantized)
+    group_size: int = 32
+    symmetric: bool = False
+    max_len: int = 2048  # rotary table length = the longest sequence the graph serves
+    logits: str = "last"  # last | all: positions the head computes on the last stage
+    accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations (fast on CPU), 0 = fp32
+    quantize_head: bool = True  # lm_head in the low-bit format too (a fifth of the bytes)
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHT_FORMATS:
+            raise ConfigError(f"unknown ONNX weight format {self.weights!r}: choose one of "
+                              f"{', '.join(WEIGHT_FORMATS)}")
+        if self.logits not in ("last", "all"):
+            raise ConfigError(f"logits must be 'last' or 'all' (got {self.logits!r})")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ConfigError(f"accuracy_level must be 0..4 (got {self.accuracy_level})")
+        if self.max_len < 1:
+            raise ConfigError(f"max_len must be >= 1 (got {self.max_len})")
+        if self.weights != "fp32":
+            QuantSpec(self.bits, self.group_size, self.symmetric)  # validates
+
+    @property
+    def bits(self) -> int:
+        return {"fp32": 32, "int8": 8, "int4": 4}[self.weights]
+
+    @property
+    def quant(self) -> QuantSpec | None:
+        return None if self.weights == "fp32" else QuantSpec(self.bits, self.group_size,
+                                                             self.symmetric)
+
+    def shard(self, n_layers: int) -> Shard:
+        return Shard(self.start, self.end, n_layers)
+
+    def to_dict(self) -> dict[str, object]:
+        from dataclasses import asdict
+        return asdict(self)
+
+
+class _Graph:
+    """Tiny helper collecting nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        from onnx import helper, numpy_helper
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes: list = []
+        self.inits: list = []
+        self._n = 0
+
+    def init(self, name: str, arr: np.ndarray) -> str:
+        self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, domain: str = "",
+             name: str | None = None, outputs: list[str] | None = None, **attrs) -> list[str]:
+        self._n += 1
+        base = name or f"{op}_{self._n}"
+        outs = outputs or [f"{base}/out{j}" for j in range(n_out)]
+        self.nodes.append(self.helper.make_node(op, inputs, outs, name=base, domain=domain,
+                                                **attrs))
+        return outs
+
+    def linear(self, x: str, w: Weight, name: str, accuracy_level: int) -> str:
+        if isinstance(w, Dense):
+            wt = self.init(f"{name}.weight_t", w.weight.T.astype(np.float32))
+            (y,) = self.node("MatMul", [x, wt], name=f"{name}/MatMul")
+        else:
+            ins = [x, self.init(f"{name}.qweight", w.qweight),
+                   self.init(f"{name}.scales", w.scales.reshape(-1))]
+            if w.zero_points is not None:
+                ins.append(self.init(f"{name}.zero_points", w.zero_points.reshape(-1)))
+            (y,) = self.node("MatMulNBits", ins, domain="com.microsoft",
+                             name=f"{name}/MatMulNBits", K=w.k, N=w.n, bits=w.bits,
+                             block_size=w.group_size, accuracy_level=accuracy_level)
+        if w.bias is not None:
+            (y,) = self.node("Add", [y, self.init(f"{name}.bias", w.bias)], name=f"{name}/Bias")
+        return y
+
+
+def _norm_weight(module: torch.nn.Module) -> np.ndarray:
+    return module.weight.detach().float().numpy().copy()
+
+
+def _head_weight(model: BlockModel, spec: ExportSpec) -> Weight:
+    head = model.lm_head
+    if spec.quant is not None and spec.quantize_head and type(head) is torch.nn.Linear:
+        return rtn(head.weight.detach().float().numpy(), spec.quant)
+    if not spec.quantize_head and type(head) is torch.nn.Linear:
+        return Dense(head.weight.detach().float().numpy().copy())
+    return weight_of(head, spec.quant)
+
+
+def build_stage(model: BlockModel, spec: ExportSpec):
+    """Return the ``onnx.ModelProto`` of blocks ``[spec.start, spec.end)`` of ``model``."""
+    from onnx import TensorProto, helper
+
+    cfg = model.cfg
+    shard = spec.shard(cfg.num_layers)
+    missing = [i for i in range(shard.start, shard.end) if str(i) not in model.layers]
+    if missing:
+        raise ConfigError(f"the model holds blocks {model.shard} but the export asks for "
+                          f"{shard}: load the model with a shard covering the export")
+    g = _Graph()
+    fp = TensorProto.FLOAT
+    nh, nkv, hd, hidden = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+    inputs, outputs = [], []
+    if shard.is_first:
+        inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64,
+                                                    ["batch", "seq"]))
+        emb = g.init("embed_tokens.weight", model.embed_tokens.weight.detach().float().numpy())
+        (h,) = g.node("Gather", [emb, "input_ids"], name="embed/Gather")
+    else:
+        inputs.append(helper.make_tensor_value_info("hidden_states", fp,
+                                                    ["batch", "seq", hidden]))
+        h = "hidden_states"
+    inputs += [helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+               helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
+
+    inv = rope_inv_freq(cfg).double().numpy()
+    freqs = np.outer(np.arange(spec.max_len, dtype=np.float64), inv)
+    cos = g.init("cos_cache", np.cos(freqs).astype(np.float32))
+    sin = g.init("sin_cache", np.sin(freqs).astype(np.float32))
+
+    residual, pending = h, None  # pending: block output not yet added to the residual
+    for i in range(shard.start, shard.end):
+        layer = model.layers[str(i)]
+        att, mlp = layer.self_attn, layer.mlp
+        p = f"layers.{i}"
+        ln1 = g.init(f"{p}.input_layernorm.weight", _norm_weight(layer.input_layernorm))
+        if pending is None:
+            (x,) = g.node("SimplifiedLayerNormalization", [residual, ln1], name=f"{p}/ln1",
+                          axis=-1, epsilon=cfg.rms_norm_eps, stash_type=1)
+        else:
+            x, _, _, residual = g.node("SkipSimplifiedLayerNormalization",
+                                       [pending, residual, ln1], n_out=4,
+                                       domain="com.microsoft", name=f"{p}/ln1",
+                                       epsilon=cfg.rms_norm_eps)
+        qkv_w = concat([weight_of(att.q_proj, spec.quant), weight_of(att.k_proj, spec.quant),
+                        weight_of(att.v_proj, spec.quant)])
+        qkv = g.linear(x, qkv_w, f"{p}.self_attn.qkv_proj", spec.accuracy_level)
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(
+                f"past_{kind}_{i}", fp, ["batch", nkv, "max_len", hd]))
+            outputs.append(helper.make_tensor_value_info(
+                f"present_{kind}_{i}", fp, ["batch", nkv, "max_len", hd]))
+        attn, _, _ = g.node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k",
+             "total_sequence_length", cos, sin],
+            domain="com.microsoft", name=f"{p}/GQA",
+            outputs=[f"{p}/attn", f"present_key_{i}", f"present_value_{i}"],
+            num_heads=nh, kv_num_heads=nkv, scale=float(hd ** -0.5), do_rotary=1,
+            rotary_interleaved=0)
+        o = g.linear(attn, weight_of(att.o_proj, spec.quant), f"{p}.self_attn.o_proj",
+                     spec.accuracy_level)
+        ln2 = g.init(f"{p}.post_attention_layernorm.weight",
+                     _norm_weight(layer.post_attention_layernorm))
+        x, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [o, residual, ln2],
+                                   n_out=4, domain="com.microsoft", name=f"{p}/ln2",
+                                   epsilon=cfg.rms_norm_eps)
+        gu_w = concat([weight_of(mlp.gate_proj, spec.quant), weight_of(mlp.up_proj, spec.quant)])
+        gu = g.linear(x, gu_w, f"{p}.mlp.gate_up_proj", spec.accuracy_level)
+        gate, up = g.node("Split", [gu, g.init(f"{p}.mlp.split", np.array(
+            [cfg.intermediate_size] * 2, np.int64))], n_out=2, name=f"{p}/split", axis=-1)
+        (sg,) = g.node("Sigmoid", [gate], name=f"{p}/sigmoid")
+        (act,) = g.node("Mul", [gate, sg], name=f"{p}/silu")
+        (act,) = g.node("Mul", [act, up], name=f"{p}/glu")
+        pending = g.linear(act, weight_of(mlp.down_proj, spec.quant), f"{p}.mlp.down_proj",
+                           spec.accuracy_level)
+
+    if shard.is_last:
+        last = pending
+        if spec.logits == "last":  # the head only where generation needs it
+            starts, ends, axes = (g.init(n, np.array([v], np.int64)) for n, v in
+                                  (("last.starts", -1), ("last.ends", 2 ** 62), ("last.axes", 1)))
+            (last,) = g.node("Slice", [pending, starts, ends, axes], name="last/pending")
+            (residual,) = g.node("Slice", [residual, starts, ends, axes], name="last/residual")
+        nw = g.init("norm.weight", _norm_weight(model.norm))
+        x, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [last, residual, nw], n_out=4,
+                            domain="com.microsoft", name="norm", epsilon=cfg.rms_norm_eps)
+        # a dense tied head stores the transposed table once more: MatMul's prepacked B
+        # is what makes the (1 x H) @ (H x V) product fast, worth 113 MB on SmolLM2
+        y = g.linear(x, _head_weight(model, spec), "lm_head", spec.accuracy_level)
+        g.node("Identity", [y], name="logits", outputs=["logits"])
+        outputs.insert(0, helper.make_tensor_value_info(
+            "logits", fp, ["batch", "seq_out", cfg.vocab_size]))
+    else:
+        g.node("Add", [pending, residual], name="residual/out", outputs=["hidden_states_out"])
+        outputs.insert(0, helper.make_tensor_value_info("hidden_states_out", fp,
+                                                        ["batch", "seq", hidden]))
+
+    graph = helper.make_graph(g.nodes, f"edgeweave_stage_{shard.start}_{shard.end}", inputs,
+                              outputs, g.inits)
+    model_proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET),
+                              helper.make_opsetid("com.microsoft", MS_OPSET)],
+        producer_name="edgeweave")
+    model_proto.ir_version = 10
+    return model_proto
+
+
+def save(model_proto, folder, name: str = "model.onnx") -> None:
+    """Write the graph with its weights in one external data file (no 2 GiB proto limit)."""
+    import onnx
+
+    onnx.save_model(model_proto, str(folder / name), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=f"{name}.data", size_threshold=1024)

@@ -16,9 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from edgeweave.models.config import ModelConfig  # noqa: E402
 from edgeweave.models.llama import BlockModel  # noqa: E402
 
-TINY_WORDS = ("the sensor reads temperature humidity light motion door window kitchen room "
-              "battery gateway device edge cloud model token is a of and to in on off high low "
-              "what where when why how hello world user assistant system paris france capital answer question").split()
+TINY_WORDS = ["the", "sensor", "reads", "temperature", "humidity", "light", "motion", "door", "window", "kitchen", "room", "battery", "gateway", "device", "edge", "cloud", "model", "token", "is", "a", "of", "and", "to", "in", "on", "off", "high", "low", "what", "where", "when", "why", "how", "hello", "world", "user", "assistant", "system", "paris", "france", "capital", "answer", "question"]
 
 
 def make_cfg(family: str = "llama", **kw) -> ModelConfig:
@@ -44,7 +42,7 @@ def random_model(cfg: ModelConfig, seed: int = 0) -> BlockModel:
 
 def write_tokenizer(folder: Path, vocab_size: int = 128) -> None:
     """A real (word-level) tokenizer.json + a ChatML template, small enough for tiny models."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     specials = ["<unk>", "<s>", "<|im_end|>", "<|im_start|>"]
     vocab = {t: i for i, t in enumerate(specials)}

@@ -7,7 +7,12 @@ from collections.abc import Callable
 from edgeweave.models import load
 from edgeweave.runtime.engine import LocalEngine
 from edgeweave.runtime.fast import accelerate_decode
-from edgeweave.runtime.generate import GenerationMetrics, GenerationResult, SamplingParams, stream_generate
+from edgeweave.runtime.generate import (
+    GenerationMetrics,
+    GenerationResult,
+    SamplingParams,
+    stream_generate,
+)
 
 
 def run_generate(prompt: str, *, model: str = "smollm2-135m-instruct", chat: bool = False,

@@ -13,6 +13,7 @@ import torch
 
 from edgeweave.errors import GenerationError
 from edgeweave.models.llama import BlockModel
+from edgeweave.runtime.fast import decode_threads, is_accelerated
 
 
 @runtime_checkable
@@ -37,6 +38,7 @@ class LocalEngine:
         self.model = model
         self.max_len = min(max_len or 2048, model.cfg.max_position)
         self.cache = model.new_cache(self.max_len)
+        self.gemv = is_accelerated(model)
 
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> torch.Tensor:
@@ -46,5 +48,6 @@ class LocalEngine:
 
     @torch.inference_mode()
     def decode(self, token: int) -> torch.Tensor:
-        h = self.model.run_blocks(self.model.embed(torch.tensor([[token]])), self.cache)
-        return self.model.head(h)[0, -1]
+        with decode_threads(self.gemv):
+            h = self.model.run_blocks(self.model.embed(torch.tensor([[token]])), self.cache)
+            return self.model.head(h)[0, -1]

@@ -16,7 +16,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from edgeweave.models.config import ModelConfig  # noqa: E402
 from edgeweave.models.llama import BlockModel  # noqa: E402
 
-TINY_WORDS = ["the", "sensor", "reads", "temperature", "humidity", "light", "motion", "door", "window", "kitchen", "room", "battery", "gateway", "device", "edge", "cloud", "model", "token", "is", "a", "of", "and", "to", "in", "on", "off", "high", "low", "what", "where", "when", "why", "how", "hello", "world", "user", "assistant", "system", "paris", "france", "capital", "answer", "question"]
+TINY_WORDS = ("the sensor reads temperature humidity light motion door window kitchen room "
+              "battery gateway device edge cloud model token is a of and to in on off high low "
+              "what where when why how hello world user assistant system paris france capital "
+              "answer question").split()
 
 
 def make_cfg(family: str = "llama", **kw) -> ModelConfig:

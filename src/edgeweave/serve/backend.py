@@ -3,12 +3,13 @@
 The server never touches a model directly. A :class:`SessionFactory` hands out a fresh
 engine per request (its own KV cache, or its own remote session for a coordinator) and is
 closed once at shutdown. ``LocalSessions`` shares one loaded model's weights between all
-sessions; a distributed coordinator plugs in through the same two methods.
+sessions; ``CoordinatorSessions`` plugs a distributed coordinator in the same way.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from edgeweave.errors import ConfigError
 from edgeweave.models.checkpoint import LoadedModel
@@ -71,3 +72,25 @@ class LocalSessions:
 
     def close(self) -> None:
         pass  # the weights go with the process; nothing remote to release
+
+
+class CoordinatorSessions:
+    """Sessions of a distributed (or embedded) :class:`~edgeweave.runtime.coordinator.
+    Coordinator`: each request is one coordinator session across the plan's stages, and
+    failover or a plan switch happens under the server without it noticing."""
+
+    def __init__(self, coordinator: Any, tokenizer: Tokenizer | None = None,
+                 model_id: str | None = None) -> None:
+        tok = tokenizer if tokenizer is not None else getattr(coordinator, "tokenizer", None)
+        if tok is None:
+            raise ConfigError("the coordinator has no tokenizer: pass tokenizer=...")
+        self.coordinator = coordinator
+        self.tokenizer = tok
+        self.model_id = model_id or Path(str(coordinator.model)).name
+        self.max_len = int(coordinator.max_len)
+
+    def new_session(self, max_len: int | None = None) -> LogitsEngine:
+        return self.coordinator.new_session(min(max_len or self.max_len, self.max_len))
+
+    def close(self) -> None:
+        self.coordinator.close()

@@ -76,5 +76,6 @@ def response_metrics(m: GenerationMetrics, queue_s: float) -> dict[str, Any]:
     }
     # engine stats, e.g. bytes on the wire of a distributed plan (0 for one process)
     out.update(m.extra)
-    out.setdefault("bytes_on_wire", 0)
+    wire = m.extra.get("bytes_sent", 0.0) + m.extra.get("bytes_received", 0.0)
+    out.setdefault("bytes_on_wire", int(wire))
     return out

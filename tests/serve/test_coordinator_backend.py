@@ -1,0 +1,48 @@
+"""The server over a coordinator session factory: a 3-stage embedded plan behind HTTP."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from edgeweave.models.checkpoint import load_folder
+from edgeweave.runtime.launch import embedded
+from edgeweave.serve.backend import CoordinatorSessions
+from edgeweave.serve.config import ServeConfig
+from edgeweave.serve.server import BackgroundServer
+from edgeweave.types import Plan
+from tests.serve.conftest import client
+from tests.serve.test_openai_api import GREEDY, solo
+
+
+@pytest.fixture(scope="module")
+def coordinator_server(tiny_sessions):
+    lm = tiny_sessions.lm
+    folder = lm.folder
+    coord = embedded(str(folder), Plan.split(4, [1, 3], ["d0", "d1", "d2"]),
+                     loaded=load_folder(folder), max_len=256)
+    sessions = CoordinatorSessions(coord, model_id="tiny-pipeline")
+    with BackgroundServer(sessions, ServeConfig(max_concurrent=8)) as url:
+        yield url, coord
+    sessions.close()
+
+
+def test_pipeline_streams_match_the_single_process_model(coordinator_server, tiny_sessions):
+    url, coord = coordinator_server
+    prompts = ["the kitchen door", "hello device", "battery low on the gateway"]
+
+    def one(p):
+        chunks = list(client(url, "x").chat.completions.create(
+            model="tiny-pipeline", messages=[{"role": "user", "content": p}], max_tokens=16,
+            stream=True, **GREEDY))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+        return p, text, final.model_extra["edgeweave"]
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(one, prompts))
+    for p, text, ew in results:
+        assert text == solo(tiny_sessions, [{"role": "user", "content": p}], 16).text
+        assert ew["bytes_on_wire"] > 0 and ew["hops"] > 0 and "hop_overhead_ms" in ew
+    assert coord._sessions == {}  # every finished request closed its coordinator session

@@ -21,6 +21,7 @@ started, including the SuperLink, on exit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -70,7 +71,8 @@ def make_tls(folder: Path) -> dict[str, Path]:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeweave-fl-ca")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+          .not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
@@ -80,7 +82,8 @@ def make_tls(folder: Path) -> dict[str, Path]:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
             .issuer_name(ca_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(san, critical=False).sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
@@ -243,16 +246,12 @@ class Deployment:
             except psutil.NoSuchProcess:
                 continue
         for v in victims.values():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 v.terminate()
-            except psutil.NoSuchProcess:
-                pass
         _, alive = psutil.wait_procs(list(victims.values()), timeout=10)
         for v in alive:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 v.kill()
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(alive, timeout=5)
         for p in self.procs.values():
             if p.poll() is None:

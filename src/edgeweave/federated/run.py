@@ -40,13 +40,14 @@ class Evaluator:
     log: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from edgeweave.federated.client import client_model, shared_base
+        from edgeweave.federated.client import client_model, prefix_cache, shared_base
         from edgeweave.federated.tasks import cached_task
-        from edgeweave.finetune.train import PrefixCache
 
         base = shared_base(self.cfg.model, self.cfg.base_dtype)
         self.model = client_model(base, global_lora(self.cfg, self.region), self.cfg.base_dtype)
-        self.cache = PrefixCache(self.region[0])
+        # The frozen prefix of held-out items is shared by every run in this process.
+        self.cache = prefix_cache((self.cfg.model, self.cfg.base_dtype, self.cfg.task,
+                                   "heldout", self.region[0]), self.region[0])
         self.items = cached_task(self.cfg.task, self.cfg.model, self.cfg.num_clients,
                                  self.cfg.seq_len, self.cfg.dirichlet_alpha, self.cfg.seed).heldout
 

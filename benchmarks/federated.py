@@ -9,6 +9,7 @@ by SVD redistribution, and "everyone uses the smallest tier". Adapters sit on th
 blocks (``--region``); the frozen blocks below are computed once per example and cached.
 
     flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/federated.py [--rounds 4]
+    flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/federated.py --finetune-options
 """
 
 from __future__ import annotations
@@ -67,16 +68,18 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int) -> di
         out["local"].append({"client": pid, "tier": tier.name, "n_train": len(examples),
                              "seconds": time.perf_counter() - t0, **res})
     union = [e for c in data.clients for e in c]
+    # Same number of example passes as the whole federation (clients x steps x batch).
+    central_steps = steps * cfg.num_clients // 2
     lora = LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
                       target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
     m = client_model(base, lora, cfg.base_dtype)
     cache = PrefixCache(region[0])
     t0 = time.perf_counter()
-    train(m, union, TrainConfig(steps=steps, lr=cfg.lr, batch_size=cfg.batch_size * 2,
+    train(m, union, TrainConfig(steps=central_steps, lr=cfg.lr, batch_size=cfg.batch_size * 2,
                                 micro_batch_size=cfg.batch_size * 2, seq_len=cfg.seq_len),
           prefix_cache=cache)
     secs = time.perf_counter() - t0
-    out["central"] = {"steps": steps, "batch": cfg.batch_size * 2, "n_train": len(union),
+    out["central"] = {"steps": central_steps, "batch": cfg.batch_size * 2, "n_train": len(union),
                       "seconds": secs, **ev.state(_pad_to(adapter_state(m), ev))}
     return out
 
@@ -121,8 +124,28 @@ def summarize(name: str, res: dict) -> dict:
             "full_model_bytes": res["full_model_bytes"]}
 
 
+def finetune_options(steps: int, seq_len: int) -> None:
+    """On-device LoRA memory options on the real model: peak memory and time per option."""
+    from edgeweave.finetune.config import LoRAConfig, TrainConfig
+    from edgeweave.finetune.run import compare_options
+
+    lora = LoRAConfig(rank=8, alpha=16, target_modules=("q_proj", "v_proj"))
+    tcfg = TrainConfig(steps=steps, lr=1e-3, batch_size=4, micro_batch_size=4, seq_len=seq_len)
+    rows = compare_options("smollm2-135m-instruct", "wiki", lora, tcfg, limit=60)
+    print_table(f"LoRA r8 q,v on all 30 blocks, batch 4 x {seq_len} tokens, {steps} steps",
+                ["option", "peak RSS +MB", "saved act MB", "base MB", "trainable", "s/step",
+                 "loss before", "loss after"],
+                [[k, r["peak_rss_mb"], r["saved_activations_mb"], r["base_mb"],
+                  r["trainable_params"], r["s_per_step"], r["eval_loss_before"],
+                  r["eval_loss_after"]] for k, r in rows.items()])
+    write_json("finetune_options", {"lora": lora.to_dict(), "train": tcfg.to_dict(),
+                                    "options": rows})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--finetune-options", action="store_true",
+                    help="only the on-device memory-option sweep (results/finetune_options.json)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--local-steps", type=int, default=4)
     ap.add_argument("--clients", type=int, default=8)
@@ -132,6 +155,9 @@ def main() -> None:
     ap.add_argument("--out", default="federated")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.finetune_options:
+        finetune_options(steps=4, seq_len=128)
+        return
     a, b = (int(x) for x in args.region.split("-"))
     region_len = b - a
     base = FedConfig(num_clients=args.clients, rounds=args.rounds, local_steps=args.local_steps,

@@ -65,12 +65,14 @@ def test_svd_redistribution_is_exact_mean_of_products_and_best_truncation():
 
 
 def test_svd_by_hand_diagonal():
-    prev = {A: np.zeros((2, 2)), B: np.zeros((2, 2))}
+    prev = {A: np.array([[0.3, 0.1], [0.5, -0.2]]), B: np.zeros((2, 2))}
     c = {A: np.array([[2.0, 0.0]]), B: np.array([[0.0], [2.0]])}  # product [[0,0],[4,0]]
     out = svd_redistribute([c], [1.0], prev)
     np.testing.assert_allclose(out[B] @ out[A], [[0, 0], [4, 0]], atol=1e-12)
     np.testing.assert_allclose(np.abs(out[A][0]), [2.0, 0.0])  # sqrt(4) on each side
-    np.testing.assert_allclose(out[A][1], [0.0, 0.0], atol=1e-12)
+    # the zero-singular-value component is re-seeded from the old A with B = 0
+    np.testing.assert_allclose(out[A][1], [0.5, -0.2])
+    np.testing.assert_allclose(out[B][:, 1], [0.0, 0.0])
 
 
 def test_fedadam_by_hand():

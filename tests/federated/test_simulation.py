@@ -52,9 +52,27 @@ def test_heterogeneous_rounds_learn_and_only_adapters_travel(tiny_folder, tmp_ho
         assert all(c["bytes_up"] == c["bytes_down"] for c in r["clients"])  # same keys back
 
 
-def test_local_dp_mod_clips_and_noises(tiny_folder, tmp_home):
-    res = simulate(_cfg(tiny_folder, rounds=1, dp_clip=0.5, dp_epsilon=5.0), workers=3)
-    assert res["rounds"][0]["replied"] == 3  # LocalDpMod accepted our same-keys replies
+def test_local_dp_mod_clips_each_update(tiny_folder, tmp_home):
+    import numpy as np
+
+    from edgeweave.federated.run import global_lora, initial_arrays
+
+    same_rank = (Tier("edge", 2048, rank=4), Tier("gateway", 8192, rank=4))
+    kw = dict(rounds=1, aggregation="fedavg", tiers=same_rank)
+
+    def update_norm(res, cfg):
+        init = initial_arrays(cfg, tuple(res["region"]))
+        return float(np.sqrt(sum(((res["final_arrays"][k] - v) ** 2).sum()
+                                 for k, v in init.items())))
+
+    plain_cfg = _cfg(tiny_folder, **kw)
+    dp_cfg = _cfg(tiny_folder, dp_clip=0.01, dp_epsilon=1e6, **kw)
+    plain, dp = simulate(plain_cfg, workers=3), simulate(dp_cfg, workers=3)
+    assert dp["rounds"][0]["replied"] == 3  # LocalDpMod accepted our same-keys replies
+    assert global_lora(dp_cfg, tuple(dp["region"])).rank == 4
+    assert update_norm(plain, plain_cfg) > 0.05
+    # the mean of updates each clipped to 0.01 (noise ~1e-7 at this epsilon) stays within it
+    assert update_norm(dp, dp_cfg) <= 0.01 + 1e-3
 
 
 def test_hanging_client_does_not_stall_the_round(tiny_folder, tmp_home):

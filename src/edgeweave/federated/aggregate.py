@@ -94,6 +94,8 @@ def svd_redistribute(states: Sequence[Mapping[str, np.ndarray]], weights: Sequen
     ranks; its truncated SVD ``U S V^T`` to the global rank R is redistributed as
     ``B = U sqrt(S)``, ``A = sqrt(S) V^T``. A client of rank r then receives the first r
     components: the best rank-r approximation of the aggregate (Eckart-Young).
+    Components with a zero singular value keep the previous A row (and B = 0) so that
+    they can still learn.
     """
     out = {k: np.array(v, copy=True) for k, v in previous.items()}
     modules = sorted({module_of(k) for k in previous})
@@ -113,6 +115,13 @@ def svd_redistribute(states: Sequence[Mapping[str, np.ndarray]], weights: Sequen
         n = root.shape[0]
         b[:, :n] = u[:, :n] * root
         a[:n] = root[:, None] * vt[:n]
+        # Components with (near-)zero singular value would have A = 0 and B = 0, a saddle
+        # where LoRA gradients vanish for good; re-seed their A from the previous global A
+        # with B = 0, which leaves the product unchanged.
+        dead = np.ones(big, dtype=bool)
+        dead[:n] = root < 1e-6 * max(float(root[0]) if n else 0.0, 1e-30)
+        a[dead] = previous[ka][dead]
+        b[:, dead] = 0.0
         out[ka], out[kb] = a.astype(previous[ka].dtype), b.astype(previous[kb].dtype)
     return out
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeweave.errors import ConfigError
 
-EncodeFn = Callable[[np.ndarray, Sequence[str], int], str]
+EncodeFn = Callable[[np.ndarray, Sequence[str], int, int], str]
 _ENCODINGS: dict[str, EncodeFn] = {}
 
 
@@ -44,6 +44,8 @@ class EncodingSpec:
     decimals: int = 1
 
     def __post_init__(self) -> None:
+        if not 0 <= self.decimals <= 4:
+            raise ConfigError(f"decimals must be in [0, 4] (got {self.decimals})")
         if self.name not in _ENCODINGS:
             raise ConfigError(f"unknown sensor encoding {self.name!r}; choose one of {encodings()}")
         if self.points < 2:
@@ -54,7 +56,9 @@ class EncodingSpec:
 
 def _fmt(x: float, decimals: int = 1) -> str:
     s = f"{x:.{decimals}f}"
-    return "0" if s in ("-0", "-0.0", "-0.00") else s.rstrip("0").rstrip(".") if "." in s else s
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return "0" if s == "-0" else s
 
 
 def downsample(x: np.ndarray, points: int) -> np.ndarray:
@@ -97,39 +101,46 @@ def variability_word(x: np.ndarray) -> str:
 
 
 @register_encoding("stats")
-def _stats(w: np.ndarray, channels: Sequence[str], points: int) -> str:
+def _stats(w: np.ndarray, channels: Sequence[str], points: int, d: int) -> str:
     return "; ".join(
-        f"{c} mean {_fmt(x.mean())} sd {_fmt(x.std())} min {_fmt(x.min())} max {_fmt(x.max())}"
+        f"{c} mean {_fmt(x.mean(), d)} sd {_fmt(x.std(), d)} min {_fmt(x.min(), d)} "
+        f"max {_fmt(x.max(), d)}"
         for c, x in zip(channels, w, strict=True))
 
 
+@register_encoding("meansd")
+def _meansd(w: np.ndarray, channels: Sequence[str], points: int, d: int) -> str:
+    return "; ".join(f"{c} {_fmt(x.mean(), d)}±{_fmt(x.std(), d)}"
+                     for c, x in zip(channels, w, strict=True))
+
+
 @register_encoding("trend")
-def _trend(w: np.ndarray, channels: Sequence[str], points: int) -> str:
+def _trend(w: np.ndarray, channels: Sequence[str], points: int, d: int) -> str:
     return "; ".join(f"{c} {trend_word(x)} {variability_word(x)}"
                      for c, x in zip(channels, w, strict=True))
 
 
 @register_encoding("stats_trend")
-def _stats_trend(w: np.ndarray, channels: Sequence[str], points: int) -> str:
+def _stats_trend(w: np.ndarray, channels: Sequence[str], points: int, d: int) -> str:
     return "; ".join(
-        f"{c} mean {_fmt(x.mean())} sd {_fmt(x.std())} {trend_word(x)} {variability_word(x)}"
+        f"{c} mean {_fmt(x.mean(), d)} sd {_fmt(x.std(), d)} {trend_word(x)} {variability_word(x)}"
         for c, x in zip(channels, w, strict=True))
 
 
 @register_encoding("values")
-def _values(w: np.ndarray, channels: Sequence[str], points: int) -> str:
+def _values(w: np.ndarray, channels: Sequence[str], points: int, d: int) -> str:
     # One 0-99 scale per channel, with its range, so shapes compare across windows.
     parts = []
     for c, x in zip(channels, w, strict=True):
         lo, hi = float(x.min()), float(x.max())
         vals = " ".join(str(v) for v in scale_0_99(downsample(x, points), lo, hi))
-        parts.append(f"{c} [{_fmt(lo)}..{_fmt(hi)}] {vals}")
+        parts.append(f"{c} [{_fmt(lo, d)}..{_fmt(hi, d)}] {vals}")
     return "; ".join(parts)
 
 
 @register_encoding("raw_values")
-def _raw_values(w: np.ndarray, channels: Sequence[str], points: int) -> str:
-    return "; ".join(f"{c} " + " ".join(_fmt(v) for v in downsample(x, points))
+def _raw_values(w: np.ndarray, channels: Sequence[str], points: int, d: int) -> str:
+    return "; ".join(f"{c} " + " ".join(_fmt(v, d) for v in downsample(x, points))
                      for c, x in zip(channels, w, strict=True))
 
 
@@ -147,10 +158,10 @@ def encode_window(window: np.ndarray, channels: Sequence[str], spec: EncodingSpe
     fn = _ENCODINGS[spec.name]
     count = count_tokens or (lambda s: (len(s) + 2) // 3)
     points = spec.points
-    text = fn(w, channels, points)
+    text = fn(w, channels, points, spec.decimals)
     while spec.max_tokens and count(text) > spec.max_tokens and points > 2:
         points = max(2, points // 2)
-        text = fn(w, channels, points)
+        text = fn(w, channels, points, spec.decimals)
     if spec.max_tokens and count(text) > spec.max_tokens:
         # Still too long at the lowest resolution: keep whole channels, drop the rest.
         kept = text.split("; ")

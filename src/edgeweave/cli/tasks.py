@@ -1,0 +1,75 @@
+"""``edgeweave tasks``: list the IoT task suite and evaluate a model or artifact on a task."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from edgeweave.cli.common import console, table
+
+
+def load_model_or_artifact(model: str | None, artifact: str | None):
+    """A ``LoadedModel`` from a bundled name/folder/GGUF, or from a compression artifact."""
+    from edgeweave.errors import ConfigError
+
+    if model and artifact:
+        raise ConfigError("give --model or --artifact, not both")
+    if artifact:
+        from edgeweave.compress import load_artifact
+
+        return load_artifact(artifact)
+    from edgeweave.models import load
+
+    return load(model or "smollm2-135m-instruct")
+
+
+def register(app: typer.Typer) -> None:
+    tasks_app = typer.Typer(help="IoT task suite: real sensor data and grounded QA.",
+                            no_args_is_help=True)
+    app.add_typer(tasks_app, name="tasks")
+
+    @tasks_app.command("list")
+    def list_cmd() -> None:
+        """Show the tasks, their headline metric and data source."""
+        from edgeweave.bench.tasks import describe
+
+        rows = describe()
+        console.print(table("edgeweave tasks", ["name", "metric", "test items", "description",
+                                                 "source"],
+                            [[r["name"], r["metric"], r["test_items"], r["description"],
+                              r["source"]] for r in rows]))
+
+    @tasks_app.command("eval")
+    def eval_cmd(
+        task: str = typer.Option(..., "--task", help="Task name (edgeweave tasks list)."),
+        model: str = typer.Option(None, "--model", "-m",
+                                  help="Bundled name, HF folder or .gguf (default: bundled)."),
+        artifact: str = typer.Option(None, "--artifact", help="Compressed artifact folder."),
+        demos: str = typer.Option("knn", "--demos", help="none | random | knn"),
+        k: int = typer.Option(4, "--k", help="Demonstrations per prompt (at most)."),
+        ordering: str = typer.Option(None, "--ordering",
+                                     help="most_similar_last | most_similar_first | "
+                                          "label_balanced | random (default: selection order)"),
+        encoding: str = typer.Option(None, "--encoding", help="Sensor encoding override."),
+        budget: int = typer.Option(512, "--budget", help="Prompt token budget."),
+        limit: int = typer.Option(None, "--limit", help="Evaluate only the first N test items."),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    ) -> None:
+        """Evaluate a model on one task and print its metrics (plus the non-LLM baseline)."""
+        from edgeweave.bench.tasks import baseline_task, evaluate_task
+
+        lm = load_model_or_artifact(model, artifact)
+        res = evaluate_task(task, lm, demos=demos, limit=limit, seed=seed, k=k,
+                            ordering=ordering, encoding=encoding, budget_tokens=budget)
+        base = baseline_task(task, seed=seed, limit=limit)
+        if as_json:
+            console.print_json(json.dumps({"result": res, "baseline": base}))
+            return
+        keys = [k_ for k_, v in res.items() if isinstance(v, float)]
+        console.print(table(f"{task} · {res['model']} · demos={demos}", ["metric", "value",
+                                                                          "baseline"],
+                            [[k_, f"{res[k_]:.3f}", f"{base[k_]:.3f}" if k_ in base else ""]
+                             for k_ in keys]))
+        console.print(f"n={res['n']} items")

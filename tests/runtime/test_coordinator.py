@@ -120,3 +120,19 @@ def test_evicted_sessions_are_replayed(lm):
     assert out1 == ref and out2 == ref
     assert s1.stats["evictions_restored"] > 0
     assert coord.hosts["a"].evictions > 0
+
+
+def test_device_back_after_failure_can_be_planned_again(lm):
+    plan = Plan.split(4, [2], ["a", "b"])
+    coord = embedded(str(lm.folder), plan, loaded=lm, max_len=128)
+    s = coord.new_session()
+    gen = generate_step(s, PROMPT, PARAMS)
+    got = [next(gen) for _ in range(5)]
+    coord.mark_failed("b")
+    got += [next(gen) for _ in range(5)]
+    assert "b" in coord.failed
+    coord.mark_alive("b")
+    assert "b" not in coord.failed
+    coord.apply_plan(plan)
+    got += list(gen)
+    assert got == _reference(lm.model) and coord.plan == plan

@@ -98,3 +98,21 @@ def test_session_longer_than_max_len_is_refused(deployment):
     with pytest.raises(RuntimeStageError, match="max_len"):
         s.prefill(list(range(1, 10)))
     s.close()
+
+
+@pytest.mark.integration
+def test_bundled_model_two_nodes_fp16_match_single_process():
+    from edgeweave.models import load
+    from edgeweave.runtime.fast import accelerate_decode
+
+    lm = load("smollm2-135m-instruct")
+    accelerate_decode(lm.model)
+    ids = lm.tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    params = SamplingParams(max_tokens=8)
+    ref = list(generate_step(LocalEngine(lm.model, max_len=64), ids, params))
+    plan = Plan.split(30, [15], ["n0", "n1"], codec="fp16")
+    with launch(plan, "smollm2-135m-instruct", max_len=64) as dep, \
+            dep.coordinator.new_session() as s:
+        got = list(generate_step(s, ids, params))
+    assert got == ref
+    assert lm.tokenizer.decode(got).startswith("The capital of France is Paris")

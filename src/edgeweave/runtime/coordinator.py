@@ -87,7 +87,8 @@ class Coordinator:
 
     def __init__(self, plan: Plan, model: str, connect: Callable[[str], Link], *,
                  max_len: int = 2048, deadline_s: float = 20.0, per_token_s: float = 0.05,
-                 replan: Replanner = reassign_failed, backend: str = "torch") -> None:
+                 replan: Replanner = reassign_failed, backend: str = "torch",
+                 addresses: dict[str, str] | None = None) -> None:
         self.model = model
         self.max_len = max_len
         self.deadline_s, self.per_token_s = deadline_s, per_token_s
@@ -95,6 +96,8 @@ class Coordinator:
         self.backend = backend
         self._connect = connect
         self.links: dict[str, Link] = {}
+        # attach(): where each device's node listens (the same dict its connect() reads)
+        self.addresses: dict[str, str] = addresses if addresses is not None else {}
         self.failed: set[str] = set()
         self._lock = _RWLock()
         self._sessions: dict[str, Session] = {}
@@ -152,6 +155,19 @@ class Coordinator:
         with self._lock.write():
             return self._switch(new_plan)
 
+    def add_device(self, device: str, address: str | None = None) -> None:
+        """Make ``device`` usable by later plans (control plane: a node announced itself or
+        came back); ``address`` is its ``host:port`` for a networked coordinator."""
+        with self._lock.write():
+            if address is not None:
+                self.addresses[device] = address
+            self.failed.discard(device)
+            old = self.links.pop(device, None)
+            if old is not None:
+                old.close()
+
+    mark_alive = add_device  # the control plane's name for a device that came back
+
     def mark_failed(self, device: str) -> float:
         """Treat ``device`` as gone (control plane: last will / missed heartbeats)."""
         with self._lock.write():
@@ -169,7 +185,7 @@ class Coordinator:
                 link.close()
         if any(st.device in devices for st in self.plan.stages):
             log.warning("nodes %s failed; re-planning on the survivors", sorted(devices))
-            alive = [d for d in self.links if d not in self.failed]
+            alive = [d for d in {**self.links, **self.addresses} if d not in self.failed]
             self._switch(self.replan(self.plan, self.failed, alive))
             self.stats["failovers"] += 1
         dt = time.perf_counter() - t0
@@ -192,7 +208,7 @@ class Coordinator:
                 link = self.links.pop(e.device, None)
                 if link is not None:
                     link.close()
-                alive = [d for d in self.links if d not in self.failed]
+                alive = [d for d in {**self.links, **self.addresses} if d not in self.failed]
                 new_plan = self.replan(new_plan, self.failed, alive)
                 self.stats["failovers"] += 1
         else:

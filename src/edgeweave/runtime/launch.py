@@ -92,16 +92,16 @@ def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = N
     if missing:
         raise ConfigError(f"no address for device(s) {', '.join(missing)}: pass host:port for "
                           "every device of the plan")
-    addrs = dict(addresses)
+    addrs = dict(addresses)  # shared with coordinator.addresses, so add_device() extends it
 
     def connect(device: str) -> GrpcLink:
         if device not in addrs:
-            raise ConfigError(f"device {device!r} has no known address")
+            raise ConfigError(f"device {device!r} has no known address: "
+                              "call coordinator.add_device(device, 'host:port') first")
         return GrpcLink(addrs[device], tls, connect_timeout)
 
-    coord = Coordinator(plan, model, connect, **kw)
+    coord = Coordinator(plan, model, connect, addresses=addrs, **kw)
     coord.tokenizer = _tokenizer(model) if tokenizer == "auto" else tokenizer  # type: ignore[attr-defined]
-    coord.addresses = addrs  # type: ignore[attr-defined]
     return coord
 
 

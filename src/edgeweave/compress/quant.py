@@ -1,0 +1,107 @@
+"""Quantization grids shared by RTN, GPTQ and SmoothQuant, written as the kernels compute.
+
+int4 (also the container for int3): the grid is the one of torch's CPU int4 kernel
+``_weight_int4pack_mm_for_cpu``: ``w = (q - 8) * scale + zero`` with ``q`` in ``[0, 15]`` and
+``scale``/``zero`` in bfloat16, one pair per group of ``group_size`` input columns. Scales and
+zeros are rounded to bfloat16 *before* the integers are chosen, so the weights we evaluate and
+the weights the kernel multiplies with are the same numbers.
+
+int8: symmetric per output channel, ``w = q * scale`` with ``q`` in ``[-127, 127]``: what
+fbgemm's prepacked dynamic linear reads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def levels(bits: int) -> tuple[int, int]:
+    """(qmin, qmax) of a ``bits``-wide grid placed inside the int4 container around 8."""
+    half = 1 << (bits - 1)
+    return 8 - half, 8 + half - 1
+
+
+def pad_columns(w: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the input dimension (last) up to a multiple of ``multiple``."""
+    extra = (-w.shape[-1]) % multiple
+    return F.pad(w, (0, extra)) if extra else w
+
+
+def int4_qparams(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero (bf16-exact, returned as fp32) for each row of ``w`` (..., group)."""
+    qmin, qmax = levels(bits)
+    w = w.float()
+    if symmetric:
+        amax = w.abs().amax(-1)
+        scale = amax / (8 - qmin - 1) if bits > 1 else amax
+        zero = torch.zeros_like(scale)
+    else:
+        mn = w.amin(-1).clamp(max=0)
+        mx = w.amax(-1).clamp(min=0)
+        scale = (mx - mn) / (qmax - qmin)
+        zero = None
+    scale = scale.clamp(min=1e-8).to(torch.bfloat16).float()
+    if zero is None:  # w = (q - 8) * s + z reaches mn at q = qmin
+        zero = (mn - (qmin - 8) * scale).to(torch.bfloat16).float()
+    return scale, zero
+
+
+def int4_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+                  ) -> torch.Tensor:
+    """Integers in the int4 container for ``w`` (..., group) given per-row scale/zero."""
+    qmin, qmax = levels(bits)
+    return torch.clamp(torch.round((w - zero[..., None]) / scale[..., None]) + 8, qmin, qmax)
+
+
+def int4_dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return (q - 8) * scale[..., None] + zero[..., None]
+
+
+def rtn_int4(w: torch.Tensor, group_size: int, bits: int = 4, symmetric: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest of an (N, K) matrix (K a multiple of ``group_size``).
+
+    Returns ``q`` uint8 (N, K), ``scales`` and ``zeros`` fp32 (N, K // group_size).
+    """
+    n, k = w.shape
+    wg = w.float().reshape(n, k // group_size, group_size)
+    scale, zero = int4_qparams(wg, bits, symmetric)
+    q = int4_quantize(wg, scale, zero, bits)
+    return q.reshape(n, k).to(torch.uint8), scale, zero
+
+
+def dequant_int4(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    n, k = q.shape
+    g = scales.shape[1]
+    return int4_dequantize(q.float().reshape(n, g, k // g), scales.float(), zeros.float()
+                           ).reshape(n, k)
+
+
+def int8_scale(w: torch.Tensor) -> torch.Tensor:
+    return (w.float().abs().amax(-1) / 127).clamp(min=1e-10)
+
+
+def rtn_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: ``q`` int8 (N, K), ``scales`` fp32 (N,)."""
+    scale = int8_scale(w)
+    q = torch.clamp(torch.round(w.float() / scale[:, None]), -127, 127).to(torch.int8)
+    return q, scale
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) values in [0, 15] -> (N, K/2) uint8: column 2j in the low nibble, 2j+1 high."""
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_nibbles(p: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_nibbles`: (N, K/2) uint8 -> (N, K) uint8."""
+    return torch.stack([p & 15, p >> 4], dim=-1).reshape(p.shape[0], -1)
+
+
+def snr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-noise ratio in dB of ``approx`` against ``ref``."""
+    ref, approx = ref.detach().double(), approx.detach().double()
+    noise = (ref - approx).pow(2).sum().clamp(min=1e-30)
+    return float(10 * torch.log10(ref.pow(2).sum() / noise))

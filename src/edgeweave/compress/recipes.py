@@ -1,0 +1,359 @@
+"""Recipes: typed, frozen, validated, versioned, JSON round-trippable, combinable.
+
+A recipe *is* the API: ``compress(model, GPTQ(bits=4, group_size=128))``. Each config type is
+bound to the function that applies it by :func:`register_method` (a registry keyed by the
+config type, no if/elif over names); ``Pipeline((Wanda(0.5), RTN(bits=4)))`` runs steps in
+order. ``to_dict``/``from_dict`` carry the method name and ``version`` so manifests can be
+read back into the same recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from edgeweave.errors import ConfigError
+
+RECIPES: dict[str, type[Recipe]] = {}  # method name -> config type (for JSON)
+METHODS: dict[type, Callable[..., Any]] = {}  # config type -> apply(recipe, model, ctx)
+
+QUANT_GROUPS = (32, 64, 128, 256)
+PATTERNS = ("unstructured", "2:4")
+
+
+def recipe_type(cls: type[Recipe]) -> type[Recipe]:
+    RECIPES[cls.method] = cls
+    return cls
+
+
+def register_method(config_type: type[Recipe]):
+    """Decorator binding ``apply(recipe, model, ctx) -> model`` to a recipe type."""
+    def deco(fn):
+        METHODS[config_type] = fn
+        return fn
+    return deco
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    method: ClassVar[str] = "recipe"
+    version: ClassVar[int] = 1
+    quantizes: ClassVar[bool] = False  # packs weights into int8/int4 modules (must come last)
+    needs_calibration: ClassVar[bool] = False
+
+    @property
+    def chain(self) -> tuple[Recipe, ...]:
+        """The steps this recipe runs (one, or a pipeline's)."""
+        return (self,)
+
+    def to_dict(self) -> dict[str, Any]:
+        params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"method": self.method, "version": self.version, "params": params}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def label(self) -> str:
+        params = ",".join(f"{k}={v}" for k, v in self.to_dict()["params"].items())
+        return f"{self.method}({params})"
+
+
+def from_dict(d: dict[str, Any]) -> Recipe:
+    """Inverse of :meth:`Recipe.to_dict` (pipelines included)."""
+    if not isinstance(d, dict) or "method" not in d:
+        raise ConfigError(f"a recipe is a JSON object with a 'method' key, got {d!r}; "
+                          f"methods: {', '.join(sorted(RECIPES))}")
+    cls = RECIPES.get(d["method"])
+    if cls is None:
+        raise ConfigError(f"unknown compression method {d['method']!r}: choose one of "
+                          f"{', '.join(sorted(RECIPES))}")
+    version = d.get("version", cls.version)
+    _check(version <= cls.version, f"recipe {d['method']} version {version} is newer than this "
+           f"edgeweave understands ({cls.version}): upgrade edgeweave")
+    params = dict(d.get("params", {}))
+    if cls is Pipeline:
+        return Pipeline(tuple(from_dict(s) for s in params.get("steps", ())))
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - names)
+    _check(not unknown, f"{d['method']} has no parameter(s) {unknown}: valid are {sorted(names)}")
+    return cls(**params)
+
+
+def from_json(text: str) -> Recipe:
+    try:
+        return from_dict(json.loads(text))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"recipe is not valid JSON ({e}): pass a preset name "
+                          f"({', '.join(sorted(PRESETS))}) or a JSON object") from e
+
+
+# -- quantization -------------------------------------------------------------------------
+def _check_int4(bits: int, group_size: int | None, allowed_bits: tuple[int, ...]) -> None:
+    _check(bits in allowed_bits, f"bits={bits} is not supported here: choose one of "
+           f"{allowed_bits} (packed kernels exist for int8 and int4; int3 is stored in int4)")
+    if bits < 8:
+        _check(group_size in QUANT_GROUPS, f"group_size={group_size} is not supported for "
+               f"int{bits}: choose one of {QUANT_GROUPS} (the int4 kernel's group sizes)")
+
+
+@recipe_type
+@dataclass(frozen=True)
+class RTN(Recipe):
+    """Round-to-nearest weights. int8: symmetric per output channel; int4: grouped.
+
+    ``pad=True`` zero-pads input widths that ``group_size`` does not divide (e.g. 576 with
+    g128); ``embeddings`` also quantizes the token embedding (and so the tied head).
+    """
+
+    method: ClassVar[str] = "rtn"
+    quantizes: ClassVar[bool] = True
+    bits: int = 4
+    group_size: int | None = None
+    symmetric: bool | None = None
+    pad: bool = False
+    embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int4(self.bits, self.group_size if self.bits == 4 and self.group_size else 128,
+                    (4, 8))
+        if self.bits == 8:
+            _check(self.group_size is None, "int8 runs fbgemm's per-output-channel kernel: use "
+                   "group_size=None (groups are for int4)")
+            _check(self.symmetric in (None, True), "int8 is symmetric (fbgemm); drop "
+                   "symmetric=False or use bits=4 for an asymmetric grid")
+            object.__setattr__(self, "symmetric", True)
+        else:
+            if self.group_size is None:
+                object.__setattr__(self, "group_size", 128)
+            _check_int4(self.bits, self.group_size, (4, 8))
+            if self.symmetric is None:
+                object.__setattr__(self, "symmetric", False)
+
+
+@recipe_type
+@dataclass(frozen=True)
+class GPTQ(Recipe):
+    """GPTQ (Frantar et al. 2022): column-wise quantization with Hessian error feedback."""
+
+    method: ClassVar[str] = "gptq"
+    quantizes: ClassVar[bool] = True
+    needs_calibration: ClassVar[bool] = True
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = False
+    act_order: bool = False
+    damp: float = 0.01
+    pad: bool = False
+    embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int4(self.bits, self.group_size, (3, 4))
+        _check(0 < self.damp < 1, f"damp={self.damp} must be in (0, 1), e.g. 0.01")
+
+
+@recipe_type
+@dataclass(frozen=True)
+class SmoothQuant(Recipe):
+    """SmoothQuant W8A8 (Xiao et al. 2022) on our int8 kernel; see quantize/smoothquant.py."""
+
+    method: ClassVar[str] = "smoothquant"
+    quantizes: ClassVar[bool] = True
+    needs_calibration: ClassVar[bool] = True
+    alpha: float = 0.5
+    embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, f"alpha={self.alpha} must be in [0, 1] (0.5 is typical)")
+
+
+# -- pruning ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Sparsity(Recipe):
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+
+    def __post_init__(self) -> None:
+        _check(self.pattern in PATTERNS, f"pattern={self.pattern!r}: choose one of {PATTERNS}")
+        _check(0 < self.sparsity < 1, f"sparsity={self.sparsity} must be in (0, 1), e.g. 0.5 "
+               "for half of the weights")
+        _check(self.pattern != "2:4" or self.sparsity == 0.5,
+               "the 2:4 pattern is 50% sparse by definition: use sparsity=0.5")
+
+
+@recipe_type
+@dataclass(frozen=True)
+class Magnitude(_Sparsity):
+    method: ClassVar[str] = "magnitude"
+
+
+@recipe_type
+@dataclass(frozen=True)
+class Wanda(_Sparsity):
+    """Wanda (Sun et al. 2023): |W| * ||X||, compared within each output row."""
+
+    method: ClassVar[str] = "wanda"
+    needs_calibration: ClassVar[bool] = True
+
+
+@recipe_type
+@dataclass(frozen=True)
+class SparseGPT(_Sparsity):
+    """SparseGPT (Frantar & Alistarh 2023): OBS pruning with Hessian error feedback."""
+
+    method: ClassVar[str] = "sparsegpt"
+    needs_calibration: ClassVar[bool] = True
+    damp: float = 0.01
+
+
+@recipe_type
+@dataclass(frozen=True)
+class ChannelPrune(Recipe):
+    """Remove a fraction of each block's MLP channels (rows of gate/up, columns of down)."""
+
+    method: ClassVar[str] = "channels"
+    needs_calibration: ClassVar[bool] = True
+    ratio: float = 0.25
+    multiple: int = 64
+
+    def __post_init__(self) -> None:
+        _check(0 < self.ratio < 1, f"ratio={self.ratio} must be in (0, 1): the fraction of "
+               "MLP channels to remove")
+        _check(self.multiple >= 1, f"multiple={self.multiple} must be >= 1")
+
+
+# -- low rank -----------------------------------------------------------------------------
+@recipe_type
+@dataclass(frozen=True)
+class SVD(Recipe):
+    """Truncated SVD; per layer, the smallest rank keeping ``energy`` of sum(s^2)."""
+
+    method: ClassVar[str] = "svd"
+    energy: float = 0.9
+    min_saving: float = 0.1  # keep a layer dense unless low rank saves this fraction
+
+    def __post_init__(self) -> None:
+        _check(0 < self.energy < 1, f"energy={self.energy} must be in (0, 1), e.g. 0.9")
+        _check(0 <= self.min_saving < 1, f"min_saving={self.min_saving} must be in [0, 1)")
+
+
+@recipe_type
+@dataclass(frozen=True)
+class ASVD(SVD):
+    """Activation-aware SVD (Yuan et al. 2023): SVD of W * diag(s), s = |x|^alpha."""
+
+    method: ClassVar[str] = "asvd"
+    needs_calibration: ClassVar[bool] = True
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.alpha <= 1, f"alpha={self.alpha} must be in (0, 1]")
+
+
+# -- distillation -------------------------------------------------------------------------
+@recipe_type
+@dataclass(frozen=True)
+class Distill(Recipe):
+    """A student with ``student_layers`` blocks trained on the calibration text.
+
+    ``loss="kd"`` matches the teacher's softened logits; ``loss="ce"`` is the same student
+    trained on the text alone (the no-distillation baseline).
+    """
+
+    method: ClassVar[str] = "distill"
+    needs_calibration: ClassVar[bool] = True
+    student_layers: int = 18
+    steps: int = 200
+    batch: int = 4
+    lr: float = 3e-4
+    temperature: float = 2.0
+    loss: str = "kd"
+    checkpoint_every: int = 25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.student_layers >= 1, "student_layers must be >= 1")
+        _check(self.steps >= 1 and self.batch >= 1, "steps and batch must be >= 1")
+        _check(self.loss in ("kd", "ce"), f"loss={self.loss!r}: choose 'kd' or 'ce'")
+        _check(self.lr > 0 and self.temperature > 0, "lr and temperature must be > 0")
+        _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+
+
+# -- combination --------------------------------------------------------------------------
+@recipe_type
+@dataclass(frozen=True)
+class Pipeline(Recipe):
+    """Steps applied in order, e.g. ``Pipeline((Wanda(0.5), RTN(bits=4)))``."""
+
+    method: ClassVar[str] = "pipeline"
+    steps_: tuple[Recipe, ...] = field(default=())
+
+    def __init__(self, steps: tuple[Recipe, ...] | list[Recipe]) -> None:
+        object.__setattr__(self, "steps_", tuple(steps))
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        _check(len(self.steps_) > 0, "a pipeline needs at least one step")
+        for s in self.steps_:
+            _check(isinstance(s, Recipe) and not isinstance(s, Pipeline),
+                   f"pipeline steps must be recipes (not pipelines), got {s!r}")
+        quant = [i for i, s in enumerate(self.steps_) if s.quantizes]
+        _check(len(quant) <= 1 and (not quant or quant[0] == len(self.steps_) - 1),
+               "a pipeline may quantize once, as its last step (packed weights cannot be "
+               "pruned or decomposed further): move the quantizer to the end")
+
+    @property
+    def chain(self) -> tuple[Recipe, ...]:
+        return self.steps_
+
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        return any(s.needs_calibration for s in self.steps_)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "version": self.version,
+                "params": {"steps": [s.to_dict() for s in self.steps_]}}
+
+    def label(self) -> str:
+        return " + ".join(s.label() for s in self.steps_)
+
+
+PRESETS: dict[str, Recipe] = {
+    "int8": RTN(bits=8),
+    "int4": GPTQ(bits=4, group_size=128, pad=True),
+    "rtn-int4-g128": RTN(bits=4, group_size=128, pad=True),
+    "rtn-int4-g64": RTN(bits=4, group_size=64),
+    "rtn-int4-g32": RTN(bits=4, group_size=32),
+    "gptq-int4-g128": GPTQ(bits=4, group_size=128, pad=True),
+    "gptq-int3-g64": GPTQ(bits=3, group_size=64),
+    "smoothquant-w8a8": SmoothQuant(),
+    "magnitude-50": Magnitude(0.5),
+    "wanda-50": Wanda(0.5),
+    "sparsegpt-50": SparseGPT(0.5),
+    "wanda-2:4": Wanda(0.5, "2:4"),
+    "channels-25": ChannelPrune(0.25),
+    "svd-95": SVD(energy=0.95),
+    "asvd-95": ASVD(energy=0.95),
+    "wanda-50+int4": Pipeline((Wanda(0.5), RTN(bits=4, group_size=128, pad=True))),
+    "distill-18": Distill(student_layers=18),
+}
+
+
+def parse_recipe(spec: str | Recipe) -> Recipe:
+    """A preset name, a JSON recipe, or a recipe object."""
+    if isinstance(spec, Recipe):
+        return spec
+    if spec in PRESETS:
+        return PRESETS[spec]
+    if spec.lstrip().startswith("{"):
+        return from_json(spec)
+    raise ConfigError(f"unknown recipe {spec!r}: choose a preset ({', '.join(sorted(PRESETS))}) "
+                      "or pass JSON like '{\"method\": \"rtn\", \"params\": {\"bits\": 4}}'")

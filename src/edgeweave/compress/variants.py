@@ -1,0 +1,47 @@
+"""Named, cached variants of a model: ``variant("int4")`` builds once, then reuses.
+
+The demo and the planner ask for variants by name; the artifact lives under
+``$EDGEWEAVE_HOME/artifacts/<model>/<name>`` and is rebuilt when its manifest's recipe or
+source fingerprint no longer matches (or when it fails verification).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeweave.compress.recipes import GPTQ, RTN, Recipe, SmoothQuant
+from edgeweave.errors import ArtifactError, ConfigError
+from edgeweave.paths import home
+
+VARIANTS: dict[str, Recipe] = {
+    "int8": RTN(bits=8),
+    "int4": GPTQ(bits=4, group_size=128, pad=True),
+    "int4-rtn": RTN(bits=4, group_size=128, pad=True),
+    "w8a8-smooth": SmoothQuant(),
+}
+
+
+def variant_path(name: str, model: str = "smollm2-135m-instruct") -> Path:
+    return home() / "artifacts" / model / name
+
+
+def variant(name: str, model: str = "smollm2-135m-instruct") -> Path:
+    """Path of the artifact for variant ``name`` of ``model``, compressing it if needed."""
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown variant {name!r}: choose one of {', '.join(VARIANTS)}")
+    from edgeweave.compress.api import compress
+    from edgeweave.compress.artifact import read_manifest, verify
+    from edgeweave.models import load
+
+    recipe = VARIANTS[name]
+    path = variant_path(name, model)
+    if path.exists():
+        try:
+            manifest = verify(path, read_manifest(path))
+            if manifest["recipe"] == recipe.to_dict():
+                return path
+        except ArtifactError:
+            pass  # damaged or stale: rebuild below
+    lm = load(model)
+    compress(lm, recipe, out=path)
+    return path

@@ -31,6 +31,7 @@ from edgeweave.models.llama import BlockModel, rope_inv_freq
 from edgeweave.runtime.engines.onnx_quant import (
     WEIGHT_FORMATS,
     Dense,
+    Packed,
     QuantSpec,
     Weight,
     concat,
@@ -96,6 +97,7 @@ class _Graph:
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes: list = []
         self.inits: list = []
+        self._shared: dict[str, str] = {}
         self._n = 0
 
     def init(self, name: str, arr: np.ndarray) -> str:
@@ -123,9 +125,25 @@ class _Graph:
             (y,) = self.node("MatMulNBits", ins, domain="com.microsoft",
                              name=f"{name}/MatMulNBits", K=w.k, N=w.n, bits=w.bits,
                              block_size=w.group_size, accuracy_level=accuracy_level)
+        if isinstance(w, Packed) and w.float_zeros is not None:
+            # + sum_g zero[n, g] * sum_{k in g} x[k]: group sums of x, then a (G x N) product
+            (xs,) = self.node("MatMul", [x, self.group_indicator(w.k, w.group_size)],
+                              name=f"{name}/GroupSum")
+            (corr,) = self.node("MatMul", [xs, self.init(f"{name}.zeros_t", w.float_zeros.T)],
+                                name=f"{name}/Zeros")
+            (y,) = self.node("Add", [y, corr], name=f"{name}/AddZeros")
         if w.bias is not None:
             (y,) = self.node("Add", [y, self.init(f"{name}.bias", w.bias)], name=f"{name}/Bias")
         return y
+
+    def group_indicator(self, k: int, group_size: int) -> str:
+        name = f"group_indicator_{k}_{group_size}"
+        if name not in self._shared:
+            groups = -(-k // group_size)
+            s = np.zeros((k, groups), np.float32)
+            s[np.arange(k), np.arange(k) // group_size] = 1.0
+            self._shared[name] = self.init(name, s)
+        return name
 
 
 def _norm_weight(module: torch.nn.Module) -> np.ndarray:

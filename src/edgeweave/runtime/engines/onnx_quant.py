@@ -4,7 +4,10 @@ Every linear layer of a stage graph becomes a :class:`Dense` (fp32 ``(N, K)``) o
 :class:`Packed` weight in the ``com.microsoft.MatMulNBits`` layout: ``qweight`` of shape
 ``(N, K // group, group * bits // 8)`` (4-bit values two to a byte, low nibble first),
 ``scales`` ``(N, K // group)`` and unsigned zero points ``(N, ceil(K // group * bits / 8))``
-(again two 4-bit values to a byte). The stored value ``q`` means ``(q - zp) * scale``.
+(again two 4-bit values to a byte). The stored value ``q`` means ``(q - zp) * scale``
+(``+ float_zero`` for grids with a real-valued offset per group, such as the compression
+package's int4 ``w = (q - 8) * scale + zero``; the graph adds that term exactly with a small
+group-sum product, because MatMulNBits' own float zero points are slow and not exact on CPU).
 
 Where the weights come from is a registry keyed by module type, so a packed module of the
 compression package converts its own scales and zero points (the ONNX graph then computes
@@ -65,6 +68,11 @@ class Packed:
     scales: np.ndarray  # (N, K // group) float32
     zero_points: np.ndarray | None  # (N, ceil(K // group * bits / 8)) uint8, None = 2**(bits-1)
     bias: np.ndarray | None = None
+    float_zeros: np.ndarray | None = None  # (N, groups) float32 added per group, or None
+
+    @property
+    def groups(self) -> int:
+        return -(-self.k // self.group_size)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -73,18 +81,22 @@ class Packed:
     @property
     def nbytes(self) -> int:
         zp = 0 if self.zero_points is None else self.zero_points.nbytes
-        return self.qweight.nbytes + self.scales.nbytes + zp
+        fz = 0 if self.float_zeros is None else self.float_zeros.nbytes
+        return self.qweight.nbytes + self.scales.nbytes + zp + fz
 
     def dequantize(self) -> np.ndarray:
         """(N, K) float32: what MatMulNBits multiplies by (for tests and error bounds)."""
-        q = unpack(self.qweight.reshape(self.n, -1), self.bits)[:, :self.k]
-        groups = self.k // self.group_size
+        groups = self.groups
+        q = unpack(self.qweight.reshape(self.n, -1), self.bits)[:, :groups * self.group_size]
         if self.zero_points is None:
             zp = np.full((self.n, groups), 2 ** (self.bits - 1), np.float32)
         else:
             zp = unpack(self.zero_points, self.bits)[:, :groups].astype(np.float32)
         q = q.reshape(self.n, groups, self.group_size).astype(np.float32)
-        return ((q - zp[..., None]) * self.scales[..., None]).reshape(self.n, self.k)
+        w = (q - zp[..., None]) * self.scales[..., None]
+        if self.float_zeros is not None:
+            w = w + self.float_zeros[..., None]
+        return w.reshape(self.n, -1)[:, :self.k]
 
 
 Weight = Dense | Packed
@@ -156,9 +168,13 @@ def concat(parts: list[Weight]) -> Weight:
            != (first.bits, first.group_size, first.k, first.zero_points is None) for p in parts):
         raise ConfigError("fused projections need the same bits, group size and symmetry")
     zp = None if first.zero_points is None else np.concatenate([p.zero_points for p in parts])
+    fz = None
+    if any(p.float_zeros is not None for p in parts):
+        fz = np.concatenate([p.float_zeros if p.float_zeros is not None
+                             else np.zeros(p.scales.shape, np.float32) for p in parts])
     return Packed(first.bits, first.group_size, sum(p.n for p in parts), first.k,
                   np.concatenate([p.qweight for p in parts]),
-                  np.concatenate([p.scales for p in parts]), zp, _cat_bias(parts))
+                  np.concatenate([p.scales for p in parts]), zp, _cat_bias(parts), fz)
 
 
 def _cat_bias(parts: list[Weight]) -> np.ndarray | None:

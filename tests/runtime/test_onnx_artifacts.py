@@ -1,0 +1,71 @@
+"""Low-bit ONNX graphs from compression artifacts compute what the artifact holds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+compress = pytest.importorskip("edgeweave.compress")
+
+from edgeweave.runtime.engines.base import EngineConfig  # noqa: E402
+from edgeweave.runtime.engines.onnx import engine_from_model  # noqa: E402
+from edgeweave.runtime.engines.onnx_chain import StageChain  # noqa: E402
+from edgeweave.runtime.engines.onnx_export import ExportSpec  # noqa: E402
+from edgeweave.runtime.engines.onnx_quant import Packed, weight_of  # noqa: E402
+from edgeweave.runtime.engines.torch import TorchStageEngine  # noqa: E402
+from edgeweave.types import Shard  # noqa: E402
+from tests.conftest import random_model  # noqa: E402
+
+PROMPT = [5, 9, 3, 7, 11, 40, 2, 33]
+STEPS = [4, 8, 15, 16]
+
+RECIPES = {
+    "int8-rtn": ("int8", lambda: compress.RTN(bits=8)),
+    "int4-rtn-g32-asym": ("int4", lambda: compress.RTN(bits=4, group_size=32)),
+    "int4-rtn-g128-padded": ("int4", lambda: compress.RTN(bits=4, group_size=128, pad=True)),
+}
+
+
+def _dequantized(art, cfg):
+    """A plain BlockModel holding exactly the artifact's dequantized numbers."""
+    ref = random_model(cfg)
+    state = {"embed_tokens.weight": art.embed_tokens.weight.float()}
+    for name, mod in art.named_modules():
+        if name and hasattr(mod, "dequantized"):
+            state[f"{name}.weight"] = mod.dequantized().float()
+    for k, v in art.state_dict().items():
+        if "norm" in k:
+            state[k] = v
+    ref.load_state_dict(state, strict=False)
+    return ref
+
+
+def _trace(engine: StageChain) -> list[torch.Tensor]:
+    return [engine.prefill(PROMPT)] + [engine.decode(t) for t in STEPS]
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_artifact_graph_equals_dequantized_artifact(tiny_model, tmp_path, recipe):
+    variant, make = RECIPES[recipe]
+    cfg = tiny_model.cfg
+    art = compress.compress(tiny_model, make()).model
+    head = weight_of(art.lm_head, None)
+    assert isinstance(head, Packed) and head.bits == (8 if variant == "int8" else 4)
+    whole = Shard(0, cfg.num_layers, cfg.num_layers)
+    ref = _trace(StageChain([TorchStageEngine(EngineConfig("t", whole),
+                                              model=_dequantized(art, cfg))], 64))
+    own = _trace(StageChain([TorchStageEngine(EngineConfig("t", whole, variant), model=art)], 64))
+    for level in (0, 4):
+        spec = ExportSpec(0, cfg.num_layers, weights=variant, max_len=cfg.max_position,
+                          accuracy_level=level)
+        eng = engine_from_model(art, EngineConfig("t", whole, variant, "onnx", threads=1),
+                                tmp_path / f"{recipe}-{level}", spec)
+        got = _trace(StageChain([eng], 64))
+        for r, g, o in zip(ref, got, own, strict=True):
+            scale = r.abs().max()
+            if level == 0:  # fp32 activations: the very same numbers as the artifact
+                torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+            else:  # int8 activations (the fast CPU path): bounded like the torch kernels
+                assert (g - r).abs().max() < 0.05 * scale
+                assert (o - r).abs().max() < 0.1 * scale

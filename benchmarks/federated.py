@@ -153,6 +153,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="federated")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--task", default="iot")
+    ap.add_argument("--seq-len", type=int, default=96)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.finetune_options:
@@ -160,8 +163,9 @@ def main() -> None:
         return
     a, b = (int(x) for x in args.region.split("-"))
     region_len = b - a
-    base = FedConfig(num_clients=args.clients, rounds=args.rounds, local_steps=args.local_steps,
-                     lr=args.lr, region=(a, b), tiers=tiers(region_len), seq_len=96,
+    base = FedConfig(model=args.model, task=args.task, num_clients=args.clients,
+                     rounds=args.rounds, local_steps=args.local_steps,
+                     lr=args.lr, region=(a, b), tiers=tiers(region_len), seq_len=args.seq_len,
                      targets=("q_proj", "v_proj"), batch_size=4, timeout_s=900)
     t_all = time.perf_counter()
     from edgeweave.federated.client import shared_base

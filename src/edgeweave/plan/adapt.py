@@ -113,22 +113,21 @@ class Adapter:
 
     # -- the fleet as it is now ----------------------------------------------------------
     def fleet(self) -> Fleet:
+        """The base fleet without departed devices, with current batteries, memory and links.
+        Drained devices stay (they may still route traffic); :meth:`tables` bars them from
+        hosting blocks."""
         s = self.state
-        out = s.gone | s.drained
         if self.base.entry in s.gone or self.base.exit in s.gone:
             raise PlanningError(f"the fleet's entry/exit device is gone ({self.base.entry}, "
                                 f"{self.base.exit}): requests cannot arrive or return")
         devs = tuple(replace(d, battery=s.battery.get(d.id, d.battery),
                              memory_pressure=s.pressure.get(d.id, d.memory_pressure))
-                     for d in self.base.devices if d.id not in out or d.id in
-                     (self.base.entry, self.base.exit))
+                     for d in self.base.devices if d.id not in s.gone)
         ids = {d.id for d in devs}
         links = tuple(replace(ln, bandwidth_scale=s.scale.get(frozenset((ln.a, ln.b)),
                                                               ln.bandwidth_scale))
                       for ln in self.base.links if ln.a in ids and ln.b in ids)
-        fleet = replace(self.base, devices=devs, links=links)
-        # the entry/exit stay as routers even when drained: they just host no blocks
-        return fleet
+        return replace(self.base, devices=devs, links=links)
 
     def tables(self) -> CostTables:
         t = tables_for(self.model, self.fleet(), **self.kw)  # type: ignore[arg-type]

@@ -25,13 +25,14 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
+import torch  # noqa: E402
 from _common import print_table, write_json  # noqa: E402
 
 from edgeweave.models import load  # noqa: E402
 from edgeweave.runtime.engine import LocalEngine  # noqa: E402
 from edgeweave.runtime.fast import accelerate_decode  # noqa: E402
 from edgeweave.runtime.generate import SamplingParams, generate  # noqa: E402
-from edgeweave.runtime.launch import launch  # noqa: E402
+from edgeweave.runtime.launch import embedded, launch  # noqa: E402
 from edgeweave.types import Plan  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
@@ -51,39 +52,49 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--cuts", default="10,20", help="block cut points of the 3-node plan")
+    ap.add_argument("--replay", default="exact", choices=["exact", "batched"])
+    ap.add_argument("--stream-tokens", type=int, default=16,
+                    help="new tokens per stream in the concurrency runs")
     args = ap.parse_args()
     n = args.tokens
 
     lm = load(MODEL)
     accelerate_decode(lm.model)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
     tok = lm.tokenizer
     ids = tok.encode_chat([{"role": "user", "content": QUESTION}])
     nl = lm.config.num_layers
     max_len = len(ids) + n + 8
 
-    # -- single process baseline -------------------------------------------------------
-    single = best([run(LocalEngine(lm.model, max_len), tok, ids, n) for _ in range(args.rounds)])
-    ref_tokens = single.token_ids
-    out: dict = {"model": MODEL, "prompt_tokens": len(ids), "new_tokens": n,
-                 "single_process": {"decode_tps": single.metrics.decode_tps,
-                                    "ttft_s": single.metrics.ttft_s}}
     cuts = [int(c) for c in args.cuts.split(",")]
-    plan = Plan.split(nl, cuts, ["n0", "n1", "n2"])
+    plans = {c: Plan.split(nl, cuts, ["n0", "n1", "n2"], codec=c) for c in ("fp32", "fp16", "int8")}
+    out: dict = {"model": MODEL, "prompt_tokens": len(ids), "new_tokens": n, "cuts": cuts}
 
-    rows, codecs_out = [], {}
-    with launch(plan, MODEL, max_len=max_len) as dep:
+    with launch(plans["fp32"], MODEL, max_len=max_len, replay=args.replay) as dep:
         coord = dep.coordinator
-        for codec in ("fp32", "fp16", "int8"):
-            coord.apply_plan(Plan.split(nl, cuts, ["n0", "n1", "n2"], codec=codec))
-            results = []
-            for _ in range(args.rounds):
+        inproc = embedded(MODEL, plans["fp32"], loaded=lm, max_len=max_len)
+        # rounds interleave every configuration, so background load hurts all alike
+        runs: dict[str, list] = {}
+        for _ in range(args.rounds):
+            runs.setdefault("single", []).append(run(LocalEngine(lm.model, max_len), tok, ids, n))
+            with inproc.new_session() as s:
+                runs.setdefault("inproc-fp32", []).append(run(s, tok, ids, n))
+            for codec, p in plans.items():
+                coord.apply_plan(p)
                 with coord.new_session() as s:
-                    results.append(run(s, tok, ids, n))
+                    runs.setdefault(codec, []).append(run(s, tok, ids, n))
+        singles = runs.pop("single")
+        single = best(singles)
+        ref_tokens = single.token_ids
+        out["single_process"] = {"decode_tps": single.metrics.decode_tps,
+                                 "ttft_s": single.metrics.ttft_s}
+        rows, codecs_out = [], {}
+        for name, results in runs.items():
             r = best(results)
             x = r.metrics.extra
             positions = len(ids) + n - 1
-            hid = x["hidden_bytes"] / positions / (len(cuts))  # per token per stage boundary
-            codecs_out[codec] = {
+            hid = x["hidden_bytes"] / positions / len(cuts)  # per token per stage boundary
+            codecs_out[name] = {
                 "decode_tps": r.metrics.decode_tps,
                 "ratio_vs_single": r.metrics.decode_tps / single.metrics.decode_tps,
                 "hop_overhead_ms": x["hop_overhead_ms"], "hop_rtt_ms": x["hop_rtt_ms"],
@@ -93,22 +104,24 @@ def main() -> None:
                 "same_tokens_as_single": r.token_ids == ref_tokens,
                 "token_agreement": sum(a == b for a, b in zip(r.token_ids, ref_tokens,
                                                               strict=False)) / n,
+                "all_rounds_tps": [q.metrics.decode_tps for q in results],
             }
-            c = codecs_out[codec]
-            rows.append([codec, c["decode_tps"], c["ratio_vs_single"], c["hop_overhead_ms"],
+            c = codecs_out[name]
+            rows.append([name, c["decode_tps"], c["ratio_vs_single"], c["hop_overhead_ms"],
                          c["hop_compute_ms"], hid, c["wire_bytes_per_token"],
                          c["same_tokens_as_single"]])
-        out["three_nodes"] = codecs_out
+        out["three_stages"] = codecs_out
+        out["single_process"]["all_rounds_tps"] = [q.metrics.decode_tps for q in singles]
 
         # -- concurrency (fp16) --------------------------------------------------------
-        coord.apply_plan(Plan.split(nl, cuts, ["n0", "n1", "n2"], codec="fp16"))
+        coord.apply_plan(plans["fp16"])
         conc_rows, conc = [], {}
         for k in (1, 4, 16):
             done: list = []
 
             def worker(sink: list) -> None:
                 with coord.new_session() as s:
-                    sink.append(run(s, tok, ids, n // 2))
+                    sink.append(run(s, tok, ids, args.stream_tokens))
 
             threads = [threading.Thread(target=worker, args=(done,)) for _ in range(k)]
             t0 = time.perf_counter()
@@ -140,15 +153,16 @@ def main() -> None:
         stall = time.perf_counter() - t0
         got += list(gen)
         st = s.stats
-        out["recovery"] = {"killed": "n1", "recovery_s": st["recovery_s"],
+        out["recovery"] = {"killed": "n1", "replay": args.replay, "recovery_s": st["recovery_s"],
                            "stall_s": stall, "replayed_tokens": st["replayed_tokens"],
                            "identical_to_undisturbed": got == undisturbed,
                            "plan_after": [f"{x.device}{x.shard}" for x in coord.plan.stages]}
         s.close()
 
     base = single.metrics.decode_tps
-    print_table(f"3-node loopback vs one process ({base:.1f} tok/s), {MODEL}, {n} new tokens",
-                ["codec", "tok/s", "x single", "hop overhead ms", "hop compute ms",
+    print_table(f"3 stages (3 node processes on loopback, or in-process) vs one process "
+                f"({base:.1f} tok/s), {MODEL}, {n} new tokens",
+                ["deployment/codec", "tok/s", "x single", "hop overhead ms", "hop compute ms",
                  "hidden B/tok/boundary", "wire B/tok", "same tokens"], rows)
     print_table("Concurrent streams (3 nodes, fp16)",
                 ["streams", "finished", "tokens", "wall s", "aggregate tok/s",

@@ -136,3 +136,17 @@ def test_device_back_after_failure_can_be_planned_again(lm):
     coord.apply_plan(plan)
     got += list(gen)
     assert got == _reference(lm.model) and coord.plan == plan
+
+
+def test_batched_replay_merges_recorded_chunks(lm):
+    coord = embedded(str(lm.folder), Plan.split(4, [1, 3], ["a", "b", "c"], codec="int8"),
+                     loaded=lm, max_len=128, replay="batched")
+    s = coord.new_session()
+    gen = generate_step(s, PROMPT, PARAMS)
+    got = [next(gen) for _ in range(8)]
+    coord.mark_failed("b")
+    # the rebuilt stages got one merged chunk: prompt + 7 decoded tokens
+    assert [len(r) for r in s.records] == [8, 1, 1]
+    assert s.records[1][0].shape == (1, len(PROMPT) + 7, 64)
+    got += list(gen)
+    assert len(got) == 24 and s.stats["replayed_tokens"] == len(PROMPT) + 7

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edgeweave.errors import RuntimeStageError
+from edgeweave.errors import ConfigError, RuntimeStageError
 from edgeweave.runtime import codec as codecs
 from edgeweave.runtime.replan import first_change, reassign_failed
 from edgeweave.runtime.transport.base import Link, StageUnavailable
@@ -88,7 +88,10 @@ class Coordinator:
     def __init__(self, plan: Plan, model: str, connect: Callable[[str], Link], *,
                  max_len: int = 2048, deadline_s: float = 20.0, per_token_s: float = 0.05,
                  replan: Replanner = reassign_failed, backend: str = "torch",
-                 addresses: dict[str, str] | None = None) -> None:
+                 addresses: dict[str, str] | None = None, replay: str = "exact") -> None:
+        if replay not in ("exact", "batched"):
+            raise ConfigError(f"replay must be 'exact' or 'batched' (got {replay!r})")
+        self.replay = replay
         self.model = model
         self.max_len = max_len
         self.deadline_s, self.per_token_s = deadline_s, per_token_s
@@ -359,7 +362,9 @@ class Session:
 
         Stages before ``k`` are unchanged and only drop a half-done step; stages from ``k``
         on start empty and get the recorded inputs of stage ``k``, chunk by chunk as they
-        first ran, so their caches come out bit-identical."""
+        first ran, so their caches come out bit-identical (``replay="exact"``), or in one
+        chunk (``replay="batched"``: one prefill-sized step per stage, much faster for long
+        sessions, equal only up to float rounding)."""
         if not self.opened:
             return
         coord = self.coord
@@ -368,7 +373,10 @@ class Session:
             coord.call(st.device, Frame(op, key, self.id, arg=arg), coord.deadline_s)
         records = self.records[:k] + [[] for _ in plan.stages[k:]]
         pos = 0
-        for chunk in (self.records[k] if k < len(self.records) else []):
+        chunks = self.records[k] if k < len(self.records) else []
+        if coord.replay == "batched" and len(chunks) > 1:
+            chunks = [merge_payloads(chunks)]
+        for chunk in chunks:
             x = chunk
             for i in range(k, len(plan.stages)):
                 records[i].append(x)
@@ -391,6 +399,15 @@ class Session:
             out["bytes_per_token"] = (self._stats["bytes_sent"] + self._stats["bytes_received"]) \
                 / max(self.length, 1)
         return out
+
+
+def merge_payloads(chunks: list[Payload]) -> Payload:
+    """Concatenate recorded inputs along the token axis; the decoded values travel as
+    fp32 (or ids), so the merged chunk holds exactly what the stage received."""
+    parts = [codecs.get(c.codec).decode(c.data, c.shape) for c in chunks]
+    out = codecs.IDS if chunks[0].codec == codecs.IDS.id else codecs.FP32
+    merged = torch.cat(parts, dim=1)
+    return Payload(out.id, tuple(merged.shape), out.encode(merged))
 
 
 def x_tokens(x: Payload) -> int:

@@ -22,6 +22,16 @@ def register(app: typer.Typer) -> None:
         max_prompt_tokens: int = typer.Option(1024, "--max-prompt-tokens"),
         max_tokens_limit: int = typer.Option(512, "--max-tokens-limit",
                                              help="The most tokens one request may ask for."),
+        plan: str = typer.Option(None, "--plan",
+                                 help="Plan JSON: serve through a coordinator over its stages."),
+        node: Annotated[list[str] | None, typer.Option(
+            "--node", help="DEVICE=HOST:PORT of a running `edgeweave node` (repeatable); "
+                           "without any, the plan's stages run embedded.")] = None,
+        tls_dir: str = typer.Option(None, "--tls-dir",
+                                    help="Fleet certificates (edgeweave certs) for mutual TLS."),
+        mqtt: str = typer.Option(None, "--mqtt",
+                                 help="HOST:PORT of the MQTT broker: fail over on last wills."),
+        fleet: str = typer.Option("default", "--fleet", help="Fleet name on the broker."),
     ) -> None:
         """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
         from edgeweave.serve.config import ServeConfig
@@ -33,4 +43,5 @@ def register(app: typer.Typer) -> None:
         if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
             typer.secho(f"warning: serving on {host} without --api-key", err=True,
                         fg=typer.colors.YELLOW)
-        serve(model, host=host, port=port, config=cfg)
+        serve(model, host=host, port=port, config=cfg, plan=plan, nodes=tuple(node or ()),
+              tls_dir=tls_dir, mqtt=mqtt, fleet=fleet)

@@ -28,6 +28,7 @@ from edgeweave.serve.config import ServeConfig
 from edgeweave.serve.errors import (
     APIError,
     bad_request,
+    from_exception,
     model_not_found,
     rate_limited,
     server_error,
@@ -87,7 +88,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
 
     @app.exception_handler(EdgeweaveError)
     async def _ours(_: Request, e: EdgeweaveError) -> JSONResponse:
-        return bad_request(str(e)).response()
+        return from_exception(e).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -212,7 +213,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
             while True:
                 ev = await queue.get()
                 if ev.piece is None:
-                    yield sse(error_body(ev.error))
+                    yield sse(from_exception(ev.error).body())
                     break
                 piece = ev.piece
                 if piece.text:
@@ -242,9 +243,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
                         return JSONResponse({}, status_code=499)
                     continue
                 if ev.piece is None:
-                    err = error_body(ev.error)["error"]
-                    status = 400 if err["type"] == "invalid_request_error" else 500
-                    return JSONResponse({"error": err}, status_code=status)
+                    return from_exception(ev.error).response()
                 pieces.append(ev.piece.text)
                 if ev.piece.finish_reason is not None:
                     m = ev.piece.metrics
@@ -257,13 +256,6 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
             job.cancel()
 
     return app
-
-
-def error_body(error: BaseException | None) -> dict[str, Any]:
-    """A failure during generation: ours are the client's to fix (400), others are 500."""
-    if isinstance(error, EdgeweaveError):
-        return bad_request(str(error)).body()
-    return server_error(f"generation failed: {type(error).__name__}: {error}").body()
 
 
 _KNOWN_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health",

@@ -6,6 +6,16 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from edgeweave.errors import EdgeweaveError, PlanningError, RuntimeStageError
+
+# Our errors are the client's to fix (400) unless the fleet itself is failing: no stage can
+# run the request right now (503, retry later). Looked up along the exception's MRO.
+STATUS_OF: dict[type[BaseException], tuple[int, str, str | None]] = {
+    EdgeweaveError: (400, "invalid_request_error", None),
+    RuntimeStageError: (503, "server_error", "stage_unavailable"),
+    PlanningError: (503, "server_error", "no_feasible_plan"),
+}
+
 
 class APIError(Exception):
     """An error the HTTP layer turns into an OpenAI error body."""
@@ -45,3 +55,14 @@ def model_not_found(model: str, served: str) -> APIError:
 
 def server_error(message: str) -> APIError:
     return APIError(500, message, "server_error", None, None)
+
+
+def from_exception(e: BaseException | None) -> APIError:
+    """The API error for an exception raised while serving a request."""
+    if isinstance(e, APIError):
+        return e
+    for cls in type(e).__mro__:
+        if cls in STATUS_OF:
+            status, type_, code = STATUS_OF[cls]
+            return APIError(status, str(e), type_, None, code)
+    return server_error(f"generation failed: {type(e).__name__}: {e}")

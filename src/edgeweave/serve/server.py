@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from edgeweave.errors import ConfigError
-from edgeweave.serve.backend import LocalSessions, SessionFactory
+from edgeweave.serve.backend import SessionFactory
 from edgeweave.serve.config import ServeConfig
 
 
@@ -39,15 +39,21 @@ def _uvicorn_server(backend: SessionFactory, config: ServeConfig, address: Serve
 
 def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port: int = 8000,
           api_keys: tuple[str, ...] = (), config: ServeConfig | None = None,
-          backend: SessionFactory | None = None, log_level: str = "info") -> None:
-    """Load ``model`` (unless a ``backend`` is given) and serve it until interrupted."""
+          backend: SessionFactory | None = None, plan: str | None = None,
+          nodes: tuple[str, ...] = (), tls_dir: str | None = None, mqtt: str | None = None,
+          fleet: str = "default", log_level: str = "info") -> None:
+    """Serve ``model`` (in-process, or over ``plan``; see :mod:`edgeweave.serve.deploy`)
+    until interrupted. A ready ``backend`` skips the loading."""
+    from edgeweave.serve.deploy import Deployment, build
+
     cfg = config or ServeConfig(api_keys=api_keys)
     address = ServerAddress(host, port)  # validate before the slow model load
-    backend = backend or LocalSessions.load(model)
+    dep = Deployment(backend) if backend is not None else build(
+        model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet)
     try:
-        _uvicorn_server(backend, cfg, address, log_level).run()
+        _uvicorn_server(dep.backend, cfg, address, log_level).run()
     finally:
-        backend.close()
+        dep.close()
 
 
 class BackgroundServer:

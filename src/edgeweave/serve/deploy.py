@@ -1,0 +1,98 @@
+"""What ``edgeweave serve`` puts behind the HTTP API: one model in-process, or a plan.
+
+* no plan: :class:`LocalSessions` (one model, a KV cache per request);
+* a plan, no node addresses: an embedded coordinator (every stage in this process);
+* a plan and ``device=host:port`` addresses: a coordinator attached to running
+  ``edgeweave node`` processes (mutual TLS with ``tls_dir``).
+
+With an MQTT broker address, a :class:`FleetMonitor` watches the fleet and a
+:class:`FleetController` fails the coordinator over when a node's last will arrives.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeweave.errors import ConfigError
+from edgeweave.serve.backend import CoordinatorSessions, LocalSessions, SessionFactory
+from edgeweave.types import Plan
+
+
+def read_plan(path: str | Path) -> Plan:
+    """A plan saved as JSON (``Plan.to_dict``), alone or under a ``"plan"`` key."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read the plan {p}: {e}; write it with Plan.to_dict() "
+                          "as JSON") from e
+    try:
+        return Plan.from_dict(d.get("plan", d))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{p} is not a plan ({e}): expected {{\"stages\": [{{\"device\", "
+                          "\"shard\": {\"start\", \"end\", \"n_layers\"}, ...}]}") from e
+
+
+def parse_nodes(specs: Sequence[str]) -> dict[str, str]:
+    """``["a=127.0.0.1:5001", ...]`` -> ``{"a": "127.0.0.1:5001"}``."""
+    out = {}
+    for s in specs:
+        dev, sep, addr = s.partition("=")
+        if not sep or not dev or ":" not in addr:
+            raise ConfigError(f"--node {s!r} must look like DEVICE=HOST:PORT")
+        out[dev] = addr
+    return out
+
+
+def parse_hostport(spec: str, default_port: int) -> tuple[str, int]:
+    host, _, port = spec.rpartition(":") if ":" in spec else (spec, "", str(default_port))
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise ConfigError(f"{spec!r} must look like HOST:PORT") from None
+
+
+@dataclass
+class Deployment:
+    backend: SessionFactory
+    closers: list[Any] = field(default_factory=list)  # started in order, stopped in reverse
+
+    def close(self) -> None:
+        for c in reversed(self.closers):
+            c()
+        self.backend.close()
+
+
+def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = (),
+          tls_dir: str | Path | None = None, mqtt: str | None = None,
+          fleet: str = "default") -> Deployment:
+    if plan is None:
+        if nodes or mqtt:
+            raise ConfigError("--node and --mqtt need --plan: they act on a distributed plan")
+        return Deployment(LocalSessions.load(model))
+    the_plan = read_plan(plan)
+    addresses = parse_nodes(nodes)
+    if addresses:
+        from edgeweave.runtime.launch import attach
+        from edgeweave.security.tls import TLSFiles
+
+        tls = TLSFiles.from_dir(tls_dir, "coordinator") if tls_dir is not None else None
+        coord = attach(the_plan, model, addresses, tls=tls)
+    else:
+        from edgeweave.runtime.launch import embedded
+
+        coord = embedded(model, the_plan)
+    dep = Deployment(CoordinatorSessions(coord, model_id=Path(model).name))
+    if mqtt:
+        from edgeweave.control.monitor import FleetMonitor
+        from edgeweave.control.wiring import FleetController
+
+        host, port = parse_hostport(mqtt, 1883)
+        monitor = FleetMonitor(host, port, fleet=fleet).start()
+        dep.closers.append(monitor.stop)
+        FleetController(monitor, coord)
+    return dep

@@ -1,0 +1,45 @@
+"""Options of `edgeweave serve` turned into a backend: local, embedded plan, plan + MQTT."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeweave.control.broker import Mosquitto
+from edgeweave.errors import ConfigError
+from edgeweave.runtime.generate import SamplingParams, generate
+from edgeweave.serve.backend import CoordinatorSessions, LocalSessions
+from edgeweave.serve.deploy import build, parse_nodes, read_plan
+from edgeweave.types import Plan
+
+
+def test_option_parsing_errors_say_the_fix(tmp_path):
+    assert parse_nodes(["a=127.0.0.1:5001"]) == {"a": "127.0.0.1:5001"}
+    with pytest.raises(ConfigError, match="DEVICE=HOST:PORT"):
+        parse_nodes(["a:5001"])
+    bad = tmp_path / "plan.json"
+    bad.write_text('{"stages": [{"device": "a"}]}')
+    with pytest.raises(ConfigError, match="is not a plan"):
+        read_plan(bad)
+    with pytest.raises(ConfigError, match="need --plan"):
+        build("whatever", mqtt="127.0.0.1:1883")
+
+
+def test_plan_file_gives_an_embedded_coordinator_watched_over_mqtt(tiny_folder, tmp_path):
+    plan = Plan.split(4, [2], ["a", "b"])
+    f = tmp_path / "plan.json"
+    f.write_text(json.dumps({"plan": plan.to_dict()}))
+    local = LocalSessions.load(str(tiny_folder))
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    ref = generate(local.new_session(), local.tokenizer, "the sensor reads", params)
+    with Mosquitto() as broker:
+        dep = build(str(tiny_folder), plan=f, mqtt=f"{broker.host}:{broker.port}", fleet="t")
+        try:
+            assert isinstance(dep.backend, CoordinatorSessions)
+            assert dep.backend.coordinator.plan == plan and dep.backend.model_id == "tiny-llama"
+            out = generate(dep.backend.new_session(64), dep.backend.tokenizer,
+                           "the sensor reads", params)
+            assert out.token_ids == ref.token_ids
+        finally:
+            dep.close()

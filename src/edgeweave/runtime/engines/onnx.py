@@ -221,36 +221,47 @@ def engine_from_model(model: BlockModel, config: EngineConfig, folder: str | os.
                            info={"export_reused": reused, "spec": spec.to_dict()})
 
 
-def _load_source(config: EngineConfig) -> tuple[BlockModel, str, Path, dict[str, Any]]:
+def _load_source(config: EngineConfig, from_fp32: bool = False
+                 ) -> tuple[BlockModel, str, Path, dict[str, Any]]:
     """(model, name, folder, recipe): the artifact of the compression package when it has
-    one for the variant, else the fp32 model (quantized by the exporter's RTN)."""
+    one for the variant (unless ``from_fp32``), else the fp32 model, which the exporter then
+    quantizes with its own RTN."""
     from edgeweave.models import load
     from edgeweave.models.catalog import resolve
 
-    if config.variant != "fp32":
+    if config.variant != "fp32" and not from_fp32:
         try:
             from edgeweave import compress
+        except ImportError:
+            compress = None  # no compression package here: the exporter quantizes (RTN)
+        if compress is not None:
             path = Path(compress.variant(config.variant, config.model))
             art = compress.load_artifact(path, shard=config.shard)
-            return art.model, f"{Path(config.model).name}", path, {"source": "artifact",
-                                                                  "artifact": str(path)}
-        except (ImportError, AttributeError):
-            pass  # no compression package here: the exporter quantizes with its own RTN
+            return art.model, Path(config.model).name, path, {
+                "source": "artifact", "artifact": str(path),
+                "recipe": compress.read_manifest(path).get("recipe")}
     name, folder = resolve(config.model)
     lm = load(config.model, shard=config.shard)
     recipe = {"source": "model"} if config.variant == "fp32" else {
-        "source": "onnx-rtn", "note": "quantized by the ONNX exporter (no compression artifact)"}
+        "source": "onnx-rtn", "note": "quantized by the ONNX exporter's RTN"}
     return lm.model, name, folder, recipe
 
 
 def build_engine(config: EngineConfig, profile: SessionProfile | None = None,
-                 spec: ExportSpec | None = None) -> OnnxStageEngine:
-    """Load ``config.model`` (only the shard), export it once, run it with ONNX Runtime."""
-    model, name, folder, recipe = _load_source(config)
+                 overrides: dict[str, Any] | None = None, from_fp32: bool = False
+                 ) -> OnnxStageEngine:
+    """Load ``config.model`` (only the shard), export it once, run it with ONNX Runtime.
+
+    ``overrides`` adjusts the :class:`ExportSpec` (group size, accuracy level, ...);
+    ``from_fp32`` quantizes the fp32 weights with the exporter's RTN instead of using the
+    compression artifact (the cache keeps both apart)."""
+    model, name, folder, recipe = _load_source(config, from_fp32)
     sh = config.shard
-    spec = spec or ExportSpec(sh.start, sh.end, weights=config.variant,
-                              max_len=model.cfg.max_position)
-    return engine_from_model(model, config, export_dir(name, config.variant, spec), spec,
+    spec = ExportSpec(sh.start, sh.end, weights=config.variant,
+                      max_len=model.cfg.max_position, **(overrides or {}))
+    label = config.variant if recipe["source"] != "onnx-rtn" else (
+        f"{config.variant}-rtn-g{spec.group_size}")
+    return engine_from_model(model, config, export_dir(name, label, spec), spec,
                              profile, fingerprint(folder), recipe)
 
 

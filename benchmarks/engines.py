@@ -1,0 +1,349 @@
+"""Decode speed of our engines against the ones a user would pick instead.
+
+One run per engine, same prompt, batch 1, greedy, ``--new-tokens`` (128) new tokens,
+``--threads`` (2) threads everywhere:
+
+* edgeweave torch fp32 / int8 / int4 (int8/int4 = the compression package's cached
+  ``variant`` artifacts),
+* edgeweave ONNX fp32 / int8 / int4 (graphs exported from the same artifacts), whole graph
+  and a 2-stage split (in-process chain), plus int4/int8 with the exporter's own RTN g32
+  (the recipe onnxruntime-genai uses),
+* onnxruntime-genai fp32 / int8 / int4 built by its model builder from the same fp32 weights,
+* llama.cpp when ``llama_cpp`` is importable (never built here: it compiles for ~15 min).
+
+Every row carries the bytes of weights (and KV cache) read per decode step and its fraction
+of the memory-bandwidth roofline (measured read bandwidth / bytes per token).
+
+    flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/engines.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from _common import print_table, write_json  # noqa: E402
+
+from edgeweave.paths import atomic_dir, home  # noqa: E402
+
+QUESTION = ("You are the assistant of a smart home. The living room sensor reports 27.5 C and "
+            "62% humidity, the window is closed and nobody is home. Explain what the heating, "
+            "ventilation and blinds should do for the next hour, step by step.")
+CUT = 15
+
+
+# -- measurement helpers -----------------------------------------------------------------------
+def bandwidth_gbs(threads: int) -> float:
+    """Best-of-5 read bandwidth of a 1 GiB fp32 sum with ``threads`` threads."""
+    torch.set_num_threads(threads)
+    x = torch.ones(256 * 1024 * 1024)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        float(x.sum())
+        best = max(best, x.nbytes / (time.perf_counter() - t))
+    del x
+    return best / 1e9
+
+
+def onnx_weight_bytes(path: Path) -> int:
+    """Bytes of initializers a decode step reads: all but gathered tables (embedding rows,
+    rotary caches, of which one row is read)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    size = {t.name: _tensor_bytes(t) for t in m.graph.initializer}
+    gathered, read = set(), set()
+    for n in m.graph.node:
+        for j, name in enumerate(n.input):
+            if name not in size:
+                continue
+            rotary = n.op_type in ("GroupQueryAttention", "RotaryEmbedding") and j >= 7
+            (gathered if n.op_type.startswith("Gather") or rotary else read).add(name)
+    return sum(size[k] for k in read)
+
+
+def _tensor_bytes(t) -> int:
+    import onnx
+
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+
+def torch_weight_bytes(model: torch.nn.Module) -> int:
+    total = 0
+    for name, m in model.named_modules():
+        if name == "embed_tokens" or name.startswith("embed_tokens."):
+            continue  # one row per token
+        if callable(getattr(m, "nbytes", None)):
+            total += m.nbytes()
+            continue
+        for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+            total += t.numel() * t.element_size()
+    return total
+
+
+def kv_bytes_per_step(cfg, context: int) -> int:
+    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4 * context
+
+
+# -- runners ---------------------------------------------------------------------------------
+def run_logits_engine(engine, ids: list[int], new: int) -> dict[str, Any]:
+    """Prefill then greedy decode ``new`` tokens; time the decode steps only."""
+    t0 = time.perf_counter()
+    logits = engine.prefill(ids)
+    t1 = time.perf_counter()
+    tokens = [int(torch.argmax(logits))]
+    for _ in range(new - 1):
+        tokens.append(int(torch.argmax(engine.decode(tokens[-1]))))
+    t2 = time.perf_counter()
+    return {"prefill_tps": len(ids) / (t1 - t0), "decode_tps": (new - 1) / (t2 - t1),
+            "tokens": tokens}
+
+
+def run_genai(folder: Path, ids: list[int], new: int) -> dict[str, Any]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + new,
+                              min_length=len(ids) + new)
+    gen = og.Generator(model, params)
+    t0 = time.perf_counter()
+    gen.append_tokens(ids)
+    t1 = time.perf_counter()
+    tokens: list[int] = []
+    while not gen.is_done() and len(tokens) < new:
+        gen.generate_next_token()
+        tokens.append(int(gen.get_next_tokens()[0]))
+    t2 = time.perf_counter()
+    # append_tokens computed the first logits; each generate_next_token picks a token and
+    # runs one decode step, except that the last pick needs no step (counted conservatively)
+    return {"prefill_tps": len(ids) / (t1 - t0), "decode_tps": (len(tokens) - 1) / (t2 - t1),
+            "tokens": tokens}
+
+
+def genai_folder(model_folder: Path, name: str, precision: str, threads: int) -> Path:
+    """Build (once) onnxruntime-genai's model from the same fp32 weights."""
+    out = home() / "onnx-genai" / name / precision
+    if not (out / "genai_config.json").is_file():
+        src = home() / "onnx-genai" / name / "hf"
+        if not (src / "config.json").is_file():
+            with atomic_dir(src) as tmp:
+                cfg = json.loads((model_folder / "config.json").read_text())
+                cfg.pop("quantization_config", None)  # the GGUF note confuses the builder
+                (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+                for f in model_folder.iterdir():
+                    if f.name != "config.json" and f.is_file():
+                        (tmp / f.name).symlink_to(f.resolve())
+        extra = ["--extra_options", "accuracy_level=4", "block_size=32"] if precision in (
+            "int4", "int8") else []
+        with atomic_dir(out) as tmp:
+            subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
+                            str(src), "-o", str(tmp), "-p", precision, "-e", "cpu", "-c",
+                            str(home() / "onnx-genai" / "cache"), *extra], check=True,
+                           stdout=subprocess.DEVNULL)
+    cfg_path = out / "genai_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    so = cfg["model"]["decoder"].setdefault("session_options", {})
+    if so.get("intra_op_num_threads") != threads:
+        so["intra_op_num_threads"] = threads
+        so["inter_op_num_threads"] = 1
+        cfg_path.write_text(json.dumps(cfg, indent=4))
+    return out
+
+
+# -- cases -------------------------------------------------------------------------------------
+def _stage_chain(model: str, backend: str, variant: str, cuts: list[int], threads: int,
+                 max_len: int, spec_kw: dict[str, Any] | None = None):
+    from edgeweave.runtime.engines.base import EngineConfig, create_engine
+    from edgeweave.runtime.engines.onnx_chain import StageChain
+    from edgeweave.types import Shard
+
+    n = 30 if model == "smollm2-135m-instruct" else None
+    if n is None:
+        from edgeweave.models import load
+        n = load(model).config.num_layers
+    bounds = [0, *cuts, n]
+    stages = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        cfg = EngineConfig(model, Shard(a, b, n), variant, backend, threads)
+        if spec_kw:
+            from edgeweave.runtime.engines.onnx import build_engine
+
+            stages.append(build_engine(cfg, overrides=spec_kw, from_fp32=True))
+        else:
+            stages.append(create_engine(cfg))
+    return StageChain(stages, max_len)
+
+
+def _chain_bytes(chain) -> int:
+    total = 0
+    for st in chain.stages:
+        if hasattr(st, "path"):
+            total += onnx_weight_bytes(st.path)
+        else:
+            total += torch_weight_bytes(st.model)
+    return total
+
+
+def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
+    """(engine, precision, note, build) rows in the order they run."""
+    out: list[tuple[str, str, str, Callable[[], tuple[Any, int]]]] = []
+    m, t, ml = args.model, args.threads, args.max_len
+    wanted = set(args.only.split(",")) if args.only else None
+    precisions = ("fp32", "int8", "int4")
+
+    def add(engine, prec, note, fn):
+        if wanted is None or engine in wanted:
+            out.append((engine, prec, note, fn))
+
+    def chain(backend, prec, cuts=(), spec_kw=None):
+        def build():
+            c = _stage_chain(m, backend, prec, list(cuts), t, ml, spec_kw)
+            return c, _chain_bytes(c)
+        return build
+
+    for prec in precisions:
+        note = "fp32 weights" if prec == "fp32" else f"compress.variant({prec!r}) artifact"
+        add("edgeweave-torch", prec, note, chain("torch", prec))
+    for prec in precisions:
+        note = "fp32 weights" if prec == "fp32" else f"compress.variant({prec!r}) artifact"
+        add("edgeweave-onnx", prec, note, chain("onnx", prec))
+        add("edgeweave-onnx-split", prec, f"2 stages [0,{CUT})+[{CUT},30), " + note,
+            chain("onnx", prec, (CUT,)))
+    for prec in ("int8", "int4"):
+        add("edgeweave-onnx-rtn", prec, "exporter RTN g32 asym (genai's recipe)",
+            chain("onnx", prec, (), {"group_size": 32}))
+    for prec in precisions:
+        def build(prec=prec):
+            from edgeweave.models.catalog import resolve
+            name, folder = resolve(m)
+            out_dir = genai_folder(folder, name, prec, t)
+            model_file = next(out_dir.glob("*.onnx"))
+            return out_dir, onnx_weight_bytes(model_file)
+        add("onnxruntime-genai", prec, "model builder, same fp32 weights"
+            + (", RTN block 32, accuracy_level 4" if prec != "fp32" else ""), build)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--max-len", type=int, default=1024)
+    ap.add_argument("--only", default="", help="comma-separated engine names")
+    ap.add_argument("--out", default="engines")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from edgeweave.models import load
+    from edgeweave.runtime.generate import encode_prompt
+
+    lm = load(args.model)
+    ids = encode_prompt(lm.tokenizer, QUESTION, chat=True)
+    cfg = lm.config
+    del lm
+    bw = bandwidth_gbs(args.threads)
+    kv = kv_bytes_per_step(cfg, len(ids) + args.new_tokens // 2)
+    print(f"prompt {len(ids)} tokens, {args.new_tokens} new, {args.threads} threads, "
+          f"read bandwidth {bw:.1f} GB/s")
+    rows: list[dict[str, Any]] = []
+    ref_tokens: dict[str, list[int]] = {}
+    for engine, prec, note, build in cases(args):
+        gc.collect()
+        row: dict[str, Any] = {"engine": engine, "precision": prec, "note": note}
+        try:
+            t0 = time.perf_counter()
+            obj, weight_bytes = build()
+            row["build_s"] = time.perf_counter() - t0
+            if engine == "onnxruntime-genai":
+                res = run_genai(obj, ids, args.new_tokens)
+            else:
+                run_logits_engine(obj, ids[:16], 8)  # warm-up: arenas, prepacked weights
+                res = run_logits_engine(obj, ids, args.new_tokens)
+            del obj
+        except Exception as e:  # noqa: BLE001 - a failing engine is a row, not a crash
+            row["error"] = f"{type(e).__name__}: {e}"[:300]
+            rows.append(row)
+            print(f"{engine} {prec}: {row['error']}")
+            continue
+        tokens = res.pop("tokens")
+        if engine == "edgeweave-torch":
+            ref_tokens[prec] = tokens
+        ref = ref_tokens.get(prec) or ref_tokens.get("fp32") or tokens
+        same = next((i for i, (a, b) in enumerate(zip(ref, tokens, strict=False)) if a != b),
+                    min(len(ref), len(tokens)))
+        per_token = weight_bytes + kv
+        row.update(res, weight_mb=weight_bytes / 1e6, bytes_per_token_mb=per_token / 1e6,
+                   roofline_tps=bw * 1e9 / per_token,
+                   roofline_fraction=res["decode_tps"] * per_token / (bw * 1e9),
+                   same_tokens_as_torch=same)
+        rows.append(row)
+        print(f"{engine:22s} {prec}: {res['decode_tps']:.1f} tok/s", flush=True)
+        write_json(args.out, {"model": args.model, "threads": args.threads, "partial": True,
+                              "rows": rows, "bandwidth_gbs": bw})
+    llama = importlib.util.find_spec("llama_cpp") is not None
+    rows.append({"engine": "llama.cpp", "precision": "F32/Q8_0/Q4_0",
+                 "note": "llama_cpp importable but not benchmarked here" if llama else
+                 "not installed (llama-cpp-python has no wheel; ~15 min build, not done)"})
+    summary = _summary(rows)
+    _print(rows, summary)
+    write_json(args.out, {"model": args.model, "threads": args.threads,
+                          "new_tokens": args.new_tokens, "prompt_tokens": len(ids),
+                          "bandwidth_gbs": bw, "rows": rows, "summary": summary})
+
+
+def _tps(rows, engine, prec) -> float | None:
+    return next((r.get("decode_tps") for r in rows
+                 if r["engine"] == engine and r["precision"] == prec), None)
+
+
+def _summary(rows) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for prec in ("fp32", "int8", "int4"):
+        ours = _tps(rows, "edgeweave-onnx", prec)
+        genai = _tps(rows, "onnxruntime-genai", prec)
+        split = _tps(rows, "edgeweave-onnx-split", prec)
+        torch_ = _tps(rows, "edgeweave-torch", prec)
+        rtn = _tps(rows, "edgeweave-onnx-rtn", prec)
+        if ours and genai:
+            out[f"onnx_vs_genai_{prec}"] = ours / genai
+        if rtn and genai:
+            out[f"onnx_rtn_vs_genai_{prec}"] = rtn / genai
+        if ours and split:
+            out[f"split_vs_whole_{prec}"] = split / ours
+        if ours and torch_:
+            out[f"onnx_vs_torch_{prec}"] = ours / torch_
+    return out
+
+
+def _print(rows, summary) -> None:
+    cols = ["engine", "prec", "decode tok/s", "prefill tok/s", "MB/token", "roofline",
+            "same tokens", "build s"]
+    table = [[r["engine"], r["precision"], r.get("decode_tps", "-"), r.get("prefill_tps", "-"),
+              r.get("bytes_per_token_mb", "-"), r.get("roofline_fraction", "-"),
+              r.get("same_tokens_as_torch", "-"), r.get("build_s", "-")] for r in rows]
+    print_table("decode speed (batch 1, greedy)", cols, table)
+    print_table("ratios (targets: onnx/genai >= 0.9, split/whole >= 0.85)",
+                ["ratio", "value"], [[k, v] for k, v in summary.items()])
+
+
+if __name__ == "__main__":
+    main()

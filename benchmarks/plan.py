@@ -1,6 +1,6 @@
 """Planner benchmark: our plan vs the baselines on generated heterogeneous fleets.
 
-    flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/plan.py [--fleets 120] [--seed 0]
+    .venv/bin/python benchmarks/plan.py [--fleets 120] [--seed 0]    (about 20 s of CPU)
 
 Fleets of 3-12 devices drawn from the device catalog (entry on a low-tier device, a LAN of
 Wi-Fi/BLE/Ethernet links around a gateway, a cloud GPU behind fibre/LTE/5G in some of them),
@@ -129,8 +129,9 @@ def summarize(res: dict) -> dict:
                   "baseline_infeasible": sum(r[b] is None for r in rows),
                   "min_ratio": min(ratios, default=float("nan")),
                   "max_ratio": max(ratios, default=float("nan"))}
+        sm = out[b]["median_ratio_where_we_split"]
         print(f"{b:14s} {len(pairs):6d} {wins:7d} {med:17.3f} {1 - med:17.1%} "
-              f"{out[b]['baseline_infeasible']:10d}")
+              f"{out[b]['baseline_infeasible']:10d} {'-' if sm is None else f'{sm:.3f}':>12s}")
     big = res["big_ms"]
     out["planning_ms_32_devices"] = {"median": statistics.median(big), "max": max(big),
                                      "runs": len(big)}

@@ -23,7 +23,7 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def calib(tiny_lm: LoadedModel) -> Calibration:
-    return Calibration.random(tiny_lm.config.vocab_size, n=8, seq_len=32, seed=0)
+    return Calibration.random(tiny_lm.config.vocab_size, n=16, seq_len=64, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from edgeweave.compress.recipes import (
 
 # (recipe, minimum logit SNR in dB on the tiny random model, maximum size vs fp16)
 CASES = [
-    (RTN(bits=8), 18.0, 0.56),
+    (RTN(bits=8), 30.0, 0.56),
     (RTN(bits=4, group_size=32), 8.0, 0.40),
     (RTN(bits=4, group_size=64, symmetric=True), 6.0, 0.36),
     (RTN(bits=4, group_size=128), 6.0, 0.36),
@@ -61,7 +61,9 @@ def test_battery(recipe, min_snr, max_size, tiny_lm, calib, probe_ids, tmp_path)
 
     out = art.model(probe_ids)
     assert out.shape == ref.shape
-    assert snr_db(ref, out) >= min_snr, snr_db(ref, out)
+    snr = snr_db(ref, out)
+    print(f"SNR {recipe.method} {snr:.2f}")
+    assert snr >= min_snr, snr
 
     manifest = read_manifest(art.path)
     assert from_dict(manifest["recipe"]) == recipe

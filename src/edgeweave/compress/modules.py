@@ -4,10 +4,11 @@ Every module here keeps its weights compressed in memory and is registered under
 so that artifacts can save (``state()`` + ``meta()``) and rebuild (``from_state``) it.
 
 ``Int8Linear`` (kind ``int8``)
-    int8 weights, symmetric per output channel (``w = q * scale``), prepacked for fbgemm and
-    run with ``torch.ops.quantized.linear_dynamic``: activations are quantized per tensor on
-    the fly (7-bit ``reduce_range`` on CPUs without VNNI), so this is W8A8-dynamic.
-    Artifact tensors: ``qweight`` int8 (out, in), ``scales`` fp32 (out,), optional ``bias``.
+    int8 weights, symmetric per output channel (``w = q * scale``). ``mode="w8a16"``: the int8
+    matrix is held as is and run by ``_weight_int8pack_mm`` with bf16 activations and bf16
+    scales (RTN int8). ``mode="w8a8"``: prepacked for fbgemm's ``linear_dynamic``, which
+    also quantizes activations per tensor (SmoothQuant).
+    Artifact tensors: ``qweight`` int8 (out, in), ``scales`` (out,), optional ``bias``.
 
 ``Int4Linear`` (kind ``int4``) -- the public int4 layout (also read by the ONNX exporter):
     * ``qweight`` uint8 (out, in_padded / 2): two 4-bit values per byte, input column ``2j``
@@ -78,36 +79,57 @@ REDUCE_RANGE = _reduce_range()
 
 
 class Int8Linear(nn.Module):
+    """int8 weights (symmetric per output channel) on one of two real kernels.
+
+    ``mode="w8a16"`` (RTN int8): ``torch.ops.aten._weight_int8pack_mm`` multiplies bf16
+    activations by the int8 matrix held as is, with bf16 per-channel scales: weight-only,
+    accurate. ``mode="w8a8"`` (SmoothQuant): fbgemm's prepacked dynamic linear, which also
+    quantizes activations per tensor (7-bit without VNNI): needs smoothed activations.
+    """
+
     kind = "int8"
 
-    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None
-                 ) -> None:
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
+                 mode: str = "w8a16") -> None:
         super().__init__()
         self.out_features, self.in_features = q.shape
-        with warnings.catch_warnings():  # torch flags quantized tensors as deprecated API
-            warnings.simplefilter("ignore", UserWarning)
-            qt = torch._make_per_channel_quantized_tensor(
-                q.to(torch.int8).contiguous(), scales.double(),
-                torch.zeros(q.shape[0], dtype=torch.long), 0)
-            self._packed = torch.ops.quantized.linear_prepack(qt, None)
+        self.mode = mode
+        if mode == "w8a8":
+            with warnings.catch_warnings():  # torch flags quantized tensors as deprecated API
+                warnings.simplefilter("ignore", UserWarning)
+                qt = torch._make_per_channel_quantized_tensor(
+                    q.to(torch.int8).contiguous(), scales.double(),
+                    torch.zeros(q.shape[0], dtype=torch.long), 0)
+                self._packed = torch.ops.quantized.linear_prepack(qt, None)
+        else:
+            self.register_buffer("_q", q.to(torch.int8).contiguous(), persistent=False)
+            self.register_buffer("_s", scales.to(torch.bfloat16).contiguous(), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
-
-    def _unpacked(self) -> torch.Tensor:
-        return torch.ops.quantized.linear_unpack(self._packed)[0]
 
     @property
     def qweight(self) -> torch.Tensor:
-        return self._unpacked().int_repr()
+        if self.mode == "w8a8":
+            return torch.ops.quantized.linear_unpack(self._packed)[0].int_repr()
+        return self._q
 
     @property
     def scales(self) -> torch.Tensor:
-        return self._unpacked().q_per_channel_scales().float()
+        if self.mode == "w8a8":
+            return torch.ops.quantized.linear_unpack(self._packed)[0].q_per_channel_scales().float()
+        return self._s.float()
 
     def dequantized(self) -> torch.Tensor:
-        return self._unpacked().dequantize()
+        return self.qweight.float() * self.scales[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, REDUCE_RANGE)
+        if self.mode == "w8a8":
+            y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed,
+                                                   REDUCE_RANGE)
+        else:
+            shape = x.shape
+            y = torch.ops.aten._weight_int8pack_mm(
+                x.reshape(-1, shape[-1]).to(torch.bfloat16), self._q, self._s)
+            y = y.float().reshape(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
     def nbytes(self) -> int:
@@ -120,15 +142,16 @@ class Int8Linear(nn.Module):
         return d
 
     def meta(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features}
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "mode": self.mode}
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int8 per-channel"
+        return f"in={self.in_features}, out={self.out_features}, int8 per-channel {self.mode}"
 
 
 @register_kind("int8")
 def _int8_from_state(t: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
-    return Int8Linear(t["qweight"], t["scales"], t.get("bias"))
+    return Int8Linear(t["qweight"], t["scales"], t.get("bias"), meta.get("mode", "w8a16"))
 
 
 def _int4_permutation(n: int, k: int) -> torch.Tensor:
@@ -254,7 +277,7 @@ class QuantEmbedding(nn.Module):
 
     def as_linear(self) -> nn.Module:
         """The tied output head over the same integers (packed for the matmul kernel)."""
-        if self.bits == 8:
+        if self.bits == 8:  # shares the int8 table: no second copy in memory
             return Int8Linear(self.qweight, self.scales)
         return Int4Linear(self.qweight, self.scales, self.zeros, self.group_size, self.dim,
                           self.bits)

@@ -82,9 +82,17 @@ def int8_scale(w: torch.Tensor) -> torch.Tensor:
     return (w.float().abs().amax(-1) / 127).clamp(min=1e-10)
 
 
-def rtn_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: ``q`` int8 (N, K), ``scales`` fp32 (N,)."""
+def rtn_int8(w: torch.Tensor, bf16_scales: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: ``q`` int8 (N, K), ``scales`` fp32 (N,).
+
+    ``bf16_scales`` rounds the scales *up* to bfloat16 first (what the weight-only kernel
+    multiplies with), so the integers are chosen for the scales actually used.
+    """
     scale = int8_scale(w)
+    if bf16_scales:
+        b = scale.to(torch.bfloat16)
+        b = torch.where(b.float() < scale, (scale * (1 + 2 ** -8)).to(torch.bfloat16), b)
+        scale = b.float()
     q = torch.clamp(torch.round(w.float() / scale[:, None]), -127, 127).to(torch.int8)
     return q, scale
 

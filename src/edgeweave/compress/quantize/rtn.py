@@ -36,9 +36,9 @@ def int4_module(w: torch.Tensor, bias: torch.Tensor | None, group_size: int, bit
     return Int4Linear.from_ints(q, s, z, group_size, k, bits, bias)
 
 
-def int8_module(w: torch.Tensor, bias: torch.Tensor | None) -> Int8Linear:
-    q, s = rtn_int8(w)
-    return Int8Linear(q, s, bias)
+def int8_module(w: torch.Tensor, bias: torch.Tensor | None, mode: str = "w8a16") -> Int8Linear:
+    q, s = rtn_int8(w, bf16_scales=mode == "w8a16")
+    return Int8Linear(q, s, bias, mode)
 
 
 def quantize_linear(m: nn.Linear, bits: int, group_size: int | None, symmetric: bool) -> nn.Module:

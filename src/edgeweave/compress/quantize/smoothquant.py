@@ -70,8 +70,8 @@ def apply_smoothquant(r: SmoothQuant, model: BlockModel, ctx: Any, note: dict[st
     sequential(model, ids, lambda i, blk, st: spread.extend(smooth_block(blk, st, r.alpha)),
                names=names)
     for name, m in block_linears(model):
-        set_module(model, name, int8_module(m.weight.detach(),
-                                            None if m.bias is None else m.bias.detach()))
+        bias = None if m.bias is None else m.bias.detach()
+        set_module(model, name, int8_module(m.weight.detach(), bias, mode="w8a8"))
     if r.embeddings:
         quantize_embeddings(model, 8, 128, True, note)
     note["max_scale_spread"] = max(spread) if spread else 1.0

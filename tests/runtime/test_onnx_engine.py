@@ -182,3 +182,14 @@ def test_session_errors(tiny_model, tmp_path):
         SessionProfile(device="toaster")
     with pytest.raises(ConfigError, match="weight format"):
         ExportSpec(0, 4, weights="int3")
+
+
+def test_cli_export_splits_and_generates(tiny_folder, tmp_home, capsys):
+    from edgeweave.cli.app import main
+
+    assert main(["export", "--model", str(tiny_folder), "--cuts", "2", "--threads", "1",
+                 "--prompt", "hello world", "--max-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "[0, 2)" in out and "[2, 4)" in out and "decode" in out
+    assert len(list((tmp_home / "onnx").rglob("manifest.json"))) == 2
+    assert main(["export", "--model", str(tiny_folder), "--variant", "int3"]) == 2

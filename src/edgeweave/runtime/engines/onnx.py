@@ -195,6 +195,10 @@ class OnnxStageEngine:
     def sessions(self) -> list[str]:
         return list(self._sessions)
 
+    def size_mb(self) -> float:
+        """Size of the graph and its weights on disk."""
+        return sum(p.stat().st_size for p in self.path.parent.glob("model.onnx*")) / 1e6
+
 
 # -- building an engine: export (cached) then open ----------------------------------------------
 def export_stage(model: BlockModel, spec: ExportSpec, folder: str | os.PathLike[str],
@@ -261,8 +265,29 @@ def build_engine(config: EngineConfig, profile: SessionProfile | None = None,
                       max_len=model.cfg.max_position, **(overrides or {}))
     label = config.variant if recipe["source"] != "onnx-rtn" else (
         f"{config.variant}-rtn-g{spec.group_size}")
-    return engine_from_model(model, config, export_dir(name, label, spec), spec,
-                             profile, fingerprint(folder), recipe)
+    engine = engine_from_model(model, config, export_dir(name, label, spec), spec,
+                               profile, fingerprint(folder), recipe)
+    engine.info["recipe"] = recipe
+    return engine
+
+
+def export_stages(model: str, variant: str = "fp32", cuts: list[int] | None = None,
+                  threads: int = 0, rtn: bool = False, group_size: int = 32
+                  ) -> list[OnnxStageEngine]:
+    """Engines for the stages cut at ``cuts`` (block indices) of ``model``."""
+    import json
+
+    from edgeweave.models.catalog import resolve
+    from edgeweave.models.config import ModelConfig
+    from edgeweave.types import Shard
+
+    folder = resolve(model)[1]
+    n = ModelConfig.from_hf(json.loads((folder / "config.json").read_text())).num_layers
+    bounds = [0, *(cuts or []), n]
+    overrides = {"group_size": group_size} if rtn else None
+    return [build_engine(EngineConfig(model, Shard(a, b, n), variant, "onnx", threads),
+                         overrides=overrides, from_fp32=rtn)
+            for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 @register_engine("onnx")

@@ -11,6 +11,7 @@ Each session owns a preallocated KV cache (one ``OrtValue`` per layer for keys a
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,13 +226,22 @@ def engine_from_model(model: BlockModel, config: EngineConfig, folder: str | os.
                            info={"export_reused": reused, "spec": spec.to_dict()})
 
 
-def _load_source(config: EngineConfig, from_fp32: bool = False
-                 ) -> tuple[BlockModel, str, Path, dict[str, Any]]:
-    """(model, name, folder, recipe): the artifact of the compression package when it has
-    one for the variant (unless ``from_fp32``), else the fp32 model, which the exporter then
-    quantizes with its own RTN."""
+@dataclass(frozen=True)
+class _Source:
+    name: str
+    folder: Path  # what the fingerprint covers
+    recipe: dict[str, Any]
+    cfg: Any  # ModelConfig
+    load: Any  # () -> BlockModel holding the shard, called only when an export is needed
+
+
+def _source(config: EngineConfig, from_fp32: bool = False) -> _Source:
+    """The artifact of the compression package for a low-bit variant (unless ``from_fp32``),
+    else the fp32 model, which the exporter then quantizes with its own RTN. Nothing heavy
+    is loaded here: a valid cached export never needs the torch weights."""
     from edgeweave.models import load
     from edgeweave.models.catalog import resolve
+    from edgeweave.models.config import ModelConfig
 
     if config.variant != "fp32" and not from_fp32:
         try:
@@ -240,35 +250,41 @@ def _load_source(config: EngineConfig, from_fp32: bool = False
             compress = None  # no compression package here: the exporter quantizes (RTN)
         if compress is not None:
             path = Path(compress.variant(config.variant, config.model))
-            art = compress.load_artifact(path, shard=config.shard)
-            return art.model, Path(config.model).name, path, {
-                "source": "artifact", "artifact": str(path),
-                "recipe": compress.read_manifest(path).get("recipe")}
+            manifest = compress.read_manifest(path)
+            return _Source(Path(config.model).name, path,
+                           {"source": "artifact", "artifact": str(path),
+                            "recipe": manifest.get("recipe")},
+                           ModelConfig.from_hf(manifest["config"]),
+                           lambda: compress.load_artifact(path, shard=config.shard).model)
     name, folder = resolve(config.model)
-    lm = load(config.model, shard=config.shard)
+    cfg = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
     recipe = {"source": "model"} if config.variant == "fp32" else {
         "source": "onnx-rtn", "note": "quantized by the ONNX exporter's RTN"}
-    return lm.model, name, folder, recipe
+    return _Source(name, folder, recipe, cfg,
+                   lambda: load(config.model, shard=config.shard).model)
 
 
 def build_engine(config: EngineConfig, profile: SessionProfile | None = None,
                  overrides: dict[str, Any] | None = None, from_fp32: bool = False
                  ) -> OnnxStageEngine:
-    """Load ``config.model`` (only the shard), export it once, run it with ONNX Runtime.
+    """Export ``config.shard`` of ``config.model`` once (cached), run it with ONNX Runtime.
 
     ``overrides`` adjusts the :class:`ExportSpec` (group size, accuracy level, ...);
     ``from_fp32`` quantizes the fp32 weights with the exporter's RTN instead of using the
     compression artifact (the cache keeps both apart)."""
-    model, name, folder, recipe = _load_source(config, from_fp32)
-    sh = config.shard
-    spec = ExportSpec(sh.start, sh.end, weights=config.variant,
-                      max_len=model.cfg.max_position, **(overrides or {}))
-    label = config.variant if recipe["source"] != "onnx-rtn" else (
+    src = _source(config, from_fp32)
+    sh, cfg = config.shard, src.cfg
+    spec = ExportSpec(sh.start, sh.end, weights=config.variant, max_len=cfg.max_position,
+                      **(overrides or {}))
+    label = config.variant if src.recipe["source"] != "onnx-rtn" else (
         f"{config.variant}-rtn-g{spec.group_size}")
-    engine = engine_from_model(model, config, export_dir(name, label, spec), spec,
-                               profile, fingerprint(folder), recipe)
-    engine.info["recipe"] = recipe
-    return engine
+    want = expected_manifest(fingerprint(src.folder), spec, src.recipe)
+    path, reused = cached_export(export_dir(src.name, label, spec), want,
+                                 lambda: build_stage(src.load(), spec))
+    return OnnxStageEngine(config, path, cfg.hidden_size, cfg.vocab_size,
+                           (cfg.num_kv_heads, cfg.head_dim), profile,
+                           info={"export_reused": reused, "spec": spec.to_dict(),
+                                 "recipe": src.recipe})
 
 
 def export_stages(model: str, variant: str = "fp32", cuts: list[int] | None = None,

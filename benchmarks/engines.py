@@ -171,14 +171,14 @@ def genai_folder(model_folder: Path, name: str, precision: str, threads: int) ->
 # -- cases -------------------------------------------------------------------------------------
 def _stage_chain(model: str, backend: str, variant: str, cuts: list[int], threads: int,
                  max_len: int, spec_kw: dict[str, Any] | None = None):
+    from edgeweave.models.catalog import resolve
+    from edgeweave.models.config import ModelConfig
     from edgeweave.runtime.engines.base import EngineConfig, create_engine
     from edgeweave.runtime.engines.onnx_chain import StageChain
     from edgeweave.types import Shard
 
-    n = 30 if model == "smollm2-135m-instruct" else None
-    if n is None:
-        from edgeweave.models import load
-        n = load(model).config.num_layers
+    n = ModelConfig.from_hf(json.loads((resolve(model)[1] / "config.json").read_text())
+                            ).num_layers
     bounds = [0, *cuts, n]
     stages = []
     for a, b in zip(bounds, bounds[1:], strict=False):
@@ -222,14 +222,19 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
     for prec in precisions:
         note = "fp32 weights" if prec == "fp32" else f"compress.variant({prec!r}) artifact"
         add("edgeweave-torch", prec, note, chain("torch", prec))
+    rtn_kw = {"group_size": 32}
     for prec in precisions:
-        note = "fp32 weights" if prec == "fp32" else f"compress.variant({prec!r}) artifact"
-        add("edgeweave-onnx", prec, note, chain("onnx", prec))
-        add("edgeweave-onnx-split", prec, f"2 stages [0,{CUT})+[{CUT},30), " + note,
-            chain("onnx", prec, (CUT,)))
-    for prec in ("int8", "int4"):
-        add("edgeweave-onnx-rtn", prec, "exporter RTN g32 asym (genai's recipe)",
-            chain("onnx", prec, (), {"group_size": 32}))
+        rtn = args.weights == "rtn" and prec != "fp32"
+        note = "fp32 weights" if prec == "fp32" else (
+            "exporter RTN g32 asym" if rtn else f"compress.variant({prec!r}) artifact")
+        kw = rtn_kw if rtn else None
+        add("edgeweave-onnx", prec, note, chain("onnx", prec, (), kw))
+        add("edgeweave-onnx-split", prec, f"2 stages [0,{CUT})+[{CUT},end), " + note,
+            chain("onnx", prec, (CUT,), kw))
+    if args.weights == "artifact":
+        for prec in ("int8", "int4"):
+            add("edgeweave-onnx-rtn", prec, "exporter RTN g32 asym (genai's recipe)",
+                chain("onnx", prec, (), rtn_kw))
     for prec in precisions:
         def build(prec=prec):
             from edgeweave.models.catalog import resolve
@@ -250,6 +255,9 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--only", default="", help="comma-separated engine names")
     ap.add_argument("--out", default="engines")
+    ap.add_argument("--weights", choices=("artifact", "rtn"), default="artifact",
+                    help="int8/int4 ONNX rows from compression artifacts, or the exporter's "
+                         "RTN g32 only (no calibration data needed, e.g. random weights)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -306,7 +314,7 @@ def main() -> None:
     summary = _summary(rows)
     _print(rows, summary)
     write_json(args.out, {"model": args.model, "threads": args.threads,
-                          "new_tokens": args.new_tokens, "prompt_tokens": len(ids),
+                          "weights": args.weights, "new_tokens": args.new_tokens, "prompt_tokens": len(ids),
                           "bandwidth_gbs": bw, "rows": rows, "summary": summary})
 
 

@@ -17,7 +17,12 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     # hidden 128 / MLP 256 so every int4 group size (32..128) divides the widths
     cfg = make_cfg(hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2,
                    head_dim=32, tie_word_embeddings=True)
-    folder = save_folder(random_model(cfg, seed=1), tmp_path_factory.mktemp("tiny") / "tiny")
+    model = random_model(cfg, seed=1)
+    with torch.no_grad():  # GPT-style 0.02 init for the linears: errors do not blow up
+        for name, p in model.named_parameters():  # chaotically through the residual stream
+            if name.endswith("proj.weight"):
+                p.mul_(0.25)
+    folder = save_folder(model, tmp_path_factory.mktemp("tiny") / "tiny")
     return load_folder(folder)
 
 

@@ -29,22 +29,22 @@ from edgeweave.compress.recipes import (
 
 # (recipe, minimum logit SNR in dB on the tiny random model, maximum size vs fp16)
 CASES = [
-    (RTN(bits=8), 30.0, 0.56),
-    (RTN(bits=4, group_size=32), 8.0, 0.40),
-    (RTN(bits=4, group_size=64, symmetric=True), 6.0, 0.36),
-    (RTN(bits=4, group_size=128), 6.0, 0.36),
-    (GPTQ(bits=4, group_size=64), 8.0, 0.36),
-    (GPTQ(bits=3, group_size=32, act_order=True), 4.0, 0.40),
-    (SmoothQuant(alpha=0.5), 18.0, 0.56),
-    (Magnitude(0.5), 3.0, 0.85),
-    (Wanda(0.5), 3.0, 0.85),
-    (SparseGPT(0.5), 3.0, 0.85),
-    (Wanda(0.5, "2:4"), 2.0, 0.85),
-    (ChannelPrune(0.5, multiple=32), 2.0, 0.90),
-    (SVD(energy=0.8, min_saving=0.0), 2.0, 0.99),
-    (ASVD(energy=0.8, min_saving=0.0), 2.0, 0.99),
-    (Distill(student_layers=2, steps=6, batch=2, checkpoint_every=2), -10.0, 0.80),
-    (Pipeline((Wanda(0.5), RTN(bits=4, group_size=64))), 2.0, 0.36),
+    (RTN(bits=8), 35.0, 0.56),
+    (RTN(bits=4, group_size=32), 17.0, 0.40),
+    (RTN(bits=4, group_size=64, symmetric=True), 15.0, 0.36),
+    (RTN(bits=4, group_size=128), 15.0, 0.36),
+    (GPTQ(bits=4, group_size=64), 16.5, 0.36),
+    (GPTQ(bits=3, group_size=32, act_order=True), 15.0, 0.40),
+    (SmoothQuant(alpha=0.5), 32.0, 0.56),
+    (Magnitude(0.5), 12.5, 0.85),
+    (Wanda(0.5), 12.5, 0.85),
+    (SparseGPT(0.5), 13.5, 0.85),
+    (Wanda(0.5, "2:4"), 9.5, 0.85),
+    (ChannelPrune(0.5, multiple=32), 18.0, 0.90),
+    (SVD(energy=0.8, min_saving=0.0), 9.0, 0.99),
+    (ASVD(energy=0.8, min_saving=0.0), 9.0, 0.99),
+    (Distill(student_layers=2, steps=6, batch=2, checkpoint_every=2), 7.0, 0.80),
+    (Pipeline((Wanda(0.5), RTN(bits=4, group_size=64))), 11.0, 0.36),
 ]
 
 

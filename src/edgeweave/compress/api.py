@@ -48,6 +48,17 @@ class Context:
         return self.calib.ids
 
 
+def to_storage_precision(model: torch.nn.Module) -> None:
+    """Round what artifacts store in fp16 (dense/sparse/low-rank weights, a dense embedding)
+    so the in-memory result equals what ``load_artifact`` gives back."""
+    from edgeweave.compress.modules import LowRankLinear
+
+    for m in model.modules():
+        if type(m) in (torch.nn.Linear, torch.nn.Embedding, LowRankLinear):
+            for p in m.parameters(recurse=False):
+                p.data = p.data.half().float()
+
+
 def compress(model: BlockModel | LoadedModel, recipe: Recipe | str,
              calib: Calibration | None = None, out: str | Path | None = None) -> Artifact:
     """Compress a copy of ``model`` with ``recipe``; save to ``out`` when given.
@@ -77,6 +88,7 @@ def compress(model: BlockModel | LoadedModel, recipe: Recipe | str,
             ctx.notes.setdefault(f"step{i}", {"recipe": step.label()})
             ctx.notes[f"step{i}"]["step"] = i
             work = METHODS[type(step)](step, work, ctx, ctx.notes[f"step{i}"]) or work
+        to_storage_precision(work)
     art = Artifact(model=work.eval(), recipe=recipe, source=source,
                    calibration=calib.description if calib is not None else None,
                    tokenizer_folder=lm.folder if lm else None,

@@ -71,26 +71,27 @@ def recipes(distill_steps: int) -> dict:
         Wanda,
     )
 
+    # target-relevant recipes first: the table is written after every row
     return {
         "fp32": None,
         "rtn-int8": RTN(bits=8),
-        "smoothquant-w8a8": SmoothQuant(alpha=0.5),
         "rtn-int4-g128": RTN(bits=4, group_size=128, pad=True),
         "gptq-int4-g128": GPTQ(bits=4, group_size=128, pad=True),
+        "magnitude-50": Magnitude(0.5),
+        "wanda-50": Wanda(0.5),
+        "sparsegpt-50": SparseGPT(0.5),
+        "distill18-kd": Distill(student_layers=18, steps=distill_steps, batch=4, loss="kd"),
+        "distill18-ce": Distill(student_layers=18, steps=distill_steps, batch=4, loss="ce"),
+        "smoothquant-w8a8": SmoothQuant(alpha=0.5),
         "rtn-int4-g64": RTN(bits=4, group_size=64),
         "gptq-int4-g64": GPTQ(bits=4, group_size=64),
         "rtn-int4-g32": RTN(bits=4, group_size=32),
         "gptq-int3-g64": GPTQ(bits=3, group_size=64),
-        "magnitude-50": Magnitude(0.5),
-        "wanda-50": Wanda(0.5),
-        "sparsegpt-50": SparseGPT(0.5),
         "wanda-2:4": Wanda(0.5, "2:4"),
         "channels-25": ChannelPrune(0.25),
         "svd-e0.95": SVD(energy=0.95),
         "asvd-e0.95": ASVD(energy=0.95),
         "wanda-50+rtn-int4": Pipeline((Wanda(0.5), RTN(bits=4, group_size=128, pad=True))),
-        "distill18-kd": Distill(student_layers=18, steps=distill_steps, batch=4, loss="kd"),
-        "distill18-ce": Distill(student_layers=18, steps=distill_steps, batch=4, loss="ce"),
     }
 
 

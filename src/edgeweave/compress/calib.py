@@ -90,10 +90,10 @@ def in_features(m: nn.Module) -> int:
 @torch.no_grad()
 def sequential(model: BlockModel, ids: torch.Tensor,
                process: Callable[[int, nn.Module, dict[str, LinearStats]], None],
-               names: tuple[str, ...] = BLOCK_LINEARS, batch: int = 8) -> None:
+               names: tuple[str, ...] = BLOCK_LINEARS, batch: int = 8) -> list[torch.Tensor]:
     """For each block: collect input statistics of its linears ``names`` on ``ids``, call
     ``process(i, block, stats)`` (which compresses the block in place), then feed the
-    compressed block's outputs to the next block."""
+    compressed block's outputs to the next block. Returns the last block's outputs."""
     hs = [model.embed(ids[j:j + batch]) for j in range(0, ids.shape[0], batch)]
     for i in range(model.shard.start, model.shard.end):
         block = model.layers[str(i)]
@@ -111,6 +111,7 @@ def sequential(model: BlockModel, ids: torch.Tensor,
                 hk.remove()
         process(i, block, stats)
         hs = [model.block(i, h) for h in hs]
+    return hs
 
 
 def block_linears(model: BlockModel) -> list[tuple[str, nn.Linear]]:

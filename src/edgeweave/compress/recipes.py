@@ -153,6 +153,7 @@ class GPTQ(Recipe):
     damp: float = 0.01
     pad: bool = False
     embeddings: bool = True
+    head: bool = True  # GPTQ the output head too (tied: the embedding shares its integers)
 
     def __post_init__(self) -> None:
         _check_int4(self.bits, self.group_size, (3, 4))

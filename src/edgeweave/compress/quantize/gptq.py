@@ -12,8 +12,14 @@ from typing import Any
 import torch
 
 from edgeweave.compress.calib import LinearStats, sequential
-from edgeweave.compress.modules import Int4Linear, set_module
-from edgeweave.compress.quant import int4_dequantize, int4_qparams, int4_quantize, pad_columns
+from edgeweave.compress.modules import Int4Linear, QuantEmbedding, set_module
+from edgeweave.compress.quant import (
+    int4_dequantize,
+    int4_qparams,
+    int4_quantize,
+    pack_nibbles,
+    pad_columns,
+)
 from edgeweave.compress.quantize.rtn import check_groups, quantize_embeddings
 from edgeweave.compress.recipes import GPTQ, register_method
 from edgeweave.models.llama import BlockModel
@@ -93,8 +99,32 @@ def apply_gptq(r: GPTQ, model: BlockModel, ctx: Any, note: dict[str, Any]) -> Bl
             bias = None if m.bias is None else m.bias.detach()
             set_module(block, name, Int4Linear.from_ints(q, s, z, r.group_size, k, r.bits, bias))
 
-    sequential(model, ids, process)
+    hs = sequential(model, ids, process)
+    if r.head and model.lm_head is not None and (r.embeddings or not model.cfg.tie_word_embeddings):
+        gptq_head(model, hs, r, note)
     if r.embeddings:
         quantize_embeddings(model, 4, r.group_size, r.symmetric, note)
     note["calibration_tokens"] = int(ids.numel())
     return model
+
+
+def gptq_head(model: BlockModel, hs: list[torch.Tensor], r: GPTQ, note: dict[str, Any]) -> None:
+    """GPTQ the output head on the final normed hidden states. With tied embeddings the same
+    int4 table then serves the embedding lookups (4-bit, like RTN would, but error-fed)."""
+    st = LinearStats(model.cfg.hidden_size)
+    for h in hs:
+        st.add(model.norm(h))
+    W = model.lm_head.weight.detach().float()
+    k = W.shape[1]
+    H = pad_columns(pad_columns(st.hessian, r.group_size).T, r.group_size).T
+    q, s, z = gptq_quantize(pad_columns(W, r.group_size), H, 4, r.group_size, r.symmetric,
+                            r.act_order, r.damp)
+    if model.cfg.tie_word_embeddings:
+        qe = QuantEmbedding(4, {"qweight": pack_nibbles(q), "scales": s.to(torch.bfloat16),
+                                "zeros": z.to(torch.bfloat16)}, k, r.group_size)
+        model.embed_tokens = qe
+        model.lm_head = qe.as_linear()
+        note["embeddings"] = f"int4 g{r.group_size}, GPTQ on the tied head"
+    else:
+        model.lm_head = Int4Linear.from_ints(q, s, z, r.group_size, k, 4)
+        note["head"] = f"int4 g{r.group_size} GPTQ"

@@ -58,7 +58,7 @@ def quantize_embeddings(model: BlockModel, bits: int, group_size: int, symmetric
     """
     bits = 8 if bits == 8 else 4
     emb = model.embed_tokens
-    if emb is not None and isinstance(emb, nn.Embedding):
+    if emb is not None and type(emb) is nn.Embedding:
         w = emb.weight.detach()
         dim = w.shape[1]
         if bits == 8:

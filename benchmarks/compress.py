@@ -170,6 +170,7 @@ def main() -> None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(results, indent=2, default=str))
     report(results)
+    out_path.write_text(json.dumps(results, indent=2, default=str))
 
 
 def report(results: dict) -> None:

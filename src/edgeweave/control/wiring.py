@@ -6,7 +6,8 @@
   returns may be planned on again).
 * any event -> ``adapt(plan, event, nodes)``, when an adapter is given (the planner's
   ``plan.adapt``): a returned plan that differs from the current one is applied between
-  tokens with ``coordinator.apply_plan``.
+  tokens with ``coordinator.apply_plan``. :class:`~edgeweave.control.planner.PlannerBridge`
+  is that adapter for ``edgeweave.plan.adapt.Adapter``.
 
 Actions run on the monitor's dispatcher thread, never on the MQTT network thread.
 """
@@ -32,7 +33,7 @@ Adapter = Callable[[Plan, FleetEvent, Mapping[str, NodeState]], Plan | None]
 @dataclass(frozen=True)
 class ControlAction:
     event: FleetEvent
-    action: str  # "mark_failed" | "mark_alive" | "apply_plan"
+    action: str  # "mark_failed" | "mark_alive" | "apply_plan" | "adapt" (a failed decision)
     seconds: float  # what the coordinator reported (recovery or switch time)
     at: float  # monotonic time the action finished
     error: str | None = None
@@ -52,8 +53,15 @@ class FleetController:
         elif ev.kind == EventKind.BACK and callable(getattr(self.coordinator, "mark_alive", None)):
             self._act(ev, "mark_alive", lambda: self.coordinator.mark_alive(ev.device))
         if self.adapt is not None:
-            new = self.adapt(self.coordinator.plan, ev, self.monitor.nodes())
-            if new is not None and new != self.coordinator.plan:
+            try:
+                new = self.adapt(self.coordinator.plan, ev, self.monitor.nodes())
+            except Exception as e:  # noqa: BLE001 - e.g. no feasible plan: keep serving
+                log.exception("adapting to %s failed", ev)
+                self._record(ControlAction(ev, "adapt", 0.0, time.monotonic(),
+                                           f"{type(e).__name__}: {e}"))
+                return
+            # compare stages only: predictions and notes differ between equal placements
+            if new is not None and new.stages != self.coordinator.plan.stages:
                 self._act(ev, "apply_plan", lambda: self.coordinator.apply_plan(new))
 
     def _act(self, ev: FleetEvent, name: str, fn: Callable[[], Any]) -> None:
@@ -65,8 +73,11 @@ class FleetController:
         except Exception as e:  # noqa: BLE001 - recorded; the control plane keeps running
             log.exception("%s for %s failed", name, ev.device)
             error = f"{type(e).__name__}: {e}"
+        self._record(ControlAction(ev, name, seconds, time.monotonic(), error))
+
+    def _record(self, action: ControlAction) -> None:
         with self._cv:
-            self.actions.append(ControlAction(ev, name, seconds, time.monotonic(), error))
+            self.actions.append(action)
             self._cv.notify_all()
 
     def wait_for(self, action: str, device: str, timeout: float = 10.0) -> ControlAction | None:

@@ -31,7 +31,13 @@ def register(app: typer.Typer) -> None:
                                     help="Fleet certificates (edgeweave certs) for mutual TLS."),
         mqtt: str = typer.Option(None, "--mqtt",
                                  help="HOST:PORT of the MQTT broker: fail over on last wills."),
-        fleet: str = typer.Option("default", "--fleet", help="Fleet name on the broker."),
+        fleet_file: str = typer.Option(None, "--fleet-file",
+                                       help="Fleet YAML: re-plan on fleet events (with --mqtt); "
+                                            "without --plan, serve the planner's placement."),
+        objective: str = typer.Option("latency", "--objective",
+                                      help="Planner objective with --fleet-file."),
+        fleet: str = typer.Option(None, "--fleet",
+                                  help="Fleet name on the broker (default: the fleet file's)."),
     ) -> None:
         """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
         from edgeweave.serve.config import ServeConfig
@@ -44,4 +50,5 @@ def register(app: typer.Typer) -> None:
             typer.secho(f"warning: serving on {host} without --api-key", err=True,
                         fg=typer.colors.YELLOW)
         serve(model, host=host, port=port, config=cfg, plan=plan, nodes=tuple(node or ()),
-              tls_dir=tls_dir, mqtt=mqtt, fleet=fleet)
+              tls_dir=tls_dir, mqtt=mqtt, fleet=fleet, fleet_file=fleet_file,
+              objective=objective)

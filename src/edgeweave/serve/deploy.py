@@ -6,7 +6,10 @@
   ``edgeweave node`` processes (mutual TLS with ``tls_dir``).
 
 With an MQTT broker address, a :class:`FleetMonitor` watches the fleet and a
-:class:`FleetController` fails the coordinator over when a node's last will arrives.
+:class:`FleetController` fails the coordinator over when a node's last will arrives. With a
+fleet file too, the planner's :class:`~edgeweave.plan.adapt.Adapter` re-plans on fleet events
+(battery, memory, links, departures) and the coordinator switches plans between tokens; the
+fleet file alone (no plan file) serves the planner's own placement.
 """
 
 from __future__ import annotations
@@ -67,14 +70,34 @@ class Deployment:
         self.backend.close()
 
 
+def make_adapter(model: str, fleet_file: str | Path, plan: Plan | None,
+                 objective: str = "latency") -> Any:
+    from edgeweave.models.catalog import resolve
+    from edgeweave.models.checkpoint import read_config
+    from edgeweave.plan.adapt import Adapter
+    from edgeweave.plan.fleet import load_fleet
+
+    spec = load_fleet(fleet_file)
+    # only variants the nodes can run: the model itself (fp32) and the fleet file's artifacts;
+    # the planner's default catalogue also prices fp16/int8/int4 nobody has built yet
+    runnable = {n: v for n, v in spec.variants.items() if n == "fp32" or v.source != "default"}
+    return Adapter(spec.fleet, read_config(resolve(model)[1]), objective, plan=plan,
+                   variants=runnable)
+
+
 def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = (),
           tls_dir: str | Path | None = None, mqtt: str | None = None,
-          fleet: str = "default") -> Deployment:
-    if plan is None:
+          fleet: str | None = None, fleet_file: str | Path | None = None,
+          objective: str = "latency") -> Deployment:
+    if plan is None and fleet_file is None:
         if nodes or mqtt:
-            raise ConfigError("--node and --mqtt need --plan: they act on a distributed plan")
+            raise ConfigError("--node and --mqtt need --plan or --fleet-file: they act on a "
+                              "distributed plan")
         return Deployment(LocalSessions.load(model))
-    the_plan = read_plan(plan)
+    the_plan = read_plan(plan) if plan is not None else None
+    adapter = make_adapter(model, fleet_file, the_plan, objective) if fleet_file else None
+    if the_plan is None:
+        the_plan = adapter.plan
     addresses = parse_nodes(nodes)
     if addresses:
         from edgeweave.runtime.launch import attach
@@ -89,10 +112,13 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
     dep = Deployment(CoordinatorSessions(coord, model_id=Path(model).name))
     if mqtt:
         from edgeweave.control.monitor import FleetMonitor
+        from edgeweave.control.planner import PlannerBridge, monitor_config_for
         from edgeweave.control.wiring import FleetController
 
         host, port = parse_hostport(mqtt, 1883)
-        monitor = FleetMonitor(host, port, fleet=fleet).start()
+        name = fleet or (adapter.base.name if adapter is not None else "default")
+        cfg = monitor_config_for(adapter) if adapter is not None else None
+        monitor = FleetMonitor(host, port, fleet=name, config=cfg).start()
         dep.closers.append(monitor.stop)
-        FleetController(monitor, coord)
+        FleetController(monitor, coord, PlannerBridge(adapter) if adapter is not None else None)
     return dep

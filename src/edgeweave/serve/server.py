@@ -41,7 +41,8 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port
           api_keys: tuple[str, ...] = (), config: ServeConfig | None = None,
           backend: SessionFactory | None = None, plan: str | None = None,
           nodes: tuple[str, ...] = (), tls_dir: str | None = None, mqtt: str | None = None,
-          fleet: str = "default", log_level: str = "info") -> None:
+          fleet: str | None = None, fleet_file: str | None = None, objective: str = "latency",
+          log_level: str = "info") -> None:
     """Serve ``model`` (in-process, or over ``plan``; see :mod:`edgeweave.serve.deploy`)
     until interrupted. A ready ``backend`` skips the loading."""
     from edgeweave.serve.deploy import Deployment, build
@@ -49,7 +50,8 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port
     cfg = config or ServeConfig(api_keys=api_keys)
     address = ServerAddress(host, port)  # validate before the slow model load
     dep = Deployment(backend) if backend is not None else build(
-        model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet)
+        model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet,
+        fleet_file=fleet_file, objective=objective)
     try:
         _uvicorn_server(dep.backend, cfg, address, log_level).run()
     finally:

@@ -170,7 +170,7 @@ def genai_folder(model_folder: Path, name: str, precision: str, threads: int) ->
 
 # -- cases -------------------------------------------------------------------------------------
 def _stage_chain(model: str, backend: str, variant: str, cuts: list[int], threads: int,
-                 max_len: int, spec_kw: dict[str, Any] | None = None):
+                 max_len: int, spec_kw: dict[str, Any] | None = None, spinning: str = "run"):
     from edgeweave.models.catalog import resolve
     from edgeweave.models.config import ModelConfig
     from edgeweave.runtime.engines.base import EngineConfig, create_engine
@@ -183,10 +183,12 @@ def _stage_chain(model: str, backend: str, variant: str, cuts: list[int], thread
     stages = []
     for a, b in zip(bounds, bounds[1:], strict=False):
         cfg = EngineConfig(model, Shard(a, b, n), variant, backend, threads)
-        if spec_kw:
-            from edgeweave.runtime.engines.onnx import build_engine
+        if backend == "onnx":
+            from edgeweave.runtime.engines.onnx import SessionProfile, build_engine
 
-            stages.append(build_engine(cfg, overrides=spec_kw, from_fp32=True))
+            profile = SessionProfile(threads=threads, spinning=spinning)
+            stages.append(build_engine(cfg, profile, overrides=spec_kw,
+                                       from_fp32=spec_kw is not None))
         else:
             stages.append(create_engine(cfg))
     return StageChain(stages, max_len)
@@ -215,7 +217,8 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
 
     def chain(backend, prec, cuts=(), spec_kw=None):
         def build():
-            c = _stage_chain(m, backend, prec, list(cuts), t, ml, spec_kw)
+            spin = args.spinning if args.spinning != "auto" else ("run" if cuts else "always")
+            c = _stage_chain(m, backend, prec, list(cuts), t, ml, spec_kw, spin)
             return c, _chain_bytes(c)
         return build
 
@@ -255,6 +258,10 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--only", default="", help="comma-separated engine names")
     ap.add_argument("--out", default="engines")
+    ap.add_argument("--spinning", choices=("auto", "run", "always", "off"), default="auto",
+                    help="ONNX Runtime thread spinning (see SessionProfile); auto: 'always' "
+                         "for one graph per process (as onnxruntime-genai), 'run' for stages "
+                         "sharing a process")
     ap.add_argument("--weights", choices=("artifact", "rtn"), default="artifact",
                     help="int8/int4 ONNX rows from compression artifacts, or the exporter's "
                          "RTN g32 only (no calibration data needed, e.g. random weights)")
@@ -314,7 +321,8 @@ def main() -> None:
     summary = _summary(rows)
     _print(rows, summary)
     write_json(args.out, {"model": args.model, "threads": args.threads,
-                          "weights": args.weights, "new_tokens": args.new_tokens, "prompt_tokens": len(ids),
+                          "weights": args.weights, "spinning": args.spinning,
+                          "new_tokens": args.new_tokens, "prompt_tokens": len(ids),
                           "bandwidth_gbs": bw, "rows": rows, "summary": summary})
 
 

@@ -58,7 +58,10 @@ class SessionProfile:
     device: str = "cpu"  # a key of PROVIDERS
     arena: bool = True  # keep the CPU arena: decode reallocates the same shapes every step
     optimization: str = "all"  # basic | extended | all
-    spinning: bool = True  # worker threads spin between ops (lower latency, busier cores)
+    # worker threads busy-wait between ops: "run" spins only inside a run and stops at its
+    # end (stages sharing a small CPU, or the next token's Python work, get the cores back),
+    # "always" keeps spinning between runs, "off" sleeps between ops
+    spinning: str = "run"
 
     def __post_init__(self) -> None:
         if self.threads < 0:
@@ -66,6 +69,8 @@ class SessionProfile:
         if self.device not in PROVIDERS:
             raise ConfigError(f"unknown device kind {self.device!r}: choose one of "
                               f"{', '.join(sorted(PROVIDERS))}")
+        if self.spinning not in ("run", "always", "off"):
+            raise ConfigError(f"spinning must be run, always or off (got {self.spinning!r})")
         if self.optimization not in ("basic", "extended", "all"):
             raise ConfigError(f"optimization must be basic, extended or all "
                               f"(got {self.optimization!r})")
@@ -89,7 +94,9 @@ class SessionProfile:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[self.optimization]
         so.add_session_config_entry("session.intra_op.allow_spinning",
-                                    "1" if self.spinning else "0")
+                                    "0" if self.spinning == "off" else "1")
+        so.add_session_config_entry("session.force_spinning_stop",
+                                    "1" if self.spinning == "run" else "0")
         so.log_severity_level = 3
         return so
 

@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--distill-steps", type=int, default=60)
     ap.add_argument("--only", default="", help="comma-separated recipe names")
     ap.add_argument("--out", default=str(ROOT / "results" / "compress.json"))
+    ap.add_argument("--stop-at", default=None,
+                    help="HH:MM (UTC): start no new recipe after this time (shared machines)")
     a = ap.parse_args()
     if a.child:
         child(a.child, a.tokens, a.decode_tokens)
@@ -128,6 +130,9 @@ def main() -> None:
     if a.only:
         todo = {k: v for k, v in todo.items() if k in a.only.split(",")}
     for name, recipe in todo.items():
+        if a.stop_at and time.strftime("%H:%M", time.gmtime()) >= a.stop_at:
+            print(f"{name}: skipped (--stop-at {a.stop_at})", flush=True)
+            continue
         row: dict = {"recipe": recipe.label() if recipe else "reference (fp32 weights)"}
         target = "fp32"
         if recipe is not None:

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 from _common import print_table, write_json  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from edgeweave.models import load  # noqa: E402
 from edgeweave.runtime.engine import LocalEngine  # noqa: E402
@@ -76,9 +77,12 @@ def main() -> None:
         # rounds interleave every configuration, so background load hurts all alike
         runs: dict[str, list] = {}
         for _ in range(args.rounds):
+            # the baseline is the better of the BLAS defaults and one BLAS thread
             runs.setdefault("single", []).append(run(LocalEngine(lm.model, max_len), tok, ids, n))
-            with inproc.new_session() as s:
-                runs.setdefault("inproc-fp32", []).append(run(s, tok, ids, n))
+            with threadpool_limits(limits=1, user_api="blas"):
+                runs["single"].append(run(LocalEngine(lm.model, max_len), tok, ids, n))
+                with inproc.new_session() as s:
+                    runs.setdefault("inproc-fp32", []).append(run(s, tok, ids, n))
             for codec, p in plans.items():
                 coord.apply_plan(p)
                 with coord.new_session() as s:

@@ -186,13 +186,17 @@ class Coordinator:
             link = self.links.pop(d, None)
             if link is not None:
                 link.close()
-        if any(st.device in devices for st in self.plan.stages):
-            log.warning("nodes %s failed; re-planning on the survivors", sorted(devices))
-            alive = [d for d in {**self.links, **self.addresses} if d not in self.failed]
-            self._switch(self.replan(self.plan, self.failed, alive))
-            self.stats["failovers"] += 1
+        if not any(st.device in devices for st in self.plan.stages):
+            return 0.0
+        log.warning("nodes %s failed; re-planning on the survivors", sorted(devices))
+        alive = [d for d in {**self.links, **self.addresses} if d not in self.failed]
+        self._switch(self.replan(self.plan, self.failed, alive))
         dt = time.perf_counter() - t0
+        self.stats["failovers"] += 1
         self.stats["recovery_s"] = dt
+        for s in self._sessions.values():  # every open session went through it
+            s._stats["failovers"] += 1
+            s._stats["recovery_s"] = dt
         return dt
 
     def _switch(self, new_plan: Plan) -> float:
@@ -244,7 +248,7 @@ class Session:
         self.opened = False
         self._stats: dict[str, float] = {
             "bytes_sent": 0.0, "bytes_received": 0.0, "hidden_bytes": 0.0, "steps": 0.0,
-            "failovers": 0.0, "recovery_s": 0.0, "replayed_tokens": 0.0,
+            "failovers": 0.0, "recovery_s": 0.0, "stall_s": 0.0, "replayed_tokens": 0.0,
             "evictions_restored": 0.0}
         self._hop_rtt: list[float] = []
         self._hop_compute: list[float] = []
@@ -287,8 +291,8 @@ class Session:
                 t0 = time.perf_counter()
                 with self.coord._lock.write():
                     self.coord._fail_over({e.device})
-                self._stats["failovers"] += 1
-                self._stats["recovery_s"] = time.perf_counter() - t0
+                # detection to retry, including waiting for a recovery another session began
+                self._stats["stall_s"] = time.perf_counter() - t0
         raise RuntimeStageError("the session could not complete a step: nodes keep failing")
 
     def _open_all(self) -> None:

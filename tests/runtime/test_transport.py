@@ -1,4 +1,4 @@
-"""Real node processes on 127.0.0.1 talking gRPC: same tokens as one process."""
+"""Real node processes on 127.0.0.1 talking gRPC over mutual TLS: same tokens as one process."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from edgeweave.runtime.generate import SamplingParams, generate_step
 from edgeweave.runtime.launch import launch
 from edgeweave.runtime.transport.frame import Frame, Op
 from edgeweave.runtime.transport.grpc_link import GrpcLink
+from edgeweave.security.certs import init_fleet
+from edgeweave.security.tls import TLSFiles
 from edgeweave.types import Plan
 from tests.conftest import random_model, save_folder
 
@@ -42,9 +44,17 @@ def reference(model) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def deployment(model, tmp_path_factory):
+def certs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("certs")
+    init_fleet(folder, ("coordinator", "n0", "n1", "n2"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def deployment(model, certs, tmp_path_factory):
     folder = save_folder(model, tmp_path_factory.mktemp("tiny") / "tiny-llama")
-    dep = launch(Plan.split(4, [1, 3], ["n0", "n1", "n2"]), str(folder), threads=1, max_len=128)
+    dep = launch(Plan.split(4, [1, 3], ["n0", "n1", "n2"]), str(folder), tls_dir=certs,
+                 threads=1, max_len=128)
     yield dep
     dep.close()
     assert all(p.poll() is not None for p in dep.processes.values())
@@ -77,8 +87,8 @@ def test_concurrent_sessions_share_the_nodes(deployment, reference):
     assert [results[i] for i in range(4)] == [reference] * 4
 
 
-def test_node_refuses_out_of_sync_and_unknown_stage(deployment):
-    link = GrpcLink(deployment.addresses["n1"])
+def test_node_refuses_out_of_sync_and_unknown_stage(deployment, certs):
+    link = GrpcLink(deployment.addresses["n1"], TLSFiles.from_dir(certs, "coordinator"))
     try:
         info = link.call(Frame(Op.INFO), 10).json()
         assert info["stages"] == ["1-3:fp32"]

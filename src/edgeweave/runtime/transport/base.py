@@ -16,6 +16,12 @@ class StageUnavailable(RuntimeStageError):
         self.device = device
 
 
+class NodeError(RuntimeStageError):
+    """A node answered with an ERROR frame; ``code`` is its ``ErrorCode``."""
+
+    code: int = 1
+
+
 class Link(Protocol):
     """A request/response channel to one node; safe to call from several threads."""
 

@@ -42,7 +42,6 @@ from edgeweave.paths import atomic_dir, home  # noqa: E402
 QUESTION = ("You are the assistant of a smart home. The living room sensor reports 27.5 C and "
             "62% humidity, the window is closed and nobody is home. Explain what the heating, "
             "ventilation and blinds should do for the next hour, step by step.")
-CUT = 15
 
 
 # -- measurement helpers -----------------------------------------------------------------------
@@ -116,10 +115,9 @@ def run_logits_engine(engine, ids: list[int], new: int) -> dict[str, Any]:
             "tokens": tokens}
 
 
-def run_genai(folder: Path, ids: list[int], new: int) -> dict[str, Any]:
+def run_genai(model, ids: list[int], new: int) -> dict[str, Any]:
     import onnxruntime_genai as og
 
-    model = og.Model(str(folder))
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=len(ids) + new,
                               min_length=len(ids) + new)
@@ -170,7 +168,8 @@ def genai_folder(model_folder: Path, name: str, precision: str, threads: int) ->
 
 # -- cases -------------------------------------------------------------------------------------
 def _stage_chain(model: str, backend: str, variant: str, cuts: list[int], threads: int,
-                 max_len: int, spec_kw: dict[str, Any] | None = None, spinning: str = "run"):
+                 max_len: int, spec_kw: dict[str, Any] | None = None, spinning: str = "run",
+                 shared_pool: bool = False):
     from edgeweave.models.catalog import resolve
     from edgeweave.models.config import ModelConfig
     from edgeweave.runtime.engines.base import EngineConfig, create_engine
@@ -186,7 +185,8 @@ def _stage_chain(model: str, backend: str, variant: str, cuts: list[int], thread
         if backend == "onnx":
             from edgeweave.runtime.engines.onnx import SessionProfile, build_engine
 
-            profile = SessionProfile(threads=threads, spinning=spinning)
+            profile = SessionProfile(threads=threads, spinning=spinning,
+                                     shared_pool=shared_pool)
             stages.append(build_engine(cfg, profile, overrides=spec_kw,
                                        from_fp32=spec_kw is not None))
         else:
@@ -218,7 +218,8 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
     def chain(backend, prec, cuts=(), spec_kw=None):
         def build():
             spin = args.spinning if args.spinning != "auto" else ("run" if cuts else "always")
-            c = _stage_chain(m, backend, prec, list(cuts), t, ml, spec_kw, spin)
+            c = _stage_chain(m, backend, prec, list(cuts), t, ml, spec_kw, spin,
+                             args.shared_pool)
             return c, _chain_bytes(c)
         return build
 
@@ -226,14 +227,15 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
         note = "fp32 weights" if prec == "fp32" else f"compress.variant({prec!r}) artifact"
         add("edgeweave-torch", prec, note, chain("torch", prec))
     rtn_kw = {"group_size": 32}
+    cut = args.cut
     for prec in precisions:
         rtn = args.weights == "rtn" and prec != "fp32"
         note = "fp32 weights" if prec == "fp32" else (
             "exporter RTN g32 asym" if rtn else f"compress.variant({prec!r}) artifact")
         kw = rtn_kw if rtn else None
         add("edgeweave-onnx", prec, note, chain("onnx", prec, (), kw))
-        add("edgeweave-onnx-split", prec, f"2 stages [0,{CUT})+[{CUT},end), " + note,
-            chain("onnx", prec, (CUT,), kw))
+        add("edgeweave-onnx-split", prec, f"2 stages [0,{cut})+[{cut},end), " + note,
+            chain("onnx", prec, (cut,), kw))
     if args.weights == "artifact":
         for prec in ("int8", "int4"):
             add("edgeweave-onnx-rtn", prec, "exporter RTN g32 asym (genai's recipe)",
@@ -262,6 +264,11 @@ def main() -> None:
                     help="ONNX Runtime thread spinning (see SessionProfile); auto: 'always' "
                          "for one graph per process (as onnxruntime-genai), 'run' for stages "
                          "sharing a process")
+    ap.add_argument("--cut", type=int, default=15, help="block where the split starts stage 2")
+    ap.add_argument("--shared-pool", action="store_true",
+                    help="one process-wide ONNX Runtime thread pool for all sessions")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="decode runs per engine (best and median reported)")
     ap.add_argument("--weights", choices=("artifact", "rtn"), default="artifact",
                     help="int8/int4 ONNX rows from compression artifacts, or the exporter's "
                          "RTN g32 only (no calibration data needed, e.g. random weights)")
@@ -289,11 +296,19 @@ def main() -> None:
             obj, weight_bytes = build()
             row["build_s"] = time.perf_counter() - t0
             if engine == "onnxruntime-genai":
-                res = run_genai(obj, ids, args.new_tokens)
+                import onnxruntime_genai as og
+
+                obj = og.Model(str(obj))
+                runs = [run_genai(obj, ids, args.new_tokens) for _ in range(args.repeat)]
             else:
                 run_logits_engine(obj, ids[:16], 8)  # warm-up: arenas, prepacked weights
-                res = run_logits_engine(obj, ids, args.new_tokens)
+                runs = [run_logits_engine(obj, ids, args.new_tokens)
+                        for _ in range(args.repeat)]
             del obj
+            speeds = sorted(r["decode_tps"] for r in runs)
+            res = max(runs, key=lambda r: r["decode_tps"])
+            res["decode_tps_median"] = speeds[len(speeds) // 2]
+            res["decode_tps_runs"] = speeds
         except Exception as e:  # noqa: BLE001 - a failing engine is a row, not a crash
             row["error"] = f"{type(e).__name__}: {e}"[:300]
             rows.append(row)
@@ -351,9 +366,10 @@ def _summary(rows) -> dict[str, Any]:
 
 
 def _print(rows, summary) -> None:
-    cols = ["engine", "prec", "decode tok/s", "prefill tok/s", "MB/token", "roofline",
+    cols = ["engine", "prec", "decode tok/s", "median", "prefill tok/s", "MB/token", "roofline",
             "same tokens", "build s"]
-    table = [[r["engine"], r["precision"], r.get("decode_tps", "-"), r.get("prefill_tps", "-"),
+    table = [[r["engine"], r["precision"], r.get("decode_tps", "-"),
+              r.get("decode_tps_median", "-"), r.get("prefill_tps", "-"),
               r.get("bytes_per_token_mb", "-"), r.get("roofline_fraction", "-"),
               r.get("same_tokens_as_torch", "-"), r.get("build_s", "-")] for r in rows]
     print_table("decode speed (batch 1, greedy)", cols, table)

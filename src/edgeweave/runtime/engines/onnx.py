@@ -62,6 +62,10 @@ class SessionProfile:
     # end (stages sharing a small CPU, or the next token's Python work, get the cores back),
     # "always" keeps spinning between runs, "off" sleeps between ops
     spinning: str = "run"
+    # one process-wide ORT thread pool for every stage of this process (stages run one after
+    # the other, so per-session pools would only fight over the same cores); it can be set
+    # up only before the first session, otherwise sessions keep their own pools
+    shared_pool: bool = False
 
     def __post_init__(self) -> None:
         if self.threads < 0:
@@ -85,8 +89,11 @@ class SessionProfile:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads or len(os.sched_getaffinity(0))
+        threads = self.threads or len(os.sched_getaffinity(0))
+        so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+        if self.shared_pool and _global_pool(threads):
+            so.use_per_session_threads = False
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.enable_cpu_mem_arena = self.arena
         so.graph_optimization_level = {
@@ -99,6 +106,22 @@ class SessionProfile:
                                     "1" if self.spinning == "run" else "0")
         so.log_severity_level = 3
         return so
+
+
+_POOL: dict[str, int] = {}
+
+
+def _global_pool(threads: int) -> bool:
+    """Create the process-wide pool once; True when it exists with ``threads`` threads."""
+    if "threads" not in _POOL:
+        from onnxruntime.capi import _pybind_state
+
+        try:
+            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            _POOL["threads"] = threads
+        except Exception:  # noqa: BLE001 - the ORT environment already exists
+            _POOL["threads"] = -1
+    return _POOL["threads"] == threads
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Named, cached variants of a model: ``variant("int4")`` builds once, then reuses.
 
 The demo and the planner ask for variants by name; the artifact lives under
-``$EDGEWEAVE_HOME/artifacts/<model>/<name>`` and is rebuilt when its manifest's recipe or
-source fingerprint no longer matches (or when it fails verification).
+``$EDGEWEAVE_HOME/artifacts/<model>/<name>`` and is rebuilt when its manifest's recipe no
+longer matches the variant's or when it fails hash verification. (A changed source model with
+the same name is not detected: delete the folder after replacing a model.)
 """
 
 from __future__ import annotations

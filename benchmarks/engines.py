@@ -226,19 +226,19 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
     for prec in precisions:
         note = "fp32 weights" if prec == "fp32" else f"compress.variant({prec!r}) artifact"
         add("edgeweave-torch", prec, note, chain("torch", prec))
-    rtn_kw = {"group_size": 32}
+    rtn_kw = {"group_size": 32, "symmetric": True}  # onnxruntime-genai's default recipe
     cut = args.cut
     for prec in precisions:
         rtn = args.weights == "rtn" and prec != "fp32"
         note = "fp32 weights" if prec == "fp32" else (
-            "exporter RTN g32 asym" if rtn else f"compress.variant({prec!r}) artifact")
+            "exporter RTN g32 sym" if rtn else f"compress.variant({prec!r}) artifact")
         kw = rtn_kw if rtn else None
         add("edgeweave-onnx", prec, note, chain("onnx", prec, (), kw))
         add("edgeweave-onnx-split", prec, f"2 stages [0,{cut})+[{cut},end), " + note,
             chain("onnx", prec, (cut,), kw))
     if args.weights == "artifact":
         for prec in ("int8", "int4"):
-            add("edgeweave-onnx-rtn", prec, "exporter RTN g32 asym (genai's recipe)",
+            add("edgeweave-onnx-rtn", prec, "exporter RTN g32 sym (genai's recipe)",
                 chain("onnx", prec, (), rtn_kw))
     for prec in precisions:
         def build(prec=prec):
@@ -248,7 +248,7 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
             model_file = next(out_dir.glob("*.onnx"))
             return out_dir, onnx_weight_bytes(model_file)
         add("onnxruntime-genai", prec, "model builder, same fp32 weights"
-            + (", RTN block 32, accuracy_level 4" if prec != "fp32" else ""), build)
+            + (", RTN sym block 32, accuracy_level 4" if prec != "fp32" else ""), build)
     return out
 
 
@@ -265,9 +265,9 @@ def main() -> None:
                          "for one graph per process (as onnxruntime-genai), 'run' for stages "
                          "sharing a process")
     ap.add_argument("--cut", type=int, default=15, help="block where the split starts stage 2")
-    ap.add_argument("--shared-pool", action="store_true",
-                    help="one process-wide ONNX Runtime thread pool for all sessions")
-    ap.add_argument("--repeat", type=int, default=1,
+    ap.add_argument("--shared-pool", action=argparse.BooleanOptionalAction, default=True,
+                    help="one process-wide ONNX Runtime thread pool for all our sessions")
+    ap.add_argument("--repeat", type=int, default=3,
                     help="decode runs per engine (best and median reported)")
     ap.add_argument("--weights", choices=("artifact", "rtn"), default="artifact",
                     help="int8/int4 ONNX rows from compression artifacts, or the exporter's "

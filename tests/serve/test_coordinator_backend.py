@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from edgeweave.models.checkpoint import load_folder
@@ -46,3 +47,6 @@ def test_pipeline_streams_match_the_single_process_model(coordinator_server, tin
         assert text == solo(tiny_sessions, [{"role": "user", "content": p}], 16).text
         assert ew["bytes_on_wire"] > 0 and ew["hops"] > 0 and "hop_overhead_ms" in ew
     assert coord._sessions == {}  # every finished request closed its coordinator session
+    health = httpx.get(f"{url}/health").json()
+    assert [s["device"] for s in health["plan"]] == ["d0", "d1", "d2"]
+    assert health["failed_devices"] == [] and health["failovers"] == 0

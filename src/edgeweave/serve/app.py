@@ -105,8 +105,16 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
     # ---- public endpoints ----------------------------------------------------------------
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id, "active_sessions": active(),
-                "max_concurrent": cfg.max_concurrent}
+        out = {"status": "ok", "model": model_id, "active_sessions": active(),
+               "max_concurrent": cfg.max_concurrent}
+        coord = getattr(backend, "coordinator", None)
+        if coord is not None:  # a distributed backend: where the stages run now
+            out["plan"] = [{"device": st.device, "blocks": [st.shard.start, st.shard.end],
+                            "variant": st.variant, "codec": st.codec}
+                           for st in coord.plan.stages]
+            out["failed_devices"] = sorted(coord.failed)
+            out["failovers"] = int(coord.stats.get("failovers", 0))
+        return out
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -56,3 +56,49 @@ def test_killed_node_mid_stream(tmp_path):
     assert final["failovers"] == 1 and 0 < final["recovery_s"] < 30
     assert final["replayed_tokens"] >= len(PROMPT)
     assert [st.device for st in plan.stages] == ["n0", "n0", "n2"]
+
+
+def test_hung_node_is_detected_by_the_deadline(tiny_model):
+    # Prepare: two in-process gRPC nodes; the second one stops answering after a few tokens
+    import threading
+    import time
+
+    from edgeweave.runtime.engines.torch import TorchStageEngine
+    from edgeweave.runtime.launch import attach
+    from edgeweave.runtime.stage import StageHost, serve
+
+    hang = threading.Event()
+
+    class Hanging(TorchStageEngine):
+        def forward(self, session_id, x):
+            if hang.is_set():
+                time.sleep(3)  # far past the coordinator's 0.5 s deadline
+            return super().forward(session_id, x)
+
+    servers, addrs = [], {}
+    for name, cls in (("fast", TorchStageEngine), ("slow", Hanging)):
+        host = StageHost("mem", engine_factory=lambda cfg, cls=cls: cls(cfg, model=tiny_model))
+        server, port = serve(host, "127.0.0.1:0")
+        servers.append(server)
+        addrs[name] = f"127.0.0.1:{port}"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = list(generate_step(LocalEngine(tiny_model, max_len=128), PROMPT, PARAMS))
+        coord = attach(Plan.split(4, [2], ["fast", "slow"]), "mem", addrs, tokenizer=None,
+                       max_len=128, deadline_s=0.5, per_token_s=0.0)
+        s = coord.new_session()
+        gen = generate_step(s, PROMPT, PARAMS)
+        got = [next(gen) for _ in range(4)]
+        # Execute
+        hang.set()
+        got += list(gen)
+        # Assert: the step past the deadline failed over to "fast", nothing lost or doubled
+        assert got == reference
+        assert [st.device for st in coord.plan.stages] == ["fast", "fast"]
+        assert s.stats["failovers"] == 1 and s.stats["stall_s"] < 3
+        coord.close()
+    finally:
+        torch.set_num_threads(before)
+        for server in servers:
+            server.stop(0)

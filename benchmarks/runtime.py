@@ -87,6 +87,10 @@ def main() -> None:
                 coord.apply_plan(p)
                 with coord.new_session() as s:
                     runs.setdefault(codec, []).append(run(s, tok, ids, n))
+            coord.logits_codec = "top64"  # fp16 hidden states, top-64 logits on the last hop
+            with coord.new_session() as s:
+                runs.setdefault("fp16+top64", []).append(run(s, tok, ids, n))
+            coord.logits_codec = "fp32"
         singles = runs.pop("single")
         single = best(singles)
         ref_tokens = single.token_ids

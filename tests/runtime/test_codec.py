@@ -76,3 +76,17 @@ def test_errors():
         codec.get("bf8")
     with pytest.raises(RuntimeStageError, match="does not match"):
         codec.FP32.decode(b"\x00" * 7, (1, 2))
+
+
+def test_top64_keeps_the_largest_logits_and_their_positions():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 1000)
+    data = codec.TOP64.encode(logits)
+    assert len(data) == 64 * 4 + 64 * 4 == codec.TOP64.size((1, 1000))
+    vals = np.frombuffer(data[:256], dtype="<f4")
+    idx = np.frombuffer(data[256:], dtype="<i4")
+    assert torch.equal(logits[0, torch.from_numpy(idx.astype(np.int64))], torch.from_numpy(vals))
+    out = codec.TOP64.decode(data, (1, 1000))
+    assert int(out.argmax()) == int(logits.argmax())
+    top = torch.topk(logits[0], 64).indices
+    assert torch.equal(out[0, top], logits[0, top]) and torch.isinf(out).sum() == 1000 - 64

@@ -8,6 +8,10 @@ A plan picks one codec per stage output (``types.CODECS``). Layouts (all little-
 * ``int8`` (id 2): ``N`` float32 scales, then ``N*H`` int8; per-token absmax,
   ``scale = max|x| / 127``, ``q = round(x / scale)``, ``x' = q * scale``.
 * ``ids``  (id 255): int32 token ids (first-stage input), never lossy.
+* ``top64`` (id 3, logits only): per row the 64 largest values as float32, then their int32
+  indices; decoding puts ``-inf`` everywhere else. Greedy decoding is unchanged and the
+  last hop shrinks from ``4 * vocab`` bytes (196 KiB for a 49k vocabulary) to 512 bytes;
+  sampling sees only the top 64 candidates.
 
 The shape travels in the frame header (see ``runtime.stage``), not in the payload.
 """
@@ -99,9 +103,31 @@ def _ids_decode(buf: memoryview, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(buf, dtype="<i4").astype(np.int64).reshape(shape)
 
 
+TOPK = 64
+
+
+def _topk_encode(a: np.ndarray) -> bytes:
+    flat = a.reshape(-1, a.shape[-1]).astype(np.float32, copy=False)
+    k = min(TOPK, flat.shape[1])
+    idx = np.argpartition(flat, -k, axis=1)[:, -k:]
+    vals = np.take_along_axis(flat, idx, axis=1)
+    return vals.astype("<f4").tobytes() + idx.astype("<i4").tobytes()
+
+
+def _topk_decode(buf: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    n, k = _tokens(shape), min(TOPK, shape[-1])
+    vals = np.frombuffer(buf[: 4 * n * k], dtype="<f4").reshape(n, k)
+    idx = np.frombuffer(buf[4 * n * k:], dtype="<i4").reshape(n, k)
+    out = np.full((n, shape[-1]), -np.inf, dtype=np.float32)
+    np.put_along_axis(out, idx.astype(np.int64), vals, axis=1)
+    return out.reshape(shape)
+
+
 FP32 = register(_plain("fp32", 0, "<f4", lossless=True))
 FP16 = register(_plain("fp16", 1, "<f2", lossless=False))
 INT8 = register(Codec("int8", 2, _int8_encode, _int8_decode,
                       lambda s: 4 * _tokens(s) + prod(s), lossless=False))
+TOP64 = register(Codec("top64", 3, _topk_encode, _topk_decode,
+                       lambda s: 8 * _tokens(s) * min(TOPK, s[-1]), lossless=False))
 IDS = register(Codec("ids", 255, lambda a: a.astype("<i4").tobytes(), _ids_decode,
                      lambda s: 4 * prod(s), lossless=True))

@@ -77,10 +77,16 @@ class Coordinator:
     def __init__(self, plan: Plan, model: str, connect: Callable[[str], Link], *,
                  max_len: int = 2048, deadline_s: float = 20.0, per_token_s: float = 0.05,
                  replan: Replanner = reassign_failed, backend: str = "torch",
-                 addresses: dict[str, str] | None = None, replay: str = "exact") -> None:
+                 addresses: dict[str, str] | None = None, replay: str = "exact",
+                 logits_codec: str = "fp32") -> None:
         if replay not in ("exact", "batched"):
             raise ConfigError(f"replay must be 'exact' or 'batched' (got {replay!r})")
+        if logits_codec not in ("fp32", "fp16", "top64"):
+            raise ConfigError(f"logits_codec must be fp32, fp16 or top64 (got {logits_codec!r})")
         self.replay = replay
+        # how the last stage returns logits: fp32 is exact for any sampling; top64 keeps
+        # greedy exact and cuts the last hop from 4 * vocab bytes to 512
+        self.logits_codec = logits_codec
         self.model = model
         self.max_len = max_len
         self.deadline_s, self.per_token_s = deadline_s, per_token_s

@@ -109,7 +109,7 @@ class Session:
         x = Payload(codecs.IDS.id, (1, len(ids)), codecs.IDS.encode(torch.tensor([ids])))
         out = self._run(lambda: self._forward_all(x))
         self._stats["steps"] += 1
-        return codecs.FP32.decode(out.data, out.shape)[0]
+        return codecs.get(out.codec).decode(out.data, out.shape)[0]
 
     def _forward_all(self, x: Payload) -> Payload:
         coord = self.coord
@@ -127,7 +127,7 @@ class Session:
         coord = self.coord
         st = plan.stages[i]
         last = i == len(plan.stages) - 1
-        reply = codecs.FP32.id if last else codecs.get(st.codec).id
+        reply = codecs.get(coord.logits_codec if last else st.codec).id
         req = Frame(Op.FORWARD, key, self.id, arg=pos, codec=x.codec, reply_codec=reply,
                     shape=x.shape, payload=x.data)
         timeout = coord.deadline_s + coord.per_token_s * x_tokens(x)

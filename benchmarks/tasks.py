@@ -104,7 +104,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", default="activity,occupancy,appliance,anomaly,forecast,wikiqa")
     ap.add_argument("--limit", type=int, default=10, help="test items per sensor class. task")
-    ap.add_argument("--limit-other", type=int, default=6, help="test items per other task")
+    ap.add_argument("--limit-other", type=int, default=5, help="test items per other task")
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--budget", type=int, default=256)
     ap.add_argument("--inserts", type=int, default=100_000)

@@ -22,7 +22,7 @@ def test_probe_caches_under_edgeweave_home(tmp_home: Path, monkeypatch) -> None:
                              mem_bw=2e10, gemv_bw=1e10, matmul={"fp32": 5e10},
                              op_overhead_s=5e-6, probed_at=1.0)
 
-    def measure(model=None, with_model=True):
+    def measure(model=None, with_model=True, threads=None):
         calls.append(1)
         return fake
 

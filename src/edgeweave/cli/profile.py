@@ -7,13 +7,14 @@ import typer
 from edgeweave.cli.common import console, table
 
 
-def run_profile(refresh: bool = False, model: str | None = None, with_model: bool = True) -> dict:
+def run_profile(refresh: bool = False, model: str | None = None, with_model: bool = True,
+                threads: int | None = None) -> dict:
     """Probe the host (cached) and predict the model's decode latency on every device class."""
     from edgeweave.profile import catalog, probe
     from edgeweave.profile import cost as C
     from edgeweave.profile.variants import DEFAULT_VARIANTS
 
-    hp = probe.probe(refresh=refresh, model=model, with_model=with_model)
+    hp = probe.probe(refresh=refresh, model=model, with_model=with_model, threads=threads)
     cal = hp.calibration()
     m = C.model_costs(model, prompt_len=hp.model_timing.get("prompt_len", 128),
                       context=hp.model_timing.get("context", 512)) if with_model else None
@@ -36,16 +37,20 @@ def register(app: typer.Typer) -> None:
         refresh: bool = typer.Option(False, "--refresh", help="Measure again (else cached)."),
         model: str = typer.Option(None, "--model", help="Model to time (default: bundled)."),
         no_model: bool = typer.Option(False, "--no-model", help="Skip the model timing."),
+        threads: int = typer.Option(None, "--threads",
+                                    help="Threads while measuring (default: torch's setting; "
+                                         "1 is the stable choice on a busy machine)."),
     ) -> None:
         """Measure this host (bandwidth, matmul rates, per-block latency) and list devices."""
         from edgeweave.profile import cost as C
         from edgeweave.profile import probe
         from edgeweave.profile.variants import DEFAULT_VARIANTS
 
-        r = run_profile(refresh, model, not no_model)
+        r = run_profile(refresh, model, not no_model, threads)
         hp, cal = r["host"], r["calibration"]
-        console.print(f"host {hp.machine}: {hp.cpus} CPUs, {hp.memory_available / 1e9:.1f} GB "
-                      f"free, copy bandwidth {hp.mem_bw / 1e9:.1f} GB/s, decode GEMV "
+        console.print(f"host {hp.machine}: {hp.cpus} CPUs ({hp.threads or '?'} threads used), "
+                      f"{hp.memory_available / 1e9:.1f} GB free, copy bandwidth "
+                      f"{hp.mem_bw / 1e9:.1f} GB/s, decode GEMV "
                       f"{hp.gemv_bw / 1e9:.1f} GB/s (calibration {cal.bw_efficiency:.2f}), "
                       f"operator overhead {hp.op_overhead_s * 1e6:.1f} us; matmul "
                       + ", ".join(f"{k} {v / 1e9:.1f} GOPS" for k, v in hp.matmul.items())

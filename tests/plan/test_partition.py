@@ -92,3 +92,14 @@ def test_plan_tiles_the_model_and_explains_left_out_devices() -> None:
 def test_unknown_objective_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown objective"):
         place_tables(_case(1), "speed")
+
+
+def test_planning_does_not_import_torch() -> None:
+    """Planners run on control-plane hosts and in the CLI: they must stay light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeweave.plan, edgeweave.plan.adapt, edgeweave.plan.baselines, "
+            "edgeweave.plan.fleet, edgeweave.profile.cost; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeweave.errors import ConfigError, EdgeweaveError, PlanningError
-from edgeweave.models.config import ModelConfig
 from edgeweave.plan import objectives as O
 from edgeweave.plan.partition import place_tables, search, tables_for
 from edgeweave.plan.tables import CostTables
 from edgeweave.profile.cost import ModelCosts
 from edgeweave.types import Fleet, Plan
+
+if TYPE_CHECKING:  # importing edgeweave.models pulls in torch
+    from edgeweave.models.config import ModelConfig
 
 
 @dataclass(frozen=True)

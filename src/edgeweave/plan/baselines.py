@@ -17,11 +17,11 @@ to load them) rather than raising.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeweave.errors import ConfigError, PlanningError
-from edgeweave.models.config import ModelConfig
 from edgeweave.plan import objectives as O
 from edgeweave.plan.objectives import evaluate, make_plan
 from edgeweave.plan.partition import tables_for
@@ -31,6 +31,9 @@ from edgeweave.types import Fleet, Plan
 
 Parts = list[tuple[int, int, int, int, int]]
 BASELINES: dict[str, Callable[[CostTables, int], list[Parts]]] = {}
+
+if TYPE_CHECKING:  # importing edgeweave.models pulls in torch
+    from edgeweave.models.config import ModelConfig
 
 
 def baseline(name: str) -> Callable[[Callable[[CostTables, int], list[Parts]]],

@@ -23,10 +23,11 @@ on an 8-device fleet, against milliseconds for the additive objectives).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from edgeweave.errors import PlanningError
-from edgeweave.models.config import ModelConfig
 from edgeweave.plan import objectives as O
 from edgeweave.plan.objectives import OBJECTIVES, evaluate, make_plan
 from edgeweave.plan.tables import INF, Constraints, CostTables, build
@@ -39,6 +40,9 @@ Part = tuple[int, int, int, int, int]  # (device, variant, start, end, codec) in
 _TOL = 1e-12
 
 __all__ = ["OBJECTIVES", "costs_of", "place", "place_tables", "search", "tables_for"]
+
+if TYPE_CHECKING:  # importing edgeweave.models pulls in torch
+    from edgeweave.models.config import ModelConfig
 
 
 def costs_of(model: ModelConfig | ModelCosts, prompt_len: int = 128,

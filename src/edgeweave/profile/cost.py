@@ -11,8 +11,8 @@ the host calibration (the fraction of STREAM bandwidth our decode kernels reach,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from edgeweave.models.config import ModelConfig
 from edgeweave.profile.variants import CODEC_BYTES, CODEC_TIME_S, CODEC_TOKEN_EXTRA, Variant
 from edgeweave.types import DeviceProfile, LinkProfile
 
@@ -23,6 +23,9 @@ OPS_PER_BLOCK = 45
 OPS_EMBED = 2
 OPS_HEAD = 8  # final norm (6) + lm_head + slicing
 TOKEN_ID_BYTES = 4
+
+if TYPE_CHECKING:  # importing edgeweave.models pulls in torch
+    from edgeweave.models.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ def model_costs(name: str | None = None, prompt_len: int = 128, context: int = 5
     import json
 
     from edgeweave.models import DEFAULT_MODEL, resolve
+    from edgeweave.models.config import ModelConfig
 
     label, folder = resolve(name or DEFAULT_MODEL)
     cfg = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))

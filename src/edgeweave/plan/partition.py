@@ -155,9 +155,10 @@ def _no_plan(t: CostTables) -> PlanningError:
     lines = [f"{d}: {r}" for d, r in t.excluded.items()]
     if usable:
         cap = {d: t.cap[t.devices.index(d)] for d in usable}
-        big = max(cap, key=cap.get)
-        lines.append(f"usable devices hold {sum(cap.values()) / 1e6:.0f} MB together, the "
-                     f"largest {big!r} {cap[big] / 1e6:.0f} MB")
+        listed = ", ".join(f"{d} {c / 1e6:.0f} MB" for d, c in sorted(cap.items(),
+                                                                       key=lambda x: -x[1]))
+        lines.append(f"free memory of the usable devices: {listed} "
+                     f"({sum(cap.values()) / 1e6:.0f} MB together)")
     return PlanningError(
         f"model {t.model.name!r} fits nowhere in fleet {t.fleet.name!r}: it needs "
         f"{need / 1e6:.0f} MB even as {smallest.name} (weights + KV cache for "

@@ -101,6 +101,29 @@ def search(t: CostTables, obj: O.Objective, cap_s: float | None = None,
     nodes = [0]
     if maxlen.sum() < L:
         return INF, [], True
+    # Per-block cost of each device at its cheapest variant: with each device used once, the
+    # blocks left cost at least a fractional knapsack over the free devices (cheapest first,
+    # each up to its longest stage). It sees what the DP cannot (devices are not reusable);
+    # the search takes the larger of the two bounds. Sums only: a bottleneck has no knapsack.
+    per_blk = np.where(t.ok, t.blk[obj.stage_metric], INF).min(axis=1)
+    knap = obj.combine == "sum"
+
+    def knapsack(free: np.ndarray) -> np.ndarray:
+        """(L+1,) lower bound on the cost of r = 0..L more blocks on the free devices."""
+        order = np.argsort(np.where(free, per_blk, INF))
+        cost, cap = per_blk[order], np.where(free[order], maxlen[order], 0.0)
+        ok = np.isfinite(cost) & (cap > 0)
+        cost, cap = cost[ok], cap[ok]
+        out = np.full(L + 1, INF)
+        out[0] = 0.0
+        if cap.size:
+            edges = np.concatenate([[0.0], np.cumsum(cap)])
+            base = np.concatenate([[0.0], np.cumsum(cost * cap)])
+            r = np.arange(1, L + 1, dtype=float)
+            k = np.minimum(np.searchsorted(edges, r, side="left") - 1, cap.size - 1)
+            fill = base[k] + (r - edges[k]) * cost[k]
+            out[1:] = np.where(r <= edges[-1], fill, INF)
+        return out
 
     seen: dict[tuple[int, int, int], list[tuple[float, int]]] = {}
 
@@ -122,6 +145,12 @@ def search(t: CostTables, obj: O.Objective, cap_s: float | None = None,
         # after a stage on d2 ends at k, the other free devices must hold blocks [k, L)
         room = maxlen[free].sum() - maxlen  # (n,) for d2 free
         bnd[room[:, None] < (L - idx[:L + 1])[None, :]] = INF
+        if knap:
+            rest = knapsack(free)[::-1]  # rest[k]: blocks [k, L) on the free devices
+            nxt = np.where(free[None, :], Hb, INF).min(axis=1)  # at least one more hop
+            kb = val + rest[None, :] + np.where(idx[None, :L + 1] < L, nxt[:, None], 0.0)
+            kb[:, L] = bnd[:, L]
+            bnd = np.maximum(bnd, kb)
         cand = np.flatnonzero(bnd < best[0] * (1 - _TOL))
         for flat in cand[np.argsort(bnd.flat[cand], kind="stable")]:
             b = bnd.flat[flat]

@@ -193,3 +193,16 @@ def test_cli_export_splits_and_generates(tiny_folder, tmp_home, capsys):
     assert "[0, 2)" in out and "[2, 4)" in out and "decode" in out
     assert len(list((tmp_home / "onnx").rglob("manifest.json"))) == 2
     assert main(["export", "--model", str(tiny_folder), "--variant", "int3"]) == 2
+
+
+def test_execution_provider_from_device_profile():
+    from edgeweave.runtime.engines.onnx import device_kind
+
+    assert device_kind("jetson-orin-nano-8gb") == "jetson"
+    assert device_kind("phone-flagship") == "npu-qualcomm"
+    assert device_kind("phone-midrange") == "arm-cpu"
+    assert device_kind("this-host") == "cpu"
+    prof = SessionProfile.for_device("jetson-orin-nano-8gb", threads=2)
+    # providers this wheel lacks fall back to CPU, never to an error
+    assert prof.providers()[-1] == "CPUExecutionProvider"
+    assert SessionProfile.for_device("rpi5-8gb").providers() == ["CPUExecutionProvider"]

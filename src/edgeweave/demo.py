@@ -1,44 +1,258 @@
-"""``edgeweave demo``: the main job on the embedded default (no cluster, no network).
+"""``edgeweave demo``: the whole pipeline on the embedded default (no cluster, no network).
 
-First version (foundation): load the bundled model and answer IoT-flavoured prompts,
-each with its metrics. Later stages of the pipeline hook in here.
+bundled model → two compressed variants (cached after the first run) → a plan for a sample
+home fleet (sensor hub, gateway, edge server), next to the baselines → the plan's stages
+launched in this process behind the OpenAI-compatible HTTP API on 127.0.0.1 → IoT questions
+built from real sensor windows, answered through that API with the official ``openai``
+client → a results table and an HTML report.
 """
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from edgeweave.models import DEFAULT_MODEL, catalog
-from edgeweave.runtime.engine import LocalEngine
-from edgeweave.runtime.fast import accelerate_decode
-from edgeweave.runtime.generate import GenerationResult, SamplingParams, generate
+from edgeweave.models import DEFAULT_MODEL
 
-IOT_PROMPTS = (
-    "A kitchen sensor reads 31 degrees Celsius and 85% humidity at 3 am. Is that normal? "
-    "Answer in one sentence.",
-    "In one sentence: why should a battery-powered door sensor send data less often?",
-    "List two things a smart thermostat can do to save energy.",
-)
+DEMO_TASKS = ("activity", "occupancy", "appliance", "anomaly", "wikiqa")
+
+Step = Callable[[str, int, int], None]  # (description, done, total) for progress bars
 
 
 @dataclass(frozen=True)
-class DemoAnswer:
-    prompt: str
-    result: GenerationResult
+class DemoConfig:
+    model: str = DEFAULT_MODEL
+    variants: tuple[str, ...] = ("int8", "int4-rtn")
+    fleet: str = "home"
+    tasks: tuple[str, ...] = DEMO_TASKS
+    per_task: int = 1
+    out: Path = Path("results/demo")
+    baselines: tuple[str, ...] = ("memory", "neurosurgeon", "single", "cloud")
+    # halfway through, this device drops out: plan.adapt re-plans, the stages move live
+    drop_device: str | None = "edge"
 
 
-def answer_prompts(prompts: tuple[str, ...] = IOT_PROMPTS, model: str = DEFAULT_MODEL,
-                   max_tokens: int = 64,
-                   on_answer: Callable[[DemoAnswer], None] | None = None) -> list[DemoAnswer]:
-    lm = catalog.load(model)
-    accelerate_decode(lm.model)
-    engine = LocalEngine(lm.model, max_len=512)
+@dataclass
+class DemoResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    report: Path | None = None
+    summary: Path | None = None
+    url: str = ""
+
+
+def _noop(desc: str, done: int, total: int) -> None:
+    pass
+
+
+def build_variants(cfg: DemoConfig, step: Step) -> list[dict[str, Any]]:
+    """Make (or reuse) the compressed artifacts and describe them as report rows."""
+    from edgeweave.compress import read_manifest, variant
+    from edgeweave.models import load
+    from edgeweave.models.checkpoint import weight_files
+
+    lm = load(cfg.model)
+    fp32 = sum(f.stat().st_size for f in weight_files(lm.folder))
+    rows = [{"key": "variant/fp32", "kind": "variant", "variant": "fp32", "size_mb": fp32 / 1e6,
+             "bits_per_weight": 32.0}]
+    for i, name in enumerate(cfg.variants):
+        step(f"compress {name} (cached after the first run)", i, len(cfg.variants))
+        path = variant(name, cfg.model)
+        m = read_manifest(path)
+        size = m.get("stats", {})
+        metrics = m.get("metrics", {})
+        rows.append({"key": f"variant/{name}", "kind": "variant", "variant": name,
+                     "size_mb": (size.get("size_bytes") or 0) / 1e6,
+                     "bits_per_weight": size.get("bits_per_weight"),
+                     "ppl_wiki": metrics.get("ppl_wikipedia") or metrics.get("perplexity"),
+                     "artifact": str(path)})
+    step("compress", len(cfg.variants), len(cfg.variants))
+    return rows
+
+
+def plan_fleet(cfg: DemoConfig, variant_rows: list[dict[str, Any]]) -> tuple[Any, list[dict]]:
+    """Our plan for the fleet plus the baselines' plans, as (Plan, report rows)."""
+    from edgeweave.bench.runner import _plan_row
+    from edgeweave.bench.suite import fleet_path
+    from edgeweave.errors import EdgeweaveError
+    from edgeweave.plan import place
+    from edgeweave.plan.baselines import place_baseline
+    from edgeweave.plan.fleet import load_fleet
+    from edgeweave.profile.cost import model_costs
+    variants = _planner_variants(cfg, {r["variant"] for r in variant_rows})
+    spec = load_fleet(fleet_path(cfg.fleet))
+    kw: dict[str, Any] = {"variants": variants, **_calibration()}
+    m = model_costs(cfg.model)
+    ours = place(m, spec.fleet, "latency", **kw)
+    rows = [_plan_row(cfg.fleet, "edgeweave", ours)]
+    for b in cfg.baselines:
+        try:
+            p = place_baseline(m, spec.fleet, b, "latency", **kw)
+            row = _plan_row(cfg.fleet, b, p)
+            if not row["feasible"]:
+                row["error"] = "does not fit the devices' memory (the baseline ignores it)"
+        except EdgeweaveError as e:
+            row = {"key": f"plan/{cfg.fleet}/{b}", "kind": "plan", "fleet": cfg.fleet,
+                   "planner": b, "error": str(e)}
+        rows.append(row)
+    return ours, rows
+
+
+def sensor_questions(cfg: DemoConfig) -> list[dict[str, Any]]:
+    """Real test windows of each task, turned into prompts with kNN demonstrations."""
+    from edgeweave.bench.tasks import example_prompts
+
+    out = []
+    for t in cfg.tasks:
+        out += example_prompts(t, n=cfg.per_task, demos="knn")
+    return out
+
+
+def ask(url: str, key: str, model_id: str, questions: list[dict[str, Any]], step: Step,
+        plan_label: str = "") -> list[dict[str, Any]]:
+    """Send each question through the OpenAI-compatible API with the official client."""
+    from openai import OpenAI
+
+    from edgeweave.bench.tasks import get_task, load_split
+
+    client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=300)
     answers = []
-    for p in prompts:
-        r = generate(engine, lm.tokenizer, p, SamplingParams(max_tokens=max_tokens), chat=True)
-        a = DemoAnswer(p, r)
-        answers.append(a)
-        if on_answer:
-            on_answer(a)
+    for i, q in enumerate(questions):
+        step(f"ask: {q['task']}", i, len(questions))
+        task = get_task(q["task"])
+        t0 = time.perf_counter()
+        r = client.completions.create(model=model_id, prompt=q["prompt"], temperature=0,
+                                      max_tokens=task.max_answer_tokens, stop=["\n"])
+        text = r.choices[0].text
+        extra = (r.model_extra or {}).get("edgeweave", {})
+        pred = task.parse(text)
+        item = next(i for i in load_split(q["task"]).test if i.id == q["id"])
+        answers.append({
+            "task": q["task"], "id": q["id"], "gold": q["answer"], "answer": text.strip(),
+            "parsed": pred, "metric": task.metric,
+            "score": task.score([item], [pred]).get(task.metric),
+            "prompt_tokens": r.usage.prompt_tokens if r.usage else None,
+            "completion_tokens": r.usage.completion_tokens if r.usage else None,
+            "latency_s": time.perf_counter() - t0, "ttft_s": extra.get("ttft_s"),
+            "decode_tps": extra.get("decode_tok_s"), "plan": plan_label, "question": q["prompt"][-240:],
+        })
+    step("ask", len(questions), len(questions))
     return answers
+
+
+def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
+             on_answer: Callable[[dict[str, Any]], None] | None = None) -> DemoResult:
+    from edgeweave.bench.report import write_report
+    from edgeweave.models import load
+    from edgeweave.runtime.fast import accelerate_decode
+    from edgeweave.runtime.launch import embedded
+    from edgeweave.serve.backend import CoordinatorSessions
+    from edgeweave.serve.config import ServeConfig
+    from edgeweave.serve.server import BackgroundServer
+
+    res = DemoResult()
+    t0 = time.perf_counter()
+    step("load the bundled model", 0, 1)
+    lm = load(cfg.model)
+    accelerate_decode(lm.model)
+    variant_rows = build_variants(cfg, step)
+    step("plan the fleet", 0, 1)
+    plan, plan_rows = plan_fleet(cfg, variant_rows)
+    step("launch the plan's stages", 0, 1)
+    coord = embedded(cfg.model, plan, loaded=lm)
+    key = "ew-" + secrets.token_hex(8)
+    backend = CoordinatorSessions(coord, lm.tokenizer, model_id=cfg.model)
+    server = BackgroundServer(backend, ServeConfig(api_keys=(key,), model_id=cfg.model,
+                                                   max_prompt_tokens=1536))
+    questions = sensor_questions(cfg)
+    try:
+        res.url = server.start()
+        half = len(questions) // 2 if cfg.drop_device else len(questions)
+        res.answers = ask(res.url, key, cfg.model, questions[:half], step, _label(plan))
+        if cfg.drop_device and half < len(questions):
+            step(f"{cfg.drop_device} goes away: re-plan and move stages", 0, 1)
+            adapt_row, plan = adapt_to_loss(cfg, plan, coord)
+            res.rows.append(adapt_row)
+            res.answers += ask(res.url, key, cfg.model, questions[half:], step, _label(plan))
+        for a in res.answers:
+            if on_answer:
+                on_answer(a)
+        stats = dict(getattr(coord, "stats", {}))
+    finally:
+        server.stop()
+        coord.close()
+    tokens = sum((a["prompt_tokens"] or 0) + (a["completion_tokens"] or 0) for a in res.answers)
+    tps = [a["decode_tps"] for a in res.answers if a.get("decode_tps")]
+    run_row = {"key": f"run/{cfg.fleet}/demo", "kind": "run", "fleet": cfg.fleet,
+               "codec": "/".join(s.codec for s in plan.stages[:-1]) or "–",
+               "n_layers": plan.n_layers, "stages": plan_rows[0]["stages"],
+               "decode_tps": sum(tps) / len(tps) if tps else None,
+               "ttft_s": _mean([a.get("ttft_s") for a in res.answers]),
+               "wire_bytes_per_token": None, "identical": None, "stats": stats,
+               "answered": len(res.answers), "tokens": tokens}
+    res.rows = variant_rows + plan_rows + [run_row] + res.rows + [
+        {"key": f"answer/{a['task']}/{a['id']}", "kind": "answer", **a} for a in res.answers]
+    step("write the report", 0, 1)
+    meta = {"title": "edgeweave demo: IoT answers from a planned home fleet", "suite": "demo",
+            "model": cfg.model, "host": "this host, embedded stages",
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "elapsed_s": time.perf_counter() - t0}
+    res.report, res.summary = write_report(res.rows, cfg.out, meta)
+    step("done", 1, 1)
+    return res
+
+
+def adapt_to_loss(cfg: DemoConfig, plan: Any, coord: Any) -> tuple[dict[str, Any], Any]:
+    """A device vanishes: the adapter picks the new optimum, the coordinator switches to it
+    between requests (sessions would be replayed into the moved stages)."""
+    from edgeweave.bench.suite import fleet_path
+    from edgeweave.plan.adapt import Adapter, DeviceGone
+    from edgeweave.plan.fleet import load_fleet
+    from edgeweave.profile.cost import model_costs
+
+    spec = load_fleet(fleet_path(cfg.fleet))
+    variants = {s.variant for s in plan.stages}
+    adapter = Adapter(spec.fleet, model_costs(cfg.model), "latency", plan=plan,
+                      variants=_planner_variants(cfg, variants), **_calibration())
+    decision = adapter.on_event(DeviceGone(cfg.drop_device))
+    switch_s = coord.apply_plan(decision.plan) if decision.changed else 0.0
+    p = decision.plan
+    row = {"key": f"adapt/{cfg.fleet}/{cfg.drop_device}", "kind": "adapt", "fleet": cfg.fleet,
+           "event": f"{cfg.drop_device} gone", "reason": decision.reason,
+           "moved_layers": decision.moved_layers, "switch_s": switch_s, "n_layers": p.n_layers,
+           "tpot_s": p.predicted.get("per_token_s"),
+           "stages": [{"device": s.device, "start": s.shard.start, "end": s.shard.end,
+                       "variant": s.variant, "codec": s.codec} for s in p.stages]}
+    return row, p
+
+
+def _planner_variants(cfg: DemoConfig, names: set[str]) -> dict[str, Any]:
+    from edgeweave.compress.variants import variant_path
+    from edgeweave.profile.variants import DEFAULT_VARIANTS, variant_from_manifest
+
+    out = {"fp32": DEFAULT_VARIANTS["fp32"]}
+    for n in set(cfg.variants) | names:
+        if n != "fp32":
+            out[n] = variant_from_manifest(variant_path(n, cfg.model))
+    return out
+
+
+def _calibration() -> dict[str, Any]:
+    """The host probe's calibration when one is cached (``edgeweave profile``), else none."""
+    from edgeweave.profile.probe import load_cached
+
+    host = load_cached()
+    return {"calibration": host.calibration()} if host is not None else {}
+
+
+def _label(plan: Any) -> str:
+    return " → ".join(f"{s.device}[{s.shard.start},{s.shard.end}) {s.variant}" for s in plan.stages)
+
+
+def _mean(xs: list[Any]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return sum(v) / len(v) if v else None

@@ -2,27 +2,61 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from edgeweave.cli.common import console, metrics_line
+from edgeweave.cli.common import console, table
 
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
-        max_tokens: int = typer.Option(64, "--max-tokens", "-n"),
+        fleet: str = typer.Option("home", "--fleet", help="Fleet YAML or an example name."),
+        per_task: int = typer.Option(1, "--per-task", help="Sensor questions per task."),
+        out: Path = typer.Option(Path("results/demo"), "--out", "-o"),
     ) -> None:
-        """Run the pipeline on the bundled model, embedded (no cluster needed)."""
-        from edgeweave.demo import DemoAnswer, answer_prompts
+        """The whole pipeline, embedded: compress, plan, launch, serve, answer, report."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from edgeweave.demo import DemoConfig, run_demo
         from edgeweave.models import catalog
 
-        if not catalog.is_cached(model) and model in catalog.BUNDLED:
-            console.print(f"[bold]Converting {model} once to safetensors (about 30 s)...[/bold]")
+        if model in catalog.BUNDLED and not catalog.is_cached(model):
+            console.print(f"Converting {model} once to safetensors (about 30 s)...")
+        cfg = DemoConfig(model=model, fleet=fleet, per_task=per_task, out=out)
+        with Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn(
+                "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("starting", total=1)
 
-        def show(a: DemoAnswer) -> None:
-            console.print(f"\n[bold cyan]Q:[/bold cyan] {a.prompt}")
-            console.print(f"[bold green]A:[/bold green] {a.result.text.strip()}")
-            console.print(f"[dim]{metrics_line(a.result.metrics)}[/dim]")
+            def step(desc: str, done: int, total: int) -> None:
+                bar.update(task, description=desc, completed=done, total=max(total, 1))
 
-        answer_prompts(model=model, max_tokens=max_tokens, on_answer=show)
+            res = run_demo(cfg, step)
+        plan_rows = [r for r in res.rows if r["kind"] == "plan"]
+        console.print(table(f"Plans for the {fleet} fleet (predicted per-token latency)",
+                            ["planner", "stages", "TPOT ms", "energy J/token"],
+                            [[r["planner"], _stages(r), _ms(r.get("tpot_s")),
+                              _num(r.get("energy_j_per_token"))] for r in plan_rows]))
+        console.print(table("Answers through the OpenAI-compatible API (real sensor windows)",
+                            ["task", "gold", "answer", "score", "prompt tok", "latency s",
+                             "decode tok/s"],
+                            [[a["task"], a["gold"], a["answer"][:40], _num(a.get("score")),
+                              a.get("prompt_tokens"), _num(a["latency_s"]),
+                              _num(a.get("decode_tps"))] for a in res.answers]))
+        console.print(f"[bold]report:[/bold] {res.report}\n[bold]summary:[/bold] {res.summary}")
+
+
+def _stages(r: dict) -> str:
+    if r.get("error"):
+        return "infeasible"
+    return " → ".join(f"{s['device']}[{s['start']},{s['end']}) {s['variant']}" for s in r["stages"])
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v * 1000:.1f}"
+
+
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3g}"

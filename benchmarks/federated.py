@@ -74,6 +74,9 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int) -> di
                       target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
     m = client_model(base, lora, cfg.base_dtype)
     cache = PrefixCache(region[0])
+    for pid in range(cfg.num_clients):  # the clients' cached prefixes cover the union
+        cache._h.update(prefix_cache((cfg.model, cfg.base_dtype, cfg.task, pid, region[0]),
+                                     region[0])._h)
     t0 = time.perf_counter()
     train(m, union, TrainConfig(steps=central_steps, lr=cfg.lr, batch_size=cfg.batch_size * 2,
                                 micro_batch_size=cfg.batch_size * 2, seq_len=cfg.seq_len),

@@ -1,0 +1,53 @@
+"""The main job end to end on the real bundled model: the demo pipeline and a small bench
+suite (resumable), both producing a report that renders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeweave.bench.render import non_blank_fraction, render
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_pipeline_answers_sensor_questions_through_the_api(tmp_path):
+    from edgeweave.demo import DemoConfig, run_demo
+
+    steps = []
+    res = run_demo(DemoConfig(tasks=("occupancy", "activity"), out=tmp_path),
+                   step=lambda d, i, n: steps.append(d))
+    assert len(res.answers) == 2 and {a["task"] for a in res.answers} == {"occupancy", "activity"}
+    for a in res.answers:
+        assert a["prompt_tokens"] > 50 and a["completion_tokens"] >= 1
+        assert a["score"] is not None
+    kinds = {r["kind"] for r in res.rows}
+    assert {"variant", "plan", "run", "answer", "adapt"} <= kinds
+    adapt = next(r for r in res.rows if r["kind"] == "adapt")
+    assert all(s["device"] != "edge" for s in adapt["stages"])  # the lost device holds nothing
+    assert any(s.startswith("compress") for s in steps) and res.url.startswith("http://127.0.0.1")
+    sizes = {r["variant"]: r["size_mb"] for r in res.rows if r["kind"] == "variant"}
+    assert sizes["int8"] < 0.3 * sizes["fp32"] and sizes["int4-rtn"] < sizes["int8"]
+    shot = render(res.report, tmp_path / "demo.png")
+    assert shot.errors == () and non_blank_fraction(shot.png) > 0.05
+
+
+def test_bench_suite_runs_and_resumes(tmp_path):
+    from edgeweave.bench.runner import run_bench
+    from edgeweave.bench.suite import Suite
+
+    suite = Suite("test", variants=("fp32", "int8"), tasks=("occupancy",), task_limit=2,
+                  ppl_tokens=256, decode_tokens=8, fleets=("home",))
+    html, md = run_bench(suite, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    kinds = {r["kind"] for r in rows}
+    assert {"variant", "task", "task_baseline", "device", "plan", "run"} <= kinds
+    v = {r["variant"]: r for r in rows if r["kind"] == "variant"}
+    assert v["fp32"]["ppl_wiki"] > 1 and v["int8"]["size_mb"] < v["fp32"]["size_mb"]
+    assert all(r["identical"] for r in rows if r["kind"] == "run" and r["codec"] == "fp16")
+    assert all(r.get("predicted") for r in rows if r["kind"] in ("device", "plan"))
+    before = len(rows)
+    run_bench(suite, tmp_path)  # resumed: nothing left to measure
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == before
+    assert "Compression variants" in html.read_text() and md.read_text().startswith("# ")

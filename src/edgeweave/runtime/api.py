@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from edgeweave.errors import GenerationError
 from edgeweave.models import load
 from edgeweave.runtime.engine import LocalEngine
 from edgeweave.runtime.fast import accelerate_decode
@@ -21,6 +22,8 @@ def run_generate(prompt: str, *, model: str = "smollm2-135m-instruct", chat: boo
                  **sampling: object) -> GenerationResult:
     """Load ``model``, generate for ``prompt`` and echo text (streamed or at the end)."""
     params = SamplingParams(**sampling)  # validate before the (slow) model load
+    if not prompt.strip():
+        raise GenerationError("the prompt is empty: give some text to continue or answer")
     lm = load(model)
     accelerate_decode(lm.model)
     engine = LocalEngine(lm.model)

@@ -8,7 +8,6 @@ modules of :mod:`edgeweave.compress.modules` (only the blocks of ``shard`` are r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -26,7 +25,7 @@ from edgeweave.models.checkpoint import LoadedModel
 from edgeweave.models.config import ModelConfig
 from edgeweave.models.llama import BlockModel, Rotary
 from edgeweave.models.tokenizer import Tokenizer
-from edgeweave.paths import atomic_dir, atomic_write_json
+from edgeweave.paths import atomic_dir, atomic_write_json, sha256_file
 from edgeweave.types import Shard
 
 FORMAT = "edgeweave-artifact"
@@ -36,14 +35,6 @@ MANIFEST = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
                    "special_tokens_map.json", "generation_config.json")
 SPARSE_MIN = 0.1  # store a linear as bitmask + values once at least 10% of it is zero
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

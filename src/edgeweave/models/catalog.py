@@ -17,8 +17,8 @@ import torch
 
 from edgeweave.errors import CheckpointError, ModelNotFoundError
 from edgeweave.models.checkpoint import LoadedModel, load_folder
-from edgeweave.models.gguf import convert_gguf, file_sha256, read_source
-from edgeweave.paths import home
+from edgeweave.models.gguf import convert_gguf, read_source
+from edgeweave.paths import home, sha256_file
 from edgeweave.types import Shard
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -104,7 +104,7 @@ def resolve(spec: str) -> tuple[str, Path]:
                                   "point at a Hugging Face folder or at the .gguf itself")
     if path.is_file() and path.suffix == ".gguf":
         # Key the cache on content, so an edited file with the same name is converted anew.
-        name = f"{path.stem.lower()}-{file_sha256(path)[:12]}"
+        name = f"{path.stem.lower()}-{sha256_file(path)[:12]}"
         folder = cache_folder(name)
         if not is_cached(name):
             convert_gguf(path, folder)

@@ -17,6 +17,7 @@ from edgeweave.errors import CheckpointError
 from edgeweave.models.config import ModelConfig
 from edgeweave.models.llama import BlockModel, Rotary
 from edgeweave.models.tokenizer import Tokenizer
+from edgeweave.paths import sha256_file
 from edgeweave.types import Shard
 
 SOURCE_FILE = "edgeweave.json"  # written next to cached conversions: where they came from
@@ -66,9 +67,7 @@ def checkpoint_fingerprint(folder: Path) -> str:
             return fp
     h = hashlib.sha256()
     for f in weight_files(folder):
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
+        h.update(sha256_file(f).encode())
     return h.hexdigest()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgeweave.errors import CheckpointError
 from edgeweave.models.checkpoint import SOURCE_FILE
-from edgeweave.paths import atomic_dir, atomic_write_json
+from edgeweave.paths import atomic_dir, atomic_write_json, sha256_file
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 GGUF_MAGIC = b"GGUF"
@@ -49,14 +49,6 @@ def gguf_architecture(path: Path) -> str:
     return arch
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_gguf(path: Path, dest: Path) -> Path:
     """Dequantize ``path`` to fp32 safetensors + tokenizer in ``dest`` (atomically)."""
     arch = gguf_architecture(path)
@@ -83,9 +75,9 @@ def convert_gguf(path: Path, dest: Path) -> Path:
         weights = sorted(tmp.glob("*.safetensors"))
         h = hashlib.sha256()
         for w in weights:
-            h.update(file_sha256(w).encode())
+            h.update(sha256_file(w).encode())
         atomic_write_json(tmp / SOURCE_FILE, {
-            "source": str(path), "source_sha256": file_sha256(path), "architecture": arch,
+            "source": str(path), "source_sha256": sha256_file(path), "architecture": arch,
             "weights_sha256": h.hexdigest(), "converted_s": round(time.perf_counter() - t0, 1),
         })
     return dest

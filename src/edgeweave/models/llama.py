@@ -88,7 +88,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         past = cache.position(layer) if cache is not None else 0
-        c, s = cos[past:past + t], sin[past:past + t]
+        # tables are fp32; a bf16/fp16 model must not be promoted (or mismatch) by them
+        c, s = cos[past:past + t].to(q.dtype), sin[past:past + t].to(q.dtype)
         q, k = apply_rope(q, c, s), apply_rope(k, c, s)
         if cache is not None:
             k, v = cache.append(layer, k, v)

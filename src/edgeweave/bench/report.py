@@ -225,7 +225,8 @@ def build(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[str, str]:
                 )
             )
     for r in by["run"]:
-        kpis.append((f"{r['fleet']} plan, run here", f"{_f(r.get('decode_tps'))} tok/s"))
+        kpis.append((f"{r['fleet']}, {r.get('codec', '')} hidden states, run here",
+                     f"{_f(r.get('decode_tps'))} tok/s"))
     if kpis:
         parts.append(
             '<section><h2>Headlines</h2><div class="kpis">'

@@ -79,7 +79,11 @@ def variant_from_manifest(path: str | Path) -> Variant:
         raise ArtifactError(f"cannot read artifact manifest {mf}: {e}") from e
     recipe = m.get("recipe") or {}
     name = str(m.get("variant") or m.get("name") or mf.parent.name)
-    bits = m.get("bits_per_weight") or recipe.get("bits_per_weight") or recipe.get("bits")
+    # the compression package writes the packed size as stats.bits_per_weight (scales,
+    # zeros and padding included) and the grid as recipe.params.bits
+    bits = (m.get("bits_per_weight") or (m.get("stats") or {}).get("bits_per_weight")
+            or recipe.get("bits_per_weight") or recipe.get("bits")
+            or (recipe.get("params") or {}).get("bits"))
     b = float(bits or 32)
     nearest = "int4" if b <= 4.9 else "int8" if b <= 8.5 else "fp16" if b <= 16 else "fp32"
     base = DEFAULT_VARIANTS.get(name) or DEFAULT_VARIANTS[nearest]

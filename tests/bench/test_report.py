@@ -8,8 +8,9 @@ import json
 import pytest
 
 from edgeweave.bench.energy import EnergyMeter, per_token
+from edgeweave.bench.plots import pareto
 from edgeweave.bench.render import non_blank_fraction, render
-from edgeweave.bench.report import build, pareto, write_report
+from edgeweave.bench.report import build, write_report
 from edgeweave.bench.store import ResultStore
 
 

@@ -32,8 +32,9 @@ class DemoConfig:
     per_task: int = 1
     out: Path = Path("results/demo")
     baselines: tuple[str, ...] = ("memory", "neurosurgeon", "single", "cloud")
-    # halfway through, this device drops out: plan.adapt re-plans, the stages move live
-    drop_device: str | None = "edge"
+    # halfway through, this device drops out: plan.adapt re-plans, the stages move live.
+    # "auto": the device holding most blocks of the plan (never the fleet's entry or exit)
+    drop_device: str | None = "auto"
 
 
 @dataclass
@@ -173,9 +174,10 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
         res.url = server.start()
         half = len(questions) // 2 if cfg.drop_device else len(questions)
         res.answers = ask(res.url, key, cfg.model, questions[:half], step, _label(plan))
-        if cfg.drop_device and half < len(questions):
-            step(f"{cfg.drop_device} goes away: re-plan and move stages", 0, 1)
-            adapt_row, plan = adapt_to_loss(cfg, plan, coord)
+        gone = _device_to_drop(cfg, plan)
+        if gone and half < len(questions):
+            step(f"{gone} goes away: re-plan and move stages", 0, 1)
+            adapt_row, plan = adapt_to_loss(cfg, plan, coord, gone)
             res.rows.append(adapt_row)
             res.answers += ask(res.url, key, cfg.model, questions[half:], step, _label(plan))
         for a in res.answers:
@@ -206,7 +208,18 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
     return res
 
 
-def adapt_to_loss(cfg: DemoConfig, plan: Any, coord: Any) -> tuple[dict[str, Any], Any]:
+def _device_to_drop(cfg: DemoConfig, plan: Any) -> str | None:
+    if cfg.drop_device != "auto":
+        return cfg.drop_device
+    from edgeweave.bench.suite import fleet_path
+    from edgeweave.plan.fleet import load_fleet
+
+    fleet = load_fleet(fleet_path(cfg.fleet)).fleet
+    movable = [s for s in plan.stages if s.device not in (fleet.entry, fleet.exit)]
+    return max(movable, key=lambda s: s.shard.size).device if movable else None
+
+
+def adapt_to_loss(cfg: DemoConfig, plan: Any, coord: Any, gone: str) -> tuple[dict[str, Any], Any]:
     """A device vanishes: the adapter picks the new optimum, the coordinator switches to it
     between requests (sessions would be replayed into the moved stages)."""
     from edgeweave.bench.suite import fleet_path
@@ -218,11 +231,11 @@ def adapt_to_loss(cfg: DemoConfig, plan: Any, coord: Any) -> tuple[dict[str, Any
     variants = {s.variant for s in plan.stages}
     adapter = Adapter(spec.fleet, model_costs(cfg.model), "latency", plan=plan,
                       variants=_planner_variants(cfg, variants), **_calibration())
-    decision = adapter.on_event(DeviceGone(cfg.drop_device))
+    decision = adapter.on_event(DeviceGone(gone))
     switch_s = coord.apply_plan(decision.plan) if decision.changed else 0.0
     p = decision.plan
-    row = {"key": f"adapt/{cfg.fleet}/{cfg.drop_device}", "kind": "adapt", "fleet": cfg.fleet,
-           "event": f"{cfg.drop_device} gone", "reason": decision.reason,
+    row = {"key": f"adapt/{cfg.fleet}/{gone}", "kind": "adapt", "fleet": cfg.fleet,
+           "device": gone, "event": f"{gone} gone", "reason": decision.reason,
            "moved_layers": decision.moved_layers, "switch_s": switch_s, "n_layers": p.n_layers,
            "tpot_s": p.predicted.get("per_token_s"),
            "stages": [{"device": s.device, "start": s.shard.start, "end": s.shard.end,

@@ -87,6 +87,7 @@ def main() -> None:
                 coord.apply_plan(p)
                 with coord.new_session() as s:
                     runs.setdefault(codec, []).append(run(s, tok, ids, n))
+            coord.apply_plan(plans["fp16"])  # the loop above ended on int8
             coord.logits_codec = "top64"  # fp16 hidden states, top-64 logits on the last hop
             with coord.new_session() as s:
                 runs.setdefault("fp16+top64", []).append(run(s, tok, ids, n))

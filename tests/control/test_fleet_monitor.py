@@ -109,3 +109,37 @@ def test_a_silent_node_times_out_on_heartbeats_and_comes_back(broker, fleet):
                 os.kill(proc.pid, signal.SIGCONT)
             proc.kill()
             proc.wait(5)
+
+
+def test_edgeweave_node_joins_the_control_plane_and_its_death_fires_the_will(
+        broker, fleet, tiny_folder):
+    """`edgeweave node --mqtt` runs the agent in the node's own process: the profile names
+    the gRPC address, and a SIGKILL of the node (not a separate agent) is a departure."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeweave", "node", "--model", str(tiny_folder),
+         "--name", "pi-7", "--fleet", fleet, "--mqtt", f"{broker.host}:{broker.port}",
+         "--telemetry-s", "0.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        with FleetMonitor(broker.host, broker.port, fleet=fleet) as mon:
+            line = proc.stdout.readline().strip()
+            assert line.startswith("EDGEWEAVE-NODE READY 127.0.0.1:"), line
+            assert mon.wait_for(EventKind.JOINED, "pi-7", 10)
+            assert mon.nodes()["pi-7"].profile["address"] == line.split()[-1]
+            for _ in range(40):  # telemetry follows the announce within a second
+                if mon.nodes()["pi-7"].telemetry is not None:
+                    break
+                time.sleep(0.1)
+            assert mon.nodes()["pi-7"].telemetry is not None
+            proc.kill()
+            ev = mon.wait_for(EventKind.GONE, "pi-7", DEADLINE_S)
+            assert ev is not None and ev.detail["reason"] == "lost"
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_edgeweave_node_with_a_bad_mqtt_address_fails_clearly(tiny_folder):
+    r = subprocess.run([sys.executable, "-m", "edgeweave", "node", "--model", str(tiny_folder),
+                        "--mqtt", "nohostport"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "HOST:PORT" in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr

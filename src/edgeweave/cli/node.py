@@ -21,6 +21,11 @@ def register(app: typer.Typer) -> None:
         memory_mb: int = typer.Option(4096, "--memory-mb", help="KV-cache cap; least recently "
                                       "used sessions are evicted beyond it."),
         threads: int = typer.Option(0, "--threads", help="Torch threads (0 = default)."),
+        mqtt: str = typer.Option(None, "--mqtt", help="HOST:PORT of the fleet's MQTT broker: "
+                                 "announce this node, heartbeat, telemetry, last will."),
+        fleet: str = typer.Option("default", "--fleet", help="Fleet name on the broker."),
+        telemetry_s: float = typer.Option(5.0, "--telemetry-s", help="Seconds between "
+                                          "telemetry readings (with --mqtt)."),
     ) -> None:
         """Host stages of a pipeline; prints `EDGEWEAVE-NODE READY host:port` when serving."""
         import logging
@@ -31,4 +36,5 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         tls = TLSFiles.from_dir(tls_dir, name) if tls_dir else None
         run_node(model, host, port, tuple(stage), variant, tls, memory_mb, threads,
-                 ready=lambda line: print(line, flush=True))
+                 ready=lambda line: print(line, flush=True), mqtt=mqtt, device=name,
+                 fleet=fleet, telemetry_s=telemetry_s)

@@ -40,6 +40,7 @@ Plain ``nn.Linear`` (kind ``linear``) is saved in fp16 with its (possibly shrunk
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -154,6 +155,7 @@ def _int8_from_state(t: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Mod
     return Int8Linear(t["qweight"], t["scales"], t.get("bias"), meta.get("mode", "w8a16"))
 
 
+@functools.lru_cache(maxsize=16)  # a model has a handful of shapes; saving asks per linear
 def _int4_permutation(n: int, k: int) -> torch.Tensor:
     """Index map of the kernel layout: kernel_nibbles.flatten() == public.flatten()[perm].
 

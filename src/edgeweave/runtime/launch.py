@@ -240,8 +240,15 @@ def launch(plan: Plan, model: str, *, tls_dir: str | Path | None = None,
 
 def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[str, ...] = (),
              variant: str = "fp32", tls: Any = None, memory_mb: int = 4096, threads: int = 0,
-             backend: str = "torch", ready: Callable[[str], None] | None = None) -> None:
-    """Serve stages of ``model`` until SIGTERM/SIGINT (the body of ``edgeweave node``)."""
+             backend: str = "torch", ready: Callable[[str], None] | None = None,
+             mqtt: str | None = None, device: str = "node", fleet: str = "default",
+             telemetry_s: float | None = 5.0) -> None:
+    """Serve stages of ``model`` until SIGTERM/SIGINT (the body of ``edgeweave node``).
+
+    With ``mqtt`` (``HOST:PORT`` of the fleet's broker) the node also joins the control plane
+    from this same process: it announces its gRPC address and stages, heartbeats and sends
+    telemetry, and its last will fires when the process dies, so the coordinator fails over.
+    """
     from edgeweave.runtime.engines.base import EngineConfig
     from edgeweave.runtime.stage import StageHost, serve
 
@@ -263,7 +270,27 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    agent = None
+    if mqtt:
+        agent = _node_agent(mqtt, device, fleet, telemetry_s, f"{host}:{bound}", stages, variant)
     (ready or print)(f"{READY} {host}:{bound}")
-    while not stop.wait(0.5):  # a timed wait lets the signal handler run promptly
-        pass
-    server.stop(grace=1.0).wait()
+    try:
+        while not stop.wait(0.5):  # a timed wait lets the signal handler run promptly
+            pass
+    finally:
+        if agent is not None:
+            agent.stop()  # a clean goodbye: offline/clean instead of the will
+        server.stop(grace=1.0).wait()
+
+
+def _node_agent(mqtt: str, device: str, fleet: str, telemetry_s: float | None, address: str,
+                stages: tuple[str, ...], variant: str) -> Any:
+    from edgeweave.control.agent import NodeAgent, host_profile
+
+    mhost, _, mport = mqtt.rpartition(":")
+    if not mhost or not mport.isdigit():
+        raise ConfigError(f"--mqtt {mqtt!r} must look like HOST:PORT, e.g. 127.0.0.1:1883")
+    profile = host_profile() | {"address": address, "stages": list(stages), "variant": variant}
+    # an unreachable broker raises RuntimeStageError with the fix in its message
+    return NodeAgent(device, mhost, int(mport), fleet=fleet, profile=profile,
+                     telemetry_s=telemetry_s).start()

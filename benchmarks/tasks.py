@@ -103,12 +103,15 @@ def fmt(x: float) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", default="activity,occupancy,appliance,anomaly,forecast,wikiqa")
-    ap.add_argument("--limit", type=int, default=10, help="test items per sensor class. task")
+    ap.add_argument("--limit", type=int, default=24, help="test items per sensor class. task")
     ap.add_argument("--limit-other", type=int, default=5, help="test items per other task")
-    ap.add_argument("--k", type=int, default=3)
-    ap.add_argument("--budget", type=int, default=256)
+    ap.add_argument("--k", type=int, default=4)
+    # SmolLM2 spends a token per digit: one sensor demo is ~60-80 tokens, so a 256-token
+    # budget left room for a single demo (and with one demo the model picked the other label)
+    ap.add_argument("--budget", type=int, default=512)
     ap.add_argument("--inserts", type=int, default=100_000)
     ap.add_argument("--skip-llm", action="store_true")
+    ap.add_argument("--skip-store", action="store_true", help="only the task suite")
     ap.add_argument("--encodings", default="", help="also compare these encodings on activity")
     ap.add_argument("--out", default="results/tasks.json")
     args = ap.parse_args()
@@ -117,6 +120,15 @@ def main() -> int:
     def save() -> None:
         atomic_write_json(args.out, results)
 
+    if not args.skip_store:
+        store_benchmarks(args, results)
+    save()
+    if args.skip_llm:
+        return 0
+    return run_tasks(args, results, save)
+
+
+def store_benchmarks(args: argparse.Namespace, results: dict) -> None:
     print("== DemonstrationStore ==", flush=True)
     results["store"]["stream"] = [
         store_stream(args.inserts, "lru", 384, 1000, 3 << 19),
@@ -136,17 +148,16 @@ def main() -> int:
     for r in results["store"]["persistence"]:
         print(f"sqlite synchronous={r['synchronous']}: {r['inserts_per_s']:.0f} inserts/s, "
               f"reopen {r['reopen_s'] * 1000:.0f} ms", flush=True)
-    save()
-    if args.skip_llm:
-        return 0
 
+
+def run_tasks(args: argparse.Namespace, results: dict, save) -> int:  # noqa: ANN001
     from edgeweave.bench.tasks import baseline_task, evaluate_task
     from edgeweave.models import load
 
     lm = load()
     print("\n== SmolLM2-135M on the task suite ==", flush=True)
     header = (f"{'task':10s} {'metric':18s} {'baseline':>8s} " +
-              " ".join(f"{c[0]:>10s}" for c in CONDITIONS) + "  prompt tok / latency s")
+              " ".join(f"{c[0]:>10s}" for c in CONDITIONS) + "  prompt tok / latency s / demos")
     print(header, flush=True)
     for task in args.tasks.split(","):
         limit = args.limit if task in SENSOR_CLASSIFICATION else args.limit_other
@@ -165,7 +176,8 @@ def main() -> int:
         print(f"{task:10s} {metric:18s} {fmt(base['score']):>8s} "
               + " ".join(f"{fmt(rows[c[0]]['score']):>10s}" for c in CONDITIONS) + "  "
               + " ".join(f"{rows[c[0]]['mean_prompt_tokens']:.0f}/"
-                         f"{rows[c[0]]['mean_latency_s']:.1f}" for c in CONDITIONS)
+                         f"{rows[c[0]]['mean_latency_s']:.1f}/{rows[c[0]]['mean_demos']:.1f}"
+                         for c in CONDITIONS)
               + extra, flush=True)
     if args.encodings:
         print("\n== Sensor encodings on activity (kNN+order demos): accuracy per token ==")

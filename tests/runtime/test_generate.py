@@ -115,3 +115,20 @@ def test_chat_template_is_applied(lm):
     ids = lm.tokenizer.encode_chat([{"role": "user", "content": "hello"}])
     text = lm.tokenizer.decode(ids, skip_special_tokens=False)
     assert "<|im_start|>" in text and "assistant" in text
+
+
+def test_peak_rss_of_a_child_is_its_own_not_its_big_parents():
+    """ru_maxrss survives fork+exec; the reported peak must not (it was 3x off in benchmarks)."""
+    import subprocess
+    import sys
+
+    from edgeweave.runtime.generate import peak_rss_mb
+
+    ballast = bytearray(600 << 20)  # touched: 600 MiB resident in this process
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    assert peak_rss_mb() > 600
+    out = subprocess.run([sys.executable, "-c", "from edgeweave.runtime.generate import "
+                          "peak_rss_mb; print(peak_rss_mb())"], capture_output=True, text=True,
+                         check=True).stdout
+    del ballast
+    assert 10 < float(out) < 500

@@ -1,5 +1,5 @@
 """Per-variant measurements on this host, run in a fresh process per variant so that each
-variant's peak RSS is its own (``ru_maxrss`` only ever grows within a process)."""
+variant's peak RSS is its own (a process's high-water mark only ever grows)."""
 
 from __future__ import annotations
 

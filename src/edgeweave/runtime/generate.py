@@ -52,8 +52,20 @@ class SamplingParams:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux's ``VmHWM`` belongs to the address space, which ``exec`` replaces; ``ru_maxrss``
+    survives ``exec`` and starts at the parent's size after ``fork``, so a small child of a
+    big benchmark process would report the parent's peak (seen: 1.5 GB for a 0.5 GB model).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # macOS and friends
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ One run per engine, same prompt, batch 1, greedy, ``--new-tokens`` (128) new tok
   and a 2-stage split (in-process chain), plus int4/int8 with the exporter's own RTN g32
   (the recipe onnxruntime-genai uses),
 * onnxruntime-genai fp32 / int8 / int4 built by its model builder from the same fp32 weights,
-* llama.cpp when ``llama_cpp`` is importable (never built here: it compiles for ~15 min).
+* llama.cpp F32 / Q8_0 / Q4_0 when ``llama_cpp`` is importable (``_llamacpp.py``: it has no
+  wheel and compiles for ~15-20 min, so it is never built by the benchmark itself).
 
 Every row carries the bytes of weights (and KV cache) read per decode step and its fraction
 of the memory-bandwidth roofline (measured read bandwidth / bytes per token).
@@ -235,6 +236,17 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
             return out_dir, onnx_weight_bytes(model_file)
         return build
 
+    def llama(prec):
+        def build():
+            import _llamacpp
+
+            from edgeweave.models.catalog import BUNDLED
+
+            gguf = _llamacpp.quantized_gguf(BUNDLED[m].source(), home() / "llama-cpp" / m, prec, t)
+            return _llamacpp.load(gguf, t, ml), _llamacpp.gguf_weight_bytes(gguf)
+        return build
+
+    has_llama = importlib.util.find_spec("llama_cpp") is not None and m in _bundled()
     # grouped by precision; rows that need no compression artifact first, so that a
     # partial run (incremental JSON) already holds the comparisons
     for prec in precisions:
@@ -244,6 +256,11 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
         kw = rtn_kw if rtn else None
         add("onnxruntime-genai", prec, "model builder, same fp32 weights"
             + (", RTN sym block 32, accuracy_level 4" if prec != "fp32" else ""), genai(prec))
+        if has_llama:
+            import _llamacpp
+
+            add("llama.cpp", prec, f"llama-cpp-python, bundled GGUF re-quantized to "
+                f"{_llamacpp.FTYPES[prec][0]} by llama.cpp", llama(prec))
         if args.weights == "artifact" and prec != "fp32":
             add("edgeweave-onnx-rtn", prec, "exporter RTN g32 sym (genai's recipe)",
                 chain("onnx", prec, (), rtn_kw))
@@ -253,6 +270,12 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
         add("edgeweave-onnx-split", prec, f"2 stages [0,{cut})+[{cut},end), " + note,
             chain("onnx", prec, (cut,), kw))
     return out
+
+
+def _bundled() -> set[str]:
+    from edgeweave.models.catalog import BUNDLED
+
+    return set(BUNDLED)
 
 
 def main() -> None:
@@ -303,6 +326,11 @@ def main() -> None:
 
                 obj = og.Model(str(obj))
                 runs = [run_genai(obj, ids, args.new_tokens) for _ in range(args.repeat)]
+            elif engine == "llama.cpp":
+                import _llamacpp
+
+                _llamacpp.run(obj, ids[:16], 8)  # warm-up
+                runs = [_llamacpp.run(obj, ids, args.new_tokens) for _ in range(args.repeat)]
             else:
                 run_logits_engine(obj, ids[:16], 8)  # warm-up: arenas, prepacked weights
                 runs = [run_logits_engine(obj, ids, args.new_tokens)
@@ -332,10 +360,10 @@ def main() -> None:
         print(f"{engine:22s} {prec}: {res['decode_tps']:.1f} tok/s", flush=True)
         write_json(args.out, {"model": args.model, "threads": args.threads, "partial": True,
                               "rows": rows, "bandwidth_gbs": bw})
-    llama = importlib.util.find_spec("llama_cpp") is not None
-    rows.append({"engine": "llama.cpp", "precision": "F32/Q8_0/Q4_0",
-                 "note": "llama_cpp importable but not benchmarked here" if llama else
-                 "not installed (llama-cpp-python has no wheel; ~15 min build, not done)"})
+    if importlib.util.find_spec("llama_cpp") is None:
+        rows.append({"engine": "llama.cpp", "precision": "F32/Q8_0/Q4_0",
+                     "note": "not installed (no wheel on PyPI; see benchmarks/_llamacpp.py "
+                             "for the ~15-20 min build)"})
     summary = _summary(rows)
     _print(rows, summary)
     write_json(args.out, {"model": args.model, "threads": args.threads,
@@ -357,6 +385,11 @@ def _summary(rows) -> dict[str, Any]:
         split = _tps(rows, "edgeweave-onnx-split", prec)
         torch_ = _tps(rows, "edgeweave-torch", prec)
         rtn = _tps(rows, "edgeweave-onnx-rtn", prec)
+        llama = _tps(rows, "llama.cpp", prec)
+        if ours and llama:
+            out[f"onnx_vs_llamacpp_{prec}"] = ours / llama
+        if rtn and llama:
+            out[f"onnx_rtn_vs_llamacpp_{prec}"] = rtn / llama
         if ours and genai:
             out[f"onnx_vs_genai_{prec}"] = ours / genai
         if rtn and genai:
@@ -376,7 +409,7 @@ def _print(rows, summary) -> None:
               r.get("bytes_per_token_mb", "-"), r.get("roofline_fraction", "-"),
               r.get("same_tokens_as_torch_fp32", "-"), r.get("build_s", "-")] for r in rows]
     print_table("decode speed (batch 1, greedy)", cols, table)
-    print_table("ratios (targets: onnx/genai >= 0.9, split/whole >= 0.85)",
+    print_table("ratios (targets: onnx/genai >= 0.9, onnx/llama.cpp >= 1.0, split/whole >= 0.85)",
                 ["ratio", "value"], [[k, v] for k, v in summary.items()])
 
 

@@ -38,6 +38,19 @@ def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]], cls: str = "")
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _section(parts: list[str], md: list[str], title_html: str, title_md: str,
+             columns: Sequence[str], rows: list[Sequence[Any]], *, before: str = "",
+             after: str = "", at: int | None = None) -> None:
+    """One titled table in both outputs: an HTML ``<section>`` (figures ``before``/``after``
+    the table; ``at`` inserts it at that position) and a Markdown heading + table."""
+    block = f"<section><h2>{title_html}</h2>{before}{_table(columns, rows)}{after}</section>"
+    if at is None:
+        parts.append(block)
+    else:
+        parts.insert(at, block)
+    md += [f"## {title_md}", "", _md_table(columns, rows), ""]
+
+
 def _md_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     out += ["| " + " | ".join(_f(c) for c in r) + " |" for r in rows]
@@ -171,14 +184,10 @@ def build(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[str, str]:
             )
         )
     )
-    parts.append(
-        "<section><h2>Compression variants, measured on this host</h2>"
-        + _table(vcols, vrows)
-        + f'<div class="grid">{plots}</div>'
-        '<p class="note">Energy is from RAPL counters where readable, otherwise from the cost '
-        'model (labelled "model").</p></section>'
-    )
-    md += ["## Compression variants (measured here)", "", _md_table(vcols, vrows), ""]
+    _section(parts, md, "Compression variants, measured on this host",
+             "Compression variants (measured here)", vcols, vrows,
+             after=f'<div class="grid">{plots}</div><p class="note">Energy is from RAPL counters '
+             'where readable, otherwise from the cost model (labelled "model").</p>')
 
     # -- tasks --------------------------------------------------------------------------------
     if tasks:
@@ -209,13 +218,8 @@ def build(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[str, str]:
             ]
             for r in sorted(tasks, key=lambda r: (r["task"], r["variant"], r.get("demos", "")))
         ]
-        parts.append(
-            "<section><h2>IoT tasks on real sensor data</h2>"
-            + task_bar_plot(tasks, baselines)
-            + _table(tcols, trows)
-            + "</section>"
-        )
-        md += ["## IoT tasks", "", _md_table(tcols, trows), ""]
+        _section(parts, md, "IoT tasks on real sensor data", "IoT tasks", tcols, trows,
+                 before=task_bar_plot(tasks, baselines))
 
     # -- devices (predicted) ------------------------------------------------------------------
     if by["device"]:
@@ -233,11 +237,8 @@ def build(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[str, str]:
             ]
             for r in sorted(by["device"], key=lambda r: (r.get("tier", ""), r["device"], r["variant"]))
         ]
-        parts.append(
-            '<section><h2>Catalog devices <span class="tag pred">predicted by the cost '
-            "model</span></h2>" + _table(dcols, drows) + "</section>"
-        )
-        md += ["## Catalog devices (predicted by the cost model)", "", _md_table(dcols, drows), ""]
+        _section(parts, md, 'Catalog devices <span class="tag pred">predicted by the cost '
+                 "model</span>", "Catalog devices (predicted by the cost model)", dcols, drows)
 
     # -- plans --------------------------------------------------------------------------------
     if by["plan"]:
@@ -314,13 +315,8 @@ def build(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[str, str]:
             for r in by["run"]
         ]
         diagrams = "".join(plan_diagram(r["stages"], r["n_layers"]) for r in by["run"] if r.get("stages"))
-        parts.append(
-            "<section><h2>Plans launched on this host (embedded stages, measured)</h2>"
-            + diagrams
-            + _table(rcols, rrows)
-            + "</section>"
-        )
-        md += ["## Plans launched here (measured)", "", _md_table(rcols, rrows), ""]
+        _section(parts, md, "Plans launched on this host (embedded stages, measured)",
+                 "Plans launched here (measured)", rcols, rrows, before=diagrams)
 
     if by["answer"]:
         acols = ["task", "gold", "answer", "metric", "score", "prompt tokens", "latency s", "decode tok/s"]
@@ -337,15 +333,11 @@ def build(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[str, str]:
             ]
             for a in by["answer"]
         ]
-        parts.insert(
-            1 if kpis else 0,
-            "<section><h2>IoT questions from real sensor windows, "
-            "answered through the OpenAI-compatible API</h2>"
-            + _table(acols, arows)
-            + '<p class="note">Each prompt holds a real test window encoded as text plus '
-            "kNN-selected demonstrations from the training split.</p></section>",
-        )
-        md += ["## Answers through the API", "", _md_table(acols, arows), ""]
+        _section(parts, md, "IoT questions from real sensor windows, answered through the "
+                 "OpenAI-compatible API", "Answers through the API", acols, arows,
+                 after='<p class="note">Each prompt holds a real test window encoded as text '
+                 "plus kNN-selected demonstrations from the training split.</p>",
+                 at=1 if kpis else 0)
 
     title = html.escape(meta.get("title", "edgeweave benchmark"))
     sub = html.escape(

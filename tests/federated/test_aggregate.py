@@ -117,3 +117,8 @@ def test_fed_config_validates_and_round_trips():
         FedConfig(aggregation="fedavg")
     with pytest.raises(ConfigError, match="aggregation"):
         FedConfig(aggregation="median")
+    with pytest.raises(ConfigError, match="re-bases A"):
+        FedConfig(aggregation="svd", freeze_a=True)
+    fa = FedConfig(freeze_a=True)
+    assert FedConfig.from_run_config(fa.to_run_config()) == fa
+    assert fa.to_run_config()["freeze-a"] is True

@@ -7,12 +7,13 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from edgeweave.federated.config import FedConfig
 from edgeweave.federated.hetero import Tier
-from edgeweave.federated.run import simulate
+from edgeweave.federated.run import initial_arrays, simulate
 
 TIERS = (Tier("micro", 512, rank=2, window=1), Tier("edge", 2048, rank=4, window=2),
          Tier("gateway", 8192, rank=4, window=None))
@@ -38,6 +39,7 @@ def _cfg(folder, **kw) -> FedConfig:
     {"aggregation": "pad"},
     {"aggregation": "svd", "proximal_mu": 0.1},
     {"aggregation": "pad", "server_opt": "adam", "server_lr": 0.02},
+    {"aggregation": "pad", "freeze_a": True},
 ])
 def test_heterogeneous_rounds_learn_and_only_adapters_travel(tiny_folder, tmp_home, kw):
     res = simulate(_cfg(tiny_folder, **kw), workers=3)
@@ -50,6 +52,11 @@ def test_heterogeneous_rounds_learn_and_only_adapters_travel(tiny_folder, tmp_ho
         assert blocks == [1, 2, 2]
         assert r["bytes_up"] < 0.05 * 3 * res["full_model_bytes"]
         assert all(c["bytes_up"] == c["bytes_down"] for c in r["clients"])  # same keys back
+    if kw.get("freeze_a"):  # LoRA-FA: A is the shared random init after every round
+        init = initial_arrays(_cfg(tiny_folder, **kw), tuple(res["region"]))
+        a_keys = [k for k in init if ".lora_A." in k]
+        assert a_keys and all(np.array_equal(res["final_arrays"][k], init[k]) for k in a_keys)
+        assert any(np.abs(res["final_arrays"][k]).sum() > 0 for k in init if ".lora_B." in k)
 
 
 def test_local_dp_mod_clips_each_update(tiny_folder, tmp_home):

@@ -21,6 +21,8 @@ def register(app: typer.Typer) -> None:
         local_steps: int = typer.Option(4), lr: float = typer.Option(3e-3),
         region: str = typer.Option("", help="Blocks with adapters, half-open 'start-end'."),
         targets: str = typer.Option("q_proj,v_proj"),
+        freeze_a: bool = typer.Option(False, "--freeze-a", help="LoRA-FA: clients train only "
+                                      "B on a shared frozen A (exact update averaging)."),
         dp_clip: float = typer.Option(0.0, help="Client-side DP (Flower LocalDpMod) clip norm."),
         dp_epsilon: float = typer.Option(1.0),
         deploy: bool = typer.Option(False, help="Run SuperLink + SuperNodes as processes."),
@@ -43,7 +45,7 @@ def register(app: typer.Typer) -> None:
         cfg = FedConfig(model=model, task=task, num_clients=clients, rounds=rounds,
                         aggregation=aggregation, server_opt=server_opt, proximal_mu=proximal_mu,
                         local_steps=local_steps, lr=lr, region=reg,
-                        targets=tuple(targets.split(",")), dp_clip=dp_clip,
+                        targets=tuple(targets.split(",")), freeze_a=freeze_a, dp_clip=dp_clip,
                         dp_epsilon=dp_epsilon, probe=not deploy)
         if deploy:
             from edgeweave.federated.deploy import Deployment

@@ -76,7 +76,8 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
 
     rank, layers = int(cfg["rank"]), tuple(int(x) for x in cfg["layers"])
     lora = LoRAConfig(rank=rank, alpha=float(run["scale"]) * rank,
-                      target_modules=tuple(str(run["targets"]).split(",")), layers=layers)
+                      target_modules=tuple(str(run["targets"]).split(",")), layers=layers,
+                      freeze_a=bool(run.get("freeze-a", False)))
     base = shared_base(str(run["model"]), str(run["base-dtype"]))
     model = client_model(base, lora, str(run["base-dtype"]))
     load_adapter_state(model, {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})

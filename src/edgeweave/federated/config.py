@@ -33,6 +33,9 @@ class FedConfig:
     trains the smallest tier's share once and its reply carries its profile (one message
     fewer per node: in deployment every message starts a ClientApp process).
     ``dp_clip`` > 0 turns on Flower's ``LocalDpMod`` on every client.
+    ``freeze_a``: LoRA-FA/FFA-LoRA: every client keeps the shared random A (its rank's rows
+    of it) and trains only B, so averaging B averages the updates ``B A`` exactly (plain
+    LoRA averages A and B separately, and the mean of products is not the product of means).
     """
 
     model: str = "smollm2-135m-instruct"
@@ -57,6 +60,7 @@ class FedConfig:
     timeout_s: float = 600.0
     min_clients: int = 0  # wait for this many nodes (0 = num_clients)
     probe: bool = True  # ask new nodes for their profile first (else: learn it from replies)
+    freeze_a: bool = False
     dp_clip: float = 0.0
     dp_epsilon: float = 1.0
     dp_delta: float = 1e-5
@@ -71,6 +75,9 @@ class FedConfig:
         if self.server_opt == "adam" and self.aggregation == "svd":
             raise ConfigError("FedAdam needs factor-aligned aggregation: the SVD re-basis "
                               "changes every round; use aggregation='pad' or 'fedavg'")
+        if self.freeze_a and self.aggregation == "svd":
+            raise ConfigError("freeze_a keeps A fixed, but SVD redistribution re-bases A every "
+                              "round: use aggregation='pad' or 'fedavg' with freeze_a")
         if self.num_clients < 1 or self.rounds < 1 or self.local_steps < 1:
             raise ConfigError("num_clients, rounds and local_steps must be >= 1")
         if self.region is not None and not 0 <= self.region[0] < self.region[1]:
@@ -103,7 +110,7 @@ class FedConfig:
                 "alpha": self.dirichlet_alpha, "seed": self.seed,
                 "targets": ",".join(self.targets), "scale": self.scale,
                 "region": "" if self.region is None else f"{self.region[0]}-{self.region[1]}",
-                "base-dtype": self.base_dtype}
+                "base-dtype": self.base_dtype, "freeze-a": self.freeze_a}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FedConfig:

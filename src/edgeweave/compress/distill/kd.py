@@ -102,7 +102,7 @@ def train_student(teacher: BlockModel, r: Distill, ids: torch.Tensor, ckpt: Path
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             done = step + 1
             if done % r.checkpoint_every == 0 and done < r.steps:
                 buf = io.BytesIO()

@@ -1,8 +1,11 @@
 """llama.cpp rows of benchmarks/engines.py (only when ``llama_cpp`` is importable).
 
-llama-cpp-python has no wheel on PyPI; it compiles for 15-20 minutes on 2 cores::
+llama-cpp-python has no wheel on PyPI; it compiles for 15-20 minutes on 2 cores (measured:
+0.3.36, about 17 min while a benchmark shared the cores)::
 
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" .venv/bin/pip install --no-deps llama-cpp-python
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF" \
+        .venv/bin/pip install --no-deps llama-cpp-python==0.3.36 diskcache
 
 Same weights: the bundled GGUF (the source of every other row's fp32 weights) is re-quantized
 by llama.cpp's own ``llama_model_quantize`` to F32 / Q8_0 / Q4_0 (dequantized first, as our

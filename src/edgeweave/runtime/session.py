@@ -139,9 +139,10 @@ class Session:
                 raise
             self._restore(plan, i, key)  # evicted under memory pressure: replay, then retry
             resp = coord.call(st.device, req, timeout)
-        if record:
+        if record and x_tokens(x) == 1:  # per-token figures: decode hops only, not prefill
             self._hop_rtt.append(time.perf_counter() - t0)
             self._hop_compute.append(resp.arg / 1e6)
+        if record:
             self._stats["bytes_sent"] += req.wire_size
             self._stats["bytes_received"] += resp.wire_size
             if not last:
@@ -190,7 +191,7 @@ class Session:
     @property
     def stats(self) -> dict[str, float]:
         """Counters plus mean round trip, compute and overhead (round trip minus the node's
-        compute time) per hop; ``generate`` copies this into ``metrics.extra``."""
+        compute time) per decode hop; ``generate`` copies this into ``metrics.extra``."""
         out = dict(self._stats)
         n = len(self._hop_rtt)
         if n:

@@ -82,7 +82,7 @@ def recipes(distill_steps: int) -> dict:
         "sparsegpt-50": SparseGPT(0.5),
         "distill18-kd": Distill(student_layers=18, steps=distill_steps, batch=4, loss="kd"),
         "distill18-ce": Distill(student_layers=18, steps=distill_steps, batch=4, loss="ce"),
-        "smoothquant-w8a8": SmoothQuant(alpha=0.5),
+        "smoothquant-w8a8": SmoothQuant(alpha=0.75),
         "rtn-int4-g64": RTN(bits=4, group_size=64),
         "gptq-int4-g64": GPTQ(bits=4, group_size=64),
         "rtn-int4-g32": RTN(bits=4, group_size=32),

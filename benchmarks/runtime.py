@@ -56,8 +56,17 @@ def main() -> None:
     ap.add_argument("--replay", default="exact", choices=["exact", "batched"])
     ap.add_argument("--stream-tokens", type=int, default=16,
                     help="new tokens per stream in the concurrency runs")
+    ap.add_argument("--node-blas-threads", type=int, default=0,
+                    help="OpenBLAS threads per node process (0 = the launcher's default)")
+    ap.add_argument("--blas-timeout", type=int, default=0,
+                    help="OPENBLAS_THREAD_TIMEOUT for the nodes: idle workers spin 2^N cycles")
     args = ap.parse_args()
     n = args.tokens
+    node_env = {}
+    if args.node_blas_threads:
+        node_env["OPENBLAS_NUM_THREADS"] = str(args.node_blas_threads)
+    if args.blas_timeout:
+        node_env["OPENBLAS_THREAD_TIMEOUT"] = str(args.blas_timeout)
 
     lm = load(MODEL)
     accelerate_decode(lm.model)
@@ -69,9 +78,11 @@ def main() -> None:
 
     cuts = [int(c) for c in args.cuts.split(",")]
     plans = {c: Plan.split(nl, cuts, ["n0", "n1", "n2"], codec=c) for c in ("fp32", "fp16", "int8")}
-    out: dict = {"model": MODEL, "prompt_tokens": len(ids), "new_tokens": n, "cuts": cuts}
+    out: dict = {"model": MODEL, "prompt_tokens": len(ids), "new_tokens": n, "cuts": cuts,
+                 "node_env": node_env}
 
-    with launch(plans["fp32"], MODEL, max_len=max_len, replay=args.replay) as dep:
+    with launch(plans["fp32"], MODEL, max_len=max_len, replay=args.replay,
+                env=node_env or None) as dep:
         coord = dep.coordinator
         inproc = embedded(MODEL, plans["fp32"], loaded=lm, max_len=max_len)
         # rounds interleave every configuration, so background load hurts all alike

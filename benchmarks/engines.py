@@ -1,6 +1,7 @@
 """Decode speed of our engines against the ones a user would pick instead.
 
-One run per engine, same prompt, batch 1, greedy, ``--new-tokens`` (128) new tokens,
+One run per engine, each in a fresh process (``--no-isolate``: all in this one), same prompt,
+batch 1, greedy, ``--new-tokens`` (128) new tokens,
 ``--threads`` (2) threads everywhere:
 
 * edgeweave torch fp32 / int8 / int4 (int8/int4 = the compression package's cached
@@ -275,6 +276,47 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
     return out
 
 
+def measure(args, ids: list[int], engine: str, build) -> dict[str, Any]:
+    """Build one engine and time ``--repeat`` greedy decodes; errors become a row."""
+    gc.collect()
+    try:
+        t0 = time.perf_counter()
+        obj, weight_bytes = build()
+        build_s = time.perf_counter() - t0
+        if engine == "onnxruntime-genai":
+            import onnxruntime_genai as og
+
+            obj = og.Model(str(obj))
+            runs = [run_genai(obj, ids, args.new_tokens) for _ in range(args.repeat)]
+        elif engine == "llama.cpp":
+            import _llamacpp
+
+            _llamacpp.run(obj, ids[:16], 8)  # warm-up
+            runs = [_llamacpp.run(obj, ids, args.new_tokens) for _ in range(args.repeat)]
+        else:
+            run_logits_engine(obj, ids[:16], 8)  # warm-up: arenas, prepacked weights
+            runs = [run_logits_engine(obj, ids, args.new_tokens) for _ in range(args.repeat)]
+        del obj
+    except Exception as e:  # noqa: BLE001 - a failing engine is a row, not a crash
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
+    speeds = sorted(r["decode_tps"] for r in runs)
+    res = max(runs, key=lambda r: r["decode_tps"])
+    res.update(decode_tps_median=speeds[len(speeds) // 2], decode_tps_runs=speeds,
+               build_s=build_s, weight_bytes=weight_bytes)
+    return res
+
+
+def _in_child(k: int) -> dict[str, Any]:
+    """Row ``k`` measured in a fresh process: no thread pool, arena or spinning worker of an
+    earlier engine is left to compete with it (in one process, row order changed results)."""
+    proc = subprocess.run([sys.executable, *sys.argv, "--row", str(k)], capture_output=True,
+                          text=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if not line:
+        return {"error": f"child exited {proc.returncode}: {proc.stderr[-300:]}"}
+    return json.loads(line[-1][7:])
+
+
 def _bundled() -> set[str]:
     from edgeweave.models.catalog import BUNDLED
 
@@ -296,6 +338,9 @@ def main() -> None:
                     help="one process-wide ONNX Runtime thread pool for all our sessions")
     ap.add_argument("--repeat", type=int, default=3,
                     help="decode runs per engine (best and median reported)")
+    ap.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                    help="measure every row in a fresh child process")
+    ap.add_argument("--row", type=int, default=None, help=argparse.SUPPRESS)  # child mode
     ap.add_argument("--weights", choices=("artifact", "rtn"), default="artifact",
                     help="int8/int4 ONNX rows from compression artifacts, or the exporter's "
                          "RTN g32 only (no calibration data needed, e.g. random weights)")
@@ -309,43 +354,28 @@ def main() -> None:
     ids = encode_prompt(lm.tokenizer, QUESTION, chat=True)
     cfg = lm.config
     del lm
-    bw = bandwidth_gbs(args.threads)
+    bw = bandwidth_gbs(args.threads) if args.row is None else 0.0  # children only measure
     kv = kv_bytes_per_step(cfg, len(ids) + args.new_tokens // 2)
-    print(f"prompt {len(ids)} tokens, {args.new_tokens} new, {args.threads} threads, "
-          f"read bandwidth {bw:.1f} GB/s")
+    if args.row is None:
+        print(f"prompt {len(ids)} tokens, {args.new_tokens} new, {args.threads} threads, "
+              f"read bandwidth {bw:.1f} GB/s")
     rows: list[dict[str, Any]] = []
     ref_tokens: dict[str, list[int]] = {}
-    for engine, prec, note, build in cases(args):
-        gc.collect()
+    for k, (engine, prec, note, build) in enumerate(cases(args)):
+        if args.row is not None and k != args.row:
+            continue
         row: dict[str, Any] = {"engine": engine, "precision": prec, "note": note}
-        try:
-            t0 = time.perf_counter()
-            obj, weight_bytes = build()
-            row["build_s"] = time.perf_counter() - t0
-            if engine == "onnxruntime-genai":
-                import onnxruntime_genai as og
-
-                obj = og.Model(str(obj))
-                runs = [run_genai(obj, ids, args.new_tokens) for _ in range(args.repeat)]
-            elif engine == "llama.cpp":
-                import _llamacpp
-
-                _llamacpp.run(obj, ids[:16], 8)  # warm-up
-                runs = [_llamacpp.run(obj, ids, args.new_tokens) for _ in range(args.repeat)]
-            else:
-                run_logits_engine(obj, ids[:16], 8)  # warm-up: arenas, prepacked weights
-                runs = [run_logits_engine(obj, ids, args.new_tokens)
-                        for _ in range(args.repeat)]
-            del obj
-            speeds = sorted(r["decode_tps"] for r in runs)
-            res = max(runs, key=lambda r: r["decode_tps"])
-            res["decode_tps_median"] = speeds[len(speeds) // 2]
-            res["decode_tps_runs"] = speeds
-        except Exception as e:  # noqa: BLE001 - a failing engine is a row, not a crash
-            row["error"] = f"{type(e).__name__}: {e}"[:300]
+        if args.row is not None:  # the child: measure this one row, hand it to the parent
+            print("RESULT " + json.dumps(measure(args, ids, engine, build)), flush=True)
+            return
+        res = _in_child(k) if args.isolate else measure(args, ids, engine, build)
+        if "error" in res:
+            row["error"] = res["error"]
             rows.append(row)
             print(f"{engine} {prec}: {row['error']}")
             continue
+        row["build_s"] = res.pop("build_s")
+        weight_bytes = res.pop("weight_bytes")
         tokens = res.pop("tokens")
         if engine == "edgeweave-torch":
             ref_tokens[prec] = tokens

@@ -128,14 +128,36 @@ def summarize(name: str, res: dict) -> dict:
             "full_model_bytes": res["full_model_bytes"]}
 
 
-def finetune_options(steps: int, seq_len: int) -> None:
-    """On-device LoRA memory options on the real model: peak memory and time per option."""
+def finetune_options(steps: int, seq_len: int, only: str = "", skip: str = "") -> None:
+    """On-device LoRA memory options on the real model: peak memory and time per option.
+
+    Each option runs in a fresh child process (``--option``): freed memory stays with the
+    allocator, so in one process every later option looked smaller than it is.
+    """
+    import json
+    import subprocess
+
     from edgeweave.finetune.config import LoRAConfig, TrainConfig
-    from edgeweave.finetune.run import compare_options
+    from edgeweave.finetune.run import OPTIONS, compare_options
 
     lora = LoRAConfig(rank=8, alpha=16, target_modules=("q_proj", "v_proj"))
     tcfg = TrainConfig(steps=steps, lr=1e-3, batch_size=4, micro_batch_size=4, seq_len=seq_len)
-    rows = compare_options("smollm2-135m-instruct", "wiki", lora, tcfg, limit=60)
+    if only:  # the child
+        row = compare_options("smollm2-135m-instruct", "wiki", lora, tcfg, [only], limit=60)
+        print("RESULT " + json.dumps(row[only]), flush=True)
+        return
+    rows = {}
+    for name in OPTIONS:
+        if name in skip.split(","):
+            continue
+        proc = subprocess.run([sys.executable, __file__, "--finetune-options", "--option", name],
+                              capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            print(f"{name}: failed\n{proc.stderr[-1000:]}")
+            continue
+        rows[name] = json.loads(line[-1][7:])
+        print(f"{name}: {rows[name]}", flush=True)
     print_table(f"LoRA r8 q,v on all 30 blocks, batch 4 x {seq_len} tokens, {steps} steps",
                 ["option", "peak RSS +MB", "saved act MB", "base MB", "trainable", "s/step",
                  "loss before", "loss after"],
@@ -150,6 +172,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--finetune-options", action="store_true",
                     help="only the on-device memory-option sweep (results/finetune_options.json)")
+    ap.add_argument("--option", default="", help=argparse.SUPPRESS)  # one option, child mode
+    ap.add_argument("--skip-options", default="", help="comma-separated options to leave out "
+                    "(bf16_base takes ~2 min a step on CPUs without bf16 instructions)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--local-steps", type=int, default=4)
     ap.add_argument("--clients", type=int, default=8)
@@ -163,7 +188,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.finetune_options:
-        finetune_options(steps=4, seq_len=128)
+        finetune_options(steps=4, seq_len=128, only=args.option, skip=args.skip_options)
         return
     a, b = (int(x) for x in args.region.split("-"))
     region_len = b - a

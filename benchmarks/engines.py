@@ -279,6 +279,10 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
 def measure(args, ids: list[int], engine: str, build) -> dict[str, Any]:
     """Build one engine and time ``--repeat`` greedy decodes; errors become a row."""
     gc.collect()
+    if engine.startswith("edgeweave-onnx"):
+        # torch only takes the argmax here; its OpenMP workers would otherwise wake on the
+        # core an ORT worker spins on, every token
+        torch.set_num_threads(1)
     try:
         t0 = time.perf_counter()
         obj, weight_bytes = build()

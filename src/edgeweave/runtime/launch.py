@@ -154,10 +154,12 @@ def spawn_node(cmd: list[str], log: Path,
     # threads must sleep, not spin: OpenMP busy-waits unless told otherwise, and OpenBLAS
     # workers spin 2^28 cycles (~0.1 s) after each GEMV by default (measured: 4.3 s of CPU
     # for 0.4 s of GEMV work with 2 threads), stealing the cores of the next stage. With the
-    # spin cut to 2^20 cycles (~0.4 ms: still across the gaps between one hop's GEMVs) two
-    # BLAS threads per node pay off: 3-node fp16 decode 13.3 -> 15.6 tok/s on 2 cores.
-    full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE",
-                "OPENBLAS_NUM_THREADS": str(min(2, os.cpu_count() or 1)),
+    # spin cut to 2^20 cycles (~0.4 ms: still across the gaps between one hop's GEMVs),
+    # OPENBLAS_NUM_THREADS=2 makes one stream faster (3 nodes on 2 cores, fp16: 13.3 -> 15.6
+    # tok/s) but 4-16 concurrent streams slower (18.4-19.3 -> 10.4-10.6 tok/s aggregate: all
+    # nodes compute at once and oversubscribe the cores). Nodes sharing a host therefore
+    # keep one BLAS thread; pass env={"OPENBLAS_NUM_THREADS": "2"} for single-stream latency.
+    full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1",
                 "OPENBLAS_THREAD_TIMEOUT": "20", **(env or {})}
     with open(log, "wb") as err:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=full_env)

@@ -178,3 +178,22 @@ def test_configs_validate_and_round_trip():
         TrainConfig(batch_size=4, micro_batch_size=3)
     with pytest.raises(ConfigError, match="unknown"):
         SubsetConfig(method="magic")
+
+
+def test_int8_base_backward_matches_and_keeps_no_fp32_weight_copy():
+    """Gradients through the frozen int8 linear equal those through its dequantized fp32
+    weight, and autograd saves only the int8 weight (not a dequantized fp32 copy)."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    q = Int8Linear(lin)
+    w = q.qweight.float() * q.scale
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = q(x)
+    (y * torch.arange(48.0)).sum().backward()
+    x_ref = x.detach().clone().requires_grad_(True)
+    (torch.nn.functional.linear(x_ref, w, q.bias) * torch.arange(48.0)).sum().backward()
+    torch.testing.assert_close(y, torch.nn.functional.linear(x_ref.detach(), w, q.bias))
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    assert not any(t.is_floating_point() and t.shape == (48, 64) for t in saved)

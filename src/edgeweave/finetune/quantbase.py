@@ -42,9 +42,25 @@ class Int8Linear(nn.Module):
         return self.qweight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.qweight.to(x.dtype) * self.scale.to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w, b)
+        return _Int8Matmul.apply(x, self.qweight, self.scale, b)
+
+
+class _Int8Matmul(torch.autograd.Function):
+    """``F.linear`` with a dequantized frozen weight that backward re-dequantizes instead of
+    keeping: autograd would otherwise save every fp32 weight copy for the backward pass
+    (measured: 961 MB of saved tensors with an int8 base vs 558 MB with the fp32 one)."""
+
+    @staticmethod
+    def forward(ctx, x, qweight, scale, bias):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(qweight, scale)
+        return F.linear(x, qweight.to(x.dtype) * scale.to(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        qweight, scale = ctx.saved_tensors
+        w = qweight.to(grad.dtype) * scale.to(grad.dtype)
+        return grad @ w, None, None, None  # the weight, scale and bias are frozen
 
 
 def _frozen_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:

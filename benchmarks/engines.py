@@ -407,32 +407,31 @@ def main() -> None:
                           "bandwidth_gbs": bw, "rows": rows, "summary": summary})
 
 
-def _tps(rows, engine, prec) -> float | None:
-    return next((r.get("decode_tps") for r in rows
+def _tps(rows, engine, prec, key: str = "decode_tps") -> float | None:
+    return next((r.get(key) for r in rows
                  if r["engine"] == engine and r["precision"] == prec), None)
 
 
+PAIRS = (  # (ratio name, numerator engine, denominator engine)
+    ("onnx_vs_llamacpp", "edgeweave-onnx", "llama.cpp"),
+    ("onnx_rtn_vs_llamacpp", "edgeweave-onnx-rtn", "llama.cpp"),
+    ("onnx_vs_genai", "edgeweave-onnx", "onnxruntime-genai"),
+    ("onnx_rtn_vs_genai", "edgeweave-onnx-rtn", "onnxruntime-genai"),
+    ("split_vs_whole", "edgeweave-onnx-split", "edgeweave-onnx"),
+    ("onnx_vs_torch", "edgeweave-onnx", "edgeweave-torch"),
+)
+
+
 def _summary(rows) -> dict[str, Any]:
+    """Ratios of the best run, and of the median run (``..._median``): on a noisy host the
+    medians are the ones to read."""
     out: dict[str, Any] = {}
     for prec in ("fp32", "int8", "int4"):
-        ours = _tps(rows, "edgeweave-onnx", prec)
-        genai = _tps(rows, "onnxruntime-genai", prec)
-        split = _tps(rows, "edgeweave-onnx-split", prec)
-        torch_ = _tps(rows, "edgeweave-torch", prec)
-        rtn = _tps(rows, "edgeweave-onnx-rtn", prec)
-        llama = _tps(rows, "llama.cpp", prec)
-        if ours and llama:
-            out[f"onnx_vs_llamacpp_{prec}"] = ours / llama
-        if rtn and llama:
-            out[f"onnx_rtn_vs_llamacpp_{prec}"] = rtn / llama
-        if ours and genai:
-            out[f"onnx_vs_genai_{prec}"] = ours / genai
-        if rtn and genai:
-            out[f"onnx_rtn_vs_genai_{prec}"] = rtn / genai
-        if ours and split:
-            out[f"split_vs_whole_{prec}"] = split / ours
-        if ours and torch_:
-            out[f"onnx_vs_torch_{prec}"] = ours / torch_
+        for name, a, b in PAIRS:
+            for key, suffix in (("decode_tps", ""), ("decode_tps_median", "_median")):
+                num, den = _tps(rows, a, prec, key), _tps(rows, b, prec, key)
+                if num and den:
+                    out[f"{name}_{prec}{suffix}"] = num / den
     return out
 
 

@@ -1,9 +1,13 @@
-"""Helpers shared by the benchmarks: a result table printer and the JSON writer."""
+"""Helpers shared by the benchmarks: a result table printer, the JSON writer, and the
+protocol of measurements run in a fresh child process."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,3 +46,18 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     atomic_write_json(path, {"host": host_info(), **payload})
     print(f"\nwrote {path}")
     return path
+
+
+def emit_result(payload: dict[str, Any]) -> None:
+    """The child's side: one ``RESULT <json>`` line on stdout for :func:`run_child`."""
+    print("RESULT " + json.dumps(payload), flush=True)
+
+
+def run_child(args: list[str], cwd: Path | None = None
+              ) -> tuple[dict[str, Any] | None, subprocess.CompletedProcess[str]]:
+    """Run ``python *args`` (a benchmark in its child mode) in a fresh process, so that its
+    peak memory, thread pools and allocator are its own; returns the payload it emitted
+    (None if it emitted none) and the finished process for error reporting."""
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    return (json.loads(line[-1][7:]) if line else None), proc

@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import emit_result, run_child  # noqa: E402
 
 
 def child(target: str, tokens: int, decode_tokens: int) -> None:
@@ -53,7 +55,7 @@ def child(target: str, tokens: int, decode_tokens: int) -> None:
            "sanity": sanity.strip()}
     for corpus in ("wikipedia", "shakespeare"):
         out[f"ppl_{corpus}"] = perplexity(lm, corpus, tokens=tokens, seq_len=256, seed=0)
-    print("RESULT " + json.dumps(out))
+    emit_result(out)
 
 
 def recipes(distill_steps: int) -> dict:
@@ -157,14 +159,12 @@ def main() -> None:
             row |= {"compress_s": 0.0, "size_mb": 4 * lm.config.num_params() / 1e6,
                     "size_vs_fp16": 2.0, "bits_per_weight": 32.0, "blocks": lm.config.num_layers,
                     "runtime": "fp32 with accelerate_decode (numpy GEMV)"}
-        proc = subprocess.run([sys.executable, __file__, "--child", target, "--tokens",
-                               str(a.tokens), "--decode-tokens", str(a.decode_tokens)],
-                              capture_output=True, text=True, cwd=ROOT)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
+        got, proc = run_child([__file__, "--child", target, "--tokens", str(a.tokens),
+                               "--decode-tokens", str(a.decode_tokens)], cwd=ROOT)
+        if got is None:
             row["error"] = proc.stderr[-2000:]
         else:
-            row |= json.loads(line[0][7:])
+            row |= got
         results["rows"][name] = row
         print(f"{name:20s} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else ""
                                          for k, v in row.items()), flush=True)

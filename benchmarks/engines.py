@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _common import print_table, write_json  # noqa: E402
+from _common import emit_result, print_table, run_child, write_json  # noqa: E402
 
 from edgeweave.paths import atomic_dir, home  # noqa: E402
 
@@ -313,12 +313,10 @@ def measure(args, ids: list[int], engine: str, build) -> dict[str, Any]:
 def _in_child(k: int) -> dict[str, Any]:
     """Row ``k`` measured in a fresh process: no thread pool, arena or spinning worker of an
     earlier engine is left to compete with it (in one process, row order changed results)."""
-    proc = subprocess.run([sys.executable, *sys.argv, "--row", str(k)], capture_output=True,
-                          text=True)
-    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if not line:
+    got, proc = run_child([*sys.argv, "--row", str(k)])
+    if got is None:
         return {"error": f"child exited {proc.returncode}: {proc.stderr[-300:]}"}
-    return json.loads(line[-1][7:])
+    return got
 
 
 def _bundled() -> set[str]:
@@ -370,7 +368,7 @@ def main() -> None:
             continue
         row: dict[str, Any] = {"engine": engine, "precision": prec, "note": note}
         if args.row is not None:  # the child: measure this one row, hand it to the parent
-            print("RESULT " + json.dumps(measure(args, ids, engine, build)), flush=True)
+            emit_result(measure(args, ids, engine, build))
             return
         res = _in_child(k) if args.isolate else measure(args, ids, engine, build)
         if "error" in res:

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import host_info, print_table, write_json  # noqa: E402
+from _common import emit_result, host_info, print_table, run_child, write_json  # noqa: E402
 
 from edgeweave.federated.config import FedConfig  # noqa: E402
 from edgeweave.federated.hetero import Tier  # noqa: E402
@@ -134,9 +134,6 @@ def finetune_options(steps: int, seq_len: int, only: str = "", skip: str = "") -
     Each option runs in a fresh child process (``--option``): freed memory stays with the
     allocator, so in one process every later option looked smaller than it is.
     """
-    import json
-    import subprocess
-
     from edgeweave.finetune.config import LoRAConfig, TrainConfig
     from edgeweave.finetune.run import OPTIONS, compare_options
 
@@ -144,19 +141,17 @@ def finetune_options(steps: int, seq_len: int, only: str = "", skip: str = "") -
     tcfg = TrainConfig(steps=steps, lr=1e-3, batch_size=4, micro_batch_size=4, seq_len=seq_len)
     if only:  # the child
         row = compare_options("smollm2-135m-instruct", "wiki", lora, tcfg, [only], limit=60)
-        print("RESULT " + json.dumps(row[only]), flush=True)
+        emit_result(row[only])
         return
     rows = {}
     for name in OPTIONS:
         if name in skip.split(","):
             continue
-        proc = subprocess.run([sys.executable, __file__, "--finetune-options", "--option", name],
-                              capture_output=True, text=True)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
+        got, proc = run_child([__file__, "--finetune-options", "--option", name])
+        if got is None:
             print(f"{name}: failed\n{proc.stderr[-1000:]}")
             continue
-        rows[name] = json.loads(line[-1][7:])
+        rows[name] = got
         print(f"{name}: {rows[name]}", flush=True)
     print_table(f"LoRA r8 q,v on all 30 blocks, batch 4 x {seq_len} tokens, {steps} steps",
                 ["option", "peak RSS +MB", "saved act MB", "base MB", "trainable", "s/step",

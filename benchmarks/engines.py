@@ -279,6 +279,7 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
 def measure(args, ids: list[int], engine: str, build) -> dict[str, Any]:
     """Build one engine and time ``--repeat`` greedy decodes; errors become a row."""
     gc.collect()
+    threads = torch.get_num_threads()
     if engine.startswith("edgeweave-onnx"):
         # torch only takes the argmax here; its OpenMP workers would otherwise wake on the
         # core an ORT worker spins on, every token
@@ -303,6 +304,8 @@ def measure(args, ids: list[int], engine: str, build) -> dict[str, Any]:
         del obj
     except Exception as e:  # noqa: BLE001 - a failing engine is a row, not a crash
         return {"error": f"{type(e).__name__}: {e}"[:300]}
+    finally:  # with --no-isolate the torch rows that follow keep their own thread count
+        torch.set_num_threads(threads)
     speeds = sorted(r["decode_tps"] for r in runs)
     res = max(runs, key=lambda r: r["decode_tps"])
     res.update(decode_tps_median=speeds[len(speeds) // 2], decode_tps_runs=speeds,

@@ -8,8 +8,11 @@ Measures, in one run against a single-process baseline:
   * recovery time after SIGKILL of the middle node mid-stream (target < 10 s), checking the
     stream's tokens against an undisturbed run;
   * aggregate throughput with 1, 4 and 16 concurrent streams.
-Greedy decoding, ``--tokens`` new tokens after a chat prompt; the best of ``--rounds`` rounds
-is kept for speed figures. Prints tables and writes results/runtime.json.
+Greedy decoding, ``--tokens`` new tokens after a chat prompt. Every round runs every
+configuration back to back; a configuration's ratio is the median over rounds of its tok/s
+divided by the best single-process run *of the same round* (this VM's speed drifts by 20-30 %
+between minutes, so ratios across rounds would mostly measure the drift). Best-of-rounds tok/s
+are printed too. Prints tables and writes results/runtime.json.
 
     flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/runtime.py [--tokens 64]
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import threading
 import time
@@ -48,10 +52,17 @@ def best(results):  # noqa: ANN001, ANN201
     return max(results, key=lambda r: r.metrics.decode_tps)
 
 
+def paired_ratio(results, singles_per_round):  # noqa: ANN001, ANN201
+    """Median over rounds of tok/s / the same round's best single-process tok/s."""
+    ratios = sorted(r.metrics.decode_tps / max(q.metrics.decode_tps for q in sq)
+                    for r, sq in zip(results, singles_per_round, strict=True))
+    return statistics.median(ratios), ratios
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cuts", default="10,20", help="block cut points of the 3-node plan")
     ap.add_argument("--replay", default="exact", choices=["exact", "batched"])
     ap.add_argument("--stream-tokens", type=int, default=16,
@@ -87,11 +98,12 @@ def main() -> None:
         inproc = embedded(MODEL, plans["fp32"], loaded=lm, max_len=max_len)
         # rounds interleave every configuration, so background load hurts all alike
         runs: dict[str, list] = {}
+        per_round: list[list] = []
         for _ in range(args.rounds):
             # the baseline is the better of the BLAS defaults and one BLAS thread
-            runs.setdefault("single", []).append(run(LocalEngine(lm.model, max_len), tok, ids, n))
+            per_round.append([run(LocalEngine(lm.model, max_len), tok, ids, n)])
             with threadpool_limits(limits=1, user_api="blas"):
-                runs["single"].append(run(LocalEngine(lm.model, max_len), tok, ids, n))
+                per_round[-1].append(run(LocalEngine(lm.model, max_len), tok, ids, n))
                 with inproc.new_session() as s:
                     runs.setdefault("inproc-fp32", []).append(run(s, tok, ids, n))
             for codec, p in plans.items():
@@ -103,7 +115,7 @@ def main() -> None:
             with coord.new_session() as s:
                 runs.setdefault("fp16+top64", []).append(run(s, tok, ids, n))
             coord.logits_codec = "fp32"
-        singles = runs.pop("single")
+        singles = [r for rr in per_round for r in rr]
         single = best(singles)
         ref_tokens = single.token_ids
         out["single_process"] = {"decode_tps": single.metrics.decode_tps,
@@ -114,9 +126,11 @@ def main() -> None:
             x = r.metrics.extra
             positions = len(ids) + n - 1
             hid = x["hidden_bytes"] / positions / len(cuts)  # per token per stage boundary
+            ratio, ratios = paired_ratio(results, per_round)
             codecs_out[name] = {
                 "decode_tps": r.metrics.decode_tps,
-                "ratio_vs_single": r.metrics.decode_tps / single.metrics.decode_tps,
+                "ratio_vs_single": ratio, "ratios_per_round": ratios,
+                "ratio_best_vs_best": r.metrics.decode_tps / single.metrics.decode_tps,
                 "hop_overhead_ms": x["hop_overhead_ms"], "hop_rtt_ms": x["hop_rtt_ms"],
                 "hop_compute_ms": x["hop_compute_ms"],
                 "hidden_bytes_per_token_per_boundary": hid,
@@ -127,7 +141,8 @@ def main() -> None:
                 "all_rounds_tps": [q.metrics.decode_tps for q in results],
             }
             c = codecs_out[name]
-            rows.append([name, c["decode_tps"], c["ratio_vs_single"], c["hop_overhead_ms"],
+            rows.append([name, c["decode_tps"], c["ratio_vs_single"], c["ratio_best_vs_best"],
+                         c["hop_overhead_ms"],
                          c["hop_compute_ms"], hid, c["wire_bytes_per_token"],
                          c["same_tokens_as_single"]])
         out["three_stages"] = codecs_out
@@ -181,8 +196,9 @@ def main() -> None:
 
     base = single.metrics.decode_tps
     print_table(f"3 stages (3 node processes on loopback, or in-process) vs one process "
-                f"({base:.1f} tok/s), {MODEL}, {n} new tokens",
-                ["deployment/codec", "tok/s", "x single", "hop overhead ms", "hop compute ms",
+                f"(best {base:.1f} tok/s), {MODEL}, {n} new tokens, {args.rounds} rounds",
+                ["deployment/codec", "best tok/s", "x single (median)", "x single (best)",
+                 "hop overhead ms", "hop compute ms",
                  "hidden B/tok/boundary", "wire B/tok", "same tokens"], rows)
     print_table("Concurrent streams (3 nodes, fp16)",
                 ["streams", "finished", "tokens", "wall s", "aggregate tok/s",

@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
         fleet: str = typer.Option("default", "--fleet", help="Fleet name on the broker."),
         telemetry_s: float = typer.Option(5.0, "--telemetry-s", help="Seconds between "
                                           "telemetry readings (with --mqtt)."),
+        colocated: bool = typer.Option(False, "--colocated", help="Other nodes share this "
+                                       "host's cores: use one BLAS thread while several "
+                                       "sessions are active, all cores for a single one."),
     ) -> None:
         """Host stages of a pipeline; prints `EDGEWEAVE-NODE READY host:port` when serving."""
         import logging
@@ -37,4 +40,4 @@ def register(app: typer.Typer) -> None:
         tls = TLSFiles.from_dir(tls_dir, name) if tls_dir else None
         run_node(model, host, port, tuple(stage), variant, tls, memory_mb, threads,
                  ready=lambda line: print(line, flush=True), mqtt=mqtt, device=name,
-                 fleet=fleet, telemetry_s=telemetry_s)
+                 fleet=fleet, telemetry_s=telemetry_s, colocated=colocated)

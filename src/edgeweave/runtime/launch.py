@@ -134,7 +134,7 @@ class LocalDeployment:
 
 def node_command(model: str, *, port: int = 0, stages: tuple[Shard, ...] = (),
                  variant: str = "fp32", tls_dir: str | Path | None = None, name: str = "",
-                 threads: int = 0, memory_mb: int = 0) -> list[str]:
+                 threads: int = 0, memory_mb: int = 0, colocated: bool = False) -> list[str]:
     cmd = [sys.executable, "-c", "from edgeweave.cli.app import entry; entry()", "node",
            "--model", model, "--host", "127.0.0.1", "--port", str(port), "--variant", variant]
     for sh in stages:
@@ -145,22 +145,23 @@ def node_command(model: str, *, port: int = 0, stages: tuple[Shard, ...] = (),
         cmd += ["--threads", str(threads)]
     if memory_mb:
         cmd += ["--memory-mb", str(memory_mb)]
+    if colocated:
+        cmd.append("--colocated")
     return cmd
 
 
 def spawn_node(cmd: list[str], log: Path,
                env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    # Several stages share this host's cores and run one after another, so an idle node's
-    # threads must sleep, not spin: OpenMP busy-waits unless told otherwise, and OpenBLAS
-    # workers spin 2^28 cycles (~0.1 s) after each GEMV by default (measured: 4.3 s of CPU
-    # for 0.4 s of GEMV work with 2 threads), stealing the cores of the next stage. With the
-    # spin cut to 2^20 cycles (~0.4 ms: still across the gaps between one hop's GEMVs),
-    # OPENBLAS_NUM_THREADS=2 makes one stream faster (3 nodes on 2 cores, fp16: 13.3 -> 15.6
-    # tok/s) but 4-16 concurrent streams slower (18.4-19.3 -> 10.4-10.6 tok/s aggregate: all
-    # nodes compute at once and oversubscribe the cores). Nodes sharing a host therefore
-    # keep one BLAS thread; pass env={"OPENBLAS_NUM_THREADS": "2"} for single-stream latency.
-    full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1",
-                "OPENBLAS_THREAD_TIMEOUT": "20", **(env or {})}
+    # Several stages share this host's cores, so an idle node's threads must sleep, not spin:
+    # OpenMP busy-waits unless told otherwise, and OpenBLAS workers spin 2^28 cycles (~0.1 s)
+    # after each GEMV by default (measured: 4.3 s of CPU for 0.4 s of GEMV work with 2
+    # threads), stealing the cores of the next stage. 2^22 cycles (~2 ms) still bridges the
+    # gaps between one hop's GEMVs; 2^20 did not (a 10-block hop took 22-31 ms instead of
+    # 18, the workers fell asleep between GEMVs). How many BLAS threads a node uses is
+    # decided by the node itself (``--colocated``: all cores for a single stream, one
+    # thread while several streams keep all nodes busy at once).
+    full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "22",
+                **(env or {})}
     with open(log, "wb") as err:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=full_env)
 
@@ -231,7 +232,7 @@ def launch(plan: Plan, model: str, *, tls_dir: str | Path | None = None,
             variant = next(s.variant for s in plan.stages if s.device == d)
             logs[d] = log_dir / f"{d}.log"
             cmd = node_command(model, stages=shards, variant=variant, tls_dir=tls_dir, name=d,
-                               threads=threads)
+                               threads=threads, colocated=True)  # all on this host
             procs[d] = spawn_node(cmd, logs[d], env)  # all start (and load) in parallel
         for d in devices:
             addrs[d] = wait_ready(procs[d], logs[d])
@@ -247,7 +248,7 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
              variant: str = "fp32", tls: Any = None, memory_mb: int = 4096, threads: int = 0,
              backend: str = "torch", ready: Callable[[str], None] | None = None,
              mqtt: str | None = None, device: str = "node", fleet: str = "default",
-             telemetry_s: float | None = 5.0) -> None:
+             telemetry_s: float | None = 5.0, colocated: bool = False) -> None:
     """Serve stages of ``model`` until SIGTERM/SIGINT (the body of ``edgeweave node``).
 
     With ``mqtt`` (``HOST:PORT`` of the fleet's broker) the node also joins the control plane
@@ -261,7 +262,10 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
         import torch
 
         torch.set_num_threads(threads)
-    stage_host = StageHost(model, memory_mb << 20, threads)
+    from edgeweave.runtime.fast import ColocatedThreads, blas_threads
+
+    stage_host = StageHost(model, memory_mb << 20, threads,
+                           colocated=ColocatedThreads(blas_threads()) if colocated else None)
     n = _n_layers(model) if stages else 0
     for spec in stages:
         try:

@@ -25,6 +25,7 @@ from typing import Any
 from edgeweave.errors import EdgeweaveError
 from edgeweave.runtime import codec as codecs
 from edgeweave.runtime.engines.base import EngineConfig, SessionNotFound, StageEngine, create_engine
+from edgeweave.runtime.fast import ColocatedThreads
 from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op, error
 from edgeweave.types import Shard
 
@@ -47,8 +48,10 @@ class StageHost:
     """Stages (engines) of one node plus LRU session accounting under a memory cap."""
 
     def __init__(self, model: str = "", memory_cap_bytes: int = 4 << 30, threads: int = 0,
-                 engine_factory: Callable[[EngineConfig], StageEngine] = create_engine) -> None:
+                 engine_factory: Callable[[EngineConfig], StageEngine] = create_engine,
+                 colocated: ColocatedThreads | None = None) -> None:
         self.model = model
+        self.colocated = colocated  # set when other nodes share this host's cores
         self.memory_cap_bytes = memory_cap_bytes
         self.threads = threads
         self.engines: dict[str, StageEngine] = {}
@@ -72,7 +75,8 @@ class StageHost:
     def info(self) -> dict[str, Any]:
         return {"model": self.model, "stages": sorted(self.engines),
                 "sessions": len(self._lru), "memory_bytes": sum(self._lru.values()),
-                "memory_cap_bytes": self.memory_cap_bytes, "evictions": self.evictions}
+                "memory_cap_bytes": self.memory_cap_bytes, "evictions": self.evictions,
+                "blas_threads": self.colocated.current if self.colocated else None}
 
     # -- sessions -----------------------------------------------------------------------
     def _open(self, engine: StageEngine, session: str, max_len: int) -> None:
@@ -129,6 +133,8 @@ class StageHost:
                 raise _Refused(ErrorCode.OUT_OF_SYNC, f"session {req.session!r} holds {have} "
                                f"tokens at stage {req.stage}, the coordinator expected {req.arg}")
             x = codecs.get(req.codec).decode(req.payload, req.shape)
+            if self.colocated is not None:
+                self.colocated.observe(req.session)
             t0 = time.perf_counter()
             y = engine.forward(req.session, x)
             ok.arg = min(int((time.perf_counter() - t0) * 1e6), 2**32 - 1)

@@ -26,6 +26,7 @@ import gc
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -342,7 +343,9 @@ def main() -> None:
     ap.add_argument("--shared-pool", action=argparse.BooleanOptionalAction, default=True,
                     help="one process-wide ONNX Runtime thread pool for all our sessions")
     ap.add_argument("--repeat", type=int, default=3,
-                    help="decode runs per engine (best and median reported)")
+                    help="decode runs per engine and round (best and median reported)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="times every row is measured, interleaved (paired ratios per round)")
     ap.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                     help="measure every row in a fresh child process")
     ap.add_argument("--row", type=int, default=None, help=argparse.SUPPRESS)  # child mode
@@ -366,19 +369,38 @@ def main() -> None:
               f"read bandwidth {bw:.1f} GB/s")
     rows: list[dict[str, Any]] = []
     ref_tokens: dict[str, list[int]] = {}
-    for k, (engine, prec, note, build) in enumerate(cases(args)):
-        if args.row is not None and k != args.row:
-            continue
+    all_cases = cases(args)
+    if args.row is not None:  # the child: measure this one row, hand it to the parent
+        engine, _, _, build = all_cases[args.row]
+        emit_result(measure(args, ids, engine, build))
+        return
+    # Rounds run every row once, in order; a pair's paired ratio is the median over rounds
+    # of the two rows' speeds in the same round (this host drifts by 20-30 % in minutes).
+    per_row: list[list[dict[str, Any]]] = [[] for _ in all_cases]
+    for rnd in range(args.rounds):
+        for k, (engine, prec, _, build) in enumerate(all_cases):
+            res = _in_child(k) if args.isolate else measure(args, ids, engine, build)
+            per_row[k].append(res)
+            if "error" not in res:
+                print(f"round {rnd + 1}/{args.rounds} {engine:22s} {prec}: "
+                      f"{res['decode_tps']:.1f} tok/s", flush=True)
+        write_json(args.out, {"model": args.model, "partial": True, "rounds_done": rnd + 1,
+                              "per_row": [{"engine": c[0], "precision": c[1], "runs": [
+                                  {k: v for k, v in r.items() if k != "tokens"} for r in rr]}
+                                  for c, rr in zip(all_cases, per_row, strict=True)]})
+    for (engine, prec, note, _), results in zip(all_cases, per_row, strict=True):
         row: dict[str, Any] = {"engine": engine, "precision": prec, "note": note}
-        if args.row is not None:  # the child: measure this one row, hand it to the parent
-            emit_result(measure(args, ids, engine, build))
-            return
-        res = _in_child(k) if args.isolate else measure(args, ids, engine, build)
-        if "error" in res:
-            row["error"] = res["error"]
+        ok = [r for r in results if "error" not in r]
+        if not ok:
+            row["error"] = results[0]["error"]
             rows.append(row)
             print(f"{engine} {prec}: {row['error']}")
             continue
+        res = max(ok, key=lambda r: r["decode_tps"])
+        runs = sorted(x for r in ok for x in r["decode_tps_runs"])
+        res.update(decode_tps_median=statistics.median(runs), decode_tps_runs=runs,
+                   decode_tps_rounds=[r["decode_tps"] if "error" not in r else None
+                                      for r in results])
         row["build_s"] = res.pop("build_s")
         weight_bytes = res.pop("weight_bytes")
         tokens = res.pop("tokens")
@@ -393,9 +415,6 @@ def main() -> None:
                    roofline_fraction=res["decode_tps"] * per_token / (bw * 1e9),
                    same_tokens_as_torch_fp32=same)
         rows.append(row)
-        print(f"{engine:22s} {prec}: {res['decode_tps']:.1f} tok/s", flush=True)
-        write_json(args.out, {"model": args.model, "threads": args.threads, "partial": True,
-                              "rows": rows, "bandwidth_gbs": bw})
     if importlib.util.find_spec("llama_cpp") is None:
         rows.append({"engine": "llama.cpp", "precision": "F32/Q8_0/Q4_0",
                      "note": "not installed (no wheel on PyPI; see benchmarks/_llamacpp.py "
@@ -424,8 +443,9 @@ PAIRS = (  # (ratio name, numerator engine, denominator engine)
 
 
 def _summary(rows) -> dict[str, Any]:
-    """Ratios of the best run, and of the median run (``..._median``): on a noisy host the
-    medians are the ones to read."""
+    """Ratios of the best run, of the median run (``..._median``) and, with several rounds,
+    the median over rounds of same-round ratios (``..._paired``): on a noisy host the last
+    is the one to read."""
     out: dict[str, Any] = {}
     for prec in ("fp32", "int8", "int4"):
         for name, a, b in PAIRS:
@@ -433,6 +453,12 @@ def _summary(rows) -> dict[str, Any]:
                 num, den = _tps(rows, a, prec, key), _tps(rows, b, prec, key)
                 if num and den:
                     out[f"{name}_{prec}{suffix}"] = num / den
+            num, den = (_tps(rows, a, prec, "decode_tps_rounds"),
+                        _tps(rows, b, prec, "decode_tps_rounds"))
+            if num and den and len(num) > 1:
+                pairs = [x / y for x, y in zip(num, den, strict=True) if x and y]
+                if pairs:
+                    out[f"{name}_{prec}_paired"] = statistics.median(pairs)
     return out
 
 

@@ -10,6 +10,7 @@ import pytest
 from edgeweave.errors import ConfigError
 from edgeweave.federated.aggregate import (
     fedadam_step,
+    fedavgm_step,
     lora_delta,
     svd_redistribute,
     truncate,
@@ -84,6 +85,16 @@ def test_fedadam_by_hand():
     d2 = 3.0 - out[A][0]
     m2, v2 = 0.9 * m + 0.1 * d2, 0.99 * v + 0.01 * d2 ** 2
     np.testing.assert_allclose(out2[A], [out[A][0] + 0.1 * m2 / (np.sqrt(v2) + 1e-3)])
+
+
+def test_fedavgm_by_hand():
+    cur, agg = {A: np.array([1.0])}, {A: np.array([3.0])}
+    out, v = fedavgm_step(cur, agg, None, lr=0.5, momentum=0.9)
+    np.testing.assert_allclose(out[A], [1.0 + 0.5 * 2.0])  # v = delta = 2
+    out2, v = fedavgm_step(out, {A: np.array([2.5])}, v, lr=0.5, momentum=0.9)
+    np.testing.assert_allclose(out2[A], [2.0 + 0.5 * (0.9 * 2.0 + 0.5)])  # v = 0.9 v + delta
+    plain, _ = fedavgm_step(cur, agg, None, lr=1.0, momentum=0.0)
+    np.testing.assert_allclose(plain[A], agg[A])  # lr 1, no momentum: FedAvg itself
 
 
 @pytest.mark.parametrize("n,size", [(8, 2), (8, 3), (5, 4), (6, 6)])

@@ -39,6 +39,7 @@ def _cfg(folder, **kw) -> FedConfig:
     {"aggregation": "pad"},
     {"aggregation": "svd", "proximal_mu": 0.1},
     {"aggregation": "pad", "server_opt": "adam", "server_lr": 0.02},
+    {"aggregation": "pad", "server_opt": "avgm", "server_lr": 0.5, "server_momentum": 0.5},
     {"aggregation": "pad", "freeze_a": True},
 ])
 def test_heterogeneous_rounds_learn_and_only_adapters_travel(tiny_folder, tmp_home, kw):

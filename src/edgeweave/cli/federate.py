@@ -16,7 +16,12 @@ def register(app: typer.Typer) -> None:
         clients: int = typer.Option(8, help="Number of clients (SuperNodes with --deploy)."),
         rounds: int = typer.Option(4),
         aggregation: str = typer.Option("pad", help="fedavg, pad (zero-pad/truncate) or svd."),
-        server_opt: str = typer.Option("avg", help="avg (FedAvg/FedProx) or adam (FedAdam)."),
+        server_opt: str = typer.Option("avg", help="avg (FedAvg/FedProx), adam (FedAdam) or "
+                                       "avgm (FedAvgM: server momentum)."),
+        server_lr: float = typer.Option(0.0, help="Server learning rate (0 = the optimizer's "
+                                        "default: adam 1e-3, avgm 1)."),
+        server_momentum: float = typer.Option(0.0, help="avgm momentum / adam beta1 "
+                                              "(0 = default 0.9)."),
         proximal_mu: float = typer.Option(0.0, help="FedProx proximal term (0 = off)."),
         local_steps: int = typer.Option(4), lr: float = typer.Option(3e-3),
         region: str = typer.Option("", help="Blocks with adapters, half-open 'start-end'."),
@@ -44,6 +49,7 @@ def register(app: typer.Typer) -> None:
             reg = (int(a), int(b))
         cfg = FedConfig(model=model, task=task, num_clients=clients, rounds=rounds,
                         aggregation=aggregation, server_opt=server_opt, proximal_mu=proximal_mu,
+                        server_lr=server_lr, server_momentum=server_momentum,
                         local_steps=local_steps, lr=lr, region=reg,
                         targets=tuple(targets.split(",")), freeze_a=freeze_a, dp_clip=dp_clip,
                         dp_epsilon=dp_epsilon, probe=not deploy)

@@ -11,8 +11,9 @@ global value.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -155,6 +156,34 @@ def fedadam_step(current: Mapping[str, np.ndarray], aggregate: Mapping[str, np.n
         state.v[k] = beta2 * state.v[k] + (1 - beta2) * delta ** 2
         out[k] = (x + lr * state.m[k] / (np.sqrt(state.v[k]) + tau)).astype(x.dtype)
     return out, state
+
+
+def fedavgm_step(current: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray],
+                 state: dict[str, np.ndarray] | None, lr: float = 1.0,
+                 momentum: float = 0.9) -> tuple[State, dict[str, np.ndarray]]:
+    """FedAvgM (Hsu et al. 2019): server momentum on the pseudo-gradient.
+
+    ``v = momentum v + delta``, ``x = x + lr v``; ``lr`` 1 and ``momentum`` 0 is FedAvg.
+    Non-IID clients pull the average a different way every round; the velocity keeps the
+    direction they agree on and damps the round-to-round swing.
+    """
+    if state is None:
+        state = {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}
+    out = {}
+    for k, x in current.items():
+        state[k] = momentum * state[k] + (aggregate[k].astype(np.float64) - x)
+        out[k] = (x + lr * state[k]).astype(x.dtype)
+    return out, state
+
+
+SERVER_STEPS: dict[str, Callable[..., tuple[State, Any]]] = {
+    "adam": lambda cur, agg, st, lr, momentum: fedadam_step(cur, agg, st, lr=lr or 1e-3,
+                                                            beta1=momentum or 0.9),
+    "avgm": lambda cur, agg, st, lr, momentum: fedavgm_step(cur, agg, st, lr=lr or 1.0,
+                                                            momentum=momentum or 0.9),
+}
+"""Server optimizers after aggregation, by ``FedConfig.server_opt`` (``avg`` has none);
+``lr``/``momentum`` 0 take each one's default."""
 
 
 def lora_delta(state: Mapping[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:

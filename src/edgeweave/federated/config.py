@@ -16,7 +16,7 @@ from edgeweave.errors import ConfigError
 from edgeweave.federated.hetero import DEFAULT_TIERS, Tier
 
 AGGREGATIONS = ("fedavg", "pad", "svd")
-SERVER_OPTS = ("avg", "adam")
+SERVER_OPTS = ("avg", "adam", "avgm")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,9 @@ class FedConfig:
     ``scale`` is LoRA's alpha/rank, equal for every client whatever its rank.
     ``client_memory_mb`` gives each client's memory (its tier); empty = cycle the tiers.
     ``aggregation``: ``fedavg`` (same shapes), ``pad`` (zero-pad/truncate) or ``svd``
-    (SVD redistribution). ``server_opt``: ``avg`` (FedAvg/FedProx) or ``adam`` (FedAdam).
+    (SVD redistribution). ``server_opt``: ``avg`` (FedAvg/FedProx), ``adam`` (FedAdam) or
+    ``avgm`` (FedAvgM, server momentum); ``server_lr``/``server_momentum`` 0 take the
+    optimizer's default (Adam: lr 1e-3, beta1 0.9; FedAvgM: lr 1, momentum 0.9).
     ``probe``: query new nodes for their memory before their first round; off, a new node
     trains the smallest tier's share once and its reply carries its profile (one message
     fewer per node: in deployment every message starts a ClientApp process).
@@ -44,7 +46,8 @@ class FedConfig:
     rounds: int = 5
     aggregation: str = "pad"
     server_opt: str = "avg"
-    server_lr: float = 0.02
+    server_lr: float = 0.0
+    server_momentum: float = 0.0
     proximal_mu: float = 0.0
     local_steps: int = 5
     lr: float = 2e-3
@@ -72,8 +75,9 @@ class FedConfig:
             raise ConfigError(f"aggregation {self.aggregation!r}: choose from {AGGREGATIONS}")
         if self.server_opt not in SERVER_OPTS:
             raise ConfigError(f"server_opt {self.server_opt!r}: choose from {SERVER_OPTS}")
-        if self.server_opt == "adam" and self.aggregation == "svd":
-            raise ConfigError("FedAdam needs factor-aligned aggregation: the SVD re-basis "
+        if self.server_opt != "avg" and self.aggregation == "svd":
+            raise ConfigError(f"server_opt {self.server_opt!r} keeps state per factor, which "
+                              "needs factor-aligned aggregation: the SVD re-basis "
                               "changes every round; use aggregation='pad' or 'fedavg'")
         if self.freeze_a and self.aggregation == "svd":
             raise ConfigError("freeze_a keeps A fixed, but SVD redistribution re-bases A every "

@@ -14,10 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from logging import INFO
+from typing import Any
 
 import numpy as np
 
-from edgeweave.federated.aggregate import AGGREGATORS, AdamState, fedadam_step, truncate
+from edgeweave.federated.aggregate import AGGREGATORS, SERVER_STEPS, truncate
 from edgeweave.federated.config import FedConfig
 from edgeweave.federated.hetero import assign, tier_for
 from edgeweave.finetune.lora import parse_key
@@ -53,7 +54,7 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
             self.cfg, self.region = cfg, region
             self.profiles: dict[int, dict] = {}
             self.slots: dict[int, int] = {}
-            self.adam: AdamState | None = None
+            self.server_state: Any = None  # the server optimizer's (moments, velocity)
             self.history: list[dict] = []
             self._sent: dict[int, dict] = {}
             self._t0 = 0.0
@@ -137,8 +138,9 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
                 self.history.append(record)
                 return None, None
             agg = AGGREGATORS[self.cfg.aggregation](states, weights, glob)
-            if self.cfg.server_opt == "adam":
-                agg, self.adam = fedadam_step(glob, agg, self.adam, lr=self.cfg.server_lr)
+            if self.cfg.server_opt in SERVER_STEPS:
+                agg, self.server_state = SERVER_STEPS[self.cfg.server_opt](
+                    glob, agg, self.server_state, self.cfg.server_lr, self.cfg.server_momentum)
             record["seconds"] = time.perf_counter() - self._t0
             record["train_loss"] = float(np.average([c["train-loss"] for c in clients],
                                                     weights=weights))

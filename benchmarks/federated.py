@@ -16,6 +16,7 @@ blocks (``--region``); the frozen blocks below are computed once per example and
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -69,8 +70,9 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int) -> di
         out["local"].append({"client": pid, "tier": tier.name, "n_train": len(examples),
                              "seconds": time.perf_counter() - t0, **res})
     union = [e for c in data.clients for e in c]
-    # Same number of example passes as the whole federation (clients x steps x batch).
-    central_steps = steps * cfg.num_clients // 2
+    # Same number of example passes as the whole federation (clients x steps x batch), in
+    # batches of 8.
+    central_steps = max(1, steps * cfg.num_clients * cfg.batch_size // 8)
     lora = LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
                       target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
     m = client_model(base, lora, cfg.base_dtype)
@@ -79,11 +81,11 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int) -> di
         cache._h.update(prefix_cache((cfg.model, cfg.base_dtype, cfg.task, pid, region[0]),
                                      region[0])._h)
     t0 = time.perf_counter()
-    train(m, union, TrainConfig(steps=central_steps, lr=cfg.lr, batch_size=cfg.batch_size * 2,
-                                micro_batch_size=cfg.batch_size * 2, seq_len=cfg.seq_len),
+    train(m, union, TrainConfig(steps=central_steps, lr=cfg.lr, batch_size=8,
+                                micro_batch_size=8, seq_len=cfg.seq_len),
           prefix_cache=cache)
     secs = time.perf_counter() - t0
-    out["central"] = {"steps": central_steps, "batch": cfg.batch_size * 2, "n_train": len(union),
+    out["central"] = {"steps": central_steps, "batch": 8, "n_train": len(union),
                       "seconds": secs, **ev.state(_pad_to(adapter_state(m), ev))}
     # The same examples in as many sequential steps as the federation takes (rounds x local
     # steps, each on every client's batch at once): IID federated averaging at its best. The
@@ -91,10 +93,11 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int) -> di
     # and the federation is what non-IID clients and heterogeneity cost.
     m = client_model(base, lora, cfg.base_dtype)
     t0 = time.perf_counter()
-    train(m, union, TrainConfig(steps=steps, lr=cfg.lr, batch_size=cfg.batch_size * cfg.num_clients,
-                                micro_batch_size=cfg.batch_size * 2, seq_len=cfg.seq_len),
+    wide = cfg.batch_size * cfg.num_clients
+    train(m, union, TrainConfig(steps=steps, lr=cfg.lr, batch_size=wide,
+                                micro_batch_size=math.gcd(wide, 8), seq_len=cfg.seq_len),
           prefix_cache=cache)
-    out["central_parallel"] = {"steps": steps, "batch": cfg.batch_size * cfg.num_clients,
+    out["central_parallel"] = {"steps": steps, "batch": wide,
                                "seconds": time.perf_counter() - t0,
                                **ev.state(_pad_to(adapter_state(m), ev))}
     return out
@@ -187,6 +190,7 @@ def main() -> None:
                     "(bf16_base takes ~2 min a step on CPUs without bf16 instructions)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--local-steps", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=4, help="examples per local step")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--region", default="24-30", help="blocks with adapters, half-open")
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -209,7 +213,7 @@ def main() -> None:
     base = FedConfig(model=args.model, task=args.task, num_clients=args.clients,
                      rounds=args.rounds, local_steps=args.local_steps,
                      lr=args.lr, region=(a, b), tiers=tiers(region_len), seq_len=args.seq_len,
-                     targets=("q_proj", "v_proj"), batch_size=4, timeout_s=900,
+                     targets=("q_proj", "v_proj"), batch_size=args.batch, timeout_s=900,
                      server_opt=args.server_opt, server_lr=args.server_lr,
                      server_momentum=args.server_momentum, proximal_mu=args.proximal_mu)
     t_all = time.perf_counter()

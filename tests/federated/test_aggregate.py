@@ -122,8 +122,10 @@ def test_tiers_and_assignment():
 def test_fed_config_validates_and_round_trips():
     cfg = FedConfig(region=(22, 30), client_memory_mb=(512,) * 8)
     assert FedConfig.from_run_config(cfg.to_run_config()) == cfg
-    with pytest.raises(ConfigError, match="FedAdam"):
+    with pytest.raises(ConfigError, match="factor-aligned"):
         FedConfig(aggregation="svd", server_opt="adam")
+    with pytest.raises(ConfigError, match="factor-aligned"):
+        FedConfig(aggregation="svd", server_opt="avgm")
     with pytest.raises(ConfigError, match="one rank"):
         FedConfig(aggregation="fedavg")
     with pytest.raises(ConfigError, match="aggregation"):

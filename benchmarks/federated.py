@@ -41,8 +41,9 @@ def tiers(region_len: int) -> tuple[Tier, ...]:
             Tier("gateway", 8192, rank=8, window=None))
 
 
-def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int) -> dict:
-    """Each client alone (its own tier share, same total steps) and centralized LoRA."""
+def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int, lr: float) -> dict:
+    """Each client alone (its own tier share, same total steps) and centralized LoRA, all
+    with AdamW at ``lr`` (one long run each: no fresh-optimizer-per-round issue)."""
     from edgeweave.federated.client import client_model, prefix_cache, shared_base
     from edgeweave.federated.hetero import tier_for
     from edgeweave.federated.tasks import cached_task
@@ -63,7 +64,7 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int) -> di
         m = client_model(base, lora, cfg.base_dtype)
         cache = prefix_cache((cfg.model, cfg.base_dtype, cfg.task, pid, region[0]), region[0])
         t0 = time.perf_counter()
-        train(m, examples, TrainConfig(steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
+        train(m, examples, TrainConfig(steps=steps, lr=lr, batch_size=cfg.batch_size,
                                        micro_batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                        seed=pid), prefix_cache=cache)
         res = ev.state(_pad_to(adapter_state(m), ev))
@@ -81,7 +82,7 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int) -> di
         cache._h.update(prefix_cache((cfg.model, cfg.base_dtype, cfg.task, pid, region[0]),
                                      region[0])._h)
     t0 = time.perf_counter()
-    train(m, union, TrainConfig(steps=central_steps, lr=cfg.lr, batch_size=8,
+    train(m, union, TrainConfig(steps=central_steps, lr=lr, batch_size=8,
                                 micro_batch_size=8, seq_len=cfg.seq_len),
           prefix_cache=cache)
     secs = time.perf_counter() - t0
@@ -94,7 +95,7 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int) -> di
     m = client_model(base, lora, cfg.base_dtype)
     t0 = time.perf_counter()
     wide = cfg.batch_size * cfg.num_clients
-    train(m, union, TrainConfig(steps=steps, lr=cfg.lr, batch_size=wide,
+    train(m, union, TrainConfig(steps=steps, lr=lr, batch_size=wide,
                                 micro_batch_size=math.gcd(wide, 8), seq_len=cfg.seq_len),
           prefix_cache=cache)
     out["central_parallel"] = {"steps": steps, "batch": wide,
@@ -198,6 +199,9 @@ def main() -> None:
     ap.add_argument("--server-lr", type=float, default=0.0, help="0 = the optimizer's default")
     ap.add_argument("--server-momentum", type=float, default=0.0)
     ap.add_argument("--proximal-mu", type=float, default=0.0)
+    ap.add_argument("--client-opt", default="adamw", choices=("adamw", "sgd"))
+    ap.add_argument("--baseline-lr", type=float, default=0.0,
+                    help="AdamW lr of the local-only and centralized runs (0 = --lr)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="federated")
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -215,7 +219,8 @@ def main() -> None:
                      lr=args.lr, region=(a, b), tiers=tiers(region_len), seq_len=args.seq_len,
                      targets=("q_proj", "v_proj"), batch_size=args.batch, timeout_s=900,
                      server_opt=args.server_opt, server_lr=args.server_lr,
-                     server_momentum=args.server_momentum, proximal_mu=args.proximal_mu)
+                     server_momentum=args.server_momentum, proximal_mu=args.proximal_mu,
+                     client_optimizer=args.client_opt)
     t_all = time.perf_counter()
     from edgeweave.federated.client import shared_base
 
@@ -231,7 +236,7 @@ def main() -> None:
         runs[name] = summarize(name, simulate(cfg))
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     steps = args.rounds * args.local_steps
-    lc = local_and_central(base, region, steps)
+    lc = local_and_central(base, region, steps, args.baseline_lr or args.lr)
     base_eval = runs["fed_pad"]["initial"]
 
     rows = [["base model", base_eval["loss"], base_eval["accuracy"], "-", "-"]]

@@ -178,6 +178,25 @@ def test_configs_validate_and_round_trip():
         TrainConfig(batch_size=4, micro_batch_size=3)
     with pytest.raises(ConfigError, match="unknown"):
         SubsetConfig(method="magic")
+    with pytest.raises(ConfigError, match="optimizer"):
+        TrainConfig(optimizer="lion")
+
+
+def test_sgd_optimizer_trains_with_plain_gradient_steps(tiny_cfg):
+    # One SGD step is w - lr * grad exactly (AdamW's first step would be lr * sign(grad))
+    m = apply_lora(random_model(tiny_cfg), LORA)
+    before = {k: v.clone() for k, v in adapter_state(m).items()}
+    cfg = TrainConfig(steps=1, lr=0.5, batch_size=4, micro_batch_size=4, seq_len=16,
+                      optimizer="sgd", max_grad_norm=0.0)
+    train(m, _data(), cfg)
+    moved = {k: (v - before[k]).abs().max().item() for k, v in adapter_state(m).items()}
+    b_moves = [d for k, d in moved.items() if ".lora_B." in k]
+    assert max(b_moves) > 0  # B starts at zero; its gradient is not
+    assert len({round(d, 6) for d in b_moves}) > 1  # not a sign step of equal size
+    m2 = apply_lora(random_model(tiny_cfg), LORA)
+    before2 = evaluate_loss(m2, _data())
+    train(m2, _data(), replace(cfg, steps=20, lr=0.5, max_grad_norm=1.0))
+    assert evaluate_loss(m2, _data()) < before2 - 0.1
 
 
 def test_int8_base_backward_matches_and_keeps_no_fp32_weight_copy():

@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         server_momentum: float = typer.Option(0.0, help="avgm momentum / adam beta1 "
                                               "(0 = default 0.9)."),
         proximal_mu: float = typer.Option(0.0, help="FedProx proximal term (0 = off)."),
+        client_opt: str = typer.Option("adamw", help="Local optimizer: adamw or sgd."),
         local_steps: int = typer.Option(4), lr: float = typer.Option(3e-3),
         region: str = typer.Option("", help="Blocks with adapters, half-open 'start-end'."),
         targets: str = typer.Option("q_proj,v_proj"),
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
         cfg = FedConfig(model=model, task=task, num_clients=clients, rounds=rounds,
                         aggregation=aggregation, server_opt=server_opt, proximal_mu=proximal_mu,
                         server_lr=server_lr, server_momentum=server_momentum,
+                        client_optimizer=client_opt,
                         local_steps=local_steps, lr=lr, region=reg,
                         targets=tuple(targets.split(",")), freeze_a=freeze_a, dp_clip=dp_clip,
                         dp_epsilon=dp_epsilon, probe=not deploy)

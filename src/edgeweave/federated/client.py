@@ -90,6 +90,7 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
                        batch_size=int(cfg["batch-size"]), micro_batch_size=int(cfg["batch-size"]),
                        seq_len=int(run["seq-len"]), proximal_mu=float(cfg.get("proximal-mu", 0.0)),
                        base_dtype=str(run["base-dtype"]),
+                       optimizer=str(cfg.get("optimizer", "adamw")),
                        seed=int(run["seed"]) * 1000 + int(cfg["server-round"]) * 37 + partition)
     t0 = time.perf_counter()
     res = train(model, examples, tcfg, prefix_cache=cache)

@@ -14,6 +14,7 @@ from typing import Any
 
 from edgeweave.errors import ConfigError
 from edgeweave.federated.hetero import DEFAULT_TIERS, Tier
+from edgeweave.finetune.config import OPTIMIZERS
 
 AGGREGATIONS = ("fedavg", "pad", "svd")
 SERVER_OPTS = ("avg", "adam", "avgm")
@@ -31,6 +32,8 @@ class FedConfig:
     (SVD redistribution). ``server_opt``: ``avg`` (FedAvg/FedProx), ``adam`` (FedAdam) or
     ``avgm`` (FedAvgM, server momentum); ``server_lr``/``server_momentum`` 0 take the
     optimizer's default (Adam: lr 1e-3, beta1 0.9; FedAvgM: lr 1, momentum 0.9).
+    ``client_optimizer``: ``adamw`` or ``sgd`` for the local steps (FedOpt's pairing is SGD
+    on clients, an adaptive optimizer on the server).
     ``probe``: query new nodes for their memory before their first round; off, a new node
     trains the smallest tier's share once and its reply carries its profile (one message
     fewer per node: in deployment every message starts a ClientApp process).
@@ -49,6 +52,7 @@ class FedConfig:
     server_lr: float = 0.0
     server_momentum: float = 0.0
     proximal_mu: float = 0.0
+    client_optimizer: str = "adamw"
     local_steps: int = 5
     lr: float = 2e-3
     batch_size: int = 4
@@ -73,6 +77,9 @@ class FedConfig:
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation {self.aggregation!r}: choose from {AGGREGATIONS}")
+        if self.client_optimizer not in OPTIMIZERS:
+            raise ConfigError(f"client_optimizer {self.client_optimizer!r}: choose from "
+                              f"{OPTIMIZERS}")
         if self.server_opt not in SERVER_OPTS:
             raise ConfigError(f"server_opt {self.server_opt!r}: choose from {SERVER_OPTS}")
         if self.server_opt != "avg" and self.aggregation == "svd":

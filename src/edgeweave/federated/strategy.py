@@ -106,6 +106,7 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
                     "rank": a.rank, "layers": list(a.layers), "lr": self.cfg.lr,
                     "steps": self.cfg.local_steps, "batch-size": self.cfg.batch_size,
                     "proximal-mu": self.cfg.proximal_mu, "server-round": server_round,
+                    "optimizer": self.cfg.client_optimizer,
                     "tier": tier.name})
                 self._sent[node] = {"tier": tier.name, "rank": a.rank, "blocks": len(a.layers),
                                     "bytes_down": int(sum(v.nbytes for v in sub.values()))}

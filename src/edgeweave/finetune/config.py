@@ -68,6 +68,9 @@ class LoRAConfig:
         return _from_dict(cls, data)
 
 
+OPTIMIZERS = ("adamw", "sgd")  # built by finetune.train.make_optimizer
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The optimisation loop and its memory knobs.
@@ -76,7 +79,9 @@ class TrainConfig:
     time with gradient accumulation; ``grad_checkpointing`` recomputes each block in the
     backward pass instead of storing its activations; ``base_dtype`` stores the frozen base
     in fp32, bf16 or int8 (per-channel, dequantised per matmul). ``proximal_mu`` > 0 adds
-    FedProx's ``mu/2 ||w - w_0||^2`` to the loss.
+    FedProx's ``mu/2 ||w - w_0||^2`` to the loss. ``optimizer``: ``adamw`` or ``sgd`` (plain
+    SGD: what FedAvg's analysis assumes; a fresh AdamW's first steps are sign-like, every
+    coordinate moves by ``lr`` whatever its gradient, which a few local steps never outgrow).
     """
 
     steps: int = 20
@@ -90,6 +95,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     proximal_mu: float = 0.0
     checkpoint_every: int = 0
+    optimizer: str = "adamw"
     seed: int = 0
     version: int = 1
 
@@ -108,6 +114,8 @@ class TrainConfig:
                               f"{list(BASE_DTYPES)}")
         if self.proximal_mu < 0 or self.checkpoint_every < 0:
             raise ConfigError("proximal_mu and checkpoint_every must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r} unknown; choose from {OPTIMIZERS}")
 
     @property
     def accumulation(self) -> int:

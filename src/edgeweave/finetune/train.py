@@ -130,6 +130,17 @@ def batch_indices(n: int, step: int, cfg: TrainConfig) -> list[int]:
     return perm[:cfg.batch_size].tolist()
 
 
+_OPTIMIZERS = {
+    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr,
+                                                   weight_decay=cfg.weight_decay),
+    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+}
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    return _OPTIMIZERS[cfg.optimizer](params, cfg)
+
+
 def _save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
                      losses: list[float], cfg: TrainConfig) -> None:
     from safetensors.torch import save_file
@@ -178,7 +189,7 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
     if prefix_cache is not None and prefix_cache.start > start:
         raise CheckpointError(f"prefix cache reaches block {prefix_cache.start}, past the "
                               f"first adapter at block {start}")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, cfg)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     step, losses = _load_checkpoint(ckpt, model, opt, cfg) if ckpt else (0, [])
     resumed_from = step
@@ -208,7 +219,8 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
                 meter.end_forward()
                 loss.backward()
                 total += float(loss.detach())
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if cfg.max_grad_norm > 0:  # 0 = no clipping (clipping to 0 would zero every step)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             step += 1
             done_here += 1

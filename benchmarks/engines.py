@@ -212,7 +212,7 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
     out: list[tuple[str, str, str, Callable[[], tuple[Any, int]]]] = []
     m, t, ml = args.model, args.threads, args.max_len
     wanted = set(args.only.split(",")) if args.only else None
-    precisions = ("fp32", "int8", "int4")
+    precisions = tuple(args.precisions.split(","))
 
     def add(engine, prec, note, fn):
         if wanted is None or engine in wanted:
@@ -336,6 +336,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--only", default="", help="comma-separated engine names")
+    ap.add_argument("--precisions", default="fp32,int8,int4", help="comma-separated subset")
     ap.add_argument("--out", default="engines")
     ap.add_argument("--spinning", choices=("auto", "run", "always", "off"), default="auto",
                     help="ONNX Runtime thread spinning (see SessionProfile); auto = 'run'")

@@ -132,6 +132,8 @@ def main() -> None:
                 "ratio_vs_single": ratio, "ratios_per_round": ratios,
                 "ratio_best_vs_best": r.metrics.decode_tps / single.metrics.decode_tps,
                 "hop_overhead_ms": x["hop_overhead_ms"], "hop_rtt_ms": x["hop_rtt_ms"],
+                "hop_overhead_median_ms": x["hop_overhead_median_ms"],
+                "hop_overhead_p90_ms": x["hop_overhead_p90_ms"],
                 "hop_compute_ms": x["hop_compute_ms"],
                 "hidden_bytes_per_token_per_boundary": hid,
                 "wire_bytes_per_token": (x["bytes_sent"] + x["bytes_received"]) / positions,
@@ -142,7 +144,7 @@ def main() -> None:
             }
             c = codecs_out[name]
             rows.append([name, c["decode_tps"], c["ratio_vs_single"], c["ratio_best_vs_best"],
-                         c["hop_overhead_ms"],
+                         c["hop_overhead_ms"], c["hop_overhead_median_ms"],
                          c["hop_compute_ms"], hid, c["wire_bytes_per_token"],
                          c["same_tokens_as_single"]])
         out["three_stages"] = codecs_out
@@ -198,7 +200,7 @@ def main() -> None:
     print_table(f"3 stages (3 node processes on loopback, or in-process) vs one process "
                 f"(best {base:.1f} tok/s), {MODEL}, {n} new tokens, {args.rounds} rounds",
                 ["deployment/codec", "best tok/s", "x single (median)", "x single (best)",
-                 "hop overhead ms", "hop compute ms",
+                 "hop overhead ms (mean)", "(median)", "hop compute ms",
                  "hidden B/tok/boundary", "wire B/tok", "same tokens"], rows)
     print_table("Concurrent streams (3 nodes, fp16)",
                 ["streams", "finished", "tokens", "wall s", "aggregate tok/s",

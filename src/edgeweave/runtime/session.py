@@ -191,13 +191,18 @@ class Session:
     @property
     def stats(self) -> dict[str, float]:
         """Counters plus mean round trip, compute and overhead (round trip minus the node's
-        compute time) per decode hop; ``generate`` copies this into ``metrics.extra``."""
+        compute time) per decode hop, and the overhead's median and 90th percentile (one
+        descheduled hop moves the mean on a busy host); ``generate`` copies this into
+        ``metrics.extra``."""
         out = dict(self._stats)
         n = len(self._hop_rtt)
         if n:
             rtt, comp = sum(self._hop_rtt) / n, sum(self._hop_compute) / n
+            over = sorted(a - b for a, b in zip(self._hop_rtt, self._hop_compute, strict=True))
             out.update(hop_rtt_ms=1e3 * rtt, hop_compute_ms=1e3 * comp,
-                       hop_overhead_ms=1e3 * (rtt - comp), hops=float(n))
+                       hop_overhead_ms=1e3 * (rtt - comp), hops=float(n),
+                       hop_overhead_median_ms=1e3 * over[n // 2],
+                       hop_overhead_p90_ms=1e3 * over[min(n - 1, int(0.9 * n))])
         if self._stats["steps"]:
             out["bytes_per_token"] = (self._stats["bytes_sent"] + self._stats["bytes_received"]) \
                 / max(self.length, 1)

@@ -155,12 +155,13 @@ def spawn_node(cmd: list[str], log: Path,
     # Several stages share this host's cores, so an idle node's threads must sleep, not spin:
     # OpenMP busy-waits unless told otherwise, and OpenBLAS workers spin 2^28 cycles (~0.1 s)
     # after each GEMV by default (measured: 4.3 s of CPU for 0.4 s of GEMV work with 2
-    # threads), stealing the cores of the next stage. 2^22 cycles (~2 ms) still bridges the
-    # gaps between one hop's GEMVs; 2^20 did not (a 10-block hop took 22-31 ms instead of
-    # 18, the workers fell asleep between GEMVs). How many BLAS threads a node uses is
-    # decided by the node itself (``--colocated``: all cores for a single stream, one
-    # thread while several streams keep all nodes busy at once).
-    full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "22",
+    # threads), stealing the cores of the next stage. The spin must still bridge the gaps
+    # between one hop's GEMVs: at 2^20 cycles the workers fell asleep between them (a 10-block
+    # hop took 22-31 ms instead of 18). 2^21 (~1 ms) and 2^22 computed alike, and 2^21 cut
+    # the fp16 hop overhead from 1.9-2.0 ms to 1.5 (less spin left over while the reply goes
+    # out). How many BLAS threads a node uses is decided by the node itself (``--colocated``:
+    # all cores for a single stream, one thread while several streams keep all nodes busy).
+    full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "21",
                 **(env or {})}
     with open(log, "wb") as err:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=full_env)

@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(20), lr: float = typer.Option(1e-3),
         batch_size: int = typer.Option(4), micro_batch_size: int = typer.Option(4),
         seq_len: int = typer.Option(64),
+        optimizer: str = typer.Option("adamw", help="adamw or sgd."),
         grad_checkpointing: bool = typer.Option(False),
         base_dtype: str = typer.Option("float32", help="float32, bfloat16 or int8 frozen base."),
         subset: str = typer.Option("", help="loss, diversity or random (data selection)."),
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
             layer_t = tuple(range(int(a), int(b))) if b else tuple(int(x) for x in a.split(","))
         lora = LoRAConfig(rank=rank, alpha=alpha, target_modules=tuple(targets.split(",")),
                           layers=layer_t, freeze_a=lora_fa)
-        tcfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size,
+        tcfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                            micro_batch_size=micro_batch_size, seq_len=seq_len,
                            grad_checkpointing=grad_checkpointing, base_dtype=base_dtype,
                            checkpoint_every=5 if checkpoint_dir else 0)

@@ -272,6 +272,9 @@ def cases(args) -> list[tuple[str, str, str, Callable[[], tuple[Any, int]]]]:
         add("edgeweave-torch", prec, "fp32 weights" if prec == "fp32" else
             f"compress.variant({prec!r}) artifact", chain("torch", prec))
         add("edgeweave-onnx", prec, note, chain("onnx", prec, (), kw))
+        if args.weights == "artifact" and prec == "int4" and args.sym_int4:
+            add("edgeweave-onnx-sym", prec, "compress.variant('int4-sym') artifact: GPTQ g32 "
+                "symmetric", chain("onnx", "int4-sym"))
         add("edgeweave-onnx-split", prec, f"2 stages [0,{cut})+[{cut},end), " + note,
             chain("onnx", prec, (cut,), kw))
     return out
@@ -337,6 +340,8 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--only", default="", help="comma-separated engine names")
     ap.add_argument("--precisions", default="fp32,int8,int4", help="comma-separated subset")
+    ap.add_argument("--sym-int4", action=argparse.BooleanOptionalAction, default=True,
+                    help="an int4 row from the symmetric GPTQ g32 artifact (built once, ~2 min)")
     ap.add_argument("--out", default="engines")
     ap.add_argument("--spinning", choices=("auto", "run", "always", "off"), default="auto",
                     help="ONNX Runtime thread spinning (see SessionProfile); auto = 'run'")
@@ -438,6 +443,8 @@ PAIRS = (  # (ratio name, numerator engine, denominator engine)
     ("onnx_rtn_vs_llamacpp", "edgeweave-onnx-rtn", "llama.cpp"),
     ("onnx_vs_genai", "edgeweave-onnx", "onnxruntime-genai"),
     ("onnx_rtn_vs_genai", "edgeweave-onnx-rtn", "onnxruntime-genai"),
+    ("onnx_sym_vs_llamacpp", "edgeweave-onnx-sym", "llama.cpp"),
+    ("onnx_sym_vs_genai", "edgeweave-onnx-sym", "onnxruntime-genai"),
     ("split_vs_whole", "edgeweave-onnx-split", "edgeweave-onnx"),
     ("onnx_vs_torch", "edgeweave-onnx", "edgeweave-torch"),
 )

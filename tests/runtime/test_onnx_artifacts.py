@@ -6,10 +6,11 @@ import pytest
 import torch
 
 pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 compress = pytest.importorskip("edgeweave.compress")
 
 from edgeweave.runtime.engines.base import EngineConfig  # noqa: E402
-from edgeweave.runtime.engines.onnx import engine_from_model  # noqa: E402
+from edgeweave.runtime.engines.onnx import engine_from_model, weight_format  # noqa: E402
 from edgeweave.runtime.engines.onnx_chain import StageChain  # noqa: E402
 from edgeweave.runtime.engines.onnx_export import ExportSpec  # noqa: E402
 from edgeweave.runtime.engines.onnx_quant import Packed, weight_of  # noqa: E402
@@ -24,6 +25,8 @@ RECIPES = {
     "int8-rtn": ("int8", lambda: compress.RTN(bits=8)),
     "int4-rtn-g32-asym": ("int4", lambda: compress.RTN(bits=4, group_size=32)),
     "int4-rtn-g128-padded": ("int4", lambda: compress.RTN(bits=4, group_size=128, pad=True)),
+    # a variant name, as the engine gets it: its weight format is int4
+    "int4-sym-g32": ("int4-sym", lambda: compress.RTN(bits=4, group_size=32, symmetric=True)),
 }
 
 
@@ -57,11 +60,15 @@ def test_artifact_graph_equals_dequantized_artifact(tiny_model, tmp_path, recipe
                                               model=_dequantized(art, cfg))], 64))
     own = _trace(StageChain([TorchStageEngine(EngineConfig("t", whole, variant), model=art)], 64))
     for level in (0, 4):
-        spec = ExportSpec(0, cfg.num_layers, weights=variant, max_len=cfg.max_position,
-                          accuracy_level=level)
+        spec = ExportSpec(0, cfg.num_layers, weights=weight_format(variant),
+                          max_len=cfg.max_position, accuracy_level=level)
         eng = engine_from_model(art, EngineConfig("t", whole, variant, "onnx", threads=1),
                                 tmp_path / f"{recipe}-{level}", spec)
         got = _trace(StageChain([eng], 64))
+        ops = {n.name.rsplit("/", 1)[-1] for n in onnx.load(str(eng.path),
+                                                          load_external_data=False).graph.node}
+        # asymmetric grids need the exact group-sum term; symmetric ones are plain MatMulNBits
+        assert ("GroupSum" in ops) == ("asym" in recipe or "g128" in recipe)
         for r, g, o in zip(ref, got, own, strict=True):
             scale = r.abs().max()
             if level == 0:  # fp32 activations: the very same numbers as the artifact

@@ -266,7 +266,7 @@ def engine_from_model(model: BlockModel, config: EngineConfig, folder: str | os.
     """Export (or reuse) the graph of ``config.shard`` of an in-memory model and load it."""
     cfg = model.cfg
     sh = config.shard
-    spec = spec or ExportSpec(sh.start, sh.end, weights=config.variant,
+    spec = spec or ExportSpec(sh.start, sh.end, weights=weight_format(config.variant),
                               max_len=cfg.max_position)
     if (spec.start, spec.end) != (sh.start, sh.end):
         raise ConfigError(f"export spec [{spec.start}, {spec.end}) differs from the stage {sh}")
@@ -314,6 +314,11 @@ def _source(config: EngineConfig, from_fp32: bool = False) -> _Source:
                    lambda: load(config.model, shard=config.shard).model)
 
 
+def weight_format(variant: str) -> str:
+    """The ONNX weight format of a variant name: ``int4-sym`` and ``int4-rtn`` are int4."""
+    return variant.split("-", 1)[0]
+
+
 def build_engine(config: EngineConfig, profile: SessionProfile | None = None,
                  overrides: dict[str, Any] | None = None, from_fp32: bool = False
                  ) -> OnnxStageEngine:
@@ -324,8 +329,8 @@ def build_engine(config: EngineConfig, profile: SessionProfile | None = None,
     compression artifact (the cache keeps both apart)."""
     src = _source(config, from_fp32)
     sh, cfg = config.shard, src.cfg
-    spec = ExportSpec(sh.start, sh.end, weights=config.variant, max_len=cfg.max_position,
-                      **(overrides or {}))
+    spec = ExportSpec(sh.start, sh.end, weights=weight_format(config.variant),
+                      max_len=cfg.max_position, **(overrides or {}))
     label = config.variant if src.recipe["source"] != "onnx-rtn" else (
         f"{config.variant}-rtn-g{spec.group_size}")
     want = expected_manifest(fingerprint(src.folder), spec, src.recipe)

@@ -195,6 +195,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--region", default="24-30", help="blocks with adapters, half-open")
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr-schedule", default="constant", choices=("constant", "linear", "cosine"),
+                    help="client lr over the rounds (down to lr * --lr-final)")
+    ap.add_argument("--lr-final", type=float, default=0.1)
     ap.add_argument("--server-opt", default="avg", choices=("avg", "adam", "avgm"))
     ap.add_argument("--server-lr", type=float, default=0.0, help="0 = the optimizer's default")
     ap.add_argument("--server-momentum", type=float, default=0.0)
@@ -216,7 +219,8 @@ def main() -> None:
     region_len = b - a
     base = FedConfig(model=args.model, task=args.task, num_clients=args.clients,
                      rounds=args.rounds, local_steps=args.local_steps,
-                     lr=args.lr, region=(a, b), tiers=tiers(region_len), seq_len=args.seq_len,
+                     lr=args.lr, lr_schedule=args.lr_schedule, lr_final=args.lr_final,
+                     region=(a, b), tiers=tiers(region_len), seq_len=args.seq_len,
                      targets=("q_proj", "v_proj"), batch_size=args.batch, timeout_s=900,
                      server_opt=args.server_opt, server_lr=args.server_lr,
                      server_momentum=args.server_momentum, proximal_mu=args.proximal_mu,

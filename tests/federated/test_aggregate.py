@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -132,6 +133,24 @@ def test_fed_config_validates_and_round_trips():
         FedConfig(aggregation="median")
     with pytest.raises(ConfigError, match="re-bases A"):
         FedConfig(aggregation="svd", freeze_a=True)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        FedConfig(lr_schedule="step")
+    with pytest.raises(ConfigError, match="lr_final"):
+        FedConfig(lr_final=1.5)
     fa = FedConfig(freeze_a=True)
     assert FedConfig.from_run_config(fa.to_run_config()) == fa
     assert fa.to_run_config()["freeze-a"] is True
+
+
+@pytest.mark.parametrize(("schedule", "mid"), [("constant", 1.0), ("linear", 0.55),
+                                               ("cosine", 0.55)])
+def test_client_lr_schedule_by_hand(schedule, mid):
+    cfg = FedConfig(rounds=5, lr=0.01, lr_schedule=schedule, lr_final=0.1)
+    lrs = [cfg.client_lr(r) for r in range(1, 6)]
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[2] == pytest.approx(0.01 * mid)  # halfway: shape 0.5 -> 0.1 + 0.9 * 0.5
+    assert lrs[-1] == pytest.approx(0.01 if schedule == "constant" else 0.001)
+    assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False))
+    if schedule == "cosine":  # slower than linear at the start, faster in the middle
+        assert lrs[1] == pytest.approx(0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))))
+    assert FedConfig(rounds=1, lr=0.01, lr_schedule="cosine").client_lr(1) == 0.01

@@ -60,6 +60,14 @@ def test_heterogeneous_rounds_learn_and_only_adapters_travel(tiny_folder, tmp_ho
         assert any(np.abs(res["final_arrays"][k]).sum() > 0 for k in init if ".lora_B." in k)
 
 
+def test_clients_train_with_the_scheduled_lr(tiny_folder, tmp_home):
+    cfg = _cfg(tiny_folder, rounds=3, lr_schedule="linear", lr_final=0.25)
+    res = simulate(cfg, workers=3)
+    for r in res["rounds"]:
+        assert [c["lr"] for c in r["clients"]] == pytest.approx([cfg.client_lr(r["round"])] * 3)
+    assert [r["clients"][0]["lr"] for r in res["rounds"]] == pytest.approx([2e-2, 1.25e-2, 5e-3])
+
+
 def test_local_dp_mod_clips_each_update(tiny_folder, tmp_home):
     import numpy as np
 

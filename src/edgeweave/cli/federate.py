@@ -25,6 +25,9 @@ def register(app: typer.Typer) -> None:
         proximal_mu: float = typer.Option(0.0, help="FedProx proximal term (0 = off)."),
         client_opt: str = typer.Option("adamw", help="Local optimizer: adamw or sgd."),
         local_steps: int = typer.Option(4), lr: float = typer.Option(3e-3),
+        lr_schedule: str = typer.Option("constant", help="Client lr over the rounds: "
+                                        "constant, linear or cosine (down to lr * lr-final)."),
+        lr_final: float = typer.Option(0.1, help="Last round's client lr as a fraction of lr."),
         region: str = typer.Option("", help="Blocks with adapters, half-open 'start-end'."),
         targets: str = typer.Option("q_proj,v_proj"),
         freeze_a: bool = typer.Option(False, "--freeze-a", help="LoRA-FA: clients train only "
@@ -52,7 +55,8 @@ def register(app: typer.Typer) -> None:
                         aggregation=aggregation, server_opt=server_opt, proximal_mu=proximal_mu,
                         server_lr=server_lr, server_momentum=server_momentum,
                         client_optimizer=client_opt,
-                        local_steps=local_steps, lr=lr, region=reg,
+                        local_steps=local_steps, lr=lr, lr_schedule=lr_schedule,
+                        lr_final=lr_final, region=reg,
                         targets=tuple(targets.split(",")), freeze_a=freeze_a, dp_clip=dp_clip,
                         dp_epsilon=dp_epsilon, probe=not deploy)
         if deploy:

@@ -98,7 +98,7 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
     metrics = {"num-examples": len(examples), "train-loss": float(np.mean(res.losses)),
                "peak-rss-mb": res.peak_rss_mb, "saved-act-mb": res.saved_activations_mb,
                "trainable-params": res.trainable_params, "train-s": time.perf_counter() - t0,
-               "rank": rank, "blocks": len(layers),
+               "rank": rank, "blocks": len(layers), "lr": tcfg.lr,
                "bytes-up": int(sum(v.nbytes for v in out.values())),
                "bytes-down": int(sum(np.asarray(v).nbytes for v in arrays.values())),
                "partition-id": partition}

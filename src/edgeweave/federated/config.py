@@ -9,6 +9,8 @@ source of truth.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -18,6 +20,14 @@ from edgeweave.finetune.config import OPTIMIZERS
 
 AGGREGATIONS = ("fedavg", "pad", "svd")
 SERVER_OPTS = ("avg", "adam", "avgm")
+
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda t: 1.0,
+    "linear": lambda t: 1.0 - t,
+    "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
+}
+"""Client learning-rate shape over the rounds: ``t`` runs from 0 (round 1) to 1 (last
+round) and the result blends ``lr`` (1) into ``lr * lr_final`` (0)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,10 @@ class FedConfig:
     optimizer's default (Adam: lr 1e-3, beta1 0.9; FedAvgM: lr 1, momentum 0.9).
     ``client_optimizer``: ``adamw`` or ``sgd`` for the local steps (FedOpt's pairing is SGD
     on clients, an adaptive optimizer on the server).
+    ``lr_schedule`` decays the clients' lr over the rounds (``constant``, ``linear``,
+    ``cosine``) down to ``lr * lr_final`` in the last round: under label skew every round
+    pulls the global adapter towards the homes sampled last, and a shrinking step lets the
+    later rounds average out instead of swinging.
     ``probe``: query new nodes for their memory before their first round; off, a new node
     trains the smallest tier's share once and its reply carries its profile (one message
     fewer per node: in deployment every message starts a ClientApp process).
@@ -55,6 +69,8 @@ class FedConfig:
     client_optimizer: str = "adamw"
     local_steps: int = 5
     lr: float = 2e-3
+    lr_schedule: str = "constant"
+    lr_final: float = 0.1
     batch_size: int = 4
     seq_len: int = 96
     dirichlet_alpha: float = 0.5
@@ -80,6 +96,11 @@ class FedConfig:
         if self.client_optimizer not in OPTIMIZERS:
             raise ConfigError(f"client_optimizer {self.client_optimizer!r}: choose from "
                               f"{OPTIMIZERS}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule {self.lr_schedule!r}: choose from "
+                              f"{tuple(LR_SCHEDULES)}")
+        if not 0.0 <= self.lr_final <= 1.0:
+            raise ConfigError(f"lr_final is a fraction of lr in [0, 1] (got {self.lr_final})")
         if self.server_opt not in SERVER_OPTS:
             raise ConfigError(f"server_opt {self.server_opt!r}: choose from {SERVER_OPTS}")
         if self.server_opt != "avg" and self.aggregation == "svd":
@@ -103,6 +124,12 @@ class FedConfig:
     @property
     def max_rank(self) -> int:
         return max(t.rank for t in self.tiers)
+
+    def client_lr(self, server_round: int) -> float:
+        """The clients' lr in round ``server_round`` (1-based) under ``lr_schedule``."""
+        t = 0.0 if self.rounds <= 1 else min(max(server_round - 1, 0) / (self.rounds - 1), 1.0)
+        shape = LR_SCHEDULES[self.lr_schedule](t)
+        return self.lr * (self.lr_final + (1.0 - self.lr_final) * shape)
 
     def memory_of(self, partition: int) -> int:
         if self.client_memory_mb:

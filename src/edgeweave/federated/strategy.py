@@ -103,7 +103,7 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
                 keys = [k for k in glob if parse_key(k)[0] in a.layers]
                 sub = truncate(glob, a.rank, keys)
                 conf = ConfigRecord({
-                    "rank": a.rank, "layers": list(a.layers), "lr": self.cfg.lr,
+                    "rank": a.rank, "layers": list(a.layers), "lr": self.cfg.client_lr(server_round),
                     "steps": self.cfg.local_steps, "batch-size": self.cfg.batch_size,
                     "proximal-mu": self.cfg.proximal_mu, "server-round": server_round,
                     "optimizer": self.cfg.client_optimizer,

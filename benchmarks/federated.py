@@ -30,9 +30,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import emit_result, host_info, print_table, run_child, write_json  # noqa: E402
 
-from edgeweave.federated.config import FedConfig  # noqa: E402
+from edgeweave.federated.config import LR_SCHEDULES, SERVER_OPTS, FedConfig  # noqa: E402
 from edgeweave.federated.hetero import Tier  # noqa: E402
 from edgeweave.federated.run import Evaluator, region_blocks, simulate  # noqa: E402
+from edgeweave.finetune.config import OPTIMIZERS  # noqa: E402
 
 
 def tiers(region_len: int) -> tuple[Tier, ...]:
@@ -195,14 +196,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--region", default="24-30", help="blocks with adapters, half-open")
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--lr-schedule", default="constant", choices=("constant", "linear", "cosine"),
+    ap.add_argument("--lr-schedule", default="constant", choices=tuple(LR_SCHEDULES),
                     help="client lr over the rounds (down to lr * --lr-final)")
     ap.add_argument("--lr-final", type=float, default=0.1)
-    ap.add_argument("--server-opt", default="avg", choices=("avg", "adam", "avgm"))
+    ap.add_argument("--server-opt", default="avg", choices=SERVER_OPTS)
     ap.add_argument("--server-lr", type=float, default=0.0, help="0 = the optimizer's default")
     ap.add_argument("--server-momentum", type=float, default=0.0)
     ap.add_argument("--proximal-mu", type=float, default=0.0)
-    ap.add_argument("--client-opt", default="adamw", choices=("adamw", "sgd"))
+    ap.add_argument("--client-opt", default="adamw", choices=OPTIMIZERS)
     ap.add_argument("--baseline-lr", type=float, default=0.0,
                     help="AdamW lr of the local-only and centralized runs (0 = --lr)")
     ap.add_argument("--threads", type=int, default=2)

@@ -27,6 +27,8 @@ from edgeweave.compress.recipes import (
     from_dict,
 )
 
+pytestmark = pytest.mark.kernels  # every packed module's kernel runs here
+
 # (recipe, minimum logit SNR in dB on the tiny random model, maximum size vs fp16)
 CASES = [
     (RTN(bits=8), 35.0, 0.56),

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeweave.compress.kernels import int4_pack, int4_weight_mm, int8_weight_mm, owned
 from edgeweave.compress.quant import (
     dequant_int4,
     pack_nibbles,
@@ -103,8 +104,9 @@ class Int8Linear(nn.Module):
                     torch.zeros(q.shape[0], dtype=torch.long), 0)
                 self._packed = torch.ops.quantized.linear_prepack(qt, None)
         else:
-            self.register_buffer("_q", q.to(torch.int8).contiguous(), persistent=False)
-            self.register_buffer("_s", scales.to(torch.bfloat16).contiguous(), persistent=False)
+            # owned(): the kernel segfaults on AVX-512 when a buffer is not 64-byte aligned
+            self.register_buffer("_q", owned(q, torch.int8), persistent=False)
+            self.register_buffer("_s", owned(scales, torch.bfloat16), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
 
     @property
@@ -128,8 +130,7 @@ class Int8Linear(nn.Module):
                                                    REDUCE_RANGE)
         else:
             shape = x.shape
-            y = torch.ops.aten._weight_int8pack_mm(
-                x.reshape(-1, shape[-1]).to(torch.bfloat16), self._q, self._s)
+            y = int8_weight_mm(x.reshape(-1, shape[-1]), self._q, self._s)
             y = y.float().reshape(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
@@ -167,7 +168,7 @@ def _int4_permutation(n: int, k: int) -> torch.Tensor:
     bits = max(int(n * k - 1).bit_length(), 1)
     for b in range(0, bits, 4):
         plane = ((idx >> b) & 15).to(torch.int32)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(plane, 1)
+        packed = int4_pack(plane)
         perm |= unpack_nibbles(packed).reshape(-1).to(torch.int64) << b
     return perm
 
@@ -190,10 +191,9 @@ class Int4Linear(nn.Module):
         q = F.pad(unpack_nibbles(qweight).to(torch.int32), (0, 0, 0, extra), value=8)
         scales = F.pad(scales.float(), (0, 0, 0, extra), value=1.0)
         zeros = F.pad(zeros.float(), (0, 0, 0, extra))
-        self.register_buffer("_packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1),
-                             persistent=False)
+        self.register_buffer("_packed", int4_pack(q), persistent=False)
         # (groups, out, 2) bf16: the kernel's own argument
-        sz = torch.stack([scales.t(), zeros.t()], dim=-1).to(torch.bfloat16).contiguous()
+        sz = owned(torch.stack([scales.t(), zeros.t()], dim=-1), torch.bfloat16)
         self.register_buffer("_scales_zeros", sz, persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
 
@@ -225,11 +225,10 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        x2 = x.reshape(-1, shape[-1])
         if self.in_padded != self.in_features:
             x2 = F.pad(x2, (0, self.in_padded - self.in_features))
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self._packed, self.group_size,
-                                                        self._scales_zeros)
+        y = int4_weight_mm(x2, self._packed, self.group_size, self._scales_zeros)
         y = y[:, :self.out_features].float().reshape(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
@@ -267,7 +266,8 @@ class QuantEmbedding(nn.Module):
         super().__init__()
         self.bits, self.dim, self.group_size = bits, dim, group_size
         for name, t in tensors.items():
-            self.register_buffer(name, t.contiguous())
+            # owned(): the int8 table doubles as the tied head's kernel weight (as_linear)
+            self.register_buffer(name, owned(t))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.bits == 8:

@@ -2,30 +2,31 @@
 
 ``compress(model, recipe) -> Artifact``; ``load_artifact(path, shard) -> LoadedModel``;
 ``variant(name)`` builds or reuses a cached named artifact ("int8", "int4", ...).
+
+Names resolve lazily (PEP 562), so ``edgeweave.compress.recipes`` (pure dataclasses) and the
+manifest readers can be used by a process that never imports torch.
 """
 
-from edgeweave.compress.api import Context, compress
-from edgeweave.compress.artifact import Artifact, load_artifact, read_manifest, verify
-from edgeweave.compress.calib import Calibration, wiki_calibration
-from edgeweave.compress.recipes import (
-    ASVD,
-    GPTQ,
-    PRESETS,
-    RTN,
-    SVD,
-    ChannelPrune,
-    Distill,
-    Magnitude,
-    Pipeline,
-    Recipe,
-    SmoothQuant,
-    SparseGPT,
-    Wanda,
-    parse_recipe,
-)
-from edgeweave.compress.variants import VARIANTS, variant
+from __future__ import annotations
 
-__all__ = ["ASVD", "GPTQ", "PRESETS", "RTN", "SVD", "VARIANTS", "Artifact", "Calibration",
-           "ChannelPrune", "Context", "Distill", "Magnitude", "Pipeline", "Recipe",
-           "SmoothQuant", "SparseGPT", "Wanda", "compress", "load_artifact", "parse_recipe",
-           "read_manifest", "variant", "verify", "wiki_calibration"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Context": "api", "compress": "api",
+    "Artifact": "artifact", "load_artifact": "artifact", "read_manifest": "artifact",
+    "verify": "artifact",
+    "Calibration": "calib", "wiki_calibration": "calib",
+    **{n: "recipes" for n in ("ASVD", "GPTQ", "PRESETS", "RTN", "SVD", "ChannelPrune",
+                              "Distill", "Magnitude", "Pipeline", "Recipe", "SmoothQuant",
+                              "SparseGPT", "Wanda", "parse_recipe")},
+    "VARIANTS": "variants", "variant": "variants",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"edgeweave.compress.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -180,11 +180,14 @@ class Int4Linear(nn.Module):
 
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  group_size: int, in_features: int, bits: int = 4,
-                 bias: torch.Tensor | None = None) -> None:
+                 bias: torch.Tensor | None = None, zero_point: str = "float") -> None:
         super().__init__()
         self.out_features = qweight.shape[0]
         self.in_padded = qweight.shape[1] * 2
         self.in_features, self.group_size, self.bits = in_features, group_size, bits
+        # "int": zeros are (8 - zp) * scale for integer zp (quant.py), which ONNX reads as
+        # MatMulNBits zero points; "float": any bf16 zero
+        self.zero_point = zero_point
         # the kernel wants out % 16 == 0: extra rows are zeros (q = 8, zero = 0), sliced off
         self.out_padded = -(-self.out_features // 16) * 16
         extra = self.out_padded - self.out_features
@@ -200,8 +203,9 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_ints(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                   group_size: int, in_features: int, bits: int = 4,
-                  bias: torch.Tensor | None = None) -> Int4Linear:
-        return cls(pack_nibbles(q), scales, zeros, group_size, in_features, bits, bias)
+                  bias: torch.Tensor | None = None, zero_point: str = "float") -> Int4Linear:
+        return cls(pack_nibbles(q), scales, zeros, group_size, in_features, bits, bias,
+                   zero_point)
 
     @property
     def scales(self) -> torch.Tensor:
@@ -243,7 +247,7 @@ class Int4Linear(nn.Module):
 
     def meta(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "group_size": self.group_size, "bits": self.bits}
+                "group_size": self.group_size, "bits": self.bits, "zero_point": self.zero_point}
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features} (padded {self.in_padded}), out={self.out_features}, "
@@ -253,7 +257,8 @@ class Int4Linear(nn.Module):
 @register_kind("int4")
 def _int4_from_state(t: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
     return Int4Linear(t["qweight"], t["scales"], t["zeros"], meta["group_size"],
-                      meta["in_features"], meta.get("bits", 4), t.get("bias"))
+                      meta["in_features"], meta.get("bits", 4), t.get("bias"),
+                      meta.get("zero_point", "float"))
 
 
 class QuantEmbedding(nn.Module):
@@ -262,9 +267,10 @@ class QuantEmbedding(nn.Module):
     kind = "qembed"
 
     def __init__(self, bits: int, tensors: dict[str, torch.Tensor], dim: int,
-                 group_size: int = 0) -> None:
+                 group_size: int = 0, zero_point: str = "float") -> None:
         super().__init__()
         self.bits, self.dim, self.group_size = bits, dim, group_size
+        self.zero_point = zero_point
         for name, t in tensors.items():
             # owned(): the int8 table doubles as the tied head's kernel weight (as_linear)
             self.register_buffer(name, owned(t))
@@ -282,7 +288,7 @@ class QuantEmbedding(nn.Module):
         if self.bits == 8:  # shares the int8 table: no second copy in memory
             return Int8Linear(self.qweight, self.scales)
         return Int4Linear(self.qweight, self.scales, self.zeros, self.group_size, self.dim,
-                          self.bits)
+                          self.bits, zero_point=self.zero_point)
 
     @property
     def weight(self) -> torch.Tensor:  # dequantized view for code that inspects embeddings
@@ -295,12 +301,14 @@ class QuantEmbedding(nn.Module):
         return dict(self.named_buffers())
 
     def meta(self) -> dict[str, Any]:
-        return {"bits": self.bits, "dim": self.dim, "group_size": self.group_size}
+        return {"bits": self.bits, "dim": self.dim, "group_size": self.group_size,
+                "zero_point": self.zero_point}
 
 
 @register_kind("qembed")
 def _qembed_from_state(t: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
-    return QuantEmbedding(meta["bits"], t, meta["dim"], meta.get("group_size", 0))
+    return QuantEmbedding(meta["bits"], t, meta["dim"], meta.get("group_size", 0),
+                          meta.get("zero_point", "float"))
 
 
 class LowRankLinear(nn.Module):

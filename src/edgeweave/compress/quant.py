@@ -6,6 +6,14 @@ int4 (also the container for int3): the grid is the one of torch's CPU int4 kern
 zeros are rounded to bfloat16 *before* the integers are chosen, so the weights we evaluate and
 the weights the kernel multiplies with are the same numbers.
 
+Zero points come in two kinds. ``float`` (the default of the first recipes): the asymmetric
+zero is any bf16 number, ``zero = min + 8 * scale``. ``int``: the grid is the one ONNX
+Runtime's MatMulNBits (and llama.cpp's Q4_1-style formats) compute natively,
+``w = (q - zp) * scale`` with an integer ``zp`` in the grid's range; in the container it is
+``zero = (8 - zp) * scale`` rounded to bf16, and ``zp = rint(8 - zero / scale)`` recovers the
+integer exactly (the bf16 rounding moves ``zero / scale`` by at most 8 * 2^-9). A float zero
+costs the ONNX graph an extra group-sum product per matmul (26 % of kernel time at g128).
+
 int8: symmetric per output channel, ``w = q * scale`` with ``q`` in ``[-127, 127]``: what
 fbgemm's prepacked dynamic linear reads.
 """
@@ -28,7 +36,11 @@ def pad_columns(w: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(w, (0, extra)) if extra else w
 
 
-def int4_qparams(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+ZERO_POINTS = ("float", "int")
+
+
+def int4_qparams(w: torch.Tensor, bits: int, symmetric: bool, zero_point: str = "float"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero (bf16-exact, returned as fp32) for each row of ``w`` (..., group)."""
     qmin, qmax = levels(bits)
     w = w.float()
@@ -42,9 +54,19 @@ def int4_qparams(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Ten
         scale = (mx - mn) / (qmax - qmin)
         zero = None
     scale = scale.clamp(min=1e-8).to(torch.bfloat16).float()
-    if zero is None:  # w = (q - 8) * s + z reaches mn at q = qmin
+    if zero is None and zero_point == "int":  # w = (q - zp) * s, zp an integer of the grid
+        zp = torch.clamp(torch.round(qmin - mn / scale), qmin, qmax)
+        zero = ((8 - zp) * scale).to(torch.bfloat16).float()
+    elif zero is None:  # w = (q - 8) * s + z reaches mn at q = qmin
         zero = (mn - (qmin - 8) * scale).to(torch.bfloat16).float()
     return scale, zero
+
+
+def integer_zero_points(scales: torch.Tensor, zeros: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """The integer ``zp`` of an ``int`` zero-point grid (uint8, same shape as ``scales``)."""
+    qmin, qmax = levels(bits)
+    zp = 8 - zeros.float() / scales.float()
+    return torch.clamp(torch.round(zp), qmin, qmax).to(torch.uint8)
 
 
 def int4_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
@@ -58,15 +80,15 @@ def int4_dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) ->
     return (q - 8) * scale[..., None] + zero[..., None]
 
 
-def rtn_int4(w: torch.Tensor, group_size: int, bits: int = 4, symmetric: bool = False
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rtn_int4(w: torch.Tensor, group_size: int, bits: int = 4, symmetric: bool = False,
+             zero_point: str = "float") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round-to-nearest of an (N, K) matrix (K a multiple of ``group_size``).
 
     Returns ``q`` uint8 (N, K), ``scales`` and ``zeros`` fp32 (N, K // group_size).
     """
     n, k = w.shape
     wg = w.float().reshape(n, k // group_size, group_size)
-    scale, zero = int4_qparams(wg, bits, symmetric)
+    scale, zero = int4_qparams(wg, bits, symmetric, zero_point)
     q = int4_quantize(wg, scale, zero, bits)
     return q.reshape(n, k).to(torch.uint8), scale, zero
 

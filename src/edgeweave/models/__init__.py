@@ -1,10 +1,30 @@
-"""Model catalog, loaders and the block-level Llama-family implementation."""
+"""Model catalog, loaders and the block-level Llama-family implementation.
 
-from edgeweave.models.cache import KVCache
-from edgeweave.models.catalog import DEFAULT_MODEL, available, load, resolve
-from edgeweave.models.checkpoint import LoadedModel, load_folder
-from edgeweave.models.config import ModelConfig
-from edgeweave.models.llama import BlockModel
+Names are resolved lazily (PEP 562): ``from edgeweave.models import resolve`` must not import
+torch, because a process that only runs ONNX stages never needs it (about 245 MB of RSS).
+"""
 
-__all__ = ["DEFAULT_MODEL", "BlockModel", "KVCache", "LoadedModel", "ModelConfig", "available",
-           "load", "load_folder", "resolve"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "KVCache": "edgeweave.models.cache",
+    "DEFAULT_MODEL": "edgeweave.models.catalog",
+    "available": "edgeweave.models.catalog",
+    "load": "edgeweave.models.catalog",
+    "resolve": "edgeweave.models.catalog",
+    "LoadedModel": "edgeweave.models.checkpoint",
+    "load_folder": "edgeweave.models.checkpoint",
+    "ModelConfig": "edgeweave.models.config",
+    "BlockModel": "edgeweave.models.llama",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,8 +7,9 @@ zeros are carried over exactly (no re-quantization):
   8-bit MatMulNBits codes ``q + 128`` with the default zero point 128 and the channel's scale
   repeated for every block of the row.
 * ``Int4Linear`` (public layout: low nibble first, ``w = (q - 8) * scale + zero`` per group,
-  bf16 scales/zeros, inputs zero-padded to whole groups) becomes 4-bit MatMulNBits with the
-  default zero point 8 and, when a zero is non-zero, an exact ``float_zeros`` term.
+  bf16 scales/zeros, inputs zero-padded to whole groups) becomes 4-bit MatMulNBits: with the
+  integer zero points of an ``int`` zero-point grid (``zp = 8 - zero / scale``, exact), or
+  with the default zero point 8 and, when a zero is non-zero, an exact ``float_zeros`` term.
 
 Imported by :func:`edgeweave.runtime.engines.onnx_quant.weight_of` when the compression
 package is installed.
@@ -20,7 +21,8 @@ import numpy as np
 from torch import nn
 
 from edgeweave.compress.modules import Int4Linear, Int8Linear
-from edgeweave.runtime.engines.onnx_quant import Packed, QuantSpec, register_converter
+from edgeweave.compress.quant import integer_zero_points
+from edgeweave.runtime.engines.onnx_quant import Packed, QuantSpec, pack, register_converter
 
 
 def _bias(module: nn.Module) -> np.ndarray | None:
@@ -55,8 +57,12 @@ def _from_int4(module: nn.Module, spec: QuantSpec | None) -> Packed:
     k = module.in_features
     groups = -(-k // g)  # padded columns beyond the last group are never read
     qweight = np.ascontiguousarray(qweight[:, :groups * g // 2]).reshape(n, groups, g // 2)
-    scales = module.scales.float().numpy()[:, :groups]
-    zeros = module.zeros.float().numpy()[:, :groups]
-    fz = None if not np.any(zeros) else np.ascontiguousarray(zeros, dtype=np.float32)
-    return Packed(4, g, n, k, qweight, np.ascontiguousarray(scales, dtype=np.float32), None,
-                  _bias(module), fz)
+    scales = module.scales.float()[:, :groups]
+    zeros = module.zeros.float()[:, :groups]
+    zp = fz = None
+    if getattr(module, "zero_point", "float") == "int":  # w = (q - zp) * s natively
+        zp = pack(integer_zero_points(scales, zeros, module.bits).numpy(), 4)
+    elif bool(zeros.any()):
+        fz = np.ascontiguousarray(zeros.numpy(), dtype=np.float32)
+    return Packed(4, g, n, k, qweight, np.ascontiguousarray(scales.numpy(), dtype=np.float32),
+                  zp, _bias(module), fz)

@@ -42,7 +42,7 @@ from edgeweave.types import Shard
 
 OPSET = 21
 MS_OPSET = 1
-EXPORTER_VERSION = 1  # bump when the graph layout changes: cached exports are rebuilt
+EXPORTER_VERSION = 2  # bump when the graph layout changes: cached exports are rebuilt
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,37 @@ class _Graph:
             (y,) = self.node("Add", [y, self.init(f"{name}.bias", w.bias)], name=f"{name}/Bias")
         return y
 
+    def embedding(self, ids: str, w: Weight, name: str) -> str:
+        """Rows of a token table: ``Gather`` (fp32) or ``GatherBlockQuantized``, which reads
+        the same integers the artifact holds (int8 or int4 with its scales and zero points),
+        so the table stays as small in memory as on disk instead of growing to fp32."""
+        if isinstance(w, Dense):
+            return self.node("Gather", [self.init(f"{name}.weight", w.weight), ids],
+                             name=f"{name}/Gather")[0]
+        ins = [self.init(f"{name}.qweight", w.qweight.reshape(w.n, -1)), ids,
+               self.init(f"{name}.scales", w.scales)]
+        if w.zero_points is not None:
+            ins.append(self.init(f"{name}.zero_points", w.zero_points))
+        (y,) = self.node("GatherBlockQuantized", ins, domain="com.microsoft",
+                         name=f"{name}/GatherBlockQuantized", bits=w.bits,
+                         block_size=w.group_size, gather_axis=0, quantize_axis=1)
+        width = w.groups * w.group_size
+        if w.float_zeros is not None:  # + zero[row, g] on every column of group g
+            (fz,) = self.node("Gather", [self.init(f"{name}.float_zeros", w.float_zeros), ids],
+                              name=f"{name}/GatherZeros")
+            (fz,) = self.node("Unsqueeze", [fz, self.init(f"{name}.axes", np.array([-1]))],
+                              name=f"{name}/ZerosAxis")
+            shape = self.init(f"{name}.grouped", np.array([0, 0, w.groups, w.group_size]))
+            (y,) = self.node("Reshape", [y, shape], name=f"{name}/Grouped")
+            (y,) = self.node("Add", [y, fz], name=f"{name}/AddZeros")
+            (y,) = self.node("Reshape", [y, self.init(f"{name}.flat", np.array([0, 0, width]))],
+                             name=f"{name}/Flat")
+        if width != w.k:  # zero-padded columns of the last group
+            starts, ends, axes = (self.init(f"{name}.{n}", np.array([v], np.int64)) for n, v in
+                                  (("starts", 0), ("ends", w.k), ("axes", -1)))
+            (y,) = self.node("Slice", [y, starts, ends, axes], name=f"{name}/Unpad")
+        return y
+
     def group_indicator(self, k: int, group_size: int) -> str:
         name = f"group_indicator_{k}_{group_size}"
         if name not in self._shared:
@@ -148,6 +179,14 @@ class _Graph:
 
 def _norm_weight(module: torch.nn.Module) -> np.ndarray:
     return module.weight.detach().float().numpy().copy()
+
+
+def _embedding_weight(emb: torch.nn.Module) -> Weight:
+    """fp32 rows of a plain table; a quantized table (``as_linear``) keeps its integers."""
+    as_linear = getattr(emb, "as_linear", None)
+    if as_linear is None:
+        return Dense(emb.weight.detach().float().numpy())
+    return weight_of(as_linear(), None)
 
 
 def _head_weight(model: BlockModel, spec: ExportSpec) -> Weight:
@@ -176,8 +215,7 @@ def build_stage(model: BlockModel, spec: ExportSpec):
     if shard.is_first:
         inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64,
                                                     ["batch", "seq"]))
-        emb = g.init("embed_tokens.weight", model.embed_tokens.weight.detach().float().numpy())
-        (h,) = g.node("Gather", [emb, "input_ids"], name="embed/Gather")
+        h = g.embedding("input_ids", _embedding_weight(model.embed_tokens), "embed_tokens")
     else:
         inputs.append(helper.make_tensor_value_info("hidden_states", fp,
                                                     ["batch", "seq", hidden]))

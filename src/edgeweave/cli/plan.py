@@ -16,9 +16,11 @@ def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
     from edgeweave.plan.baselines import BASELINES, baseline_tables
     from edgeweave.plan.fleet import load_fleet
     from edgeweave.plan.partition import place_tables, tables_for
+    from edgeweave.plan.tables import Constraints
     from edgeweave.profile import probe
     from edgeweave.profile.cost import UNCALIBRATED, model_costs
 
+    Constraints(min_quality, battery_reserve)  # refuse bad values before any file is read
     spec = load_fleet(fleet)
     hp = probe.load_cached()
     cal = hp.calibration() if hp else UNCALIBRATED

@@ -28,8 +28,11 @@ from edgeweave.errors import ConfigError
 from edgeweave.profile import catalog
 from edgeweave.profile.variants import Variant, load_variants
 from edgeweave.types import DeviceProfile, Fleet, FleetDevice, Link
+from edgeweave.validate import is_int, kind, number, one_line, refuse_unknown, show
 
-_DEVICE_KEYS = {"class", "battery", "artifacts", "memory_pressure"}
+_TOP_KEYS = ("name", "entry", "exit", "artifacts", "devices", "links")
+_DEVICE_KEYS = ("class", "battery", "artifacts", "memory_pressure")
+_LINK_KEYS = ("a", "b", "class", "bandwidth_scale")
 
 
 @dataclass(frozen=True)
@@ -59,52 +62,117 @@ def check_connected(fleet: Fleet, where: str) -> None:
             f"{fleet.entry!r}; add a link from each of them to a connected device")
 
 
+def _ident(value: Any, what: str) -> str:
+    """A device id, end or fleet name: YAML gives strings, or integers when left unquoted."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} is the boolean {str(value).lower()}: YAML reads unquoted "
+                          "yes/no/on/off/true/false as booleans; quote the name, e.g. 'on'")
+    if is_int(value) or isinstance(value, str) and value.strip():
+        return str(value)
+    raise ConfigError(f"{what} must be a name (a non-empty string), got {kind(value)} "
+                      f"{show(value)}")
+
+
+def _class_name(value: Any, what: str, known: list[str]) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a class name (a string), got {kind(value)} "
+                          f"{show(value)}; known classes: {', '.join(sorted(known))}")
+    return value
+
+
 def _device(did: str, d: Any, extra: dict[str, DeviceProfile], where: str) -> FleetDevice:
+    who = f"{where}: device {did!r}"
     if isinstance(d, str):
         d = {"class": d}
     if not isinstance(d, dict) or "class" not in d:
-        raise ConfigError(f"{where}: device {did!r} needs a `class` (one of "
-                          f"{', '.join(sorted(catalog.devices()))})")
-    unknown = set(d) - _DEVICE_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: device {did!r} has unknown keys {sorted(unknown)}; "
-                          f"allowed: {sorted(_DEVICE_KEYS)}")
+        raise ConfigError(f"{who} needs a `class` (one of {', '.join(sorted(catalog.devices()))}),"
+                          f" e.g. `{did}: {{class: rpi5-8gb, battery: 0.8}}`; got {kind(d)} "
+                          f"{show(d)}")
+    refuse_unknown(d, _DEVICE_KEYS, who)
+    cls = _class_name(d["class"], f"{who}: class", [*catalog.devices(), *extra])
     try:
-        prof = catalog.device(str(d["class"]), extra)
+        prof = catalog.device(cls, extra)
     except ConfigError as e:
-        raise ConfigError(f"{where}: device {did!r}: {e}") from e
+        raise ConfigError(f"{who}: {e}") from e
+    battery = d.get("battery")
+    if battery is not None:
+        battery = number(battery, f"{who}: battery", "`battery: 0.8` (the charge left, 0..1; "
+                         "leave it out for a device on mains)")
     arts = d.get("artifacts")
-    return FleetDevice(id=str(did), profile=prof,
-                       battery=None if d.get("battery") is None else float(d["battery"]),
-                       artifacts=None if arts is None else tuple(str(a) for a in arts),
-                       memory_pressure=float(d.get("memory_pressure", 0.0)))
+    if arts is not None and not (isinstance(arts, list)
+                                 and all(isinstance(a, str) for a in arts)):
+        raise ConfigError(f"{who}: artifacts must be a list of variant names, e.g. "
+                          f"`artifacts: [int8, int4]`, got {kind(arts)} {show(arts)}")
+    pressure = number(d.get("memory_pressure", 0.0), f"{who}: memory_pressure",
+                      "`memory_pressure: 0.3` (the fraction of memory other programs use)")
+    try:
+        return FleetDevice(id=did, profile=prof, battery=battery,
+                           artifacts=None if arts is None else tuple(arts),
+                           memory_pressure=pressure)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def _link(item: Any, where: str) -> Link:
-    if isinstance(item, list | tuple) and len(item) == 3:
-        a, b, cls, scale = *item, 1.0
+    shape = ("a link is [a, b, class], e.g. [hub, gateway, wifi5], or "
+             "{a: hub, b: gateway, class: wifi5, bandwidth_scale: 0.5}")
+    if isinstance(item, list):
+        if len(item) != 3:
+            raise ConfigError(f"{where}: link {show(item)} has {len(item)} items: {shape}")
+        a, b, cls = item
+        scale = 1.0
     elif isinstance(item, dict):
-        try:
-            a, b, cls = item["a"], item["b"], item["class"]
-        except KeyError as e:
-            raise ConfigError(f"{where}: link {item} misses {e.args[0]!r}") from e
-        scale = float(item.get("bandwidth_scale", 1.0))
+        refuse_unknown(item, _LINK_KEYS, f"{where}: link {show(item)}")
+        missing = [k for k in ("a", "b", "class") if k not in item]
+        if missing:
+            raise ConfigError(f"{where}: link {show(item)} misses {', '.join(missing)}: {shape}")
+        a, b, cls = item["a"], item["b"], item["class"]
+        scale = number(item.get("bandwidth_scale", 1.0), f"{where}: link {a}-{b}: "
+                       "bandwidth_scale", "`bandwidth_scale: 0.5` (measured / nominal rate)")
     else:
-        raise ConfigError(f"{where}: a link is [a, b, class] or {{a, b, class}}, got {item!r}")
+        raise ConfigError(f"{where}: {shape}; got {kind(item)} {show(item)}")
+    a, b = _ident(a, f"{where}: a link end"), _ident(b, f"{where}: a link end")
+    cls = _class_name(cls, f"{where}: link {a}-{b}: class", list(catalog.links()))
     try:
-        return Link(str(a), str(b), catalog.link(str(cls)), scale)
+        return Link(a, b, catalog.link(cls), scale)
     except ConfigError as e:
         raise ConfigError(f"{where}: link {a}-{b}: {e}") from e
+
+
+def _artifact_paths(arts: Any, where: str) -> list[Path]:
+    example = "`artifacts: {int4-gptq: ~/.cache/edgeweave/artifacts/smollm2-int4-gptq}`"
+    if arts is None:
+        return []
+    if not isinstance(arts, dict):
+        raise ConfigError(f"{where}: artifacts must be a mapping of variant name -> artifact "
+                          f"folder, e.g. {example}; got {kind(arts)} {show(arts)}")
+    paths = []
+    for name, p in arts.items():
+        if not isinstance(p, str) or not p.strip():
+            raise ConfigError(f"{where}: artifact {show(name)} must be a folder path (a "
+                              f"string), got {kind(p)} {show(p)}; e.g. {example}")
+        try:
+            paths.append(Path(p).expanduser())
+        except RuntimeError as e:  # "~someone" whose home directory is unknown
+            raise ConfigError(f"{where}: artifact {show(name)}: cannot expand {p!r} ({e}): "
+                              "write the folder's full path") from e
+    return paths
 
 
 def fleet_from_dict(doc: dict[str, Any], where: str = "fleet",
                     extra: dict[str, DeviceProfile] | None = None) -> FleetSpec:
     """Build and validate a fleet; ``extra`` adds device classes (e.g. the probed host)."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("devices"), dict) or not doc["devices"]:
-        raise ConfigError(f"{where}: a fleet needs a non-empty `devices` mapping")
+    needs = "a fleet needs a non-empty `devices` mapping (see examples/fleets/home.yaml)"
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: {needs}; the file holds {kind(doc)}, not a mapping")
+    refuse_unknown(doc, _TOP_KEYS, where)
+    if not isinstance(doc.get("devices"), dict) or not doc["devices"]:
+        raise ConfigError(f"{where}: {needs}")
+    raw = {_ident(k, f"{where}: device name {show(k)}"): v for k, v in doc["devices"].items()}
     extra = dict(extra or {})
-    if any((d if isinstance(d, str) else (d or {}).get("class")) == "host"
-           for d in doc["devices"].values()) and "host" not in extra:
+    classes = [d if isinstance(d, str) else d.get("class") if isinstance(d, dict) else None
+               for d in raw.values()]
+    if "host" in classes and "host" not in extra:
         from edgeweave.profile.probe import load_cached
 
         hp = load_cached()
@@ -112,15 +180,21 @@ def fleet_from_dict(doc: dict[str, Any], where: str = "fleet",
             raise ConfigError(f"{where}: device class 'host' needs a host profile: run "
                               "`edgeweave profile` first")
         extra["host"] = hp.device()
-    devices = tuple(_device(k, v, extra, where) for k, v in doc["devices"].items())
-    links = tuple(_link(x, where) for x in doc.get("links") or [])
+    devices = tuple(_device(k, v, extra, where) for k, v in raw.items())
+    link_items = doc.get("links")
+    if link_items is None:
+        link_items = []
+    if not isinstance(link_items, list):
+        raise ConfigError(f"{where}: links must be a list, e.g. `links: [[hub, gateway, wifi5]]`;"
+                          f" got {kind(link_items)} {show(link_items)}")
+    links = tuple(_link(x, where) for x in link_items)
     first = devices[0].id
-    fleet = Fleet(name=str(doc.get("name", Path(where).stem)), devices=devices, links=links,
-                  entry=str(doc.get("entry", first)),
-                  exit=str(doc.get("exit", doc.get("entry", first))))
+    name = Path(where).stem if doc.get("name") is None else _ident(doc["name"], f"{where}: name")
+    entry = first if doc.get("entry") is None else _ident(doc["entry"], f"{where}: entry")
+    exit_ = entry if doc.get("exit") is None else _ident(doc["exit"], f"{where}: exit")
+    fleet = Fleet(name=name, devices=devices, links=links, entry=entry, exit=exit_)
     check_connected(fleet, where)
-    arts = doc.get("artifacts") or {}
-    variants = load_variants([Path(str(p)).expanduser() for p in arts.values()])
+    variants = load_variants(_artifact_paths(doc.get("artifacts"), where))
     known = set(variants)
     for d in devices:
         bad = sorted(set(d.artifacts or ()) - known)
@@ -133,9 +207,18 @@ def fleet_from_dict(doc: dict[str, Any], where: str = "fleet",
 def load_fleet(path: str | Path, extra: dict[str, DeviceProfile] | None = None) -> FleetSpec:
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read fleet file {path}: {e}") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a text file (byte {data[e.start]:#04x} at offset "
+                          f"{e.start} is not UTF-8): pass a YAML fleet file like "
+                          "examples/fleets/home.yaml") from e
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        raise ConfigError(f"{path}: not valid YAML ({one_line(e)}): fix the syntax, see "
+                          "examples/fleets/home.yaml") from e
     return fleet_from_dict(doc, str(path), extra)

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgeweave.errors import ConfigError
 from edgeweave.plan.fleet import reachable
 from edgeweave.profile import cost as C
 from edgeweave.profile.variants import CODEC_QUALITY, Variant
 from edgeweave.types import CODECS, Fleet
+from edgeweave.validate import is_number
 
 METRICS = ("decode_s", "prefill_s", "energy_j")
 INF = float("inf")
@@ -28,6 +30,20 @@ class Constraints:
     min_quality: float = 0.0  # every variant and codec used keeps at least this quality
     battery_reserve: float = 0.2  # battery devices below this level host nothing
     codecs: tuple[str, ...] = CODECS
+
+    def __post_init__(self) -> None:
+        # both are fractions: a reserve of -3 or 7 would silently mean "no limit" / "no device"
+        for name, value, what in (
+                ("min_quality", self.min_quality, "the fraction of the fp32 model's quality "
+                 "every variant must keep, e.g. 0.95"),
+                ("battery_reserve", self.battery_reserve, "the charge below which a battery "
+                 "device hosts no blocks, e.g. 0.2")):
+            if not is_number(value) or not 0 <= value <= 1:
+                raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}: it is "
+                                  f"{what} (CLI: --{name.replace('_', '-')})")
+        bad = [c for c in self.codecs if c not in CODECS]
+        if bad:
+            raise ConfigError(f"unknown codec(s) {bad}: choose from {', '.join(CODECS)}")
 
 
 @dataclass

@@ -72,22 +72,30 @@ def _quality(metrics: dict[str, Any]) -> float | None:
 def variant_from_manifest(path: str | Path) -> Variant:
     """A variant from an artifact folder (or its ``manifest.json``)."""
     path = Path(path)
-    mf = path / "manifest.json" if path.is_dir() else path
     try:
+        mf = path / "manifest.json" if path.is_dir() else path
         m = json.loads(mf.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"cannot read artifact manifest {mf}: {e}") from e
-    recipe = m.get("recipe") or {}
-    name = str(m.get("variant") or m.get("name") or mf.parent.name)
-    # the compression package writes the packed size as stats.bits_per_weight (scales,
-    # zeros and padding included) and the grid as recipe.params.bits
-    bits = (m.get("bits_per_weight") or (m.get("stats") or {}).get("bits_per_weight")
-            or recipe.get("bits_per_weight") or recipe.get("bits")
-            or (recipe.get("params") or {}).get("bits"))
-    b = float(bits or 32)
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON, a NUL in the path
+        raise ArtifactError(f"cannot read artifact manifest {path}: {e}; point the fleet's "
+                            "`artifacts` at a folder written by `edgeweave compress`") from e
+    if not isinstance(m, dict):
+        raise ArtifactError(f"{mf} is not an artifact manifest (a JSON object): re-run "
+                            "`edgeweave compress` for that artifact")
+    try:
+        recipe = m.get("recipe") or {}
+        name = str(m.get("variant") or m.get("name") or mf.parent.name)
+        # the compression package writes the packed size as stats.bits_per_weight (scales,
+        # zeros and padding included) and the grid as recipe.params.bits
+        bits = (m.get("bits_per_weight") or (m.get("stats") or {}).get("bits_per_weight")
+                or recipe.get("bits_per_weight") or recipe.get("bits")
+                or (recipe.get("params") or {}).get("bits"))
+        b = float(bits or 32)
+        quality = _quality(m.get("metrics") or {})
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise ArtifactError(f"{mf}: bits_per_weight or metrics have the wrong type ({e}): the "
+                            "manifest was edited; re-run `edgeweave compress`") from e
     nearest = "int4" if b <= 4.9 else "int8" if b <= 8.5 else "fp16" if b <= 16 else "fp32"
     base = DEFAULT_VARIANTS.get(name) or DEFAULT_VARIANTS[nearest]
-    quality = _quality(m.get("metrics") or {})
     return replace(base, name=name, bits_per_weight=float(bits or base.bits_per_weight),
                    quality=float(quality if quality is not None else base.quality),
                    source=str(mf))

@@ -10,12 +10,17 @@ read back into the same recipe.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from edgeweave.errors import ConfigError
+from edgeweave.validate import is_int, is_number, kind, refuse_unknown, show, suggest
 
 RECIPES: dict[str, type[Recipe]] = {}  # method name -> config type (for JSON)
 METHODS: dict[type, Callable[..., Any]] = {}  # config type -> apply(recipe, model, ctx)
@@ -66,25 +71,93 @@ class Recipe:
         return f"{self.method}({params})"
 
 
+_RECIPE_KEYS = ("method", "version", "params")
+
+
+@functools.cache
+def _field_types(cls: type[Recipe]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+            type(None): "null"}.get(tp, str(tp))
+
+
+def _typed(tp: Any, value: Any) -> tuple[bool, Any]:
+    """``(ok, value)``: JSON ``value`` checked against a field type; ints widen to floats.
+
+    Strings are never parsed ("0.5" is refused, not read as 0.5): a recipe is stored in the
+    manifest and compared with the variant's, so it must hold exactly the typed values."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _typed(arg, value)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return is_int(value), value
+    if tp is float:
+        return is_number(value), float(value) if is_number(value) else value
+    if tp is str:
+        return isinstance(value, str), value
+    return False, value  # a field type this loader was not taught: refuse, do not guess
+
+
+def _params(cls: type[Recipe], method: str, params: dict[str, Any]) -> dict[str, Any]:
+    types_ = _field_types(cls)
+    refuse_unknown(params, types_, f"{method} recipe parameters")
+    out = {}
+    for name, value in params.items():
+        ok, out[name] = _typed(types_[name], value)
+        if not ok:
+            default = json.dumps(next(f.default for f in dataclasses.fields(cls) if f.name == name))
+            raise ConfigError(f"{method}: {name} must be {_describe(types_[name])}, got "
+                              f"{kind(value)} {show(value)}: write e.g. \"{name}\": {default} "
+                              "(numbers and booleans unquoted)")
+    return out
+
+
 def from_dict(d: dict[str, Any]) -> Recipe:
-    """Inverse of :meth:`Recipe.to_dict` (pipelines included)."""
+    """Inverse of :meth:`Recipe.to_dict` (pipelines included); every value is type-checked."""
+    example = '{"method": "rtn", "params": {"bits": 4}}'
     if not isinstance(d, dict) or "method" not in d:
-        raise ConfigError(f"a recipe is a JSON object with a 'method' key, got {d!r}; "
-                          f"methods: {', '.join(sorted(RECIPES))}")
-    cls = RECIPES.get(d["method"])
-    if cls is None:
-        raise ConfigError(f"unknown compression method {d['method']!r}: choose one of "
-                          f"{', '.join(sorted(RECIPES))}")
+        raise ConfigError(f"a recipe is a JSON object with a 'method' key like {example}, got "
+                          f"{kind(d)} {show(d)}; methods: {', '.join(sorted(RECIPES))}")
+    refuse_unknown(d, _RECIPE_KEYS, "recipe")
+    method = d["method"]
+    if not isinstance(method, str) or method not in RECIPES:
+        raise ConfigError(f"unknown compression method {show(method)}{suggest(method, RECIPES)}: "
+                          f"choose one of {', '.join(sorted(RECIPES))}")
+    cls = RECIPES[method]
     version = d.get("version", cls.version)
-    _check(version <= cls.version, f"recipe {d['method']} version {version} is newer than this "
+    _check(is_int(version) and version >= 1, f"recipe {method}: version must be an integer >= 1 "
+           f"(e.g. {cls.version}), got {kind(version)} {show(version)}")
+    _check(version <= cls.version, f"recipe {method} version {version} is newer than this "
            f"edgeweave understands ({cls.version}): upgrade edgeweave")
-    params = dict(d.get("params", {}))
+    params = {} if d.get("params") is None else d["params"]
+    _check(isinstance(params, dict), f"recipe {method}: params must be a JSON object like "
+           f"{example}, got {kind(params)} {show(params)}")
     if cls is Pipeline:
-        return Pipeline(tuple(from_dict(s) for s in params.get("steps", ())))
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - names)
-    _check(not unknown, f"{d['method']} has no parameter(s) {unknown}: valid are {sorted(names)}")
-    return cls(**params)
+        refuse_unknown(params, ("steps",), "pipeline recipe parameters")
+        steps = params.get("steps")
+        _check(isinstance(steps, list) and len(steps) > 0, "a pipeline's params.steps must be a "
+               f"non-empty list of recipes like [{example}], got {kind(steps)} {show(steps)}")
+        built = []
+        for i, step in enumerate(steps):
+            try:
+                built.append(from_dict(step))
+            except ConfigError as e:
+                raise ConfigError(f"pipeline step {i + 1}: {e}") from e
+        return Pipeline(tuple(built))
+    return cls(**_params(cls, method, params))
 
 
 def from_json(text: str) -> Recipe:
@@ -310,7 +383,8 @@ class Pipeline(Recipe):
         _check(len(self.steps_) > 0, "a pipeline needs at least one step")
         for s in self.steps_:
             _check(isinstance(s, Recipe) and not isinstance(s, Pipeline),
-                   f"pipeline steps must be recipes (not pipelines), got {s!r}")
+                   f"pipeline steps must be recipes, not pipelines (got {s!r}): list the "
+                   "inner pipeline's steps in the outer one")
         quant = [i for i, s in enumerate(self.steps_) if s.quantizes]
         _check(len(quant) <= 1 and (not quant or quant[0] == len(self.steps_) - 1),
                "a pipeline may quantize once, as its last step (packed weights cannot be "
@@ -353,13 +427,44 @@ PRESETS: dict[str, Recipe] = {
 }
 
 
-def parse_recipe(spec: str | Recipe) -> Recipe:
-    """A preset name, a JSON recipe, or a recipe object."""
+def parse_recipe(spec: str | Recipe | dict[str, Any]) -> Recipe:
+    """A preset name, a JSON recipe (text, dict, or a ``.json`` file), or a recipe object."""
     if isinstance(spec, Recipe):
         return spec
+    if isinstance(spec, dict):
+        return from_dict(spec)
+    if not isinstance(spec, str):
+        raise ConfigError(f"a recipe is a preset name, JSON text or a Recipe, got {kind(spec)} "
+                          f"{show(spec)}")
     if spec in PRESETS:
         return PRESETS[spec]
     if spec.lstrip().startswith("{"):
         return from_json(spec)
-    raise ConfigError(f"unknown recipe {spec!r}: choose a preset ({', '.join(sorted(PRESETS))}) "
-                      "or pass JSON like '{\"method\": \"rtn\", \"params\": {\"bits\": 4}}'")
+    if spec.endswith(".json") or _is_file(spec):
+        text = _read_recipe_file(Path(spec))
+        try:
+            return from_json(text)
+        except ConfigError as e:
+            raise ConfigError(f"recipe file {show(spec, 400)}: {e}") from e
+    raise ConfigError(f"unknown recipe {show(spec)}{suggest(spec, PRESETS)}: choose a preset "
+                      f"({', '.join(sorted(PRESETS))}), a .json file or JSON like "
+                      "'{\"method\": \"rtn\", \"params\": {\"bits\": 4}}'")
+
+
+def _is_file(spec: str) -> bool:
+    try:
+        return Path(spec).is_file()
+    except (OSError, ValueError):  # a name too long for a path, a NUL byte: not a file
+        return False
+
+
+def _read_recipe_file(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, ValueError) as e:
+        if isinstance(e, UnicodeDecodeError):
+            raise ConfigError(f"recipe file {path} is not text (byte at offset {e.start} is "
+                              "not UTF-8): pass a JSON recipe file") from e
+        raise ConfigError(f"cannot read recipe file {show(str(path), 400)}: "
+                          f"{getattr(e, 'strerror', None) or e}; pass a preset name or an "
+                          "existing .json file") from e

@@ -12,10 +12,10 @@ offset    size  field
 4         1     payload codec id (``runtime.codec``: 0 fp32, 1 fp16, 2 int8, 255 ids;
                 254 = UTF-8 JSON or text)
 5         1     reply codec id: how a FORWARD's output hidden states should be encoded
-6         1     ndim of the payload tensor (0 for none)
+6         1     ndim of the payload tensor (0 for none, at most :data:`MAX_NDIM`)
 7         1     length K of the stage key (UTF-8, e.g. ``"0-10:fp32"``)
 8         1     length S of the session id (UTF-8)
-9         1     reserved (0)
+9         1     reserved (must be 0)
 10        4     seq: request number; a response echoes its request's seq
 14        4     arg: OPEN max_len; TRUNCATE length; FORWARD cache length expected
                 before the step (a mismatch is refused, so tokens are never lost or
@@ -29,6 +29,11 @@ offset    size  field
 Requests: OPEN, FORWARD, TRUNCATE, CLOSE, LOAD (payload: JSON ``EngineConfig`` fields),
 INFO, PING. Responses: OK (FORWARD: the output tensor; INFO/LOAD: JSON) or ERROR (payload:
 the message, arg: :class:`ErrorCode`).
+
+:meth:`Frame.unpack` checks every announced length against the bytes received before it
+reads or allocates anything, and raises only :class:`FrameError`; a node answers a malformed
+frame with ERROR ``BAD_FRAME`` (echoing its seq when the header was readable) and keeps the
+stream open for the next one.
 """
 
 from __future__ import annotations
@@ -44,7 +49,20 @@ from edgeweave.errors import RuntimeStageError
 MAGIC = b"EW"
 VERSION = 1
 JSON_CODEC = 254
+# Tensors on the wire are (B, T) ids, (B, T, H) hidden states or (B, vocab) logits; 8 leaves
+# room for new layouts while keeping a hostile header from announcing 255 dims.
+MAX_NDIM = 8
 _HEAD = struct.Struct("<2sBBBBBBBBII")  # 18 bytes
+_U32 = 2**32 - 1
+
+
+class FrameError(RuntimeStageError):
+    """Bytes that are not a well-formed frame; ``seq`` is the request's number when its
+    header could be read (so the answer reaches the right caller), else None."""
+
+    def __init__(self, message: str, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.seq = seq
 
 
 class Op(IntEnum):
@@ -59,6 +77,8 @@ class Op(IntEnum):
     ERROR = 17
 
 
+_OPS = frozenset(int(o) for o in Op)
+
 class ErrorCode(IntEnum):
     GENERIC = 1
     SESSION_MISSING = 2
@@ -66,6 +86,7 @@ class ErrorCode(IntEnum):
     NO_STAGE = 4
     MEMORY = 5
     BAD_FRAME = 6
+    TOO_LONG = 7  # OPEN max_len beyond the model's context
 
 
 @dataclass
@@ -88,8 +109,16 @@ class Frame:
 
     def pack(self) -> bytes:
         key, sid = self.stage.encode(), self.session.encode()
-        if len(key) > 255 or len(sid) > 255 or len(self.shape) > 255:
-            raise RuntimeStageError("stage key and session id must be at most 255 bytes")
+        if len(key) > 255 or len(sid) > 255:
+            raise FrameError("stage key and session id must be at most 255 bytes")
+        if len(self.shape) > MAX_NDIM or not all(0 <= d <= _U32 for d in self.shape):
+            raise FrameError(f"shape {self.shape} cannot be sent: at most {MAX_NDIM} dims, "
+                             "each in [0, 2^32)")
+        for name, value, top in (("op", int(self.op), 255), ("codec", self.codec, 255),
+                                 ("reply codec", self.reply_codec, 255), ("seq", self.seq, _U32),
+                                 ("arg", self.arg, _U32)):
+            if not 0 <= value <= top:
+                raise FrameError(f"frame {name} {value} does not fit its field (0..{top})")
         head = _HEAD.pack(MAGIC, VERSION, int(self.op), self.codec, self.reply_codec,
                           len(self.shape), len(key), len(sid), 0, self.seq, self.arg)
         return b"".join((head, struct.pack(f"<{len(self.shape)}I", *self.shape), key, sid,
@@ -97,26 +126,50 @@ class Frame:
 
     @classmethod
     def unpack(cls, data: bytes) -> Frame:
+        """Decode one frame; anything malformed raises :class:`FrameError` (never another
+        type), checked against the actual byte count before anything is read or allocated."""
         if len(data) < _HEAD.size:
-            raise RuntimeStageError(f"frame of {len(data)} bytes is shorter than its header")
-        magic, ver, op, codec, reply, nd, kl, sl, _, seq, arg = _HEAD.unpack_from(data)
+            raise FrameError(f"frame of {len(data)} bytes is shorter than its {_HEAD.size}-byte "
+                             "header: is this a stage node client?")
+        magic, ver, op, codec, reply, nd, kl, sl, reserved, seq, arg = _HEAD.unpack_from(data)
         if magic != MAGIC:
-            raise RuntimeStageError("not an edgeweave frame (bad magic): is this a stage node?")
+            raise FrameError("not an edgeweave frame (bad magic): is this a stage node?")
         if ver != VERSION:
-            raise RuntimeStageError(f"frame version {ver} is not supported (this build speaks "
-                                    f"{VERSION}): run the same edgeweave version on every node")
+            raise FrameError(f"frame version {ver} is not supported (this build speaks "
+                             f"{VERSION}): run the same edgeweave version on every node")
+        # from here on the header is ours, so an answer can echo the request's seq
+        if op not in _OPS:
+            raise FrameError(f"unknown op {op}: this build knows "
+                             f"{', '.join(f'{o.name}={o.value}' for o in Op)}", seq)
+        if reserved:
+            raise FrameError(f"reserved header byte is {reserved}, not 0: the peer speaks "
+                             "another revision of the frame format", seq)
+        if nd > MAX_NDIM:
+            raise FrameError(f"ndim {nd} is more than the {MAX_NDIM} dims a frame may carry",
+                             seq)
+        need = _HEAD.size + 4 * nd + kl + sl
+        if len(data) < need:
+            raise FrameError(f"frame of {len(data)} bytes is truncated: its header announces "
+                             f"{nd} dims, a {kl}-byte stage key and a {sl}-byte session id "
+                             f"({need} bytes before the payload)", seq)
         pos = _HEAD.size
         shape = struct.unpack_from(f"<{nd}I", data, pos)
         pos += 4 * nd
-        key = data[pos:pos + kl].decode()
-        pos += kl
-        sid = data[pos:pos + sl].decode()
-        pos += sl
-        return cls(Op(op), key, sid, seq, arg, codec, reply, tuple(shape), data[pos:])
+        try:
+            key = bytes(data[pos:pos + kl]).decode()
+            sid = bytes(data[pos + kl:pos + kl + sl]).decode()
+        except UnicodeDecodeError:
+            raise FrameError("stage key or session id is not UTF-8", seq) from None
+        return cls(Op(op), key, sid, seq, arg, codec, reply, tuple(shape), bytes(data[need:]))
 
     # -- helpers for JSON payloads --------------------------------------------------------
     def json(self) -> Any:
-        return json.loads(self.payload.decode()) if self.payload else None
+        if not self.payload:
+            return None
+        try:
+            return json.loads(self.payload.decode())
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError both are
+            raise FrameError(f"{self.op.name} payload is not UTF-8 JSON ({e})", self.seq) from None
 
     @staticmethod
     def json_bytes(obj: Any) -> bytes:

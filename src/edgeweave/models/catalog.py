@@ -2,14 +2,16 @@
 
 Resolution order: a bundled model name, a local Hugging Face folder (config.json +
 safetensors + tokenizer), or a local ``.gguf`` file. GGUF sources are converted once into
-``$EDGEWEAVE_HOME/models/<name>``; the conversion is atomic, so an interrupted one leaves
-nothing behind and the next call simply redoes it.
+``$EDGEWEAVE_HOME/models/<name>``; the conversion is atomic and runs under the entry's lock
+(``paths.build_once``): processes that start together convert once, the others wait and reuse
+the result, and the leftover of a killed conversion is removed by the next one.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +19,8 @@ import torch
 
 from edgeweave.errors import CheckpointError, ModelNotFoundError
 from edgeweave.models.checkpoint import LoadedModel, load_folder
-from edgeweave.models.gguf import convert_gguf, read_source
-from edgeweave.paths import home, sha256_file
+from edgeweave.models.gguf import convert_gguf, gguf_architecture, read_source
+from edgeweave.paths import build_once, home, sha256_file
 from edgeweave.types import Shard
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -67,7 +69,19 @@ def cache_folder(name: str) -> Path:
 
 
 def is_cached(name: str) -> bool:
-    return (cache_folder(name) / "config.json").is_file()
+    return _converted(cache_folder(name))
+
+
+def _converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def _ensure_converted(folder: Path, source: Callable[[], Path]) -> None:
+    """Convert ``source()`` into ``folder`` unless it is there; ``source`` is only called
+    when a conversion is needed (finding the bundled file may fail for a cached model)."""
+    if not _converted(folder):
+        gguf_architecture(source())  # refuse a damaged file before the entry's lock is created
+    build_once(folder, _converted, lambda dest: convert_gguf(source(), dest))
 
 
 def available() -> list[str]:
@@ -89,8 +103,7 @@ def resolve(spec: str) -> tuple[str, Path]:
         raise _not_found(spec)
     if spec in BUNDLED:
         folder = cache_folder(spec)
-        if not is_cached(spec):
-            convert_gguf(BUNDLED[spec].source(), folder)
+        _ensure_converted(folder, BUNDLED[spec].source)
         return spec, folder
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -106,8 +119,7 @@ def resolve(spec: str) -> tuple[str, Path]:
         # Key the cache on content, so an edited file with the same name is converted anew.
         name = f"{path.stem.lower()}-{sha256_file(path)[:12]}"
         folder = cache_folder(name)
-        if not is_cached(name):
-            convert_gguf(path, folder)
+        _ensure_converted(folder, lambda: path)
         return name, folder
     if path.exists():
         raise CheckpointError(f"{path} is neither a model folder nor a .gguf file")

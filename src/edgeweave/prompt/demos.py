@@ -9,23 +9,37 @@ Persistence (optional ``path``): SQLite in WAL mode; each insert and its evictio
 one transaction, so a crash mid-write leaves the database at the last committed state, never
 half a row. Selection recency is kept in memory and written with the next transaction (or
 ``flush()``): a crash may lose recency, never demonstrations.
+
+Writes are all or nothing in memory too: ``add_many`` checks every item before it changes
+anything, and if the database then refuses the transaction, the rows it had already placed or
+evicted in memory are put back, so memory and disk never disagree. A file that is not a store
+(random bytes, someone else's schema, rows of the wrong size) is refused with
+:class:`StoreError` and left untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgeweave.errors import ConfigError
+from edgeweave.errors import ConfigError, EdgeweaveError
 from edgeweave.prompt.embed import normalize
 from edgeweave.prompt.policies import StoreView, get_eviction, get_ordering
 
 ROW_OVERHEAD = 64  # bytes counted per entry beside its text and embedding (ids, counters)
+DEMO_COLUMNS = ("id", "input", "output", "label", "emb", "utility", "last_used", "nbytes")
+META_COLUMNS = ("key", "value")
+
+
+class StoreError(EdgeweaveError):
+    """The demonstration database cannot be used: not SQLite, not a store's schema, damaged
+    rows, or a write the database refused."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,11 @@ class DemonstrationStore:
         self._next_id = 1
         self._dirty: set[int] = set()
         self.evicted = 0
+        # slot -> its contents before the write in progress changed it (_all_or_nothing)
+        self._journal: dict[int, tuple] | None = None
+        self._journal_base = 0  # rows before the write in progress; later slots are its own
         self._db: sqlite3.Connection | None = None
+        self._path: Path | None = None
         if path is not None:
             self._open(Path(path))
 
@@ -126,48 +144,76 @@ class DemonstrationStore:
         return self.add_many([(input_text, output, embedding, label)])[0]
 
     def add_many(self, items: Iterable[tuple[str, str, np.ndarray, str | None]]) -> list[int]:
-        """Insert several demonstrations in one transaction (all or nothing on disk)."""
+        """Insert several demonstrations in one transaction: all of them or none, in memory
+        and on disk alike. Every item is checked before anything changes."""
+        checked = [self._check(item) for item in items]
+        if not checked:
+            return []
         new_ids: list[int] = []
         removed: list[int] = []
         inserted: list[tuple] = []
-        for input_text, output, embedding, label in items:
-            vec = normalize(np.asarray(embedding, dtype=np.float32).reshape(-1))
-            if vec.shape[0] != self.config.dim:
-                raise ConfigError(f"embedding has {vec.shape[0]} dims, the store expects "
-                                  f"{self.config.dim}")
-            size = entry_bytes(input_text, output, label, self.config.dim)
-            if size > self.config.max_bytes:
-                raise ConfigError(f"one demonstration of {size} bytes exceeds max_bytes="
-                                  f"{self.config.max_bytes}: shorten it or raise the cap")
-            self._clock += 1
-            did = self._next_id
-            self._next_id += 1
-            s = self._n
-            self._emb[s], self._last[s], self._util[s], self._ids[s] = vec, self._clock, 0.0, did
-            self._rows.append((input_text, output, label, size))
-            self._slot[did] = s
-            self._n += 1
-            self._bytes += size
-            removed.extend(self._enforce_caps(protect=did))
-            if did in self._slot:
-                new_ids.append(did)
-                inserted.append((did, input_text, output, label, vec.tobytes(), 0.0,
-                                 self._clock, size))
-        if self._db is not None:
-            kept = [r for r in inserted if r[0] in self._slot]
-            with self._db:  # one transaction: rows in, evicted rows out, clock
-                self._db.executemany("INSERT INTO demos VALUES (?,?,?,?,?,?,?,?)", kept)
-                self._db.executemany("DELETE FROM demos WHERE id=?", [(i,) for i in removed])
-                self._write_touches()
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?), "
-                                 "('next_id', ?)", (str(self._clock), str(self._next_id)))
+        with self._all_or_nothing():
+            for input_text, output, label, vec, size in checked:
+                self._clock += 1
+                did = self._next_id
+                self._next_id += 1
+                s = self._n
+                self._save_slots(s)
+                self._emb[s], self._last[s], self._util[s], self._ids[s] = vec, self._clock, 0.0, did
+                self._rows.append((input_text, output, label, size))
+                self._slot[did] = s
+                self._n += 1
+                self._bytes += size
+                removed.extend(self._enforce_caps(protect=did))
+                if did in self._slot:
+                    new_ids.append(did)
+                    inserted.append((did, input_text, output, label, vec.tobytes(), 0.0,
+                                     self._clock, size))
+            if self._db is not None:
+                kept = [r for r in inserted if r[0] in self._slot]
+                with self._transaction() as db:  # rows in, evicted rows out, clock
+                    db.executemany("INSERT INTO demos VALUES (?,?,?,?,?,?,?,?)", kept)
+                    db.executemany("DELETE FROM demos WHERE id=?", [(i,) for i in removed])
+                    self._write_touches()
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?), ('next_id', ?)",
+                               (str(self._clock), str(self._next_id)))
         return new_ids
 
+    def _check(self, item: tuple) -> tuple[str, str, str | None, np.ndarray, int]:
+        """One item validated and normalized, or a ConfigError saying what to fix."""
+        try:
+            input_text, output, embedding, label = item
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"a demonstration is (input, output, embedding, label), got {item!r:.80}"
+                              ) from e
+        if not (isinstance(input_text, str) and isinstance(output, str)
+                and (label is None or isinstance(label, str))):
+            raise ConfigError("a demonstration's input and output must be str and its label str or "
+                              f"None (got {type(input_text).__name__}, {type(output).__name__}, "
+                              f"{type(label).__name__})")
+        try:
+            raw = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"the embedding of {input_text[:40]!r} is not a vector of numbers ({e})"
+                              ) from e
+        if raw.shape[0] != self.config.dim:
+            raise ConfigError(f"embedding has {raw.shape[0]} dims, the store expects "
+                              f"{self.config.dim}: embed with the model the store was made for")
+        if not np.isfinite(raw).all():
+            raise ConfigError(f"the embedding of {input_text[:40]!r} holds NaN or infinite values: "
+                              "check the embedding model's output; nothing was added")
+        size = entry_bytes(input_text, output, label, self.config.dim)
+        if size > self.config.max_bytes:
+            raise ConfigError(f"one demonstration of {size} bytes exceeds max_bytes="
+                              f"{self.config.max_bytes}: shorten it or raise the cap")
+        return input_text, output, label, normalize(raw), size
+
     def remove(self, demo_id: int) -> None:
-        self._delete_slot(self._slot[demo_id])
-        if self._db is not None:
-            with self._db:
-                self._db.execute("DELETE FROM demos WHERE id=?", (demo_id,))
+        s = self._slot[demo_id]
+        if self._db is not None:  # disk first: if it refuses, memory still matches it
+            with self._transaction() as db:
+                db.execute("DELETE FROM demos WHERE id=?", (demo_id,))
+        self._delete_slot(s)
 
     def feedback(self, demo_ids: Sequence[int], reward: float, rate: float = 0.2) -> None:
         """Credit the demonstrations used for an answer (reward 1 right, 0 wrong): the
@@ -180,7 +226,7 @@ class DemonstrationStore:
 
     def flush(self) -> None:
         if self._db is not None:
-            with self._db:
+            with self._transaction():
                 self._write_touches()
 
     def close(self) -> None:
@@ -208,6 +254,7 @@ class DemonstrationStore:
 
     def _delete_slot(self, s: int) -> None:
         last = self._n - 1
+        self._save_slots(s, last)
         did = int(self._ids[s])
         self._bytes -= self._rows[s][3]
         del self._slot[did]
@@ -220,6 +267,42 @@ class DemonstrationStore:
         self._rows.pop()
         self._n -= 1
 
+    # ---- undo of a write the database refused --------------------------------------------
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Undo every in-memory change of the block if it raises. Only the slots the block
+        overwrites are copied (``_save_slots``), so a write costs O(rows it touches), not a
+        copy of the whole store."""
+        n, nbytes, clock, next_id, evicted = self._n, self._bytes, self._clock, self._next_id, self.evicted
+        dirty, rng = set(self._dirty), self._rng.bit_generator.state
+        self._journal, self._journal_base = {}, n
+        try:
+            yield
+        except BaseException:
+            journal = self._journal
+            rows = self._rows[:n]
+            rows += [journal[s][4] for s in range(len(rows), n)]  # popped slots were all saved
+            for s, (emb, last, util, did, row) in journal.items():
+                self._emb[s], self._last[s], self._util[s], self._ids[s] = emb, last, util, did
+                rows[s] = row
+            self._rows = rows
+            self._n, self._bytes, self._clock, self._next_id, self.evicted = (
+                n, nbytes, clock, next_id, evicted)
+            self._slot = {int(self._ids[s]): s for s in range(n)}
+            self._dirty, self._rng.bit_generator.state = dirty, rng
+            raise
+        finally:
+            self._journal = None
+
+    def _save_slots(self, *slots: int) -> None:
+        """Remember what ``slots`` held before the write in progress first changed them."""
+        if self._journal is None:
+            return
+        for s in slots:
+            if s < self._journal_base and s not in self._journal:
+                self._journal[s] = (self._emb[s].copy(), self._last[s], self._util[s],
+                                    self._ids[s], self._rows[s])
+
     def _view(self) -> StoreView:
         n = self._n
         return StoreView(self._emb[:n], self._last[:n], self._util[:n], _Labels(self._rows))
@@ -231,14 +314,22 @@ class DemonstrationStore:
         """Up to ``k`` demonstrations, most similar first (``knn``) or uniformly at random
         (``random``, similarities still reported). ``exclude`` ids are never returned."""
         n = self._n
-        if n == 0 or k <= 0:
-            return []
         if strategy not in ("knn", "random"):
             raise ConfigError(f"unknown selection {strategy!r}; choose knn or random")
+        if query is not None:
+            q = np.asarray(query, dtype=np.float32).reshape(-1)
+            if q.shape[0] != self.config.dim:
+                raise ConfigError(f"the query has {q.shape[0]} dims, the store holds "
+                                  f"{self.config.dim}: embed it with the store's model")
+            if not np.isfinite(q).all():
+                raise ConfigError("the query embedding holds NaN or infinite values: check the "
+                                  "embedding model's output, or pass query=None to pick at random")
+        if n == 0 or k <= 0:
+            return []
         if query is None:
             sims = np.zeros(n, dtype=np.float32)
         else:
-            q = normalize(np.asarray(query, dtype=np.float32).reshape(-1))
+            q = normalize(q)
             # einsum, not `@`: OpenBLAS's threaded GEMV spins when the cores are busy (8 ms vs
             # 1.3 ms measured at 10k x 384 on a loaded 2-core box); einsum stays single-threaded
             sims = np.einsum("ij,j->i", self._emb[:n], q)
@@ -276,9 +367,56 @@ class DemonstrationStore:
         return [selected[i] for i in perm]
 
     # ---- persistence -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction, or a rolled-back one and a StoreError."""
+        assert self._db is not None
+        try:
+            with self._db:
+                yield self._db
+        except sqlite3.Error as e:
+            raise StoreError(f"the demonstration database {self._path} refused a write ({e}); "
+                             "nothing was changed. Use one store per file and process; if the "
+                             "file is damaged, move it aside and a new store is started") from e
+
     def _open(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(str(path), isolation_level="DEFERRED")
+        self._path = path
+        try:
+            db = sqlite3.connect(str(path), isolation_level="DEFERRED")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open {path} as a demonstration store ({e}): pass a file "
+                             "path in a writable folder") from e
+        try:
+            self._load(db, path)
+        except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as e:
+            db.close()
+            raise StoreError(f"{path} is not a demonstration store or is damaged "
+                             f"({type(e).__name__}: {e}): move it aside (a new store is then "
+                             "started) or pass the right file") from e
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        removed = self._enforce_caps(protect=-1)
+        if removed:
+            try:
+                with self._transaction() as tx:
+                    tx.executemany("DELETE FROM demos WHERE id=?", [(i,) for i in removed])
+            except StoreError:
+                db.close()
+                self._db = None
+                raise
+
+    def _load(self, db: sqlite3.Connection, path: Path) -> None:
+        """Check the schema (before anything is written to the file), then read every row."""
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        want = {"demos": DEMO_COLUMNS, "meta": META_COLUMNS}
+        have = {k: tuple(c[1] for c in db.execute(f"PRAGMA table_info('{k}')")) for k in want}
+        if tables and have != want:
+            raise StoreError(f"{path} is an SQLite database but not a demonstration store (tables "
+                             f"{sorted(tables)}; a store has demos{DEMO_COLUMNS} and "
+                             f"meta{META_COLUMNS}): pass a new file or the store's own")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.config.synchronous}")
         with db:
@@ -295,6 +433,8 @@ class DemonstrationStore:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         rows = db.execute("SELECT id, input, output, label, emb, utility, last_used, nbytes "
                           "FROM demos ORDER BY id").fetchall()
+        for r in rows:
+            self._check_row(r, path)
         if len(rows) > self.config.max_entries:  # the cap was lowered since: keep the newest
             rows = sorted(rows, key=lambda r: r[6])[-self.config.max_entries:]
             rows.sort(key=lambda r: r[0])
@@ -312,11 +452,22 @@ class DemonstrationStore:
         self._clock = max(int(meta.get("clock", 0)), int(self._last[: self._n].max(initial=0)))
         top_id = int(self._ids[: self._n].max(initial=0))
         self._next_id = max(int(meta.get("next_id", 1)), top_id + 1)
-        self._db = db
-        removed = self._enforce_caps(protect=-1)
-        if removed:
-            with db:
-                db.executemany("DELETE FROM demos WHERE id=?", [(i,) for i in removed])
+
+    def _check_row(self, row: tuple, path: Path) -> None:
+        did, inp, out, label, emb, util, last, size = row
+        problem = None
+        if not (isinstance(did, int) and isinstance(inp, str) and isinstance(out, str)
+                and (label is None or isinstance(label, str)) and isinstance(last, int)
+                and isinstance(size, int) and isinstance(util, int | float)):
+            problem = "has values of the wrong types"
+        elif not isinstance(emb, bytes) or len(emb) != 4 * self.config.dim:
+            n = len(emb) if isinstance(emb, bytes | str) else 0
+            problem = f"has a {n}-byte embedding where {self.config.dim} dims take {4 * self.config.dim}"
+        elif not np.isfinite(np.frombuffer(emb, dtype=np.float32)).all() or not np.isfinite(util):
+            problem = "holds NaN or infinite values"
+        if problem:
+            raise StoreError(f"{path}: demonstration {did!r} {problem}; the file was changed "
+                             "outside edgeweave. Delete that row or move the file aside")
 
     def _write_touches(self) -> None:
         assert self._db is not None

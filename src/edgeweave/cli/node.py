@@ -2,7 +2,64 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+
 import typer
+
+from edgeweave.errors import ConfigError
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # one RFC 1123 host name label
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """Where a node listens and what it may use, checked before anything loads (the CLI
+    prints a bad value's one-line message and exits 2)."""
+
+    host: str
+    port: int
+    memory_mb: int
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check_host(self.host)
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port} is not in [0, 65535]: pass a free port, or 0 "
+                              "to pick one (printed when the node is ready)")
+        if self.memory_mb <= 0:
+            raise ConfigError(f"--memory-mb {self.memory_mb} must be a positive number of MiB "
+                              "for the KV caches, e.g. 4096")
+        if self.threads < 0:
+            raise ConfigError(f"--threads {self.threads} must be >= 0 (0 = torch's default)")
+
+    @property
+    def bind_host(self) -> str:
+        """The host as a gRPC address wants it: IPv6 literals in brackets (``[::1]``)."""
+        host = self.host.strip("[]")
+        return f"[{host}]" if ":" in host else host
+
+
+def _check_host(host: str) -> None:
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+        return
+    except ValueError:
+        pass
+    fix = ("pass an address of this host, e.g. 127.0.0.1 (loopback only) or 0.0.0.0 (every "
+           "interface)")
+    # dotted digits that are no IPv4 address (999.1.1.1) must not reach the resolver: it
+    # would ask DNS and, offline, hang until its timeout
+    if (re.fullmatch(r"[0-9.]+", bare) or len(bare) > 253
+            or not all(_LABEL.fullmatch(label) for label in bare.rstrip(".").split("."))):
+        raise ConfigError(f"--host {host!r} is not an IP address or a host name: {fix}")
+    try:
+        socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise ConfigError(f"--host {host!r} does not resolve to an address: {fix}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -31,6 +88,7 @@ def register(app: typer.Typer) -> None:
                                        "sessions are active, all cores for a single one."),
     ) -> None:
         """Host stages of a pipeline; prints `EDGEWEAVE-NODE READY host:port` when serving."""
+        opts = NodeOptions(host, port, memory_mb, threads)  # refused before anything loads
         import logging
 
         from edgeweave.runtime.launch import run_node
@@ -38,6 +96,6 @@ def register(app: typer.Typer) -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         tls = TLSFiles.from_dir(tls_dir, name) if tls_dir else None
-        run_node(model, host, port, tuple(stage), variant, tls, memory_mb, threads,
+        run_node(model, opts.bind_host, port, tuple(stage), variant, tls, memory_mb, threads,
                  ready=lambda line: print(line, flush=True), mqtt=mqtt, device=name,
                  fleet=fleet, telemetry_s=telemetry_s, colocated=colocated)

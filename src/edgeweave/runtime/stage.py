@@ -7,27 +7,38 @@ gRPC server (:func:`serve`) exposes it as one bidirectional stream method
 answered in order, one at a time, so a coordinator multiplexes all its sessions over a single
 stream per node.
 
-Memory: every session's cache counts against ``memory_cap_bytes``; opening a session that
-does not fit evicts the least recently used sessions first (the coordinator replays an evicted
-session when it comes back, see ``SESSION_MISSING``).
+Memory: every session's cache counts against ``memory_cap_bytes``. OPEN is checked before
+anything is allocated: ``max_len`` beyond the model's context is refused (``TOO_LONG``), and
+so is a session whose predicted cache alone exceeds the cap (``MEMORY``); a session that fits
+evicts the least recently used ones first (the coordinator replays an evicted session when it
+comes back, see ``SESSION_MISSING``). The prediction is the engine's own per-token figure
+(``session_bytes`` of a one-token probe session, taken when the stage is added), i.e. layers
+in the shard x 2 (K and V) x kv_heads x head_dim x dtype bytes, times ``max_len``.
+
+Bad input never takes the stream down: a malformed frame, an unknown codec, a tensor whose
+shape does not fit the stage or a step past the session's ``max_len`` is answered with ERROR
+(the message names the problem) before the engine sees it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from edgeweave.errors import EdgeweaveError
+import torch
+
+from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
 from edgeweave.runtime import codec as codecs
 from edgeweave.runtime.engines.base import EngineConfig, SessionNotFound, StageEngine, create_engine
 from edgeweave.runtime.fast import ColocatedThreads
-from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op, error
-from edgeweave.types import Shard
+from edgeweave.runtime.transport.frame import ErrorCode, Frame, FrameError, Op, error
+from edgeweave.types import CODECS, Shard
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,28 @@ GRPC_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 1000),
 ]
+# gRPC sets SO_REUSEPORT on listeners by default, so a second node on a taken port "starts"
+# and the kernel splits new connections between the two processes (a plaintext node beside
+# a mutual-TLS one, seen in the probe battery). A taken port must be an error instead.
+SERVER_OPTIONS = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
+_PROBE_SESSION = "\x00kv-probe"  # never a coordinator's id (those are "s<n>-<ns>")
+
+
+@dataclass(frozen=True)
+class StageLimits:
+    """What an OPEN of one stage may ask for, known before any cache is allocated."""
+
+    bytes_per_token: int  # KV cache bytes one token of max_len reserves in this stage
+    context: int | None  # the model's max_position; None when the engine does not say
+
+    def session_bytes(self, max_len: int) -> int:
+        return self.bytes_per_token * max_len
+
+
+@dataclass
+class _Slot:
+    nbytes: int  # what the engine reports it reserved
+    max_len: int  # what OPEN asked for: a FORWARD past it is refused before decoding
 
 
 class StageHost:
@@ -50,13 +83,17 @@ class StageHost:
     def __init__(self, model: str = "", memory_cap_bytes: int = 4 << 30, threads: int = 0,
                  engine_factory: Callable[[EngineConfig], StageEngine] = create_engine,
                  colocated: ColocatedThreads | None = None) -> None:
+        if memory_cap_bytes <= 0:
+            raise ConfigError(f"the node's memory cap must be positive (got {memory_cap_bytes} "
+                              "bytes): pass --memory-mb > 0")
         self.model = model
         self.colocated = colocated  # set when other nodes share this host's cores
         self.memory_cap_bytes = memory_cap_bytes
         self.threads = threads
         self.engines: dict[str, StageEngine] = {}
+        self.limits: dict[str, StageLimits] = {}
         self._factory = engine_factory
-        self._lru: OrderedDict[tuple[str, str], int] = OrderedDict()  # (stage, session) -> bytes
+        self._lru: OrderedDict[tuple[str, str], _Slot] = OrderedDict()  # (stage, session)
         self._lock = threading.Lock()
         self.evictions = 0
 
@@ -64,39 +101,59 @@ class StageHost:
     def load(self, config: EngineConfig) -> StageEngine:
         if config.key not in self.engines:
             t0 = time.perf_counter()
-            self.engines[config.key] = self._factory(config)
+            self.add_engine(self._factory(config))
             log.info("loaded stage %s of %s in %.1f s", config.key, config.model,
                      time.perf_counter() - t0)
         return self.engines[config.key]
 
     def add_engine(self, engine: StageEngine) -> None:
+        self.limits[engine.config.key] = stage_limits(engine)
         self.engines[engine.config.key] = engine
 
     def info(self) -> dict[str, Any]:
         return {"model": self.model, "stages": sorted(self.engines),
-                "sessions": len(self._lru), "memory_bytes": sum(self._lru.values()),
+                "sessions": len(self._lru),
+                "memory_bytes": sum(slot.nbytes for slot in self._lru.values()),
                 "memory_cap_bytes": self.memory_cap_bytes, "evictions": self.evictions,
                 "blas_threads": self.colocated.current if self.colocated else None}
 
     # -- sessions -----------------------------------------------------------------------
     def _open(self, engine: StageEngine, session: str, max_len: int) -> None:
         key = (engine.config.key, session)
+        limits = self.limits[engine.config.key]
+        if max_len < 1:
+            raise _Refused(ErrorCode.TOO_LONG, f"OPEN max_len must be at least 1 token (got "
+                           f"{max_len})")
+        if limits.context is not None and max_len > limits.context:
+            raise _Refused(ErrorCode.TOO_LONG, f"OPEN max_len {max_len} is beyond the model's "
+                           f"context of {limits.context} tokens: open the session with "
+                           f"max_len <= {limits.context}")
+        need = limits.session_bytes(max_len)
+        if need > self.memory_cap_bytes:
+            raise _Refused(ErrorCode.MEMORY, _too_big(key[0], max_len, need,
+                                                      self.memory_cap_bytes, limits))
+        self._make_room(key, need)  # before allocating: the caches never pass the cap
         engine.open(session, max_len)
-        need = self._lru[key] = engine.session_bytes(session)
+        got = engine.session_bytes(session)  # more than need when a larger cache is reused
+        self._lru[key] = _Slot(got, max_len)
         self._lru.move_to_end(key)
-        used = sum(self._lru.values())
-        for victim in list(self._lru):
-            if used <= self.memory_cap_bytes or victim == key:
+        if not self._make_room(key, got):
+            self._close(engine, session)
+            raise _Refused(ErrorCode.MEMORY, _too_big(key[0], max_len, got,
+                                                      self.memory_cap_bytes, limits))
+
+    def _make_room(self, key: tuple[str, str], need: int) -> bool:
+        """Evict least recently used sessions other than ``key`` until ``need`` more bytes
+        fit under the cap; False if they cannot."""
+        used = sum(slot.nbytes for k, slot in self._lru.items() if k != key)
+        for victim in [k for k in self._lru if k != key]:
+            if used + need <= self.memory_cap_bytes:
                 break
-            used -= self._lru.pop(victim)
+            used -= self._lru.pop(victim).nbytes
             self.engines[victim[0]].close(victim[1])
             self.evictions += 1
             log.info("evicted session %s of stage %s (memory cap)", victim[1], victim[0])
-        if used > self.memory_cap_bytes:
-            self._close(engine, session)
-            raise _Refused(ErrorCode.MEMORY, f"a session of {max_len} tokens needs "
-                           f"{need} bytes but the node's cap is "
-                           f"{self.memory_cap_bytes}: lower max_len or raise --memory-mb")
+        return used + need <= self.memory_cap_bytes
 
     def _close(self, engine: StageEngine, session: str) -> None:
         engine.close(session)
@@ -111,6 +168,8 @@ class StageHost:
                 return error(req, e.message, e.code)
             except SessionNotFound as e:
                 return error(req, str(e), ErrorCode.SESSION_MISSING)
+            except FrameError as e:  # a payload that does not parse (LOAD's JSON)
+                return error(req, str(e), ErrorCode.BAD_FRAME)
             except EdgeweaveError as e:
                 return error(req, str(e))
             except Exception as e:  # a node must answer, not die, on one bad request
@@ -132,14 +191,16 @@ class StageHost:
             if have != req.arg:
                 raise _Refused(ErrorCode.OUT_OF_SYNC, f"session {req.session!r} holds {have} "
                                f"tokens at stage {req.stage}, the coordinator expected {req.arg}")
-            x = codecs.get(req.codec).decode(req.payload, req.shape)
+            # everything about the request is checked before the engine appends to the cache,
+            # so a refused step leaves the session exactly as it was
+            out = _codec(req.reply_codec, "reply", _REPLY_CODECS)
+            x = self._input(engine, req, have)
             if self.colocated is not None:
                 self.colocated.observe(req.session)
             t0 = time.perf_counter()
             y = engine.forward(req.session, x)
             ok.arg = min(int((time.perf_counter() - t0) * 1e6), 2**32 - 1)
             self._lru.move_to_end((req.stage, req.session))
-            out = codecs.get(req.reply_codec)
             ok.codec, ok.shape, ok.payload = out.id, tuple(y.shape), out.encode(y)
         elif req.op == Op.OPEN:
             self._open(self._engine(req), req.session, req.arg)
@@ -152,10 +213,7 @@ class StageHost:
                 for engine in self.engines.values():
                     self._close(engine, req.session)
         elif req.op == Op.LOAD:
-            spec = req.json()
-            cfg = EngineConfig(model=spec.get("model") or self.model, shard=Shard(**spec["shard"]),
-                               variant=spec.get("variant", "fp32"),
-                               backend=spec.get("backend", "torch"), threads=self.threads)
+            cfg = self._load_config(req)
             self.load(cfg)
             ok.stage, ok.payload = cfg.key, Frame.json_bytes(asdict(cfg))
         elif req.op == Op.INFO:
@@ -164,11 +222,53 @@ class StageHost:
             raise _Refused(ErrorCode.BAD_FRAME, f"unsupported request op {req.op!r}")
         return ok
 
+    def _input(self, engine: StageEngine, req: Frame, have: int) -> torch.Tensor:
+        """The FORWARD payload as a tensor, once its codec, shape and size fit this stage."""
+        sh, shape = engine.config.shard, tuple(req.shape)
+        if sh.is_first:  # ids; fp32 holds them exactly too, and the engine casts to int64
+            codec = _codec(req.codec, "payload", (codecs.IDS.name, codecs.FP32.name))
+            want, fits = "(1, T) token ids", len(shape) == 2
+        else:
+            codec = _codec(req.codec, "payload", CODECS)
+            want = f"(1, T, {engine.hidden_size}) hidden states"
+            fits = len(shape) == 3 and shape[2] == engine.hidden_size
+        if not (fits and shape[0] == 1 and shape[1] >= 1):
+            raise _Refused(ErrorCode.BAD_FRAME, f"stage {req.stage} takes {want}, not shape "
+                           f"{shape}: is the coordinator's plan the one this node loaded?")
+        slot = self._lru.get((req.stage, req.session))
+        if slot is not None and have + shape[1] > slot.max_len:
+            raise _Refused(ErrorCode.TOO_LONG, f"session {req.session!r} was opened for "
+                           f"{slot.max_len} tokens and holds {have}; a step of {shape[1]} does "
+                           "not fit: open it with a larger max_len")
+        if len(req.payload) != codec.size(shape):  # checked before decoding allocates
+            raise _Refused(ErrorCode.BAD_FRAME, f"{codec.name} payload of {len(req.payload)} "
+                           f"bytes does not match shape {shape} ({codec.size(shape)} bytes)")
+        x = codec.decode(req.payload, shape)
+        # an id past the embedding table (or a NaN) would fail deep inside the engine
+        if sh.is_first and not bool(((x >= 0) & (x < engine.vocab_size) & (x == x.round())).all()):
+            raise _Refused(ErrorCode.BAD_FRAME, f"token ids must be whole numbers in [0, "
+                           f"{engine.vocab_size}) for this model (got {x.min()}..{x.max()})")
+        return x
+
+    def _load_config(self, req: Frame) -> EngineConfig:
+        spec = req.json()
+        try:
+            shard = Shard(**spec["shard"])
+            return EngineConfig(model=spec.get("model") or self.model, shard=shard,
+                                variant=spec.get("variant", "fp32"),
+                                backend=spec.get("backend", "torch"), threads=self.threads)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise _Refused(ErrorCode.BAD_FRAME, "LOAD payload must be a JSON object "
+                           '{"shard": {"start", "end", "n_layers"}, "model"?, "variant"?, '
+                           f'"backend"?}} ({type(e).__name__}: {e})') from None
+
     def handle_bytes(self, raw: bytes) -> bytes:
+        """One packed request to one packed response; never raises, so a bad frame costs its
+        sender an ERROR and leaves the shared stream to the next request."""
         try:
             req = Frame.unpack(raw)
-        except (EdgeweaveError, ValueError) as e:
-            return error(Frame(Op.ERROR), str(e), ErrorCode.BAD_FRAME).pack()
+        except FrameError as e:
+            return error(Frame(Op.ERROR, seq=e.seq or 0), str(e), ErrorCode.BAD_FRAME).pack()
         return self.handle(req).pack()
 
 
@@ -176,6 +276,55 @@ class _Refused(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+
+
+# logits come back as fp32, fp16 or top64; hidden states in any of the plan's codecs
+_REPLY_CODECS = (*CODECS, codecs.TOP64.name)
+
+
+def _codec(cid: int, what: str, allowed: tuple[str, ...]) -> codecs.Codec:
+    try:
+        codec = codecs.get(cid)
+    except ConfigError:
+        codec = None
+    if codec is None or codec.name not in allowed:
+        raise _Refused(ErrorCode.BAD_FRAME, f"{what} codec id {cid} is not one this request "
+                       f"may use: choose {', '.join(f'{codecs.get(n).id} ({n})' for n in allowed)}")
+    return codec
+
+
+def _too_big(stage: str, max_len: int, need: int, cap: int, limits: StageLimits) -> str:
+    fit = cap // max(limits.bytes_per_token, 1)
+    return (f"a session of {max_len} tokens needs {need / 2**20:.1f} MiB of KV cache at stage "
+            f"{stage} "
+            f"({limits.bytes_per_token} bytes per token) but the node's cap is "
+            f"{cap / 2**20:.1f} MiB: open it with max_len <= {fit} or start the node with a "
+            "larger --memory-mb")
+
+
+def stage_limits(engine: StageEngine) -> StageLimits:
+    """Measure what one token of cache costs in ``engine`` (a one-token probe session, so the
+    figure is the engine's own: its layers, kv heads, head dim and dtype) and find the model's
+    context. Every engine's cache is linear in ``max_len``."""
+    engine.open(_PROBE_SESSION, 1)
+    try:
+        per_token = engine.session_bytes(_PROBE_SESSION)
+    finally:
+        engine.close(_PROBE_SESSION)
+    return StageLimits(per_token, _context(engine))
+
+
+def _context(engine: StageEngine) -> int | None:
+    cfg = getattr(getattr(engine, "model", None), "cfg", None)  # torch engines hold the model
+    if cfg is not None and hasattr(cfg, "max_position"):
+        return int(cfg.max_position)
+    try:  # other backends: the config.json of the model they were built from
+        from edgeweave.models.catalog import resolve
+        from edgeweave.models.checkpoint import read_config
+
+        return read_config(resolve(engine.config.model)[1]).max_position
+    except (EdgeweaveError, OSError):
+        return None
 
 
 def serve(host: StageHost, address: str = "127.0.0.1:0", tls: Any = None,
@@ -190,11 +339,51 @@ def serve(host: StageHost, address: str = "127.0.0.1:0", tls: Any = None,
         for raw in requests:
             yield host.handle_bytes(raw)
 
+    _check_address(address)
     handler = grpc.method_handlers_generic_handler(
         SERVICE, {"Stream": grpc.stream_stream_rpc_method_handler(stream)})
     server = grpc.server(ThreadPoolExecutor(max_workers=max_workers), handlers=[handler],
-                         options=GRPC_OPTIONS)
-    port = (server.add_secure_port(address, tls.server_credentials()) if tls is not None
-            else server.add_insecure_port(address))
+                         options=SERVER_OPTIONS)
+    try:
+        port = (server.add_secure_port(address, tls.server_credentials()) if tls is not None
+                else server.add_insecure_port(address))
+    except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+        port = 0
+    if port == 0:
+        raise RuntimeStageError(f"cannot listen on {address}: the port is taken or the address "
+                                f"is not one of this host's: check --host, or {_FIX}")
     server.start()
     return server, port
+
+
+_FIX = "stop the process that holds it, or pick another --port (0 picks a free one)"
+
+
+def _check_address(address: str) -> None:
+    """Refuse a port out of range (gRPC would wrap 99999 to 34463) or one another process
+    listens on, before gRPC tries: its bind failure is also checked, but it prints a C-level
+    log line first. A plain bind with SO_REUSEADDR succeeds beside TIME_WAIT leftovers of a
+    previous node, as gRPC's own bind does, and fails only on a listener."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if port.isdigit() and int(port) > 65535:
+        raise ConfigError(f"cannot listen on {address}: port {port} is not in [0, 65535]")
+    if not port.isdigit() or int(port) == 0:
+        return  # a free port is picked by the kernel; other forms are left to gRPC
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        return  # gRPC's bind reports it
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise RuntimeStageError(f"cannot listen on {address}: port {port} is taken "
+                                            f"(another node or program listens there): {_FIX}"
+                                            ) from None

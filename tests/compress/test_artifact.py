@@ -48,7 +48,7 @@ def test_manifest_describes_the_artifact(saved) -> None:
     assert m["stats"]["size_bytes"] == (saved.path / "model.safetensors").stat().st_size
     assert m["modules"]["layers.0.mlp.up_proj"] == {
         "kind": "int4", "meta": {"in_features": 128, "out_features": 256, "group_size": 64,
-                                 "bits": 4}}
+                                 "bits": 4, "zero_point": "float"}}
     assert m["modules"]["embed_tokens"]["kind"] == "qembed"
     assert "lm_head" not in m["modules"]  # tied: the head reuses the embedding's integers
     assert set(m["files"]) >= {"model.safetensors", "config.json", "tokenizer.json"}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgeweave.paths import atomic_dir, atomic_write_json, home
+from edgeweave.paths import atomic_dir, atomic_write_json, build_once, home
 from edgeweave.runtime.engines.onnx_export import (
     EXPORTER_VERSION,
     MS_OPSET,
@@ -74,13 +74,16 @@ def cached_export(folder: Path, want: dict[str, Any],
     """Return ``(model.onnx path, reused)``: the cached graph if its manifest still matches
     ``want``, else the graph from ``build()`` written atomically with a fresh manifest."""
     folder = Path(folder)
-    if _matches(folder, want):
-        return folder / "model.onnx", True
-    t0 = time.perf_counter()
-    proto = build()
-    with atomic_dir(folder) as tmp:
-        save(proto, tmp)
-        atomic_write_json(tmp / MANIFEST, {**want, "export_s": round(time.perf_counter() - t0, 2),
-                                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                    time.gmtime())})
-    return folder / "model.onnx", False
+
+    def write(final: Path) -> None:
+        t0 = time.perf_counter()
+        proto = build()
+        with atomic_dir(final) as tmp:
+            save(proto, tmp)
+            atomic_write_json(tmp / MANIFEST, {
+                **want, "export_s": round(time.perf_counter() - t0, 2),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    # nodes started together on one host export a stage once: the others wait and reuse it
+    built = build_once(folder, lambda f: _matches(f, want), write)
+    return folder / "model.onnx", not built

@@ -20,13 +20,14 @@ from torch import nn
 
 from edgeweave.compress.modules import KINDS, linear_state, set_module
 from edgeweave.compress.recipes import Recipe, from_dict
-from edgeweave.errors import ArtifactError
+from edgeweave.errors import ArtifactError, CheckpointError
 from edgeweave.models.checkpoint import LoadedModel
 from edgeweave.models.config import ModelConfig
 from edgeweave.models.llama import BlockModel, Rotary
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.paths import atomic_dir, atomic_write_json, sha256_file
 from edgeweave.types import Shard
+from edgeweave.validate import is_int, kind
 
 FORMAT = "edgeweave-artifact"
 FORMAT_VERSION = 1
@@ -162,6 +163,46 @@ def export_state(model: BlockModel) -> tuple[dict[str, torch.Tensor], dict[str, 
     return tensors, modules
 
 
+RECOMPRESS = "re-run `edgeweave compress` to rebuild the artifact"
+
+
+def _unlisted_ok(name: str) -> bool:
+    """Files an artifact folder may hold without a hash in ``files``.
+
+    Only the manifest itself (it holds the hashes and ``update_metrics`` rewrites it), and the
+    temporary file ``paths.atomic_write_json`` writes next to it while doing so (named
+    ``.manifest.json.<random>.tmp``; also left behind if that write is killed). Nothing loads
+    either as weights, config or tokenizer. Everything else must be hashed: the loaders read
+    tokenizer and template files by name from the folder, so an unlisted one would be used
+    unverified. ONNX exports of an artifact do not live here but under
+    ``$EDGEWEAVE_HOME/onnx/`` (``runtime/engines/onnx_cache.export_dir``), so no cache
+    subfolder needs an exception.
+    """
+    return name == MANIFEST or name.startswith(f".{MANIFEST}.") and name.endswith(".tmp")
+
+
+def _manifest_shape(mf: Path, m: Any) -> None:
+    """Refuse a manifest whose fields have the wrong JSON types (hand-edited or damaged)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ArtifactError(f"{mf}: {what}; the manifest was edited or damaged: {RECOMPRESS}")
+
+    need(isinstance(m.get("files"), dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in m["files"].items()),
+         "`files` must map file names to sha256 strings")
+    need(isinstance(m.get("config"), dict), "`config` must be the model's config object")
+    need(isinstance(m.get("recipe"), dict), "`recipe` must be a recipe object")
+    need(isinstance(m.get("source", {}), dict)
+         and isinstance(m.get("source", {}).get("name", ""), str),
+         "`source` must be an object with a string `name`")
+    mods = m.get("modules")
+    need(isinstance(mods, dict), "`modules` must map module names to {kind, meta}")
+    for name, spec in mods.items():
+        need(isinstance(spec, dict) and isinstance(spec.get("kind"), str)
+             and isinstance(spec.get("meta"), dict),
+             f"module {name!r} must be an object with a string `kind` and a `meta` object")
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     mf = path / MANIFEST
@@ -169,24 +210,42 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is not an edgeweave artifact (no {MANIFEST}): create one "
                             "with `edgeweave compress --out DIR`")
     try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(mf.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ArtifactError(f"cannot read {mf}: {e}") from e
+    except ValueError as e:  # not UTF-8 or not JSON
         raise ArtifactError(f"{mf} is not valid JSON ({e}): the artifact is damaged, "
-                            "re-run `edgeweave compress`") from e
-    if manifest.get("format") != FORMAT or manifest.get("format_version", 0) > FORMAT_VERSION:
+                            f"{RECOMPRESS}") from e
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{mf} holds {kind(manifest)}, not a manifest object: the "
+                            f"artifact is damaged, {RECOMPRESS}")
+    version = manifest.get("format_version", 0)
+    if manifest.get("format") != FORMAT or not is_int(version) or version > FORMAT_VERSION:
         raise ArtifactError(f"{path} has format {manifest.get('format')!r} "
                             f"v{manifest.get('format_version')}; this edgeweave reads "
                             f"{FORMAT} v{FORMAT_VERSION}: upgrade edgeweave or re-compress")
+    _manifest_shape(mf, manifest)
     return manifest
 
 
 def verify(path: str | Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Check every file against the sha256 in the manifest."""
+    """Check that the folder holds exactly the files of the manifest, each with its sha256."""
     path = Path(path)
     manifest = manifest or read_manifest(path)
-    files = manifest.get("files") or {}
+    files = manifest["files"]
     if WEIGHTS not in files:
-        raise ArtifactError(f"{path}/{MANIFEST} lists no {WEIGHTS}: re-run `edgeweave compress`")
+        raise ArtifactError(f"{path}/{MANIFEST} lists no {WEIGHTS}: {RECOMPRESS}")
+    for name in files:
+        if name in (".", "..", MANIFEST) or Path(name).name != name or "\\" in name:
+            raise ArtifactError(f"{path}/{MANIFEST} lists {name!r}, which is not a plain file "
+                                f"name of the folder: the manifest was edited; {RECOMPRESS}")
+    extra = sorted(p.name for p in path.iterdir() if p.name not in files
+                   and not _unlisted_ok(p.name))
+    if extra:
+        raise ArtifactError(
+            f"{path} holds {', '.join(extra)}, which {MANIFEST} does not list with a sha256 "
+            "(every file of an artifact is hashed, so a swapped tokenizer or config cannot load "
+            f"unnoticed): delete what you added there, or {RECOMPRESS}")
     for name, digest in files.items():
         f = path / name
         if not f.is_file():
@@ -198,44 +257,67 @@ def verify(path: str | Path, manifest: dict[str, Any] | None = None) -> dict[str
     return manifest
 
 
+def manifest_config(path: Path, manifest: dict[str, Any]) -> ModelConfig:
+    """The model config a (read) manifest carries, refused with the fix when edited."""
+    try:
+        return ModelConfig.from_hf(manifest["config"])
+    except CheckpointError as e:
+        raise ArtifactError(f"{path}/{MANIFEST} config: {e}; {RECOMPRESS}") from e
+
+
 def load_artifact(path: str | Path, shard: Shard | None = None) -> LoadedModel:
     """Load (the ``shard`` of) a verified artifact as a model with packed modules."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     manifest = verify(path)
-    cfg = ModelConfig.from_hf(manifest["config"])
+    cfg = manifest_config(path, manifest)
     with torch.device("meta"):
         model = BlockModel(cfg, shard)
     present = {n for n, _ in model.named_modules()}
     tied = cfg.tie_word_embeddings and model.lm_head is not None
-    with safe_open(str(path / WEIGHTS), framework="pt") as fh:
-        keys = list(fh.keys())
-        for name, spec in manifest["modules"].items():
-            if name not in present:
-                continue
-            prefix = name + "."
-            t = {k[len(prefix):]: fh.get_tensor(k) for k in keys if k.startswith(prefix)}
-            build = KINDS.get(spec["kind"])
-            if build is None:
-                raise ArtifactError(f"{path} uses module kind {spec['kind']!r} unknown to this "
-                                    "edgeweave: upgrade edgeweave")
-            set_module(model, name, build(t, spec["meta"]))
-        wanted = model.state_dict()
-        state = {k: fh.get_tensor(k).float() for k in keys
-                 if k in wanted and wanted[k].is_meta}
+    try:
+        with safe_open(str(path / WEIGHTS), framework="pt") as fh:
+            keys = list(fh.keys())
+            for name, spec in manifest["modules"].items():
+                if name not in present:
+                    continue
+                prefix = name + "."
+                t = {k[len(prefix):]: fh.get_tensor(k) for k in keys if k.startswith(prefix)}
+                build = KINDS.get(spec["kind"])
+                if build is None:
+                    raise ArtifactError(f"{path} uses module kind {spec['kind']!r} unknown to "
+                                        "this edgeweave: upgrade edgeweave")
+                try:
+                    set_module(model, name, build(t, spec["meta"]))
+                except (KeyError, TypeError, ValueError, RuntimeError, IndexError,
+                        AttributeError) as e:  # meta or tensors edited apart from each other
+                    raise ArtifactError(
+                        f"{path}: module {name!r} ({spec['kind']}) does not match its metadata "
+                        f"in {MANIFEST} ({type(e).__name__}: {e}): {RECOMPRESS}") from e
+            wanted = model.state_dict()
+            state = {k: fh.get_tensor(k).float() for k in keys
+                     if k in wanted and wanted[k].is_meta}
+    except SafetensorError as e:  # a header that parses wrong, with its hash updated to match
+        raise ArtifactError(f"{path / WEIGHTS} cannot be read ({e}): the weights are damaged; "
+                            f"{RECOMPRESS}") from e
     if tied:
         emb = model.embed_tokens
         if hasattr(emb, "as_linear"):
             model.lm_head = emb.as_linear()
         elif "embed_tokens.weight" in state:
             state.pop("lm_head.weight", None)
-    model.load_state_dict(state, strict=False, assign=True)
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # shapes disagree with the manifest's config
+        raise ArtifactError(f"{path}: the weights do not match the config in {MANIFEST} "
+                            f"({' '.join(str(e).split())[:200]}): {RECOMPRESS}") from e
     if tied and isinstance(model.lm_head, nn.Linear):
         model.lm_head.weight = model.embed_tokens.weight
     left = [k for k, v in model.state_dict().items() if v.is_meta]
     if left:
-        raise ArtifactError(f"{path} lacks {len(left)} tensors, e.g. {left[:3]}: re-compress")
+        raise ArtifactError(f"{path} lacks {len(left)} tensors, e.g. {left[:3]}: the weights or "
+                            f"the `modules` of {MANIFEST} were changed; {RECOMPRESS}")
     model.rotary = Rotary(cfg)
     model.eval().requires_grad_(False)
     return LoadedModel(name=manifest.get("source", {}).get("name", path.name) + "@" + path.name,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from edgeweave.errors import CheckpointError
-from edgeweave.models.config import ModelConfig
+from edgeweave.models.config import ModelConfig, read_config
 from edgeweave.models.llama import BlockModel, Rotary
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.paths import sha256_file
@@ -36,21 +36,15 @@ class LoadedModel:
         return checkpoint_fingerprint(self.folder)
 
 
-def read_config(folder: Path) -> ModelConfig:
-    cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{folder} has no config.json: point at a Hugging Face model folder")
-    try:
-        return ModelConfig.from_hf(json.loads(cfg_file.read_text()))
-    except (json.JSONDecodeError, KeyError) as e:
-        raise CheckpointError(f"{cfg_file} is not a valid model config ({e}); re-export it") from e
-
-
 def weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / n for n in names]
+        try:
+            names = sorted(set(json.loads(index.read_bytes().decode("utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({e!r:.80}): restore "
+                                  "it or re-download the model") from e
+        return [folder / str(n) for n in names]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{folder} has no *.safetensors weights: save the model with "
@@ -107,7 +101,12 @@ def load_folder(folder: str | Path, shard: Shard | None = None, dtype: torch.dty
     if missing:
         raise CheckpointError(f"{folder} lacks {len(missing)} tensors, e.g. {missing[:3]}: "
                               "the checkpoint is incomplete or of another architecture")
-    model.load_state_dict(state, strict=False, assign=True)
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # tensor shapes disagree with config.json
+        raise CheckpointError(f"the weights in {folder} do not match its config.json "
+                              f"({' '.join(str(e).split())[:200]}): restore the matching "
+                              "config.json or re-download the model") from e
     if tied:
         model.lm_head.weight = model.embed_tokens.weight
     model.rotary = Rotary(cfg)  # buffers built on the meta device must be rebuilt for real

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgeweave.errors import CheckpointError
@@ -41,6 +44,12 @@ class ModelConfig:
                 f"unsupported architecture {self.family!r}: edgeweave runs "
                 f"{', '.join(sorted(FAMILY_DEFAULTS))} checkpoints"
             )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise CheckpointError(f"{name} must be a positive integer (got {v!r}): fix the "
+                                      "model's config.json or re-export the model")
         if self.num_heads % self.num_kv_heads:
             raise CheckpointError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
@@ -65,35 +74,46 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> ModelConfig:
-        """Build from a Hugging Face ``config.json`` dictionary."""
+        """Build from a Hugging Face ``config.json`` dictionary (types checked, never parsed
+        from strings: a hand-edited ``"hidden_size": "576"`` is refused, not guessed)."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"a model config is a JSON object, got {type(d).__name__}: "
+                                  "re-export the model's config.json")
         family = d.get("model_type", "")
         if family not in FAMILY_DEFAULTS:
             raise CheckpointError(
                 f"unsupported model_type {family!r} in config.json: edgeweave runs "
                 f"{', '.join(sorted(FAMILY_DEFAULTS))} checkpoints"
             )
-        heads = int(d["num_attention_heads"])
-        hidden = int(d["hidden_size"])
+        heads = _field(d, "num_attention_heads", int)
+        hidden = _field(d, "hidden_size", int)
         eos = d.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        if isinstance(eos, list) and all(_is(e, int) for e in eos):
+            eos_ids = tuple(eos)
+        else:
+            eos_ids = () if eos is None else (_field(d, "eos_token_id", int, note="or a list of "
+                                                     "integers"),)
+        rope = d.get("rope_parameters")
+        rope_theta = _field(d, "rope_theta", float, None)
+        if rope_theta is None and isinstance(rope, dict):
+            rope_theta = _field(rope, "rope_theta", float, None)
         return cls(
             family=family,
-            vocab_size=int(d["vocab_size"]),
+            vocab_size=_field(d, "vocab_size", int),
             hidden_size=hidden,
-            intermediate_size=int(d["intermediate_size"]),
-            num_layers=int(d["num_hidden_layers"]),
+            intermediate_size=_field(d, "intermediate_size", int),
+            num_layers=_field(d, "num_hidden_layers", int),
             num_heads=heads,
-            num_kv_heads=int(d.get("num_key_value_heads") or heads),
-            head_dim=int(d.get("head_dim") or hidden // heads),
-            rope_theta=float(d.get("rope_theta") or (d.get("rope_parameters") or {}).get(
-                "rope_theta", 10000.0)),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
-            max_position=int(d.get("max_position_embeddings", 2048)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=bool(d.get("attention_bias",
-                                      FAMILY_DEFAULTS[family]["attention_bias"])),
+            num_kv_heads=_field(d, "num_key_value_heads", int, None) or heads,
+            head_dim=_field(d, "head_dim", int, None) or hidden // max(heads, 1),
+            rope_theta=rope_theta or 10000.0,
+            rms_norm_eps=_field(d, "rms_norm_eps", float, 1e-5),
+            max_position=_field(d, "max_position_embeddings", int, 2048),
+            tie_word_embeddings=_field(d, "tie_word_embeddings", bool, False),
+            attention_bias=_field(d, "attention_bias", bool,
+                                  FAMILY_DEFAULTS[family]["attention_bias"]),
             rope_scaling=_rope_scaling(d),
-            bos_token_id=d.get("bos_token_id"),
+            bos_token_id=_field(d, "bos_token_id", int, None),
             eos_token_ids=eos_ids,
         )
 
@@ -131,10 +151,40 @@ class ModelConfig:
         return asdict(self)
 
 
+_REQUIRED = object()
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _is(value: Any, tp: type) -> bool:
+    if isinstance(value, bool):
+        return tp is bool
+    if tp is float:
+        return isinstance(value, int | float) and math.isfinite(value)
+    return isinstance(value, tp)
+
+
+def _field(d: dict[str, Any], key: str, tp: type, default: Any = _REQUIRED, note: str = "") -> Any:
+    """``d[key]`` if it has type ``tp`` (null counts as missing when there is a default)."""
+    value = d.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise CheckpointError(f"the config lacks {key!r}: it is not a complete Hugging "
+                                  "Face config; re-export the model")
+        return default
+    if not _is(value, tp):
+        raise CheckpointError(f"{key} must be {_TYPE_WORDS[tp]}{' ' + note if note else ''}, "
+                              f"got {type(value).__name__} {value!r:.40}: fix the value or "
+                              "re-export the model")
+    return float(value) if tp is float else value
+
+
 def _rope_scaling(d: dict[str, Any]) -> dict[str, Any] | None:
     rs = d.get("rope_scaling") or d.get("rope_parameters")
     if not rs:
         return None
+    if not isinstance(rs, dict):
+        raise CheckpointError(f"rope_scaling must be an object, got {rs!r:.40}: fix it or "
+                              "re-export the model")
     kind = rs.get("rope_type") or rs.get("type")
     if kind in (None, "default"):
         return None
@@ -143,3 +193,23 @@ def _rope_scaling(d: dict[str, Any]) -> dict[str, Any] | None:
             f"unsupported rope scaling {kind!r}: edgeweave supports default and llama3 RoPE"
         )
     return dict(rs)
+
+
+def read_config(folder: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` of a Hugging Face folder's ``config.json`` (no torch needed)."""
+    import json
+
+    cfg_file = Path(folder) / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{folder} has no config.json: point at a Hugging Face model folder")
+    try:
+        d = json.loads(cfg_file.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"cannot read {cfg_file}: {e}") from e
+    except ValueError as e:  # not UTF-8 (binary garbage) or not JSON
+        raise CheckpointError(f"{cfg_file} is not a valid model config ({e}): restore the "
+                              "model's config.json or re-download / re-export the model") from e
+    try:
+        return ModelConfig.from_hf(d)
+    except CheckpointError as e:
+        raise CheckpointError(f"{cfg_file}: {e}") from e

@@ -24,11 +24,11 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise CheckpointError(f"cannot read {tok_file}: {e}; re-download or re-export it") from e
         cfg_file = folder / "tokenizer_config.json"
-        self.config: dict[str, Any] = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        self.config: dict[str, Any] = _read_json(cfg_file) if cfg_file.is_file() else {}
         template = self.config.get("chat_template")
         jinja_file = folder / "chat_template.jinja"
         if jinja_file.is_file():
-            template = jinja_file.read_text()
+            template = _read_text(jinja_file)
         self.chat_template: str | None = template if isinstance(template, str) else None
         self.bos_token = _token_str(self.config.get("bos_token"))
         self.eos_token = _token_str(self.config.get("eos_token"))
@@ -66,6 +66,26 @@ class Tokenizer:
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         return self.encode(self.render_chat(messages), add_special_tokens=False)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path} ({e}): restore the checkpoint's tokenizer "
+                              "files or re-download the model") from e
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        d = json.loads(_read_text(path))
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}): restore the checkpoint's "
+                              "tokenizer files or re-download the model") from e
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(d).__name__}: restore "
+                              "the checkpoint's tokenizer files")
+    return d
 
 
 def _token_str(tok: Any) -> str | None:

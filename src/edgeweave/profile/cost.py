@@ -177,11 +177,9 @@ def codec_time_s(codec: str) -> float:
 
 def model_costs(name: str | None = None, prompt_len: int = 128, context: int = 512) -> ModelCosts:
     """Costs of a loadable model (bundled name, HF folder or .gguf) from its config only."""
-    import json
-
     from edgeweave.models import DEFAULT_MODEL, resolve
-    from edgeweave.models.config import ModelConfig
+    from edgeweave.models.config import read_config
 
     label, folder = resolve(name or DEFAULT_MODEL)
-    cfg = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    cfg = read_config(folder)
     return ModelCosts.from_config(cfg, label, prompt_len, context)

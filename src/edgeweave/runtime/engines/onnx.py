@@ -11,7 +11,6 @@ Each session owns a preallocated KV cache (one ``OrtValue`` per layer for keys a
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,7 +290,7 @@ def _source(config: EngineConfig, from_fp32: bool = False) -> _Source:
     is loaded here: a valid cached export never needs the torch weights."""
     from edgeweave.models import load
     from edgeweave.models.catalog import resolve
-    from edgeweave.models.config import ModelConfig
+    from edgeweave.models.config import ModelConfig, read_config
 
     if config.variant != "fp32" and not from_fp32:
         try:
@@ -307,7 +306,7 @@ def _source(config: EngineConfig, from_fp32: bool = False) -> _Source:
                            ModelConfig.from_hf(manifest["config"]),
                            lambda: compress.load_artifact(path, shard=config.shard).model)
     name, folder = resolve(config.model)
-    cfg = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    cfg = read_config(folder)
     recipe = {"source": "model"} if config.variant == "fp32" else {
         "source": "onnx-rtn", "note": "quantized by the ONNX exporter's RTN"}
     return _Source(name, folder, recipe, cfg,
@@ -346,14 +345,12 @@ def export_stages(model: str, variant: str = "fp32", cuts: list[int] | None = No
                   threads: int = 0, rtn: bool = False, group_size: int = 32
                   ) -> list[OnnxStageEngine]:
     """Engines for the stages cut at ``cuts`` (block indices) of ``model``."""
-    import json
-
     from edgeweave.models.catalog import resolve
-    from edgeweave.models.config import ModelConfig
+    from edgeweave.models.config import read_config
     from edgeweave.types import Shard
 
     folder = resolve(model)[1]
-    n = ModelConfig.from_hf(json.loads((folder / "config.json").read_text())).num_layers
+    n = read_config(folder).num_layers
     bounds = [0, *(cuts or []), n]
     overrides = {"group_size": group_size} if rtn else None
     return [build_engine(EngineConfig(model, Shard(a, b, n), variant, "onnx", threads),

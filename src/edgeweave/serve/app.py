@@ -3,6 +3,9 @@
 ``create_app(backend, config)`` wires a :class:`SessionFactory` (one engine per request) to
 the HTTP API. Generation runs on the single round-robin scheduler thread; handlers only
 validate, tokenize, submit, and relay the scheduler's events as JSON or server-sent events.
+
+Every failure leaves in OpenAI's error shape and keeps the keep-alive connection: a user's
+mistake is a 4xx naming the field, anything unexpected a 500.
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ from edgeweave.serve.errors import (
     from_exception,
     model_not_found,
     rate_limited,
-    server_error,
     unauthorized,
 )
 from edgeweave.serve.metrics import ServeMetrics, response_metrics
+from edgeweave.serve.middleware import CatchCrashes, CountRequests
 from edgeweave.serve.responses import Shape, sse, usage
 from edgeweave.serve.scheduler import Busy, Event, Job, Scheduler
 from edgeweave.serve.schema import ChatCompletionRequest, CompletionRequest
@@ -82,9 +85,17 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
         errs = e.errors()
         first = errs[0] if errs else {}
+        if first.get("type") == "json_invalid":  # its loc is the character offset, no field
+            where = first.get("loc", ("body", "?"))[-1]
+            return bad_request(f"the body is not valid JSON (character {where}): "
+                               f"{(first.get('ctx') or {}).get('error', 'decode error')}").response()
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        msg = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
-        return bad_request(msg, ".".join(loc) or None).response()
+        msg = first.get("msg", "invalid request")
+        param = (first.get("ctx") or {}).get("param")  # a model validator names its field
+        if param is None:
+            param = ".".join(loc) or None
+            msg = f"{param or 'body'}: {msg}"
+        return bad_request(msg, param).response()
 
     @app.exception_handler(EdgeweaveError)
     async def _ours(_: Request, e: EdgeweaveError) -> JSONResponse:
@@ -96,11 +107,9 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         return APIError(e.status_code, str(e.detail), "invalid_request_error", None,
                         code).response()
 
-    @app.exception_handler(Exception)
-    async def _crash(_: Request, e: Exception) -> JSONResponse:
-        return server_error(f"internal error: {type(e).__name__}: {e}").response()
-
-    app.add_middleware(_CountRequests, counter=metrics.requests)
+    # outermost first: count every answer, then turn crashes into 500s
+    app.add_middleware(CatchCrashes)
+    app.add_middleware(CountRequests, counter=metrics.requests)
 
     # ---- public endpoints ----------------------------------------------------------------
     @app.get("/health")
@@ -264,31 +273,3 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
             job.cancel()
 
     return app
-
-
-_KNOWN_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
-                          "/metrics"})
-
-
-class _CountRequests:
-    """Plain ASGI middleware (no response buffering, streams pass through untouched)."""
-
-    def __init__(self, app: Any, counter: Any) -> None:
-        self.app, self.counter = app, counter
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = [500]
-
-        async def send_status(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            path = scope["path"] if scope["path"] in _KNOWN_PATHS else "other"
-            self.counter.labels(path, str(status[0])).inc()

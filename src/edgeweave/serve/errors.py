@@ -21,18 +21,30 @@ class APIError(Exception):
     """An error the HTTP layer turns into an OpenAI error body."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
+        # a message may quote the request (a model name, an exception's text): a lone
+        # surrogate in it would make the JSON encoder fail while answering the error
         self.status, self.message, self.type, self.param, self.code = (
-            status, message, type_, param, code)
+            status, _printable(message), type_, None if param is None else _printable(param),
+            code)
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        headers = dict(self.headers)
+        if self.status == 401:
+            headers.setdefault("WWW-Authenticate", "Bearer")
+        return JSONResponse(self.body(), status_code=self.status, headers=headers or None)
+
+
+def _printable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) written as an escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

@@ -1,35 +1,76 @@
 """Request bodies of the OpenAI API subset we serve, and their translation to our types.
 
-Field names follow OpenAI. Options we cannot honour (``n > 1``, logprobs, penalties) are
-refused with a 400 that names the field, never silently ignored. ``top_k``,
-``repetition_penalty`` and ``ignore_eos`` are extensions (as in vLLM), sent by the
+Field names follow OpenAI. Options we cannot honour (``n > 1``, logprobs, penalties, tools,
+structured output) are refused with a 400 that names the field, never silently ignored.
+``top_k``, ``repetition_penalty`` and ``ignore_eos`` are extensions (as in vLLM), sent by the
 ``openai`` client through ``extra_body``.
+
+Types are strict: ``"stream": "yes"`` or ``"max_tokens": true`` is a client bug, and lax
+coercion would turn it into a request the client did not mean. Every string of a body must
+be valid Unicode: JSON can escape a lone UTF-16 surrogate (``"\\ud800"``), which the
+tokenizer cannot take.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from edgeweave.errors import GenerationError
 from edgeweave.runtime.generate import SamplingParams
 from edgeweave.serve.config import ServeConfig
 from edgeweave.serve.errors import APIError, bad_request
 
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+# torch.Generator.manual_seed takes at most 64 bits (10**30 was a 500); SamplingParams
+# refuses negative seeds, so the API refuses them here, naming the field
+_MAX_SEED = 2**63 - 1
+# vLLM's line too: below it, logits / temperature overflow float32 (1e-40 gave NaN
+# probabilities and a 500), and sampling at a temperature this close to 0 is greedy anyway
+_GREEDY_BELOW = 1e-5
+# the smallest normal float32: sampling compares top_p in float32, where a smaller value can
+# round to 0 and drop every token (NaN probabilities). Any top_p this small keeps the top
+# token alone, so raising it to this changes no answer.
+_F32_TINY = 1.1754943508222875e-38
+
+
+def _first_invalid_unicode(value: Any) -> str | None:
+    """The dotted path of the first string (or key) in ``value`` UTF-8 cannot encode."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(value, ())]
+    while stack:
+        v, where = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    return ".".join(where) or "body"
+        elif isinstance(v, dict):
+            if any(isinstance(k, str) and _first_invalid_unicode(k) for k in v):
+                return ".".join(where) or "body"  # a key itself is bad: name its object
+            # reversed: the stack pops the first child first, so the path is the first in order
+            stack.extend(reversed([(item, (*where, str(k))) for k, item in v.items()]))
+        elif isinstance(v, list):
+            stack.extend(reversed([(item, (*where, str(i))) for i, item in enumerate(v)]))
+    return None
+
 
 class StreamOptions(BaseModel):
+    model_config = _STRICT
     include_usage: bool = False
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", **_STRICT)
     type: str
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_call_id, ... are accepted, unused
+    # name, tool_call_id, ... are accepted, unused
+    model_config = ConfigDict(extra="allow", **_STRICT)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
 
@@ -44,23 +85,36 @@ class ChatMessage(BaseModel):
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", **_STRICT)
     model: str
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int | None = 1
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    seed: int | None = Field(None, ge=0, le=_MAX_SEED)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
     user: str | None = None
     # extensions
-    top_k: int | None = None
-    repetition_penalty: float | None = None
+    top_k: int | None = Field(None, ge=0)
+    # 1 disables it; the bounds keep logits / penalty and logits * penalty finite in float32
+    repetition_penalty: float | None = Field(None, ge=1e-3, le=1e3)
     ignore_eos: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = _first_invalid_unicode(data)
+        if where is not None:
+            raise PydanticCustomError(
+                "invalid_unicode", "{param}: the text holds a lone UTF-16 surrogate (such as "
+                "\\ud800), which is not valid Unicode: send the character itself, or both "
+                "halves of its surrogate pair", {"param": where})
+        return data
 
     def refuse_unsupported(self) -> None:
         if self.n not in (None, 1):
@@ -70,6 +124,8 @@ class _Common(BaseModel):
             if getattr(self, name) not in (None, 0, 0.0):
                 raise bad_request(f"{name} is not supported: use repetition_penalty "
                                   "(extra_body) instead", name)
+        if self.logit_bias:
+            raise bad_request("logit_bias is not supported yet", "logit_bias")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -85,14 +141,15 @@ class _Common(BaseModel):
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if len(stop) > 4:
             raise bad_request("at most 4 stop sequences are allowed", "stop")
+        temperature = cfg.default_temperature if self.temperature is None else self.temperature
         try:
             return SamplingParams(
                 max_tokens=max_tokens,
-                temperature=cfg.default_temperature if self.temperature is None
-                else self.temperature,
-                top_p=1.0 if self.top_p is None else self.top_p,
+                temperature=0.0 if temperature < _GREEDY_BELOW else temperature,
+                top_p=1.0 if self.top_p is None else max(self.top_p, _F32_TINY),
                 top_k=self.top_k or 0,
-                repetition_penalty=self.repetition_penalty or 1.0,
+                repetition_penalty=1.0 if self.repetition_penalty is None
+                else self.repetition_penalty,
                 stop=tuple(s for s in stop if s),
                 seed=self.seed,
                 ignore_eos=self.ignore_eos,
@@ -103,8 +160,16 @@ class _Common(BaseModel):
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # declared so that they are refused, not dropped as unknown keys: a client that sends
+    # them relies on them, and an answer without tool calls or JSON would be a silent lie
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[Any] | None = None
+    function_call: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None \
@@ -114,6 +179,21 @@ class ChatCompletionRequest(_Common):
         super().refuse_unsupported()
         if self.logprobs:
             raise bad_request("logprobs are not supported by this server", "logprobs")
+        if self.top_logprobs is not None:
+            raise bad_request("top_logprobs is not supported yet (logprobs are not either)",
+                              "top_logprobs")
+        for name in ("tools", "functions"):
+            if getattr(self, name):
+                raise bad_request(f"{name} (function calling) are not supported yet: send the "
+                                  "request without them", name)
+        for name in ("tool_choice", "function_call"):
+            if getattr(self, name) not in (None, "none", "auto"):
+                raise bad_request(f"{name} is not supported yet: this server calls no tools",
+                                  name)
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            raise bad_request(f"response_format {kind!r} is not supported yet: only plain "
+                              "text ({'type': 'text'}) is", "response_format")
 
     def chat(self) -> list[dict[str, str]]:
         # "developer" is OpenAI's newer name for the system role; chat templates know "system"

@@ -1,0 +1,77 @@
+"""Plain ASGI middleware of the server: request counting and a crash guard.
+
+Both are plain ASGI (no response buffering), so server-sent event streams pass through
+untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edgeweave.serve.errors import server_error
+
+log = logging.getLogger("edgeweave.serve")
+
+KNOWN_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
+                         "/metrics"})
+
+
+class CountRequests:
+    """Counts every answered request by path and status (unknown paths as ``other``)."""
+
+    def __init__(self, app: Any, counter: Any) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # no response at all: the client left first (CatchCrashes answers every exception)
+        status = [499]
+
+        async def send_status(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+            self.counter.labels(path, str(status[0])).inc()
+
+
+class CatchCrashes:
+    """Any exception that escapes a handler becomes a 500 in OpenAI's shape, and stays here.
+
+    Starlette's own last-resort handler answers too, but then re-raises so the server can log
+    it, and uvicorn closes the keep-alive connection on any exception: the client's next
+    request on that connection got ECONNRESET. We log the traceback ourselves instead.
+    Once a response has started (a stream), nothing can be answered any more: re-raise, and
+    the connection has to go, since the client cannot tell where the body ended.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_started(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception as e:
+            if started:
+                raise
+            log.exception("unexpected error serving %s %s", scope.get("method"), scope["path"])
+            await server_error(f"internal error: {type(e).__name__}: {e}").response()(
+                scope, receive, send)

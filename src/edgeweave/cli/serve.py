@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         max_prompt_tokens: int = typer.Option(1024, "--max-prompt-tokens"),
         max_tokens_limit: int = typer.Option(512, "--max-tokens-limit",
                                              help="The most tokens one request may ask for."),
+        max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes",
+                                           help="Larger request bodies get HTTP 413 unread."),
         plan: str = typer.Option(None, "--plan",
                                  help="Plan JSON: serve through a coordinator over its stages."),
         node: Annotated[list[str] | None, typer.Option(
@@ -45,7 +47,8 @@ def register(app: typer.Typer) -> None:
 
         cfg = ServeConfig(api_keys=tuple(api_key or ()), max_concurrent=max_concurrent,
                           max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,
-                          default_max_tokens=min(128, max_tokens_limit))
+                          default_max_tokens=min(128, max_tokens_limit),
+                          max_body_bytes=max_body_bytes)
         if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
             typer.secho(f"warning: serving on {host} without --api-key", err=True,
                         fg=typer.colors.YELLOW)

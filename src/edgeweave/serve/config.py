@@ -22,6 +22,9 @@ class ServeConfig:
     default_max_tokens: int = 128  # when the request leaves max_tokens out
     max_concurrent: int = 32  # active sessions; one more gets 429
     default_temperature: float = 1.0  # OpenAI's default when a request leaves it out
+    # a request body above this gets 413 before it is read: 1 MiB holds ~180 k tokens of
+    # English, far above max_prompt_tokens, while a 20 MB body took 14 s to tokenize
+    max_body_bytes: int = 1 << 20
     model_id: str | None = None  # name shown in /v1/models; the backend's name if None
     version: int = 1
 
@@ -33,6 +36,7 @@ class ServeConfig:
             (0 < self.default_max_tokens <= self.max_tokens_limit,
              "default_max_tokens must be in (0, max_tokens_limit]"),
             (self.max_concurrent > 0, "max_concurrent must be > 0"),
+            (self.max_body_bytes > 0, "max_body_bytes must be > 0"),
             (self.default_temperature >= 0, "default_temperature must be >= 0"),
             (all(k.strip() for k in self.api_keys), "API keys must be non-empty strings"),
         ]

@@ -1,6 +1,6 @@
-"""Plain ASGI middleware of the server: request counting and a crash guard.
+"""Plain ASGI middleware of the server: request counting, a body-size limit, a crash guard.
 
-Both are plain ASGI (no response buffering), so server-sent event streams pass through
+All three are plain ASGI (no response buffering), so server-sent event streams pass through
 untouched.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edgeweave.serve.errors import server_error
+from edgeweave.serve.errors import APIError, server_error
 
 log = logging.getLogger("edgeweave.serve")
 
@@ -75,3 +75,57 @@ class CatchCrashes:
             log.exception("unexpected error serving %s %s", scope.get("method"), scope["path"])
             await server_error(f"internal error: {type(e).__name__}: {e}").response()(
                 scope, receive, send)
+
+
+def body_too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than this server's limit of {limit} "
+                         "bytes: send a shorter prompt (the limit is set with --max-body-bytes)",
+                    "invalid_request_error", None, "request_too_large")
+
+
+class LimitBody:
+    """Refuses request bodies above ``max_bytes`` with 413, before reading them.
+
+    A declared ``Content-Length`` above the limit is refused without reading a byte; a body
+    without one (chunked) is counted as it arrives and refused as soon as it passes the
+    limit. Either way uvicorn discards the rest of the upload and keeps the connection. A body
+    within the limit is buffered here (the app reads it whole anyway) and handed on as one
+    message; later ``receive`` calls (disconnect polling) go to the server.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await body_too_large(self.max_bytes).response()(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending it all
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await body_too_large(self.max_bytes).response()(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        whole: dict[str, Any] | None = {"type": "http.request", "body": b"".join(chunks),
+                                        "more_body": False}
+
+        async def replay() -> Any:
+            nonlocal whole
+            if whole is not None:
+                message, whole = whole, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)

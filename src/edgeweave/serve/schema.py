@@ -127,6 +127,10 @@ class _Common(BaseModel):
         if self.logit_bias:
             raise bad_request("logit_bias is not supported yet", "logit_bias")
 
+    def prompt_chars(self) -> int:
+        """Characters of prompt text, known before tokenizing (0 for token ids)."""
+        return 0
+
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
@@ -195,6 +199,9 @@ class ChatCompletionRequest(_Common):
             raise bad_request(f"response_format {kind!r} is not supported yet: only plain "
                               "text ({'type': 'text'}) is", "response_format")
 
+    def prompt_chars(self) -> int:
+        return sum(len(m.text()) for m in self.messages)
+
     def chat(self) -> list[dict[str, str]]:
         # "developer" is OpenAI's newer name for the system role; chat templates know "system"
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
@@ -207,6 +214,10 @@ class CompletionRequest(_Common):
     suffix: str | None = None
     logprobs: int | None = None
     best_of: int | None = None
+
+    def prompt_chars(self) -> int:
+        p = self.single_prompt()
+        return len(p) if isinstance(p, str) else 0
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()

@@ -112,7 +112,8 @@ def test_models_health_and_prometheus_metrics(server):
     h = httpx.get(f"{server}/health").json()
     assert h["status"] == "ok" and h["max_concurrent"] == 32
     client(server).completions.create(model=MODEL, prompt="hello", max_tokens=3, **GREEDY)
-    text = httpx.get(f"{server}/metrics").text
+    # /metrics is behind the key like the API
+    text = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
     samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
                if line and not line.startswith("#")}
     assert samples["edgeweave_generated_tokens_total"] >= 3

@@ -16,7 +16,11 @@ def register(app: typer.Typer) -> None:
                                  help="Address to listen on (loopback by default)."),
         port: int = typer.Option(8000, "--port", "-p"),
         api_key: Annotated[list[str] | None, typer.Option(
-            "--api-key", help="Accepted Bearer key (repeatable); none = open.")] = None,
+            "--api-key", envvar="EDGEWEAVE_API_KEY",
+            help="Accepted Bearer key (repeatable; or $EDGEWEAVE_API_KEY, or --api-key-file, "
+                 "which keep it out of `ps`); none = open.")] = None,
+        api_key_file: str = typer.Option(None, "--api-key-file",
+                                         help="File of accepted Bearer keys, one a line."),
         max_concurrent: int = typer.Option(32, "--max-concurrent",
                                            help="Active sessions; one more gets HTTP 429."),
         max_prompt_tokens: int = typer.Option(1024, "--max-prompt-tokens"),
@@ -42,14 +46,15 @@ def register(app: typer.Typer) -> None:
                                   help="Fleet name on the broker (default: the fleet file's)."),
     ) -> None:
         """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
-        from edgeweave.serve.config import ServeConfig
+        from edgeweave.serve.config import ServeConfig, read_api_key_file
         from edgeweave.serve.server import serve
 
-        cfg = ServeConfig(api_keys=tuple(api_key or ()), max_concurrent=max_concurrent,
+        keys = tuple(api_key or ()) + (read_api_key_file(api_key_file) if api_key_file else ())
+        cfg = ServeConfig(api_keys=keys, max_concurrent=max_concurrent,
                           max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,
                           default_max_tokens=min(128, max_tokens_limit),
                           max_body_bytes=max_body_bytes)
-        if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        if not keys and host not in ("127.0.0.1", "localhost", "::1"):
             typer.secho(f"warning: serving on {host} without --api-key", err=True,
                         fg=typer.colors.YELLOW)
         serve(model, host=host, port=port, config=cfg, plan=plan, nodes=tuple(node or ()),

@@ -5,7 +5,8 @@ the HTTP API. Generation runs on the single round-robin scheduler thread; handle
 validate, tokenize, submit, and relay the scheduler's events as JSON or server-sent events.
 
 Every failure leaves in OpenAI's error shape and keeps the keep-alive connection: a user's
-mistake is a 4xx naming the field, anything unexpected a 500.
+mistake is a 4xx naming the field, anything unexpected a 500. With API keys, everything but
+``/health`` needs one (the metrics and the API description included).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -89,7 +91,9 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         finally:
             state["scheduler"].stop()
 
-    app = FastAPI(title="edgeweave", version="0.1.0", lifespan=lifespan)
+    # the API description is served below, behind the key like the API it describes
+    app = FastAPI(title="edgeweave", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
     app.state.config = cfg
     app.state.backend = backend
     app.state.metrics = metrics
@@ -120,10 +124,17 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         return from_exception(e).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if e.status_code == 404 else None
-        return APIError(e.status_code, str(e.detail), "invalid_request_error", None,
-                        code).response()
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        headers = dict(e.headers or {})
+        message, code = str(e.detail), None
+        if e.status_code == 404:
+            code = "not_found"
+        elif e.status_code == 405:
+            code = "method_not_allowed"
+            message = (f"{request.method} is not allowed on {request.url.path}: use "
+                       f"{headers.get('Allow', 'another method')}")
+        return APIError(e.status_code, message, "invalid_request_error", None, code,
+                        headers).response()
 
     # outermost first: count every answer, then turn crashes into 500s, then cap the body
     app.add_middleware(LimitBody, max_bytes=cfg.max_body_bytes)
@@ -144,12 +155,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
             out["failovers"] = int(coord.stats.get("failovers", 0))
         return out
 
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        body, ctype = metrics.render()
-        return Response(body, media_type=ctype)
-
-    # ---- the API, behind keys ----------------------------------------------------------
+    # ---- behind keys: the API, its description and the metrics ---------------------------
     async def check_key(request: Request) -> None:
         if not cfg.api_keys:
             return
@@ -160,6 +166,26 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         if not any(hmac.compare_digest(key.strip().encode(), k.encode()) for k in cfg.api_keys):
             raise unauthorized("invalid API key: check the key the server was started with")
 
+    keyed = APIRouter(dependencies=[Depends(check_key)], include_in_schema=False)
+
+    @keyed.get("/metrics")
+    async def prometheus() -> Response:
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    @keyed.get("/openapi.json")
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @keyed.get("/docs")
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="edgeweave API")
+
+    @keyed.get("/redoc")
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="edgeweave API")
+
+    app.include_router(keyed)
     api = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
 
     def model_entry() -> dict[str, Any]:

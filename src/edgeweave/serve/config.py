@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgeweave.errors import ConfigError
 
@@ -43,3 +44,23 @@ class ServeConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"invalid serve config: {msg}")
+
+
+def read_api_key_file(path: str | Path) -> tuple[str, ...]:
+    """The keys in ``path``, one a line (blank lines and ``#`` comments skipped).
+
+    A file keeps the key out of the command line, where ``ps`` shows it to every user.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"API key file {p} does not exist: write one key per line "
+                          "into it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read API key file {p}: {e}") from None
+    keys = tuple(line.strip() for line in text.splitlines()
+                 if line.strip() and not line.strip().startswith("#"))
+    if not keys:
+        raise ConfigError(f"API key file {p} holds no key: write one key per line into it")
+    return keys

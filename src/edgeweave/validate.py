@@ -21,6 +21,14 @@ def one_line(err: BaseException | str) -> str:
     return " ".join(str(err).split())
 
 
+def first_mismatch(err: BaseException, limit: int = 300) -> str:
+    """The first "size mismatch ..." line of a torch ``load_state_dict`` error (it lists every
+    tensor, one per line, after a header), else the error on one line; at most ``limit``."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = next((ln for ln in lines if "mismatch" in ln), " ".join(lines))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def kind(value: Any) -> str:
     """What a value is, in the words of JSON/YAML (users write documents, not Python)."""
     if value is None:

@@ -27,7 +27,7 @@ from edgeweave.models.llama import BlockModel, Rotary
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.paths import atomic_dir, atomic_write_json, sha256_file
 from edgeweave.types import Shard
-from edgeweave.validate import is_int, kind
+from edgeweave.validate import first_mismatch, is_int, kind
 
 FORMAT = "edgeweave-artifact"
 FORMAT_VERSION = 1
@@ -311,7 +311,7 @@ def load_artifact(path: str | Path, shard: Shard | None = None) -> LoadedModel:
         model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # shapes disagree with the manifest's config
         raise ArtifactError(f"{path}: the weights do not match the config in {MANIFEST} "
-                            f"({' '.join(str(e).split())[:200]}): {RECOMPRESS}") from e
+                            f"({first_mismatch(e)}): {RECOMPRESS}") from e
     if tied and isinstance(model.lm_head, nn.Linear):
         model.lm_head.weight = model.embed_tokens.weight
     left = [k for k, v in model.state_dict().items() if v.is_meta]

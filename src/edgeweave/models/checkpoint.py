@@ -19,6 +19,7 @@ from edgeweave.models.llama import BlockModel, Rotary
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.paths import sha256_file
 from edgeweave.types import Shard
+from edgeweave.validate import first_mismatch
 
 SOURCE_FILE = "edgeweave.json"  # written next to cached conversions: where they came from
 
@@ -105,7 +106,7 @@ def load_folder(folder: str | Path, shard: Shard | None = None, dtype: torch.dty
         model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # tensor shapes disagree with config.json
         raise CheckpointError(f"the weights in {folder} do not match its config.json "
-                              f"({' '.join(str(e).split())[:200]}): restore the matching "
+                              f"({first_mismatch(e)}): restore the matching "
                               "config.json or re-download the model") from e
     if tied:
         model.lm_head.weight = model.embed_tokens.weight

@@ -12,6 +12,7 @@ from edgeweave.runtime.generate import (
     GenerationMetrics,
     GenerationResult,
     SamplingParams,
+    check_text,
     stream_generate,
 )
 
@@ -24,6 +25,7 @@ def run_generate(prompt: str, *, model: str = "smollm2-135m-instruct", chat: boo
     params = SamplingParams(**sampling)  # validate before the (slow) model load
     if not prompt.strip():
         raise GenerationError("the prompt is empty: give some text to continue or answer")
+    check_text(prompt)
     lm = load(model)
     accelerate_decode(lm.model)
     engine = LocalEngine(lm.model)

@@ -18,6 +18,10 @@ import torch
 from edgeweave.errors import GenerationError
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.engine import LogitsEngine
+from edgeweave.validate import is_int, is_number
+
+MAX_TEMPERATURE = 2.0
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
 
 
 @dataclass(frozen=True)
@@ -35,20 +39,51 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
+        # the ranges OpenAI documents (temperature 0..2, top_p (0, 1]); inf or nan would turn
+        # every probability into nan and sample garbage, so they are refused, not clamped
+        t, p, rp = self.temperature, self.top_p, self.repetition_penalty
         checks = [
-            (self.max_tokens > 0, f"max_tokens must be > 0 (got {self.max_tokens})"),
-            (self.temperature >= 0, f"temperature must be >= 0 (got {self.temperature})"),
-            (self.top_k >= 0, f"top_k must be >= 0, 0 disables it (got {self.top_k})"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1] (got {self.top_p})"),
-            (self.repetition_penalty > 0,
-             f"repetition_penalty must be > 0, 1 disables it (got {self.repetition_penalty})"),
-            (all(self.stop), "stop strings must be non-empty"),
+            (is_int(self.max_tokens) and self.max_tokens > 0,
+             f"max_tokens must be > 0 (got {self.max_tokens!r}): ask for at least one token"),
+            (is_number(t) and 0 <= t <= MAX_TEMPERATURE,
+             f"temperature must be >= 0 and <= {MAX_TEMPERATURE:g} (got {t!r}): 0 is greedy, "
+             "0.7-1.0 is typical"),
+            (is_int(self.top_k) and self.top_k >= 0,
+             f"top_k must be an integer >= 0, 0 disables it (got {self.top_k!r})"),
+            (is_number(p) and 0 < p <= 1, f"top_p must be in (0, 1] (got {p!r}): 1 disables it, "
+             "0.9 keeps the likeliest tokens holding 90% of the probability"),
+            (is_number(rp) and rp > 0,
+             f"repetition_penalty must be a finite number > 0, 1 disables it (got {rp!r})"),
+            (self.seed is None or is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
+             f"seed must be an integer in [0, 2**63-1] (got {self.seed!r}): pick a smaller "
+             "non-negative number, or leave it out for a random one"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty"),
+            (all(is_int(i) and i >= 0 for i in self.stop_token_ids),
+             f"stop_token_ids must be non-negative integers (got {self.stop_token_ids!r})"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise GenerationError(msg)
+        for s in self.stop:
+            check_text(s, "a stop string")
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+
+def check_text(text: str, what: str = "the prompt") -> None:
+    """Refuse text that is not valid Unicode (lone surrogates).
+
+    Python hands undecodable bytes of ``argv`` (or of a file read with ``surrogateescape``)
+    over as surrogates U+DC80..U+DCFF; the tokenizer cannot encode them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = ord(text[e.start])
+        byte = f"byte {bad - 0xDC00:#04x}" if 0xDC80 <= bad <= 0xDCFF else f"U+{bad:04X}"
+        raise GenerationError(
+            f"{what} is not valid UTF-8 text ({byte} at character {e.start}): pass UTF-8 "
+            "(check the terminal's locale, e.g. LANG=C.UTF-8, or re-encode the input file)"
+        ) from None
 
 
 def peak_rss_mb() -> float:
@@ -168,6 +203,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | Sequence[int] | Sequence[d
     if isinstance(prompt, str):
         if not prompt.strip():
             raise GenerationError("the prompt is empty: give some text to continue or answer")
+        check_text(prompt)
         if chat:
             return tokenizer.encode_chat([{"role": "user", "content": prompt}])
         return tokenizer.encode(prompt, add_special_tokens=True)
@@ -177,6 +213,8 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | Sequence[int] | Sequence[d
     if isinstance(items[0], dict):
         if not any(str(m.get("content", "")).strip() for m in items):
             raise GenerationError("every chat message is empty: give some content")
+        for m in items:
+            check_text(str(m.get("content", "")), f"the content of a {m.get('role')!r} message")
         return tokenizer.encode_chat(items)
     return [int(t) for t in items]
 

@@ -3,6 +3,8 @@ methods a route does not take are 405 with an ``Allow`` header."""
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 
@@ -60,33 +62,47 @@ def test_options_and_head_are_405_with_allow(server, path, allow, method):
 
 
 # ---- where the key comes from ------------------------------------------------------------
-OFF_LOOPBACK = ["serve", "--host", "0.0.0.0", "--port", "70000"]  # stops at the port check
 NO_KEY_WARNING = "without --api-key"
 
 
-def test_without_any_key_serving_off_loopback_warns(monkeypatch, capsys):
+@pytest.fixture
+def taken_port():
+    """A port some other process listens on: serve warns, then stops at its bind check
+    before loading any model."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def off_loopback(taken_port):
+    return ["serve", "--host", "0.0.0.0", "--port", str(taken_port)]
+
+
+def test_without_any_key_serving_off_loopback_warns(monkeypatch, capsys, off_loopback):
     monkeypatch.delenv("EDGEWEAVE_API_KEY", raising=False)
-    assert main(OFF_LOOPBACK) == 2
+    assert main(off_loopback) == 2
     assert NO_KEY_WARNING in capsys.readouterr().err
 
 
-def test_the_key_can_come_from_the_environment(monkeypatch, capsys):
+def test_the_key_can_come_from_the_environment(monkeypatch, capsys, off_loopback):
     monkeypatch.setenv("EDGEWEAVE_API_KEY", "sk-from-env")
-    assert main(OFF_LOOPBACK) == 2
+    assert main(off_loopback) == 2
     err = capsys.readouterr().err
-    assert NO_KEY_WARNING not in err and "port 70000" in err
+    assert NO_KEY_WARNING not in err and "taken" in err
     assert main(["serve", "--help"]) == 0
     assert "EDGEWEAVE_API_KEY" in capsys.readouterr().out
 
 
-def test_the_key_can_come_from_a_file(tmp_path, monkeypatch, capsys):
+def test_the_key_can_come_from_a_file(tmp_path, monkeypatch, capsys, off_loopback):
     monkeypatch.delenv("EDGEWEAVE_API_KEY", raising=False)
     f = tmp_path / "keys"
     f.write_text("# the fleet's keys\nsk-one\n\n  sk-two  \n")
     assert read_api_key_file(f) == ("sk-one", "sk-two")
-    assert main([*OFF_LOOPBACK, "--api-key-file", str(f)]) == 2
+    assert main([*off_loopback, "--api-key-file", str(f)]) == 2
     err = capsys.readouterr().err
-    assert NO_KEY_WARNING not in err and "port 70000" in err
+    assert NO_KEY_WARNING not in err and "taken" in err
 
 
 @pytest.mark.parametrize("content", [None, "", "\n  \n# only a comment\n"],

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
-import socket
 from dataclasses import dataclass
 
 import typer
 
 from edgeweave.errors import ConfigError
-
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # one RFC 1123 host name label
+from edgeweave.netaddr import check_host
 
 
 @dataclass(frozen=True)
@@ -25,7 +21,7 @@ class NodeOptions:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        _check_host(self.host)
+        check_host(self.host)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not in [0, 65535]: pass a free port, or 0 "
                               "to pick one (printed when the node is ready)")
@@ -40,26 +36,6 @@ class NodeOptions:
         """The host as a gRPC address wants it: IPv6 literals in brackets (``[::1]``)."""
         host = self.host.strip("[]")
         return f"[{host}]" if ":" in host else host
-
-
-def _check_host(host: str) -> None:
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ipaddress.ip_address(bare)
-        return
-    except ValueError:
-        pass
-    fix = ("pass an address of this host, e.g. 127.0.0.1 (loopback only) or 0.0.0.0 (every "
-           "interface)")
-    # dotted digits that are no IPv4 address (999.1.1.1) must not reach the resolver: it
-    # would ask DNS and, offline, hang until its timeout
-    if (re.fullmatch(r"[0-9.]+", bare) or len(bare) > 253
-            or not all(_LABEL.fullmatch(label) for label in bare.rstrip(".").split("."))):
-        raise ConfigError(f"--host {host!r} is not an IP address or a host name: {fix}")
-    try:
-        socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise ConfigError(f"--host {host!r} does not resolve to an address: {fix}") from None
 
 
 def register(app: typer.Typer) -> None:

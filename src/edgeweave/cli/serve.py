@@ -47,13 +47,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
         from edgeweave.serve.config import ServeConfig, read_api_key_file
-        from edgeweave.serve.server import serve
+        from edgeweave.serve.server import ServerAddress, serve
 
         keys = tuple(api_key or ()) + (read_api_key_file(api_key_file) if api_key_file else ())
         cfg = ServeConfig(api_keys=keys, max_concurrent=max_concurrent,
                           max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,
                           default_max_tokens=min(128, max_tokens_limit),
                           max_body_bytes=max_body_bytes)
+        ServerAddress(host, port)  # a bad address fails before the warning and the load
         if not keys and host not in ("127.0.0.1", "localhost", "::1"):
             typer.secho(f"warning: serving on {host} without --api-key", err=True,
                         fg=typer.colors.YELLOW)

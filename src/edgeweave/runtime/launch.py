@@ -296,11 +296,10 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
 def _node_agent(mqtt: str, device: str, fleet: str, telemetry_s: float | None, address: str,
                 stages: tuple[str, ...], variant: str) -> Any:
     from edgeweave.control.agent import NodeAgent, host_profile
+    from edgeweave.netaddr import parse_hostport
 
-    mhost, _, mport = mqtt.rpartition(":")
-    if not mhost or not mport.isdigit():
-        raise ConfigError(f"--mqtt {mqtt!r} must look like HOST:PORT, e.g. 127.0.0.1:1883")
+    mhost, mport = parse_hostport(mqtt, flag="--mqtt")
     profile = host_profile() | {"address": address, "stages": list(stages), "variant": variant}
     # an unreachable broker raises RuntimeStageError with the fix in its message
-    return NodeAgent(device, mhost, int(mport), fleet=fleet, profile=profile,
+    return NodeAgent(device, mhost, mport, fleet=fleet, profile=profile,
                      telemetry_s=telemetry_s).start()

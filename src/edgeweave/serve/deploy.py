@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeweave.errors import ConfigError
+from edgeweave.netaddr import parse_hostport
 from edgeweave.serve.backend import CoordinatorSessions, LocalSessions, SessionFactory
 from edgeweave.types import Plan
 
@@ -45,18 +46,11 @@ def parse_nodes(specs: Sequence[str]) -> dict[str, str]:
     out = {}
     for s in specs:
         dev, sep, addr = s.partition("=")
-        if not sep or not dev or ":" not in addr:
+        if not sep or not dev:
             raise ConfigError(f"--node {s!r} must look like DEVICE=HOST:PORT")
+        parse_hostport(addr, flag=f"--node {dev}=")
         out[dev] = addr
     return out
-
-
-def parse_hostport(spec: str, default_port: int) -> tuple[str, int]:
-    host, _, port = spec.rpartition(":") if ":" in spec else (spec, "", str(default_port))
-    try:
-        return host or "127.0.0.1", int(port)
-    except ValueError:
-        raise ConfigError(f"{spec!r} must look like HOST:PORT") from None
 
 
 @dataclass
@@ -115,7 +109,7 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
         from edgeweave.control.planner import PlannerBridge, monitor_config_for
         from edgeweave.control.wiring import FleetController
 
-        host, port = parse_hostport(mqtt, 1883)
+        host, port = parse_hostport(mqtt, 1883, "--mqtt")
         name = fleet or (adapter.base.name if adapter is not None else "default")
         cfg = monitor_config_for(adapter) if adapter is not None else None
         monitor = FleetMonitor(host, port, fleet=name, config=cfg).start()

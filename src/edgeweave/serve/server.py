@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from edgeweave.errors import ConfigError
+from edgeweave.netaddr import check_bindable, check_host, check_port
 from edgeweave.serve.backend import SessionFactory
 from edgeweave.serve.config import ServeConfig
 
@@ -17,8 +18,8 @@ class ServerAddress:
     port: int = 8000
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port < 65536:
-            raise ConfigError(f"port {self.port} is not in [0, 65536)")
+        check_host(self.host)
+        check_port(self.port)
 
     @property
     def url(self) -> str:
@@ -49,6 +50,7 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port
 
     cfg = config or ServeConfig(api_keys=api_keys)
     address = ServerAddress(host, port)  # validate before the slow model load
+    check_bindable(address.host, address.port)
     dep = Deployment(backend) if backend is not None else build(
         model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet,
         fleet_file=fleet_file, objective=objective)

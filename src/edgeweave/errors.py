@@ -38,3 +38,8 @@ class PlanningError(EdgeweaveError):
 
 class RuntimeStageError(EdgeweaveError):
     """A stage or node failed in a way the user must act on."""
+
+
+class StoreError(EdgeweaveError):
+    """The demonstration database cannot be used: not SQLite, not a store's schema, damaged
+    rows, or a write the database refused."""

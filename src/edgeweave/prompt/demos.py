@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeweave.errors import ConfigError, EdgeweaveError
+from edgeweave.errors import ConfigError, StoreError
 from edgeweave.prompt.embed import normalize
 from edgeweave.prompt.policies import StoreView, get_eviction, get_ordering
 
@@ -37,9 +37,6 @@ DEMO_COLUMNS = ("id", "input", "output", "label", "emb", "utility", "last_used",
 META_COLUMNS = ("key", "value")
 
 
-class StoreError(EdgeweaveError):
-    """The demonstration database cannot be used: not SQLite, not a store's schema, damaged
-    rows, or a write the database refused."""
 
 
 @dataclass(frozen=True)

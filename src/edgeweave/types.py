@@ -129,6 +129,66 @@ class Plan:
 # -- devices, links and fleets (the planner's inputs) ---------------------------------------
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+ZERO_POINTS = ("none", "int", "float")
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How a variant's linear weights are stored and multiplied: what engines and exporters
+    read instead of parsing a variant's name.
+
+    ``bits`` 32 (fp32), 16 (fp16 storage, dense fp32 compute: pruned or low-rank models), 8
+    or 4 (3-bit grids live in the int4 container). ``group_size`` 0 means one scale per
+    output channel. ``zero_point``: ``none`` (symmetric), ``int`` (``w = (q - zp) * s`` with
+    integer ``zp``, native to ONNX Runtime's MatMulNBits) or ``float`` (any real offset per
+    group; costs the ONNX graph an extra group-sum product). ``activations`` ``int8`` for W8A8
+    recipes (SmoothQuant), else ``float``.
+    """
+
+    bits: int = 32
+    group_size: int = 0
+    zero_point: str = "none"
+    activations: str = "float"
+    grid_bits: int = 0  # bits of the grid inside the container (3 for int3), 0 = ``bits``
+
+    def __post_init__(self) -> None:
+        if self.bits not in (32, 16, 8, 4):
+            raise ConfigError(f"weight bits must be 32, 16, 8 or 4 (got {self.bits})")
+        if self.zero_point not in ZERO_POINTS:
+            raise ConfigError(f"zero_point must be one of {ZERO_POINTS} (got {self.zero_point!r})")
+        if self.activations not in ("float", "int8"):
+            raise ConfigError(f"activations must be float or int8 (got {self.activations!r})")
+        if self.bits == 4 and self.group_size not in (16, 32, 64, 128, 256):
+            raise ConfigError(f"int4 weights need a group size of 16..256 (got {self.group_size})")
+        if self.bits >= 16 and (self.group_size or self.zero_point != "none"):
+            raise ConfigError("float weights have no groups or zero points")
+
+    @property
+    def precision(self) -> str:
+        """The compute precision the planner prices: fp32, fp16, int8 or int4."""
+        return {32: "fp32", 16: "fp16", 8: "int8", 4: "int4"}[self.bits]
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zero_point == "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WeightFormat:
+        if not isinstance(d, dict):
+            raise ConfigError(f"a weight format is an object, not {type(d).__name__}")
+        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ConfigError(f"unknown weight format keys {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def of_precision(cls, precision: str) -> WeightFormat:
+        """A typical format for a planner-only variant that no artifact describes yet."""
+        return {"fp32": cls(32), "fp16": cls(16), "int8": cls(8),
+                "int4": cls(4, 32, "int")}[precision]
 
 
 @dataclass(frozen=True)

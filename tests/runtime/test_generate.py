@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,12 +74,30 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(lm):
 
 
 def test_top_p_and_repetition_penalty_mask_as_specified():
-    logits = torch.tensor([4.0, 3.0, 0.0, -10.0])
-    gen = torch.Generator().manual_seed(0)
-    picks = {sample(logits, SamplingParams(temperature=1.0, top_p=0.5), [], gen) for _ in range(50)}
+    logits = np.array([4.0, 3.0, 0.0, -10.0], np.float32)
+    rng = np.random.default_rng(0)
+    picks = {sample(logits, SamplingParams(temperature=1.0, top_p=0.5), [], rng) for _ in range(50)}
     assert picks == {0}  # token 0 alone holds > 50% of the mass
     # penalising token 0 (positive logit divided by 4) makes token 1 the greedy choice
     assert sample(logits, SamplingParams(repetition_penalty=4.0), [0], None) == 1
+
+
+def test_sampling_follows_the_distribution_and_top_k():
+    logits = np.log(np.array([0.5, 0.3, 0.2, 1e-9], np.float32))
+    rng = np.random.default_rng(3)
+    n = 4000
+    counts = np.bincount([sample(logits, SamplingParams(temperature=1.0), [], rng)
+                          for _ in range(n)], minlength=4) / n
+    np.testing.assert_allclose(counts[:3], [0.5, 0.3, 0.2], atol=0.03)
+    top2 = {sample(logits, SamplingParams(temperature=1.0, top_k=2), [], rng) for _ in range(200)}
+    assert top2 == {0, 1}
+
+
+def test_tiny_temperatures_are_greedy_not_nan():
+    logits = np.array([1.0, 3.0, 2.0], np.float32)
+    assert sample(logits, SamplingParams(temperature=1e-30), [], np.random.default_rng(0)) == 1
+    # just above the greedy cut-off the float64 maths still picks the top token
+    assert sample(logits, SamplingParams(temperature=2e-5), [], np.random.default_rng(0)) == 1
 
 
 def test_eos_ends_generation_with_stop(lm):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 compress = pytest.importorskip("edgeweave.compress")
 
 from edgeweave.runtime.engines.base import EngineConfig  # noqa: E402
-from edgeweave.runtime.engines.onnx import engine_from_model, weight_format  # noqa: E402
+from edgeweave.runtime.engines.onnx import engine_from_model  # noqa: E402
 from edgeweave.runtime.engines.onnx_chain import StageChain  # noqa: E402
 from edgeweave.runtime.engines.onnx_export import ExportSpec  # noqa: E402
 from edgeweave.runtime.engines.onnx_quant import Packed, weight_of  # noqa: E402
@@ -25,8 +25,10 @@ RECIPES = {
     "int8-rtn": ("int8", lambda: compress.RTN(bits=8)),
     "int4-rtn-g32-asym": ("int4", lambda: compress.RTN(bits=4, group_size=32)),
     "int4-rtn-g128-padded": ("int4", lambda: compress.RTN(bits=4, group_size=128, pad=True)),
-    # a variant name, as the engine gets it: its weight format is int4
     "int4-sym-g32": ("int4-sym", lambda: compress.RTN(bits=4, group_size=32, symmetric=True)),
+    # integer zero points: MatMulNBits and GatherBlockQuantized read them natively
+    "int4-rtn-g32-intzp": ("int4", lambda: compress.RTN(bits=4, group_size=32, zero_point="int")),
+    "int4-rtn-g64-intzp": ("int4", lambda: compress.RTN(bits=4, group_size=64, zero_point="int")),
 }
 
 
@@ -44,7 +46,7 @@ def _dequantized(art, cfg):
     return ref
 
 
-def _trace(engine: StageChain) -> list[torch.Tensor]:
+def _trace(engine: StageChain) -> list[np.ndarray]:
     return [engine.prefill(PROMPT)] + [engine.decode(t) for t in STEPS]
 
 
@@ -59,20 +61,26 @@ def test_artifact_graph_equals_dequantized_artifact(tiny_model, tmp_path, recipe
     ref = _trace(StageChain([TorchStageEngine(EngineConfig("t", whole),
                                               model=_dequantized(art, cfg))], 64))
     own = _trace(StageChain([TorchStageEngine(EngineConfig("t", whole, variant), model=art)], 64))
+    weights = {8: "int8", 4: "int4"}[make().weight_format().bits]
     for level in (0, 4):
-        spec = ExportSpec(0, cfg.num_layers, weights=weight_format(variant),
+        spec = ExportSpec(0, cfg.num_layers, weights=weights,
                           max_len=cfg.max_position, accuracy_level=level)
         eng = engine_from_model(art, EngineConfig("t", whole, variant, "onnx", threads=1),
                                 tmp_path / f"{recipe}-{level}", spec)
         got = _trace(StageChain([eng], 64))
         ops = {n.name.rsplit("/", 1)[-1] for n in onnx.load(str(eng.path),
                                                           load_external_data=False).graph.node}
-        # asymmetric grids need the exact group-sum term; symmetric ones are plain MatMulNBits
+        # float zeros need the exact group-sum term; symmetric grids and integer zero points
+        # are plain MatMulNBits
         assert ("GroupSum" in ops) == ("asym" in recipe or "g128" in recipe)
+        assert ("zero_points" in str(onnx.load(str(eng.path), load_external_data=False)
+                                     .graph.initializer)) == ("intzp" in recipe)
         for r, g, o in zip(ref, got, own, strict=True):
-            scale = r.abs().max()
+            scale = np.abs(r).max()
             if level == 0:  # fp32 activations: the very same numbers as the artifact
-                torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+                # (integer zero points: the artifact's bf16 zero against the exact integer)
+                tol = 2e-3 if "intzp" in recipe else 1e-4
+                np.testing.assert_allclose(g, r, atol=tol * scale, rtol=tol)
             else:  # int8 activations (the fast CPU path): bounded like the torch kernels
-                assert (g - r).abs().max() < 0.05 * scale
-                assert (o - r).abs().max() < 0.1 * scale
+                assert np.abs(g - r).max() < 0.05 * scale
+                assert np.abs(o - r).max() < 0.1 * scale

@@ -36,10 +36,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantize, prune, factorize or distill a model; write weights + manifest."""
         if list_presets:
-            from edgeweave.compress import PRESETS
+            from edgeweave.compress.recipes import presets
 
             console.print(table("recipe presets", ["name", "recipe"],
-                                [(k, v.label()) for k, v in PRESETS.items()]))
+                                [(k, v.label()) for k, v in presets().items()]))
             return
         m = run_compress(model, recipe, out, calib_sequences, calib_seq_len)
         s = m["stats"]

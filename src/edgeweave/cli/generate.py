@@ -22,12 +22,25 @@ def register(app: typer.Typer) -> None:
         repetition_penalty: float = typer.Option(1.0, "--repetition-penalty"),
         stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
         seed: int = typer.Option(None, "--seed"),
+        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or "
+                                    "torch (the reference)."),
+        variant: str = typer.Option("int4", "--variant", help="Weights: int4 (default, built "
+                                    "once and cached), int8, fp32, int4-sym, ..."),
+        threads: int = typer.Option(0, "--threads", help="Compute threads (0 = every core "
+                                    "this process may use)."),
     ) -> None:
         """Generate text with our own decode loop and print its metrics."""
+        from edgeweave.runtime.policy import ProcessPolicy
+
+        ProcessPolicy.for_this_process(threads=threads).apply()  # before numpy/onnxruntime
         from edgeweave.runtime.api import run_generate
+        from edgeweave.runtime.local import EngineChoice
 
         run_generate(prompt, model=model, chat=chat, stream=stream, max_tokens=max_tokens,
                      temperature=temperature, top_k=top_k, top_p=top_p,
                      repetition_penalty=repetition_penalty, stop=tuple(stop), seed=seed,
+                     choice=EngineChoice(backend, variant, threads),
                      echo=lambda s: console.print(s, end="", markup=False, highlight=False),
-                     report=lambda m: console.print(f"\n[dim]{metrics_line(m)}[/dim]"))
+                     report=lambda r: console.print(
+                         f"\n[dim]{r.runtime['backend']} {r.runtime['variant']} · "
+                         f"{metrics_line(r.metrics)}[/dim]"))

@@ -47,24 +47,33 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(0, "--port", "-p", help="0 picks a free port (printed)."),
         stage: list[str] = typer.Option([], "--stage", help="Preload blocks START:END "  # noqa: B008
                                         "(repeatable; the coordinator can load more)."),
-        variant: str = typer.Option("fp32", "--variant", help="fp32, int8 or int4."),
+        variant: str = typer.Option("int4", "--variant", help="Weights: int4 (default, built "
+                                    "once and cached), int8, fp32, int4-sym, ..."),
+        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or "
+                                    "torch (the reference)."),
         tls_dir: str = typer.Option(None, "--tls-dir", help="Folder from `edgeweave certs`: "
                                     "enables mutual TLS."),
         name: str = typer.Option("node", "--name", help="This node's certificate name."),
         memory_mb: int = typer.Option(4096, "--memory-mb", help="KV-cache cap; least recently "
                                       "used sessions are evicted beyond it."),
-        threads: int = typer.Option(0, "--threads", help="Torch threads (0 = default)."),
+        threads: int = typer.Option(0, "--threads", help="Compute threads (0 = every core "
+                                    "this process may use)."),
         mqtt: str = typer.Option(None, "--mqtt", help="HOST:PORT of the fleet's MQTT broker: "
                                  "announce this node, heartbeat, telemetry, last will."),
         fleet: str = typer.Option("default", "--fleet", help="Fleet name on the broker."),
         telemetry_s: float = typer.Option(5.0, "--telemetry-s", help="Seconds between "
                                           "telemetry readings (with --mqtt)."),
         colocated: bool = typer.Option(False, "--colocated", help="Other nodes share this "
-                                       "host's cores: use one BLAS thread while several "
-                                       "sessions are active, all cores for a single one."),
+                                       "host's cores: no spinning thread pools; torch stages "
+                                       "use one BLAS thread while several sessions are "
+                                       "active, all cores for a single one."),
     ) -> None:
         """Host stages of a pipeline; prints `EDGEWEAVE-NODE READY host:port` when serving."""
         opts = NodeOptions(host, port, memory_mb, threads)  # refused before anything loads
+        from edgeweave.runtime.policy import ProcessPolicy
+
+        # before numpy, torch or onnxruntime load: their thread pools read it when they do
+        ProcessPolicy.for_this_process(colocated, threads).apply()
         import logging
 
         from edgeweave.runtime.launch import run_node
@@ -73,5 +82,6 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         tls = TLSFiles.from_dir(tls_dir, name) if tls_dir else None
         run_node(model, opts.bind_host, port, tuple(stage), variant, tls, memory_mb, threads,
-                 ready=lambda line: print(line, flush=True), mqtt=mqtt, device=name,
+                 backend=backend, ready=lambda line: print(line, flush=True), mqtt=mqtt,
+                 device=name,
                  fleet=fleet, telemetry_s=telemetry_s, colocated=colocated)

@@ -44,8 +44,18 @@ def register(app: typer.Typer) -> None:
                                       help="Planner objective with --fleet-file."),
         fleet: str = typer.Option(None, "--fleet",
                                   help="Fleet name on the broker (default: the fleet file's)."),
+        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or "
+                                    "torch (the reference); nodes are told which to load."),
+        variant: str = typer.Option("int4", "--variant", help="Weights without a plan: int4 "
+                                    "(default, built once and cached), int8, fp32, ..."),
+        threads: int = typer.Option(0, "--threads", help="Compute threads (0 = every core "
+                                    "this process may use)."),
     ) -> None:
         """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
+        from edgeweave.runtime.policy import ProcessPolicy
+
+        ProcessPolicy.for_this_process(threads=threads).apply()  # before numpy/onnxruntime
+        from edgeweave.runtime.local import EngineChoice
         from edgeweave.serve.config import ServeConfig, read_api_key_file
         from edgeweave.serve.server import ServerAddress, serve
 
@@ -55,9 +65,10 @@ def register(app: typer.Typer) -> None:
                           default_max_tokens=min(128, max_tokens_limit),
                           max_body_bytes=max_body_bytes)
         ServerAddress(host, port)  # a bad address fails before the warning and the load
+        choice = EngineChoice(backend, variant, threads)
         if not keys and host not in ("127.0.0.1", "localhost", "::1"):
             typer.secho(f"warning: serving on {host} without --api-key", err=True,
                         fg=typer.colors.YELLOW)
         serve(model, host=host, port=port, config=cfg, plan=plan, nodes=tuple(node or ()),
               tls_dir=tls_dir, mqtt=mqtt, fleet=fleet, fleet_file=fleet_file,
-              objective=objective)
+              objective=objective, choice=choice)

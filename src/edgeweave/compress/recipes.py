@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from edgeweave.errors import ConfigError
+from edgeweave.types import WeightFormat
 from edgeweave.validate import is_int, is_number, kind, refuse_unknown, show, suggest
 
 RECIPES: dict[str, type[Recipe]] = {}  # method name -> config type (for JSON)
@@ -65,6 +66,11 @@ class Recipe:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def weight_format(self) -> WeightFormat:
+        """How the artifact holds its linears; pruning, low-rank and distillation store
+        dense fp16 (run in fp32), quantizers override this."""
+        return WeightFormat(16)
 
     def label(self) -> str:
         params = ",".join(f"{k}={v}" for k, v in self.to_dict()["params"].items())
@@ -169,6 +175,19 @@ def from_json(text: str) -> Recipe:
 
 
 # -- quantization -------------------------------------------------------------------------
+ZERO_POINT_KINDS = ("float", "int")
+
+
+def _check_zero_point(zero_point: str) -> None:
+    _check(zero_point in ZERO_POINT_KINDS, f"zero_point={zero_point!r}: choose 'int' (integer "
+           "zero points, native to ONNX Runtime) or 'float' (any offset per group)")
+
+
+def _int4_format(bits: int, group_size: int, symmetric: bool, zero_point: str) -> WeightFormat:
+    return WeightFormat(4, group_size, "none" if symmetric else zero_point,
+                        grid_bits=0 if bits == 4 else bits)
+
+
 def _check_int4(bits: int, group_size: int | None, allowed_bits: tuple[int, ...]) -> None:
     _check(bits in allowed_bits, f"bits={bits} is not supported here: choose one of "
            f"{allowed_bits} (packed kernels exist for int8 and int4; int3 is stored in int4)")
@@ -183,7 +202,8 @@ class RTN(Recipe):
     """Round-to-nearest weights. int8: symmetric per output channel; int4: grouped.
 
     ``pad=True`` zero-pads input widths that ``group_size`` does not divide (e.g. 576 with
-    g128); ``embeddings`` also quantizes the token embedding (and so the tied head).
+    g128); ``embeddings`` also quantizes the token embedding (and so the tied head);
+    ``zero_point`` of an asymmetric int4 grid is ``int`` or ``float`` (see ``quant.py``).
     """
 
     method: ClassVar[str] = "rtn"
@@ -193,8 +213,16 @@ class RTN(Recipe):
     symmetric: bool | None = None
     pad: bool = False
     embeddings: bool = True
+    zero_point: str = "float"
+
+    def weight_format(self) -> WeightFormat:
+        if self.bits == 8:
+            return WeightFormat(8)
+        return _int4_format(self.bits, self.group_size or 128, bool(self.symmetric),
+                            self.zero_point)
 
     def __post_init__(self) -> None:
+        _check_zero_point(self.zero_point)
         _check_int4(self.bits, self.group_size if self.bits == 4 and self.group_size else 128,
                     (4, 8))
         if self.bits == 8:
@@ -227,8 +255,13 @@ class GPTQ(Recipe):
     pad: bool = False
     embeddings: bool = True
     head: bool = True  # GPTQ the output head too (tied: the embedding shares its integers)
+    zero_point: str = "float"
+
+    def weight_format(self) -> WeightFormat:
+        return _int4_format(self.bits, self.group_size, self.symmetric, self.zero_point)
 
     def __post_init__(self) -> None:
+        _check_zero_point(self.zero_point)
         _check_int4(self.bits, self.group_size, (3, 4))
         _check(0 < self.damp < 1, f"damp={self.damp} must be in (0, 1), e.g. 0.01")
 
@@ -245,6 +278,9 @@ class SmoothQuant(Recipe):
     # (SmolLM2-135M, Wikipedia ppl, reference 20.0: 35.3 at 0.5, 25.9 at 0.75, 26.9 at 0.9)
     alpha: float = 0.75
     embeddings: bool = True
+
+    def weight_format(self) -> WeightFormat:
+        return WeightFormat(8, activations="int8")
 
     def __post_init__(self) -> None:
         _check(0 <= self.alpha <= 1, f"alpha={self.alpha} must be in [0, 1] (0.5-0.9 is typical)")
@@ -402,13 +438,17 @@ class Pipeline(Recipe):
         return {"method": self.method, "version": self.version,
                 "params": {"steps": [s.to_dict() for s in self.steps_]}}
 
+    def weight_format(self) -> WeightFormat:
+        return self.steps_[-1].weight_format()  # a quantizer can only be the last step
+
     def label(self) -> str:
         return " + ".join(s.label() for s in self.steps_)
 
 
+# Named recipes for experiments (`edgeweave compress --recipe NAME`). The names of serving
+# variants (int8, int4, int4-sym, ...) resolve through edgeweave.variants first, so there is
+# one definition of what "int4" means.
 PRESETS: dict[str, Recipe] = {
-    "int8": RTN(bits=8),
-    "int4": GPTQ(bits=4, group_size=128, pad=True),
     "rtn-int4-g128": RTN(bits=4, group_size=128, pad=True),
     "rtn-int4-g64": RTN(bits=4, group_size=64),
     "rtn-int4-g32": RTN(bits=4, group_size=32),
@@ -427,6 +467,13 @@ PRESETS: dict[str, Recipe] = {
 }
 
 
+def presets() -> dict[str, Recipe]:
+    """Every recipe name: the serving variants' recipes, then the experiment presets."""
+    from edgeweave.variants import registry
+
+    return {**{n: v.recipe for n, v in registry().items() if v.recipe is not None}, **PRESETS}
+
+
 def parse_recipe(spec: str | Recipe | dict[str, Any]) -> Recipe:
     """A preset name, a JSON recipe (text, dict, or a ``.json`` file), or a recipe object."""
     if isinstance(spec, Recipe):
@@ -436,8 +483,9 @@ def parse_recipe(spec: str | Recipe | dict[str, Any]) -> Recipe:
     if not isinstance(spec, str):
         raise ConfigError(f"a recipe is a preset name, JSON text or a Recipe, got {kind(spec)} "
                           f"{show(spec)}")
-    if spec in PRESETS:
-        return PRESETS[spec]
+    named = presets()
+    if spec in named:
+        return named[spec]
     if spec.lstrip().startswith("{"):
         return from_json(spec)
     if spec.endswith(".json") or _is_file(spec):
@@ -446,8 +494,8 @@ def parse_recipe(spec: str | Recipe | dict[str, Any]) -> Recipe:
             return from_json(text)
         except ConfigError as e:
             raise ConfigError(f"recipe file {show(spec, 400)}: {e}") from e
-    raise ConfigError(f"unknown recipe {show(spec)}{suggest(spec, PRESETS)}: choose a preset "
-                      f"({', '.join(sorted(PRESETS))}), a .json file or JSON like "
+    raise ConfigError(f"unknown recipe {show(spec)}{suggest(spec, named)}: choose a preset "
+                      f"({', '.join(sorted(named))}), a .json file or JSON like "
                       "'{\"method\": \"rtn\", \"params\": {\"bits\": 4}}'")
 
 

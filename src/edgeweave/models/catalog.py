@@ -14,14 +14,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from edgeweave.errors import CheckpointError, ModelNotFoundError
-from edgeweave.models.checkpoint import LoadedModel, load_folder
 from edgeweave.models.gguf import convert_gguf, gguf_architecture, read_source
 from edgeweave.paths import build_once, home, sha256_file
 from edgeweave.types import Shard
+
+if TYPE_CHECKING:  # loading weights needs torch; resolving a name must not (ONNX-only nodes)
+    from edgeweave.models.checkpoint import LoadedModel
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -126,11 +127,16 @@ def resolve(spec: str) -> tuple[str, Path]:
     raise _not_found(spec)
 
 
-def load(spec: str = DEFAULT_MODEL, shard: Shard | None = None,
-         dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a model by bundled name, HF folder or GGUF path (see module docstring)."""
+def load(spec: str = DEFAULT_MODEL, shard: Shard | None = None, dtype: Any = None
+         ) -> LoadedModel:
+    """Load a model by bundled name, HF folder or GGUF path (see module docstring);
+    ``dtype`` is a torch dtype (default float32)."""
+    import torch
+
+    from edgeweave.models.checkpoint import load_folder
+
     name, folder = resolve(spec)
-    return load_folder(folder, shard=shard, dtype=dtype, name=name)
+    return load_folder(folder, shard=shard, dtype=dtype or torch.float32, name=name)
 
 
 def describe() -> list[dict[str, str]]:

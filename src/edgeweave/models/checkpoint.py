@@ -15,13 +15,12 @@ import torch
 
 from edgeweave.errors import CheckpointError
 from edgeweave.models.config import ModelConfig, read_config
+from edgeweave.models.gguf import SOURCE_FILE
 from edgeweave.models.llama import BlockModel, Rotary
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.paths import sha256_file
 from edgeweave.types import Shard
 from edgeweave.validate import first_mismatch
-
-SOURCE_FILE = "edgeweave.json"  # written next to cached conversions: where they came from
 
 
 @dataclass

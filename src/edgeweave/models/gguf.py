@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from edgeweave.errors import CheckpointError
-from edgeweave.models.checkpoint import SOURCE_FILE
 from edgeweave.paths import atomic_dir, atomic_write_json, sha256_file
+
+SOURCE_FILE = "edgeweave.json"  # written next to cached conversions: where they came from
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 GGUF_MAGIC = b"GGUF"

@@ -5,34 +5,38 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edgeweave.errors import GenerationError
-from edgeweave.models import load
-from edgeweave.runtime.engine import LocalEngine
-from edgeweave.runtime.fast import accelerate_decode
+from edgeweave.runtime.engine import EngineSession
 from edgeweave.runtime.generate import (
-    GenerationMetrics,
     GenerationResult,
     SamplingParams,
     check_text,
+    encode_prompt,
     stream_generate,
 )
+from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
 
 
 def run_generate(prompt: str, *, model: str = "smollm2-135m-instruct", chat: bool = False,
                  stream: bool = False, echo: Callable[[str], None] = print,
-                 report: Callable[[GenerationMetrics], None] | None = None,
-                 **sampling: object) -> GenerationResult:
-    """Load ``model``, generate for ``prompt`` and echo text (streamed or at the end)."""
+                 report: Callable[[GenerationResult], None] | None = None,
+                 choice: EngineChoice | None = None, **sampling: object) -> GenerationResult:
+    """Build ``model``'s engine (``choice``: ONNX Runtime int4 by default), generate for
+    ``prompt`` and echo text (streamed or at the end)."""
     params = SamplingParams(**sampling)  # validate before the (slow) model load
     if not prompt.strip():
         raise GenerationError("the prompt is empty: give some text to continue or answer")
     check_text(prompt)
-    lm = load(model)
-    accelerate_decode(lm.model)
-    engine = LocalEngine(lm.model)
+    choice = choice or EngineChoice()
+    stage = whole_model(model, choice)
+    tokenizer = tokenizer_for(model)
+    ids = encode_prompt(tokenizer, prompt, chat)
+    # a KV cache for this request, not for the model's whole context (8192 positions of
+    # SmolLM2 are 377 MB of fp32 cache)
+    engine = EngineSession(stage, len(ids) + params.max_tokens)
     pieces: list[str] = []
     tokens: list[int] = []
     last = None
-    for r in stream_generate(engine, lm.tokenizer, prompt, params, chat=chat):
+    for r in stream_generate(engine, tokenizer, ids, params):
         pieces.append(r.text)
         tokens.extend(r.tokens)
         if stream and r.text:
@@ -42,6 +46,8 @@ def run_generate(prompt: str, *, model: str = "smollm2-135m-instruct", chat: boo
     text = "".join(pieces)
     if not stream:
         echo(text)
+    result = GenerationResult(text, tokens, last.finish_reason or "length", last.metrics,
+                              engine_info(stage))
     if report:
-        report(last.metrics)
-    return GenerationResult(text, tokens, last.finish_reason or "length", last.metrics)
+        report(result)
+    return result

@@ -13,7 +13,8 @@ A plan picks one codec per stage output (``types.CODECS``). Layouts (all little-
   last hop shrinks from ``4 * vocab`` bytes (196 KiB for a 49k vocabulary) to 512 bytes;
   sampling sees only the top 64 candidates.
 
-The shape travels in the frame header (see ``runtime.stage``), not in the payload.
+The shape travels in the frame header (see ``runtime.stage``), not in the payload. Tensors
+are numpy arrays: a node that runs ONNX stages never imports torch.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from math import prod
 
 import numpy as np
-import torch
 
 from edgeweave.errors import ConfigError, RuntimeStageError
 
@@ -37,15 +37,15 @@ class Codec:
     size: Callable[[tuple[int, ...]], int]
     lossless: bool
 
-    def encode(self, x: torch.Tensor) -> bytes:
-        return self.encode_np(x.detach().contiguous().numpy())
+    def encode(self, x: np.ndarray) -> bytes:
+        return self.encode_np(np.ascontiguousarray(x))
 
-    def decode(self, data: bytes | memoryview, shape: tuple[int, ...]) -> torch.Tensor:
+    def decode(self, data: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:
         shape = tuple(shape)
         if len(data) != self.size(shape):
             raise RuntimeStageError(f"{self.name} payload of {len(data)} bytes does not match "
                                     f"shape {shape} ({self.size(shape)} bytes): peer out of sync")
-        return torch.from_numpy(self.decode_np(memoryview(data), shape))
+        return self.decode_np(memoryview(data), shape)
 
 
 _BY_NAME: dict[str, Codec] = {}

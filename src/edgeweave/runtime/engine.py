@@ -1,38 +1,77 @@
 """The smallest interface generation needs: tokens in, next-token logits out.
 
-A :class:`LogitsEngine` keeps its own state (KV caches, remote sessions). The local engine
-below runs a whole :class:`BlockModel` in this process; the coordinator of a distributed plan
-implements the same three methods across stages, so ``generate`` never knows the difference.
+A :class:`LogitsEngine` keeps its own state (KV caches, remote sessions) and returns numpy
+logits, so generation and serving never need torch. :class:`EngineSession` is one sequence
+on any in-process stage engine (ONNX Runtime or torch); :class:`LocalEngine` runs a whole
+torch :class:`BlockModel` directly (the reference path of ``--backend torch``); the
+coordinator of a distributed plan implements the same methods across stages, so
+``generate`` never knows the difference.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import itertools
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
+import numpy as np
 
 from edgeweave.errors import GenerationError
-from edgeweave.models.llama import BlockModel
-from edgeweave.runtime.fast import decode_threads, is_accelerated
+
+if TYPE_CHECKING:
+    from edgeweave.models.llama import BlockModel
+    from edgeweave.runtime.engines.base import StageEngine
 
 
 @runtime_checkable
 class LogitsEngine(Protocol):
     max_len: int
 
-    def prefill(self, ids: list[int]) -> torch.Tensor:
-        """Start a new sequence; return the (vocab,) logits after the last prompt token."""
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        """Start a new sequence; return the (vocab,) float32 logits after the last token."""
         ...
 
-    def decode(self, token: int) -> torch.Tensor:
-        """Append one token; return the (vocab,) logits for the next position."""
+    def decode(self, token: int) -> np.ndarray:
+        """Append one token; return the (vocab,) float32 logits for the next position."""
         ...
+
+
+_ids = itertools.count()
+
+
+class EngineSession:
+    """One sequence on a whole-model stage engine, with its own KV cache in that engine."""
+
+    def __init__(self, engine: StageEngine, max_len: int | None = None) -> None:
+        sh = engine.config.shard
+        if not (sh.is_first and sh.is_last):
+            raise GenerationError("EngineSession needs a whole-model stage; use a coordinator "
+                                  "for a split plan")
+        self.engine = engine
+        self.max_len = min(max_len or engine.max_position, engine.max_position)
+        self.id = f"local-{next(_ids)}"
+        engine.open(self.id, self.max_len)
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        self.engine.truncate(self.id, 0)
+        return self.engine.forward(self.id, np.array([ids], dtype=np.int64))[0]
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.engine.forward(self.id, np.array([[token]], dtype=np.int64))[0]
+
+    def close(self) -> None:
+        self.engine.close(self.id)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return {}
 
 
 class LocalEngine:
-    """A whole model in this process with one preallocated KV cache."""
+    """A whole torch model in this process with one preallocated KV cache."""
 
     def __init__(self, model: BlockModel, max_len: int | None = None) -> None:
+        from edgeweave.runtime.fast import is_accelerated
+
         if not (model.shard.is_first and model.shard.is_last):
             raise GenerationError("LocalEngine needs the whole model; use a coordinator for shards")
         self.model = model
@@ -40,14 +79,19 @@ class LocalEngine:
         self.cache = model.new_cache(self.max_len)
         self.gemv = is_accelerated(model)
 
-    @torch.inference_mode()
-    def prefill(self, ids: list[int]) -> torch.Tensor:
-        self.cache.reset()
-        h = self.model.run_blocks(self.model.embed(torch.tensor([ids])), self.cache)
-        return self.model.head(h[:, -1:])[0, -1]  # the head only where it is needed
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        import torch
 
-    @torch.inference_mode()
-    def decode(self, token: int) -> torch.Tensor:
-        with decode_threads(self.gemv):
+        with torch.inference_mode():
+            self.cache.reset()
+            h = self.model.run_blocks(self.model.embed(torch.tensor([ids])), self.cache)
+            return self.model.head(h[:, -1:])[0, -1].float().numpy()  # the head where needed
+
+    def decode(self, token: int) -> np.ndarray:
+        import torch
+
+        from edgeweave.runtime.fast import decode_threads
+
+        with torch.inference_mode(), decode_threads(self.gemv):
             h = self.model.run_blocks(self.model.embed(torch.tensor([[token]])), self.cache)
-            return self.model.head(h)[0, -1]
+            return self.model.head(h)[0, -1].float().numpy()

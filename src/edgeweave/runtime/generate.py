@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 from edgeweave.errors import GenerationError
 from edgeweave.models.tokenizer import Tokenizer
@@ -21,7 +21,7 @@ from edgeweave.runtime.engine import LogitsEngine
 from edgeweave.validate import is_int, is_number
 
 MAX_TEMPERATURE = 2.0
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
+MAX_SEED = 2**63 - 1  # a signed 64-bit value, as torch's and most servers' seeds
 
 
 @dataclass(frozen=True)
@@ -131,32 +131,41 @@ class GenerationResult:
     token_ids: list[int]
     finish_reason: str
     metrics: GenerationMetrics
+    runtime: dict[str, str] = field(default_factory=dict)  # backend and variant that ran it
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, history: Sequence[int],
-           gen: torch.Generator | None) -> int:
-    """Pick the next token from (vocab,) logits."""
-    logits = logits.float()
+# Below this temperature sampling is greedy: dividing by it would overflow (vLLM's cut-off).
+GREEDY_BELOW = 1e-5
+
+
+def sample(logits: np.ndarray, params: SamplingParams, history: Sequence[int],
+           rng: np.random.Generator | None) -> int:
+    """Pick the next token from (vocab,) logits (numpy: no torch on the serving path)."""
+    logits = np.asarray(logits, dtype=np.float32)
     if params.repetition_penalty != 1.0 and history:
-        idx = torch.tensor(sorted(set(history)), dtype=torch.long)
+        idx = np.unique(np.asarray(history, dtype=np.int64))
         seen = logits[idx]
-        logits = logits.clone()
-        logits[idx] = torch.where(seen > 0, seen / params.repetition_penalty,
-                                  seen * params.repetition_penalty)
-    if params.temperature == 0:
-        return int(torch.argmax(logits))
-    logits = logits / params.temperature
-    if params.top_k:
-        kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = logits.copy()
+        logits[idx] = np.where(seen > 0, seen / params.repetition_penalty,
+                               seen * params.repetition_penalty)
+    if params.temperature < GREEDY_BELOW:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / params.temperature  # float64: no overflow at small T
+    if params.top_k and params.top_k < z.size:
+        kth = np.partition(z, -params.top_k)[-params.top_k]
+        z = np.where(z < kth, -np.inf, z)
     if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
+        order = np.argsort(-z, kind="stable")
+        p = np.exp(z[order] - z[order[0]])
+        p /= p.sum()
         # drop a token once the mass *before* it already reaches top_p (keeps at least one)
-        drop = (torch.cumsum(probs, dim=-1) - probs) >= params.top_p
-        logits = logits.scatter(0, order[drop], float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=gen))
+        drop = (np.cumsum(p) - p) >= params.top_p
+        z = z.copy()
+        z[order[drop]] = -np.inf
+    p = np.exp(z - z.max())
+    cdf = np.cumsum(p)
+    r = (rng or np.random.default_rng()).random() * cdf[-1]
+    return int(min(np.searchsorted(cdf, r, side="right"), z.size - 1))
 
 
 def generate_step(engine: LogitsEngine, prompt_ids: Sequence[int], params: SamplingParams,
@@ -169,14 +178,12 @@ def generate_step(engine: LogitsEngine, prompt_ids: Sequence[int], params: Sampl
             f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
             f"context of {engine.max_len} tokens: shorten the prompt or lower max_tokens"
         )
-    gen = None
-    if params.seed is not None:
-        gen = torch.Generator().manual_seed(params.seed)
+    rng = np.random.default_rng(params.seed)  # None: fresh entropy
     stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))
     history = list(prompt_ids)
     logits = engine.prefill(list(prompt_ids))
     for _ in range(params.max_tokens):
-        tok = sample(logits, params, history, gen)
+        tok = sample(logits, params, history, rng)
         if tok in stops:
             return
         yield tok

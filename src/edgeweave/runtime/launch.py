@@ -31,42 +31,53 @@ READY = "EDGEWEAVE-NODE READY"
 
 
 def _tokenizer(model: str) -> Any:
-    from edgeweave.models.catalog import resolve
-    from edgeweave.models.tokenizer import Tokenizer
+    from edgeweave.runtime.local import tokenizer_for
 
-    return Tokenizer(resolve(model)[1])
+    return tokenizer_for(model)
 
 
 def _n_layers(model: str) -> int:
-    from edgeweave.models.catalog import resolve
-    from edgeweave.models.checkpoint import read_config
+    from edgeweave.runtime.local import n_layers
 
-    return read_config(resolve(model)[1]).num_layers
+    return n_layers(model)
 
 
 def embedded(model: str = "smollm2-135m-instruct", plan: Plan | None = None, *,
-             loaded: Any = None, memory_cap_bytes: int = 8 << 30, **kw: Any) -> Coordinator:
-    """All stages of ``plan`` (default: one stage) in this process.
+             loaded: Any = None, memory_cap_bytes: int = 8 << 30, backend: str = "",
+             **kw: Any) -> Coordinator:
+    """All stages of ``plan`` (default: the whole model as one stage of the default variant)
+    in this process, on ``backend`` (default: ONNX Runtime where installed).
 
-    ``loaded`` is an already loaded ``LoadedModel`` (or a bare ``BlockModel``) to share;
-    fp32 torch stages reuse it, other variants and backends are built by their engines.
+    ``loaded`` is an already loaded ``LoadedModel`` (or a bare ``BlockModel``) that fp32
+    torch stages share; other stages are built by their engines (ONNX from cached exports,
+    without torch).
     """
-    from edgeweave.models.llama import BlockModel
     from edgeweave.runtime.engines.base import create_engine
-    from edgeweave.runtime.engines.torch import TorchStageEngine
+    from edgeweave.runtime.local import DEFAULT_VARIANT, default_backend
     from edgeweave.runtime.stage import StageHost
     from edgeweave.runtime.transport.inproc import InProcessLink
 
-    if loaded is None:
-        from edgeweave.models import load
+    backend = backend or default_backend()
+    if plan is None:
+        plan = Plan.single(_n_layers(model), "local",
+                           DEFAULT_VARIANT if backend == "onnx" else "fp32")
+    shared: dict[str, Any] = {}
 
-        loaded = load(model)
-    block_model = loaded if isinstance(loaded, BlockModel) else loaded.model
-    plan = plan or Plan.single(block_model.cfg.num_layers, "local")
+    def block_model() -> Any:  # loaded once, only if an fp32 torch stage needs it
+        if "model" not in shared:
+            lm = loaded
+            if lm is None:
+                from edgeweave.models import load
+
+                lm = load(model)
+            shared["model"] = getattr(lm, "model", lm)
+        return shared["model"]
 
     def factory(cfg):  # noqa: ANN001, ANN202
         if cfg.backend == "torch" and cfg.variant == "fp32":
-            return TorchStageEngine(cfg, model=block_model)
+            from edgeweave.runtime.engines.torch import TorchStageEngine
+
+            return TorchStageEngine(cfg, model=block_model())
         return create_engine(cfg)
 
     hosts: dict[str, StageHost] = {}
@@ -75,17 +86,22 @@ def embedded(model: str = "smollm2-135m-instruct", plan: Plan | None = None, *,
         host = hosts.setdefault(device, StageHost(model, memory_cap_bytes, engine_factory=factory))
         return InProcessLink(host, f"inproc:{device}")
 
-    coord = Coordinator(plan, model, connect, **kw)
-    coord.tokenizer = getattr(loaded, "tokenizer", None)  # type: ignore[attr-defined]
+    coord = Coordinator(plan, model, connect, backend=backend, **kw)
+    tok = getattr(loaded, "tokenizer", None)
+    coord.tokenizer = tok if tok is not None else _tokenizer(model)  # type: ignore[attr-defined]
     coord.hosts = hosts  # type: ignore[attr-defined]
     return coord
 
 
 def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = None,
-           connect_timeout: float = 10.0, tokenizer: Any = "auto", **kw: Any) -> Coordinator:
-    """Coordinator over running nodes; ``addresses`` maps each device to ``host:port``.
+           connect_timeout: float = 10.0, tokenizer: Any = "auto", backend: str = "",
+           **kw: Any) -> Coordinator:
+    """Coordinator over running nodes; ``addresses`` maps each device to ``host:port``. The
+    coordinator tells each node which ``backend`` (default: ONNX Runtime) and variant to
+    load for its stages.
 
     ``tokenizer="auto"`` loads the model's tokenizer here (``coordinator.tokenizer``)."""
+    from edgeweave.runtime.local import default_backend
     from edgeweave.runtime.transport.grpc_link import GrpcLink
 
     missing = sorted({s.device for s in plan.stages} - set(addresses))
@@ -100,7 +116,8 @@ def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = N
                               "call coordinator.add_device(device, 'host:port') first")
         return GrpcLink(addrs[device], tls, connect_timeout)
 
-    coord = Coordinator(plan, model, connect, addresses=addrs, **kw)
+    coord = Coordinator(plan, model, connect, addresses=addrs,
+                        backend=backend or default_backend(), **kw)
     coord.tokenizer = _tokenizer(model) if tokenizer == "auto" else tokenizer  # type: ignore[attr-defined]
     return coord
 
@@ -133,10 +150,13 @@ class LocalDeployment:
 
 
 def node_command(model: str, *, port: int = 0, stages: tuple[Shard, ...] = (),
-                 variant: str = "fp32", tls_dir: str | Path | None = None, name: str = "",
-                 threads: int = 0, memory_mb: int = 0, colocated: bool = False) -> list[str]:
+                 variant: str = "int4", tls_dir: str | Path | None = None, name: str = "",
+                 threads: int = 0, memory_mb: int = 0, colocated: bool = False,
+                 backend: str = "") -> list[str]:
     cmd = [sys.executable, "-c", "from edgeweave.cli.app import entry; entry()", "node",
            "--model", model, "--host", "127.0.0.1", "--port", str(port), "--variant", variant]
+    if backend:
+        cmd += ["--backend", backend]
     for sh in stages:
         cmd += ["--stage", f"{sh.start}:{sh.end}"]
     if tls_dir is not None:
@@ -152,17 +172,9 @@ def node_command(model: str, *, port: int = 0, stages: tuple[Shard, ...] = (),
 
 def spawn_node(cmd: list[str], log: Path,
                env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    # Several stages share this host's cores, so an idle node's threads must sleep, not spin:
-    # OpenMP busy-waits unless told otherwise, and OpenBLAS workers spin 2^28 cycles (~0.1 s)
-    # after each GEMV by default (measured: 4.3 s of CPU for 0.4 s of GEMV work with 2
-    # threads), stealing the cores of the next stage. The spin must still bridge the gaps
-    # between one hop's GEMVs: at 2^20 cycles the workers fell asleep between them (a 10-block
-    # hop took 22-31 ms instead of 18). 2^21 (~1 ms) and 2^22 computed alike, and 2^21 cut
-    # the fp16 hop overhead from 1.9-2.0 ms to 1.5 (less spin left over while the reply goes
-    # out). How many BLAS threads a node uses is decided by the node itself (``--colocated``:
-    # all cores for a single stream, one thread while several streams keep all nodes busy).
-    full_env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "21",
-                **(env or {})}
+    """Start ``edgeweave node`` as a user would: the node sets its own threads and wait
+    policy (``runtime.policy``), so nothing is added to its environment here."""
+    full_env = {**os.environ, **(env or {})}
     with open(log, "wb") as err:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=full_env)
 
@@ -214,7 +226,8 @@ def stop_processes(procs: Any) -> None:
 
 def launch(plan: Plan, model: str, *, tls_dir: str | Path | None = None,
            coordinator_name: str = "coordinator", threads: int = 0, log_dir: Path | None = None,
-           env: Mapping[str, str] | None = None, **kw: Any) -> LocalDeployment:
+           env: Mapping[str, str] | None = None, backend: str = "", **kw: Any
+           ) -> LocalDeployment:
     """Start one node per device of ``plan`` on 127.0.0.1 (preloading its stages) and attach.
 
     With ``tls_dir`` (from ``edgeweave certs``), nodes use ``<device>.pem`` and the
@@ -233,12 +246,12 @@ def launch(plan: Plan, model: str, *, tls_dir: str | Path | None = None,
             variant = next(s.variant for s in plan.stages if s.device == d)
             logs[d] = log_dir / f"{d}.log"
             cmd = node_command(model, stages=shards, variant=variant, tls_dir=tls_dir, name=d,
-                               threads=threads, colocated=True)  # all on this host
+                               threads=threads, colocated=True, backend=backend)  # one host
             procs[d] = spawn_node(cmd, logs[d], env)  # all start (and load) in parallel
         for d in devices:
             addrs[d] = wait_ready(procs[d], logs[d])
         tls = TLSFiles.from_dir(tls_dir, coordinator_name) if tls_dir is not None else None
-        coord = attach(plan, model, addrs, tls=tls, **kw)
+        coord = attach(plan, model, addrs, tls=tls, backend=backend, **kw)
     except BaseException:
         stop_processes(procs.values())
         raise
@@ -246,8 +259,8 @@ def launch(plan: Plan, model: str, *, tls_dir: str | Path | None = None,
 
 
 def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[str, ...] = (),
-             variant: str = "fp32", tls: Any = None, memory_mb: int = 4096, threads: int = 0,
-             backend: str = "torch", ready: Callable[[str], None] | None = None,
+             variant: str = "int4", tls: Any = None, memory_mb: int = 4096, threads: int = 0,
+             backend: str = "", ready: Callable[[str], None] | None = None,
              mqtt: str | None = None, device: str = "node", fleet: str = "default",
              telemetry_s: float | None = 5.0, colocated: bool = False) -> None:
     """Serve stages of ``model`` until SIGTERM/SIGINT (the body of ``edgeweave node``).
@@ -257,13 +270,16 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
     telemetry, and its last will fires when the process dies, so the coordinator fails over.
     """
     from edgeweave.runtime.engines.base import EngineConfig
+    from edgeweave.runtime.local import EngineChoice
     from edgeweave.runtime.stage import StageHost, serve
+    from edgeweave.runtime.threads import ColocatedThreads, blas_threads
 
-    if threads:
+    choice = EngineChoice(backend, variant, threads)  # validated before anything loads
+    backend, variant = choice.backend, choice.variant
+    if threads and backend == "torch":
         import torch
 
         torch.set_num_threads(threads)
-    from edgeweave.runtime.fast import ColocatedThreads, blas_threads
 
     stage_host = StageHost(model, memory_mb << 20, threads,
                            colocated=ColocatedThreads(blas_threads()) if colocated else None)
@@ -282,7 +298,8 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
         signal.signal(sig, lambda *_: stop.set())
     agent = None
     if mqtt:
-        agent = _node_agent(mqtt, device, fleet, telemetry_s, f"{host}:{bound}", stages, variant)
+        agent = _node_agent(mqtt, device, fleet, telemetry_s, f"{host}:{bound}", stages, variant,
+                            backend)
     (ready or print)(f"{READY} {host}:{bound}")
     try:
         while not stop.wait(0.5):  # a timed wait lets the signal handler run promptly
@@ -294,12 +311,13 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
 
 
 def _node_agent(mqtt: str, device: str, fleet: str, telemetry_s: float | None, address: str,
-                stages: tuple[str, ...], variant: str) -> Any:
+                stages: tuple[str, ...], variant: str, backend: str) -> Any:
     from edgeweave.control.agent import NodeAgent, host_profile
     from edgeweave.netaddr import parse_hostport
 
     mhost, mport = parse_hostport(mqtt, flag="--mqtt")
-    profile = host_profile() | {"address": address, "stages": list(stages), "variant": variant}
+    profile = host_profile() | {"address": address, "stages": list(stages), "variant": variant,
+                                "backend": backend}
     # an unreachable broker raises RuntimeStageError with the fix in its message
     return NodeAgent(device, mhost, mport, fleet=fleet, profile=profile,
                      telemetry_s=telemetry_s).start()

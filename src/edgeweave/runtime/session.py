@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from edgeweave.errors import RuntimeStageError
 from edgeweave.runtime import codec as codecs
@@ -52,12 +52,12 @@ class Session:
         self._hop_compute: list[float] = []
 
     # -- LogitsEngine --------------------------------------------------------------------
-    def prefill(self, ids: list[int]) -> torch.Tensor:
+    def prefill(self, ids: list[int]) -> np.ndarray:
         self._run(lambda: self._open_all())
         self.length = 0
         return self._step(ids)
 
-    def decode(self, token: int) -> torch.Tensor:
+    def decode(self, token: int) -> np.ndarray:
         return self._step([token])
 
     def close(self) -> None:
@@ -76,7 +76,7 @@ class Session:
         self.close()
 
     # -- steps ---------------------------------------------------------------------------
-    def _run(self, fn: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
+    def _run(self, fn: Callable[[], np.ndarray | None]) -> np.ndarray | None:
         """Run ``fn`` under the plan's read lock; on a dead node, fail over and retry."""
         for _attempt in range(8):
             gen = self.coord.stats["plan_changes"]
@@ -102,11 +102,11 @@ class Session:
         self.length = 0
         self.opened = True
 
-    def _step(self, ids: list[int]) -> torch.Tensor:
+    def _step(self, ids: list[int]) -> np.ndarray:
         if self.length + len(ids) > self.max_len:
             raise RuntimeStageError(f"session {self.id} holds {self.max_len} tokens; "
                                     "start a new session with a larger max_len")
-        x = Payload(codecs.IDS.id, (1, len(ids)), codecs.IDS.encode(torch.tensor([ids])))
+        x = Payload(codecs.IDS.id, (1, len(ids)), codecs.IDS.encode(np.array([ids], dtype=np.int64)))
         out = self._run(lambda: self._forward_all(x))
         self._stats["steps"] += 1
         return codecs.get(out.codec).decode(out.data, out.shape)[0]
@@ -214,7 +214,7 @@ def merge_payloads(chunks: list[Payload]) -> Payload:
     fp32 (or ids), so the merged chunk holds exactly what the stage received."""
     parts = [codecs.get(c.codec).decode(c.data, c.shape) for c in chunks]
     out = codecs.IDS if chunks[0].codec == codecs.IDS.id else codecs.FP32
-    merged = torch.cat(parts, dim=1)
+    merged = np.concatenate(parts, axis=1)
     return Payload(out.id, tuple(merged.shape), out.encode(merged))
 
 

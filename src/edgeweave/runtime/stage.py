@@ -31,12 +31,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
 from edgeweave.runtime import codec as codecs
 from edgeweave.runtime.engines.base import EngineConfig, SessionNotFound, StageEngine, create_engine
-from edgeweave.runtime.fast import ColocatedThreads
+from edgeweave.runtime.local import default_backend
+from edgeweave.runtime.threads import ColocatedThreads
 from edgeweave.runtime.transport.frame import ErrorCode, Frame, FrameError, Op, error
 from edgeweave.types import CODECS, Shard
 
@@ -111,7 +112,10 @@ class StageHost:
         self.engines[engine.config.key] = engine
 
     def info(self) -> dict[str, Any]:
+        from edgeweave.runtime.local import engine_info
+
         return {"model": self.model, "stages": sorted(self.engines),
+                "engines": {k: engine_info(e) for k, e in sorted(self.engines.items())},
                 "sessions": len(self._lru),
                 "memory_bytes": sum(slot.nbytes for slot in self._lru.values()),
                 "memory_cap_bytes": self.memory_cap_bytes, "evictions": self.evictions,
@@ -222,7 +226,7 @@ class StageHost:
             raise _Refused(ErrorCode.BAD_FRAME, f"unsupported request op {req.op!r}")
         return ok
 
-    def _input(self, engine: StageEngine, req: Frame, have: int) -> torch.Tensor:
+    def _input(self, engine: StageEngine, req: Frame, have: int) -> np.ndarray:
         """The FORWARD payload as a tensor, once its codec, shape and size fit this stage."""
         sh, shape = engine.config.shard, tuple(req.shape)
         if sh.is_first:  # ids; fp32 holds them exactly too, and the engine casts to int64
@@ -256,7 +260,8 @@ class StageHost:
             shard = Shard(**spec["shard"])
             return EngineConfig(model=spec.get("model") or self.model, shard=shard,
                                 variant=spec.get("variant", "fp32"),
-                                backend=spec.get("backend", "torch"), threads=self.threads)
+                                backend=spec.get("backend") or default_backend(),
+                                threads=self.threads)
         except (KeyError, TypeError, AttributeError) as e:
             raise _Refused(ErrorCode.BAD_FRAME, "LOAD payload must be a JSON object "
                            '{"shard": {"start", "end", "n_layers"}, "model"?, "variant"?, '
@@ -315,12 +320,11 @@ def stage_limits(engine: StageEngine) -> StageLimits:
 
 
 def _context(engine: StageEngine) -> int | None:
-    cfg = getattr(getattr(engine, "model", None), "cfg", None)  # torch engines hold the model
-    if cfg is not None and hasattr(cfg, "max_position"):
-        return int(cfg.max_position)
+    if isinstance(getattr(engine, "max_position", None), int):
+        return int(engine.max_position)
     try:  # other backends: the config.json of the model they were built from
         from edgeweave.models.catalog import resolve
-        from edgeweave.models.checkpoint import read_config
+        from edgeweave.models.config import read_config
 
         return read_config(resolve(engine.config.model)[1]).max_position
     except (EdgeweaveError, OSError):

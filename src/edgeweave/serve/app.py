@@ -69,6 +69,9 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
     """An app serving ``backend``; the scheduler thread lives as long as the app runs."""
     cfg = config or ServeConfig()
     model_id = cfg.model_id or backend.model_id
+    # backend and variant (a plan's stages change on failover: asked each time), reported in
+    # /health, /v1/models and every response
+    runtime = backend.engine_info
     started = int(time.time())
     state: dict[str, Any] = {}
 
@@ -145,7 +148,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
     @app.get("/health")
     async def health() -> dict[str, Any]:
         out = {"status": "ok", "model": model_id, "active_sessions": active(),
-               "max_concurrent": cfg.max_concurrent}
+               "max_concurrent": cfg.max_concurrent, **runtime()}
         coord = getattr(backend, "coordinator", None)
         if coord is not None:  # a distributed backend: where the stages run now
             out["plan"] = [{"device": st.device, "blocks": [st.shard.start, st.shard.end],
@@ -190,7 +193,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
 
     def model_entry() -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": started, "owned_by": "edgeweave",
-                "max_model_len": backend.max_len}
+                "max_model_len": backend.max_len, "edgeweave": runtime()}
 
     @api.get("/models")
     async def models() -> dict[str, Any]:
@@ -306,7 +309,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
                     m = piece.metrics
                     queue_s = (job.started or job.arrived) - job.arrived
                     final = shape.chunk(None, piece.finish_reason)
-                    final["edgeweave"] = response_metrics(m, queue_s)
+                    final["edgeweave"] = {**response_metrics(m, queue_s), **runtime()}
                     yield sse(final)
                     if include_usage:
                         yield sse(shape.usage_chunk(usage(m.prompt_tokens, m.generated_tokens)))
@@ -334,7 +337,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
                     out = shape.whole("".join(pieces), ev.piece.finish_reason,
                                       usage(m.prompt_tokens, m.generated_tokens))
                     queue_s = (job.started or job.arrived) - job.arrived
-                    out["edgeweave"] = response_metrics(m, queue_s)
+                    out["edgeweave"] = {**response_metrics(m, queue_s), **runtime()}
                     return JSONResponse(out)
         finally:
             job.cancel()

@@ -2,8 +2,10 @@
 
 The server never touches a model directly. A :class:`SessionFactory` hands out a fresh
 engine per request (its own KV cache, or its own remote session for a coordinator) and is
-closed once at shutdown. ``LocalSessions`` shares one loaded model's weights between all
-sessions; ``CoordinatorSessions`` plugs a distributed coordinator in the same way.
+closed once at shutdown. ``LocalSessions`` shares one whole-model stage engine (ONNX Runtime
+by default, or torch) between all sessions; ``CoordinatorSessions`` plugs a distributed
+coordinator in the same way. Both say what they run (``engine_info``: backend and variant),
+which ``/health``, ``/v1/models`` and every response report.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from edgeweave.errors import ConfigError
-from edgeweave.models.checkpoint import LoadedModel
 from edgeweave.models.tokenizer import Tokenizer
-from edgeweave.runtime.engine import LocalEngine, LogitsEngine
+from edgeweave.runtime.engine import EngineSession, LogitsEngine
+from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
 
 
 @runtime_checkable
@@ -33,6 +35,10 @@ class SessionFactory(Protocol):
         """Release everything (models, connections); called once at shutdown."""
         ...
 
+    def engine_info(self) -> dict[str, str]:
+        """What runs the sessions: ``backend`` and ``variant`` (a plan: its stages')."""
+        ...
+
 
 def close_session(engine: LogitsEngine) -> None:
     """Release a session's state if the engine holds any outside this process."""
@@ -42,36 +48,34 @@ def close_session(engine: LogitsEngine) -> None:
 
 
 class LocalSessions:
-    """All sessions run one in-process model; each gets its own preallocated KV cache.
+    """All sessions run one in-process stage engine of the whole model (the weights are
+    shared); each session gets its own KV cache in it, sized to what the request can use
+    (prompt + max_tokens), not to the model's whole context: 20 sessions of SmolLM2 at 2048
+    positions would hold 1.9 GB of cache."""
 
-    Caches are sized to what a request can use (prompt + max_tokens), not to the model's
-    whole context: 20 sessions of SmolLM2 at 2048 positions would hold 1.9 GB of cache.
-    """
-
-    def __init__(self, lm: LoadedModel, max_len: int | None = None, accelerate: bool = True
-                 ) -> None:
-        if not (lm.model.shard.is_first and lm.model.shard.is_last):
-            raise ConfigError("LocalSessions serves a whole model; load it without a shard")
-        if accelerate:
-            from edgeweave.runtime.fast import accelerate_decode
-
-            accelerate_decode(lm.model)  # once: the weights are shared by every session
-        self.lm = lm
-        self.model_id = lm.name
-        self.tokenizer = lm.tokenizer
-        self.max_len = min(max_len or lm.config.max_position, lm.config.max_position)
+    def __init__(self, engine: Any, tokenizer: Tokenizer, model_id: str,
+                 max_len: int | None = None) -> None:
+        sh = engine.config.shard
+        if not (sh.is_first and sh.is_last):
+            raise ConfigError("LocalSessions serves a whole model; build its engine unsplit")
+        self.engine = engine
+        self.model_id = model_id
+        self.tokenizer = tokenizer
+        self.max_len = min(max_len or engine.max_position, engine.max_position)
 
     @classmethod
-    def load(cls, model: str, max_len: int | None = None) -> LocalSessions:
-        from edgeweave.models import load
-
-        return cls(load(model), max_len)
+    def load(cls, model: str, choice: EngineChoice | None = None,
+             max_len: int | None = None) -> LocalSessions:
+        return cls(whole_model(model, choice), tokenizer_for(model), Path(model).name, max_len)
 
     def new_session(self, max_len: int | None = None) -> LogitsEngine:
-        return LocalEngine(self.lm.model, min(max_len or self.max_len, self.max_len))
+        return EngineSession(self.engine, min(max_len or self.max_len, self.max_len))
 
     def close(self) -> None:
         pass  # the weights go with the process; nothing remote to release
+
+    def engine_info(self) -> dict[str, str]:
+        return engine_info(self.engine)
 
 
 class CoordinatorSessions:
@@ -94,3 +98,7 @@ class CoordinatorSessions:
 
     def close(self) -> None:
         self.coordinator.close()
+
+    def engine_info(self) -> dict[str, str]:
+        variants = sorted({st.variant for st in self.coordinator.plan.stages})
+        return {"backend": self.coordinator.backend, "variant": ",".join(variants)}

@@ -1,6 +1,7 @@
 """What ``edgeweave serve`` puts behind the HTTP API: one model in-process, or a plan.
 
-* no plan: :class:`LocalSessions` (one model, a KV cache per request);
+* no plan: :class:`LocalSessions` (one whole-model stage engine of the chosen backend and
+  variant, ONNX Runtime int4 by default; a KV cache per request);
 * a plan, no node addresses: an embedded coordinator (every stage in this process);
 * a plan and ``device=host:port`` addresses: a coordinator attached to running
   ``edgeweave node`` processes (mutual TLS with ``tls_dir``).
@@ -22,6 +23,7 @@ from typing import Any
 
 from edgeweave.errors import ConfigError
 from edgeweave.netaddr import parse_hostport
+from edgeweave.runtime.local import EngineChoice
 from edgeweave.serve.backend import CoordinatorSessions, LocalSessions, SessionFactory
 from edgeweave.types import Plan
 
@@ -82,12 +84,14 @@ def make_adapter(model: str, fleet_file: str | Path, plan: Plan | None,
 def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = (),
           tls_dir: str | Path | None = None, mqtt: str | None = None,
           fleet: str | None = None, fleet_file: str | Path | None = None,
-          objective: str = "latency") -> Deployment:
+          objective: str = "latency", choice: EngineChoice | None = None) -> Deployment:
+    """``choice`` is the backend (and, without a plan, the variant) every stage runs."""
+    choice = choice or EngineChoice()
     if plan is None and fleet_file is None:
         if nodes or mqtt:
             raise ConfigError("--node and --mqtt need --plan or --fleet-file: they act on a "
                               "distributed plan")
-        return Deployment(LocalSessions.load(model))
+        return Deployment(LocalSessions.load(model, choice))
     the_plan = read_plan(plan) if plan is not None else None
     adapter = make_adapter(model, fleet_file, the_plan, objective) if fleet_file else None
     if the_plan is None:
@@ -98,11 +102,11 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
         from edgeweave.security.tls import TLSFiles
 
         tls = TLSFiles.from_dir(tls_dir, "coordinator") if tls_dir is not None else None
-        coord = attach(the_plan, model, addresses, tls=tls)
+        coord = attach(the_plan, model, addresses, tls=tls, backend=choice.backend)
     else:
         from edgeweave.runtime.launch import embedded
 
-        coord = embedded(model, the_plan)
+        coord = embedded(model, the_plan, backend=choice.backend)
     dep = Deployment(CoordinatorSessions(coord, model_id=Path(model).name))
     if mqtt:
         from edgeweave.control.monitor import FleetMonitor

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from edgeweave.errors import ConfigError
 from edgeweave.netaddr import check_bindable, check_host, check_port
+from edgeweave.runtime.local import EngineChoice
 from edgeweave.serve.backend import SessionFactory
 from edgeweave.serve.config import ServeConfig
 
@@ -43,7 +44,7 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port
           backend: SessionFactory | None = None, plan: str | None = None,
           nodes: tuple[str, ...] = (), tls_dir: str | None = None, mqtt: str | None = None,
           fleet: str | None = None, fleet_file: str | None = None, objective: str = "latency",
-          log_level: str = "info") -> None:
+          log_level: str = "info", choice: EngineChoice | None = None) -> None:
     """Serve ``model`` (in-process, or over ``plan``; see :mod:`edgeweave.serve.deploy`)
     until interrupted. A ready ``backend`` skips the loading."""
     from edgeweave.serve.deploy import Deployment, build
@@ -53,7 +54,7 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port
     check_bindable(address.host, address.port)
     dep = Deployment(backend) if backend is not None else build(
         model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet,
-        fleet_file=fleet_file, objective=objective)
+        fleet_file=fleet_file, objective=objective, choice=choice)
     try:
         _uvicorn_server(dep.backend, cfg, address, log_level).run()
     finally:

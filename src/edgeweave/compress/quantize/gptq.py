@@ -39,7 +39,8 @@ def inverse_hessian_chol(H: torch.Tensor, W: torch.Tensor, damp: float) -> torch
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int,
                   symmetric: bool, act_order: bool = False, damp: float = 0.01,
-                  block: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  block: int = 128, zero_point: str = "float"
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize ``W`` (N, K), K a multiple of ``group_size``, with Hessian ``H`` (K, K).
 
     Returns integer codes (N, K) uint8 and bf16-exact scales/zeros (N, K / group_size).
@@ -53,7 +54,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int,
     perm = torch.arange(k)
     if act_order:
         perm = torch.argsort(torch.diagonal(H), descending=True)
-        s, z = int4_qparams(W.reshape(n, n_groups, group_size), bits, symmetric)
+        s, z = int4_qparams(W.reshape(n, n_groups, group_size), bits, symmetric, zero_point)
         scales, zeros = s, z  # static groups from the original weights
         W, H = W[:, perm], H[perm][:, perm]
     U = inverse_hessian_chol(H, W, damp)
@@ -68,7 +69,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int,
             col = i1 + i
             g = int(perm[col]) // group_size
             if not act_order and col % group_size == 0:
-                s, z = int4_qparams(W1[:, i:i + group_size], bits, symmetric)
+                s, z = int4_qparams(W1[:, i:i + group_size], bits, symmetric, zero_point)
                 scales[:, g], zeros[:, g] = s, z
             w = W1[:, i]
             q = int4_quantize(w[:, None], scales[:, g], zeros[:, g], bits)[:, 0]
@@ -95,15 +96,17 @@ def apply_gptq(r: GPTQ, model: BlockModel, ctx: Any, note: dict[str, Any]) -> Bl
             k = m.in_features
             W = pad_columns(m.weight.detach().float(), r.group_size)
             H = pad_columns(pad_columns(st.hessian, r.group_size).T, r.group_size).T
-            q, s, z = gptq_quantize(W, H, r.bits, r.group_size, r.symmetric, r.act_order, r.damp)
+            q, s, z = gptq_quantize(W, H, r.bits, r.group_size, r.symmetric, r.act_order, r.damp,
+                                    zero_point=r.zero_point)
             bias = None if m.bias is None else m.bias.detach()
-            set_module(block, name, Int4Linear.from_ints(q, s, z, r.group_size, k, r.bits, bias))
+            set_module(block, name, Int4Linear.from_ints(q, s, z, r.group_size, k, r.bits, bias,
+                                                         r.zero_point))
 
     hs = sequential(model, ids, process)
     if r.head and model.lm_head is not None and (r.embeddings or not model.cfg.tie_word_embeddings):
         gptq_head(model, hs, r, note)
     if r.embeddings:
-        quantize_embeddings(model, 4, r.group_size, r.symmetric, note)
+        quantize_embeddings(model, 4, r.group_size, r.symmetric, note, r.zero_point)
     note["calibration_tokens"] = int(ids.numel())
     return model
 
@@ -118,13 +121,15 @@ def gptq_head(model: BlockModel, hs: list[torch.Tensor], r: GPTQ, note: dict[str
     k = W.shape[1]
     H = pad_columns(pad_columns(st.hessian, r.group_size).T, r.group_size).T
     q, s, z = gptq_quantize(pad_columns(W, r.group_size), H, 4, r.group_size, r.symmetric,
-                            r.act_order, r.damp)
+                            r.act_order, r.damp, zero_point=r.zero_point)
     if model.cfg.tie_word_embeddings:
         qe = QuantEmbedding(4, {"qweight": pack_nibbles(q), "scales": s.to(torch.bfloat16),
-                                "zeros": z.to(torch.bfloat16)}, k, r.group_size)
+                                "zeros": z.to(torch.bfloat16)}, k, r.group_size,
+                            r.zero_point)
         model.embed_tokens = qe
         model.lm_head = qe.as_linear()
         note["embeddings"] = f"int4 g{r.group_size}, GPTQ on the tied head"
     else:
-        model.lm_head = Int4Linear.from_ints(q, s, z, r.group_size, k, 4)
+        model.lm_head = Int4Linear.from_ints(q, s, z, r.group_size, k, 4,
+                                             zero_point=r.zero_point)
         note["head"] = f"int4 g{r.group_size} GPTQ"

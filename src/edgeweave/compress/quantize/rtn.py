@@ -30,10 +30,10 @@ def check_groups(model: BlockModel, group_size: int, pad: bool, method: str) -> 
 
 
 def int4_module(w: torch.Tensor, bias: torch.Tensor | None, group_size: int, bits: int,
-                symmetric: bool) -> Int4Linear:
+                symmetric: bool, zero_point: str = "float") -> Int4Linear:
     k = w.shape[1]
-    q, s, z = rtn_int4(pad_columns(w, group_size), group_size, bits, symmetric)
-    return Int4Linear.from_ints(q, s, z, group_size, k, bits, bias)
+    q, s, z = rtn_int4(pad_columns(w, group_size), group_size, bits, symmetric, zero_point)
+    return Int4Linear.from_ints(q, s, z, group_size, k, bits, bias, zero_point)
 
 
 def int8_module(w: torch.Tensor, bias: torch.Tensor | None, mode: str = "w8a16") -> Int8Linear:
@@ -41,16 +41,17 @@ def int8_module(w: torch.Tensor, bias: torch.Tensor | None, mode: str = "w8a16")
     return Int8Linear(q, s, bias, mode)
 
 
-def quantize_linear(m: nn.Linear, bits: int, group_size: int | None, symmetric: bool) -> nn.Module:
+def quantize_linear(m: nn.Linear, bits: int, group_size: int | None, symmetric: bool,
+                    zero_point: str = "float") -> nn.Module:
     bias = None if m.bias is None else m.bias.detach()
     if bits == 8:
         return int8_module(m.weight.detach(), bias)
     assert group_size is not None
-    return int4_module(m.weight.detach(), bias, group_size, bits, symmetric)
+    return int4_module(m.weight.detach(), bias, group_size, bits, symmetric, zero_point)
 
 
 def quantize_embeddings(model: BlockModel, bits: int, group_size: int, symmetric: bool,
-                        note: dict[str, Any]) -> None:
+                        note: dict[str, Any], zero_point: str = "float") -> None:
     """Quantize the token embedding (RTN, 4 or 8 bits) and the output head.
 
     With tied embeddings both use the same integers: the head becomes ``as_linear()`` of the
@@ -65,14 +66,15 @@ def quantize_embeddings(model: BlockModel, bits: int, group_size: int, symmetric
             q, s = rtn_int8(w)
             qe = QuantEmbedding(8, {"qweight": q, "scales": s}, dim)
         else:
-            q, s, z = rtn_int4(pad_columns(w, group_size), group_size, 4, symmetric)
+            q, s, z = rtn_int4(pad_columns(w, group_size), group_size, 4, symmetric, zero_point)
             qe = QuantEmbedding(4, {"qweight": pack_nibbles(q), "scales": s.to(torch.bfloat16),
-                                    "zeros": z.to(torch.bfloat16)}, dim, group_size)
+                                    "zeros": z.to(torch.bfloat16)}, dim, group_size,
+                                zero_point)
         model.embed_tokens = qe
         if model.cfg.tie_word_embeddings and model.lm_head is not None:
             model.lm_head = qe.as_linear()
     if model.lm_head is not None and type(model.lm_head) is nn.Linear:
-        model.lm_head = quantize_linear(model.lm_head, bits, group_size, symmetric)
+        model.lm_head = quantize_linear(model.lm_head, bits, group_size, symmetric, zero_point)
     note["embeddings"] = f"int{bits} RTN" + ("" if bits == 8 else f" g{group_size}")
 
 
@@ -81,7 +83,9 @@ def apply_rtn(r: RTN, model: BlockModel, ctx: Any, note: dict[str, Any]) -> Bloc
     if r.bits == 4:
         check_groups(model, r.group_size, r.pad, "rtn")
     for name, m in block_linears(model):
-        set_module(model, name, quantize_linear(m, r.bits, r.group_size, bool(r.symmetric)))
+        set_module(model, name, quantize_linear(m, r.bits, r.group_size, bool(r.symmetric),
+                                                r.zero_point))
     if r.embeddings:
-        quantize_embeddings(model, r.bits, r.group_size or 128, bool(r.symmetric), note)
+        quantize_embeddings(model, r.bits, r.group_size or 128, bool(r.symmetric), note,
+                            r.zero_point)
     return model

@@ -11,8 +11,10 @@ Data contract (batch ``B`` is 1 in practice, ``T`` tokens in this step, ``H`` hi
 * It returns float32 hidden states ``(B, T, H)`` or, on a **last** stage, the float32 logits
   of the last position only ``(B, vocab)`` (the head runs where it is needed).
 * A stage that is both first and last maps ids to logits.
-* Tensors are ``torch.Tensor`` on CPU; numpy backends use ``torch.from_numpy`` /
-  ``.numpy()`` (zero-copy both ways).
+* Tensors are numpy arrays, so a process that runs only ONNX stages never imports torch
+  (about 245 MB of RSS); the torch engine wraps them with ``torch.from_numpy`` / ``.numpy()``
+  (zero-copy both ways).
+* ``max_position`` is the longest sequence the stage's model can hold (its context).
 * Each call appends ``T`` positions to that session's cache; ``truncate(session_id, n)``
   forgets everything after ``n`` tokens (replay, rollback), ``length`` says how many are held.
 
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import torch
+import numpy as np
 
 from edgeweave.errors import ConfigError, RuntimeStageError
 from edgeweave.types import Shard
@@ -75,12 +77,13 @@ class StageEngine(Protocol):
     config: EngineConfig
     hidden_size: int
     vocab_size: int
+    max_position: int
 
     def open(self, session_id: str, max_len: int) -> None:
         """Create (or reset to empty) the session's KV cache for up to ``max_len`` tokens."""
         ...
 
-    def forward(self, session_id: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:
         """Run the shard on ``x`` (ids or hidden states), appending to the session's cache."""
         ...
 

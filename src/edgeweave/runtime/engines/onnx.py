@@ -17,23 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from edgeweave.errors import ConfigError, GenerationError
-from edgeweave.models.llama import BlockModel
 from edgeweave.runtime.engines.base import (
     EngineConfig,
     SessionNotFound,
     StageEngine,
     register_engine,
 )
-from edgeweave.runtime.engines.onnx_cache import (
-    cached_export,
-    expected_manifest,
-    export_dir,
-    fingerprint,
-)
-from edgeweave.runtime.engines.onnx_export import ExportSpec, build_stage
 
 # Execution providers by device kind, best first; CPU is always the fallback. The names are
 # ONNX Runtime's; only providers present in the installed wheel are used.
@@ -92,6 +83,14 @@ class SessionProfile:
         if self.optimization not in ("basic", "extended", "all"):
             raise ConfigError(f"optimization must be basic, extended or all "
                               f"(got {self.optimization!r})")
+
+    @classmethod
+    def for_process(cls, threads: int = 0) -> SessionProfile:
+        """Options from this process's runtime policy (``runtime.policy``)."""
+        from edgeweave.runtime.policy import current
+
+        policy = current()
+        return cls(threads=threads or policy.intra_threads, spinning=policy.ort_spinning)
 
     @classmethod
     def for_device(cls, device, threads: int = 0) -> SessionProfile:
@@ -158,13 +157,14 @@ class OnnxStageEngine:
 
     def __init__(self, config: EngineConfig, model_path: str | os.PathLike[str],
                  hidden_size: int, vocab_size: int, kv_shape: tuple[int, int],
-                 profile: SessionProfile | None = None, info: dict[str, Any] | None = None
-                 ) -> None:
+                 profile: SessionProfile | None = None, info: dict[str, Any] | None = None,
+                 max_position: int = 2048) -> None:
         import onnxruntime as ort
 
         self.config = config
         self.hidden_size, self.vocab_size = hidden_size, vocab_size
-        self.profile = profile or SessionProfile(threads=config.threads)
+        self.max_position = max_position
+        self.profile = profile or SessionProfile.for_process(config.threads)
         self.path = Path(model_path)
         self.info = dict(info or {})
         self.session = ort.InferenceSession(str(self.path), self.profile.options(),
@@ -203,28 +203,24 @@ class OnnxStageEngine:
             raise SessionNotFound(f"stage {self.config.key} has no session {session_id!r}: "
                                   "open it first (it may have been evicted)") from None
 
-    def forward(self, session_id: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:
         s = self._get(session_id)
-        arr = x.detach().cpu().numpy()
-        if self.config.shard.is_first:
-            arr = arr.astype(np.int64, copy=False)
-        else:
-            arr = np.ascontiguousarray(arr, dtype=np.float32)
+        dtype = np.int64 if self.config.shard.is_first else np.float32
+        arr = np.ascontiguousarray(x, dtype=dtype)
         t = arr.shape[1]
         total = s.length + t
         if total > s.max_len:
             raise GenerationError(f"the KV cache holds {s.max_len} tokens but the sequence needs "
                                   f"{total}: lower max_tokens or shorten the prompt")
         b = s.binding
-        b.bind_cpu_input(self._input, np.ascontiguousarray(arr))
+        b.bind_cpu_input(self._input, arr)
         b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         b.bind_output(self._output, "cpu")
         self.session.run_with_iobinding(b)
         out = b.get_outputs()[0].numpy()
         s.length = total
-        y = torch.from_numpy(out)
-        return y[:, -1] if self.config.shard.is_last else y  # logits (B, vocab)
+        return out[:, -1] if self.config.shard.is_last else out  # logits (B, vocab)
 
     def truncate(self, session_id: str, length: int) -> None:
         s = self._get(session_id)
@@ -250,107 +246,58 @@ class OnnxStageEngine:
         return sum(p.stat().st_size for p in self.path.parent.glob("model.onnx*")) / 1e6
 
 
-# -- building an engine: export (cached) then open ----------------------------------------------
-def export_stage(model: BlockModel, spec: ExportSpec, folder: str | os.PathLike[str],
-                 source_fp: str = "", recipe: dict[str, Any] | None = None) -> tuple[Path, bool]:
-    """Export ``spec`` of ``model`` into ``folder`` unless a matching export is there."""
-    want = expected_manifest(source_fp, spec, recipe or {})
-    return cached_export(Path(folder), want, lambda: build_stage(model, spec))
-
-
-def engine_from_model(model: BlockModel, config: EngineConfig, folder: str | os.PathLike[str],
-                      spec: ExportSpec | None = None, profile: SessionProfile | None = None,
-                      source_fp: str = "", recipe: dict[str, Any] | None = None
-                      ) -> OnnxStageEngine:
-    """Export (or reuse) the graph of ``config.shard`` of an in-memory model and load it."""
-    cfg = model.cfg
-    sh = config.shard
-    spec = spec or ExportSpec(sh.start, sh.end, weights=weight_format(config.variant),
-                              max_len=cfg.max_position)
-    if (spec.start, spec.end) != (sh.start, sh.end):
-        raise ConfigError(f"export spec [{spec.start}, {spec.end}) differs from the stage {sh}")
-    path, reused = export_stage(model, spec, folder, source_fp, recipe)
-    return OnnxStageEngine(config, path, cfg.hidden_size, cfg.vocab_size,
-                           (cfg.num_kv_heads, cfg.head_dim), profile,
-                           info={"export_reused": reused, "spec": spec.to_dict()})
-
-
-@dataclass(frozen=True)
-class _Source:
-    name: str
-    folder: Path  # what the fingerprint covers
-    recipe: dict[str, Any]
-    cfg: Any  # ModelConfig
-    load: Any  # () -> BlockModel holding the shard, called only when an export is needed
-
-
-def _source(config: EngineConfig, from_fp32: bool = False) -> _Source:
-    """The artifact of the compression package for a low-bit variant (unless ``from_fp32``),
-    else the fp32 model, which the exporter then quantizes with its own RTN. Nothing heavy
-    is loaded here: a valid cached export never needs the torch weights."""
-    from edgeweave.models import load
-    from edgeweave.models.catalog import resolve
-    from edgeweave.models.config import ModelConfig, read_config
-
-    if config.variant != "fp32" and not from_fp32:
-        try:
-            from edgeweave import compress
-        except ImportError:
-            compress = None  # no compression package here: the exporter quantizes (RTN)
-        if compress is not None:
-            path = Path(compress.variant(config.variant, config.model))
-            manifest = compress.read_manifest(path)
-            return _Source(Path(config.model).name, path,
-                           {"source": "artifact", "artifact": str(path),
-                            "recipe": manifest.get("recipe")},
-                           ModelConfig.from_hf(manifest["config"]),
-                           lambda: compress.load_artifact(path, shard=config.shard).model)
-    name, folder = resolve(config.model)
-    cfg = read_config(folder)
-    recipe = {"source": "model"} if config.variant == "fp32" else {
-        "source": "onnx-rtn", "note": "quantized by the ONNX exporter's RTN"}
-    return _Source(name, folder, recipe, cfg,
-                   lambda: load(config.model, shard=config.shard).model)
-
-
-def weight_format(variant: str) -> str:
-    """The ONNX weight format of a variant name: ``int4-sym`` and ``int4-rtn`` are int4."""
-    return variant.split("-", 1)[0]
+# -- building an engine ---------------------------------------------------------------------
+def open_engine(config: EngineConfig, export: Any, profile: SessionProfile | None = None
+                ) -> OnnxStageEngine:
+    """Load a built export (``onnx_build.Export``) as the stage engine of ``config``."""
+    cfg = export.cfg
+    return OnnxStageEngine(config, export.path, cfg.hidden_size, cfg.vocab_size,
+                           (cfg.num_kv_heads, cfg.head_dim), profile, info=export.info(),
+                           max_position=cfg.max_position)
 
 
 def build_engine(config: EngineConfig, profile: SessionProfile | None = None,
-                 overrides: dict[str, Any] | None = None, from_fp32: bool = False
-                 ) -> OnnxStageEngine:
-    """Export ``config.shard`` of ``config.model`` once (cached), run it with ONNX Runtime.
+                 overrides: dict[str, Any] | None = None, from_fp32: bool = False,
+                 build: str = "auto") -> OnnxStageEngine:
+    """The stage ``config`` on ONNX Runtime, from its cached export (built once if missing).
 
-    ``overrides`` adjusts the :class:`ExportSpec` (group size, accuracy level, ...);
-    ``from_fp32`` quantizes the fp32 weights with the exporter's RTN instead of using the
-    compression artifact (the cache keeps both apart)."""
-    src = _source(config, from_fp32)
-    sh, cfg = config.shard, src.cfg
-    spec = ExportSpec(sh.start, sh.end, weights=weight_format(config.variant),
-                      max_len=cfg.max_position, **(overrides or {}))
-    label = config.variant if src.recipe["source"] != "onnx-rtn" else (
-        f"{config.variant}-rtn-g{spec.group_size}")
-    want = expected_manifest(fingerprint(src.folder), spec, src.recipe)
-    path, reused = cached_export(export_dir(src.name, label, spec), want,
-                                 lambda: build_stage(src.load(), spec))
-    return OnnxStageEngine(config, path, cfg.hidden_size, cfg.vocab_size,
-                           (cfg.num_kv_heads, cfg.head_dim), profile,
-                           info={"export_reused": reused, "spec": spec.to_dict(),
-                                 "recipe": src.recipe})
+    ``overrides`` adjusts the export spec (group size, accuracy level, ...); ``from_fp32``
+    quantizes the fp32 weights with the exporter's RTN instead of using the variant's
+    artifact; ``build`` says where a missing export is made (see ``onnx_build.ensure``)."""
+    from edgeweave.runtime.engines.onnx_build import ensure
+
+    return open_engine(config, ensure(config, overrides, from_fp32, build), profile)
+
+
+def engine_from_model(model: Any, config: EngineConfig, folder: str | os.PathLike[str],
+                      spec: Any = None, profile: SessionProfile | None = None,
+                      source_fp: str = "", recipe: dict[str, Any] | None = None
+                      ) -> OnnxStageEngine:
+    """Export (or reuse) the graph of ``config.shard`` of an in-memory ``BlockModel`` into
+    ``folder`` and load it (tests and benchmarks that hold a model already)."""
+    from edgeweave.runtime.engines.onnx_build import Export, export_spec
+    from edgeweave.runtime.engines.onnx_cache import cached_export, expected_manifest
+    from edgeweave.runtime.engines.onnx_export import build_stage
+    from edgeweave.variants import get
+
+    cfg = model.cfg
+    sh = config.shard
+    spec = spec or export_spec(get(config.variant), sh, cfg.max_position)
+    if (spec.start, spec.end) != (sh.start, sh.end):
+        raise ConfigError(f"export spec [{spec.start}, {spec.end}) differs from the stage {sh}")
+    want = expected_manifest(source_fp, spec, recipe or {})
+    path, reused = cached_export(Path(folder), want, lambda: build_stage(model, spec))
+    return open_engine(config, Export(path, reused, spec, recipe or {}, cfg), profile)
 
 
 def export_stages(model: str, variant: str = "fp32", cuts: list[int] | None = None,
                   threads: int = 0, rtn: bool = False, group_size: int = 32
                   ) -> list[OnnxStageEngine]:
     """Engines for the stages cut at ``cuts`` (block indices) of ``model``."""
-    from edgeweave.models.catalog import resolve
-    from edgeweave.models.config import read_config
+    from edgeweave.runtime.engines.onnx_build import n_layers
     from edgeweave.types import Shard
 
-    folder = resolve(model)[1]
-    n = read_config(folder).num_layers
+    n = n_layers(model)
     bounds = [0, *(cuts or []), n]
     overrides = {"group_size": group_size} if rtn else None
     return [build_engine(EngineConfig(model, Shard(a, b, n), variant, "onnx", threads),

@@ -18,13 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeweave.paths import atomic_dir, atomic_write_json, build_once, home
-from edgeweave.runtime.engines.onnx_export import (
-    EXPORTER_VERSION,
-    MS_OPSET,
-    OPSET,
-    ExportSpec,
-    save,
-)
+from edgeweave.runtime.engines.onnx_spec import EXPORTER_VERSION, MS_OPSET, OPSET, ExportSpec
 
 MANIFEST = "manifest.json"
 
@@ -47,11 +41,17 @@ def export_dir(model_name: str, variant: str, spec: ExportSpec) -> Path:
 
 
 def _versions() -> dict[str, Any]:
-    import onnx
-    import onnxruntime as ort
+    # package metadata, not imports: checking a cached export must not load onnx (or torch)
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "missing"
 
     return {"opset": OPSET, "ms_opset": MS_OPSET, "exporter": EXPORTER_VERSION,
-            "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+            "onnx": v("onnx"), "onnxruntime": v("onnxruntime")}
 
 
 def expected_manifest(source_fp: str, spec: ExportSpec, recipe: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +59,8 @@ def expected_manifest(source_fp: str, spec: ExportSpec, recipe: dict[str, Any]) 
             **_versions()}
 
 
-def _matches(folder: Path, want: dict[str, Any]) -> bool:
+def matches(folder: Path, want: dict[str, Any]) -> bool:
+    """A complete export is in ``folder`` and its manifest has every entry of ``want``."""
     try:
         have = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -76,6 +77,8 @@ def cached_export(folder: Path, want: dict[str, Any],
     folder = Path(folder)
 
     def write(final: Path) -> None:
+        from edgeweave.runtime.engines.onnx_export import save
+
         t0 = time.perf_counter()
         proto = build()
         with atomic_dir(final) as tmp:
@@ -85,5 +88,5 @@ def cached_export(folder: Path, want: dict[str, Any],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
     # nodes started together on one host export a stage once: the others wait and reuse it
-    built = build_once(folder, lambda f: _matches(f, want), write)
+    built = build_once(folder, lambda f: matches(f, want), write)
     return folder / "model.onnx", not built

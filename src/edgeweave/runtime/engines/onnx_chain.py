@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 
 from edgeweave.errors import ConfigError
 from edgeweave.runtime.engines.base import StageEngine
@@ -35,18 +35,18 @@ class StageChain:
         for st in self.stages:
             st.open(session_id, max_len)
 
-    def _run(self, ids: list[int]) -> torch.Tensor:
-        x = torch.tensor([ids], dtype=torch.long)
+    def _run(self, ids: list[int]) -> np.ndarray:
+        x = np.array([ids], dtype=np.int64)
         for st in self.stages:
             x = st.forward(self.session_id, x)
         return x[0]  # (vocab,) logits of the last position
 
-    def prefill(self, ids: list[int]) -> torch.Tensor:
+    def prefill(self, ids: list[int]) -> np.ndarray:
         for st in self.stages:
             st.truncate(self.session_id, 0)
         return self._run(ids)
 
-    def decode(self, token: int) -> torch.Tensor:
+    def decode(self, token: int) -> np.ndarray:
         return self._run([token])
 
     def close(self) -> None:

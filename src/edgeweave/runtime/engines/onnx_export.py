@@ -21,72 +21,25 @@ position is asked for) on the last stage or ``hidden_states_out``; ``present_key
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from edgeweave.errors import ConfigError
 from edgeweave.models.llama import BlockModel, rope_inv_freq
 from edgeweave.runtime.engines.onnx_quant import (
-    WEIGHT_FORMATS,
     Dense,
     Packed,
-    QuantSpec,
     Weight,
     concat,
     rtn,
     weight_of,
 )
-from edgeweave.types import Shard
-
-OPSET = 21
-MS_OPSET = 1
-EXPORTER_VERSION = 2  # bump when the graph layout changes: cached exports are rebuilt
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    """What to export: a block range, its weight format and the context it can hold."""
-
-    start: int
-    end: int
-    weights: str = "fp32"  # fp32 | int8 | int4 (plain nn.Linear layers are RTN-quantized)
-    group_size: int = 32
-    symmetric: bool = False
-    max_len: int = 2048  # rotary table length = the longest sequence the graph serves
-    logits: str = "last"  # last | all: positions the head computes on the last stage
-    accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations (fast on CPU), 0 = fp32
-    quantize_head: bool = True  # lm_head in the low-bit format too (a fifth of the bytes)
-
-    def __post_init__(self) -> None:
-        if self.weights not in WEIGHT_FORMATS:
-            raise ConfigError(f"unknown ONNX weight format {self.weights!r}: choose one of "
-                              f"{', '.join(WEIGHT_FORMATS)}")
-        if self.logits not in ("last", "all"):
-            raise ConfigError(f"logits must be 'last' or 'all' (got {self.logits!r})")
-        if self.accuracy_level not in (0, 1, 2, 3, 4):
-            raise ConfigError(f"accuracy_level must be 0..4 (got {self.accuracy_level})")
-        if self.max_len < 1:
-            raise ConfigError(f"max_len must be >= 1 (got {self.max_len})")
-        if self.weights != "fp32":
-            QuantSpec(self.bits, self.group_size, self.symmetric)  # validates
-
-    @property
-    def bits(self) -> int:
-        return {"fp32": 32, "int8": 8, "int4": 4}[self.weights]
-
-    @property
-    def quant(self) -> QuantSpec | None:
-        return None if self.weights == "fp32" else QuantSpec(self.bits, self.group_size,
-                                                             self.symmetric)
-
-    def shard(self, n_layers: int) -> Shard:
-        return Shard(self.start, self.end, n_layers)
-
-    def to_dict(self) -> dict[str, object]:
-        from dataclasses import asdict
-        return asdict(self)
+from edgeweave.runtime.engines.onnx_spec import (  # noqa: F401 - re-exported
+    EXPORTER_VERSION,
+    MS_OPSET,
+    OPSET,
+    ExportSpec,
+)
 
 
 class _Graph:

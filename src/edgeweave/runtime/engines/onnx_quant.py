@@ -24,24 +24,7 @@ import torch
 from torch import nn
 
 from edgeweave.errors import ConfigError
-
-WEIGHT_FORMATS = ("fp32", "int8", "int4")
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """How a plain fp32 linear layer is quantized when the graph asks for low-bit weights."""
-
-    bits: int = 4
-    group_size: int = 32
-    symmetric: bool = False
-
-    def __post_init__(self) -> None:
-        if self.bits not in (4, 8):
-            raise ConfigError(f"ONNX low-bit weights are 4 or 8 bits (got {self.bits})")
-        if self.group_size < 16 or self.group_size & (self.group_size - 1):
-            raise ConfigError(
-                f"group_size must be a power of two >= 16 for MatMulNBits (got {self.group_size})")
+from edgeweave.runtime.engines.onnx_spec import WEIGHT_FORMATS, QuantSpec  # noqa: F401
 
 
 @dataclass(frozen=True)

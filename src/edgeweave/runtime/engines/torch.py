@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgeweave.errors import ArtifactError, RuntimeStageError
@@ -66,6 +67,7 @@ class TorchStageEngine:
             accelerate_decode(self.model)
         self.hidden_size = self.model.cfg.hidden_size
         self.vocab_size = self.model.cfg.vocab_size
+        self.max_position = self.model.cfg.max_position
         self._caches: dict[str, KVCache] = {}
 
     def _cache(self, session_id: str) -> KVCache:
@@ -85,17 +87,18 @@ class TorchStageEngine:
         self._caches[session_id] = KVCache(self.model.cfg, sh.start, sh.end, max_len, 1, dtype)
 
     @torch.inference_mode()
-    def forward(self, session_id: str, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:
         cache = self._cache(session_id)
         sh = self.config.shard
-        one_token = x.shape[1] == 1
+        t = torch.from_numpy(np.ascontiguousarray(x))  # zero-copy
+        one_token = t.shape[1] == 1
         with _decode_threads(self._gemv and one_token):
-            h = self.model.embed(x.long()) if sh.is_first else x
+            h = self.model.embed(t.long()) if sh.is_first else t.float()
             for i in range(sh.start, sh.end):
                 h = self.model.block(i, h, cache)
             if sh.is_last:
-                return self.model.head(h[:, -1:])[:, -1]  # (B, vocab): the head where needed
-            return h
+                h = self.model.head(h[:, -1:])[:, -1]  # (B, vocab): the head where needed
+            return h.float().numpy()
 
     def truncate(self, session_id: str, length: int) -> None:
         self._cache(session_id).truncate(length)

@@ -1,0 +1,96 @@
+"""One engine choice for every verb: which backend runs the stages, in which weight variant.
+
+``generate``, ``serve``, ``node``, ``demo``, ``bench`` and ``eval`` all take ``--backend`` and
+``--variant`` and turn them into an :class:`EngineChoice`; the Python API takes the same
+value. ONNX Runtime is the default (the fast path: fused decoder kernels, int4/int8
+MatMulNBits, no torch in the process); ``torch`` is the reference. The default variant is
+``int4`` (as Ollama defaults to a 4-bit quantization), built once and cached.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeweave.errors import ConfigError
+from edgeweave.runtime.engines.base import EngineConfig
+from edgeweave.types import Shard
+
+if TYPE_CHECKING:
+    from edgeweave.models.tokenizer import Tokenizer
+    from edgeweave.runtime.engines.base import StageEngine
+
+BACKENDS = ("onnx", "torch")
+DEFAULT_VARIANT = "int4"
+
+
+def default_backend() -> str:
+    """``onnx`` where ONNX Runtime is installed (a core dependency), else ``torch``."""
+    return "onnx" if importlib.util.find_spec("onnxruntime") is not None else "torch"
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """``backend`` (``onnx`` | ``torch``; empty = the default) and ``variant`` (a name of
+    :mod:`edgeweave.variants`; ignored when the model is an artifact folder, which is its own
+    variant); ``threads`` 0 lets the process policy decide."""
+
+    backend: str = ""
+    variant: str = DEFAULT_VARIANT
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.backend:
+            object.__setattr__(self, "backend", default_backend())
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.backend == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+            raise ConfigError("--backend onnx needs onnxruntime: pip install onnxruntime, or "
+                              "use --backend torch")
+        from edgeweave.variants import get
+
+        v = get(self.variant)  # unknown names fail here, with the choices
+        if not v.buildable:
+            raise ConfigError(f"variant {self.variant!r} is priced by the planner but cannot "
+                              "be built yet: choose fp32, int8 or int4")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (got {self.threads})")
+
+    def config(self, model: str, shard: Shard) -> EngineConfig:
+        return EngineConfig(model, shard, self.variant, self.backend, self.threads)
+
+
+def n_layers(model: str) -> int:
+    from edgeweave.runtime.engines.onnx_build import n_layers as count
+
+    return count(model)
+
+
+def whole_model(model: str, choice: EngineChoice | None = None) -> StageEngine:
+    """The whole model as one stage engine of ``choice`` (built or reused)."""
+    from edgeweave.runtime.engines.base import create_engine
+
+    choice = choice or EngineChoice()
+    n = n_layers(model)
+    return create_engine(choice.config(model, Shard(0, n, n)))
+
+
+def tokenizer_for(model: str) -> Tokenizer:
+    """The model's tokenizer without loading weights (an artifact folder holds its own)."""
+    from edgeweave.models.tokenizer import Tokenizer
+
+    given = Path(model)
+    if (given / "manifest.json").is_file():
+        return Tokenizer(given)
+    from edgeweave.models.catalog import resolve
+
+    return Tokenizer(resolve(model)[1])
+
+
+def engine_info(engine: Any) -> dict[str, str]:
+    """What a stage engine runs, as responses and ``/health`` report it."""
+    cfg = engine.config
+    info = getattr(engine, "info", None) or {}
+    return {"backend": cfg.backend, "variant": str(info.get("variant") or cfg.variant)}

@@ -1,0 +1,94 @@
+"""The runtime policy of a process that runs stages: its threads and how idle threads wait.
+
+Every process that runs a stage (``edgeweave node``, ``serve``, ``generate``, ``demo``,
+``bench``, ``eval``) applies its own :class:`ProcessPolicy` first thing, before numpy, torch
+or ONNX Runtime load, from the cores it may use and ``--colocated``. Nothing is left to a
+launcher: a node started by hand behaves exactly as the benchmarks measure it.
+
+Why each setting (2-core host, SmolLM2-135M):
+
+* OpenMP (torch) and OpenBLAS (numpy) workers busy-wait after each parallel region by
+  default; OpenBLAS for 2^28 cycles (~0.1 s) after every GEMV (measured: 4.3 s of CPU for
+  0.4 s of GEMV work). On a device that runs other work, or beside other stages, those
+  spinning threads steal the cores the next step needs: ``OMP_WAIT_POLICY=PASSIVE`` and
+  ``OPENBLAS_THREAD_TIMEOUT=21`` (2^21 cycles, ~1 ms: long enough to bridge the gaps between
+  one hop's GEMVs, measured at 2^20..2^22).
+* ONNX Runtime's intra-op pool gets the cores of the process's affinity mask; it spins only
+  inside a run (``session.force_spinning_stop``), so between tokens the cores are free.
+  ``--colocated`` (several nodes sharing one host's cores) stops ONNX Runtime's spinning
+  altogether, as every node's spin would steal a core another node computes on.
+
+A variable the user set in the environment always wins over the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+from edgeweave.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and taskset set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ProcessPolicy:
+    """Threads and waiting of this process (see the module docstring)."""
+
+    cores: int
+    colocated: bool = False
+    threads: int = 0  # an explicit --threads; 0 = every usable core
+
+    def __post_init__(self) -> None:
+        if self.cores < 1:
+            raise ConfigError(f"a process needs at least one core (got {self.cores})")
+        if self.threads < 0:
+            raise ConfigError(f"--threads must be >= 0 (got {self.threads})")
+
+    @classmethod
+    def for_this_process(cls, colocated: bool = False, threads: int = 0) -> ProcessPolicy:
+        return cls(usable_cores(), colocated, threads)
+
+    @property
+    def intra_threads(self) -> int:
+        """Threads of one stage's compute (ONNX Runtime intra-op, torch)."""
+        return min(self.threads or self.cores, self.cores) if self.threads else self.cores
+
+    @property
+    def ort_spinning(self) -> str:
+        """``run``: spin inside a run only; ``off``: never (cores shared with other nodes)."""
+        return "off" if self.colocated else "run"
+
+    def env(self) -> dict[str, str]:
+        return {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "21",
+                "OMP_NUM_THREADS": str(self.intra_threads)}
+
+    def apply(self) -> ProcessPolicy:
+        """Set the environment for thread pools not loaded yet and make this the policy that
+        engines built in this process use. Returns ``self``."""
+        global _CURRENT
+        late = [m for m in ("numpy", "torch", "onnxruntime") if m in sys.modules]
+        if late:  # their pools read the environment when they load: too late for them
+            log.debug("runtime policy applied after %s loaded", ", ".join(late))
+        for key, value in self.env().items():
+            os.environ.setdefault(key, value)
+        _CURRENT = self
+        return self
+
+
+_CURRENT: ProcessPolicy | None = None
+
+
+def current() -> ProcessPolicy:
+    """The applied policy, or the default one for this process."""
+    return _CURRENT or ProcessPolicy.for_this_process()

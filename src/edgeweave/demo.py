@@ -26,7 +26,8 @@ Step = Callable[[str, int, int], None]  # (description, done, total) for progres
 @dataclass(frozen=True)
 class DemoConfig:
     model: str = DEFAULT_MODEL
-    variants: tuple[str, ...] = ("int8", "int4-rtn")
+    variants: tuple[str, ...] = ("int8", "int4")
+    backend: str = ""  # stage engines: "" = the default (ONNX Runtime), "onnx" or "torch"
     fleet: str = "home"
     tasks: tuple[str, ...] = DEMO_TASKS
     per_task: int = 1
@@ -52,12 +53,12 @@ def _noop(desc: str, done: int, total: int) -> None:
 
 def build_variants(cfg: DemoConfig, step: Step) -> list[dict[str, Any]]:
     """Make (or reuse) the compressed artifacts and describe them as report rows."""
-    from edgeweave.compress import read_manifest, variant
-    from edgeweave.models import load
-    from edgeweave.models.checkpoint import weight_files
+    from edgeweave.compress.manifest import read_manifest
+    from edgeweave.compress.variants import variant
+    from edgeweave.models.catalog import resolve
 
-    lm = load(cfg.model)
-    fp32 = sum(f.stat().st_size for f in weight_files(lm.folder))
+    folder = resolve(cfg.model)[1]
+    fp32 = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     rows = [{"key": "variant/fp32", "kind": "variant", "variant": "fp32", "size_mb": fp32 / 1e6,
              "bits_per_weight": 32.0}]
     for i, name in enumerate(cfg.variants):
@@ -148,25 +149,22 @@ def ask(url: str, key: str, model_id: str, questions: list[dict[str, Any]], step
 def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
              on_answer: Callable[[dict[str, Any]], None] | None = None) -> DemoResult:
     from edgeweave.bench.report import write_report
-    from edgeweave.models import load
-    from edgeweave.runtime.fast import accelerate_decode
     from edgeweave.runtime.launch import embedded
+    from edgeweave.runtime.local import EngineChoice
     from edgeweave.serve.backend import CoordinatorSessions
     from edgeweave.serve.config import ServeConfig
     from edgeweave.serve.server import BackgroundServer
 
     res = DemoResult()
     t0 = time.perf_counter()
-    step("load the bundled model", 0, 1)
-    lm = load(cfg.model)
-    accelerate_decode(lm.model)
+    choice = EngineChoice(cfg.backend)
     variant_rows = build_variants(cfg, step)
     step("plan the fleet", 0, 1)
     plan, plan_rows = plan_fleet(cfg, variant_rows)
-    step("launch the plan's stages", 0, 1)
-    coord = embedded(cfg.model, plan, loaded=lm)
+    step(f"launch the plan's stages ({choice.backend})", 0, 1)
+    coord = embedded(cfg.model, plan, backend=choice.backend)
     key = "ew-" + secrets.token_hex(8)
-    backend = CoordinatorSessions(coord, lm.tokenizer, model_id=cfg.model)
+    backend = CoordinatorSessions(coord, model_id=cfg.model)
     server = BackgroundServer(backend, ServeConfig(api_keys=(key,), model_id=cfg.model,
                                                    max_prompt_tokens=1536))
     questions = sensor_questions(cfg)
@@ -195,12 +193,12 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
                "decode_tps": sum(tps) / len(tps) if tps else None,
                "ttft_s": _mean([a.get("ttft_s") for a in res.answers]),
                "wire_bytes_per_token": None, "identical": None, "stats": stats,
-               "answered": len(res.answers), "tokens": tokens}
+               "answered": len(res.answers), "tokens": tokens, "backend": choice.backend}
     res.rows = variant_rows + plan_rows + [run_row] + res.rows + [
         {"key": f"answer/{a['task']}/{a['id']}", "kind": "answer", **a} for a in res.answers]
     step("write the report", 0, 1)
     meta = {"title": "edgeweave demo: IoT answers from a planned home fleet", "suite": "demo",
-            "model": cfg.model, "host": "this host, embedded stages",
+            "model": cfg.model, "host": f"this host, embedded stages on {choice.backend}",
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "elapsed_s": time.perf_counter() - t0}
     res.report, res.summary = write_report(res.rows, cfg.out, meta)

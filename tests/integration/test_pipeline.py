@@ -31,7 +31,7 @@ def test_demo_pipeline_answers_sensor_questions_through_the_api(tmp_path):
     assert adapt["moved_layers"] > 0 and adapt["switch_s"] > 0
     assert any(s.startswith("compress") for s in steps) and res.url.startswith("http://127.0.0.1")
     sizes = {r["variant"]: r["size_mb"] for r in res.rows if r["kind"] == "variant"}
-    assert sizes["int8"] < 0.3 * sizes["fp32"] and sizes["int4-rtn"] < sizes["int8"]
+    assert sizes["int8"] < 0.3 * sizes["fp32"] and sizes["int4"] < sizes["int8"]
     shot = render(res.report, tmp_path / "demo.png")
     assert shot.errors == () and non_blank_fraction(shot.png) > 0.05
 

@@ -22,7 +22,7 @@ def test_per_block_quantities_match_hand_computation(tiny_cfg) -> None:
     assert m.block_params == params == tiny_cfg.block_params()
     assert m.block_flops_decode() == 2 * params + 4 * 4 * 16 * 32
     assert m.block_weight_bytes(V["fp32"]) == 4 * params
-    assert m.block_weight_bytes(V["int4"]) == pytest.approx(params * 4.5 / 8)
+    assert m.block_weight_bytes(V["int4"]) == pytest.approx(params * V["int4"].bits_per_weight / 8)
     assert m.kv_bytes_per_token(V["fp32"]) == 2 * kv * 4
     assert m.kv_bytes_per_token(V["fp16"]) == 2 * kv * 2
 

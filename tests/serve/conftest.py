@@ -18,7 +18,7 @@ API_KEY = "sk-edgeweave-test"
 @pytest.fixture(scope="module")
 def tiny_sessions(tmp_path_factory: pytest.TempPathFactory) -> LocalSessions:
     folder = save_folder(random_model(make_cfg()), tmp_path_factory.mktemp("m") / "tiny-llama")
-    return LocalSessions(load_folder(folder))
+    return LocalSessions.from_loaded(load_folder(folder))
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ class ExplodingChatTokenizer(Tokenizer):
 @pytest.fixture(scope="module")
 def exploding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder: Path = save_folder(random_model(make_cfg()), tmp_path_factory.mktemp("x") / "tiny-llama")
-    sessions = LocalSessions(load_folder(folder))
+    sessions = LocalSessions.from_loaded(load_folder(folder))
     sessions.tokenizer = ExplodingChatTokenizer(folder)
     with BackgroundServer(sessions, ServeConfig(max_tokens_limit=8, default_max_tokens=2)) as url:
         yield url

@@ -42,7 +42,7 @@ class CountingTokenizer(Tokenizer):
 @pytest.fixture(scope="module")
 def counted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LocalSessions]]:
     folder: Path = save_folder(random_model(make_cfg()), tmp_path_factory.mktemp("b") / "tiny-llama")
-    sessions = LocalSessions(load_folder(folder))
+    sessions = LocalSessions.from_loaded(load_folder(folder))
     sessions.tokenizer = CountingTokenizer(folder)
     cfg = ServeConfig(max_prompt_tokens=64, max_tokens_limit=8, default_max_tokens=2)
     assert cfg.max_body_bytes == MiB  # the default these tests are written against

@@ -19,10 +19,9 @@ from tests.serve.test_openai_api import GREEDY, solo
 
 @pytest.fixture(scope="module")
 def coordinator_server(tiny_sessions):
-    lm = tiny_sessions.lm
-    folder = lm.folder
-    coord = embedded(str(folder), Plan.split(4, [1, 3], ["d0", "d1", "d2"]),
-                     loaded=load_folder(folder), max_len=256)
+    folder = tiny_sessions.engine.config.model  # from_loaded keys the engine by its folder
+    coord = embedded(folder, Plan.split(4, [1, 3], ["d0", "d1", "d2"]),
+                     loaded=load_folder(folder), max_len=256, backend="torch")
     sessions = CoordinatorSessions(coord, model_id="tiny-pipeline")
     with BackgroundServer(sessions, ServeConfig(max_concurrent=8)) as url:
         yield url, coord

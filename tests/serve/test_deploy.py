@@ -9,6 +9,7 @@ import pytest
 from edgeweave.control.broker import Mosquitto
 from edgeweave.errors import ConfigError
 from edgeweave.runtime.generate import SamplingParams, generate
+from edgeweave.runtime.local import EngineChoice
 from edgeweave.serve.backend import CoordinatorSessions, LocalSessions
 from edgeweave.serve.deploy import build, parse_nodes, read_plan
 from edgeweave.types import Plan
@@ -30,13 +31,16 @@ def test_plan_file_gives_an_embedded_coordinator_watched_over_mqtt(tiny_folder, 
     plan = Plan.split(4, [2], ["a", "b"])
     f = tmp_path / "plan.json"
     f.write_text(json.dumps({"plan": plan.to_dict()}))
-    local = LocalSessions.load(str(tiny_folder))
+    # the plan file's stages are fp32, on the default backend: the same engine, unsplit
+    local = LocalSessions.load(str(tiny_folder), EngineChoice(variant="fp32"))
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     ref = generate(local.new_session(), local.tokenizer, "the sensor reads", params)
     with Mosquitto() as broker:
         dep = build(str(tiny_folder), plan=f, mqtt=f"{broker.host}:{broker.port}", fleet="t")
         try:
             assert isinstance(dep.backend, CoordinatorSessions)
+            assert dep.backend.engine_info() == local.engine_info() == {
+                "backend": "onnx", "variant": "fp32"}
             assert dep.backend.coordinator.plan == plan and dep.backend.model_id == "tiny-llama"
             out = generate(dep.backend.new_session(64), dep.backend.tokenizer,
                            "the sensor reads", params)

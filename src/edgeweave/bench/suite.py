@@ -13,7 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "fleets"
 @dataclass(frozen=True)
 class Suite:
     name: str
-    variants: tuple[str, ...] = ("fp32", "int8", "int4-rtn")
+    variants: tuple[str, ...] = ("fp32", "int8", "int4")
     tasks: tuple[str, ...] | None = None  # None: every registered task
     task_limit: int = 8  # test items per task and variant
     demos: tuple[str, ...] = ("knn",)

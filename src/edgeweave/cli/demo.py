@@ -16,8 +16,13 @@ def register(app: typer.Typer) -> None:
         fleet: str = typer.Option("home", "--fleet", help="Fleet YAML or an example name."),
         per_task: int = typer.Option(1, "--per-task", help="Sensor questions per task."),
         out: Path = typer.Option(Path("results/demo"), "--out", "-o"),
+        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or "
+                                    "torch (the reference)."),
     ) -> None:
         """The whole pipeline, embedded: compress, plan, launch, serve, answer, report."""
+        from edgeweave.runtime.policy import ProcessPolicy
+
+        ProcessPolicy.for_this_process().apply()  # before numpy, torch or onnxruntime load
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from edgeweave.demo import DemoConfig, run_demo
@@ -25,7 +30,7 @@ def register(app: typer.Typer) -> None:
 
         if model in catalog.BUNDLED and not catalog.is_cached(model):
             console.print(f"Converting {model} once to safetensors (about 30 s)...")
-        cfg = DemoConfig(model=model, fleet=fleet, per_task=per_task, out=out)
+        cfg = DemoConfig(model=model, fleet=fleet, per_task=per_task, out=out, backend=backend)
         with Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn(
                 "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("starting", total=1)

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from edgeweave.errors import ConfigError
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.engine import EngineSession, LogitsEngine
+from edgeweave.runtime.engines.base import EngineConfig
 from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
 
 
@@ -62,6 +63,17 @@ class LocalSessions:
         self.model_id = model_id
         self.tokenizer = tokenizer
         self.max_len = min(max_len or engine.max_position, engine.max_position)
+
+    @classmethod
+    def from_loaded(cls, lm: Any, max_len: int | None = None) -> LocalSessions:
+        """Serve an already loaded ``LoadedModel`` on the torch reference engine (its
+        weights are shared, not copied): for tests and notebooks that hold a model."""
+        from edgeweave.runtime.engines.torch import TorchStageEngine
+        from edgeweave.types import Shard
+
+        n = lm.config.num_layers
+        cfg = EngineConfig(str(lm.folder), Shard(0, n, n), "fp32", "torch")
+        return cls(TorchStageEngine(cfg, model=lm.model), lm.tokenizer, lm.name, max_len)
 
     @classmethod
     def load(cls, model: str, choice: EngineChoice | None = None,

@@ -98,7 +98,8 @@ def evaluate(plan: Plan, t: CostTables) -> dict[str, float]:
             comp[m] += x
             if m == "decode_s":
                 bottleneck = max(bottleneck, x)
-        mem = n_blk * t.mem_blk[d, v] + (i == 0) * t.mem_first[d, v] + (j == L) * t.mem_last[d, v]
+        mem = (n_blk * t.mem_blk[d, v] + (i == 0) * t.mem_first[d, v]
+               + (j == L) * t.mem_last[d, v] + t.mem_stage)
         mem_util = max(mem_util, mem / t.cap[d])
         feasible &= bool(t.ok[d, v]) and mem <= t.cap[d]
         quality = min(quality, t.variants[v].quality)

@@ -66,6 +66,7 @@ class CostTables:
     hop: dict[str, np.ndarray]  # metric -> (n, n, K) hidden state of one step, by codec
     tok: dict[str, np.ndarray]  # metric -> (n, n) one token id (decode) / prompt ids (prefill)
     excluded: dict[str, str] = field(default_factory=dict)  # device -> reason
+    mem_stage: float = C.STAGE_RUNTIME_BYTES  # the process every stage runs in
 
     @property
     def n(self) -> int:
@@ -86,7 +87,8 @@ class CostTables:
         fi = (i == 0)[None, None]
         lj = (j == L)[None, None]
         ex = lambda a: a[:, :, None, None]  # noqa: E731
-        mem = size * ex(self.mem_blk) + fi * ex(self.mem_first) + lj * ex(self.mem_last)
+        mem = (size * ex(self.mem_blk) + fi * ex(self.mem_first) + lj * ex(self.mem_last)
+               + self.mem_stage)
         feas = valid & (mem <= self.cap[:, None, None, None]) & ex(self.ok)
         cost = (size * ex(self.blk[metric]) + fi * ex(self.first[metric])
                 + lj * ex(self.last[metric]))
@@ -156,10 +158,11 @@ def build(model: C.ModelCosts, fleet: Fleet, variants: dict[str, Variant],
         elif not ok[a].any():
             excluded[d.id] = (f"holds no variant of quality >= {constraints.min_quality} "
                               f"(artifacts: {', '.join(d.artifacts or ()) or 'none'})")
-        elif not (ok[a] & (mem_blk[a] <= cap[a])).any():
-            need = float(np.min(np.where(ok[a], mem_blk[a], INF)))
+        elif not (ok[a] & (mem_blk[a] + C.STAGE_RUNTIME_BYTES <= cap[a])).any():
+            need = float(np.min(np.where(ok[a], mem_blk[a], INF))) + C.STAGE_RUNTIME_BYTES
             excluded[d.id] = (f"{cap[a] / 1e6:.1f} MB free cannot hold one block "
-                              f"({need / 1e6:.1f} MB in its smallest variant)")
+                              f"({need / 1e6:.1f} MB in its smallest variant, with the "
+                              f"{C.STAGE_RUNTIME_BYTES / 1e6:.0f} MB of the process itself)")
         if d.id in excluded:
             ok[a] = False
     codecs = [c for c in constraints.codecs if CODEC_QUALITY[c] >= constraints.min_quality]

@@ -418,7 +418,8 @@ def main() -> None:
             continue
         wb = v.get("weight_bytes") or last.get("raw_int4", {}).get("weight_bytes")
         roof = (v["decode_tps"] * wb / 1e9 / bw) if wb and k != "served_busy" else None
-        rows.append([k, f"{statistics.median(x[k]['decode_tps'] for x in rounds if k in x and 'decode_tps' in x[k]):.1f}",
+        med = statistics.median(x[k]["decode_tps"] for x in rounds if "decode_tps" in x.get(k, {}))
+        rows.append([k, f"{med:.1f}",
                      f"{v.get('rss_mb', 0):.0f}", f"{v.get('peak_rss_mb', 0):.0f}",
                      "-" if roof is None else f"{roof:.2f}", v.get("backend") or "",
                      v.get("variant") or ""])

@@ -151,3 +151,30 @@ def test_peak_rss_of_a_child_is_its_own_not_its_big_parents():
                          check=True).stdout
     del ballast
     assert 10 < float(out) < 500
+
+
+@pytest.mark.integration
+def test_incremental_detokenizer_matches_whole_sequence_decoding():
+    """Any token sequence of the real byte-level BPE tokenizer (multi-byte characters split
+    over tokens, leading spaces) comes out of the incremental decoder as decode(all)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from edgeweave.runtime.generate import IncrementalDecoder
+    from edgeweave.runtime.local import tokenizer_for
+
+    tok = tokenizer_for("smollm2-135m-instruct")
+    seeds = ["Température 21,5 °C — fenêtre ouverte 🌡️🏠", "naïve café 東京 ünïcödé", " a  b\n\tc"]
+    pieces = [i for text in seeds for i in tok.encode(text, add_special_tokens=False)]
+
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None)
+    @given(st.lists(st.one_of(st.sampled_from(pieces), st.integers(0, tok.vocab_size - 1)),
+                    min_size=1, max_size=40))
+    def check(ids):
+        dec = IncrementalDecoder(tok)
+        for i in ids:
+            dec.push(i)
+            assert tok.decode(ids).startswith(dec.text.rstrip("\ufffd")) or "\ufffd" in dec.text
+        assert dec.flush() == tok.decode(ids)
+
+    check()

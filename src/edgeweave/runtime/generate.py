@@ -193,6 +193,45 @@ def generate_step(engine: LogitsEngine, prompt_ids: Sequence[int], params: Sampl
         logits = engine.decode(tok)
 
 
+class IncrementalDecoder:
+    """Token ids to text without decoding the whole sequence at every step.
+
+    Decoding token ``t`` alone can differ from decoding it in context (a leading space, a
+    multi-byte character split over tokens), so each step decodes a short window twice, from
+    the same start token: with and without the new tokens; the difference is the new text
+    (vLLM's incremental detokenizer works this way). Cost per token: two decodes of a few
+    tokens, instead of one of the whole sequence.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.text = ""
+        self._prefix = 0  # window start (token index)
+        self._read = 0  # tokens already turned into text
+
+    def push(self, token: int) -> bool:
+        """Add a token; True when ``text`` grew to a complete character boundary."""
+        self.tokens.append(token)
+        window = self.tokens[self._prefix:]
+        before = self.tokenizer.decode(self.tokens[self._prefix:self._read])
+        after = self.tokenizer.decode(window)
+        if after.endswith("\ufffd") or len(after) <= len(before):
+            return False
+        self.text += after[len(before):]
+        self._prefix, self._read = self._read, len(self.tokens)
+        return True
+
+    def flush(self) -> str:
+        """The text of every token pushed, including an incomplete character at the end."""
+        if self._read < len(self.tokens):
+            before = self.tokenizer.decode(self.tokens[self._prefix:self._read])
+            after = self.tokenizer.decode(self.tokens[self._prefix:])
+            self.text += after[len(before):]
+            self._prefix = self._read = len(self.tokens)
+        return self.text
+
+
 def _held_back(text: str, stops: Sequence[str]) -> int:
     """How many trailing characters might still become a stop string."""
     keep = 0
@@ -255,19 +294,20 @@ def stream_generate(engine: LogitsEngine, tokenizer: Tokenizer,
             extra=dict(extra() if callable(extra) else extra or {}),
         )
 
+    detok = IncrementalDecoder(tokenizer)
     for tok in generate_step(engine, ids, params, eos):
         if t_first is None:
             t_first = time.perf_counter()
         tokens.append(tok)
         pending.append(tok)
-        text = tokenizer.decode(tokens)
+        if not detok.push(tok):  # a multi-byte character is still incomplete
+            continue
+        text = detok.text
         hit = min((i for i in (text.find(s, max(emitted - len(s), 0)) for s in params.stop)
                    if i >= 0), default=-1)
         if hit >= 0:
             text, finish = text[:hit], "stop"
             break
-        if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
-            continue
         safe = len(text) - _held_back(text, params.stop)
         if safe > emitted:
             yield GenerationResponse(text[emitted:safe], tuple(pending), None, metrics())
@@ -275,6 +315,7 @@ def stream_generate(engine: LogitsEngine, tokenizer: Tokenizer,
     else:
         if len(tokens) < params.max_tokens:
             finish = "stop"  # ended on an end-of-sequence token
+        text = detok.flush()
     yield GenerationResponse(text[emitted:], tuple(pending), finish, metrics())
 
 

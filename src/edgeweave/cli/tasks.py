@@ -56,13 +56,29 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(None, "--limit", help="Evaluate only the first N test items."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or "
+                                    "torch (the reference)."),
+        variant: str = typer.Option("int4", "--variant", help="Weights of --model: int4 "
+                                    "(default), int8, fp32, ... (an --artifact is its own)."),
     ) -> None:
         """Evaluate a model on one task and print its metrics (plus the non-LLM baseline)."""
-        from edgeweave.bench.tasks import baseline_task, evaluate_task
+        from edgeweave.runtime.policy import ProcessPolicy
 
-        lm = load_model_or_artifact(model, artifact)
+        ProcessPolicy.for_this_process().apply()
+        from edgeweave.bench.tasks import baseline_task, evaluate_task
+        from edgeweave.cli.eval import load_any
+        from edgeweave.runtime.local import EngineChoice
+
+        choice = EngineChoice(backend, variant)
+        reference = choice.backend == "torch" and (artifact is not None or variant == "fp32")
+        from pathlib import Path
+
+        lm = load_any(model or (None if artifact else "smollm2-135m-instruct"),
+                      Path(artifact) if artifact else None, None if reference else choice)
+        factory = (lambda m: m.new_session(2048)) if hasattr(lm, "new_session") else None
         res = evaluate_task(task, lm, demos=demos, limit=limit, seed=seed, k=k,
-                            ordering=ordering, encoding=encoding, budget_tokens=budget)
+                            ordering=ordering, encoding=encoding, budget_tokens=budget,
+                            engine_factory=factory)
         base = baseline_task(task, seed=seed, limit=limit)
         if as_json:
             console.print_json(json.dumps({"result": res, "baseline": base}))

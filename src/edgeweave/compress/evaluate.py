@@ -83,9 +83,50 @@ def perplexity_of(model: torch.nn.Module, ids: torch.Tensor, seq_len: int = 256,
     return math.exp(nll / count)
 
 
-def perplexity(lm: LoadedModel, corpus: str = "wikipedia", tokens: int = 4096,
+def perplexity_engine(new_session: Any, ids: torch.Tensor | list[int], seq_len: int = 256
+                      ) -> float:
+    """exp(mean NLL) over non-overlapping windows, teacher-forced one token at a time through
+    a ``LogitsEngine`` (``new_session(max_len)``): what the served engine itself computes,
+    int8 activations of the fast path included."""
+    import numpy as np
+
+    ids = [int(t) for t in ids]
+    n = len(ids) // seq_len
+    if n == 0:
+        raise ConfigError(f"need at least {seq_len} tokens for perplexity, got {len(ids)}")
+    nll, count = 0.0, 0
+    session = new_session(seq_len)
+    for w in range(n):
+        window = ids[w * seq_len:(w + 1) * seq_len]
+        logits = session.prefill(window[:1])
+        for t in window[1:]:
+            z = np.asarray(logits, np.float64)
+            m = z.max()
+            nll += float(m + np.log(np.exp(z - m).sum()) - z[t])
+            count += 1
+            logits = session.decode(t)
+    close = getattr(session, "close", None)
+    if callable(close):
+        close()
+    return math.exp(nll / count)
+
+
+def perplexity(lm: Any, corpus: str = "wikipedia", tokens: int = 4096,
                seq_len: int = 256, seed: int = 0) -> float:
-    return perplexity_of(lm.model, eval_tokens(lm, corpus, tokens, seed), seq_len)
+    """Held-out perplexity of a torch ``LoadedModel`` (batched) or of an engine-backed
+    ``runtime.local.LocalModel`` (teacher-forced through its engine)."""
+    ids = eval_tokens(lm, corpus, tokens, seed)
+    if hasattr(lm, "new_session"):
+        return perplexity_engine(lm.new_session, ids, seq_len)
+    return perplexity_of(lm.model, ids, seq_len)
+
+
+def _session(lm: Any, max_len: int) -> Any:
+    if hasattr(lm, "new_session"):
+        return lm.new_session(max_len)
+    from edgeweave.runtime.engine import LocalEngine
+
+    return LocalEngine(lm.model, max_len=max_len)
 
 
 @dataclass(frozen=True)
@@ -111,10 +152,9 @@ IOT_QUESTIONS = (
 
 def iot_questions(lm: LoadedModel, max_tokens: int = 48) -> dict[str, Any]:
     """Greedy chat answers to :data:`IOT_QUESTIONS`; accuracy = a keyword appears."""
-    from edgeweave.runtime.engine import LocalEngine
     from edgeweave.runtime.generate import SamplingParams, generate
 
-    engine = LocalEngine(lm.model, max_len=256)
+    engine = _session(lm, 256)
     params = SamplingParams(max_tokens=max_tokens)
     rows = []
     for q in IOT_QUESTIONS:
@@ -126,10 +166,9 @@ def iot_questions(lm: LoadedModel, max_tokens: int = 48) -> dict[str, Any]:
 
 def generation_sanity(lm: LoadedModel, max_tokens: int = 32) -> dict[str, Any]:
     """Greedy answer to a known question, plus decode speed from the response metrics."""
-    from edgeweave.runtime.engine import LocalEngine
     from edgeweave.runtime.generate import SamplingParams, generate
 
-    engine = LocalEngine(lm.model, max_len=256)
+    engine = _session(lm, 256)
     r = generate(engine, lm.tokenizer, "What is the capital of France?",
                  SamplingParams(max_tokens=max_tokens), chat=True)
     return {"text": r.text, "ok": "paris" in r.text.lower(),

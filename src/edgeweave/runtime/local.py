@@ -94,3 +94,26 @@ def engine_info(engine: Any) -> dict[str, str]:
     cfg = engine.config
     info = getattr(engine, "info", None) or {}
     return {"backend": cfg.backend, "variant": str(info.get("variant") or cfg.variant)}
+
+
+@dataclass
+class LocalModel:
+    """A model ready to generate in this process: its tokenizer and one whole-model stage
+    engine (of an :class:`EngineChoice`) that every session shares. What ``eval``, ``bench``
+    and the task suite hold instead of torch weights when they run the fast path."""
+
+    name: str
+    tokenizer: Any
+    engine: Any  # StageEngine
+
+    @classmethod
+    def load(cls, model: str, choice: EngineChoice | None = None) -> LocalModel:
+        return cls(Path(model).name, tokenizer_for(model), whole_model(model, choice))
+
+    def new_session(self, max_len: int | None = None) -> Any:
+        from edgeweave.runtime.engine import EngineSession
+
+        return EngineSession(self.engine, max_len)
+
+    def info(self) -> dict[str, str]:
+        return engine_info(self.engine)

@@ -79,9 +79,19 @@ class _Graph:
                              name=f"{name}/MatMulNBits", K=w.k, N=w.n, bits=w.bits,
                              block_size=w.group_size, accuracy_level=accuracy_level)
         if isinstance(w, Packed) and w.float_zeros is not None:
-            # + sum_g zero[n, g] * sum_{k in g} x[k]: group sums of x, then a (G x N) product
-            (xs,) = self.node("MatMul", [x, self.group_indicator(w.k, w.group_size)],
-                              name=f"{name}/GroupSum")
+            # + sum_g zero[n, g] * sum_{k in g} x[k]: group sums of x, then a (G x N) product.
+            # MatMulNBits' own float zero points run 50x slower (a fallback kernel); this
+            # costs 3-4 small nodes per linear. Group sums by Reshape + ReduceSum measured
+            # 0.77-0.80x of a symmetric graph against 0.69x with an indicator MatMul.
+            if w.groups * w.group_size == w.k:
+                shape = self.init(f"{name}.group_shape", np.array([0, 0, w.groups, w.group_size]))
+                (xg,) = self.node("Reshape", [x, shape], name=f"{name}/GroupShape")
+                (xs,) = self.node("ReduceSum", [xg, self.init(f"{name}.group_axis",
+                                                             np.array([-1]))],
+                                  name=f"{name}/GroupSum", keepdims=0)
+            else:  # zero-padded widths: the indicator also drops the padding
+                (xs,) = self.node("MatMul", [x, self.group_indicator(w.k, w.group_size)],
+                                  name=f"{name}/GroupSum")
             (corr,) = self.node("MatMul", [xs, self.init(f"{name}.zeros_t", w.float_zeros.T)],
                                 name=f"{name}/Zeros")
             (y,) = self.node("Add", [y, corr], name=f"{name}/AddZeros")

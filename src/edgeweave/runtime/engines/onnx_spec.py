@@ -13,7 +13,7 @@ from edgeweave.types import Shard
 
 OPSET = 21
 MS_OPSET = 1
-EXPORTER_VERSION = 2  # bump when the graph layout changes: cached exports are rebuilt
+EXPORTER_VERSION = 3  # bump when the graph layout changes: cached exports are rebuilt
 
 WEIGHT_FORMATS = ("fp32", "int8", "int4")
 

@@ -113,8 +113,9 @@ class StageHost:
 
     def info(self) -> dict[str, Any]:
         from edgeweave.runtime.local import engine_info
+        from edgeweave.runtime.policy import current
 
-        return {"model": self.model, "stages": sorted(self.engines),
+        return {"model": self.model, "stages": sorted(self.engines), "policy": current().info(),
                 "engines": {k: engine_info(e) for k, e in sorted(self.engines.items())},
                 "sessions": len(self._lru),
                 "memory_bytes": sum(slot.nbytes for slot in self._lru.values()),

@@ -35,26 +35,67 @@ def load_variant(model: str, variant: str) -> tuple[Any, dict[str, Any]]:
                 "bits_per_weight": size.get("bits_per_weight"), "artifact": str(path)}
 
 
+def load_fast(model: str, variant: str, backend: str) -> tuple[Any, dict[str, Any]]:
+    """(engine-backed ``LocalModel``, size info) of ``variant`` on ``backend``."""
+    from edgeweave.runtime.local import EngineChoice, LocalModel
+
+    if variant == "fp32":
+        from edgeweave.models.catalog import resolve
+
+        size = sum(f.stat().st_size for f in resolve(model)[1].glob("*.safetensors"))
+        info: dict[str, Any] = {"size_mb": size / 1e6, "bits_per_weight": 32.0}
+    else:
+        from edgeweave.compress.manifest import read_manifest
+        from edgeweave.compress.variants import variant as build_variant
+
+        path = build_variant(variant, model)
+        stats = read_manifest(path).get("stats", {})
+        info = {"size_mb": (stats.get("size_bytes") or 0) / 1e6 or None,
+                "bits_per_weight": stats.get("bits_per_weight"), "artifact": str(path)}
+    return LocalModel.load(model, EngineChoice(backend, variant)), info
+
+
 def measure_variant(store_path: str, model: str, variant: str, suite: dict[str, Any],
-                    tasks: list[str], host_power_w: float) -> int:
-    """Append this variant's rows to the store; returns how many rows were added."""
+                    tasks: list[str], host_power_w: float, backend: str = "") -> int:
+    """Append this variant's rows to the store; returns how many rows were added.
+
+    ``backend`` "" runs the default engine (ONNX Runtime: what `edgeweave serve` runs; its
+    perplexity is teacher-forced through the same graph); ``torch`` the reference."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from edgeweave.runtime.policy import ProcessPolicy
+
+    ProcessPolicy.for_this_process().apply()  # as every verb that runs stages does
     from edgeweave.bench.tasks import evaluate_task
     from edgeweave.compress.evaluate import perplexity
-    from edgeweave.runtime.engine import LocalEngine
-    from edgeweave.runtime.fast import accelerate_decode
     from edgeweave.runtime.generate import SamplingParams, generate
+    from edgeweave.runtime.local import EngineChoice
 
+    backend = EngineChoice(backend, variant).backend
     store = ResultStore(store_path)
     added = 0
     key = f"variant/{variant}"
-    lm, info = load_variant(model, variant)
-    accelerate_decode(lm.model)  # no-op for packed low-bit modules
+    if backend == "torch":
+        from edgeweave.runtime.engine import LocalEngine
+        from edgeweave.runtime.fast import accelerate_decode
+
+        lm, info = load_variant(model, variant)
+        accelerate_decode(lm.model)  # no-op for packed low-bit modules
+
+        def session(n: int) -> Any:
+            return LocalEngine(lm.model, max_len=n)
+        factory = None
+    else:
+        lm, info = load_fast(model, variant, backend)
+        session = lm.new_session
+
+        def factory(m: Any) -> Any:
+            return m.new_session(2048)
+    info["backend"] = backend
     if key not in store:
         t0 = time.perf_counter()
         ppl = perplexity(lm, "wikipedia", tokens=suite["ppl_tokens"], seed=suite["seed"])
         ppl_s = time.perf_counter() - t0
-        engine = LocalEngine(lm.model, max_len=512)
+        engine = session(512)
         params = SamplingParams(max_tokens=suite["decode_tokens"], ignore_eos=True)
         generate(engine, lm.tokenizer, DECODE_PROMPT, SamplingParams(max_tokens=4), chat=True)
         with EnergyMeter() as meter:
@@ -78,7 +119,8 @@ def measure_variant(store_path: str, model: str, variant: str, suite: dict[str, 
             tkey = f"task/{variant}/{task}/{demos}"
             if tkey in store:
                 continue
-            res = evaluate_task(task, lm, demos=demos, limit=suite["task_limit"], seed=suite["seed"])
+            res = evaluate_task(task, lm, demos=demos, limit=suite["task_limit"],
+                                seed=suite["seed"], engine_factory=factory)
             store.add({"key": tkey, "kind": "task", "variant": variant, "task": task, "demos": demos,
                        **{k: v for k, v in res.items() if _scalar(v)}, "value": res.get("score")})
             added += 1

@@ -31,7 +31,7 @@ def _noop(step: str, done: int, total: int) -> None:
 
 
 def run_variants(store: ResultStore, suite: Suite, model: str, tasks: list[str],
-                 host_power_w: float, progress: Progress) -> None:
+                 host_power_w: float, progress: Progress, backend: str = "") -> None:
     ctx = mp.get_context("spawn")  # a fresh interpreter per variant: honest peak RSS
     for i, v in enumerate(suite.variants):
         progress(f"measure {v}", i, len(suite.variants))
@@ -40,7 +40,7 @@ def run_variants(store: ResultStore, suite: Suite, model: str, tasks: list[str],
             continue
         with ctx.Pool(1) as pool:
             pool.apply(measure_variant, (str(store.path), model, v, asdict(suite), tasks,
-                                         host_power_w))
+                                         host_power_w, backend))
         store.__init__(store.path)  # re-read what the child appended
     progress("measure", len(suite.variants), len(suite.variants))
 
@@ -69,7 +69,9 @@ def variant_profiles(store: ResultStore, suite: Suite) -> dict[str, Any]:
                 continue
             except EdgeweaveError:
                 pass
-        base = DEFAULT_VARIANTS.get(v) or DEFAULT_VARIANTS.get(v.split("-")[0])
+        from edgeweave.variants import registry
+
+        base = DEFAULT_VARIANTS.get(v) or registry().get(v)
         if base is not None:
             out[v] = base
     return out
@@ -139,7 +141,7 @@ def run_plans(store: ResultStore, suite: Suite, model: str, variants: dict[str, 
 
 def run_fleet_plan(store: ResultStore, suite: Suite, model: str,
                    layouts: tuple[str, ...] = ("edgeweave", "memory"),
-                   codecs: tuple[str, ...] = ("fp16", "int8")) -> None:
+                   codecs: tuple[str, ...] = ("fp16", "int8"), backend: str = "") -> None:
     """Launch plan layouts of ``suite.run_fleet`` as embedded stages on this host.
 
     Weights stay fp32 here so the run isolates what splitting costs (per-hop work, the
@@ -147,11 +149,9 @@ def run_fleet_plan(store: ResultStore, suite: Suite, model: str,
     """
     if not suite.run_fleet:
         return
-    from edgeweave.models import load
-    from edgeweave.runtime.engine import LocalEngine
-    from edgeweave.runtime.fast import accelerate_decode
     from edgeweave.runtime.generate import SamplingParams, generate
     from edgeweave.runtime.launch import embedded
+    from edgeweave.runtime.local import EngineChoice, LocalModel
     from edgeweave.types import Plan, Shard, Stage
 
     todo = [(p, c) for p in layouts for c in codecs
@@ -159,18 +159,18 @@ def run_fleet_plan(store: ResultStore, suite: Suite, model: str,
             and (store.get(f"plan/{suite.run_fleet}/{p}") or {}).get("stages")]
     if not todo:
         return
-    lm = load(model)
-    accelerate_decode(lm.model)
+    choice = EngineChoice(backend, "fp32")  # the same engine whole and split
+    lm = LocalModel.load(model, choice)
     prompt = "Describe what a smart home gateway does with sensor readings."
     params = SamplingParams(max_tokens=suite.decode_tokens, ignore_eos=True)
-    want = generate(LocalEngine(lm.model, 512), lm.tokenizer, prompt, params, chat=True)
+    want = generate(lm.new_session(512), lm.tokenizer, prompt, params, chat=True)
     for planner, codec in todo:
         row = store.get(f"plan/{suite.run_fleet}/{planner}")
         n = row["n_layers"]
         last = len(row["stages"]) - 1
         stages = tuple(Stage(s["device"], Shard(s["start"], s["end"], n), "fp32",
                              codec if k < last else "fp32") for k, s in enumerate(row["stages"]))
-        coord = embedded(model, Plan(stages=stages), loaded=lm)
+        coord = embedded(model, Plan(stages=stages), backend=choice.backend)
         try:
             got = generate(coord.new_session(512), lm.tokenizer, prompt, params, chat=True)
         finally:
@@ -189,7 +189,7 @@ def run_fleet_plan(store: ResultStore, suite: Suite, model: str,
 
 
 def run_bench(suite: Suite, out_dir: str | Path = "results/bench", model: str = DEFAULT_MODEL,
-              progress: Progress = _noop) -> tuple[Path, Path]:
+              progress: Progress = _noop, backend: str = "") -> tuple[Path, Path]:
     """Run (or resume) ``suite``; returns the paths of the HTML report and Markdown summary."""
     from edgeweave.bench.tasks import task_names
     from edgeweave.profile.probe import probe
@@ -201,14 +201,14 @@ def run_bench(suite: Suite, out_dir: str | Path = "results/bench", model: str = 
     progress("probe host", 0, 1)
     host = probe(with_model=False)
     cal = host.calibration()
-    run_variants(store, suite, model, tasks, host.device().power_active_w, progress)
+    run_variants(store, suite, model, tasks, host.device().power_active_w, progress, backend)
     progress("baselines, devices, plans", 0, 1)
     run_baselines(store, suite, tasks)
     variants = variant_profiles(store, suite)
     run_devices(store, suite, model, variants, cal)
     run_plans(store, suite, model, variants, cal)
     progress("launch the fleet plan", 0, 1)
-    run_fleet_plan(store, suite, model)
+    run_fleet_plan(store, suite, model, backend=backend)
     meta = {"title": "edgeweave: generative AI on IoT, benchmark report", "suite": suite.name,
             "model": model, "host": f"this host ({host.cpus} CPUs)",
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

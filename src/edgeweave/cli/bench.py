@@ -17,8 +17,13 @@ def register(app: typer.Typer) -> None:
                                  help="Folder for results.jsonl, report.html and summary.md."),
         model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
         fresh: bool = typer.Option(False, "--fresh", help="Ignore earlier results in --out."),
+        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime, what "
+                                    "`serve` runs) or torch (the reference)."),
     ) -> None:
         """Tasks × compression variants × devices × plans; resumable; writes an HTML report."""
+        from edgeweave.runtime.policy import ProcessPolicy
+
+        ProcessPolicy.for_this_process().apply()
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from edgeweave.bench.runner import run_bench
@@ -34,6 +39,6 @@ def register(app: typer.Typer) -> None:
             def progress(step: str, done: int, total: int) -> None:
                 bar.update(task, description=step, completed=done, total=total)
 
-            html_path, md_path = run_bench(s, out, model, progress)
+            html_path, md_path = run_bench(s, out, model, progress, backend)
         console.print(md_path.read_text())
         console.print(f"[bold]report:[/bold] {html_path}\n[bold]summary:[/bold] {md_path}")

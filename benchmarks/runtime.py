@@ -1,6 +1,12 @@
-"""Distributed runtime on loopback with the bundled model (SmolLM2-135M, 30 blocks, fp32).
+"""Distributed runtime on loopback with the bundled model (SmolLM2-135M, 30 blocks) on the
+default engine (ONNX Runtime, ``--variant``, int4 by default).
 
 Measures, in one run against a single-process baseline:
+  * **as the README tells a user**: three ``edgeweave node --stage A:B`` processes started by
+    hand (no launcher: each applies its own thread policy) and ``edgeweave serve --plan
+    plan.json --node n0=... --node n1=... --node n2=...``, driven over HTTP by the official
+    ``openai`` client, against ``edgeweave serve`` with no plan in the same run (target
+    >= 0.8x, greedy text identical);
   * decode tok/s of a 3-node loopback deployment (real ``edgeweave node`` processes, gRPC)
     per hidden-state codec, and the ratio to one process (target >= 0.8x);
   * per-token overhead per hop (round trip seen by the coordinator minus the node's compute
@@ -25,19 +31,16 @@ import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import torch  # noqa: E402
 from _common import print_table, write_json  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
 
-from edgeweave.models import load  # noqa: E402
-from edgeweave.runtime.engine import LocalEngine  # noqa: E402
-from edgeweave.runtime.fast import accelerate_decode  # noqa: E402
 from edgeweave.runtime.generate import SamplingParams, generate  # noqa: E402
 from edgeweave.runtime.launch import embedded, launch  # noqa: E402
+from edgeweave.runtime.local import EngineChoice, LocalModel  # noqa: E402
 from edgeweave.types import Plan  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
@@ -59,6 +62,67 @@ def paired_ratio(results, singles_per_round):  # noqa: ANN001, ANN201
     return statistics.median(ratios), ratios
 
 
+def readme_fleet(variant: str, cuts: list[int], tokens: int, rounds: int) -> dict:
+    """Nodes and server started with the README's commands; one process vs 3 nodes, HTTP."""
+    import json as _json
+    import subprocess
+    import tempfile
+
+    from serve import EDGEWEAVE, Served, stream_once
+
+    from edgeweave.runtime.launch import stop_processes, wait_ready
+
+    n = 30
+    bounds = [0, *cuts, n]
+    plan = Plan.split(n, cuts, ["n0", "n1", "n2"], variant=variant, codec="fp16")
+    tmp = Path(tempfile.mkdtemp(prefix="edgeweave-readme-"))
+    (tmp / "plan.json").write_text(_json.dumps({"plan": plan.to_dict()}))
+    nodes, addrs = [], []
+    try:
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            log = tmp / f"n{i}.log"
+            # exactly the README's command line: the node decides its own threads and waits
+            proc = subprocess.Popen([*EDGEWEAVE, "node", "--stage", f"{a}:{b}", "--variant",
+                                     variant, "--colocated"], stdout=subprocess.PIPE,
+                                    stderr=log.open("wb"))
+            nodes.append(proc)
+        addrs = [wait_ready(p, tmp / f"n{i}.log", 900) for i, p in enumerate(nodes)]
+        single = Served(["--variant", variant])
+        try:
+            fleet = Served(["--plan", str(tmp / "plan.json"),
+                            *[x for i, ad in enumerate(addrs) for x in ("--node", f"n{i}={ad}")]])
+        except BaseException:
+            single.close()
+            raise
+        try:
+            text_of = {}
+            per = {"single": [], "fleet": []}
+            for srv in (single, fleet):  # warm-up
+                stream_once(srv.url, "What should a thermostat do when the window is open?", 8)
+            for _ in range(rounds):
+                for srv, key in ((single, "single"), (fleet, "fleet")):
+                    per[key].append(stream_once(srv.url, QUESTION, tokens)["decode_tps"])
+            for srv, key in ((single, "single"), (fleet, "fleet")):
+                import openai
+
+                c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
+                r = c.chat.completions.create(model=MODEL, temperature=0, max_tokens=tokens,
+                                              messages=[{"role": "user", "content": QUESTION}])
+                text_of[key] = r.choices[0].message.content
+            health = fleet.health()
+        finally:
+            fleet.close()
+            single.close()
+    finally:
+        stop_processes(nodes)
+    ratios = sorted(f / s for f, s in zip(per["fleet"], per["single"], strict=True))
+    return {"single_tps": per["single"], "fleet_tps": per["fleet"],
+            "ratio_median": statistics.median(ratios), "ratios": ratios,
+            "same_text": text_of["single"] == text_of["fleet"],
+            "backend": health.get("backend"), "variant": health.get("variant"),
+            "plan": [f"{s['device']}{s['blocks']}" for s in health.get("plan", [])]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=64)
@@ -71,41 +135,51 @@ def main() -> None:
                     help="OpenBLAS threads per node process (0 = the launcher's default)")
     ap.add_argument("--blas-timeout", type=int, default=0,
                     help="OPENBLAS_THREAD_TIMEOUT for the nodes: idle workers spin 2^N cycles")
+    ap.add_argument("--variant", default="int4")
+    ap.add_argument("--only-readme", action="store_true",
+                    help="only the README row (hand-started nodes behind edgeweave serve)")
     args = ap.parse_args()
     n = args.tokens
+    cuts = [int(c) for c in args.cuts.split(",")]
+    readme = readme_fleet(args.variant, cuts, n, args.rounds)
+    print_table(f"As the README says: 3 `edgeweave node` + `edgeweave serve --plan --node` vs "
+                f"`edgeweave serve`, HTTP, {args.variant}, {n} tokens, {args.rounds} rounds",
+                ["setup", "tok/s per round", "x single (median)", "same text"],
+                [["edgeweave serve (one process)", [round(x, 1) for x in readme["single_tps"]],
+                  1.0, ""],
+                 ["3 nodes + serve --plan --node", [round(x, 1) for x in readme["fleet_tps"]],
+                  readme["ratio_median"], readme["same_text"]]])
+    if args.only_readme:
+        write_json("runtime", {"model": MODEL, "readme_fleet": readme})
+        return
     node_env = {}
     if args.node_blas_threads:
         node_env["OPENBLAS_NUM_THREADS"] = str(args.node_blas_threads)
     if args.blas_timeout:
         node_env["OPENBLAS_THREAD_TIMEOUT"] = str(args.blas_timeout)
 
-    lm = load(MODEL)
-    accelerate_decode(lm.model)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    lm = LocalModel.load(MODEL, EngineChoice(variant=args.variant))
     tok = lm.tokenizer
     ids = tok.encode_chat([{"role": "user", "content": QUESTION}])
-    nl = lm.config.num_layers
+    nl = 30
     max_len = len(ids) + n + 8
 
-    cuts = [int(c) for c in args.cuts.split(",")]
-    plans = {c: Plan.split(nl, cuts, ["n0", "n1", "n2"], codec=c) for c in ("fp32", "fp16", "int8")}
+    plans = {c: Plan.split(nl, cuts, ["n0", "n1", "n2"], variant=args.variant, codec=c)
+             for c in ("fp32", "fp16", "int8")}
     out: dict = {"model": MODEL, "prompt_tokens": len(ids), "new_tokens": n, "cuts": cuts,
-                 "node_env": node_env}
+                 "node_env": node_env, "variant": args.variant, "readme_fleet": readme}
 
     with launch(plans["fp32"], MODEL, max_len=max_len, replay=args.replay,
                 env=node_env or None) as dep:
         coord = dep.coordinator
-        inproc = embedded(MODEL, plans["fp32"], loaded=lm, max_len=max_len)
+        inproc = embedded(MODEL, plans["fp32"], max_len=max_len)
         # rounds interleave every configuration, so background load hurts all alike
         runs: dict[str, list] = {}
         per_round: list[list] = []
         for _ in range(args.rounds):
-            # the baseline is the better of the BLAS defaults and one BLAS thread
-            per_round.append([run(LocalEngine(lm.model, max_len), tok, ids, n)])
-            with threadpool_limits(limits=1, user_api="blas"):
-                per_round[-1].append(run(LocalEngine(lm.model, max_len), tok, ids, n))
-                with inproc.new_session() as s:
-                    runs.setdefault("inproc-fp32", []).append(run(s, tok, ids, n))
+            per_round.append([run(lm.new_session(max_len), tok, ids, n)])
+            with inproc.new_session() as s:
+                runs.setdefault("inproc-fp32", []).append(run(s, tok, ids, n))
             for codec, p in plans.items():
                 coord.apply_plan(p)
                 with coord.new_session() as s:
@@ -211,6 +285,7 @@ def main() -> None:
                 [[rec["recovery_s"], rec["stall_s"], rec["replayed_tokens"],
                   rec["identical_to_undisturbed"]]])
     out["targets"] = {
+        "readme_fleet_ge_0.8": readme["ratio_median"] >= 0.8 and readme["same_text"],
         "hop_overhead_fp16_lt_2ms": codecs_out["fp16"]["hop_overhead_ms"] < 2.0,
         "three_node_ratio_ge_0.8": codecs_out["fp16"]["ratio_vs_single"] >= 0.8,
         "recovery_lt_10s": rec["stall_s"] < 10.0,

@@ -3,9 +3,15 @@
 llama-cpp-python has no wheel on PyPI; it compiles for 15-20 minutes on 2 cores (measured:
 0.3.36, about 17 min while a benchmark shared the cores)::
 
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+        -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF \
+        -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF" \
         .venv/bin/pip install --no-deps llama-cpp-python==0.3.36 diskcache
+
+(On an AVX-512 host whose CPU flags list AMX, ``-DGGML_NATIVE=ON`` builds AMX kernels that die
+with SIGILL inside this VM, whose kernel does not grant the AMX tile state: measured here,
+2026-12-01. Drop the AVX-512 options on an AVX2-only CPU.)
 
 Same weights: the bundled GGUF (the source of every other row's fp32 weights) is re-quantized
 by llama.cpp's own ``llama_model_quantize`` to F32 / Q8_0 / Q4_0 (dequantized first, as our

@@ -225,7 +225,10 @@ def _genai(precision: str, n: int, repeat: int, threads: int) -> dict[str, Any]:
     name, folder = resolve(MODEL)
     out_dir = genai_folder(folder, name, precision, threads)
     model = og.Model(str(out_dir))
-    ids = _ids()
+    # a served genai model needs its tokenizer too (our processes hold theirs): like for like
+    tokenizer = og.Tokenizer(model)
+    ids = list(tokenizer.encode(tokenizer.apply_chat_template(
+        json.dumps([{"role": "user", "content": QUESTION}]), add_generation_prompt=True)))
     speeds = []
     for _ in range(repeat + 1):
         params = og.GeneratorParams(model)

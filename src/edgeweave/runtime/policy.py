@@ -21,6 +21,12 @@ Why each setting (2-core host, SmolLM2-135M):
   spinning, while the quiet speed was the same within noise (83-103 vs 74-91 over the
   same interleaved runs).
 
+* glibc's malloc raises its mmap threshold every time a large block is freed, so the KV
+  caches of finished requests end up in the heap, fragmented, and the server's RSS grows by
+  about a cache per request (measured: 200 -> 290 MB over three 400-token requests).
+  ``mallopt`` pins the threshold at 256 KiB and trims above 1 MiB (with the arena shrink after
+  each prefill in the ONNX engine, 200 -> 204 MB).
+
 A variable the user set in the environment always wins over the policy.
 """
 
@@ -93,11 +99,30 @@ class ProcessPolicy:
             log.debug("runtime policy applied after %s loaded", ", ".join(late))
         for key, value in self.env().items():
             os.environ.setdefault(key, value)
+        _pin_malloc()
         _CURRENT = self
         return self
 
 
 _CURRENT: ProcessPolicy | None = None
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def _pin_malloc() -> bool:
+    """Fixed mmap and trim thresholds (see the module docstring); False where there is no
+    glibc (musl, macOS) or the user tuned malloc through its own variables."""
+    if sys.platform != "linux" or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 256 << 10) == 1
+        return ok and libc.mallopt(M_TRIM_THRESHOLD, 1 << 20) == 1
+    except (OSError, AttributeError):
+        return False
 
 
 def current() -> ProcessPolicy:

@@ -172,6 +172,8 @@ class OnnxStageEngine:
         self._kv_heads, self._head_dim = kv_shape
         self._layers = range(config.shard.start, config.shard.end)
         self._sessions: dict[str, _Session] = {}
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._input = "input_ids" if config.shard.is_first else "hidden_states"
         self._output = "logits" if config.shard.is_last else "hidden_states_out"
 
@@ -217,7 +219,9 @@ class OnnxStageEngine:
         b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         b.bind_output(self._output, "cpu")
-        self.session.run_with_iobinding(b)
+        # a prefill's activations are T times a decode step's: give them back afterwards
+        # instead of keeping the arena at the largest prompt seen (decode steps reuse theirs)
+        self.session.run_with_iobinding(b, self._shrink if t > 1 else None)
         out = b.get_outputs()[0].numpy()
         s.length = total
         return out[:, -1] if self.config.shard.is_last else out  # logits (B, vocab)

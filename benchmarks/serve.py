@@ -172,9 +172,13 @@ def child_main(kind: str, precision: str, n: int, repeat: int, threads: int) -> 
         out = _llama(precision, n, repeat, threads)
     else:
         raise SystemExit(f"unknown child {kind}")
+    emit_result({**out, "rss_start_mb": rss0, "torch_loaded": "torch" in sys.modules})
+
+
+def _alive(out: dict[str, Any]) -> dict[str, Any]:
+    """Memory while the engine is still alive (after decoding): its steady RSS and peak."""
     rss, peak = rss_mb()
-    emit_result({**out, "rss_mb": rss, "peak_rss_mb": peak, "rss_start_mb": rss0,
-                 "torch_loaded": "torch" in sys.modules})
+    return {**out, "rss_mb": rss, "peak_rss_mb": peak}
 
 
 def _ids() -> list[int]:
@@ -209,6 +213,7 @@ def _raw(precision: str, n: int, repeat: int) -> dict[str, Any]:
     engine = whole_model(MODEL, EngineChoice("onnx", precision))
     s = EngineSession(engine, len(ids) + n + 8)
     out = _timed(lambda: s.prefill(ids), s.decode, n, repeat)
+    out = _alive(out)
     from _anchors import onnx_weight_bytes
 
     out["weight_bytes"] = onnx_weight_bytes(engine.path)
@@ -245,8 +250,8 @@ def _genai(precision: str, n: int, repeat: int, threads: int) -> dict[str, Any]:
         del gen
     speeds = sorted(speeds[1:])
     del np
-    return {"decode_tps": speeds[len(speeds) // 2], "decode_tps_runs": speeds,
-            "weight_bytes": onnx_weight_bytes(next(out_dir.glob("*.onnx")))}
+    return _alive({"decode_tps": speeds[len(speeds) // 2], "decode_tps_runs": speeds,
+                   "weight_bytes": onnx_weight_bytes(next(out_dir.glob("*.onnx")))})
 
 
 def _llama(precision: str, n: int, repeat: int, threads: int) -> dict[str, Any]:
@@ -261,8 +266,8 @@ def _llama(precision: str, n: int, repeat: int, threads: int) -> dict[str, Any]:
     ids = _ids()
     _llamacpp.run(llm, ids[:16], 8)
     runs = sorted(_llamacpp.run(llm, ids, n)["decode_tps"] for _ in range(repeat))
-    return {"decode_tps": runs[len(runs) // 2], "decode_tps_runs": runs,
-            "weight_bytes": _llamacpp.gguf_weight_bytes(gguf)}
+    return _alive({"decode_tps": runs[len(runs) // 2], "decode_tps_runs": runs,
+                   "weight_bytes": _llamacpp.gguf_weight_bytes(gguf)})
 
 
 def in_child(kind: str, precision: str, a: argparse.Namespace) -> dict[str, Any]:
@@ -445,6 +450,8 @@ def main() -> None:
     if mem["planner_predicted_mb"]:
         mem["predicted_vs_engine"] = mem["planner_predicted_mb"] / (mem["raw_int4_steady_mb"]
                                                                     or 1)
+        mem["predicted_vs_engine_peak"] = mem["planner_predicted_mb"] / (
+            mem["raw_int4_peak_mb"] or 1)
     print_table("Memory (MiB)", ["figure", "value"], [[k, "-" if v is None else f"{v:.2f}"]
                                                      for k, v in mem.items()])
     conc = rounds[0].get("concurrency")

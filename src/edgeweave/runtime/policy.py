@@ -109,6 +109,23 @@ _CURRENT: ProcessPolicy | None = None
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
+def trim_heap() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Loading an ONNX graph frees the raw copy of every weight once it is prepacked; without a
+    trim that memory stays in the process's RSS (measured: 201 MB right after loading the
+    int4 model, 134 MB after a trim)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _pin_malloc() -> bool:
     """Fixed mmap and trim thresholds (see the module docstring); False where there is no
     glibc (musl, macOS) or the user tuned malloc through its own variables."""

@@ -236,7 +236,10 @@ class OnnxStageEngine:
         return self._get(session_id).length
 
     def close(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+        if self._sessions.pop(session_id, None) is not None and not self._sessions:
+            from edgeweave.runtime.policy import trim_heap
+
+            trim_heap()  # the last request's KV cache and prefill buffers
 
     def session_bytes(self, session_id: str) -> int:
         s = self._get(session_id)
@@ -254,10 +257,14 @@ class OnnxStageEngine:
 def open_engine(config: EngineConfig, export: Any, profile: SessionProfile | None = None
                 ) -> OnnxStageEngine:
     """Load a built export (``onnx_build.Export``) as the stage engine of ``config``."""
+    from edgeweave.runtime.policy import trim_heap
+
     cfg = export.cfg
-    return OnnxStageEngine(config, export.path, cfg.hidden_size, cfg.vocab_size,
-                           (cfg.num_kv_heads, cfg.head_dim), profile, info=export.info(),
-                           max_position=cfg.max_position)
+    engine = OnnxStageEngine(config, export.path, cfg.hidden_size, cfg.vocab_size,
+                             (cfg.num_kv_heads, cfg.head_dim), profile, info=export.info(),
+                             max_position=cfg.max_position)
+    trim_heap()  # the raw weights ONNX Runtime freed after prepacking them
+    return engine
 
 
 def build_engine(config: EngineConfig, profile: SessionProfile | None = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 from pathlib import Path
@@ -25,6 +24,7 @@ from edgeweave.compress.recipes import (
     parse_recipe,
 )
 from edgeweave.errors import ConfigError, EdgeweaveError
+from tests.helpers import mutations as shared_mutations
 
 
 @pytest.mark.parametrize("doc,needles", [
@@ -136,31 +136,7 @@ recipe_like = st.fixed_dictionaries(
     optional={"version": values, "params": values | st.dictionaries(st.sampled_from(KEYS), values)})
 
 
-def _slots(doc: object, out: list) -> list:
-    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
-    for k, v in list(items):
-        out.append((doc, k))
-        _slots(v, out)
-    return out
-
-
-@st.composite
-def mutations(draw: st.DrawFn, base: dict) -> object:
-    doc = copy.deepcopy(base)
-    for _ in range(draw(st.integers(1, 3))):
-        slots = _slots(doc, [])
-        if not slots:
-            break
-        container, key = draw(st.sampled_from(slots))
-        op = draw(st.sampled_from(["swap", "unknown-key", "delete"]))
-        if op == "swap":  # a value of another type (or shape) in the same place
-            old = container[key]
-            container[key] = draw(values.filter(lambda v, old=old: type(v) is not type(old)))
-        elif op == "unknown-key" and isinstance(container, dict):
-            container[draw(st.text(min_size=1, max_size=8))] = draw(values)
-        else:
-            del container[key]
-    return doc
+mutations = shared_mutations(values)
 
 
 def _loads_or_refuses(doc: object) -> None:

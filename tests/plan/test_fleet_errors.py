@@ -12,10 +12,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeweave.cli.app import main
 from edgeweave.errors import ConfigError, EdgeweaveError
 from edgeweave.plan.fleet import fleet_from_dict, load_fleet
 from edgeweave.plan.tables import Constraints
+from tests.helpers import cli_error
+from tests.helpers import mutations as shared_mutations
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "fleets"
 BASE = {"name": "t", "entry": "hub",
@@ -37,13 +38,6 @@ def with_device(**hub: object) -> dict:
     return doc
 
 
-def cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run the CLI, expect exit 2 and exactly one `error: ...` line on stderr."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def test_the_base_document_is_valid(tmp_path: Path) -> None:
@@ -153,32 +147,7 @@ values = st.recursive(
                       max_size=4), max_leaves=16)
 
 
-def _slots(doc: object, out: list) -> list:
-    """Every (container, key) of a document, to mutate one of them."""
-    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
-    for k, v in list(items):
-        out.append((doc, k))
-        _slots(v, out)
-    return out
-
-
-@st.composite
-def mutations(draw: st.DrawFn, base: object) -> object:
-    doc = copy.deepcopy(base)
-    for _ in range(draw(st.integers(1, 3))):
-        slots = _slots(doc, [])
-        if not slots:
-            break
-        container, key = draw(st.sampled_from(slots))
-        op = draw(st.sampled_from(["swap", "unknown-key", "delete"]))
-        if op == "swap":  # a value of another type (or shape) in the same place
-            old = container[key]
-            container[key] = draw(values.filter(lambda v, old=old: type(v) is not type(old)))
-        elif op == "unknown-key" and isinstance(container, dict):
-            container[draw(st.text(min_size=1, max_size=8))] = draw(values)
-        else:
-            del container[key]
-    return doc
+mutations = shared_mutations(values)
 
 
 def _examples() -> list[dict]:

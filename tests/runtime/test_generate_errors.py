@@ -9,22 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from edgeweave.cli.app import main
 from edgeweave.errors import CheckpointError, GenerationError
 from edgeweave.models.checkpoint import load_folder, read_config
 from edgeweave.models.config import ModelConfig
 from edgeweave.runtime.engine import LocalEngine
 from edgeweave.runtime.generate import SamplingParams, check_text, generate
+from tests.helpers import cli_error
 
 BAD_UTF8 = b"\xff\xfe abc".decode("utf-8", "surrogateescape")  # what argv gives Python
 
 
-def cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.mark.parametrize("kwargs,needle", [

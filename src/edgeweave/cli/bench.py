@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edgeweave.cli.common import console
+from edgeweave.cli.common import backend_option, console
 
 
 def register(app: typer.Typer) -> None:
@@ -17,8 +17,7 @@ def register(app: typer.Typer) -> None:
                                  help="Folder for results.jsonl, report.html and summary.md."),
         model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
         fresh: bool = typer.Option(False, "--fresh", help="Ignore earlier results in --out."),
-        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime, what "
-                                    "`serve` runs) or torch (the reference)."),
+        backend: str = backend_option(),
     ) -> None:
         """Tasks × compression variants × devices × plans; resumable; writes an HTML report."""
         from edgeweave.runtime.policy import ProcessPolicy

@@ -24,3 +24,26 @@ def metrics_line(m: Any) -> str:
     return (f"prompt {m.prompt_tokens} tok · generated {m.generated_tokens} tok · "
             f"TTFT {m.ttft_s * 1000:.0f} ms · prefill {m.prefill_tps:.0f} tok/s · "
             f"decode {m.decode_tps:.1f} tok/s · peak RSS {m.peak_rss_mb:.0f} MB")
+
+
+# The engine options of every verb that runs the model: one definition, one help text.
+def backend_option() -> Any:
+    import typer
+
+    return typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or torch (the "
+                        "reference).")
+
+
+def variant_option() -> Any:
+    import typer
+
+    return typer.Option("int4", "--variant", help="Weights: int4 (default, built once and "
+                        "cached), int8, fp32, int4-fast, int4-sym, ... (an artifact folder "
+                        "given as the model is its own variant).")
+
+
+def threads_option() -> Any:
+    import typer
+
+    return typer.Option(0, "--threads", help="Compute threads (0 = every core this process "
+                        "may use).")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edgeweave.cli.common import console, table
+from edgeweave.cli.common import backend_option, console, table
 
 
 def register(app: typer.Typer) -> None:
@@ -16,8 +16,7 @@ def register(app: typer.Typer) -> None:
         fleet: str = typer.Option("home", "--fleet", help="Fleet YAML or an example name."),
         per_task: int = typer.Option(1, "--per-task", help="Sensor questions per task."),
         out: Path = typer.Option(Path("results/demo"), "--out", "-o"),
-        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or "
-                                    "torch (the reference)."),
+        backend: str = backend_option(),
     ) -> None:
         """The whole pipeline, embedded: compress, plan, launch, serve, answer, report."""
         from edgeweave.runtime.policy import ProcessPolicy

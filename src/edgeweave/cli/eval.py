@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from edgeweave.cli.common import console
+from edgeweave.cli.common import backend_option, console, variant_option
 
 
 def load_any(model: str | None, artifact: Path | None, choice: Any = None) -> Any:
@@ -81,11 +81,8 @@ def register(app: typer.Typer) -> None:
         no_questions: bool = typer.Option(False, "--no-questions",
                                           help="Perplexity only, skip the IoT questions."),
         as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
-        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime, "
-                                    "teacher-forced through the served graph) or torch (the "
-                                    "reference; --artifact then records its figures)."),
-        variant: str = typer.Option("int4", "--variant", help="Weights of --model: int4 "
-                                    "(default), int8, fp32, ... (an --artifact is its own)."),
+        backend: str = backend_option(),
+        variant: str = variant_option(),
     ) -> None:
         """Held-out perplexity (Wikipedia, Shakespeare), IoT questions, or one IoT task."""
         from edgeweave.runtime.policy import ProcessPolicy

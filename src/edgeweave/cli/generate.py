@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edgeweave.cli.common import console, metrics_line
+from edgeweave.cli.common import backend_option, console, metrics_line, threads_option, variant_option
 
 
 def register(app: typer.Typer) -> None:
@@ -22,12 +22,9 @@ def register(app: typer.Typer) -> None:
         repetition_penalty: float = typer.Option(1.0, "--repetition-penalty"),
         stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
         seed: int = typer.Option(None, "--seed"),
-        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or "
-                                    "torch (the reference)."),
-        variant: str = typer.Option("int4", "--variant", help="Weights: int4 (default, built "
-                                    "once and cached), int8, fp32, int4-sym, ..."),
-        threads: int = typer.Option(0, "--threads", help="Compute threads (0 = every core "
-                                    "this process may use)."),
+        backend: str = backend_option(),
+        variant: str = variant_option(),
+        threads: int = threads_option(),
     ) -> None:
         """Generate text with our own decode loop and print its metrics."""
         from edgeweave.runtime.policy import ProcessPolicy

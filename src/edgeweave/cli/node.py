@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import typer
 
+from edgeweave.cli.common import backend_option
 from edgeweave.errors import ConfigError
 from edgeweave.netaddr import check_host
 
@@ -49,8 +50,7 @@ def register(app: typer.Typer) -> None:
                                         "(repeatable; the coordinator can load more)."),
         variant: str = typer.Option("int4", "--variant", help="Weights: int4 (default, built "
                                     "once and cached), int8, fp32, int4-sym, ..."),
-        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or "
-                                    "torch (the reference)."),
+        backend: str = backend_option(),
         tls_dir: str = typer.Option(None, "--tls-dir", help="Folder from `edgeweave certs`: "
                                     "enables mutual TLS."),
         name: str = typer.Option("node", "--name", help="This node's certificate name."),

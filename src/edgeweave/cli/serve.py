@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from edgeweave.cli.common import backend_option, threads_option, variant_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
@@ -44,12 +46,9 @@ def register(app: typer.Typer) -> None:
                                       help="Planner objective with --fleet-file."),
         fleet: str = typer.Option(None, "--fleet",
                                   help="Fleet name on the broker (default: the fleet file's)."),
-        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or "
-                                    "torch (the reference); nodes are told which to load."),
-        variant: str = typer.Option("int4", "--variant", help="Weights without a plan: int4 "
-                                    "(default, built once and cached), int8, fp32, ..."),
-        threads: int = typer.Option(0, "--threads", help="Compute threads (0 = every core "
-                                    "this process may use)."),
+        backend: str = backend_option(),
+        variant: str = variant_option(),
+        threads: int = threads_option(),
     ) -> None:
         """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
         from edgeweave.runtime.policy import ProcessPolicy

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from edgeweave.cli.common import console, table
+from edgeweave.cli.common import backend_option, console, table, variant_option
 
 
 def load_model_or_artifact(model: str | None, artifact: str | None):
@@ -56,10 +56,8 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(None, "--limit", help="Evaluate only the first N test items."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-        backend: str = typer.Option("", "--backend", help="onnx (default: ONNX Runtime) or "
-                                    "torch (the reference)."),
-        variant: str = typer.Option("int4", "--variant", help="Weights of --model: int4 "
-                                    "(default), int8, fp32, ... (an --artifact is its own)."),
+        backend: str = backend_option(),
+        variant: str = variant_option(),
     ) -> None:
         """Evaluate a model on one task and print its metrics (plus the non-LLM baseline)."""
         from edgeweave.runtime.policy import ProcessPolicy

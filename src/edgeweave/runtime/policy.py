@@ -109,37 +109,37 @@ _CURRENT: ProcessPolicy | None = None
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
-def trim_heap() -> None:
-    """Give freed heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Loading an ONNX graph frees the raw copy of every weight once it is prepacked; without a
-    trim that memory stays in the process's RSS (measured: 201 MB right after loading the
-    int4 model, 134 MB after a trim)."""
+def _libc():  # noqa: ANN202 - a ctypes.CDLL, or None where there is no glibc
     if sys.platform != "linux":
-        return
+        return None
     import ctypes
     import ctypes.util
 
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Loading an ONNX graph frees the raw copy of every weight once it is prepacked, and a
+    finished request frees its KV cache; without a trim, glibc may keep that memory."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _pin_malloc() -> bool:
     """Fixed mmap and trim thresholds (see the module docstring); False where there is no
     glibc (musl, macOS) or the user tuned malloc through its own variables."""
-    if sys.platform != "linux" or any(k.startswith("MALLOC_") for k in os.environ):
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt") or any(k.startswith("MALLOC_")
+                                                           for k in os.environ):
         return False
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(M_MMAP_THRESHOLD, 256 << 10) == 1
-        return ok and libc.mallopt(M_TRIM_THRESHOLD, 1 << 20) == 1
-    except (OSError, AttributeError):
-        return False
+    ok = libc.mallopt(M_MMAP_THRESHOLD, 256 << 10) == 1
+    return ok and libc.mallopt(M_TRIM_THRESHOLD, 1 << 20) == 1
 
 
 def current() -> ProcessPolicy:

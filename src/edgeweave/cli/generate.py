@@ -25,18 +25,28 @@ def register(app: typer.Typer) -> None:
         backend: str = backend_option(),
         variant: str = variant_option(),
         threads: int = threads_option(),
+        json_object: bool = typer.Option(False, "--json", help="Answer with a JSON object."),
+        schema: str = typer.Option(None, "--schema", help="Answer valid for this JSON schema "
+                                   "(a .json file or inline JSON)."),
+        choice: list[str] = typer.Option([], "--choice", help="Answer with one of these "  # noqa: B008
+                                         "labels (repeatable)."),
+        regex: str = typer.Option(None, "--regex", help="Answer matching this pattern."),
     ) -> None:
         """Generate text with our own decode loop and print its metrics."""
         from edgeweave.runtime.policy import ProcessPolicy
 
         ProcessPolicy.for_this_process(threads=threads).apply()  # before numpy/onnxruntime
         from edgeweave.runtime.api import run_generate
+        from edgeweave.runtime.constraints import parse_format
         from edgeweave.runtime.local import EngineChoice
+
+        output = parse_format(json_object=json_object, schema=schema, choices=tuple(choice),
+                              regex=regex)
 
         run_generate(prompt, model=model, chat=chat, stream=stream, max_tokens=max_tokens,
                      temperature=temperature, top_k=top_k, top_p=top_p,
                      repetition_penalty=repetition_penalty, stop=tuple(stop), seed=seed,
-                     choice=EngineChoice(backend, variant, threads),
+                     choice=EngineChoice(backend, variant, threads), output=output,
                      echo=lambda s: console.print(s, end="", markup=False, highlight=False),
                      report=lambda r: console.print(
                          f"\n[dim]{r.runtime['backend']} {r.runtime['variant']} · "

@@ -39,6 +39,10 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def to_json(self) -> str:
+        """The whole tokenizer as ``tokenizer.json`` text (what grammar libraries load)."""
+        return self._tok.to_str()
+
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
         if self.add_bos and add_special_tokens and self.bos_token:

@@ -12,12 +12,16 @@ import resource
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeweave.errors import GenerationError
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.engine import LogitsEngine
+
+if TYPE_CHECKING:
+    from edgeweave.runtime.constraints import Matcher, OutputFormat
 from edgeweave.validate import is_int, is_number
 
 MAX_TEMPERATURE = 2.0
@@ -37,6 +41,8 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    # structured output: a JSON object, a JSON schema, a label set or a regex
+    output: OutputFormat | None = None
 
     def __post_init__(self) -> None:
         # the ranges OpenAI documents (temperature 0..2, top_p (0, 1]); inf or nan would turn
@@ -60,6 +66,8 @@ class SamplingParams:
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty"),
             (all(is_int(i) and i >= 0 for i in self.stop_token_ids),
              f"stop_token_ids must be non-negative integers (got {self.stop_token_ids!r})"),
+            (self.output is None or isinstance(self.output, _output_format()),
+             f"output must be a runtime.constraints.OutputFormat (got {self.output!r})"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -68,6 +76,12 @@ class SamplingParams:
             check_text(s, "a stop string")
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+
+def _output_format() -> type:
+    from edgeweave.runtime.constraints import OutputFormat
+
+    return OutputFormat
 
 
 def check_text(text: str, what: str = "the prompt") -> None:
@@ -169,8 +183,11 @@ def sample(logits: np.ndarray, params: SamplingParams, history: Sequence[int],
 
 
 def generate_step(engine: LogitsEngine, prompt_ids: Sequence[int], params: SamplingParams,
-                  eos_ids: Sequence[int] = ()) -> Iterator[int]:
-    """Yield sampled token ids until ``max_tokens`` or a stop token (which is not yielded)."""
+                  eos_ids: Sequence[int] = (), matcher: Matcher | None = None
+                  ) -> Iterator[int]:
+    """Yield sampled token ids until ``max_tokens``, a stop token (which is not yielded) or,
+    with a ``matcher`` (``params.output`` compiled for the tokenizer), the end of the format:
+    every token the format forbids is masked out before sampling."""
     if not prompt_ids:
         raise GenerationError("the prompt is empty: give at least one token of text")
     if len(prompt_ids) + params.max_tokens > engine.max_len:
@@ -183,11 +200,21 @@ def generate_step(engine: LogitsEngine, prompt_ids: Sequence[int], params: Sampl
     history = list(prompt_ids)
     logits = engine.prefill(list(prompt_ids))
     for _ in range(params.max_tokens):
+        if matcher is not None:
+            logits = matcher.mask(logits)
+            if not np.isfinite(logits).any():
+                raise GenerationError("no token the output format allows is among the logits "
+                                      "this plan returns: serve structured output with full "
+                                      "logits (logits codec fp32 or fp16, not top64)")
         tok = sample(logits, params, history, rng)
         if tok in stops:
             return
+        if matcher is not None:
+            matcher.accept(tok)
         yield tok
         history.append(tok)
+        if matcher is not None and matcher.done:
+            return  # the format is complete: nothing else may follow
         if len(history) - len(prompt_ids) >= params.max_tokens:
             return
         logits = engine.decode(tok)
@@ -300,7 +327,12 @@ def stream_generate(engine: LogitsEngine, tokenizer: Tokenizer,
         )
 
     detok = IncrementalDecoder(tokenizer)
-    for tok in generate_step(engine, ids, params, eos):
+    matcher = None
+    if params.output is not None:
+        from edgeweave.runtime.constraints import Matcher
+
+        matcher = Matcher(params.output, tokenizer)
+    for tok in generate_step(engine, ids, params, eos, matcher):
         if t_first is None:
             t_first = time.perf_counter()
         tokens.append(tok)

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgeweave.errors import EdgeweaveError
 from edgeweave.models.tokenizer import Tokenizer
+from edgeweave.runtime.constraints import supports_formats
 from edgeweave.runtime.generate import GenerationResponse, SamplingParams
 from edgeweave.serve.backend import SessionFactory
 from edgeweave.serve.config import ServeConfig
@@ -212,6 +213,11 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         if body.model != model_id:
             raise model_not_found(body.model, model_id)
         params = body.sampling(cfg)
+        if params.output is not None:
+            try:  # the format needs a tokenizer the grammar library can read
+                supports_formats(backend.tokenizer)
+            except EdgeweaveError as e:
+                raise bad_request(str(e), "response_format") from e
         limit = cfg.max_prompt_tokens
         if isinstance(body, ChatCompletionRequest) and len(body.messages) > limit:
             # the chat template gives every message at least one token of its own

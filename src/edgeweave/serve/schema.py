@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from edgeweave.errors import GenerationError
+from edgeweave.runtime.constraints import OutputFormat, check_format
 from edgeweave.runtime.generate import SamplingParams
 from edgeweave.serve.config import ServeConfig
 from edgeweave.serve.errors import APIError, bad_request
@@ -104,6 +105,9 @@ class _Common(BaseModel):
     # 1 disables it; the bounds keep logits / penalty and logits * penalty finite in float32
     repetition_penalty: float | None = Field(None, ge=1e-3, le=1e3)
     ignore_eos: bool = False
+    # vLLM's names for a label set and a pattern (structured output without a JSON schema)
+    guided_choice: list[str] | None = None
+    guided_regex: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -134,6 +138,23 @@ class _Common(BaseModel):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
+    def output_format(self) -> OutputFormat | None:
+        """The structured-output request, refused with 400 when it cannot be honoured."""
+        if self.guided_choice is not None and self.guided_regex is not None:
+            raise bad_request("give guided_choice or guided_regex, not both", "guided_choice")
+        if self.guided_choice is None and self.guided_regex is None:
+            return None
+        param = "guided_choice" if self.guided_choice is not None else "guided_regex"
+        try:
+            if self.guided_choice is not None:
+                fmt = OutputFormat.labels(self.guided_choice)
+            else:
+                fmt = OutputFormat("regex", pattern=self.guided_regex or "")
+            check_format(fmt)
+        except GenerationError as e:
+            raise bad_request(str(e), param) from e
+        return fmt
+
     def sampling(self, cfg: ServeConfig) -> SamplingParams:
         self.refuse_unsupported()
         max_tokens = self.requested_max_tokens()
@@ -157,6 +178,7 @@ class _Common(BaseModel):
                 stop=tuple(s for s in stop if s),
                 seed=self.seed,
                 ignore_eos=self.ignore_eos,
+                output=self.output_format(),
             )
         except GenerationError as e:
             raise bad_request(str(e)) from e
@@ -194,10 +216,38 @@ class ChatCompletionRequest(_Common):
             if getattr(self, name) not in (None, "none", "auto"):
                 raise bad_request(f"{name} is not supported yet: this server calls no tools",
                                   name)
-        kind = (self.response_format or {}).get("type", "text")
-        if kind != "text":
-            raise bad_request(f"response_format {kind!r} is not supported yet: only plain "
-                              "text ({'type': 'text'}) is", "response_format")
+
+    def output_format(self) -> OutputFormat | None:
+        """OpenAI's ``response_format``: text, json_object or json_schema (``strict`` or not:
+        the schema is always enforced, so the output cannot break it)."""
+        rf = self.response_format
+        if rf is None:
+            return super().output_format()
+        if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
+            raise bad_request("response_format must be an object with a string `type`: text, "
+                              "json_object or json_schema", "response_format")
+        kind = rf["type"]
+        if kind != "text" and (self.guided_choice is not None or self.guided_regex is not None):
+            raise bad_request("give response_format or guided_choice/guided_regex, not both",
+                              "response_format")
+        try:
+            if kind == "text":
+                return super().output_format()
+            if kind == "json_object":
+                fmt = OutputFormat("json_object")
+            elif kind == "json_schema":
+                spec = rf.get("json_schema")
+                if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+                    raise GenerationError("response_format json_schema needs {'json_schema': "
+                                          "{'name': ..., 'schema': {...}, 'strict': true}}")
+                fmt = OutputFormat.json_schema(spec.get("schema", {}), str(spec.get("name", "")))
+            else:
+                raise GenerationError(f"response_format {kind!r} is not supported: choose text, "
+                                      "json_object or json_schema")
+            check_format(fmt)
+        except GenerationError as e:
+            raise bad_request(str(e), "response_format") from e
+        return fmt
 
     def prompt_chars(self) -> int:
         return sum(len(m.text()) for m in self.messages)

@@ -23,8 +23,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from edgeweave.paths import atomic_write_json  # noqa: E402
 
-CONDITIONS = (("zero-shot", "none", None), ("random", "random", None),
-              ("knn", "knn", None), ("knn+order", "knn", "most_similar_last"))
+# (row name, demonstrations, ordering, constrained to the task's answer format)
+CONDITIONS = (("zero-shot", "none", None, False), ("random", "random", None, False),
+              ("knn", "knn", None, False), ("knn+order", "knn", "most_similar_last", False),
+              ("zero+cons", "none", None, True), ("knn+cons", "knn", "most_similar_last", True))
 SENSOR_CLASSIFICATION = ("activity", "occupancy", "appliance")
 
 
@@ -111,6 +113,8 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=512)
     ap.add_argument("--inserts", type=int, default=100_000)
     ap.add_argument("--skip-llm", action="store_true")
+    ap.add_argument("--conditions", default=",".join(c[0] for c in CONDITIONS),
+                    help="rows to run (names from CONDITIONS)")
     ap.add_argument("--skip-store", action="store_true", help="only the task suite")
     ap.add_argument("--encodings", default="", help="also compare these encodings on activity")
     ap.add_argument("--out", default="results/tasks.json")
@@ -155,29 +159,34 @@ def run_tasks(args: argparse.Namespace, results: dict, save) -> int:  # noqa: AN
     from edgeweave.models import load
 
     lm = load()
+    wanted = args.conditions.split(",")
+    conditions = [c for c in CONDITIONS if c[0] in wanted]
     print("\n== SmolLM2-135M on the task suite ==", flush=True)
     header = (f"{'task':10s} {'metric':18s} {'baseline':>8s} " +
-              " ".join(f"{c[0]:>10s}" for c in CONDITIONS) + "  prompt tok / latency s / demos")
+              " ".join(f"{c[0]:>10s}" for c in conditions) + "  prompt tok / latency s / demos"
+              "  invalid")
     print(header, flush=True)
     for task in args.tasks.split(","):
         limit = args.limit if task in SENSOR_CLASSIFICATION else args.limit_other
         base = baseline_task(task, limit=limit)
         rows = {"baseline": base}
-        for name, demos, ordering in CONDITIONS:
+        for name, demos, ordering, constrained in conditions:
             rows[name] = evaluate_task(task, lm, demos=demos, limit=limit, k=args.k,
-                                       ordering=ordering, budget_tokens=args.budget)
+                                       ordering=ordering, budget_tokens=args.budget,
+                                       constrained=constrained)
         results["tasks"][task] = rows
         save()
         metric = base["metric"]
         extra = ""
         if task == "wikiqa":
             extra = "  halluc " + "/".join(fmt(rows[c[0]]["hallucination_rate"])
-                                           for c in CONDITIONS)
+                                           for c in conditions)
         print(f"{task:10s} {metric:18s} {fmt(base['score']):>8s} "
-              + " ".join(f"{fmt(rows[c[0]]['score']):>10s}" for c in CONDITIONS) + "  "
+              + " ".join(f"{fmt(rows[c[0]]['score']):>10s}" for c in conditions) + "  "
               + " ".join(f"{rows[c[0]]['mean_prompt_tokens']:.0f}/"
                          f"{rows[c[0]]['mean_latency_s']:.1f}/{rows[c[0]]['mean_demos']:.1f}"
-                         for c in CONDITIONS)
+                         for c in conditions)
+              + "  " + "/".join(fmt(rows[c[0]]["invalid_rate"]) for c in conditions)
               + extra, flush=True)
     if args.encodings:
         print("\n== Sensor encodings on activity (kNN+order demos): accuracy per token ==")
@@ -200,6 +209,8 @@ def run_tasks(args: argparse.Namespace, results: dict, save) -> int:  # noqa: AN
     for task in SENSOR_CLASSIFICATION:
         if task in results["tasks"]:
             r = results["tasks"][task]
+            if not {"knn", "knn+order", "zero-shot", "random"} <= set(r):
+                continue
             best_knn = max(r["knn"]["score"], r["knn+order"]["score"])
             targets[task] = {
                 "knn_minus_zero_shot": best_knn - r["zero-shot"]["score"],

@@ -80,6 +80,23 @@ def save_folder(model: BlockModel, folder: Path) -> Path:
     return folder
 
 
+def bpe_folder(folder: Path) -> Path:
+    """A tiny random-weight model with the bundled SmolLM2 tokenizer (a byte-level BPE, as
+    the grammar library needs): whatever its random logits prefer, only a constraint makes its
+    output valid. Needs the bundled model (integration tests)."""
+    import shutil
+
+    from edgeweave.models.catalog import resolve
+
+    src = resolve("smollm2-135m-instruct")[1]
+    save_folder(random_model(make_cfg(vocab_size=49152, hidden_size=32, intermediate_size=64,
+                                      head_dim=8, num_layers=2)), folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (src / name).is_file():
+            shutil.copy(src / name, folder / name)
+    return folder
+
+
 @pytest.fixture
 def tiny_cfg() -> ModelConfig:
     return make_cfg()

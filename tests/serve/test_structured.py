@@ -9,7 +9,6 @@ and the official ``openai`` client.
 from __future__ import annotations
 
 import json
-import shutil
 
 import jsonschema
 import pytest
@@ -20,7 +19,7 @@ from edgeweave.runtime.generate import SamplingParams, generate
 from edgeweave.serve.backend import LocalSessions
 from edgeweave.serve.config import ServeConfig
 from edgeweave.serve.server import BackgroundServer
-from tests.conftest import make_cfg, random_model, save_folder
+from tests.conftest import bpe_folder
 from tests.serve.conftest import client
 
 pytestmark = pytest.mark.integration  # the bundled tokenizer comes from the converted model
@@ -42,17 +41,10 @@ SCHEMAS = [
 
 @pytest.fixture(scope="module")
 def bpe_sessions(tmp_path_factory: pytest.TempPathFactory) -> LocalSessions:
-    from edgeweave.models.catalog import resolve
     from edgeweave.models.checkpoint import load_folder
 
-    src = resolve("smollm2-135m-instruct")[1]
-    folder = save_folder(random_model(make_cfg(vocab_size=49152, hidden_size=32,
-                                               intermediate_size=64, head_dim=8, num_layers=2)),
-                         tmp_path_factory.mktemp("bpe") / "tiny-bpe")
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (src / name).is_file():
-            shutil.copy(src / name, folder / name)
-    return LocalSessions.from_loaded(load_folder(folder))
+    return LocalSessions.from_loaded(load_folder(bpe_folder(
+        tmp_path_factory.mktemp("bpe") / "tiny-bpe")))
 
 
 @pytest.fixture(scope="module")

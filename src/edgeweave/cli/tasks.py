@@ -55,6 +55,9 @@ def register(app: typer.Typer) -> None:
         budget: int = typer.Option(512, "--budget", help="Prompt token budget."),
         limit: int = typer.Option(None, "--limit", help="Evaluate only the first N test items."),
         seed: int = typer.Option(0, "--seed"),
+        constrained: bool = typer.Option(False, "--constrained",
+                                         help="Decode within the task's answer format (its "
+                                              "labels, a number, a year or unknown)."),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
         backend: str = backend_option(),
         variant: str = variant_option(),
@@ -76,13 +79,14 @@ def register(app: typer.Typer) -> None:
         factory = (lambda m: m.new_session(2048)) if hasattr(lm, "new_session") else None
         res = evaluate_task(task, lm, demos=demos, limit=limit, seed=seed, k=k,
                             ordering=ordering, encoding=encoding, budget_tokens=budget,
-                            engine_factory=factory)
+                            engine_factory=factory, constrained=constrained)
         base = baseline_task(task, seed=seed, limit=limit)
         if as_json:
             console.print_json(json.dumps({"result": res, "baseline": base}))
             return
         keys = [k_ for k_, v in res.items() if isinstance(v, float)]
-        console.print(table(f"{task} · {res['model']} · demos={demos}", ["metric", "value",
+        mode = " · constrained" if constrained else ""
+        console.print(table(f"{task} · {res['model']} · demos={demos}{mode}", ["metric", "value",
                                                                           "baseline"],
                             [[k_, f"{res[k_]:.3f}", f"{base[k_]:.3f}" if k_ in base else ""]
                              for k_ in keys]))

@@ -12,7 +12,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from edgeweave.errors import ConfigError
 from edgeweave.prompt.embed import FeatureScaler
 from edgeweave.prompt.sensors import EncodingSpec, encode_window
 from edgeweave.prompt.templates import PromptTemplate
+
+if TYPE_CHECKING:
+    from edgeweave.runtime.constraints import OutputFormat
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,20 @@ class Task(ABC):
         """Metrics over a test set; includes ``self.metric``."""
 
     # -- shared defaults ------------------------------------------------------------------
+    def answer_format(self) -> OutputFormat | None:
+        """What a valid answer looks like, for constrained decoding: one of the template's
+        choices by default (``None`` for a free-form task).
+
+        The leading space is part of the format because the prompt ends with
+        ``<output_label>:`` and every demonstration continues it with ``" <answer>"``: forcing
+        the label without it would put the model on tokens it never saw there.
+        """
+        from edgeweave.runtime.constraints import OutputFormat
+
+        if not self.template.choices:
+            return None
+        return OutputFormat.labels(tuple(f" {c}" for c in self.template.choices))
+
     def render(self, item: Item, encoding: EncodingSpec | None = None,
                count_tokens: Callable[[str], int] | None = None) -> str:
         """The item's input text, re-encoded from its window when an encoding is given."""

@@ -33,7 +33,7 @@ def evaluate_task(task: str, lm: Any, demos: str = "none", limit: int | None = N
                   seed: int = 0, *, k: int = 4, ordering: str | None = None,
                   encoding: EncodingSpec | str | None = None, budget_tokens: int = 512,
                   engine_factory: Callable[[Any], Any] | None = None,
-                  return_predictions: bool = False,
+                  return_predictions: bool = False, constrained: bool = False,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Evaluate ``lm`` (a ``models.LoadedModel`` or an artifact loaded the same way) on a task.
 
@@ -41,7 +41,9 @@ def evaluate_task(task: str, lm: Any, demos: str = "none", limit: int | None = N
     split, at most ``k``, within ``budget_tokens`` for the whole prompt; ``ordering`` arranges
     them (``prompt.policies.orderings()``; None keeps selection order). ``encoding`` overrides
     the task's sensor encoding (a name or an ``EncodingSpec``). ``engine_factory(lm)`` builds
-    the ``LogitsEngine`` (default: :func:`default_engine`).
+    the ``LogitsEngine`` (default: :func:`default_engine`). ``constrained`` decodes within the
+    task's :meth:`~edgeweave.bench.tasks.base.Task.answer_format` (a label set, a number, a
+    year or ``unknown``), so every answer parses; a free-form task is refused.
 
     Returns the task's metrics (``score`` is the headline metric named by ``metric``), plus
     ``n``, ``mean_prompt_tokens``, ``mean_latency_s`` (whole answer), ``mean_ttft_s`` and
@@ -64,7 +66,14 @@ def evaluate_task(task: str, lm: Any, demos: str = "none", limit: int | None = N
     items = load_split(task, seed).test[:limit]
     built = builder.build(items)
     engine = (engine_factory or default_engine)(lm)
-    params = SamplingParams(max_tokens=t.max_answer_tokens, temperature=0.0, stop=("\n",))
+    output = t.answer_format() if constrained else None
+    if constrained and output is None:
+        raise ConfigError(f"task {task!r} has no answer format to constrain to: run it "
+                          "without --constrained")
+    # the format ends a constrained answer itself; the token cap only guards free text
+    max_tokens = max(t.max_answer_tokens, 16) if output is not None else t.max_answer_tokens
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=("\n",),
+                            output=output)
     preds, rows = [], []
     prompt_tokens = latency = ttft = n_demos = 0.0
     t0 = time.perf_counter()
@@ -86,7 +95,7 @@ def evaluate_task(task: str, lm: Any, demos: str = "none", limit: int | None = N
     metrics = t.score(items, preds)
     out: dict[str, Any] = {
         "task": task, "model": getattr(lm, "name", "?"), "demos": demos, "k": k,
-        "ordering": ordering, "encoding": (encoding or t.encoding).name
+        "ordering": ordering, "constrained": constrained, "encoding": (encoding or t.encoding).name
         if (encoding or t.encoding) else None, "seed": seed, "metric": t.metric,
         "score": metrics[t.metric], **metrics, "n": len(built),
         "mean_prompt_tokens": prompt_tokens / n, "mean_latency_s": latency / n,

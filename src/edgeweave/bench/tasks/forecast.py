@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeweave.bench.tasks.base import Item, Split, Task, register_task
 from edgeweave.prompt.sensors import scale_0_99
 from edgeweave.prompt.templates import PromptTemplate
+
+if TYPE_CHECKING:
+    from edgeweave.runtime.constraints import OutputFormat
 
 CONTEXT = 12
 TOLERANCE = 10
@@ -65,6 +69,11 @@ class ForecastTask(Task):
                                 np.cos(2 * np.pi * hour / 24), np.sin(2 * np.pi * hour / 24)]])
         return Item(iid, query, str(target), None, ctx[None, :], feats.astype(np.float32),
                     {"hour": hour, "last": int(vals[-1])})
+
+    def answer_format(self) -> OutputFormat:
+        from edgeweave.runtime.constraints import OutputFormat
+
+        return OutputFormat("regex", pattern=r" -?[0-9]{1,3}")
 
     def parse(self, text: str) -> str | None:
         m = re.search(r"-?\d+", text)

@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from edgeweave.bench.tasks.base import Item, Split, Task, register_task
 from edgeweave.errors import ConfigError
 from edgeweave.prompt.embed import embed_texts
 from edgeweave.prompt.templates import PromptTemplate
+
+if TYPE_CHECKING:
+    from edgeweave.runtime.constraints import OutputFormat
 
 YEAR = re.compile(r"\b(1[0-9]{3}|20[0-2][0-9])\b")
 SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -108,6 +112,12 @@ class WikiQATask(Task):
 
     def embed(self, train: Sequence[Item], items: Sequence[Item]) -> np.ndarray:
         return embed_texts([i.meta["question"] for i in items])
+
+    def answer_format(self) -> OutputFormat:
+        """A year or ``unknown``: abstention is always a valid answer."""
+        from edgeweave.runtime.constraints import OutputFormat
+
+        return OutputFormat("regex", pattern=r" ([0-9]{4}|unknown)")
 
     def parse(self, text: str) -> str | None:
         first = text.strip().splitlines()[0] if text.strip() else ""

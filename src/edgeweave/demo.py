@@ -36,6 +36,8 @@ class DemoConfig:
     # halfway through, this device drops out: plan.adapt re-plans, the stages move live.
     # "auto": the device holding most blocks of the plan (never the fleet's entry or exit)
     drop_device: str | None = "auto"
+    # answers decode within each task's answer format (labels, a number, a year or unknown)
+    constrained: bool = True
 
 
 @dataclass
@@ -114,9 +116,19 @@ def sensor_questions(cfg: DemoConfig) -> list[dict[str, Any]]:
     return out
 
 
+def guided(fmt: Any) -> dict[str, Any]:
+    """A task's answer format as the server's request fields (vLLM's guided_* names)."""
+    if fmt is None:
+        return {}
+    if fmt.kind == "choice":
+        return {"guided_choice": list(fmt.choices)}
+    return {"guided_regex": fmt.pattern}
+
+
 def ask(url: str, key: str, model_id: str, questions: list[dict[str, Any]], step: Step,
-        plan_label: str = "") -> list[dict[str, Any]]:
-    """Send each question through the OpenAI-compatible API with the official client."""
+        plan_label: str = "", constrained: bool = True) -> list[dict[str, Any]]:
+    """Send each question through the OpenAI-compatible API with the official client;
+    ``constrained`` asks for the task's answer format, so every answer is a valid one."""
     from openai import OpenAI
 
     from edgeweave.bench.tasks import get_task, load_split
@@ -127,8 +139,11 @@ def ask(url: str, key: str, model_id: str, questions: list[dict[str, Any]], step
         step(f"ask: {q['task']}", i, len(questions))
         task = get_task(q["task"])
         t0 = time.perf_counter()
+        extra_body = guided(task.answer_format()) if constrained else {}
         r = client.completions.create(model=model_id, prompt=q["prompt"], temperature=0,
-                                      max_tokens=task.max_answer_tokens, stop=["\n"])
+                                      max_tokens=max(task.max_answer_tokens, 16)
+                                      if extra_body else task.max_answer_tokens,
+                                      stop=["\n"], extra_body=extra_body or None)
         text = r.choices[0].text
         extra = (r.model_extra or {}).get("edgeweave", {})
         pred = task.parse(text)
@@ -140,7 +155,8 @@ def ask(url: str, key: str, model_id: str, questions: list[dict[str, Any]], step
             "prompt_tokens": r.usage.prompt_tokens if r.usage else None,
             "completion_tokens": r.usage.completion_tokens if r.usage else None,
             "latency_s": time.perf_counter() - t0, "ttft_s": extra.get("ttft_s"),
-            "decode_tps": extra.get("decode_tok_s"), "plan": plan_label, "question": q["prompt"][-240:],
+            "decode_tps": extra.get("decode_tok_s"), "plan": plan_label,
+            "constrained": bool(extra_body), "question": q["prompt"][-240:],
         })
     step("ask", len(questions), len(questions))
     return answers
@@ -171,13 +187,15 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
     try:
         res.url = server.start()
         half = len(questions) // 2 if cfg.drop_device else len(questions)
-        res.answers = ask(res.url, key, cfg.model, questions[:half], step, _label(plan))
+        res.answers = ask(res.url, key, cfg.model, questions[:half], step, _label(plan),
+                          cfg.constrained)
         gone = _device_to_drop(cfg, plan)
         if gone and half < len(questions):
             step(f"{gone} goes away: re-plan and move stages", 0, 1)
             adapt_row, plan = adapt_to_loss(cfg, plan, coord, gone)
             res.rows.append(adapt_row)
-            res.answers += ask(res.url, key, cfg.model, questions[half:], step, _label(plan))
+            res.answers += ask(res.url, key, cfg.model, questions[half:], step, _label(plan),
+                               cfg.constrained)
         for a in res.answers:
             if on_answer:
                 on_answer(a)

@@ -22,6 +22,9 @@ def test_demo_pipeline_answers_sensor_questions_through_the_api(tmp_path):
     for a in res.answers:
         assert a["prompt_tokens"] > 50 and a["completion_tokens"] >= 1
         assert a["score"] is not None
+        # constrained by default: the answer is one of the task's labels, never free text
+        assert a["constrained"] and a["parsed"] is not None
+        assert a["answer"] == a["parsed"]
     kinds = {r["kind"] for r in res.rows}
     assert {"variant", "plan", "run", "answer", "adapt"} <= kinds
     adapt = next(r for r in res.rows if r["kind"] == "adapt")

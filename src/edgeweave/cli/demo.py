@@ -17,6 +17,9 @@ def register(app: typer.Typer) -> None:
         per_task: int = typer.Option(1, "--per-task", help="Sensor questions per task."),
         out: Path = typer.Option(Path("results/demo"), "--out", "-o"),
         backend: str = backend_option(),
+        free: bool = typer.Option(False, "--free-answers",
+                                  help="Let the model answer free text instead of decoding "
+                                       "within each task's answer format."),
     ) -> None:
         """The whole pipeline, embedded: compress, plan, launch, serve, answer, report."""
         from edgeweave.runtime.policy import ProcessPolicy
@@ -29,7 +32,8 @@ def register(app: typer.Typer) -> None:
 
         if model in catalog.BUNDLED and not catalog.is_cached(model):
             console.print(f"Converting {model} once to safetensors (about 30 s)...")
-        cfg = DemoConfig(model=model, fleet=fleet, per_task=per_task, out=out, backend=backend)
+        cfg = DemoConfig(model=model, fleet=fleet, per_task=per_task, out=out, backend=backend,
+                         constrained=not free)
         with Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn(
                 "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("starting", total=1)
@@ -43,7 +47,9 @@ def register(app: typer.Typer) -> None:
                             ["planner", "stages", "TPOT ms", "energy J/token"],
                             [[r["planner"], _stages(r), _ms(r.get("tpot_s")),
                               _num(r.get("energy_j_per_token"))] for r in plan_rows]))
-        console.print(table("Answers through the OpenAI-compatible API (real sensor windows)",
+        how = "free text" if free else "constrained to each task's answer format"
+        console.print(table(f"Answers through the OpenAI-compatible API (real sensor windows, "
+                            f"{how})",
                             ["task", "gold", "answer", "score", "prompt tok", "latency s",
                              "decode tok/s"],
                             [[a["task"], a["gold"], a["answer"][:40], _num(a.get("score")),

@@ -26,7 +26,9 @@ from edgeweave.paths import atomic_write_json  # noqa: E402
 # (row name, demonstrations, ordering, constrained to the task's answer format)
 CONDITIONS = (("zero-shot", "none", None, False), ("random", "random", None, False),
               ("knn", "knn", None, False), ("knn+order", "knn", "most_similar_last", False),
-              ("zero+cons", "none", None, True), ("knn+cons", "knn", "most_similar_last", True))
+              ("zero+cons", "none", None, True), ("knn+cons", "knn", "most_similar_last", True),
+              # the template chosen by tasks tune-prompt on a validation split of train items
+              ("tuned+cons", "knn", "most_similar_last", True))
 SENSOR_CLASSIFICATION = ("activity", "occupancy", "appliance")
 
 
@@ -156,6 +158,7 @@ def store_benchmarks(args: argparse.Namespace, results: dict) -> None:
 
 def run_tasks(args: argparse.Namespace, results: dict, save) -> int:  # noqa: ANN001
     from edgeweave.bench.tasks import baseline_task, evaluate_task
+    from edgeweave.bench.tasks.tuning import tune_prompt
     from edgeweave.models import load
 
     lm = load()
@@ -171,9 +174,15 @@ def run_tasks(args: argparse.Namespace, results: dict, save) -> int:  # noqa: AN
         base = baseline_task(task, limit=limit)
         rows = {"baseline": base}
         for name, demos, ordering, constrained in conditions:
+            template = None
+            if name == "tuned+cons":
+                tuned = tune_prompt(task, lm, demos=demos, k=args.k, constrained=True,
+                                    budget_tokens=args.budget)
+                template = tuned.best.candidate.template
+                rows["tuning"] = tuned.to_dict()
             rows[name] = evaluate_task(task, lm, demos=demos, limit=limit, k=args.k,
                                        ordering=ordering, budget_tokens=args.budget,
-                                       constrained=constrained)
+                                       constrained=constrained, template=template)
         results["tasks"][task] = rows
         save()
         metric = base["metric"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -55,6 +56,9 @@ def register(app: typer.Typer) -> None:
         budget: int = typer.Option(512, "--budget", help="Prompt token budget."),
         limit: int = typer.Option(None, "--limit", help="Evaluate only the first N test items."),
         seed: int = typer.Option(0, "--seed"),
+        template: str = typer.Option(None, "--template",
+                                     help="A template.json from tasks tune-prompt (default: "
+                                          "the task's own template)."),
         constrained: bool = typer.Option(False, "--constrained",
                                          help="Decode within the task's answer format (its "
                                               "labels, a number, a year or unknown)."),
@@ -66,20 +70,15 @@ def register(app: typer.Typer) -> None:
         from edgeweave.runtime.policy import ProcessPolicy
 
         ProcessPolicy.for_this_process().apply()
-        from edgeweave.bench.tasks import baseline_task, evaluate_task
-        from edgeweave.cli.eval import load_any
-        from edgeweave.runtime.local import EngineChoice
+        from edgeweave.bench.tasks import baseline_task, evaluate_task, get_task
+        from edgeweave.bench.tasks.tuning import load_template
 
-        choice = EngineChoice(backend, variant)
-        reference = choice.backend == "torch" and (artifact is not None or variant == "fp32")
-        from pathlib import Path
-
-        lm = load_any(model or (None if artifact else "smollm2-135m-instruct"),
-                      Path(artifact) if artifact else None, None if reference else choice)
-        factory = (lambda m: m.new_session(2048)) if hasattr(lm, "new_session") else None
+        get_task(task)  # an unknown name fails before the model loads
+        tpl = load_template(template, task) if template else None
+        lm, factory = _model(model, artifact, backend, variant)
         res = evaluate_task(task, lm, demos=demos, limit=limit, seed=seed, k=k,
                             ordering=ordering, encoding=encoding, budget_tokens=budget,
-                            engine_factory=factory, constrained=constrained)
+                            engine_factory=factory, constrained=constrained, template=tpl)
         base = baseline_task(task, seed=seed, limit=limit)
         if as_json:
             console.print_json(json.dumps({"result": res, "baseline": base}))
@@ -91,3 +90,59 @@ def register(app: typer.Typer) -> None:
                             [[k_, f"{res[k_]:.3f}", f"{base[k_]:.3f}" if k_ in base else ""]
                              for k_ in keys]))
         console.print(f"n={res['n']} items")
+
+    @tasks_app.command("tune-prompt")
+    def tune_cmd(
+        task: str = typer.Option(..., "--task", help="Task name (edgeweave tasks list)."),
+        model: str = typer.Option(None, "--model", "-m",
+                                  help="Bundled name, HF folder or .gguf (default: bundled)."),
+        artifact: str = typer.Option(None, "--artifact", help="Compressed artifact folder."),
+        demos: str = typer.Option("knn", "--demos", help="none | random | knn"),
+        k: int = typer.Option(4, "--k", help="Demonstrations per prompt (at most)."),
+        n_val: int = typer.Option(16, "--val", help="Validation items (from the train split)."),
+        n_induced: int = typer.Option(4, "--induced",
+                                      help="Instructions the model proposes itself."),
+        constrained: bool = typer.Option(False, "--constrained",
+                                         help="Score with answers constrained to the task's "
+                                              "answer format."),
+        budget: int = typer.Option(512, "--budget", help="Prompt token budget."),
+        seed: int = typer.Option(0, "--seed"),
+        out: Path = typer.Option(Path("results/tasks"), "--out", "-o",
+                                 help="Writes OUT/TASK/template.json."),
+        backend: str = backend_option(),
+        variant: str = variant_option(),
+    ) -> None:
+        """Choose the task's prompt template on a validation split (never the test items)."""
+        from edgeweave.runtime.policy import ProcessPolicy
+
+        ProcessPolicy.for_this_process().apply()
+        from edgeweave.bench.tasks import get_task
+        from edgeweave.bench.tasks.tuning import save_tuning, tune_prompt, validation_split
+
+        get_task(task)
+        validation_split(task, seed, n_val)  # a bad --val fails before the model loads
+        lm, factory = _model(model, artifact, backend, variant)
+        res = tune_prompt(task, lm, demos=demos, k=k, n_val=n_val, n_induced=n_induced,
+                          seed=seed, constrained=constrained, budget_tokens=budget,
+                          engine_factory=factory)
+        path = save_tuning(res, out)
+        console.print(table(f"{task}: prompt candidates on {n_val} validation items",
+                            ["origin", "score", "invalid", "instruction"],
+                            [[s.candidate.origin, f"{s.score:.3f}", f"{s.invalid_rate:.2f}",
+                              s.candidate.template.instruction[:70]] for s in res.scored]))
+        console.print(f"chosen: {res.best.candidate.origin} ({res.best.score:.3f}) -> {path}\n"
+                      f"use it: edgeweave tasks eval --task {task} --template {path}")
+
+
+def _model(model: str | None, artifact: str | None, backend: str, variant: str):
+    """The model as the engine choice asks (the reference torch weights for an artifact or
+    fp32 on torch), and the session factory that evaluation drives."""
+    from edgeweave.cli.eval import load_any
+    from edgeweave.runtime.local import EngineChoice
+
+    choice = EngineChoice(backend, variant)
+    reference = choice.backend == "torch" and (artifact is not None or variant == "fp32")
+    lm = load_any(model or (None if artifact else "smollm2-135m-instruct"),
+                  Path(artifact) if artifact else None, None if reference else choice)
+    factory = (lambda m: m.new_session(2048)) if hasattr(lm, "new_session") else None
+    return lm, factory

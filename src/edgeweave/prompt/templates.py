@@ -37,6 +37,30 @@ class PromptTemplate:
             raise ConfigError("input_label and output_label must be non-empty")
         object.__setattr__(self, "choices", tuple(self.choices))
 
+    def to_dict(self) -> dict[str, object]:
+        return {"instruction": self.instruction, "input_label": self.input_label,
+                "output_label": self.output_label, "choices": list(self.choices),
+                "separator": self.separator}
+
+    @classmethod
+    def from_dict(cls, doc: object) -> PromptTemplate:
+        if not isinstance(doc, dict) or not isinstance(doc.get("instruction"), str):
+            raise ConfigError("a prompt template is a JSON object with at least an "
+                              "\"instruction\" string (as tasks tune-prompt writes it)")
+        unknown = set(doc) - {"instruction", "input_label", "output_label", "choices",
+                              "separator"}
+        if unknown:
+            raise ConfigError(f"unknown prompt template keys {sorted(unknown)}")
+        choices = doc.get("choices", [])
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise ConfigError("a prompt template's \"choices\" must be a list of strings")
+        for key in ("input_label", "output_label", "separator"):
+            if key in doc and not isinstance(doc[key], str):
+                raise ConfigError(f"a prompt template's {key!r} must be a string")
+        return cls(doc["instruction"], doc.get("input_label", "Input"),
+                   doc.get("output_label", "Answer"), tuple(choices),
+                   doc.get("separator", "\n\n"))
+
     def header(self) -> str:
         head = self.instruction.strip()
         if self.choices:

@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edgeweave.bench.tasks.base import get_task, load_split
+from edgeweave.bench.tasks.base import Split, get_task, load_split
 from edgeweave.bench.tasks.prompts import PromptBuilder, PromptSettings
 from edgeweave.errors import ConfigError
 from edgeweave.prompt.sensors import EncodingSpec
+from edgeweave.prompt.templates import PromptTemplate
 
 
 def default_engine(lm: Any) -> Any:
@@ -34,6 +35,7 @@ def evaluate_task(task: str, lm: Any, demos: str = "none", limit: int | None = N
                   encoding: EncodingSpec | str | None = None, budget_tokens: int = 512,
                   engine_factory: Callable[[Any], Any] | None = None,
                   return_predictions: bool = False, constrained: bool = False,
+                  template: PromptTemplate | None = None, split: Split | None = None,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Evaluate ``lm`` (a ``models.LoadedModel`` or an artifact loaded the same way) on a task.
 
@@ -43,7 +45,9 @@ def evaluate_task(task: str, lm: Any, demos: str = "none", limit: int | None = N
     the task's sensor encoding (a name or an ``EncodingSpec``). ``engine_factory(lm)`` builds
     the ``LogitsEngine`` (default: :func:`default_engine`). ``constrained`` decodes within the
     task's :meth:`~edgeweave.bench.tasks.base.Task.answer_format` (a label set, a number, a
-    year or ``unknown``), so every answer parses; a free-form task is refused.
+    year or ``unknown``), so every answer parses; a free-form task is refused. ``template``
+    replaces the task's own (e.g. one chosen by ``tasks tune-prompt``); ``split`` replaces
+    its seeded split (tuning scores a validation split carved from the train items).
 
     Returns the task's metrics (``score`` is the headline metric named by ``metric``), plus
     ``n``, ``mean_prompt_tokens``, ``mean_latency_s`` (whole answer), ``mean_ttft_s`` and
@@ -57,13 +61,13 @@ def evaluate_task(task: str, lm: Any, demos: str = "none", limit: int | None = N
     if isinstance(encoding, str):
         encoding = EncodingSpec(encoding)
     settings = PromptSettings(demos=demos, k=k, ordering=ordering, encoding=encoding,
-                              budget_tokens=budget_tokens, seed=seed)
+                              budget_tokens=budget_tokens, seed=seed, template=template)
 
     def count_tokens(text: str) -> int:
         return len(lm.tokenizer.encode(text))
 
-    builder = PromptBuilder(t, settings, count_tokens)
-    items = load_split(task, seed).test[:limit]
+    builder = PromptBuilder(t, settings, count_tokens, split)
+    items = builder.split.test[:limit]
     built = builder.build(items)
     engine = (engine_factory or default_engine)(lm)
     output = t.answer_format() if constrained else None
@@ -95,8 +99,10 @@ def evaluate_task(task: str, lm: Any, demos: str = "none", limit: int | None = N
     metrics = t.score(items, preds)
     out: dict[str, Any] = {
         "task": task, "model": getattr(lm, "name", "?"), "demos": demos, "k": k,
-        "ordering": ordering, "constrained": constrained, "encoding": (encoding or t.encoding).name
-        if (encoding or t.encoding) else None, "seed": seed, "metric": t.metric,
+        "ordering": ordering, "constrained": constrained,
+        "template": template.to_dict() if template is not None else None,
+        "encoding": (encoding or t.encoding).name if (encoding or t.encoding) else None,
+        "seed": seed, "metric": t.metric,
         "score": metrics[t.metric], **metrics, "n": len(built),
         "mean_prompt_tokens": prompt_tokens / n, "mean_latency_s": latency / n,
         "mean_ttft_s": ttft / n, "mean_demos": n_demos / n,

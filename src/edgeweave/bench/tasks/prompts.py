@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeweave.bench.tasks.base import Item, Task, load_split
+from edgeweave.bench.tasks.base import Item, Split, Task, load_split
 from edgeweave.errors import ConfigError
 from edgeweave.prompt.demos import DemonstrationStore, StoreConfig
 from edgeweave.prompt.policies import get_ordering
 from edgeweave.prompt.sensors import EncodingSpec
-from edgeweave.prompt.templates import Example, compose
+from edgeweave.prompt.templates import Example, PromptTemplate, compose
 
 DEMO_MODES = ("none", "random", "knn")
 
@@ -35,6 +35,7 @@ class PromptSettings:
     encoding: EncodingSpec | None = None  # None: the task's default encoding
     budget_tokens: int = 512
     seed: int = 0
+    template: PromptTemplate | None = None  # None: the task's own template
 
     def __post_init__(self) -> None:
         if self.demos not in DEMO_MODES:
@@ -55,10 +56,15 @@ class BuiltPrompt:
 
 
 class PromptBuilder:
+    """Prompts for items of ``split`` (default: the task's seeded split); demonstrations come
+    from ``split.train`` only."""
+
     def __init__(self, task: Task, settings: PromptSettings,
-                 count_tokens: Callable[[str], int] = approx_tokens) -> None:
+                 count_tokens: Callable[[str], int] = approx_tokens,
+                 split: Split | None = None) -> None:
         self.task, self.settings, self.count = task, settings, count_tokens
-        self.split = load_split(task.name, settings.seed)
+        self.template = settings.template or task.template
+        self.split = split if split is not None else load_split(task.name, settings.seed)
         self.store: DemonstrationStore | None = None
         self._train_text: dict[int, Item] = {}
         if settings.demos != "none" and settings.k > 0:
@@ -83,7 +89,7 @@ class PromptBuilder:
             rng = np.random.default_rng([s.seed, idx])
             query = self.render(item)
             if self.store is None:
-                prompt = self.task.template.render(query)
+                prompt = self.template.render(query)
                 out.append(BuiltPrompt(item, prompt, ()))
                 continue
             q = queries[idx] if queries is not None else None
@@ -99,7 +105,7 @@ class PromptBuilder:
                                                 [labels[c] for c in chosen], rng)
                 return [chosen[p] for p in perm]
 
-            prompt, used = compose(self.task.template, query, ranked, s.budget_tokens,
+            prompt, used = compose(self.template, query, ranked, s.budget_tokens,
                                    self.count, order)
             out.append(BuiltPrompt(item, prompt, tuple(sel[i].demo.id for i in used)))
         return out

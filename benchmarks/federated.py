@@ -207,6 +207,8 @@ def main() -> None:
     ap.add_argument("--baseline-lr", type=float, default=0.0,
                     help="AdamW lr of the local-only and centralized runs (0 = --lr)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", default="fed_pad,fed_svd,fed_pad_fa,fed_smallest,fed_pad_scaffold",
+                    help="federated runs to compare (fed_pad is always run: the reference)")
     ap.add_argument("--out", default="federated")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--task", default="iot")
@@ -231,12 +233,16 @@ def main() -> None:
 
     region = region_blocks(base, shared_base(base.model, base.base_dtype).cfg.num_layers)
     runs = {}
+    wanted = set(args.runs.split(",")) | {"fed_pad"}
     for name, cfg in [
         ("fed_pad", base),
         ("fed_svd", replace(base, aggregation="svd", server_opt="avg")),  # no server state
         ("fed_pad_fa", replace(base, freeze_a=True)),
         ("fed_smallest", replace(base, aggregation="fedavg", tiers=(tiers(region_len)[0],))),
+        ("fed_pad_scaffold", replace(base, drift="scaffold")),
     ]:
+        if name not in wanted:
+            continue
         t0 = time.perf_counter()
         runs[name] = summarize(name, simulate(cfg))
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -270,8 +276,22 @@ def main() -> None:
                                                        "saved act MB", "peak RSS MB", "train s"],
                 tier_rows)
 
-    hetero = ("fed_pad", "fed_svd", "fed_pad_fa")
+    hetero = tuple(n for n in ("fed_pad", "fed_svd", "fed_pad_fa", "fed_pad_scaffold")
+                   if n in runs)
     best = min(hetero, key=lambda n: runs[n]["final"]["loss"])
+    acc_gain = lc["central"]["accuracy"] - base_eval["accuracy"]
+    per_run = {n: {"final_accuracy_gain_fraction": (runs[n]["final"]["accuracy"]
+                                                    - base_eval["accuracy"]) / acc_gain
+                   if acc_gain else None,
+                   "last3_accuracy_gain_fraction": (runs[n]["last3_mean"]["accuracy"]
+                                                    - base_eval["accuracy"]) / acc_gain
+                   if acc_gain else None,
+                   "accuracy_swing": float(np.std([r["accuracy"] for r in runs[n]["rounds"][-4:]]))}
+               for n in runs}
+    print_table("Accuracy gain as a fraction of centralized LoRA's (same run)",
+                ["run", "final", "last-3 mean", "std last 4 rounds"],
+                [[n, v["final_accuracy_gain_fraction"], v["last3_accuracy_gain_fraction"],
+                  v["accuracy_swing"]] for n, v in per_run.items()])
     fed = runs[best]["final"]
     gain_c = base_eval["loss"] - lc["central"]["loss"]
     targets = {
@@ -281,7 +301,8 @@ def main() -> None:
         "beats_every_local_accuracy": all(fed["accuracy"] >= r["accuracy"] for r in lc["local"]),
         "hetero_beats_smallest_loss": {
             n: runs[n]["final"]["loss"] < runs["fed_smallest"]["final"]["loss"]
-            for n in hetero},
+            for n in hetero} if "fed_smallest" in runs else None,
+        "per_run": per_run,
         "fraction_of_central_loss_gain": (base_eval["loss"] - fed["loss"]) / gain_c if gain_c else None,
         "fraction_of_central_accuracy_gain": (
             (fed["accuracy"] - base_eval["accuracy"])

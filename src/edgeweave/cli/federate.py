@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
         targets: str = typer.Option("q_proj,v_proj"),
         freeze_a: bool = typer.Option(False, "--freeze-a", help="LoRA-FA: clients train only "
                                       "B on a shared frozen A (exact update averaging)."),
+        drift: str = typer.Option("none", help="Client-drift correction: none or scaffold "
+                                  "(SCAFFOLD control variates; client state in Flower's "
+                                  "context.state)."),
         dp_clip: float = typer.Option(0.0, help="Client-side DP (Flower LocalDpMod) clip norm."),
         dp_epsilon: float = typer.Option(1.0),
         deploy: bool = typer.Option(False, help="Run SuperLink + SuperNodes as processes."),
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
                         client_optimizer=client_opt,
                         local_steps=local_steps, lr=lr, lr_schedule=lr_schedule,
                         lr_final=lr_final, region=reg,
-                        targets=tuple(targets.split(",")), freeze_a=freeze_a, dp_clip=dp_clip,
+                        targets=tuple(targets.split(",")), freeze_a=freeze_a, drift=drift, dp_clip=dp_clip,
                         dp_epsilon=dp_epsilon, probe=not deploy)
         if deploy:
             from edgeweave.federated.deploy import Deployment
@@ -72,6 +75,7 @@ def register(app: typer.Typer) -> None:
         else:
             res = simulate(cfg)
             res.pop("final_arrays", None)
+            res.pop("final_control", None)
             if out:
                 atomic_write_json(out, res)
         rows = [[r["round"], r["replied"], r["sent"],

@@ -21,6 +21,7 @@ import torch
 from edgeweave.finetune.config import LoRAConfig, TrainConfig
 
 _LOCK = threading.Lock()
+LOCAL_CONTROL = "scaffold-local-control"  # this client's SCAFFOLD c_i in context.state
 _BASES: dict[tuple[str, str], Any] = {}
 _CACHES: dict[tuple, Any] = {}
 
@@ -68,10 +69,17 @@ def region_start(run: dict) -> int:
 
 
 def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
-                     partition: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Pure-ish core of the client: returns (trained arrays, metrics)."""
+                     partition: int, control: dict[str, np.ndarray] | None = None,
+                     local_control: dict[str, np.ndarray] | None = None
+                     ) -> tuple[dict[str, np.ndarray], dict[str, float], dict | None]:
+    """Pure-ish core of the client: returns (trained arrays, metrics, SCAFFOLD result).
+
+    With ``control`` (the server's ``c`` for the keys sent), local steps are corrected with
+    SCAFFOLD (``local_control`` is this client's stored ``c_i``, ``None`` before its first
+    round) and the third value is ``{"local": new c_i for these keys, "delta": delta c_i}``.
+    """
     from edgeweave.federated.tasks import cached_task
-    from edgeweave.finetune.lora import adapter_state, load_adapter_state
+    from edgeweave.finetune.lora import adapter_parameters, adapter_state, load_adapter_state
     from edgeweave.finetune.train import train
 
     rank, layers = int(cfg["rank"]), tuple(int(x) for x in cfg["layers"])
@@ -92,9 +100,25 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
                        base_dtype=str(run["base-dtype"]),
                        optimizer=str(cfg.get("optimizer", "adamw")),
                        seed=int(run["seed"]) * 1000 + int(cfg["server-round"]) * 37 + partition)
+    hook = None
+    if control is not None:
+        from edgeweave.federated.scaffold import GradientControl, local_slice
+
+        old_local = local_slice(local_control or {}, control)
+        params = {k: p for k, p in adapter_parameters(model).items() if k in control}
+        hook = GradientControl(params, control, old_local)
     t0 = time.perf_counter()
-    res = train(model, examples, tcfg, prefix_cache=cache)
+    res = train(model, examples, tcfg, prefix_cache=cache, on_gradients=hook)
     out = {k: v.numpy() for k, v in adapter_state(model).items()}
+    scaffold = None
+    if hook is not None:
+        from edgeweave.federated.scaffold import client_update
+
+        trained = hook.mean_gradients()
+        # a frozen factor (LoRA-FA's A) has no gradient: its variate stays as it was
+        trained.update({k: old_local[k] for k in old_local if k not in trained})
+        new_local, delta = client_update(old_local, trained)
+        scaffold = {"local": new_local, "delta": delta}
     metrics = {"num-examples": len(examples), "train-loss": float(np.mean(res.losses)),
                "peak-rss-mb": res.peak_rss_mb, "saved-act-mb": res.saved_activations_mb,
                "trainable-params": res.trainable_params, "train-s": time.perf_counter() - t0,
@@ -102,7 +126,7 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
                "bytes-up": int(sum(v.nbytes for v in out.values())),
                "bytes-down": int(sum(np.asarray(v).nbytes for v in arrays.values())),
                "partition-id": partition}
-    return out, metrics
+    return out, metrics, scaffold
 
 
 def train_only(mod):
@@ -135,12 +159,27 @@ def make_client_app(mods: list | None = None):
         arrays = msg.content["arrays"].to_numpy_ndarrays()
         keys = list(msg.content["arrays"].keys())
         cfg = dict(msg.content["config"])
-        out, metrics = train_on_message(dict(zip(keys, arrays, strict=True)), cfg,
-                                        dict(context.run_config), partition)
+        control = stored = None
+        if "control" in msg.content:  # SCAFFOLD: the server's c; this client's c_i is state
+            rec = msg.content["control"]
+            control = dict(zip(rec.keys(), rec.to_numpy_ndarrays(), strict=True))
+            if LOCAL_CONTROL in context.state:
+                rec = context.state[LOCAL_CONTROL]
+                stored = dict(zip(rec.keys(), rec.to_numpy_ndarrays(), strict=True))
+        out, metrics, scaffold = train_on_message(dict(zip(keys, arrays, strict=True)), cfg,
+                                                  dict(context.run_config), partition,
+                                                  control, stored)
         metrics["memory-mb"] = int(context.node_config.get("memory-mb", 8192))
-        reply = RecordDict({"arrays": ArrayRecord({k: _array(out[k]) for k in keys}),
-                            "metrics": MetricRecord(metrics)})
-        return Message(reply, reply_to=msg)
+        content = {"arrays": ArrayRecord({k: _array(out[k]) for k in keys}),
+                   "metrics": MetricRecord(metrics)}
+        if scaffold is not None:
+            from edgeweave.federated.scaffold import merge_local
+
+            merged = merge_local(stored or {}, scaffold["local"])
+            context.state[LOCAL_CONTROL] = ArrayRecord({k: _array(v) for k, v in merged.items()})
+            content["control-delta"] = ArrayRecord({k: _array(v)
+                                                    for k, v in scaffold["delta"].items()})
+        return Message(RecordDict(content), reply_to=msg)
 
     @app.query()
     def _query(msg: Message, context: Context) -> Message:

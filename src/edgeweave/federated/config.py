@@ -55,6 +55,9 @@ class FedConfig:
     ``freeze_a``: LoRA-FA/FFA-LoRA: every client keeps the shared random A (its rank's rows
     of it) and trains only B, so averaging B averages the updates ``B A`` exactly (plain
     LoRA averages A and B separately, and the mean of products is not the product of means).
+    ``drift``: ``scaffold`` corrects every local step with SCAFFOLD control variates (see
+    :mod:`edgeweave.federated.scaffold`; each client's own variate stays in its Flower
+    ``context.state``).
     """
 
     model: str = "smollm2-135m-instruct"
@@ -84,6 +87,7 @@ class FedConfig:
     min_clients: int = 0  # wait for this many nodes (0 = num_clients)
     probe: bool = True  # ask new nodes for their profile first (else: learn it from replies)
     freeze_a: bool = False
+    drift: str = "none"  # "scaffold": control variates against client drift
     dp_clip: float = 0.0
     dp_epsilon: float = 1.0
     dp_delta: float = 1e-5
@@ -110,6 +114,12 @@ class FedConfig:
         if self.freeze_a and self.aggregation == "svd":
             raise ConfigError("freeze_a keeps A fixed, but SVD redistribution re-bases A every "
                               "round: use aggregation='pad' or 'fedavg' with freeze_a")
+        if self.drift not in ("none", "scaffold"):
+            raise ConfigError(f"drift {self.drift!r}: choose from ('none', 'scaffold')")
+        if self.drift == "scaffold" and self.aggregation == "svd":
+            raise ConfigError("drift='scaffold' keeps control variates per factor, but SVD "
+                              "redistribution re-bases the factors every round: use "
+                              "aggregation='pad' or 'fedavg' with scaffold")
         if self.num_clients < 1 or self.rounds < 1 or self.local_steps < 1:
             raise ConfigError("num_clients, rounds and local_steps must be >= 1")
         if self.region is not None and not 0 <= self.region[0] < self.region[1]:

@@ -109,7 +109,7 @@ def run_strategy(cfg: FedConfig, grid, evaluate: bool = True) -> dict[str, Any]:
     return {"config": cfg.to_dict(), "region": list(region), "rounds": rounds,
             "initial_eval": evals.get(0), "final_eval": evals.get(cfg.rounds),
             "full_model_bytes": full_model_bytes(cfg), "seconds": time.perf_counter() - t0,
-            "final_arrays": final}
+            "final_arrays": final, "final_control": strategy.control}
 
 
 def client_mods(cfg: FedConfig) -> list:
@@ -153,6 +153,7 @@ def make_server_app():
         cfg = FedConfig.from_run_config(rc)
         res = run_strategy(cfg, grid, evaluate=bool(rc.get("evaluate", False)))
         res.pop("final_arrays")
+        res.pop("final_control", None)
         if rc.get("out"):
             atomic_write_json(str(rc["out"]), res)
 

@@ -43,6 +43,11 @@ def make_local_grid(client_apps: dict[int, Any], node_configs: dict[int, dict],
                 for n in client_apps}
             self._lock = threading.Lock()
 
+        def context(self, node: int) -> Context:
+            """The node's Flower context (its ``state`` persists across rounds, as on a
+            SuperNode)."""
+            return self._contexts[node]
+
         def set_run(self, run: Run) -> None:
             self._run = run
 

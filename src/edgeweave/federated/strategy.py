@@ -55,6 +55,7 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
             self.profiles: dict[int, dict] = {}
             self.slots: dict[int, int] = {}
             self.server_state: Any = None  # the server optimizer's (moments, velocity)
+            self.control: dict[str, np.ndarray] | None = None  # SCAFFOLD's c (global rank)
             self.history: list[dict] = []
             self._sent: dict[int, dict] = {}
             self._t0 = 0.0
@@ -110,8 +111,14 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
                     "tier": tier.name})
                 self._sent[node] = {"tier": tier.name, "rank": a.rank, "blocks": len(a.layers),
                                     "bytes_down": int(sum(v.nbytes for v in sub.values()))}
-                content = RecordDict({"arrays": ArrayRecord({k: _arr(v) for k, v in sub.items()}),
-                                      "config": conf})
+                records = {"arrays": ArrayRecord({k: _arr(v) for k, v in sub.items()}),
+                           "config": conf}
+                if self.cfg.drift == "scaffold":
+                    ctrl = truncate(self._control(glob), a.rank, keys)
+                    records["control"] = ArrayRecord({k: _arr(v) for k, v in ctrl.items()})
+                    self._sent[node]["bytes_control_down"] = int(sum(v.nbytes for v in
+                                                                     ctrl.values()))
+                content = RecordDict(records)
                 msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
             return msgs
 
@@ -119,10 +126,13 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
             replies = list(replies)
             ok = [r for r in replies if not r.has_error()]
             glob = self._global
-            states, weights, clients = [], [], []
+            states, weights, clients, deltas = [], [], [], []
             for r in ok:
                 rec = r.content["arrays"]
                 states.append(dict(zip(rec.keys(), rec.to_numpy_ndarrays(), strict=True)))
+                if "control-delta" in r.content:
+                    rec = r.content["control-delta"]
+                    deltas.append(dict(zip(rec.keys(), rec.to_numpy_ndarrays(), strict=True)))
                 m = dict(r.content["metrics"])
                 weights.append(float(m.get("num-examples", 1)))
                 node = r.metadata.src_node_id
@@ -139,6 +149,17 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
                 self.history.append(record)
                 return None, None
             agg = AGGREGATORS[self.cfg.aggregation](states, weights, glob)
+            if self.cfg.drift == "scaffold":
+                from edgeweave.federated.scaffold import server_update
+
+                ranks = [self.assignment(n, server_round)[0].rank for n in self.profiles
+                         if "memory-mb" in self.profiles[n]]
+                self.control = server_update(self._control(glob), deltas, ranks)
+                record["control_deltas"] = len(deltas)
+                record["bytes_control_up"] = int(sum(v.nbytes for d in deltas
+                                                     for v in d.values()))
+                record["control_norm"] = float(np.sqrt(sum(float((v ** 2).sum())
+                                                           for v in self.control.values())))
             if self.cfg.server_opt in SERVER_STEPS:
                 agg, self.server_state = SERVER_STEPS[self.cfg.server_opt](
                     glob, agg, self.server_state, self.cfg.server_lr, self.cfg.server_momentum)
@@ -150,6 +171,13 @@ def make_strategy(cfg: FedConfig, region: tuple[int, ...]):
             return (ArrayRecord({k: _arr(v) for k, v in agg.items()}),
                     MetricRecord({"train-loss": record["train_loss"],
                                   "replied": len(ok)}))
+
+        def _control(self, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if self.control is None:
+                from edgeweave.federated.scaffold import zeros_like
+
+                self.control = zeros_like(like)  # SCAFFOLD starts every variate at 0
+            return self.control
 
         # -- evaluation happens centrally (evaluate_fn); no client-side evaluation -------
         def configure_evaluate(self, server_round: int, arrays, config, grid) -> Iterable:

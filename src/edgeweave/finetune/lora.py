@@ -56,13 +56,18 @@ def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)}
 
 
-def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Copy of the adapter weights only (fp32, contiguous), keyed like PEFT without the name."""
+def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The adapter weights themselves (not copies), keyed like :func:`adapter_state`."""
     out = {}
     for name, mod in lora_layers(model).items():
-        out[f"{name}.lora_A.weight"] = mod.lora_A[ADAPTER].weight.detach().float().clone()
-        out[f"{name}.lora_B.weight"] = mod.lora_B[ADAPTER].weight.detach().float().clone()
+        out[f"{name}.lora_A.weight"] = mod.lora_A[ADAPTER].weight
+        out[f"{name}.lora_B.weight"] = mod.lora_B[ADAPTER].weight
     return out
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copy of the adapter weights only (fp32, contiguous), keyed like PEFT without the name."""
+    return {k: p.detach().float().clone() for k, p in adapter_parameters(model).items()}
 
 
 def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor],

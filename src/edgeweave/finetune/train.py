@@ -173,8 +173,13 @@ def _load_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer,
 def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
           checkpoint_dir: str | Path | None = None, stop_after: int | None = None,
           prefix_cache: PrefixCache | None = None,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, float], None] | None = None,
+          on_gradients: Callable[[], None] | None = None) -> TrainResult:
     """Train the adapters already injected in ``model`` (see :func:`apply_lora`).
+
+    ``on_gradients`` runs once per step with the step's whole gradient in ``.grad`` (all
+    micro-batches accumulated), before clipping and the optimizer: SCAFFOLD's control variates
+    read and correct it there.
 
     ``stop_after`` ends the run after that many steps *of this call* (a simulated
     interruption); calling again with the same ``checkpoint_dir`` resumes.
@@ -219,6 +224,8 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
                 meter.end_forward()
                 loss.backward()
                 total += float(loss.detach())
+            if on_gradients is not None:
+                on_gradients()
             if cfg.max_grad_norm > 0:  # 0 = no clipping (clipping to 0 would zero every step)
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()

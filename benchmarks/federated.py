@@ -144,7 +144,7 @@ def summarize(name: str, res: dict) -> dict:
     last3 = {k: float(np.mean([r[k] for r in tail])) for k in ("loss", "accuracy")}
     return {"name": name, "initial": res["initial_eval"], "final": res["final_eval"],
             "last3_mean": last3,
-            "rounds": rounds, "seconds": res["seconds"],
+            "rounds": rounds, "seconds": res["seconds"], "warmup": res.get("warmup"),
             "full_model_bytes": res["full_model_bytes"]}
 
 
@@ -207,7 +207,8 @@ def main() -> None:
     ap.add_argument("--baseline-lr", type=float, default=0.0,
                     help="AdamW lr of the local-only and centralized runs (0 = --lr)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", default="fed_pad,fed_svd,fed_pad_fa,fed_smallest,fed_pad_scaffold",
+    ap.add_argument("--runs", default="fed_pad,fed_svd,fed_pad_fa,fed_smallest,fed_pad_scaffold,"
+                    "fed_pad_synthetic,fed_pad_scaffold_synthetic",
                     help="federated runs to compare (fed_pad is always run: the reference)")
     ap.add_argument("--out", default="federated")
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -240,6 +241,9 @@ def main() -> None:
         ("fed_pad_fa", replace(base, freeze_a=True)),
         ("fed_smallest", replace(base, aggregation="fedavg", tiers=(tiers(region_len)[0],))),
         ("fed_pad_scaffold", replace(base, drift="scaffold")),
+        # GPT-FL: the server warms the adapter on 8 synthetic windows per label first
+        ("fed_pad_synthetic", replace(base, synthetic_per_label=8)),
+        ("fed_pad_scaffold_synthetic", replace(base, drift="scaffold", synthetic_per_label=8)),
     ]:
         if name not in wanted:
             continue
@@ -276,8 +280,8 @@ def main() -> None:
                                                        "saved act MB", "peak RSS MB", "train s"],
                 tier_rows)
 
-    hetero = tuple(n for n in ("fed_pad", "fed_svd", "fed_pad_fa", "fed_pad_scaffold")
-                   if n in runs)
+    hetero = tuple(n for n in ("fed_pad", "fed_svd", "fed_pad_fa", "fed_pad_scaffold",
+                               "fed_pad_synthetic", "fed_pad_scaffold_synthetic") if n in runs)
     best = min(hetero, key=lambda n: runs[n]["final"]["loss"])
     acc_gain = lc["central"]["accuracy"] - base_eval["accuracy"]
     per_run = {n: {"final_accuracy_gain_fraction": (runs[n]["final"]["accuracy"]

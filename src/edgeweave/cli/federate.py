@@ -35,6 +35,9 @@ def register(app: typer.Typer) -> None:
         drift: str = typer.Option("none", help="Client-drift correction: none or scaffold "
                                   "(SCAFFOLD control variates; client state in Flower's "
                                   "context.state)."),
+        synthetic: int = typer.Option(0, help="GPT-FL warm-up: synthetic examples per label the "
+                                      "base model writes, trained on by the server before "
+                                      "round 1 (0 = off; task iot)."),
         dp_clip: float = typer.Option(0.0, help="Client-side DP (Flower LocalDpMod) clip norm."),
         dp_epsilon: float = typer.Option(1.0),
         deploy: bool = typer.Option(False, help="Run SuperLink + SuperNodes as processes."),
@@ -60,7 +63,8 @@ def register(app: typer.Typer) -> None:
                         client_optimizer=client_opt,
                         local_steps=local_steps, lr=lr, lr_schedule=lr_schedule,
                         lr_final=lr_final, region=reg,
-                        targets=tuple(targets.split(",")), freeze_a=freeze_a, drift=drift, dp_clip=dp_clip,
+                        targets=tuple(targets.split(",")), freeze_a=freeze_a, drift=drift,
+                        synthetic_per_label=synthetic, dp_clip=dp_clip,
                         dp_epsilon=dp_epsilon, probe=not deploy)
         if deploy:
             from edgeweave.federated.deploy import Deployment

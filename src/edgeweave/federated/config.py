@@ -58,6 +58,9 @@ class FedConfig:
     ``drift``: ``scaffold`` corrects every local step with SCAFFOLD control variates (see
     :mod:`edgeweave.federated.scaffold`; each client's own variate stays in its Flower
     ``context.state``).
+    ``synthetic_per_label`` > 0: before round 1 the server trains the global adapter for
+    ``synthetic_steps`` steps on examples the base model writes itself, in each task's format
+    (GPT-FL; :mod:`edgeweave.federated.synthetic`). Only for the ``iot`` task.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -88,6 +91,8 @@ class FedConfig:
     probe: bool = True  # ask new nodes for their profile first (else: learn it from replies)
     freeze_a: bool = False
     drift: str = "none"  # "scaffold": control variates against client drift
+    synthetic_per_label: int = 0  # GPT-FL warm-up: synthetic examples per label (0 = off)
+    synthetic_steps: int = 16  # server-side training steps on them
     dp_clip: float = 0.0
     dp_epsilon: float = 1.0
     dp_delta: float = 1e-5
@@ -120,6 +125,11 @@ class FedConfig:
             raise ConfigError("drift='scaffold' keeps control variates per factor, but SVD "
                               "redistribution re-bases the factors every round: use "
                               "aggregation='pad' or 'fedavg' with scaffold")
+        if self.synthetic_per_label < 0 or self.synthetic_steps < 1:
+            raise ConfigError("synthetic_per_label must be >= 0 and synthetic_steps >= 1")
+        if self.synthetic_per_label and self.task != "iot":
+            raise ConfigError(f"the synthetic warm-up writes IoT sensor windows: it needs "
+                              f"task='iot' (got {self.task!r})")
         if self.num_clients < 1 or self.rounds < 1 or self.local_steps < 1:
             raise ConfigError("num_clients, rounds and local_steps must be >= 1")
         if self.region is not None and not 0 <= self.region[0] < self.region[1]:

@@ -94,6 +94,11 @@ def run_strategy(cfg: FedConfig, grid, evaluate: bool = True) -> dict[str, Any]:
     num_layers = shared_base(cfg.model, cfg.base_dtype).cfg.num_layers
     region = region_blocks(cfg, num_layers)
     init = initial_arrays(cfg, region)
+    warmup = None
+    if cfg.synthetic_per_label:
+        from edgeweave.federated.synthetic import warm_start
+
+        init, warmup = warm_start(cfg, region, init)
     strategy = make_strategy(cfg, region)
     evaluator = Evaluator(cfg, region) if evaluate else None
     t0 = time.perf_counter()
@@ -109,7 +114,7 @@ def run_strategy(cfg: FedConfig, grid, evaluate: bool = True) -> dict[str, Any]:
     return {"config": cfg.to_dict(), "region": list(region), "rounds": rounds,
             "initial_eval": evals.get(0), "final_eval": evals.get(cfg.rounds),
             "full_model_bytes": full_model_bytes(cfg), "seconds": time.perf_counter() - t0,
-            "final_arrays": final, "final_control": strategy.control}
+            "warmup": warmup, "final_arrays": final, "final_control": strategy.control}
 
 
 def client_mods(cfg: FedConfig) -> list:

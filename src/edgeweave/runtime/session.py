@@ -1,5 +1,10 @@
 """A coordinator session: one sequence through the pipeline, a ``LogitsEngine``.
 
+Its interface to the coordinator is public on both sides: a step runs through
+``Coordinator.run`` (the plan's read lock, a newer plan generation, failover and retry live
+there), the coordinator calls ``rebuild`` and ``note_failover`` back, and the session's
+figures are a typed :class:`SessionStats` (``counters``) reported as the ``stats`` dict.
+
 It records the input of every stage for every step (the bytes that stage received), which is
 what makes replay exact: a stage rebuilt elsewhere gets the same chunks in the same order.
 See ``runtime.coordinator`` for the plan changes and failover that use the records.
@@ -7,22 +12,38 @@ See ``runtime.coordinator`` for the plan changes and failover that use the recor
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeweave.errors import RuntimeStageError
 from edgeweave.runtime import codec as codecs
-from edgeweave.runtime.transport.base import NodeError, StageUnavailable
+from edgeweave.runtime.transport.base import NodeError
 from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op
 from edgeweave.types import Plan
 
 if TYPE_CHECKING:
     from edgeweave.runtime.coordinator import Coordinator
+    from edgeweave.runtime.planstate import PlanView
+
+
+@dataclass
+class SessionStats:
+    """What one session reports (``stats``, copied into generation metrics): bytes on the
+    wire, steps, failovers it went through and what they cost. Reports only: no decision
+    reads them."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    hidden_bytes: int = 0
+    steps: int = 0
+    failovers: int = 0
+    recovery_s: float = 0.0
+    stall_s: float = 0.0
+    replayed_tokens: int = 0
+    evictions_restored: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,30 +65,26 @@ class Session:
         self.length = 0  # committed tokens, held by every stage
         self.records: list[list[Payload]] = []  # per stage index: the inputs it received
         self.opened = False
-        self._stats: dict[str, float] = {
-            "bytes_sent": 0.0, "bytes_received": 0.0, "hidden_bytes": 0.0, "steps": 0.0,
-            "failovers": 0.0, "recovery_s": 0.0, "stall_s": 0.0, "replayed_tokens": 0.0,
-            "evictions_restored": 0.0}
+        self.counters = SessionStats()
         self._hop_rtt: list[float] = []
         self._hop_compute: list[float] = []
 
     # -- LogitsEngine --------------------------------------------------------------------
     def prefill(self, ids: list[int]) -> np.ndarray:
-        self._run(lambda: self._open_all())
+        self.coord.run(self._open_all, self.counters)
         self.length = 0
         return self._step(ids)
 
     def decode(self, token: int) -> np.ndarray:
         return self._step([token])
 
+    def extend(self, ids: list[int]) -> np.ndarray:
+        """Append a chunk of the prompt (chunked prefill): one recorded step, replayed as it
+        ran."""
+        return self._step(list(ids))
+
     def close(self) -> None:
-        coord = self.coord
-        with coord._lock.read():
-            for dev in {st.device for st in coord.plan.stages}:
-                # a dead node holds nothing worth freeing
-                with contextlib.suppress(RuntimeStageError):
-                    coord.call(dev, Frame(Op.CLOSE, session=self.id), coord.deadline_s)
-        coord._forget(self)
+        self.coord.close_session(self)
 
     def __enter__(self) -> Session:
         return self
@@ -75,30 +92,19 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- steps ---------------------------------------------------------------------------
-    def _run(self, fn: Callable[[], np.ndarray | None]) -> np.ndarray | None:
-        """Run ``fn`` under the plan's read lock; on a dead node, fail over and retry."""
-        for _attempt in range(8):
-            gen = self.coord.stats["plan_changes"]
-            try:
-                with self.coord._lock.read():
-                    if gen == self.coord.stats["plan_changes"]:
-                        return fn()
-                    continue  # the plan changed while we waited: run again on the new one
-            except StageUnavailable as e:
-                t0 = time.perf_counter()
-                with self.coord._lock.write():
-                    self.coord._fail_over({e.device})
-                # detection to retry, including waiting for a recovery another session began
-                self._stats["stall_s"] = time.perf_counter() - t0
-        raise RuntimeStageError("the session could not complete a step: nodes keep failing")
+    # -- what the coordinator calls --------------------------------------------------------
+    def note_failover(self, recovery_s: float) -> None:
+        """A failover happened while this session was open (it was replayed if needed)."""
+        self.counters.failovers += 1
+        self.counters.recovery_s = recovery_s
 
-    def _open_all(self) -> None:
+    # -- steps ---------------------------------------------------------------------------
+    def _open_all(self, view: PlanView) -> None:
         coord = self.coord
-        for st, key in zip(coord.plan.stages, coord._keys, strict=True):
+        for st, key in zip(view.plan.stages, view.keys, strict=True):
             coord.call(st.device, Frame(Op.OPEN, key, self.id, arg=self.max_len),
                        coord.deadline_s)
-        self.records = [[] for _ in coord.plan.stages]
+        self.records = [[] for _ in view.plan.stages]
         self.length = 0
         self.opened = True
 
@@ -107,16 +113,15 @@ class Session:
             raise RuntimeStageError(f"session {self.id} holds {self.max_len} tokens; "
                                     "start a new session with a larger max_len")
         x = Payload(codecs.IDS.id, (1, len(ids)), codecs.IDS.encode(np.array([ids], dtype=np.int64)))
-        out = self._run(lambda: self._forward_all(x))
-        self._stats["steps"] += 1
+        out = self.coord.run(lambda view: self._forward_all(view, x), self.counters)
+        self.counters.steps += 1
         return codecs.get(out.codec).decode(out.data, out.shape)[0]
 
-    def _forward_all(self, x: Payload) -> Payload:
-        coord = self.coord
+    def _forward_all(self, view: PlanView, x: Payload) -> Payload:
         inputs = []
-        for i, key in enumerate(coord._keys):
+        for i, key in enumerate(view.keys):
             inputs.append(x)
-            x = self._forward(coord.plan, i, key, x, self.length, record=True)
+            x = self._forward(view.plan, i, key, x, self.length, record=True)
         for rec, inp in zip(self.records, inputs, strict=True):
             rec.append(inp)
         self.length += x_tokens(inputs[0])
@@ -143,10 +148,10 @@ class Session:
             self._hop_rtt.append(time.perf_counter() - t0)
             self._hop_compute.append(resp.arg / 1e6)
         if record:
-            self._stats["bytes_sent"] += req.wire_size
-            self._stats["bytes_received"] += resp.wire_size
+            self.counters.bytes_sent += req.wire_size
+            self.counters.bytes_received += resp.wire_size
             if not last:
-                self._stats["hidden_bytes"] += len(resp.payload)
+                self.counters.hidden_bytes += len(resp.payload)
         return Payload(resp.codec, resp.shape, resp.payload)
 
     def _restore(self, plan: Plan, i: int, key: str) -> None:
@@ -157,11 +162,12 @@ class Session:
         for inp in self.records[i]:
             self._forward(plan, i, key, inp, pos)
             pos += x_tokens(inp)
-        self._stats["replayed_tokens"] += pos
-        self._stats["evictions_restored"] += 1
+        self.counters.replayed_tokens += pos
+        self.counters.evictions_restored += 1
 
-    def _rebuild(self, plan: Plan, keys: list[str], k: int) -> None:
-        """Called under the write lock: make ``plan``'s stages hold this session's tokens.
+    def rebuild(self, plan: Plan, keys: list[str], k: int) -> None:
+        """Make ``plan``'s stages hold this session's tokens (the coordinator calls this
+        under the write lock of a plan change).
 
         Stages before ``k`` are unchanged and only drop a half-done step; stages from ``k``
         on start empty and get the recorded inputs of stage ``k``, chunk by chunk as they
@@ -186,7 +192,7 @@ class Session:
                 x = self._forward(plan, i, keys[i], x, pos)
             pos += x_tokens(chunk)
         self.records = records
-        self._stats["replayed_tokens"] += pos
+        self.counters.replayed_tokens += pos
 
     @property
     def stats(self) -> dict[str, float]:
@@ -194,7 +200,8 @@ class Session:
         compute time) per decode hop, and the overhead's median and 90th percentile (one
         descheduled hop moves the mean on a busy host); ``generate`` copies this into
         ``metrics.extra``."""
-        out = dict(self._stats)
+        c = self.counters
+        out = {k: float(v) for k, v in asdict(c).items()}
         n = len(self._hop_rtt)
         if n:
             rtt, comp = sum(self._hop_rtt) / n, sum(self._hop_compute) / n
@@ -203,9 +210,8 @@ class Session:
                        hop_overhead_ms=1e3 * (rtt - comp), hops=float(n),
                        hop_overhead_median_ms=1e3 * over[n // 2],
                        hop_overhead_p90_ms=1e3 * over[min(n - 1, int(0.9 * n))])
-        if self._stats["steps"]:
-            out["bytes_per_token"] = (self._stats["bytes_sent"] + self._stats["bytes_received"]) \
-                / max(self.length, 1)
+        if c.steps:
+            out["bytes_per_token"] = (c.bytes_sent + c.bytes_received) / max(self.length, 1)
         return out
 
 

@@ -63,6 +63,11 @@ class EngineSession:
         """Append a chunk of the prompt (chunked prefill); logits after its last token."""
         return self.engine.forward(self.id, np.array([ids], dtype=np.int64))[0]
 
+    @property
+    def batch_key(self) -> int:
+        """Sessions with the same key can step together (``forward_many``): one engine."""
+        return id(self.engine)
+
     @staticmethod
     def forward_many(sessions: Sequence[EngineSession], steps: Sequence[Any]) -> list[np.ndarray]:
         """One batched step of sessions sharing one stage engine; ``steps[j]`` has ``ids``

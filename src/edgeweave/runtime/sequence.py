@@ -182,27 +182,27 @@ def advance(engine: LogitsEngine, step: StepInput) -> np.ndarray:
 
 def step_batch(items: Sequence[tuple[LogitsEngine, StepInput]]
                ) -> list[np.ndarray | BaseException]:
-    """Run every ``(engine, input)`` pair; sessions of one shared stage engine
-    (``EngineSession``) go through it in one ``forward_batch`` call, any other engine step
-    by step. A failure belongs to its own item (returned in its place), not to the batch:
-    a batch that fails is retried item by item to find the one to blame."""
-    from edgeweave.runtime.engine import EngineSession
-
+    """Run every ``(engine, input)`` pair. Engines that share a backend (the same
+    ``batch_key``: sessions of one in-process stage engine, or of one coordinator) step in
+    one ``forward_many`` call of their class (``StageEngine.forward_batch`` underneath, or
+    one FORWARD_BATCH frame per stage); any other engine steps alone. A failure belongs to
+    its own item (returned in its place): a batch that fails as a whole is retried item by
+    item to find the one to blame."""
     out: list[Any] = [None] * len(items)
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[type, int], list[int]] = {}
     for j, (eng, _step) in enumerate(items):
-        if isinstance(eng, EngineSession) and hasattr(eng.engine, "forward_batch"):
-            groups.setdefault(id(eng.engine), []).append(j)
-    for rows in groups.values():
+        key = getattr(eng, "batch_key", None)
+        if key is not None and hasattr(type(eng), "forward_many"):
+            groups.setdefault((type(eng), key), []).append(j)
+    for (cls, _key), rows in groups.items():
         if len(rows) < 2:
             continue
-        sessions = [items[j][0] for j in rows]
         try:
-            logits = EngineSession.forward_many(sessions, [items[j][1] for j in rows])
+            results = cls.forward_many([items[j][0] for j in rows], [items[j][1] for j in rows])
         except Exception:  # noqa: BLE001 - one bad session: find it below, one by one
             continue
-        for j, lg in zip(rows, logits, strict=True):
-            out[j] = lg
+        for j, res in zip(rows, results, strict=True):
+            out[j] = res
     for j, (eng, step) in enumerate(items):
         if out[j] is None:
             try:

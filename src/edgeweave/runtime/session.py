@@ -12,16 +12,17 @@ See ``runtime.coordinator`` for the plan changes and failover that use the recor
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeweave.errors import RuntimeStageError
+from edgeweave.errors import EdgeweaveError, RuntimeStageError
 from edgeweave.runtime import codec as codecs
 from edgeweave.runtime.transport.base import NodeError
-from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op
+from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op, pack_batch, unpack_batch
 from edgeweave.types import Plan
 
 if TYPE_CHECKING:
@@ -92,6 +93,43 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- batched steps ---------------------------------------------------------------------
+    @property
+    def batch_key(self) -> int:
+        """Sessions with the same key can step together (``forward_many``): one plan."""
+        return id(self.coord)
+
+    @staticmethod
+    def forward_many(sessions: list[Session], steps: list[Any]
+                     ) -> list[np.ndarray | BaseException]:
+        """One step of several sessions of one coordinator: each stage gets one
+        FORWARD_BATCH frame carrying every session's input (``steps[j]``: ``ids`` and
+        ``fresh`` as ``sequence.StepInput``; a fresh one opens its caches first). A failover
+        retries the whole step on the new plan; a session refused by a node fails alone."""
+        coord = sessions[0].coord
+        out: list[Any] = [None] * len(sessions)
+        run: list[int] = []
+        for j, (s, st) in enumerate(zip(sessions, steps, strict=True)):
+            try:
+                if st.fresh:
+                    coord.run(s._open_all, s.counters)
+                if s.length + len(st.ids) > s.max_len:
+                    raise RuntimeStageError(f"session {s.id} holds {s.max_len} tokens; start "
+                                            "a new session with a larger max_len")
+                run.append(j)
+            except Exception as e:  # noqa: BLE001 - this session only
+                out[j] = e
+        if not run:
+            return out
+        xs = [Payload(codecs.IDS.id, (1, len(steps[j].ids)),
+                      codecs.IDS.encode(np.array([steps[j].ids], dtype=np.int64))) for j in run]
+        group = [sessions[j] for j in run]
+        ys = coord.run(lambda view: _forward_batch(view, group, xs))
+        for j, y in zip(run, ys, strict=True):
+            out[j] = y if isinstance(y, BaseException) else \
+                codecs.get(y.codec).decode(y.data, y.shape)[0]
+        return out
+
     # -- what the coordinator calls --------------------------------------------------------
     def note_failover(self, recovery_s: float) -> None:
         """A failover happened while this session was open (it was replayed if needed)."""
@@ -154,6 +192,13 @@ class Session:
                 self.counters.hidden_bytes += len(resp.payload)
         return Payload(resp.codec, resp.shape, resp.payload)
 
+    def _drop_step(self, view: PlanView, stages: int) -> None:
+        """Stages ``[0, stages)`` ran a step that failed further on: forget it there."""
+        for st, key in list(zip(view.plan.stages, view.keys, strict=True))[:stages]:
+            with contextlib.suppress(EdgeweaveError):
+                self.coord.call(st.device, Frame(Op.TRUNCATE, key, self.id, arg=self.length),
+                                self.coord.deadline_s)
+
     def _restore(self, plan: Plan, i: int, key: str) -> None:
         coord = self.coord
         coord.call(plan.stages[i].device, Frame(Op.OPEN, key, self.id, arg=self.max_len),
@@ -213,6 +258,75 @@ class Session:
         if c.steps:
             out["bytes_per_token"] = (c.bytes_sent + c.bytes_received) / max(self.length, 1)
         return out
+
+
+def _forward_batch(view: PlanView, sessions: list[Session], xs: list[Payload]
+                   ) -> list[Payload | BaseException]:
+    """``Session.forward_many``'s step under the read lock: stage by stage, one frame for
+    every session still running; nothing is committed (records, lengths) until the last
+    stage answered, so a failover retry or a rebuild sees the step as never taken."""
+    coord = sessions[0].coord
+    cur = list(xs)
+    inputs: list[list[Payload]] = [[] for _ in sessions]
+    errors: dict[int, BaseException] = {}
+    alive = list(range(len(sessions)))
+    n = len(view.plan.stages)
+    for i, (st, key) in enumerate(zip(view.plan.stages, view.keys, strict=True)):
+        last = i == n - 1
+        reply = codecs.get(coord.logits_codec if last else st.codec).id
+        items = [Frame(Op.FORWARD, "", sessions[j].id, arg=sessions[j].length,
+                       codec=cur[j].codec, reply_codec=reply, shape=cur[j].shape,
+                       payload=cur[j].data) for j in alive]
+        tokens = sum(x_tokens(cur[j]) for j in alive)
+        t0 = time.perf_counter()
+        resp = coord.call(st.device, Frame(Op.FORWARD_BATCH, key, payload=pack_batch(items)),
+                          coord.deadline_s + coord.per_token_s * tokens)
+        rtt = time.perf_counter() - t0
+        answers = unpack_batch(resp.payload)
+        if len(answers) != len(items):
+            raise RuntimeStageError(f"node {st.device} answered {len(answers)} of a batch of "
+                                    f"{len(items)}: run the same edgeweave version everywhere")
+        still = []
+        for j, item, ans in zip(alive, items, answers, strict=True):
+            s = sessions[j]
+            inputs[j].append(cur[j])
+            if ans.op == Op.ERROR and ans.arg == ErrorCode.SESSION_MISSING:
+                try:  # evicted under memory pressure: replay it, then its step alone
+                    s._restore(view.plan, i, key)
+                    cur[j] = s._forward(view.plan, i, key, cur[j], s.length, record=True)
+                except EdgeweaveError as e:
+                    errors[j] = e
+                    continue
+            elif ans.op == Op.ERROR:
+                err = NodeError(f"node {st.device}: {ans.payload.decode(errors='replace')}")
+                err.code = ans.arg
+                errors[j] = err
+                continue
+            else:
+                if x_tokens(cur[j]) == 1:  # per-token figures: decode hops only
+                    s._hop_rtt.append(rtt)
+                    s._hop_compute.append(ans.arg / 1e6)
+                s.counters.bytes_sent += item.wire_size
+                s.counters.bytes_received += ans.wire_size
+                if not last:
+                    s.counters.hidden_bytes += len(ans.payload)
+                cur[j] = Payload(ans.codec, ans.shape, ans.payload)
+            still.append(j)
+        alive = still
+        if not alive:
+            break
+    out: list[Payload | BaseException] = []
+    for j, s in enumerate(sessions):
+        if j in errors:
+            s._drop_step(view, len(inputs[j]) - 1)
+            out.append(errors[j])
+            continue
+        for rec, inp in zip(s.records, inputs[j], strict=True):
+            rec.append(inp)
+        s.length += x_tokens(inputs[j][0])
+        s.counters.steps += 1
+        out.append(cur[j])
+    return out
 
 
 def merge_payloads(chunks: list[Payload]) -> Payload:

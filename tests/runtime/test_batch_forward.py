@@ -142,3 +142,23 @@ def test_a_bad_batch_is_refused_before_any_cache_changes(kind, model, tmp_path):
     with pytest.raises(Exception, match="KV cache holds 4 tokens"):
         eng.forward_batch(["b", "a"], [np.array([[1]]), np.array([[5, 6]])])
     assert eng.length("a") == 3 and eng.length("b") == 0
+
+
+def test_onnx_pools_follow_the_sessions(model, tmp_path):
+    """Sessions share a pool by capacity (next power of two, or a busier pool within 4x);
+    bytes are reported per session from its capacity; closing every session frees the pools."""
+    from edgeweave.runtime.engines.onnx import capacity
+
+    assert [capacity(n) for n in (1, 2, 3, 64, 65, 100)] == [1, 2, 4, 64, 128, 128]
+    eng = _onnx(model, tmp_path, 0, model.cfg.num_layers)
+    per_pos = 2 * model.cfg.num_layers * model.cfg.num_kv_heads * model.cfg.head_dim * 4
+    for j in range(5):
+        eng.open(f"p{j}", 20)
+    eng.open("big", 100)
+    eng.open("joins", 40)  # its own capacity is 64: the 128-pool holds it within 4x
+    assert eng.session_bytes("p0") == 32 * per_pos
+    assert eng.session_bytes("joins") == 128 * per_pos
+    assert sorted(eng._pools) == [32, 128]
+    for s in eng.sessions():
+        eng.close(s)
+    assert eng._pools == {} and eng._bindings == {}

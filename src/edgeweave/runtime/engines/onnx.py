@@ -287,7 +287,8 @@ class OnnxStageEngine:
         hit = self._bindings.get(key)
         if hit is not None and hit[0] is pool and hit[1] == pool.version:
             return hit[2]
-        if len(self._bindings) > 64:  # stale entries of older versions
+        self._forget_bindings(pool, keep_current=True)  # stale views hold old arrays alive
+        if len(self._bindings) > 64:
             self._bindings.clear()
         binding = self.session.io_binding()
         binding.bind_output(self._output, "cpu")  # first: get_outputs()[0] is the result
@@ -300,6 +301,10 @@ class OnnxStageEngine:
                 held.append(view)
         self._bindings[key] = (pool, pool.version, binding, held)
         return binding
+
+    def _forget_bindings(self, pool: _Pool, keep_current: bool = False) -> None:
+        self._bindings = {k: v for k, v in self._bindings.items() if v[0] is not pool
+                          or (keep_current and v[1] == pool.version)}
 
     def _check_room(self, s: _Session, t: int) -> int:
         total = s.length + t
@@ -383,6 +388,7 @@ class OnnxStageEngine:
         s.pool.remove(s)
         if not s.pool.owners:
             self._pools.pop(s.pool.length, None)
+            self._forget_bindings(s.pool)
 
     def close(self, session_id: str) -> None:
         s = self._sessions.pop(session_id, None)

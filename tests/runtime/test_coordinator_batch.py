@@ -119,3 +119,51 @@ def test_batch_payloads_round_trip_and_refuse_garbage():
     for bad in (b"", raw[:-1], raw + b"x", b"\xff\xff\xff\xff", raw[:6]):
         with pytest.raises(FrameError):
             unpack_batch(bad)
+
+
+def test_grpc_nodes_step_batches_and_refuse_items_alone(tiny_model):
+    """Two real gRPC nodes: batched generation equals the whole model alone, and a batch with
+    one out-of-sync item answers that item with ERROR while the other one runs."""
+    import numpy as np
+
+    from edgeweave.runtime import codec as codecs
+    from edgeweave.runtime.launch import attach
+    from edgeweave.runtime.transport.frame import ErrorCode
+    from tests.runtime.node_helpers import RawStream, running_node
+
+    with running_node(tiny_model, ((0, 2),)) as (h0, a0), \
+            running_node(tiny_model, ((2, 4),)) as (_h1, a1):
+        coord = attach(Plan.split(4, [2], ["n0", "n1"]), "mem", {"n0": a0, "n1": a1},
+                       tokenizer=None, max_len=128)
+
+        class Tok:  # Generation needs only the eos id and decode for text
+            eos_token_id = None
+
+            def decode(self, ids):  # type: ignore[no-untyped-def]
+                return " ".join(map(str, ids))
+
+        class LM:
+            tokenizer = Tok()
+
+        want = [list(generate_step(LocalEngine(tiny_model, max_len=128), p, PARAMS))
+                for p in PROMPTS]
+        assert _drive(coord, LM()) == want
+        coord.close()
+
+        raw = RawStream(a0)
+        try:
+            key = "0-2:fp32"
+            for sid in ("x", "y"):
+                assert raw.ask(Frame(Op.OPEN, key, sid, arg=16)).op == Op.OK
+            ids = codecs.IDS.encode(np.array([[1, 5]], dtype=np.int64))
+            items = [Frame(Op.FORWARD, "", "x", arg=0, codec=codecs.IDS.id, shape=(1, 2),
+                           payload=ids),
+                     Frame(Op.FORWARD, "", "y", arg=3, codec=codecs.IDS.id, shape=(1, 2),
+                           payload=ids)]
+            resp = raw.ask(Frame(Op.FORWARD_BATCH, key, payload=pack_batch(items)))
+            ok, bad = unpack_batch(resp.payload)
+            assert ok.op == Op.OK and ok.shape == (1, 2, tiny_model.cfg.hidden_size)
+            assert bad.op == Op.ERROR and bad.arg == ErrorCode.OUT_OF_SYNC
+            assert h0.engines[key].length("x") == 2 and h0.engines[key].length("y") == 0
+        finally:
+            raw.close()

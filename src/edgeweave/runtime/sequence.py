@@ -49,6 +49,7 @@ class Generation:
 
     def __init__(self, engine: LogitsEngine, tokenizer: Tokenizer, prompt_ids: Sequence[int],
                  params: SamplingParams | None = None) -> None:
+        self._t0 = time.perf_counter()  # TTFT includes compiling an output format
         params = params or SamplingParams()
         ids = list(prompt_ids)
         if not ids:
@@ -74,7 +75,6 @@ class Generation:
         self._fed = 0  # prompt tokens handed to the engine so far
         self._asked = 0  # tokens of the input last handed out
         self.finish_reason: str | None = None
-        self._t0 = time.perf_counter()
         self._t_first: float | None = None
         self._peak = 0.0
 

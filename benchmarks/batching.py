@@ -13,8 +13,11 @@ tokens (EOS ignored), each level started at once:
   kernels may round differently with the batch size (the issue asks >= 99 % there); with
   ``--torch-check`` a second server on the fp32 torch reference must give identical text.
 
-The speed-up of each level is its aggregate over the single-stream aggregate of this run.
-Writes ``results/batching.json``.
+The same levels through the 3-node pipeline started as the README says (three
+``edgeweave node --stage A:B --variant int4 --colocated`` processes and ``edgeweave serve
+--plan plan.json --node ...``; the issue asks 16 streams >= 3x its own single stream), unless
+``--no-pipeline``. The speed-up of each level is its aggregate over the single-stream
+aggregate of the same server in this run. Writes ``results/batching.json``.
 
     flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/batching.py [--torch-check]
 """
@@ -22,18 +25,24 @@ Writes ``results/batching.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _common import emit_result, print_table, write_json  # noqa: E402
-from serve import MODEL, PROMPTS, Served  # noqa: E402
+from serve import EDGEWEAVE, MODEL, PROMPTS, Served  # noqa: E402
 
 
 def stream(url: str, prompt: str, n: int) -> dict[str, Any]:
@@ -109,10 +118,38 @@ def run_server(extra: list[str], levels: list[int], n: int, tokenizer: Any) -> d
         srv.close()
 
 
+@contextlib.contextmanager
+def readme_nodes(variant: str = "int4", cuts: tuple[int, ...] = (10, 20)) -> Iterator[list[str]]:
+    """Three ``edgeweave node`` processes as the README starts them; yields the ``serve``
+    arguments (``--plan`` file and ``--node`` addresses) that use them."""
+    from edgeweave.runtime.launch import stop_processes, wait_ready
+    from edgeweave.types import Plan
+
+    n = 30
+    bounds = [0, *cuts, n]
+    plan = Plan.split(n, list(cuts), ["n0", "n1", "n2"], variant=variant, codec="fp16")
+    tmp = Path(tempfile.mkdtemp(prefix="edgeweave-batching-"))
+    (tmp / "plan.json").write_text(json.dumps({"plan": plan.to_dict()}))
+    nodes = []
+    try:
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            nodes.append(subprocess.Popen([*EDGEWEAVE, "node", "--stage", f"{a}:{b}",
+                                           "--variant", variant, "--colocated"],
+                                          stdout=subprocess.PIPE,
+                                          stderr=(tmp / f"n{i}.log").open("wb")))
+        addrs = [wait_ready(p, tmp / f"n{i}.log", 900) for i, p in enumerate(nodes)]
+        yield ["--plan", str(tmp / "plan.json"),
+               *[x for i, ad in enumerate(addrs) for x in ("--node", f"n{i}={ad}")]]
+    finally:
+        stop_processes(nodes)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--max-streams", type=int, default=16, choices=(16, 32))
+    ap.add_argument("--no-pipeline", action="store_true",
+                    help="skip the 3-node pipeline started as the README says")
     ap.add_argument("--torch-check", action="store_true",
                     help="also serve the fp32 torch reference: batched text must be identical")
     a = ap.parse_args()
@@ -121,6 +158,9 @@ def main() -> None:
     tok = tokenizer_for(MODEL)
     levels = [1, 4, 16] + ([32] if a.max_streams == 32 else [])
     runs = {"default": run_server([], levels, a.new_tokens, tok)}
+    if not a.no_pipeline:
+        with readme_nodes() as args:
+            runs["3-node pipeline"] = run_server(args, [1, 4, 16], a.new_tokens, tok)
     if a.torch_check:
         runs["torch-fp32"] = run_server(["--backend", "torch", "--variant", "fp32"], [1, 4],
                                         a.new_tokens, tok)

@@ -5,7 +5,8 @@ in parallel threads would only fight. Decode of a small model is memory-bound in
 pass over the weights for 16 sessions costs little more than for one. So a single scheduler
 thread runs rounds: in each, every running session advances one token, all of them in one
 batched engine call (``runtime.sequence.step_batch``: ``StageEngine.forward_batch`` for
-sessions of one in-process engine; a coordinator's sessions step one by one), and waiting
+sessions of one in-process engine; one FORWARD_BATCH frame per stage for the sessions of a
+coordinator), and waiting
 requests are admitted between rounds. A new prompt is fed in chunks of at most
 ``prefill_chunk`` tokens, at most ``prefill_budget`` prompt tokens per round, inside the same
 batch, so a long prompt never stalls the running streams for more than one chunk.
@@ -62,8 +63,9 @@ class Job:
         self.cancelled = True
 
 
-# Prompt tokens per chunk and per round: a 64-token chunk of SmolLM2 int4 costs about as
-# much as 4-8 batched decode steps here, so running streams keep flowing while it is fed.
+# Prompt tokens per chunk and per round. A round's cost is its decode batch plus these
+# prompt tokens, so the budget bounds how much a burst of new requests slows the running
+# streams; the typical chat prompt here (40-90 tokens with the template) fits one chunk.
 PREFILL_CHUNK = 64
 PREFILL_BUDGET = 128
 

@@ -12,6 +12,11 @@ or an eviction, gets the same chunks in the same order and ends with a bit-ident
 that breaks its stream or misses the deadline is marked failed, the plan is re-planned on
 the survivors (``replan``), sessions are replayed from the first changed stage and the
 interrupted step is retried: no token is lost or doubled.
+
+The plan state (plan, stage keys, an integer generation, the lock) belongs to one
+:class:`~edgeweave.runtime.planstate.PlanState`; sessions step through :meth:`Coordinator.run`
+and fail over through :meth:`Coordinator.fail_over`, and several sessions step together
+(``Session.forward_many``: one FORWARD_BATCH frame per stage).
 """
 
 from __future__ import annotations

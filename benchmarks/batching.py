@@ -118,6 +118,34 @@ def run_server(extra: list[str], levels: list[int], n: int, tokenizer: Any) -> d
         srv.close()
 
 
+def engine_steps(steps: int = 32, sizes: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
+    """The default engine alone (no server): ms per batched decode step at each batch size,
+    after a 40-token prompt per session: what the server's rounds are built from."""
+    from edgeweave.runtime.engine import EngineSession
+    from edgeweave.runtime.local import whole_model
+    from edgeweave.runtime.sequence import StepInput
+
+    engine = whole_model(MODEL)
+    out: dict[str, Any] = {}
+    for b in sizes:
+        sessions = [EngineSession(engine, 40 + steps + 8) for _ in range(b)]
+        for j, s in enumerate(sessions):
+            s.prefill([1 + (j * 7 + i) % 500 for i in range(40)])
+        tok = [StepInput((17,), False)] * b
+        EngineSession.forward_many(sessions, tok) if b > 1 else sessions[0].decode(17)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            if b > 1:
+                EngineSession.forward_many(sessions, tok)
+            else:
+                sessions[0].decode(17)
+        ms = 1e3 * (time.perf_counter() - t0) / steps
+        out[str(b)] = {"ms_per_step": ms, "tok_s": b * 1e3 / ms}
+        for s in sessions:
+            s.close()
+    return out
+
+
 @contextlib.contextmanager
 def readme_nodes(variant: str = "int4", cuts: tuple[int, ...] = (10, 20)) -> Iterator[list[str]]:
     """Three ``edgeweave node`` processes as the README starts them; yields the ``serve``
@@ -157,6 +185,9 @@ def main() -> None:
 
     tok = tokenizer_for(MODEL)
     levels = [1, 4, 16] + ([32] if a.max_streams == 32 else [])
+    engine = engine_steps()
+    print_table("the default engine alone: batched decode steps", ["batch", "ms/step", "tok/s"],
+                [[b, x["ms_per_step"], x["tok_s"]] for b, x in engine.items()])
     runs = {"default": run_server([], levels, a.new_tokens, tok)}
     if not a.no_pipeline:
         with readme_nodes() as args:
@@ -176,7 +207,7 @@ def main() -> None:
     print_table(f"edgeweave serve, {a.new_tokens}-token greedy streams (openai client)",
                 ["server", "streams", "agg tok/s", "x single", "TTFT p50 s", "TTFT p90 s",
                  "fairness", "agreement", "identical"], rows)
-    payload = {"new_tokens": a.new_tokens,
+    payload = {"new_tokens": a.new_tokens, "engine_steps": engine,
                "runs": {n: {str(k): v for k, v in r.items()} for n, r in runs.items()}}
     write_json("batching", payload)
     emit_result(payload)

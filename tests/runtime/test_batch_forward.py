@@ -155,10 +155,11 @@ def test_onnx_pools_follow_the_sessions(model, tmp_path):
     for j in range(5):
         eng.open(f"p{j}", 20)
     eng.open("big", 100)
-    eng.open("joins", 40)  # its own capacity is 64: the 128-pool holds it within 4x
+    eng.open("joins", 60)  # its own capacity is 64: the 128-pool holds it within 2x
+    eng.open("alone", 200)  # 256: no pool within 2x
     assert eng.session_bytes("p0") == 32 * per_pos
     assert eng.session_bytes("joins") == 128 * per_pos
-    assert sorted(eng._pools) == [32, 128]
+    assert sorted(eng._pools) == [32, 128, 256]
     for s in eng.sessions():
         eng.close(s)
     assert eng._pools == {} and eng._bindings == {}

@@ -257,9 +257,11 @@ class OnnxStageEngine:
         if old is not None:
             self._release(old)
         length = capacity(max_len)
-        # join the busiest pool that holds the session in at most 4x its own capacity: the
-        # sessions of one pool step in one batched run, different pools in one run each
-        fits = [p for p in self._pools.values() if length <= p.length <= 4 * length]
+        # join the busiest pool that holds the session in at most twice its own capacity:
+        # the sessions of one pool step in one batched run, different pools in one run each;
+        # the bytes it reserves (``session_bytes``) are the pool's, which a node's memory cap
+        # counts, so the factor is kept small
+        fits = [p for p in self._pools.values() if length <= p.length <= 2 * length]
         if fits:
             length = max(fits, key=lambda p: (len(p.owners), -p.length)).length
         pool = self._pools.get(length)

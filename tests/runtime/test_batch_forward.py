@@ -145,7 +145,7 @@ def test_a_bad_batch_is_refused_before_any_cache_changes(kind, model, tmp_path):
 
 
 def test_onnx_pools_follow_the_sessions(model, tmp_path):
-    """Sessions share a pool by capacity (next power of two, or a busier pool within 4x);
+    """Sessions share a pool by capacity (next power of two, or a busier pool within 2x);
     bytes are reported per session from its capacity; closing every session frees the pools."""
     from edgeweave.runtime.engines.onnx import capacity
 

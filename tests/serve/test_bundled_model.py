@@ -27,3 +27,34 @@ def test_capital_of_france_greedy_says_paris():
     ew = next(c for c in chunks if c.choices and c.choices[0].finish_reason).model_extra
     assert ew["edgeweave"]["decode_tok_s"] > 0
     assert ew["edgeweave"]["backend"] == "onnx" and ew["edgeweave"]["variant"] == "fp32"
+
+
+@pytest.mark.integration
+def test_concurrent_streams_of_the_default_engine_agree_with_solo_streams():
+    """Six greedy streams at once on the default int4 ONNX engine (batched decode rows) give
+    the text each prompt gives alone, up to low-bit rounding with the batch size: at least
+    90 % of the tokens before the first difference (benchmarks/batching.py reports it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sessions = LocalSessions.load("smollm2-135m-instruct", EngineChoice())
+    prompts = ["What is the capital of France?", "Name two uses of a motion sensor.",
+               "Why do sensors sleep?", "What is humidity?", "Say hello.",
+               "List three colors."]
+    with BackgroundServer(sessions, ServeConfig(api_keys=("k",))) as url:
+        def one(p: str) -> str:
+            r = client(url, "k").chat.completions.create(
+                model="smollm2-135m-instruct", temperature=0, max_tokens=24,
+                messages=[{"role": "user", "content": p}], extra_body={"ignore_eos": True})
+            return r.choices[0].message.content or ""
+
+        solo = [one(p) for p in prompts]
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            together = list(pool.map(one, prompts))
+    tok = sessions.tokenizer
+    same = total = 0
+    for a, b in zip(together, solo, strict=True):
+        x, y = tok.encode(a, add_special_tokens=False), tok.encode(b, add_special_tokens=False)
+        n = next((i for i, (u, v) in enumerate(zip(x, y, strict=False)) if u != v),
+                 min(len(x), len(y)))
+        same, total = same + n, total + max(len(y), 1)
+    assert same / total >= 0.9, (same, total, together, solo)

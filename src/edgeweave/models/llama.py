@@ -83,10 +83,17 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, layer: int, cache: KVCache | None,
                 cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        out = self.attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), layer, cache, cos, sin)
+        return self.o_proj(out)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
+               cache: KVCache | None, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary, cache append and attention of one sequence's projections (B, T, heads * hd)
+        -> (B, T, nh * hd); a batched step calls it per sequence on packed projections."""
+        b, t, _ = q.shape
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
+        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         past = cache.position(layer) if cache is not None else 0
         # tables are fp32; a bf16/fp16 model must not be promoted (or mismatch) by them
         c, s = cos[past:past + t].to(q.dtype), sin[past:past + t].to(q.dtype)
@@ -101,7 +108,7 @@ class Attention(nn.Module):
         else:  # chunk after a prefix: query i sees keys up to past + i
             mask = torch.ones(t, past + t, dtype=torch.bool).tril(diagonal=past)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
 
 
 class MLP(nn.Module):
@@ -159,6 +166,27 @@ class BlockModel(nn.Module):
         past = cache.position(i) if cache is not None else 0
         cos, sin = self.rotary.tables(past + h.shape[1])
         h = h + layer.self_attn(layer.input_layernorm(h), i, cache, cos, sin)
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def block_packed(self, i: int, h: torch.Tensor, caches: list[KVCache],
+                     lengths: list[int]) -> torch.Tensor:
+        """Block ``i`` for several sequences at once: ``h`` (1, sum(lengths), hidden) holds
+        their tokens back to back, sequence ``j`` owns ``lengths[j]`` of them and appends to
+        ``caches[j]``. Norms, projections and the MLP run once on every token (one weight
+        read for the whole batch); only attention runs per sequence, on its own cache."""
+        layer = self.layers[str(i)]
+        att = layer.self_attn
+        x = layer.input_layernorm(h)
+        q, k, v = att.q_proj(x), att.k_proj(x), att.v_proj(x)
+        cos, sin = self.rotary.tables(max(c.position(i) + t for c, t in zip(caches, lengths,
+                                                                             strict=True)))
+        outs, at = [], 0
+        for cache, t in zip(caches, lengths, strict=True):
+            end = at + t
+            outs.append(att.attend(q[:, at:end], k[:, at:end], v[:, at:end], i, cache, cos,
+                                   sin))
+            at = end
+        h = h + att.o_proj(torch.cat(outs, dim=1))
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

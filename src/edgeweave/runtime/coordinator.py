@@ -12,63 +12,49 @@ or an eviction, gets the same chunks in the same order and ends with a bit-ident
 that breaks its stream or misses the deadline is marked failed, the plan is re-planned on
 the survivors (``replan``), sessions are replayed from the first changed stage and the
 interrupted step is retried: no token is lost or doubled.
+
+The plan state (plan, stage keys, an integer generation, the lock) belongs to one
+:class:`~edgeweave.runtime.planstate.PlanState`; sessions step through :meth:`Coordinator.run`
+and fail over through :meth:`Coordinator.fail_over`, and several sessions step together
+(``Session.forward_many``: one FORWARD_BATCH frame per stage).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-import threading
 import time
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from edgeweave.errors import ConfigError, RuntimeStageError
+from edgeweave.runtime.planstate import PlanState, PlanView
 from edgeweave.runtime.replan import first_change, reassign_failed
-from edgeweave.runtime.session import Payload, Session
+from edgeweave.runtime.session import Payload, Session, SessionStats
 from edgeweave.runtime.transport.base import Link, NodeError, StageUnavailable
 from edgeweave.runtime.transport.frame import Frame, Op
 from edgeweave.types import Plan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Coordinator", "Payload", "Replanner", "Session"]
+__all__ = ["Coordinator", "CoordinatorStats", "Payload", "PlanState", "PlanView", "Replanner",
+           "Session", "SessionStats"]
 
 Replanner = Callable[[Plan, Collection[str], Collection[str]], Plan]
 
 
-class _RWLock:
-    """Many session steps at once, or one plan change alone."""
+T = TypeVar("T")
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writer)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
+@dataclass
+class CoordinatorStats:
+    """What the coordinator reports (``/health``, the demo): counters, never control state."""
 
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writer)
-            self._writer = True
-            self._cond.wait_for(lambda: self._readers == 0)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
+    failovers: int = 0
+    plan_changes: int = 0
+    recovery_s: float = 0.0
 
 
 class Coordinator:
@@ -97,12 +83,18 @@ class Coordinator:
         # attach(): where each device's node listens (the same dict its connect() reads)
         self.addresses: dict[str, str] = addresses if addresses is not None else {}
         self.failed: set[str] = set()
-        self._lock = _RWLock()
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count()
-        self.stats: dict[str, float] = {"failovers": 0.0, "plan_changes": 0.0}
-        self.plan = plan
-        self._keys = self._prepare(plan)
+        self.counters = CoordinatorStats()
+        self.state = PlanState(plan, self._prepare(plan))
+
+    @property
+    def plan(self) -> Plan:
+        return self.state.view.plan
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self.counters).items()}
 
     # -- nodes and stages -----------------------------------------------------------------
     def link(self, device: str) -> Link:
@@ -143,20 +135,45 @@ class Coordinator:
         self._sessions[s.id] = s
         return s
 
-    def _forget(self, session: Session) -> None:
+    def run(self, fn: Callable[[PlanView], T], stats: SessionStats | None = None) -> T:
+        """Run one step ``fn`` on the current plan, under the read lock. A plan that changed
+        while the step waited (a newer generation) makes it run again on the new one; a dead
+        node is failed over (re-plan, replay) and the step retried, the time that took added
+        to ``stats.stall_s``."""
+        for _attempt in range(8):
+            started = self.state.generation
+            try:
+                with self.state.reading() as view:
+                    if view.generation == started:
+                        return fn(view)
+                    continue  # the plan changed while we waited: run again on the new one
+            except StageUnavailable as e:
+                t0 = time.perf_counter()
+                self.fail_over({e.device})
+                if stats is not None:  # detection to retry, incl. a recovery another began
+                    stats.stall_s = time.perf_counter() - t0
+        raise RuntimeStageError("the session could not complete a step: nodes keep failing")
+
+    def close_session(self, session: Session) -> None:
+        """Free ``session`` on every node of the plan (best effort) and forget it."""
+        with self.state.reading() as view:
+            for dev in {st.device for st in view.plan.stages}:
+                # a dead node holds nothing worth freeing
+                with contextlib.suppress(RuntimeStageError):
+                    self.call(dev, Frame(Op.CLOSE, session=session.id), self.deadline_s)
         self._sessions.pop(session.id, None)
 
     # -- plan changes --------------------------------------------------------------------
     def apply_plan(self, new_plan: Plan) -> float:
         """Switch to ``new_plan`` between tokens; open sessions are replayed into every stage
         from the first changed one. Returns the seconds it took."""
-        with self._lock.write():
+        with self.state.changing():
             return self._switch(new_plan)
 
     def add_device(self, device: str, address: str | None = None) -> None:
         """Make ``device`` usable by later plans (control plane: a node announced itself or
         came back); ``address`` is its ``host:port`` for a networked coordinator."""
-        with self._lock.write():
+        with self.state.changing():
             if address is not None:
                 self.addresses[device] = address
             self.failed.discard(device)
@@ -166,10 +183,16 @@ class Coordinator:
 
     mark_alive = add_device  # the control plane's name for a device that came back
 
+    def fail_over(self, devices: Collection[str]) -> float:
+        """Treat ``devices`` as gone: re-plan on the survivors and replay every open session
+        into the changed stages (control plane: last will / missed heartbeats; a step: a
+        broken stream). Returns the seconds the recovery took (0 when nothing changed)."""
+        with self.state.changing():
+            return self._fail_over(set(devices))
+
     def mark_failed(self, device: str) -> float:
         """Treat ``device`` as gone (control plane: last will / missed heartbeats)."""
-        with self._lock.write():
-            return self._fail_over({device})
+        return self.fail_over({device})
 
     def _fail_over(self, devices: set[str]) -> float:
         devices = devices - self.failed
@@ -187,11 +210,10 @@ class Coordinator:
         alive = [d for d in {**self.links, **self.addresses} if d not in self.failed]
         self._switch(self.replan(self.plan, self.failed, alive))
         dt = time.perf_counter() - t0
-        self.stats["failovers"] += 1
-        self.stats["recovery_s"] = dt
+        self.counters.failovers += 1
+        self.counters.recovery_s = dt
         for s in self._sessions.values():  # every open session went through it
-            s._stats["failovers"] += 1
-            s._stats["recovery_s"] = dt
+            s.note_failover(dt)
         return dt
 
     def _switch(self, new_plan: Plan) -> float:
@@ -203,7 +225,7 @@ class Coordinator:
                 keys = self._prepare(new_plan)
                 k = first_change(self.plan, new_plan)
                 for s in list(self._sessions.values()):
-                    s._rebuild(new_plan, keys, k)
+                    s.rebuild(new_plan, keys, k)
                 break
             except StageUnavailable as e:
                 self.failed.add(e.device)
@@ -212,11 +234,11 @@ class Coordinator:
                     link.close()
                 alive = [d for d in {**self.links, **self.addresses} if d not in self.failed]
                 new_plan = self.replan(new_plan, self.failed, alive)
-                self.stats["failovers"] += 1
+                self.counters.failovers += 1
         else:
             raise RuntimeStageError("could not re-plan: nodes keep failing during recovery")
-        self.plan, self._keys = new_plan, keys
-        self.stats["plan_changes"] += 1
+        self.state.install(new_plan, keys)
+        self.counters.plan_changes += 1
         return time.perf_counter() - t0
 
     def close(self) -> None:

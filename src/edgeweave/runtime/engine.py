@@ -11,7 +11,8 @@ coordinator of a distributed plan implements the same methods across stages, so
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -57,6 +58,29 @@ class EngineSession:
 
     def decode(self, token: int) -> np.ndarray:
         return self.engine.forward(self.id, np.array([[token]], dtype=np.int64))[0]
+
+    def extend(self, ids: list[int]) -> np.ndarray:
+        """Append a chunk of the prompt (chunked prefill); logits after its last token."""
+        return self.engine.forward(self.id, np.array([ids], dtype=np.int64))[0]
+
+    @property
+    def batch_key(self) -> int:
+        """Sessions with the same key can step together (``forward_many``): one engine."""
+        return id(self.engine)
+
+    @staticmethod
+    def forward_many(sessions: Sequence[EngineSession], steps: Sequence[Any]) -> list[np.ndarray]:
+        """One batched step of sessions sharing one stage engine; ``steps[j]`` has ``ids``
+        and ``fresh`` (a new sequence starts from an empty cache), as ``sequence.StepInput``."""
+        engine = sessions[0].engine
+        if any(s.engine is not engine for s in sessions):
+            raise GenerationError("a batched step needs sessions of one engine")
+        for s, st in zip(sessions, steps, strict=True):
+            if st.fresh:
+                engine.truncate(s.id, 0)
+        out = engine.forward_batch([s.id for s in sessions],
+                                   [np.array([st.ids], dtype=np.int64) for st in steps])
+        return [y[0] for y in out]
 
     def close(self) -> None:
         self.engine.close(self.id)

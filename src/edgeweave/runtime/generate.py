@@ -9,7 +9,6 @@ stream.
 from __future__ import annotations
 
 import resource
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -296,64 +295,15 @@ def stream_generate(engine: LogitsEngine, tokenizer: Tokenizer,
                     prompt: str | Sequence[int] | Sequence[dict[str, str]],
                     params: SamplingParams | None = None, chat: bool = False
                     ) -> Iterator[GenerationResponse]:
-    """Stream text deltas; every response carries the metrics so far, the last one is final."""
-    params = params or SamplingParams()
-    ids = encode_prompt(tokenizer, prompt, chat)
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    t0 = time.perf_counter()
-    t_first = None
-    tokens: list[int] = []
-    pending: list[int] = []  # tokens whose text is held back (partial character or stop prefix)
-    emitted = 0
-    text = ""
-    finish = "length"
+    """Stream text deltas; every response carries the metrics so far, the last one is final.
 
-    peak = [0.0]
+    The steps are those of ``runtime.sequence.Generation`` (the serve scheduler runs the same
+    state machine for many requests in one batch); here one session feeds it alone."""
+    from edgeweave.runtime.sequence import Generation, advance
 
-    def metrics(final: bool = False) -> GenerationMetrics:
-        now = time.perf_counter()
-        ttft = (t_first or now) - t0
-        n_dec = max(len(tokens) - 1, 0)
-        extra = getattr(engine, "stats", None)
-        # reading /proc per token would be ~30 us of a 5 ms token: every 32 tokens and at the end
-        if final or not peak[0] or len(tokens) % 32 == 0:
-            peak[0] = peak_rss_mb()
-        return GenerationMetrics(
-            prompt_tokens=len(ids), generated_tokens=len(tokens), ttft_s=ttft,
-            prefill_tps=len(ids) / ttft if ttft > 0 else 0.0,
-            decode_tps=n_dec / (now - t_first) if t_first and now > t_first and n_dec else 0.0,
-            total_s=now - t0, peak_rss_mb=peak[0],
-            extra=dict(extra() if callable(extra) else extra or {}),
-        )
-
-    detok = IncrementalDecoder(tokenizer)
-    matcher = None
-    if params.output is not None:
-        from edgeweave.runtime.constraints import Matcher
-
-        matcher = Matcher(params.output, tokenizer)
-    for tok in generate_step(engine, ids, params, eos, matcher):
-        if t_first is None:
-            t_first = time.perf_counter()
-        tokens.append(tok)
-        pending.append(tok)
-        if not detok.push(tok):  # a multi-byte character is still incomplete
-            continue
-        text = detok.text
-        hit = min((i for i in (text.find(s, max(emitted - len(s), 0)) for s in params.stop)
-                   if i >= 0), default=-1)
-        if hit >= 0:
-            text, finish = text[:hit], "stop"
-            break
-        safe = len(text) - _held_back(text, params.stop)
-        if safe > emitted:
-            yield GenerationResponse(text[emitted:safe], tuple(pending), None, metrics())
-            emitted, pending = safe, []
-    else:
-        if len(tokens) < params.max_tokens:
-            finish = "stop"  # ended on an end-of-sequence token
-        text = detok.flush()
-    yield GenerationResponse(text[emitted:], tuple(pending), finish, metrics(final=True))
+    gen = Generation(engine, tokenizer, encode_prompt(tokenizer, prompt, chat), params)
+    while not gen.finished:
+        yield from gen.feed(advance(engine, gen.next_input()))
 
 
 def generate(engine: LogitsEngine, tokenizer: Tokenizer,

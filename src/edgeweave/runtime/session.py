@@ -1,5 +1,10 @@
 """A coordinator session: one sequence through the pipeline, a ``LogitsEngine``.
 
+Its interface to the coordinator is public on both sides: a step runs through
+``Coordinator.run`` (the plan's read lock, a newer plan generation, failover and retry live
+there), the coordinator calls ``rebuild`` and ``note_failover`` back, and the session's
+figures are a typed :class:`SessionStats` (``counters``) reported as the ``stats`` dict.
+
 It records the input of every stage for every step (the bytes that stage received), which is
 what makes replay exact: a stage rebuilt elsewhere gets the same chunks in the same order.
 See ``runtime.coordinator`` for the plan changes and failover that use the records.
@@ -9,20 +14,37 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeweave.errors import RuntimeStageError
+from edgeweave.errors import EdgeweaveError, RuntimeStageError
 from edgeweave.runtime import codec as codecs
-from edgeweave.runtime.transport.base import NodeError, StageUnavailable
-from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op
+from edgeweave.runtime.transport.base import NodeError
+from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op, pack_batch, unpack_batch
 from edgeweave.types import Plan
 
 if TYPE_CHECKING:
     from edgeweave.runtime.coordinator import Coordinator
+    from edgeweave.runtime.planstate import PlanView
+
+
+@dataclass
+class SessionStats:
+    """What one session reports (``stats``, copied into generation metrics): bytes on the
+    wire, steps, failovers it went through and what they cost. Reports only: no decision
+    reads them."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    hidden_bytes: int = 0
+    steps: int = 0
+    failovers: int = 0
+    recovery_s: float = 0.0
+    stall_s: float = 0.0
+    replayed_tokens: int = 0
+    evictions_restored: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,30 +66,26 @@ class Session:
         self.length = 0  # committed tokens, held by every stage
         self.records: list[list[Payload]] = []  # per stage index: the inputs it received
         self.opened = False
-        self._stats: dict[str, float] = {
-            "bytes_sent": 0.0, "bytes_received": 0.0, "hidden_bytes": 0.0, "steps": 0.0,
-            "failovers": 0.0, "recovery_s": 0.0, "stall_s": 0.0, "replayed_tokens": 0.0,
-            "evictions_restored": 0.0}
+        self.counters = SessionStats()
         self._hop_rtt: list[float] = []
         self._hop_compute: list[float] = []
 
     # -- LogitsEngine --------------------------------------------------------------------
     def prefill(self, ids: list[int]) -> np.ndarray:
-        self._run(lambda: self._open_all())
+        self.coord.run(self._open_all, self.counters)
         self.length = 0
         return self._step(ids)
 
     def decode(self, token: int) -> np.ndarray:
         return self._step([token])
 
+    def extend(self, ids: list[int]) -> np.ndarray:
+        """Append a chunk of the prompt (chunked prefill): one recorded step, replayed as it
+        ran."""
+        return self._step(list(ids))
+
     def close(self) -> None:
-        coord = self.coord
-        with coord._lock.read():
-            for dev in {st.device for st in coord.plan.stages}:
-                # a dead node holds nothing worth freeing
-                with contextlib.suppress(RuntimeStageError):
-                    coord.call(dev, Frame(Op.CLOSE, session=self.id), coord.deadline_s)
-        coord._forget(self)
+        self.coord.close_session(self)
 
     def __enter__(self) -> Session:
         return self
@@ -75,30 +93,56 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- steps ---------------------------------------------------------------------------
-    def _run(self, fn: Callable[[], np.ndarray | None]) -> np.ndarray | None:
-        """Run ``fn`` under the plan's read lock; on a dead node, fail over and retry."""
-        for _attempt in range(8):
-            gen = self.coord.stats["plan_changes"]
-            try:
-                with self.coord._lock.read():
-                    if gen == self.coord.stats["plan_changes"]:
-                        return fn()
-                    continue  # the plan changed while we waited: run again on the new one
-            except StageUnavailable as e:
-                t0 = time.perf_counter()
-                with self.coord._lock.write():
-                    self.coord._fail_over({e.device})
-                # detection to retry, including waiting for a recovery another session began
-                self._stats["stall_s"] = time.perf_counter() - t0
-        raise RuntimeStageError("the session could not complete a step: nodes keep failing")
+    # -- batched steps ---------------------------------------------------------------------
+    @property
+    def batch_key(self) -> int:
+        """Sessions with the same key can step together (``forward_many``): one plan."""
+        return id(self.coord)
 
-    def _open_all(self) -> None:
+    @staticmethod
+    def forward_many(sessions: list[Session], steps: list[Any]
+                     ) -> list[np.ndarray | BaseException]:
+        """One step of several sessions of one coordinator: each stage gets one
+        FORWARD_BATCH frame carrying every session's input (``steps[j]``: ``ids`` and
+        ``fresh`` as ``sequence.StepInput``; a fresh one opens its caches first). A failover
+        retries the whole step on the new plan; a session refused by a node fails alone."""
+        coord = sessions[0].coord
+        out: list[Any] = [None] * len(sessions)
+        run: list[int] = []
+        for j, (s, st) in enumerate(zip(sessions, steps, strict=True)):
+            try:
+                if st.fresh:
+                    coord.run(s._open_all, s.counters)
+                if s.length + len(st.ids) > s.max_len:
+                    raise RuntimeStageError(f"session {s.id} holds {s.max_len} tokens; start "
+                                            "a new session with a larger max_len")
+                run.append(j)
+            except Exception as e:  # noqa: BLE001 - this session only
+                out[j] = e
+        if not run:
+            return out
+        xs = [Payload(codecs.IDS.id, (1, len(steps[j].ids)),
+                      codecs.IDS.encode(np.array([steps[j].ids], dtype=np.int64))) for j in run]
+        group = [sessions[j] for j in run]
+        ys = coord.run(lambda view: _forward_batch(view, group, xs))
+        for j, y in zip(run, ys, strict=True):
+            out[j] = y if isinstance(y, BaseException) else \
+                codecs.get(y.codec).decode(y.data, y.shape)[0]
+        return out
+
+    # -- what the coordinator calls --------------------------------------------------------
+    def note_failover(self, recovery_s: float) -> None:
+        """A failover happened while this session was open (it was replayed if needed)."""
+        self.counters.failovers += 1
+        self.counters.recovery_s = recovery_s
+
+    # -- steps ---------------------------------------------------------------------------
+    def _open_all(self, view: PlanView) -> None:
         coord = self.coord
-        for st, key in zip(coord.plan.stages, coord._keys, strict=True):
+        for st, key in zip(view.plan.stages, view.keys, strict=True):
             coord.call(st.device, Frame(Op.OPEN, key, self.id, arg=self.max_len),
                        coord.deadline_s)
-        self.records = [[] for _ in coord.plan.stages]
+        self.records = [[] for _ in view.plan.stages]
         self.length = 0
         self.opened = True
 
@@ -107,16 +151,15 @@ class Session:
             raise RuntimeStageError(f"session {self.id} holds {self.max_len} tokens; "
                                     "start a new session with a larger max_len")
         x = Payload(codecs.IDS.id, (1, len(ids)), codecs.IDS.encode(np.array([ids], dtype=np.int64)))
-        out = self._run(lambda: self._forward_all(x))
-        self._stats["steps"] += 1
+        out = self.coord.run(lambda view: self._forward_all(view, x), self.counters)
+        self.counters.steps += 1
         return codecs.get(out.codec).decode(out.data, out.shape)[0]
 
-    def _forward_all(self, x: Payload) -> Payload:
-        coord = self.coord
+    def _forward_all(self, view: PlanView, x: Payload) -> Payload:
         inputs = []
-        for i, key in enumerate(coord._keys):
+        for i, key in enumerate(view.keys):
             inputs.append(x)
-            x = self._forward(coord.plan, i, key, x, self.length, record=True)
+            x = self._forward(view.plan, i, key, x, self.length, record=True)
         for rec, inp in zip(self.records, inputs, strict=True):
             rec.append(inp)
         self.length += x_tokens(inputs[0])
@@ -143,11 +186,18 @@ class Session:
             self._hop_rtt.append(time.perf_counter() - t0)
             self._hop_compute.append(resp.arg / 1e6)
         if record:
-            self._stats["bytes_sent"] += req.wire_size
-            self._stats["bytes_received"] += resp.wire_size
+            self.counters.bytes_sent += req.wire_size
+            self.counters.bytes_received += resp.wire_size
             if not last:
-                self._stats["hidden_bytes"] += len(resp.payload)
+                self.counters.hidden_bytes += len(resp.payload)
         return Payload(resp.codec, resp.shape, resp.payload)
+
+    def _drop_step(self, view: PlanView, stages: int) -> None:
+        """Stages ``[0, stages)`` ran a step that failed further on: forget it there."""
+        for st, key in list(zip(view.plan.stages, view.keys, strict=True))[:stages]:
+            with contextlib.suppress(EdgeweaveError):
+                self.coord.call(st.device, Frame(Op.TRUNCATE, key, self.id, arg=self.length),
+                                self.coord.deadline_s)
 
     def _restore(self, plan: Plan, i: int, key: str) -> None:
         coord = self.coord
@@ -157,11 +207,12 @@ class Session:
         for inp in self.records[i]:
             self._forward(plan, i, key, inp, pos)
             pos += x_tokens(inp)
-        self._stats["replayed_tokens"] += pos
-        self._stats["evictions_restored"] += 1
+        self.counters.replayed_tokens += pos
+        self.counters.evictions_restored += 1
 
-    def _rebuild(self, plan: Plan, keys: list[str], k: int) -> None:
-        """Called under the write lock: make ``plan``'s stages hold this session's tokens.
+    def rebuild(self, plan: Plan, keys: list[str], k: int) -> None:
+        """Make ``plan``'s stages hold this session's tokens (the coordinator calls this
+        under the write lock of a plan change).
 
         Stages before ``k`` are unchanged and only drop a half-done step; stages from ``k``
         on start empty and get the recorded inputs of stage ``k``, chunk by chunk as they
@@ -186,7 +237,7 @@ class Session:
                 x = self._forward(plan, i, keys[i], x, pos)
             pos += x_tokens(chunk)
         self.records = records
-        self._stats["replayed_tokens"] += pos
+        self.counters.replayed_tokens += pos
 
     @property
     def stats(self) -> dict[str, float]:
@@ -194,7 +245,8 @@ class Session:
         compute time) per decode hop, and the overhead's median and 90th percentile (one
         descheduled hop moves the mean on a busy host); ``generate`` copies this into
         ``metrics.extra``."""
-        out = dict(self._stats)
+        c = self.counters
+        out = {k: float(v) for k, v in asdict(c).items()}
         n = len(self._hop_rtt)
         if n:
             rtt, comp = sum(self._hop_rtt) / n, sum(self._hop_compute) / n
@@ -203,10 +255,78 @@ class Session:
                        hop_overhead_ms=1e3 * (rtt - comp), hops=float(n),
                        hop_overhead_median_ms=1e3 * over[n // 2],
                        hop_overhead_p90_ms=1e3 * over[min(n - 1, int(0.9 * n))])
-        if self._stats["steps"]:
-            out["bytes_per_token"] = (self._stats["bytes_sent"] + self._stats["bytes_received"]) \
-                / max(self.length, 1)
+        if c.steps:
+            out["bytes_per_token"] = (c.bytes_sent + c.bytes_received) / max(self.length, 1)
         return out
+
+
+def _forward_batch(view: PlanView, sessions: list[Session], xs: list[Payload]
+                   ) -> list[Payload | BaseException]:
+    """``Session.forward_many``'s step under the read lock: stage by stage, one frame for
+    every session still running; nothing is committed (records, lengths) until the last
+    stage answered, so a failover retry or a rebuild sees the step as never taken."""
+    coord = sessions[0].coord
+    cur = list(xs)
+    inputs: list[list[Payload]] = [[] for _ in sessions]
+    errors: dict[int, BaseException] = {}
+    alive = list(range(len(sessions)))
+    n = len(view.plan.stages)
+    for i, (st, key) in enumerate(zip(view.plan.stages, view.keys, strict=True)):
+        last = i == n - 1
+        reply = codecs.get(coord.logits_codec if last else st.codec).id
+        items = [Frame(Op.FORWARD, "", sessions[j].id, arg=sessions[j].length,
+                       codec=cur[j].codec, reply_codec=reply, shape=cur[j].shape,
+                       payload=cur[j].data) for j in alive]
+        tokens = sum(x_tokens(cur[j]) for j in alive)
+        t0 = time.perf_counter()
+        resp = coord.call(st.device, Frame(Op.FORWARD_BATCH, key, payload=pack_batch(items)),
+                          coord.deadline_s + coord.per_token_s * tokens)
+        rtt = time.perf_counter() - t0
+        answers = unpack_batch(resp.payload)
+        if len(answers) != len(items):
+            raise RuntimeStageError(f"node {st.device} answered {len(answers)} of a batch of "
+                                    f"{len(items)}: run the same edgeweave version everywhere")
+        still = []
+        for j, item, ans in zip(alive, items, answers, strict=True):
+            s = sessions[j]
+            inputs[j].append(cur[j])
+            if ans.op == Op.ERROR and ans.arg == ErrorCode.SESSION_MISSING:
+                try:  # evicted under memory pressure: replay it, then its step alone
+                    s._restore(view.plan, i, key)
+                    cur[j] = s._forward(view.plan, i, key, cur[j], s.length, record=True)
+                except EdgeweaveError as e:
+                    errors[j] = e
+                    continue
+            elif ans.op == Op.ERROR:
+                err = NodeError(f"node {st.device}: {ans.payload.decode(errors='replace')}")
+                err.code = ans.arg
+                errors[j] = err
+                continue
+            else:
+                if x_tokens(cur[j]) == 1:  # per-token figures: decode hops only
+                    s._hop_rtt.append(rtt)
+                    s._hop_compute.append(ans.arg / 1e6)
+                s.counters.bytes_sent += item.wire_size
+                s.counters.bytes_received += ans.wire_size
+                if not last:
+                    s.counters.hidden_bytes += len(ans.payload)
+                cur[j] = Payload(ans.codec, ans.shape, ans.payload)
+            still.append(j)
+        alive = still
+        if not alive:
+            break
+    out: list[Payload | BaseException] = []
+    for j, s in enumerate(sessions):
+        if j in errors:
+            s._drop_step(view, len(inputs[j]) - 1)
+            out.append(errors[j])
+            continue
+        for rec, inp in zip(s.records, inputs[j], strict=True):
+            rec.append(inp)
+        s.length += x_tokens(inputs[j][0])
+        s.counters.steps += 1
+        out.append(cur[j])
+    return out
 
 
 def merge_payloads(chunks: list[Payload]) -> Payload:

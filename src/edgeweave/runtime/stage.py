@@ -35,10 +35,24 @@ import numpy as np
 
 from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
 from edgeweave.runtime import codec as codecs
-from edgeweave.runtime.engines.base import EngineConfig, SessionNotFound, StageEngine, create_engine
+from edgeweave.runtime.engines.base import (
+    EngineConfig,
+    SessionNotFound,
+    StageEngine,
+    create_engine,
+    forward_each,
+)
 from edgeweave.runtime.local import default_backend
 from edgeweave.runtime.threads import ColocatedThreads
-from edgeweave.runtime.transport.frame import ErrorCode, Frame, FrameError, Op, error
+from edgeweave.runtime.transport.frame import (
+    ErrorCode,
+    Frame,
+    FrameError,
+    Op,
+    error,
+    pack_batch,
+    unpack_batch,
+)
 from edgeweave.types import CODECS, Shard
 
 log = logging.getLogger(__name__)
@@ -207,6 +221,8 @@ class StageHost:
             ok.arg = min(int((time.perf_counter() - t0) * 1e6), 2**32 - 1)
             self._lru.move_to_end((req.stage, req.session))
             ok.codec, ok.shape, ok.payload = out.id, tuple(y.shape), out.encode(y)
+        elif req.op == Op.FORWARD_BATCH:
+            ok.payload = pack_batch(self._forward_batch(self._engine(req), req))
         elif req.op == Op.OPEN:
             self._open(self._engine(req), req.session, req.arg)
         elif req.op == Op.TRUNCATE:
@@ -226,6 +242,58 @@ class StageHost:
         elif req.op != Op.PING:
             raise _Refused(ErrorCode.BAD_FRAME, f"unsupported request op {req.op!r}")
         return ok
+
+    def _forward_batch(self, engine: StageEngine, req: Frame) -> list[Frame]:
+        """Each item checked as a FORWARD is, the valid ones stepped in one
+        ``engine.forward_batch``; an item refused (evicted, out of sync, bad shape) gets its
+        own ERROR and leaves its session as it was, the others run."""
+        items = unpack_batch(req.payload, req.seq)
+        answers: list[Frame | None] = [None] * len(items)
+        run: list[tuple[int, Frame, Any, np.ndarray]] = []
+        seen: set[str] = set()
+        for j, item in enumerate(items):
+            item.stage = req.stage  # the batch's stage: the items carry none of their own
+            try:
+                if item.op != Op.FORWARD or item.session in seen:
+                    raise _Refused(ErrorCode.BAD_FRAME, "a batch carries FORWARD frames of "
+                                   "distinct sessions")
+                seen.add(item.session)
+                have = engine.length(item.session)
+                if have != item.arg:
+                    raise _Refused(ErrorCode.OUT_OF_SYNC, f"session {item.session!r} holds "
+                                   f"{have} tokens at stage {req.stage}, the coordinator "
+                                   f"expected {item.arg}")
+                out = _codec(item.reply_codec, "reply", _REPLY_CODECS)
+                run.append((j, item, out, self._input(engine, item, have)))
+            except _Refused as e:
+                answers[j] = error(item, e.message, e.code)
+            except SessionNotFound as e:
+                answers[j] = error(item, str(e), ErrorCode.SESSION_MISSING)
+        if run:
+            if self.colocated is not None:
+                for _, item, _, _ in run:
+                    self.colocated.observe(item.session)
+            t0 = time.perf_counter()
+            try:
+                batch = getattr(engine, "forward_batch", None)
+                sids, xs = [it.session for _, it, _, _ in run], [x for _, _, _, x in run]
+                ys = batch(sids, xs) if batch is not None else forward_each(engine, sids, xs)
+            except EdgeweaveError:  # one session's step is wrong: find it, one by one
+                ys = []
+                for _, it, _, x in run:
+                    try:
+                        ys.append(engine.forward(it.session, x))
+                    except EdgeweaveError as e:
+                        ys.append(e)
+            us = min(int((time.perf_counter() - t0) * 1e6), 2**32 - 1)
+            for (j, item, out, _), y in zip(run, ys, strict=True):
+                if isinstance(y, BaseException):
+                    answers[j] = error(item, str(y))
+                    continue
+                self._lru.move_to_end((req.stage, item.session))
+                answers[j] = Frame(Op.OK, req.stage, item.session, item.seq, us, out.id,
+                                   shape=tuple(y.shape), payload=out.encode(y))
+        return answers  # type: ignore[return-value]
 
     def _input(self, engine: StageEngine, req: Frame, have: int) -> np.ndarray:
         """The FORWARD payload as a tensor, once its codec, shape and size fit this stage."""

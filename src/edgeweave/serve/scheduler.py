@@ -1,14 +1,20 @@
-"""One thread advances every active session one step at a time, round-robin.
+"""One thread steps every active session together: continuous batching.
 
-The model is CPU-bound and torch already uses every core for one matrix-vector product, so
-running sessions in parallel threads would only make them fight. Instead a single scheduler
-thread visits the active sessions in turn and pulls one response from each session's
-``stream_generate`` (one token in the common case; a few when text is held back for a
-partial character or stop-string prefix). A long answer therefore never starves a short
-one, and a new request's prefill waits at most one round.
+The model is CPU-bound and one matrix-vector product already uses every core, so sessions
+in parallel threads would only fight. Decode of a small model is memory-bound instead: one
+pass over the weights for 16 sessions costs little more than for one. So a single scheduler
+thread runs rounds: in each, every running session advances one token, all of them in one
+batched engine call (``runtime.sequence.step_batch``: ``StageEngine.forward_batch`` for
+sessions of one in-process engine; one FORWARD_BATCH frame per stage for the sessions of a
+coordinator), and waiting
+requests are admitted between rounds. A new prompt is fed in chunks of at most
+``prefill_chunk`` tokens, at most ``prefill_budget`` prompt tokens per round, inside the same
+batch, so a long prompt never stalls the running streams for more than one chunk.
 
-Results leave through each job's ``sink`` callback, called on the scheduler thread; the
-HTTP layer hands them to its event loop.
+Each session is a ``runtime.sequence.Generation`` state machine (sampling, structured-output
+mask, stop tokens and strings, detokenisation), the same one ``stream_generate`` runs.
+Results leave through each job's ``sink`` callback, called on the scheduler thread; the HTTP
+layer hands them to its event loop.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgeweave.errors import EdgeweaveError
 from edgeweave.runtime.engine import LogitsEngine
-from edgeweave.runtime.generate import GenerationResponse, SamplingParams, stream_generate
+from edgeweave.runtime.generate import GenerationResponse, SamplingParams
+from edgeweave.runtime.sequence import Generation, StepInput, step_batch
 from edgeweave.serve.backend import SessionFactory, close_session
 
 
@@ -48,7 +55,7 @@ class Job:
     started: float | None = None  # when its session was created (end of queueing)
     cancelled: bool = False
     engine: LogitsEngine | None = None
-    stream: Iterator[GenerationResponse] | None = None
+    generation: Generation | None = None
     id: int = field(default_factory=itertools.count().__next__)
 
     def cancel(self) -> None:
@@ -56,13 +63,26 @@ class Job:
         self.cancelled = True
 
 
+# Prompt tokens per chunk and per round. A round's cost is its decode batch plus these
+# prompt tokens, so the budget bounds how much a burst of new requests slows the running
+# streams; the typical chat prompt here (40-90 tokens with the template) fits one chunk.
+PREFILL_CHUNK = 64
+PREFILL_BUDGET = 128
+
+
 class Scheduler:
     def __init__(self, sessions: SessionFactory, max_active: int,
-                 on_finish: Callable[[Job, GenerationResponse | None], None] | None = None
+                 on_finish: Callable[[Job, GenerationResponse | None], None] | None = None,
+                 prefill_chunk: int = PREFILL_CHUNK, prefill_budget: int = PREFILL_BUDGET
                  ) -> None:
+        if prefill_chunk < 1 or prefill_budget < prefill_chunk:
+            raise EdgeweaveError(f"prefill_chunk must be >= 1 and prefill_budget >= it (got "
+                                 f"{prefill_chunk}, {prefill_budget})")
         self.sessions = sessions
         self.max_active = max_active
         self.on_finish = on_finish
+        self.prefill_chunk, self.prefill_budget = prefill_chunk, prefill_budget
+        self.last_batch = 0  # sessions stepped in the last round (metrics read it)
         self._jobs: list[Job] = []
         self._cv = threading.Condition()
         self._running = True
@@ -102,27 +122,56 @@ class Scheduler:
                 if not self._running:
                     return
                 round_ = list(self._jobs)  # new arrivals join the next round
-            for job in round_:
-                self._step(job)
+            self._round(round_)
 
-    def _step(self, job: Job) -> None:
-        if job.cancelled:
-            self._finish(job, None, None)
+    def _round(self, jobs: list[Job]) -> None:
+        """One token for every running session and the next prompt chunks, in one batch."""
+        work: list[tuple[Job, StepInput]] = []
+        budget = self.prefill_budget
+        for job in jobs:
+            if job.cancelled:
+                self._finish(job, None, None)
+                continue
+            try:
+                gen = job.generation or self._start(job)
+                if gen.prefilling:
+                    if budget <= 0:
+                        continue  # its next chunk waits for the next round
+                    step = gen.next_input(min(self.prefill_chunk, budget))
+                    budget -= len(step.ids)
+                else:
+                    step = gen.next_input()
+            except Exception as e:  # noqa: BLE001 - one broken session must not stop the others
+                self._finish(job, None, e)
+                continue
+            work.append((job, step))
+        if not work:
             return
-        try:
-            if job.stream is None:
-                job.started = time.perf_counter()
-                n = len(job.prompt_ids) + job.params.max_tokens
-                job.engine = self.sessions.new_session(n)
-                job.stream = stream_generate(job.engine, self.sessions.tokenizer,
-                                             job.prompt_ids, job.params)
-            piece = next(job.stream)
-        except Exception as e:  # noqa: BLE001 - one broken session must not stop the others
-            self._finish(job, None, e)
-            return
-        job.sink(Event(piece))
-        if piece.finish_reason is not None:
-            self._finish(job, piece, None)
+        self.last_batch = len(work)
+        results = step_batch([(job.engine, step) for job, step in work])  # type: ignore[misc]
+        for (job, _step), logits in zip(work, results, strict=True):
+            if job.cancelled:
+                self._finish(job, None, None)
+                continue
+            try:
+                if isinstance(logits, BaseException):
+                    raise logits
+                pieces = job.generation.feed(logits)  # type: ignore[union-attr]
+            except Exception as e:  # noqa: BLE001 - reported to this request only
+                self._finish(job, None, e)
+                continue
+            for piece in pieces:
+                job.sink(Event(piece))
+                if piece.finish_reason is not None:
+                    self._finish(job, piece, None)
+
+    def _start(self, job: Job) -> Generation:
+        job.started = time.perf_counter()
+        n = len(job.prompt_ids) + job.params.max_tokens
+        job.engine = self.sessions.new_session(n)
+        job.generation = Generation(job.engine, self.sessions.tokenizer, job.prompt_ids,
+                                    job.params)
+        return job.generation
 
     def _finish(self, job: Job, last: GenerationResponse | None,
                 error: BaseException | None) -> None:

@@ -18,13 +18,22 @@ Data contract (batch ``B`` is 1 in practice, ``T`` tokens in this step, ``H`` hi
 * Each call appends ``T`` positions to that session's cache; ``truncate(session_id, n)``
   forgets everything after ``n`` tokens (replay, rollback), ``length`` says how many are held.
 
+Batched steps: ``forward_batch(session_ids, xs)`` runs one step for several sessions at
+once, session ``j`` taking ``xs[j]`` exactly as ``forward`` would (its own length, its own
+cache; decode steps and prefill chunks may be mixed), and returns what ``forward`` would
+return for each, in order. Decode of a small model is memory-bound, so one pass over the
+weights for the whole batch costs little more than one for a single session. Engines without
+a batched kernel use :func:`forward_each` (a loop); results equal single-session steps up to
+float rounding of the batched kernels (exact for the sequences' tokens under greedy decoding
+on the fp32 reference, checked in ``tests/runtime/test_batch_forward.py``).
+
 Memory accounting is per session (``session_bytes``) so the server can cap and evict.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -87,6 +96,11 @@ class StageEngine(Protocol):
         """Run the shard on ``x`` (ids or hidden states), appending to the session's cache."""
         ...
 
+    def forward_batch(self, session_ids: Sequence[str], xs: Sequence[np.ndarray]
+                      ) -> list[np.ndarray]:
+        """One step for every session in ``session_ids`` (distinct), ``xs[j]`` its input."""
+        ...
+
     def truncate(self, session_id: str, length: int) -> None:
         """Keep only the first ``length`` tokens of the session's cache."""
         ...
@@ -105,6 +119,26 @@ class StageEngine(Protocol):
 
     def sessions(self) -> list[str]:
         ...
+
+
+def forward_each(engine: StageEngine, session_ids: Sequence[str], xs: Sequence[np.ndarray]
+                 ) -> list[np.ndarray]:
+    """``forward_batch`` as a loop: the fallback of engines without a batched kernel."""
+    check_batch(session_ids, xs)
+    return [engine.forward(s, x) for s, x in zip(session_ids, xs, strict=True)]
+
+
+def check_batch(session_ids: Sequence[str], xs: Sequence[np.ndarray]) -> None:
+    if len(session_ids) != len(xs):
+        raise RuntimeStageError(f"a batched step needs one input per session (got "
+                                f"{len(session_ids)} sessions and {len(xs)} inputs)")
+    if len(set(session_ids)) != len(session_ids):
+        raise RuntimeStageError("a batched step takes each session at most once: its inputs "
+                                "would depend on each other's outputs")
+    for x in xs:
+        if x.ndim < 2 or x.shape[0] != 1 or x.shape[1] < 1:
+            raise RuntimeStageError(f"each input of a batched step is one sequence (1, T) or "
+                                    f"(1, T, H) with T >= 1, not shape {tuple(x.shape)}")
 
 
 EngineFactory = Callable[[EngineConfig], StageEngine]

@@ -1,10 +1,12 @@
 """Fast stage engine: a block range exported to ONNX and run by ONNX Runtime.
 
 Implements :class:`~edgeweave.runtime.engines.base.StageEngine` (registered as ``"onnx"``).
-Each session owns a preallocated KV cache (one ``OrtValue`` per layer for keys and values,
-``(1, kv, max_len, hd)``) bound as both ``past_*`` input and ``present_*`` output of
-``GroupQueryAttention``, so a decode step writes one position in place and copies nothing;
-``truncate`` only lowers the session's length. Graphs come from
+Each session owns a preallocated KV cache (a slot of a pool of sessions of the same capacity:
+per layer ``(slots, kv, capacity, hd)`` for keys and values) whose view is bound as both
+``past_*`` input and ``present_*`` output of ``GroupQueryAttention``, so a decode step writes
+one position in place and copies nothing; ``truncate`` only lowers the session's length.
+Consecutive slots make a batch: ``forward_batch`` steps many sessions' decode tokens in one
+run (one read of the weights), each row with its own length (``seqlens_k``). Graphs come from
 :mod:`~edgeweave.runtime.engines.onnx_export` and are cached on disk by
 :mod:`~edgeweave.runtime.engines.onnx_cache`.
 """
@@ -12,6 +14,7 @@ Each session owns a preallocated KV cache (one ``OrtValue`` per layer for keys a
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from edgeweave.runtime.engines.base import (
     EngineConfig,
     SessionNotFound,
     StageEngine,
+    check_batch,
     register_engine,
 )
 
@@ -142,12 +146,77 @@ def _global_pool(threads: int) -> bool:
     return _POOL["threads"] == threads
 
 
-@dataclass
+def capacity(max_len: int) -> int:
+    """Cache rows a session of ``max_len`` tokens gets: the next power of two, so sessions of
+    similar size share one pool (at most 2x the positions asked for; a one-token probe gets
+    exactly one, which is how ``stage_limits`` measures bytes per token)."""
+    return 1 << max(int(max_len) - 1, 0).bit_length()
+
+
+class _Pool:
+    """The KV caches of every session with the same capacity ``length``, one array per layer
+    ``(slots, kv, length, hd)`` for keys and for values. A session is a slot; the used slots
+    are always ``[0, used)`` (closing one moves the last into its place), so any run of
+    sessions can be stepped by one batched ``GroupQueryAttention`` reading a view of
+    consecutive slots, and a single session reads its one-slot view. ``version`` changes
+    whenever the arrays are reallocated or a slot moves: views bound before are stale."""
+
+    def __init__(self, n_layers: int, kv: int, length: int, hd: int) -> None:
+        self.length = length
+        self._row = (kv, length, hd)
+        self.keys = [np.zeros((0, *self._row), np.float32) for _ in range(n_layers)]
+        self.values = [np.zeros((0, *self._row), np.float32) for _ in range(n_layers)]
+        self.owners: list[_Session] = []
+        self.version = 0
+
+    def _resize(self, slots: int) -> None:
+        n = len(self.owners)
+        for arrs in (self.keys, self.values):
+            for j, old in enumerate(arrs):
+                new = np.zeros((slots, *self._row), np.float32)
+                new[:n] = old[:n]
+                arrs[j] = new
+        self.version += 1
+
+    def add(self, session: _Session) -> None:
+        if len(self.owners) == self.keys[0].shape[0]:  # full: double (amortised copies)
+            self._resize(max(2 * len(self.owners), 1))
+        session.slot = len(self.owners)
+        self.owners.append(session)
+
+    def remove(self, session: _Session) -> None:
+        last = self.owners.pop()
+        if last is not session:  # the last slot moves into the freed one
+            self._copy(last.slot, session.slot, last.length)
+            last.slot = session.slot
+            self.owners[session.slot] = last
+        self.version += 1
+        cap = self.keys[0].shape[0]
+        if len(self.owners) <= cap // 4:  # give memory back once three quarters are free
+            self._resize(max(cap // 2, len(self.owners)))
+
+    def swap(self, a: _Session, b: _Session) -> None:
+        n = max(a.length, b.length)
+        for arrs in (self.keys, self.values):
+            for arr in arrs:
+                tmp = arr[a.slot, :, :n].copy()
+                arr[a.slot, :, :n] = arr[b.slot, :, :n]
+                arr[b.slot, :, :n] = tmp
+        a.slot, b.slot = b.slot, a.slot
+        self.owners[a.slot], self.owners[b.slot] = a, b
+        self.version += 1
+
+    def _copy(self, src: int, dst: int, n: int) -> None:
+        for arrs in (self.keys, self.values):
+            for arr in arrs:
+                arr[dst, :, :n] = arr[src, :, :n]
+
+
+@dataclass(eq=False)
 class _Session:
-    keys: list[Any]  # OrtValue per layer
-    values: list[Any]
+    pool: _Pool
     max_len: int
-    binding: Any
+    slot: int = -1
     length: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -172,6 +241,8 @@ class OnnxStageEngine:
         self._kv_heads, self._head_dim = kv_shape
         self._layers = range(config.shard.start, config.shard.end)
         self._sessions: dict[str, _Session] = {}
+        self._pools: dict[int, _Pool] = {}  # by capacity (positions per session)
+        self._bindings: dict[tuple[int, int, int], tuple[Any, ...]] = {}
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._input = "input_ids" if config.shard.is_first else "hidden_states"
@@ -179,24 +250,27 @@ class OnnxStageEngine:
 
     # -- sessions ---------------------------------------------------------------------------
     def open(self, session_id: str, max_len: int) -> None:
-        import onnxruntime as ort
-
         old = self._sessions.get(session_id)
         if old is not None and old.max_len >= max_len:
             old.length = 0
             return
-        shape = (1, self._kv_heads, max_len, self._head_dim)
-        keys = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in self._layers]
-        values = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
-                  for _ in self._layers]
-        binding = self.session.io_binding()
-        binding.bind_output(self._output, "cpu")  # first: get_outputs()[0] is the result
-        for j, i in enumerate(self._layers):  # past and present share one buffer
-            binding.bind_ortvalue_input(f"past_key_{i}", keys[j])
-            binding.bind_ortvalue_input(f"past_value_{i}", values[j])
-            binding.bind_ortvalue_output(f"present_key_{i}", keys[j])
-            binding.bind_ortvalue_output(f"present_value_{i}", values[j])
-        self._sessions[session_id] = _Session(keys, values, max_len, binding)
+        if old is not None:
+            self._release(old)
+        length = capacity(max_len)
+        # join the busiest pool that holds the session in at most twice its own capacity:
+        # the sessions of one pool step in one batched run, different pools in one run each;
+        # the bytes it reserves (``session_bytes``) are the pool's, which a node's memory cap
+        # counts, so the factor is kept small
+        fits = [p for p in self._pools.values() if length <= p.length <= 2 * length]
+        if fits:
+            length = max(fits, key=lambda p: (len(p.owners), -p.length)).length
+        pool = self._pools.get(length)
+        if pool is None:
+            pool = self._pools[length] = _Pool(len(self._layers), self._kv_heads, length,
+                                               self._head_dim)
+        s = _Session(pool, max_len)
+        pool.add(s)
+        self._sessions[session_id] = s
 
     def _get(self, session_id: str) -> _Session:
         try:
@@ -205,26 +279,103 @@ class OnnxStageEngine:
             raise SessionNotFound(f"stage {self.config.key} has no session {session_id!r}: "
                                   "open it first (it may have been evicted)") from None
 
-    def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:
-        s = self._get(session_id)
-        dtype = np.int64 if self.config.shard.is_first else np.float32
-        arr = np.ascontiguousarray(x, dtype=dtype)
-        t = arr.shape[1]
+    def _binding(self, pool: _Pool, start: int, count: int) -> Any:
+        """An IO binding whose past and present are the views of slots [start, start +
+        count) of ``pool`` (the same memory: GroupQueryAttention appends in place), reused
+        while the pool's arrays stay where they are."""
+        import onnxruntime as ort
+
+        key = (pool.length, start, count)
+        hit = self._bindings.get(key)
+        if hit is not None and hit[0] is pool and hit[1] == pool.version:
+            return hit[2]
+        self._forget_bindings(pool, keep_current=True)  # stale views hold old arrays alive
+        if len(self._bindings) > 64:
+            self._bindings.clear()
+        binding = self.session.io_binding()
+        binding.bind_output(self._output, "cpu")  # first: get_outputs()[0] is the result
+        held = []
+        for j, i in enumerate(self._layers):
+            for kind, arrs in (("key", pool.keys), ("value", pool.values)):
+                view = ort.OrtValue.ortvalue_from_numpy(arrs[j][start:start + count])
+                binding.bind_ortvalue_input(f"past_{kind}_{i}", view)
+                binding.bind_ortvalue_output(f"present_{kind}_{i}", view)
+                held.append(view)
+        self._bindings[key] = (pool, pool.version, binding, held)
+        return binding
+
+    def _forget_bindings(self, pool: _Pool, keep_current: bool = False) -> None:
+        self._bindings = {k: v for k, v in self._bindings.items() if v[0] is not pool
+                          or (keep_current and v[1] == pool.version)}
+
+    def _check_room(self, s: _Session, t: int) -> int:
         total = s.length + t
         if total > s.max_len:
             raise GenerationError(f"the KV cache holds {s.max_len} tokens but the sequence needs "
                                   f"{total}: lower max_tokens or shorten the prompt")
-        b = s.binding
-        b.bind_cpu_input(self._input, arr)
-        b.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
-        b.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        b.bind_output(self._output, "cpu")
+        return total
+
+    def _run(self, binding: Any, arr: np.ndarray, seqlens: np.ndarray, total: int) -> np.ndarray:
+        binding.bind_cpu_input(self._input, arr)
+        binding.bind_cpu_input("seqlens_k", seqlens)
+        binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        binding.bind_output(self._output, "cpu")
         # a prefill's activations are T times a decode step's: give them back afterwards
         # instead of keeping the arena at the largest prompt seen (decode steps reuse theirs)
-        self.session.run_with_iobinding(b, self._shrink if t > 1 else None)
-        out = b.get_outputs()[0].numpy()
+        self.session.run_with_iobinding(binding, self._shrink if arr.shape[1] > 1 else None)
+        return binding.get_outputs()[0].numpy()
+
+    def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:
+        s = self._get(session_id)
+        dtype = np.int64 if self.config.shard.is_first else np.float32
+        arr = np.ascontiguousarray(x, dtype=dtype)
+        total = self._check_room(s, arr.shape[1])
+        out = self._run(self._binding(s.pool, s.slot, 1), arr,
+                        np.array([total - 1], np.int32), total)
         s.length = total
         return out[:, -1] if self.config.shard.is_last else out  # logits (B, vocab)
+
+    def forward_batch(self, session_ids: Sequence[str], xs: Sequence[np.ndarray]
+                      ) -> list[np.ndarray]:
+        """Decode steps (one token each) of sessions in the same pool run as one batch of
+        ``GroupQueryAttention`` rows, each with its own ``seqlens_k``; prefill chunks (and a
+        session alone in its pool) run one by one, as ``forward``."""
+        check_batch(session_ids, xs)
+        sessions = [self._get(sid) for sid in session_ids]
+        for s, x in zip(sessions, xs, strict=True):
+            self._check_room(s, x.shape[1])
+        out: list[np.ndarray | None] = [None] * len(xs)
+        groups: dict[int, list[int]] = {}
+        for j, (s, x) in enumerate(zip(sessions, xs, strict=True)):
+            if x.shape[1] == 1:
+                groups.setdefault(s.pool.length, []).append(j)
+        for rows in groups.values():
+            if len(rows) > 1:
+                self._decode_rows([sessions[j] for j in rows], [xs[j] for j in rows], rows, out)
+        for j, sid in enumerate(session_ids):
+            if out[j] is None:
+                out[j] = self.forward(sid, xs[j])
+        return out  # type: ignore[return-value]
+
+    def _decode_rows(self, sessions: list[_Session], xs: list[np.ndarray], rows: list[int],
+                     out: list[np.ndarray | None]) -> None:
+        pool = sessions[0].pool
+        order = sorted(range(len(sessions)), key=lambda k: sessions[k].slot)
+        slots = [sessions[k].slot for k in order]
+        if slots[-1] - slots[0] != len(slots) - 1:  # not consecutive: move them to the front
+            for pos, k in enumerate(order):
+                if sessions[k].slot != pos:
+                    pool.swap(sessions[k], pool.owners[pos])
+        start = sessions[order[0]].slot
+        dtype = np.int64 if self.config.shard.is_first else np.float32
+        arr = np.concatenate([np.asarray(xs[k], dtype=dtype) for k in order], axis=0)
+        lengths = np.array([sessions[k].length for k in order], np.int32)
+        y = self._run(self._binding(pool, start, len(order)), np.ascontiguousarray(arr),
+                      lengths, int(lengths.max()) + 1)
+        last = self.config.shard.is_last
+        for r, k in enumerate(order):
+            sessions[k].length += 1
+            out[rows[k]] = y[r:r + 1, -1] if last else y[r:r + 1]
 
     def truncate(self, session_id: str, length: int) -> None:
         s = self._get(session_id)
@@ -235,15 +386,26 @@ class OnnxStageEngine:
     def length(self, session_id: str) -> int:
         return self._get(session_id).length
 
+    def _release(self, s: _Session) -> None:
+        s.pool.remove(s)
+        if not s.pool.owners:
+            self._pools.pop(s.pool.length, None)
+            self._forget_bindings(s.pool)
+
     def close(self, session_id: str) -> None:
-        if self._sessions.pop(session_id, None) is not None and not self._sessions:
+        s = self._sessions.pop(session_id, None)
+        if s is None:
+            return
+        self._release(s)
+        if not self._sessions:
             from edgeweave.runtime.policy import trim_heap
 
+            self._bindings.clear()
             trim_heap()  # the last request's KV cache and prefill buffers
 
     def session_bytes(self, session_id: str) -> int:
         s = self._get(session_id)
-        return 2 * len(s.keys) * self._kv_heads * s.max_len * self._head_dim * 4
+        return 2 * len(self._layers) * self._kv_heads * s.pool.length * self._head_dim * 4
 
     def sessions(self) -> list[str]:
         return list(self._sessions)

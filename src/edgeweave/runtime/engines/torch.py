@@ -8,16 +8,22 @@ shard's tensors. fp32 weights take the fast numpy GEMV route of ``runtime.fast``
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgeweave.errors import ArtifactError, RuntimeStageError
+from edgeweave.errors import ArtifactError, GenerationError, RuntimeStageError
 from edgeweave.models.cache import KVCache
 from edgeweave.models.llama import BlockModel
 from edgeweave.runtime import fast as _fast
-from edgeweave.runtime.engines.base import EngineConfig, SessionNotFound, register_engine
+from edgeweave.runtime.engines.base import (
+    EngineConfig,
+    SessionNotFound,
+    check_batch,
+    register_engine,
+)
 from edgeweave.runtime.fast import accelerate_decode
 
 # the GEMV route wants torch single-threaded at decode (see runtime.fast), when available
@@ -99,6 +105,35 @@ class TorchStageEngine:
             if sh.is_last:
                 h = self.model.head(h[:, -1:])[:, -1]  # (B, vocab): the head where needed
             return h.float().numpy()
+
+    @torch.inference_mode()
+    def forward_batch(self, session_ids: Sequence[str], xs: Sequence[np.ndarray]
+                      ) -> list[np.ndarray]:
+        """Every session's tokens packed back to back (1, sum T, H): norms, projections and
+        the MLP read the weights once for the batch, attention runs per session on its own
+        cache (``BlockModel.block_packed``)."""
+        check_batch(session_ids, xs)
+        caches = [self._cache(s) for s in session_ids]
+        lengths = [int(x.shape[1]) for x in xs]
+        for cache, t in zip(caches, lengths, strict=True):
+            if cache.length + t > cache.max_len:
+                raise GenerationError(f"the KV cache holds {cache.max_len} tokens but the "
+                                      f"sequence needs {cache.length + t}: lower max_tokens "
+                                      "or shorten the prompt")
+        sh = self.config.shard
+        parts = [torch.from_numpy(np.ascontiguousarray(x)) for x in xs]
+        t = torch.cat(parts, dim=1)
+        with _decode_threads(self._gemv and t.shape[1] == 1):
+            h = self.model.embed(t.long()) if sh.is_first else t.float()
+            for i in range(sh.start, sh.end):
+                h = self.model.block_packed(i, h, caches, lengths)
+            if sh.is_last:  # the head on each sequence's last position only
+                ends = torch.tensor(lengths).cumsum(0) - 1
+                logits = self.model.head(h[:, ends])[0].float().numpy()  # (B, vocab)
+                return [logits[j:j + 1] for j in range(len(xs))]
+            out = h.float().numpy()
+            bounds = np.cumsum([0, *lengths])
+            return [out[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def truncate(self, session_id: str, length: int) -> None:
         self._cache(session_id).truncate(length)

@@ -27,8 +27,11 @@ offset    size  field
 ========  ====  =============================================================
 
 Requests: OPEN, FORWARD, TRUNCATE, CLOSE, LOAD (payload: JSON ``EngineConfig`` fields),
-INFO, PING. Responses: OK (FORWARD: the output tensor; INFO/LOAD: JSON) or ERROR (payload:
-the message, arg: :class:`ErrorCode`).
+INFO, PING, FORWARD_BATCH: one step of several sessions of one stage (the frame's stage key)
+in one engine call; its payload is a batch (:func:`pack_batch`: u32 count, then per item a
+u32 length and a whole packed FORWARD frame) and so is the OK's (one OK or ERROR per item, in
+order), so a session evicted or out of sync fails alone. Responses: OK (FORWARD: the output
+tensor; INFO/LOAD: JSON) or ERROR (payload: the message, arg: :class:`ErrorCode`).
 
 :meth:`Frame.unpack` checks every announced length against the bytes received before it
 reads or allocates anything, and raises only :class:`FrameError`; a node answers a malformed
@@ -73,6 +76,7 @@ class Op(IntEnum):
     LOAD = 5
     INFO = 6
     PING = 7
+    FORWARD_BATCH = 8
     OK = 16
     ERROR = 17
 
@@ -174,6 +178,44 @@ class Frame:
     @staticmethod
     def json_bytes(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
+
+
+MAX_BATCH = 1024  # items in one FORWARD_BATCH: a hostile count must not allocate much
+_U32S = struct.Struct("<I")
+
+
+def pack_batch(frames: list[Frame]) -> bytes:
+    """Frames as one batch payload (see the module docstring)."""
+    if len(frames) > MAX_BATCH:
+        raise FrameError(f"a batch carries at most {MAX_BATCH} frames (got {len(frames)})")
+    parts = [_U32S.pack(len(frames))]
+    for f in frames:
+        raw = f.pack()
+        parts += [_U32S.pack(len(raw)), raw]
+    return b"".join(parts)
+
+
+def unpack_batch(payload: bytes, seq: int | None = None) -> list[Frame]:
+    """The frames of a batch payload; anything malformed raises :class:`FrameError`."""
+    if len(payload) < 4:
+        raise FrameError("a batch payload starts with its u32 item count", seq)
+    (n,) = _U32S.unpack_from(payload)
+    if n > MAX_BATCH:
+        raise FrameError(f"a batch carries at most {MAX_BATCH} frames (announced {n})", seq)
+    frames, pos = [], 4
+    for _ in range(n):
+        if len(payload) < pos + 4:
+            raise FrameError("batch payload truncated before an item's length", seq)
+        (size,) = _U32S.unpack_from(payload, pos)
+        pos += 4
+        if len(payload) < pos + size:
+            raise FrameError(f"batch item announces {size} bytes, {len(payload) - pos} left",
+                             seq)
+        frames.append(Frame.unpack(payload[pos:pos + size]))
+        pos += size
+    if pos != len(payload):
+        raise FrameError(f"{len(payload) - pos} bytes after the last batch item", seq)
+    return frames
 
 
 def error(request: Frame, message: str, code: ErrorCode = ErrorCode.GENERIC) -> Frame:

@@ -103,3 +103,52 @@ def test_planning_does_not_import_torch() -> None:
             "edgeweave.plan.fleet, edgeweave.profile.cost; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("budget", [2, 4])
+def test_bounded_search_reports_a_true_lower_bound(budget: int) -> None:
+    """Cut short, the search's plan is no better than the optimum and its lower bound no
+    worse: the optimality gap it reports is honest."""
+    from edgeweave.plan.partition import search_bounded
+
+    cut = 0
+    for seed in range(60):
+        t = _case(seed)
+        truth = brute_force(t)
+        for name, key in KEYS.items():
+            r = search_bounded(t, O.get(name), node_budget=budget)
+            if not np.isfinite(truth[key]) or not np.isfinite(r.value):
+                continue
+            assert r.value >= truth[key] * (1 - 1e-9), (seed, name)
+            assert r.lower_bound <= truth[key] * (1 + 1e-9), (seed, name, r)
+            assert 0.0 <= r.gap <= 1.0
+            cut += not r.proven
+    assert cut > 0  # the budget did stop some searches
+
+
+def test_plan_says_its_optimality_gap_when_the_search_is_cut(monkeypatch) -> None:
+    import edgeweave.plan.partition as P
+
+    for seed in range(200):
+        t = _case(seed)
+        if t.n >= 3 and t.L >= 3:
+            try:
+                exact = place_tables(t, "latency")
+            except PlanningError:
+                continue
+            monkeypatch.setattr(P, "node_budget_for", lambda n, L: 2)
+            try:
+                cut = place_tables(t, "latency")
+            except PlanningError as e:  # cut before any plan: says so, not "fits nowhere"
+                assert "stopped after" in str(e)
+                continue
+            finally:
+                monkeypatch.undo()
+            if cut.predicted["search_nodes"] > 2:
+                assert exact.predicted["optimality_gap"] == 0.0
+                assert any(n.startswith("bounded search") for n in cut.notes), cut.notes
+                gap = cut.predicted["optimality_gap"]
+                lb = cut.predicted["per_token_s"] * (1 - gap)
+                assert lb <= exact.predicted["per_token_s"] * (1 + 1e-9)
+                return
+    pytest.fail("no random fleet needed more than two nodes")

@@ -50,7 +50,7 @@ def _usable(t: CostTables, v: int) -> list[int]:
 
 def _fleet_order(t: CostTables, devs: list[int]) -> list[int]:
     """Entry first, then the rest in breadth-first order of the link graph (a ring walk)."""
-    dist = t.tok["decode_s"][t.entry]
+    dist = t.tok_row("decode_s", t.entry)
     return sorted(devs, key=lambda k: (k != t.entry, dist[k], k))
 
 
@@ -98,7 +98,7 @@ def _single(t: CostTables, v: int) -> list[Parts]:
 @baseline("cloud")
 def _cloud(t: CostTables, v: int) -> list[Parts]:
     devs = _usable(t, v)
-    cloud = [k for k in devs if t.fleet.device(t.devices[k]).profile.tier == "cloud"]
+    cloud = [k for k in devs if t.fleet.devices[k].profile.tier == "cloud"]
     if not (cloud or devs):
         return []
     return [[(_fastest(t, v, cloud or devs), v, 0, t.L, 0)]]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeweave.errors import ConfigError
-from edgeweave.plan.tables import INF, CostTables
+from edgeweave.plan.tables import COST, INF, CostTables
 from edgeweave.profile.variants import CODEC_QUALITY
 from edgeweave.types import Plan, Shard, Stage
 
@@ -65,6 +65,10 @@ register(Objective("ttft", "prefill_s", "prefill_s", "sum", "ttft_s",
 register(Objective("energy", "energy_j", "energy_j", "sum", "energy_per_token_j", _zeros,
                    lambda t, f: t.tok_col("energy_j", f), _zeros,
                    "joules per generated token, all devices"))
+register(Objective("cost", COST, COST, "sum", "cost_per_mtok", _zeros,
+                   lambda t, f: t.tok_col(COST, f), _zeros,
+                   "price per million tokens (devices' price_per_mtok, pro rata to the blocks "
+                   "each runs); ties go to the fastest plan"))
 register(Objective("throughput", "decode_s", "decode_s", "max", "bottleneck_s", _zeros,
                    lambda t, f: t.tok_col("decode_s", f), _zeros,
                    "pipelined tokens/s of concurrent streams = 1 / slowest stage or link"))
@@ -92,7 +96,7 @@ def evaluate(plan: Plan, t: CostTables) -> dict[str, float]:
     feasible = len({d for d, *_ in st}) == len(st)
     comp = {m: 0.0 for m in ("decode_s", "prefill_s", "energy_j")}
     link = {m: 0.0 for m in comp}
-    bottleneck, mem_util, wire = 0.0, 0.0, 0.0
+    bottleneck, mem_util, wire, cost = 0.0, 0.0, 0.0, 0.0
     quality = 1.0
     for k, (d, v, i, j, c) in enumerate(st):
         n_blk = j - i
@@ -102,9 +106,13 @@ def evaluate(plan: Plan, t: CostTables) -> dict[str, float]:
             if m == "decode_s":
                 bottleneck = max(bottleneck, x)
         mem = (n_blk * t.mem_blk[d, v] + (i == 0) * t.mem_first[d, v]
-               + (j == L) * t.mem_last[d, v] + t.mem_stage)
+               + (j == L) * t.mem_last[d, v] + t.mem_stage
+               - (i == 0 and j == L) * t.mem_shared[d, v])
         mem_util = max(mem_util, mem / t.cap[d])
         feasible &= bool(t.ok[d, v]) and mem <= t.cap[d]
+        cost += n_blk * float(t.price_blk[d])
+        if (i == 0 or j == L) and not t.can_end[d]:  # tokens would leave the policy's zone
+            feasible = False
         quality = min(quality, t.variants[v].quality)
         if k + 1 < len(st):
             if c < 0:
@@ -123,7 +131,9 @@ def evaluate(plan: Plan, t: CostTables) -> dict[str, float]:
             + t.tok("decode_s", last, t.exit))
     energy = comp["energy_j"] + link["energy_j"] + t.tok("energy_j", last, first)
     bottleneck = max(bottleneck, back)
-    feasible &= bool(np.isfinite(per_token))
+    feasible &= bool(np.isfinite(per_token)) and bool(np.isfinite(ttft))
+    if t.policy.max_cost_per_mtok is not None:
+        feasible &= cost <= t.policy.max_cost_per_mtok * (1 + 1e-9) + 1e-15
     return {
         "per_token_s": float(per_token), "ttft_s": float(ttft),
         "energy_per_token_j": float(energy), "bottleneck_s": float(bottleneck),
@@ -131,6 +141,7 @@ def evaluate(plan: Plan, t: CostTables) -> dict[str, float]:
         "compute_s": float(comp["decode_s"]), "transfer_s": float(link["decode_s"] + back),
         "wire_bytes_per_token": float(wire), "max_memory_util": float(mem_util),
         "quality": float(quality), "stages": float(len(st)), "feasible": float(feasible),
+        "cost_per_mtok": float(cost),
     }
 
 

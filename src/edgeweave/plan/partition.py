@@ -34,7 +34,7 @@ from edgeweave.plan.objectives import OBJECTIVES, evaluate, make_plan
 from edgeweave.plan.tables import INF, Constraints, CostTables, build
 from edgeweave.profile.cost import UNCALIBRATED, Calibration, ModelCosts, model_memory
 from edgeweave.profile.variants import DEFAULT_VARIANTS, Variant
-from edgeweave.types import CODECS, Fleet, Plan
+from edgeweave.types import CODECS, Fleet, Plan, Policy
 
 NODE_BUDGET = 200_000
 WORK_BUDGET = 300_000_000  # node x device x boundary elements: ~10 s of numpy here
@@ -58,9 +58,10 @@ def tables_for(model: ModelConfig | ModelCosts, fleet: Fleet, *,
                variants: dict[str, Variant] | None = None, min_quality: float = 0.0,
                battery_reserve: float = 0.2, codecs: tuple[str, ...] = CODECS,
                calibration: Calibration = UNCALIBRATED, prompt_len: int = 128,
-               context: int = 512) -> CostTables:
+               context: int = 512, policy: Policy | None = None) -> CostTables:
+    """``policy`` replaces the fleet's own (data residency, spending)."""
     return build(costs_of(model, prompt_len, context), fleet, variants or dict(DEFAULT_VARIANTS),
-                 Constraints(min_quality, battery_reserve, codecs), calibration)
+                 Constraints(min_quality, battery_reserve, codecs), calibration, policy)
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,14 @@ def search(t: CostTables, obj: O.Objective, cap_s: float | None = None,
 
 
 def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
-                   node_budget: int | None = None,
-                   penalty: np.ndarray | None = None) -> SearchResult:
-    """:func:`search` with the proven lower bound and the node count."""
+                   node_budget: int | None = None, penalty: np.ndarray | None = None,
+                   max_cost: float | None = None) -> SearchResult:
+    """:func:`search` with the proven lower bound and the node count. ``max_cost`` (per
+    million tokens) tightens the policy's own ``max_cost_per_mtok``."""
     n, L, op = t.n, t.L, obj.op
+    caps = [c for c in (max_cost, t.policy.max_cost_per_mtok) if c is not None]
+    cost_cap = min(caps) * (1 + 1e-9) + 1e-15 if caps else None
+    pb = t.price_blk  # (n,) price per million tokens of one block
     budget = node_budget_for(n, L) if node_budget is None else node_budget
     lim = None if cap_s is None else cap_s * (1 + 1e-9)
     S, vbest = t.stage_min(obj.stage_metric, penalty=penalty, cap_s=lim)  # (n, L+1, L+1)
@@ -193,15 +198,16 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
             out[1:] = np.where(r <= edges[-1], fill, INF)
         return out
 
-    seen: dict[tuple[int, int, int], list[tuple[float, int]]] = {}
+    seen: dict[tuple[int, int, int], list[tuple[float, float, int]]] = {}
+    blocks = idx[:L + 1]
 
-    def expand(j: int, d: int, f: int, used: int, free: np.ndarray, g: float,
+    def expand(j: int, d: int, f: int, used: int, free: np.ndarray, g: float, gc: float,
                path: list[tuple[int, int]]) -> None:
         if j:  # dominance: an earlier visit here with a subset of devices and no higher cost
             labels = seen.setdefault((j, d, f), [])
-            if any(g0 <= g and not u0 & ~used for g0, u0 in labels):
+            if any(g0 <= g and c0 <= gc and not u0 & ~used for g0, c0, u0 in labels):
                 return
-            labels.append((g, used))
+            labels.append((g, gc, used))
         nodes[0] += 1
         if nodes[0] > budget:
             best[2] = False
@@ -215,6 +221,10 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
         # after a stage on d2 ends at k, the other free devices must hold blocks [k, L)
         room = maxlen[free].sum() - maxlen  # (n,) for d2 free
         bnd[room[:, None] < (L - idx[:L + 1])[None, :]] = INF
+        if cost_cap is not None:  # spent so far + this stage + the cheapest rest <= the cap
+            spent = gc + pb[:, None] * np.maximum(blocks - j, 0)[None, :]
+            cheapest = float(pb[free].min()) if free.any() else 0.0
+            bnd[spent + cheapest * (L - blocks)[None, :] > cost_cap] = INF
         if knap:
             rest = knapsack(free)[::-1]  # rest[k]: blocks [k, L) on the free devices
             kb = val + rest[None, :] + np.where(idx[None, :L + 1] < L, minout[:, None], 0.0)
@@ -235,12 +245,12 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
                 nf = free.copy()
                 nf[d2] = False
                 expand(k, d2, d2 if j == 0 else f, used | (1 << d2), nf, float(val[d2, k]),
-                       [*path, (d2, k)])
+                       gc + float(pb[d2]) * (k - j), [*path, (d2, k)])
                 if nodes[0] > budget:  # its subtree was cut short
                     open_lb[0] = min(open_lb[0], float(b))
                     return
 
-    expand(0, -1, -1, 0, np.ones(n, dtype=bool), 0.0, [])
+    expand(0, -1, -1, 0, np.ones(n, dtype=bool), 0.0, 0.0, [])
     parts, start = [], 0
     for i, (d, k) in enumerate(best[1]):
         nxt = best[1][i + 1][0] if i + 1 < len(best[1]) else None
@@ -267,12 +277,35 @@ def _no_plan(t: CostTables) -> PlanningError:
             listed += f", ... ({len(top) - NOTE_DEVICES} more)"
         lines.append(f"free memory of the usable devices: {listed} "
                      f"({sum(cap.values()) / 1e6:.0f} MB together)")
+    if t.policy.active:
+        return _no_plan_with_policy(t, need, smallest.name, lines)
     return PlanningError(
         f"model {t.model.name!r} fits nowhere in fleet {t.fleet.name!r}: it needs "
         f"{need / 1e6:.0f} MB even as {smallest.name} (weights + KV cache for "
         f"{t.model.context} tokens). " + "; ".join(lines)
         + ". Add a device with more memory, allow a smaller variant, lower min_quality, "
           "or shorten the context")
+
+
+def _no_plan_with_policy(t: CostTables, need: float, variant: str,
+                         lines: list[str]) -> PlanningError:
+    p = t.policy
+    fixes = []
+    if p.keep_in is not None:
+        zone = [k for k, d in enumerate(t.fleet.devices) if d.zone == p.keep_in]
+        free = sum(t.cap[k] for k in zone if t.devices[k] not in t.excluded)
+        lines = [f"zone {p.keep_in!r} has {len(zone)} devices with {free / 1e6:.0f} MB free "
+                 "together", *lines]
+        if p.hidden_states:
+            fixes.append("let hidden states leave the zone (policy hidden_states: false)")
+        fixes.append(f"add memory to zone {p.keep_in!r} (a device with `zone: {p.keep_in}`)")
+    if p.max_cost_per_mtok is not None:
+        fixes.append(f"raise max_cost_per_mtok above {p.max_cost_per_mtok:g}")
+    fixes += ["allow a smaller variant", "shorten the context"]
+    return PlanningError(
+        f"no plan of {t.model.name!r} on fleet {t.fleet.name!r} keeps the policy "
+        f"({p.describe()}): the model needs {need / 1e6:.0f} MB as {variant}. "
+        + "; ".join(lines) + ". To fix: " + ", or ".join(fixes))
 
 
 NOTE_DEVICES = 24  # past this many left-out devices, notes are counted, not listed
@@ -338,16 +371,24 @@ def place_tables(t: CostTables, objective: str = "latency") -> Plan:
         raise _no_plan(t)
     parts, proven, gap = r.parts, r.proven, r.gap
     nodes = r.nodes
+    second = None
     if obj.combine == "max":  # among plans with the optimal bottleneck, the fastest per token
-        r2 = search_bounded(t, O.get("latency"), cap_s=r.value)
-        if np.isfinite(r2.value):
-            parts, proven = r2.parts, proven and r2.proven
-            nodes += r2.nodes
+        second = search_bounded(t, O.get("latency"), cap_s=r.value)
+    elif obj.key == "cost_per_mtok":  # among the cheapest plans, the fastest per token
+        second = search_bounded(t, O.get("latency"), max_cost=r.value)
+    if second is not None and np.isfinite(second.value):
+        parts, proven = second.parts, proven and second.proven
+        nodes += second.nodes
     notes: tuple[str, ...] = ()
+    if t.policy.active:
+        notes += (f"policy: {t.policy.describe()}",)
     if not proven:
         notes += (f"bounded search: stopped after {nodes} nodes; this plan is within "
                   f"{gap:.1%} of optimal ({obj.key} >= {r.lower_bound:.4g} for any plan)",)
     plan = make_plan(t, parts, objective)
+    used = {s.device for s in plan.stages}
+    notes += tuple(f"{d}: {why}" for d, why in t.restricted.items()
+                   if d in used and "middle" in why)
     notes += _left_out(t, plan, obj.stage_metric)
     plan = make_plan(t, parts, objective, notes)
     return replace(plan, predicted={**plan.predicted, "optimality_gap": gap,

@@ -34,11 +34,14 @@ class LinkGraph:
     """The directed links of a fleet as arrays: for each direction, latency, seconds per byte
     and energy per byte (parallel links are kept; each payload picks its faster one)."""
 
-    def __init__(self, fleet: Fleet, ids: list[str]) -> None:
+    def __init__(self, fleet: Fleet, ids: list[str], keep: np.ndarray | None = None) -> None:
+        """``keep`` (n,) bool: only links between two kept devices (a zone's own network)."""
         idx = {d: k for k, d in enumerate(ids)}
         src, dst, lat, spb, epb = [], [], [], [], []
         for ln in fleet.links:
             if ln.a not in idx or ln.b not in idx:
+                continue
+            if keep is not None and not (keep[idx[ln.a]] and keep[idx[ln.b]]):
                 continue
             a, b = idx[ln.a], idx[ln.b]
             p = ln.profile

@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeweave.errors import ConfigError
+from edgeweave.errors import ConfigError, PlanningError
 from edgeweave.plan.fleet import reachable
 from edgeweave.plan.routes import LinkGraph, Routes
 from edgeweave.profile import cost as C
 from edgeweave.profile.variants import CODEC_QUALITY, Variant
-from edgeweave.types import CODECS, Fleet
+from edgeweave.types import CODECS, NO_POLICY, Fleet, Policy
 from edgeweave.validate import is_number
 
 METRICS = ("decode_s", "prefill_s", "energy_j")
+COST = "cost_per_mtok"  # price per million tokens: a metric of stages only (links are free)
 INF = float("inf")
 
 
@@ -69,10 +70,30 @@ class CostTables:
     excluded: dict[str, str] = field(default_factory=dict)  # device -> reason
     mem_stage: float = C.STAGE_RUNTIME_BYTES  # the process every stage runs in
     index: dict[str, int] = field(default_factory=dict)  # device id -> row
+    # (n, V) bytes held once, not twice, by a stage with both the embedding and a tied head
+    mem_shared: np.ndarray | None = None
+    policy: Policy = NO_POLICY
+    can_end: np.ndarray | None = None  # (n,) may run the first and the last stage (policy)
+    restricted: dict[str, str] = field(default_factory=dict)  # device -> what the policy bars
 
     def __post_init__(self) -> None:
         if not self.index:
             self.index = {d: k for k, d in enumerate(self.devices)}
+        if self.mem_shared is None:
+            self.mem_shared = np.zeros_like(self.mem_first)
+        if self.can_end is None:
+            self.can_end = np.ones(len(self.devices), dtype=bool)
+        if COST not in self.blk:  # a price per block: per_mtok / L, nothing extra at the ends
+            price = np.array([d.price_per_mtok for d in self.fleet.devices]) / self.L
+            V = len(self.variants)
+            self.blk[COST] = np.tile(price[:, None], (1, V))
+            self.first[COST] = np.zeros((len(self.devices), V))
+            self.last[COST] = np.zeros((len(self.devices), V))
+
+    @property
+    def price_blk(self) -> np.ndarray:
+        """(n,) price per million tokens of one block on each device."""
+        return self.blk[COST][:, 0]
 
     @property
     def n(self) -> int:
@@ -109,8 +130,11 @@ class CostTables:
             cap = col(self.cap[sl])
             for v in range(V):
                 mem = (size * col(self.mem_blk[sl, v]) + fi * col(self.mem_first[sl, v])
-                       + lj * col(self.mem_last[sl, v]) + self.mem_stage)
+                       + lj * col(self.mem_last[sl, v]) + self.mem_stage
+                       - (fi & lj) * col(self.mem_shared[sl, v]))
                 feas = valid & (mem <= cap) & col(self.ok[sl, v])
+                end = col(self.can_end[sl])  # the policy: tokens enter and leave in the zone
+                feas &= (~fi | end) & (~lj | end)
 
                 cost = self._stage_cost(metric, sl, v, size, fi, lj)
                 if cum is not None:
@@ -136,10 +160,17 @@ class CostTables:
         kind = "prefill" if metric == "prefill_s" else "decode"
         return self.routes[f"{kind}:{self.codecs[k]}"]
 
+    def _pick(self, metric: str, t: np.ndarray, e: np.ndarray, k: int) -> np.ndarray:
+        if metric == "energy_j":
+            return e
+        if metric == COST:  # links cost nothing, but only where there is a route
+            return np.where(np.isfinite(t), 0.0, INF)
+        return t + C.codec_time_s(self.codecs[k])
+
     def hop_row(self, metric: str, k: int, src: int) -> np.ndarray:
         """(n,) cost of the hidden state leaving ``src`` with codec ``k`` to every device."""
         t, e = self._hop_routes(metric, k).row(src)
-        out = (e if metric == "energy_j" else t + C.codec_time_s(self.codecs[k])).copy()
+        out = np.array(self._pick(metric, t, e, k), dtype=float)
         out[src] = 0.0
         return out
 
@@ -147,13 +178,15 @@ class CostTables:
         if a == b:
             return 0.0
         t, e = self._hop_routes(metric, k).pair(a, b)
-        return e if metric == "energy_j" else t + C.codec_time_s(self.codecs[k])
+        return float(self._pick(metric, np.array(t), np.array(e), k))
 
     def nearest_hop(self, metric: str, k: int, U: np.ndarray) -> np.ndarray:
-        """(n,) min over d2 != d of hop(d -> d2) + U[d2] (a lower bound for energy)."""
+        """(n,) min over d2 != d of hop(d -> d2) + U[d2] (a lower bound for energy/cost)."""
         r = self._hop_routes(metric, k)
         if metric == "energy_j":
             return r.nearest(U, "energy")
+        if metric == COST:  # free links: the best other device, reachable or not (a bound)
+            return _best_other(U)
         return r.nearest(U) + C.codec_time_s(self.codecs[k])
 
     def min_out_hop(self, metric: str) -> np.ndarray:
@@ -161,8 +194,12 @@ class CostTables:
         out = np.full(self.n, INF)
         for k in range(len(self.codecs)):
             r = self._hop_routes(metric, k)
-            m = (r.min_out("energy") if metric == "energy_j"
-                 else r.min_out() + C.codec_time_s(self.codecs[k]))
+            if metric == "energy_j":
+                m = r.min_out("energy")
+            elif metric == COST:
+                m = np.where(np.isfinite(r.min_out()), 0.0, INF)
+            else:
+                m = r.min_out() + C.codec_time_s(self.codecs[k])
             out = np.minimum(out, m)
         return out
 
@@ -172,16 +209,28 @@ class CostTables:
     def tok_row(self, metric: str, src: int) -> np.ndarray:
         """(n,) token ids (the prompt's for prefill) from ``src`` to every device."""
         t, e = self._tok_routes(metric).row(src)
-        return e if metric == "energy_j" else t
+        return e if metric == "energy_j" else np.where(np.isfinite(t), 0.0, INF) \
+            if metric == COST else t
 
     def tok_col(self, metric: str, dst: int) -> np.ndarray:
         """(n,) token ids from every device to ``dst``."""
         t, e = self._tok_routes(metric).col(dst)
-        return e if metric == "energy_j" else t
+        return e if metric == "energy_j" else np.where(np.isfinite(t), 0.0, INF) \
+            if metric == COST else t
 
     def tok(self, metric: str, a: int, b: int) -> float:
         t, e = self._tok_routes(metric).pair(a, b)
-        return e if metric == "energy_j" else t
+        return e if metric == "energy_j" else (0.0 if t < INF else INF) if metric == COST else t
+
+
+def _best_other(U: np.ndarray) -> np.ndarray:
+    """(n,) min over d2 != d of U[d2]."""
+    out = np.full(len(U), INF)
+    if len(U) > 1:
+        a, b = np.argsort(U)[:2]
+        out[:] = U[a]
+        out[a] = U[b]
+    return out
 
 
 def _class_costs(model: C.ModelCosts, p, vs: list[Variant],
@@ -197,9 +246,32 @@ def _class_costs(model: C.ModelCosts, p, vs: list[Variant],
     return blk, first, last
 
 
+def _zone_check(fleet: Fleet, policy: Policy) -> np.ndarray:
+    """(n,) devices in the policy's zone; a policy no plan can keep is an error with the fix."""
+    zone = policy.keep_in
+    inz = np.array([d.zone == zone for d in fleet.devices], dtype=bool)
+    if not inz.any():
+        zones = sorted({d.zone for d in fleet.devices if d.zone is not None})
+        raise PlanningError(
+            f"the policy keeps tokens in zone {zone!r}, but no device of fleet {fleet.name!r} "
+            f"is in it (zones: {', '.join(zones) or 'none set'}): add `zone: {zone}` to the "
+            "devices that are there, or keep them in another zone (--keep-in)")
+    for what, end in (("entry", fleet.entry), ("exit", fleet.exit)):
+        dz = fleet.device(end).zone
+        if dz != zone:
+            raise PlanningError(
+                f"the fleet's {what} {end!r} is in zone {dz!r}, not {zone!r}: requests "
+                f"{'arrive' if what == 'entry' else 'return'} outside the zone the policy keeps "
+                f"them in; make the {what} a device of zone {zone!r} or set its `zone: {zone}`")
+    return inz
+
+
 def build(model: C.ModelCosts, fleet: Fleet, variants: dict[str, Variant],
           constraints: Constraints = Constraints(),
-          calibration: C.Calibration = C.UNCALIBRATED) -> CostTables:
+          calibration: C.Calibration = C.UNCALIBRATED,
+          policy: Policy | None = None) -> CostTables:
+    """``policy`` replaces the fleet's own (``fleet.policy``) when given."""
+    policy = fleet.policy if policy is None else policy
     devs = list(fleet.devices)
     ids = [d.id for d in devs]
     vs = list(variants.values())
@@ -245,10 +317,39 @@ def build(model: C.ModelCosts, fleet: Fleet, variants: dict[str, Variant],
             ok[a] = False
     codecs = [c for c in constraints.codecs if CODEC_QUALITY[c] >= constraints.min_quality]
     graph = LinkGraph(fleet, ids)
-    routes = {"tok": Routes(graph, C.TOKEN_ID_BYTES),
-              "prompt": Routes(graph, C.TOKEN_ID_BYTES * model.prompt_len)}
+    token_graph = hidden_graph = graph
+    can_end = np.ones(n, dtype=bool)
+    restricted: dict[str, str] = {}
+    if policy.keep_in is not None:
+        zone = policy.keep_in
+        inz = _zone_check(fleet, policy)
+        # token ids (prompt and generated) travel only over the zone's own links
+        token_graph = LinkGraph(fleet, ids, keep=inz)
+        if policy.hidden_states:
+            hidden_graph = token_graph
+        for a, d in enumerate(devs):
+            if inz[a]:
+                continue
+            where = f"zone {d.zone!r}" if d.zone is not None else "no zone"
+            if policy.hidden_states:
+                reason = (f"excluded by the policy: {where} is outside {zone!r} (hidden states "
+                          "stay in the zone too)")
+                restricted[d.id] = reason
+                if d.id not in excluded:
+                    excluded[d.id] = reason
+                    ok[a] = False
+            else:
+                can_end[a] = False
+                restricted[d.id] = (f"the policy allows it middle stages only: {where} is "
+                                    f"outside {zone!r}, where tokens stay")
+    b = model.batch  # a decode step carries one token of every sequence
+    routes = {"tok": Routes(token_graph, C.TOKEN_ID_BYTES * b),
+              "prompt": Routes(token_graph, C.TOKEN_ID_BYTES * model.prompt_len * b)}
     for c in codecs:
-        routes[f"decode:{c}"] = Routes(graph, model.activation_bytes(c, 1))
-        routes[f"prefill:{c}"] = Routes(graph, model.activation_bytes(c, model.prompt_len))
+        routes[f"decode:{c}"] = Routes(hidden_graph, model.activation_bytes(c, b))
+        routes[f"prefill:{c}"] = Routes(hidden_graph,
+                                        model.activation_bytes(c, model.prompt_len * b))
+    shared = np.tile([model.shared_memory(v) for v in vs], (n, 1))
     return CostTables(fleet, model, vs, codecs, ids, ids.index(fleet.entry), ids.index(fleet.exit),
-                      blk, first, last, mem_blk, mem_first, mem_last, cap, ok, routes, excluded)
+                      blk, first, last, mem_blk, mem_first, mem_last, cap, ok, routes, excluded,
+                      mem_shared=shared, policy=policy, can_end=can_end, restricted=restricted)

@@ -152,3 +152,28 @@ def test_plan_says_its_optimality_gap_when_the_search_is_cut(monkeypatch) -> Non
                 assert lb <= exact.predicted["per_token_s"] * (1 + 1e-9)
                 return
     pytest.fail("no random fleet needed more than two nodes")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_interchangeable_devices_keep_the_search_exact(seed: int) -> None:
+    """Twins (same class, memory and links) are tried in one order only; the optimum is
+    still the brute-force one."""
+    from edgeweave.profile import catalog
+    from edgeweave.types import Fleet, FleetDevice, Link
+
+    rng = random.Random(seed)
+    model = tiny_costs(rng, rng.randint(2, 4))
+    cls = rng.choice(["rpi4-4gb", "rpi5-8gb", "rpi-zero-2w"])
+    hub = FleetDevice("hub", catalog.device(rng.choice(["rpi4-4gb", "jetson-orin-nano-8gb"])))
+    twins = [FleetDevice(f"t{k}", catalog.device(cls)) for k in range(3)]
+    link = catalog.link(rng.choice(["ethernet", "wifi5"]))
+    fleet = Fleet("twins", (FleetDevice("entry", catalog.device("rpi-zero-2w")), hub, *twins),
+                  (Link("entry", "hub", catalog.link("wifi4")),
+                   *(Link("hub", d.id, link) for d in twins)), "entry", "entry")
+    t = tables_for(model, fleet, variants={"fp32": DEFAULT_VARIANTS["fp32"]})
+    tw = t.twins()
+    assert list(tw[2:]) == [-1, 2, 3] and tw[0] == -1  # t1 after t0, t2 after t1
+    truth = brute_force(t)
+    for name, key in KEYS.items():
+        if np.isfinite(truth[key]):
+            assert place_tables(t, name).predicted[key] == pytest.approx(truth[key], rel=1e-9)

@@ -200,6 +200,8 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
 
     seen: dict[tuple[int, int, int], list[tuple[float, float, int]]] = {}
     blocks = idx[:L + 1]
+    twin = t.twins()  # interchangeable devices are used in index order (symmetry breaking)
+    has_twin = twin >= 0
 
     def expand(j: int, d: int, f: int, used: int, free: np.ndarray, g: float, gc: float,
                path: list[tuple[int, int]]) -> None:
@@ -218,6 +220,8 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
         bnd = op(val, B.T)  # (n, L+1)
         bnd[:, L] = op(val[:, L], close_self if j == 0 else close(f))
         bnd[~free] = INF
+        if has_twin.any():  # a twin may run only after the one before it is in the plan
+            bnd[has_twin & free[np.maximum(twin, 0)]] = INF
         # after a stage on d2 ends at k, the other free devices must hold blocks [k, L)
         room = maxlen[free].sum() - maxlen  # (n,) for d2 free
         bnd[room[:, None] < (L - idx[:L + 1])[None, :]] = INF
@@ -264,7 +268,8 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
 
 def _no_plan(t: CostTables) -> PlanningError:
     usable = [d for d in t.devices if d not in t.excluded]
-    smallest = min(t.variants, key=lambda v: v.bytes_per_weight)
+    allowed = [v for b, v in enumerate(t.variants) if t.ok[:, b].any()] or t.variants
+    smallest = min(allowed, key=lambda v: v.bytes_per_weight)
     need = model_memory(t.model, smallest)
     lines = [f"{d}: {r}" for d, r in list(t.excluded.items())[:NOTE_DEVICES]]
     if len(t.excluded) > NOTE_DEVICES:

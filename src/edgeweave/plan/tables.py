@@ -90,6 +90,33 @@ class CostTables:
             self.first[COST] = np.zeros((len(self.devices), V))
             self.last[COST] = np.zeros((len(self.devices), V))
 
+    def twins(self) -> np.ndarray:
+        """(n,) for each device the previous device it is interchangeable with, or -1.
+
+        Two devices are interchangeable when swapping them changes no cost: same class,
+        free memory, allowed variants, policy role and price, and the same links (class,
+        bandwidth scale) to the same neighbours; neither is the entry or the exit. A plan
+        using one is worth exactly the plan using the other, so the search may use twins in
+        index order only: the factory's six identical Pi 5s stop costing 6! orderings."""
+        nbr: dict[int, list[tuple]] = {k: [] for k in range(self.n)}
+        for ln in self.fleet.links:
+            a, b = self.index.get(ln.a), self.index.get(ln.b)
+            if a is None or b is None:
+                continue
+            nbr[a].append((b, ln.profile.name, ln.bandwidth_scale, "up"))
+            nbr[b].append((a, ln.profile.name, ln.bandwidth_scale, "down"))
+        last: dict[tuple, int] = {}
+        prev = np.full(self.n, -1, dtype=np.int64)
+        for k, d in enumerate(self.fleet.devices):
+            if k in (self.entry, self.exit) or not self.ok[k].any():
+                continue
+            key = (id(d.profile), float(self.cap[k]), self.ok[k].tobytes(), bool(self.can_end[k]),
+                   d.price_per_mtok, tuple(sorted(nbr[k])))
+            if key in last:
+                prev[k] = last[key]
+            last[key] = k
+        return prev
+
     @property
     def price_blk(self) -> np.ndarray:
         """(n,) price per million tokens of one block on each device."""

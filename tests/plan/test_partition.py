@@ -18,11 +18,11 @@ from tests.plan.randfleet import random_fleet, tiny_costs
 KEYS = {name: O.get(name).key for name in O.OBJECTIVES}
 
 
-def brute_force(t) -> dict[str, float]:
+def brute_force(t, keys=tuple(KEYS.values())) -> dict[str, float]:
     """Every plan (distinct devices in any order, every cut, variant and codec): the best
     value of each objective among the feasible ones."""
     L, n = t.L, t.n
-    best = dict.fromkeys(KEYS.values(), np.inf)
+    best = dict.fromkeys(keys, np.inf)
     vnames = [v.name for v in t.variants]
     for k in range(1, min(n, L) + 1):
         for devs in itertools.permutations(t.devices, k):

@@ -16,9 +16,17 @@ Exact search in two layers:
 
 Throughput (minimise the slowest stage or link) runs the same search with ``max`` in place
 of ``+``; a second pass then minimises per-token latency among plans whose every stage and
-link stays within that bottleneck, so ties are broken towards the fastest plan. The
-bottleneck objective has many ties and a weaker bound: it is the slowest to plan (seconds
-on an 8-device fleet, against milliseconds for the additive objectives).
+link stays within that bottleneck, so ties are broken towards the fastest plan. Cost (price
+per million tokens) likewise takes the fastest of the cheapest plans; a policy's
+``max_cost_per_mtok`` prunes partial plans that cannot stay under it.
+
+At scale: hops are rows of sparse routes (:mod:`edgeweave.plan.routes`), never ``n x n``
+tables; the DP's hop step is an exact multi-source Dijkstra; interchangeable devices (same
+class, memory and links) are tried in index order only. The branch and bound has a work
+budget (:data:`WORK_BUDGET`, node x device x boundary elements). When the budget stops it,
+the plan is the best found and the search knows a proven lower bound (the least bound of the
+subtrees left open): ``Plan.predicted["optimality_gap"]`` and a note say how far from optimal
+the plan can be. Finished searches are exact (gap 0).
 """
 
 from __future__ import annotations

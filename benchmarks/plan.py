@@ -193,8 +193,12 @@ except ImportError:
 t1 = time.perf_counter()
 spec = load_fleet(sys.argv[1])
 t2 = time.perf_counter()
-cfg = ModelConfig(**json.loads(sys.argv[2]))
-t = tables_for(ModelCosts.from_config(cfg, "smollm2-135m"), spec.fleet, variants=spec.variants)
+if sys.argv[2].startswith("card:"):
+    from edgeweave.models.cards import CARDS
+    model = CARDS[sys.argv[2][5:]].costs()
+else:
+    model = ModelCosts.from_config(ModelConfig(**json.loads(sys.argv[2])), "smollm2-135m")
+t = tables_for(model, spec.fleet, variants=spec.variants, min_quality=float(sys.argv[3]))
 t3 = time.perf_counter()
 plan = place_tables(t, "latency")
 t4 = time.perf_counter()
@@ -222,12 +226,21 @@ def fleet_doc(fleet: Fleet) -> dict:
                        "bandwidth_scale": round(ln.bandwidth_scale, 3)} for ln in fleet.links]}
 
 
-def run_child(src: str, fleet_file: Path, timeout: float) -> dict:
+# (name, constrained fleet, model argument, minimum quality): the generated fleets
+# with the bundled 30-block shape, and fleets of small devices only (no cloud, Pis, phones,
+# MCUs) where a 16-bit Llama-3.1-8B fits no device and must be split
+SCALE_CASES = (("generated, smollm2-135m", False, None, 0.0),
+               ("small devices, llama-3.1-8b fp16", True, "card:llama-3.1-8b", 0.999))
+
+
+def run_child(src: str, fleet_file: Path, timeout: float, model: str | None = None,
+              min_quality: float = 0.0) -> dict:
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
-    cfg = json.dumps({k: v for k, v in SMOL.to_dict().items() if k != "rope_scaling"})
+    cfg = model or json.dumps({k: v for k, v in SMOL.to_dict().items() if k != "rope_scaling"})
     t0 = time.perf_counter()
     try:
-        out = subprocess.run([sys.executable, "-c", CHILD, str(fleet_file), cfg], env=env,
+        out = subprocess.run([sys.executable, "-c", CHILD, str(fleet_file), cfg,
+                              str(min_quality)], env=env,
                              capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"timed_out": True, "wall_s": time.perf_counter() - t0}
@@ -240,15 +253,18 @@ def run_scale(sizes: tuple[int, ...], seed: int, old_src: str | None, timeout: f
     here = str(Path(__file__).resolve().parents[1] / "src")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
-            fleet = make_fleet(random.Random(seed + n), n, f"gen{n}")
-            path = Path(tmp) / f"gen{n}.yaml"
-            path.write_text(yaml.safe_dump(fleet_doc(fleet), sort_keys=False))
-            row = {"devices": n, "links": len(fleet.links), "new": run_child(here, path, timeout)}
-            if old_src:
-                row["old"] = run_child(old_src, path, timeout)
-            rows.append(row)
-            _print_scale_row(row)
+        for case, constrained, model, q in SCALE_CASES:
+            print(f"-- {case}")
+            for n in sizes:
+                fleet = make_fleet(random.Random(seed + n), n, f"gen{n}", constrained)
+                path = Path(tmp) / f"gen{n}-{constrained}.yaml"
+                path.write_text(yaml.safe_dump(fleet_doc(fleet), sort_keys=False))
+                row = {"case": case, "devices": n, "links": len(fleet.links),
+                       "new": run_child(here, path, timeout, model, q)}
+                if old_src and model is None:  # the old planner has no model cards
+                    row["old"] = run_child(old_src, path, timeout, model, q)
+                rows.append(row)
+                _print_scale_row(row)
     return {"rows": rows, "targets": {"1000_devices_plan_s": 1.0, "10000_devices_plan_s": 10.0,
                                       "peak_rss_mb": 1024}}
 
@@ -262,7 +278,7 @@ def _fmt(r: dict, key: str, scale: float = 1.0, f: str = "{:.2f}") -> str:
 
 
 def _print_scale_row(row: dict) -> None:
-    if row["devices"] == SIZES[0] or row is None:
+    if row["devices"] == SIZES[0]:
         print(f"{'devices':>8s} {'load s':>8s} {'tables s':>9s} {'search s':>9s} {'plan s':>8s} "
               f"{'RSS MB':>8s} {'stages':>6s} {'gap':>6s} {'old plan s':>11s} {'old RSS':>8s}")
     new, old = row["new"], row.get("old", {})

@@ -45,7 +45,7 @@ from edgeweave.profile.variants import DEFAULT_VARIANTS, Variant
 from edgeweave.types import CODECS, Fleet, Plan, Policy
 
 NODE_BUDGET = 200_000
-WORK_BUDGET = 300_000_000  # node x device x boundary elements: ~10 s of numpy here
+WORK_BUDGET = 100_000_000  # node x device x boundary elements: ~4 s of numpy here
 Part = tuple[int, int, int, int, int]  # (device, variant, start, end, codec) indices
 _TOL = 1e-12
 
@@ -93,8 +93,9 @@ class SearchResult:
 
 def node_budget_for(n: int, L: int) -> int:
     """Nodes the branch and bound may expand: each costs O(n x L) array work, so the budget
-    is a budget of work (about 10 s of numpy here), never below 2,000 nodes."""
-    return int(max(2_000, min(NODE_BUDGET, WORK_BUDGET // max(1, n * (L + 1)))))
+    is a budget of work (a few seconds of numpy here), never below 200 nodes. Fleets up to
+    ~100 devices keep the full NODE_BUDGET."""
+    return int(max(200, min(NODE_BUDGET, WORK_BUDGET // max(1, n * (L + 1)))))
 
 
 def search(t: CostTables, obj: O.Objective, cap_s: float | None = None,
@@ -113,16 +114,32 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
                    max_cost: float | None = None) -> SearchResult:
     """:func:`search` with the proven lower bound and the node count. ``max_cost`` (per
     million tokens) tightens the policy's own ``max_cost_per_mtok``."""
-    n, L, op = t.n, t.L, obj.op
+    L, op = t.L, obj.op
     caps = [c for c in (max_cost, t.policy.max_cost_per_mtok) if c is not None]
     cost_cap = min(caps) * (1 + 1e-9) + 1e-15 if caps else None
-    pb = t.price_blk  # (n,) price per million tokens of one block
-    budget = node_budget_for(n, L) if node_budget is None else node_budget
     lim = None if cap_s is None else cap_s * (1 + 1e-9)
-    S, vbest = t.stage_min(obj.stage_metric, penalty=penalty, cap_s=lim)  # (n, L+1, L+1)
+    S, vbest = t.stage_min(obj.stage_metric, penalty=penalty, cap_s=lim)  # (N, L+1, L+1)
+    # The longest stage each device can hold (memory, cap): with every device used at most
+    # once, blocks left must fit into the devices left, a check the DP below cannot make.
+    N = t.n
+    span = (np.arange(L + 1)[None, :] - np.arange(L + 1)[:, None]).astype(np.int16)
+    maxlen = np.zeros(N)
+    step = max(1, 2**20 // (L + 1) ** 2)
+    for lo in range(0, N, step):
+        fin = np.isfinite(S[lo:lo + step])
+        maxlen[lo:lo + step] = np.where(fin, span[None], 0).reshape(fin.shape[0], -1).max(axis=1)
+    # The search runs over the devices that can hold some stage (an exact reduction; the
+    # others still relay traffic: routes stay over all N). Indices below are into ``act``.
+    act = np.flatnonzero(maxlen > 0)
+    n = len(act)
+    S, vbest, maxlen = S[act], vbest[act], maxlen[act]
+    if maxlen.sum() < L:  # the devices together cannot hold the model
+        return SearchResult(INF, [], True, INF, 0)
+    pb = t.price_blk[act]  # (n,) price per million tokens of one block
+    budget = node_budget_for(n, L) if node_budget is None else node_budget
     K = len(t.codecs)
-    E = np.asarray(obj.entry(t), dtype=float)
-    close_self = np.asarray(obj.close_self(t), dtype=float)
+    E = np.asarray(obj.entry(t), dtype=float)[act]
+    close_self = np.asarray(obj.close_self(t), dtype=float)[act]
     rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     closes: dict[int, np.ndarray] = {}
 
@@ -132,9 +149,9 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
             if K == 0:
                 rows[d] = (np.full(n, INF), np.zeros(n, dtype=np.int64))
             else:
-                R = np.stack([t.hop_row(obj.hop_metric, k, d) for k in range(K)])
+                R = np.stack([t.hop_row(obj.hop_metric, k, act[d])[act] for k in range(K)])
                 if lim is not None:  # throughput's second pass: no link above the bottleneck
-                    dec = np.stack([t.hop_row("decode_s", k, d) for k in range(K)])
+                    dec = np.stack([t.hop_row("decode_s", k, act[d])[act] for k in range(K)])
                     R = np.where(dec <= lim, R, INF)
                 r = R.min(axis=0)
                 r[d] = INF  # consecutive stages run on different devices
@@ -143,9 +160,9 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
 
     def close(f: int) -> np.ndarray:
         if f not in closes:
-            c = np.asarray(obj.close(t, f), dtype=float)
+            c = np.asarray(obj.close(t, act[f]), dtype=float)[act]
             if lim is not None:
-                c = np.where(t.tok_col("decode_s", f) <= lim, c, INF)
+                c = np.where(t.tok_col("decode_s", act[f])[act] <= lim, c, INF)
             closes[f] = c
         return closes[f]
 
@@ -153,13 +170,16 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
     # a device may come back later; the bound of the branch and bound below)
     B = np.full((L + 1, n), INF)
     B[L] = 0.0
-    minout = t.min_out_hop(obj.hop_metric) if K else np.full(n, INF)
+    minout = t.min_out_hop(obj.hop_metric)[act] if K else np.full(n, INF)
+    U_all = np.full(N, INF)
     for j in range(L - 1, 0, -1):
         U = op(S[:, j, :], B.T).min(axis=1)  # (n,) best stage starting at j on each device
         if K == 0:
             continue
         if obj.combine == "sum":
-            B[j] = np.min([t.nearest_hop(obj.hop_metric, k, U) for k in range(K)], axis=0)
+            U_all[act] = U
+            B[j] = np.min([t.nearest_hop(obj.hop_metric, k, U_all) for k in range(K)],
+                          axis=0)[act]
         else:  # min over d2 != d of max(hop, U[d2]) >= max(cheapest hop, best other U)
             order = np.argsort(U)[:2]
             other = np.full(n, U[order[0]])
@@ -168,25 +188,15 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
             else:
                 other[:] = INF
             B[j] = np.maximum(minout, other)
-    # The longest stage each device can hold (memory, cap): with every device used at most
-    # once, blocks left must fit into the devices left, a check the DP above cannot make.
     idx = np.arange(max(L, n) + 1)
-    span = (idx[None, :L + 1] - idx[:L + 1, None]).astype(np.int16)
-    maxlen = np.zeros(n)
-    step = max(1, 2**20 // (L + 1) ** 2)
-    for lo in range(0, n, step):
-        fin = np.isfinite(S[lo:lo + step])
-        maxlen[lo:lo + step] = np.where(fin, span[None], 0).reshape(fin.shape[0], -1).max(axis=1)
     best: list = [INF, [], True]
     nodes = [0]
     open_lb = [INF]  # the least bound among subtrees the budget left unexplored
-    if maxlen.sum() < L:
-        return SearchResult(INF, [], True, INF, 0)
     # Per-block cost of each device at its cheapest variant: with each device used once, the
     # blocks left cost at least a fractional knapsack over the free devices (cheapest first,
     # each up to its longest stage). It sees what the DP cannot (devices are not reusable);
     # the search takes the larger of the two bounds. Sums only: a bottleneck has no knapsack.
-    per_blk = np.where(t.ok, t.blk[obj.stage_metric], INF).min(axis=1)
+    per_blk = np.where(t.ok, t.blk[obj.stage_metric], INF).min(axis=1)[act]
     knap = obj.combine == "sum"
 
     def knapsack(free: np.ndarray) -> np.ndarray:
@@ -208,7 +218,11 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
 
     seen: dict[tuple[int, int, int], list[tuple[float, float, int]]] = {}
     blocks = idx[:L + 1]
-    twin = t.twins()  # interchangeable devices are used in index order (symmetry breaking)
+    # interchangeable devices are used in index order (symmetry breaking)
+    pos = np.full(N, -1)
+    pos[act] = np.arange(n)
+    twin = t.twins()[act]
+    twin = np.where(twin >= 0, pos[np.maximum(twin, 0)], -1)
     has_twin = twin >= 0
 
     def expand(j: int, d: int, f: int, used: int, free: np.ndarray, g: float, gc: float,
@@ -267,7 +281,7 @@ def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
     for i, (d, k) in enumerate(best[1]):
         nxt = best[1][i + 1][0] if i + 1 < len(best[1]) else None
         c = int(hop_row(d)[1][nxt]) if nxt is not None else -1
-        parts.append((d, int(vbest[d, start, k]), start, k, c))
+        parts.append((int(act[d]), int(vbest[d, start, k]), start, k, c))
         start = k
     proven = bool(best[2])
     lower = best[0] if proven else min(best[0], open_lb[0])

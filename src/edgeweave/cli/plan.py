@@ -52,31 +52,6 @@ def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
             "plans": plans, "tables": t}
 
 
-def explain(t, plan) -> list[str]:
-    """What ``--explain`` adds: the policy, every device it excluded or restricted, and the
-    stage-by-stage memory and time."""
-    from edgeweave.plan.partition import NOTE_DEVICES
-    from edgeweave.profile.cost import stage_memory_bytes
-
-    lines = [f"policy: {t.policy.describe()}"]
-    barred = list(t.restricted.items())
-    for d, why in barred[:NOTE_DEVICES]:
-        lines.append(f"{d}: {why}")
-    if len(barred) > NOTE_DEVICES:
-        lines.append(f"... and {len(barred) - NOTE_DEVICES} more devices barred by the policy")
-    if t.policy.keep_in is not None and not barred:
-        lines.append(f"every device is in zone {t.policy.keep_in!r}: the policy excludes none")
-    vs = {v.name: v for v in t.variants}
-    for s in plan.stages:
-        k = t.index[s.device]
-        mem = stage_memory_bytes(t.model, vs[s.variant], s.shard.start, s.shard.end)
-        d = t.fleet.devices[k]
-        lines.append(f"stage {s.device} {s.shard} {s.variant}: {mem / 1e9:.2f} GB of "
-                     f"{t.cap[k] / 1e9:.2f} GB free; zone {d.zone or '-'}"
-                     + (f", {d.price_per_mtok:g} per million tokens" if d.price_per_mtok else ""))
-    return lines
-
-
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_cmd(
@@ -136,6 +111,8 @@ def register(app: typer.Typer) -> None:
                             ["plan", "st", "ms/tok", "TTFT", "mJ/tok", "tok/s", "comp",
                              "xfer", "mem", "$/Mtok", "qual", "ok"], rows))
         if show_explain:
+            from edgeweave.plan.explain import explain
+
             for line in explain(r["tables"], best):
                 if line not in best.notes:
                     console.print(f"- {line}")

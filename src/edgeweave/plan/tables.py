@@ -233,21 +233,25 @@ class CostTables:
     def _tok_routes(self, metric: str) -> Routes:
         return self.routes["prompt" if metric == "prefill_s" else "tok"]
 
+    @staticmethod
+    def _tok_pick(metric: str, t: np.ndarray, e: np.ndarray) -> np.ndarray:
+        if metric == "energy_j":
+            return e
+        if metric == COST:  # token ids cost nothing, but only where there is a route
+            return np.where(np.isfinite(t), 0.0, INF)
+        return t
+
     def tok_row(self, metric: str, src: int) -> np.ndarray:
         """(n,) token ids (the prompt's for prefill) from ``src`` to every device."""
-        t, e = self._tok_routes(metric).row(src)
-        return e if metric == "energy_j" else np.where(np.isfinite(t), 0.0, INF) \
-            if metric == COST else t
+        return self._tok_pick(metric, *self._tok_routes(metric).row(src))
 
     def tok_col(self, metric: str, dst: int) -> np.ndarray:
         """(n,) token ids from every device to ``dst``."""
-        t, e = self._tok_routes(metric).col(dst)
-        return e if metric == "energy_j" else np.where(np.isfinite(t), 0.0, INF) \
-            if metric == COST else t
+        return self._tok_pick(metric, *self._tok_routes(metric).col(dst))
 
     def tok(self, metric: str, a: int, b: int) -> float:
         t, e = self._tok_routes(metric).pair(a, b)
-        return e if metric == "energy_j" else (0.0 if t < INF else INF) if metric == COST else t
+        return float(self._tok_pick(metric, np.array(t), np.array(e)))
 
 
 def _best_other(U: np.ndarray) -> np.ndarray:

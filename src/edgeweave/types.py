@@ -7,6 +7,7 @@ belongs to the stage whose shard starts at 0 and the head to the stage whose sha
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, NewType
 
@@ -258,12 +259,17 @@ class FleetDevice:
     battery: float | None = None
     artifacts: tuple[str, ...] | None = None
     memory_pressure: float = 0.0
+    zone: str | None = None  # data-residency zone, e.g. home, isp, cloud (see Policy)
+    price_per_mtok: float = 0.0  # what running the whole model here costs per million tokens
 
     def __post_init__(self) -> None:
         if self.battery is not None and not 0 <= self.battery <= 1:
             raise ConfigError(f"device {self.id!r}: battery must be in [0, 1] (got {self.battery})")
         if not 0 <= self.memory_pressure < 1:
             raise ConfigError(f"device {self.id!r}: memory_pressure must be in [0, 1)")
+        if not 0 <= self.price_per_mtok < float("inf"):
+            raise ConfigError(f"device {self.id!r}: price_per_mtok must be >= 0, e.g. 0.2 "
+                              f"(got {self.price_per_mtok})")
 
     @property
     def free_memory(self) -> float:
@@ -285,18 +291,68 @@ class Link:
 
 
 @dataclass(frozen=True)
+class Policy:
+    """A data-residency and spending policy: a planner input like memory and battery.
+
+    ``keep_in``: raw prompt tokens and generated tokens stay in this zone: the first and last
+    stages run on devices of the zone and token ids travel only over the zone's own links.
+    ``hidden_states``: the hidden states too (every stage in the zone). ``max_cost_per_mtok``:
+    the plan may cost at most this much per million tokens (devices' ``price_per_mtok``,
+    charged in proportion to the blocks each one runs)."""
+
+    keep_in: str | None = None
+    hidden_states: bool = False
+    max_cost_per_mtok: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_in is not None and (not isinstance(self.keep_in, str)
+                                         or not self.keep_in.strip()):
+            raise ConfigError(f"policy keep_in must be a zone name, e.g. home (got "
+                              f"{self.keep_in!r})")
+        if not isinstance(self.hidden_states, bool):
+            raise ConfigError(f"policy hidden_states must be true or false (got "
+                              f"{self.hidden_states!r})")
+        if self.hidden_states and self.keep_in is None:
+            raise ConfigError("policy hidden_states needs keep_in: the zone they stay in, "
+                              "e.g. {keep_in: home, hidden_states: true}")
+        c = self.max_cost_per_mtok
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or c < 0):
+            raise ConfigError(f"policy max_cost_per_mtok must be a number >= 0, e.g. 0.5 "
+                              f"(got {c!r})")
+
+    @property
+    def active(self) -> bool:
+        return self.keep_in is not None or self.max_cost_per_mtok is not None
+
+    def describe(self) -> str:
+        parts = []
+        if self.keep_in is not None:
+            parts.append(f"tokens{' and hidden states' if self.hidden_states else ''} stay in "
+                         f"zone {self.keep_in!r}")
+        if self.max_cost_per_mtok is not None:
+            parts.append(f"at most {self.max_cost_per_mtok:g} per million tokens")
+        return "; ".join(parts) or "none"
+
+
+NO_POLICY = Policy()
+
+
+@dataclass(frozen=True)
 class Fleet:
-    """Devices, the links between them, where requests enter and where tokens must go."""
+    """Devices, the links between them, where requests enter and where tokens must go, and
+    the policy every plan on it must keep."""
 
     name: str
     devices: tuple[FleetDevice, ...]
     links: tuple[Link, ...]
     entry: str
     exit: str
+    policy: Policy = NO_POLICY
 
     def __post_init__(self) -> None:
         ids = [d.id for d in self.devices]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
+        counts = Counter(ids)  # not ids.count per id: quadratic at 10,000 devices
+        dup = sorted(i for i, c in counts.items() if c > 1)
         if dup:
             raise ConfigError(f"fleet {self.name!r}: device ids must be unique; repeated: {dup}")
         known = set(ids)
@@ -311,9 +367,12 @@ class Fleet:
                                       f"device {end!r} (devices: {', '.join(ids)})")
 
     def device(self, device_id: str) -> FleetDevice:
-        for d in self.devices:
-            if d.id == device_id:
-                return d
+        by_id = self.__dict__.get("_by_id")
+        if by_id is None:  # built once: a frozen dataclass caches through __dict__
+            by_id = {d.id: d for d in self.devices}
+            object.__setattr__(self, "_by_id", by_id)
+        if device_id in by_id:
+            return by_id[device_id]
         raise ConfigError(f"fleet {self.name!r} has no device {device_id!r}")
 
     @property

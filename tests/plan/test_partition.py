@@ -18,11 +18,11 @@ from tests.plan.randfleet import random_fleet, tiny_costs
 KEYS = {name: O.get(name).key for name in O.OBJECTIVES}
 
 
-def brute_force(t) -> dict[str, float]:
+def brute_force(t, keys=tuple(KEYS.values())) -> dict[str, float]:
     """Every plan (distinct devices in any order, every cut, variant and codec): the best
     value of each objective among the feasible ones."""
     L, n = t.L, t.n
-    best = dict.fromkeys(KEYS.values(), np.inf)
+    best = dict.fromkeys(keys, np.inf)
     vnames = [v.name for v in t.variants]
     for k in range(1, min(n, L) + 1):
         for devs in itertools.permutations(t.devices, k):
@@ -103,3 +103,77 @@ def test_planning_does_not_import_torch() -> None:
             "edgeweave.plan.fleet, edgeweave.profile.cost; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("budget", [2, 4])
+def test_bounded_search_reports_a_true_lower_bound(budget: int) -> None:
+    """Cut short, the search's plan is no better than the optimum and its lower bound no
+    worse: the optimality gap it reports is honest."""
+    from edgeweave.plan.partition import search_bounded
+
+    cut = 0
+    for seed in range(60):
+        t = _case(seed)
+        truth = brute_force(t)
+        for name, key in KEYS.items():
+            r = search_bounded(t, O.get(name), node_budget=budget)
+            if not np.isfinite(truth[key]) or not np.isfinite(r.value):
+                continue
+            assert r.value >= truth[key] * (1 - 1e-9), (seed, name)
+            assert r.lower_bound <= truth[key] * (1 + 1e-9), (seed, name, r)
+            assert 0.0 <= r.gap <= 1.0
+            cut += not r.proven
+    assert cut > 0  # the budget did stop some searches
+
+
+def test_plan_says_its_optimality_gap_when_the_search_is_cut(monkeypatch) -> None:
+    import edgeweave.plan.partition as P
+
+    for seed in range(200):
+        t = _case(seed)
+        if t.n >= 3 and t.L >= 3:
+            try:
+                exact = place_tables(t, "latency")
+            except PlanningError:
+                continue
+            monkeypatch.setattr(P, "node_budget_for", lambda n, L: 2)
+            try:
+                cut = place_tables(t, "latency")
+            except PlanningError as e:  # cut before any plan: says so, not "fits nowhere"
+                assert "stopped after" in str(e)
+                continue
+            finally:
+                monkeypatch.undo()
+            if cut.predicted["search_nodes"] > 2:
+                assert exact.predicted["optimality_gap"] == 0.0
+                assert any(n.startswith("bounded search") for n in cut.notes), cut.notes
+                gap = cut.predicted["optimality_gap"]
+                lb = cut.predicted["per_token_s"] * (1 - gap)
+                assert lb <= exact.predicted["per_token_s"] * (1 + 1e-9)
+                return
+    pytest.fail("no random fleet needed more than two nodes")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_interchangeable_devices_keep_the_search_exact(seed: int) -> None:
+    """Twins (same class, memory and links) are tried in one order only; the optimum is
+    still the brute-force one."""
+    from edgeweave.profile import catalog
+    from edgeweave.types import Fleet, FleetDevice, Link
+
+    rng = random.Random(seed)
+    model = tiny_costs(rng, rng.randint(2, 4))
+    cls = rng.choice(["rpi4-4gb", "rpi5-8gb", "rpi-zero-2w"])
+    hub = FleetDevice("hub", catalog.device(rng.choice(["rpi4-4gb", "jetson-orin-nano-8gb"])))
+    twins = [FleetDevice(f"t{k}", catalog.device(cls)) for k in range(3)]
+    link = catalog.link(rng.choice(["ethernet", "wifi5"]))
+    fleet = Fleet("twins", (FleetDevice("entry", catalog.device("rpi-zero-2w")), hub, *twins),
+                  (Link("entry", "hub", catalog.link("wifi4")),
+                   *(Link("hub", d.id, link) for d in twins)), "entry", "entry")
+    t = tables_for(model, fleet, variants={"fp32": DEFAULT_VARIANTS["fp32"]})
+    tw = t.twins()
+    assert list(tw[2:]) == [-1, 2, 3] and tw[0] == -1  # t1 after t0, t2 after t1
+    truth = brute_force(t)
+    for name, key in KEYS.items():
+        if np.isfinite(truth[key]):
+            assert place_tables(t, name).predicted[key] == pytest.approx(truth[key], rel=1e-9)

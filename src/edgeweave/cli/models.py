@@ -20,6 +20,12 @@ def register(app: typer.Typer) -> None:
                 for r in catalog.describe()]
         console.print(table("Bundled models", ["name", "installed", "cached", "description",
                                                "license"], rows))
+        from edgeweave.models.cards import CARDS
+
+        console.print(table("Plan-only model cards (edgeweave plan --model NAME; no weights)",
+                            ["name", "params", "layers", "hidden", "context", "source"],
+                            [(r["name"], r["params"], r["layers"], r["hidden"], r["context"],
+                              r["source"]) for r in (c.describe() for c in CARDS.values())]))
         console.print("Also accepted: a local Hugging Face folder (config.json + *.safetensors "
                       "+ tokenizer.json) or a local Llama/Qwen2 .gguf file.")
         if load:

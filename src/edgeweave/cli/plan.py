@@ -3,35 +3,53 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import typer
 
 from edgeweave.cli.common import console, table
 
 
+def policy_of(fleet, keep_in: str | None = None, hidden_states: bool | None = None,
+              max_cost: float | None = None):
+    """The fleet file's policy with the command line's options on top."""
+    from edgeweave.types import Policy
+
+    p = fleet.policy
+    return Policy(keep_in if keep_in is not None else p.keep_in,
+                  p.hidden_states if hidden_states is None else hidden_states,
+                  max_cost if max_cost is not None else p.max_cost_per_mtok)
+
+
 def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
              baseline: str | None = None, min_quality: float = 0.0,
-             battery_reserve: float = 0.2, prompt_len: int = 128, context: int = 512) -> dict:
+             battery_reserve: float = 0.2, prompt_len: int = 128, context: int = 512,
+             batch: int = 1, keep_in: str | None = None, hidden_states: bool | None = None,
+             max_cost: float | None = None) -> dict:
     """Plan (and optionally baselines) for a fleet file; host-calibrated when profiled."""
     from edgeweave.plan.baselines import BASELINES, baseline_tables
     from edgeweave.plan.fleet import load_fleet
     from edgeweave.plan.partition import place_tables, tables_for
     from edgeweave.plan.tables import Constraints
     from edgeweave.profile import probe
-    from edgeweave.profile.cost import UNCALIBRATED, model_costs
+    from edgeweave.profile.cost import UNCALIBRATED, check_shape, model_costs
 
     Constraints(min_quality, battery_reserve)  # refuse bad values before any file is read
+    check_shape(prompt_len, context, batch)
     spec = load_fleet(fleet)
+    the_fleet = replace(spec.fleet, policy=policy_of(spec.fleet, keep_in, hidden_states,
+                                                     max_cost))
     hp = probe.load_cached()
     cal = hp.calibration() if hp else UNCALIBRATED
-    t = tables_for(model_costs(model, prompt_len, context), spec.fleet, variants=spec.variants,
-                   min_quality=min_quality, battery_reserve=battery_reserve, calibration=cal)
+    t = tables_for(model_costs(model, prompt_len, context, batch), the_fleet,
+                   variants=spec.variants, min_quality=min_quality,
+                   battery_reserve=battery_reserve, calibration=cal)
     plans = {"planner": place_tables(t, objective)}
     names = list(BASELINES) if baseline == "all" else [baseline] if baseline else []
     for b in names:
         plans[b] = baseline_tables(t, b, objective)
-    return {"fleet": spec.fleet.name, "model": t.model.name, "calibration": cal.source,
-            "plans": plans}
+    return {"fleet": the_fleet.name, "model": t.model.name, "calibration": cal.source,
+            "plans": plans, "tables": t}
 
 
 def register(app: typer.Typer) -> None:
@@ -39,18 +57,36 @@ def register(app: typer.Typer) -> None:
     def plan_cmd(
         fleet: str = typer.Option(..., "--fleet", help="Fleet YAML (see examples/fleets)."),
         objective: str = typer.Option("latency", "--objective",
-                                      help="latency | ttft | energy | throughput"),
+                                      help="latency | ttft | energy | throughput | cost"),
         baseline: str = typer.Option(None, "--baseline",
                                      help="Also show a baseline: memory | neurosurgeon | "
                                           "single | cloud | all"),
-        model: str = typer.Option(None, "--model", help="Model (default: bundled)."),
+        model: str = typer.Option(None, "--model",
+                                  help="Model: bundled, HF folder, .gguf, or a plan-only card "
+                                       "(edgeweave models), e.g. llama-3.1-8b."),
         min_quality: float = typer.Option(0.0, "--min-quality",
                                           help="Minimum quality kept (0..1) per variant."),
         battery_reserve: float = typer.Option(0.2, "--battery-reserve"),
+        prompt_len: int = typer.Option(128, "--prompt-len", help="Prompt tokens (prefill)."),
+        context: int = typer.Option(512, "--context",
+                                    help="Tokens of KV cache per sequence (memory)."),
+        batch: int = typer.Option(1, "--batch", help="Sequences decoded together."),
+        keep_in: str = typer.Option(None, "--keep-in",
+                                    help="Zone that prompts and tokens never leave (first and "
+                                         "last stages run there), e.g. home."),
+        hidden_states: bool = typer.Option(None, "--hidden-states-in-zone/--hidden-states-may-"
+                                           "leave", help="With --keep-in: keep every stage in "
+                                           "the zone too (default: the fleet file's policy)."),
+        max_cost: float = typer.Option(None, "--max-cost",
+                                       help="Most the plan may cost per million tokens."),
+        show_explain: bool = typer.Option(False, "--explain",
+                                          help="Say what the policy excluded and each stage's "
+                                               "memory."),
         as_json: bool = typer.Option(False, "--json", help="Print plans as JSON."),
     ) -> None:
         """Place the model's blocks on a fleet minimising an objective; print the breakdown."""
-        r = run_plan(fleet, objective, model, baseline, min_quality, battery_reserve)
+        r = run_plan(fleet, objective, model, baseline, min_quality, battery_reserve,
+                     prompt_len, context, batch, keep_in, hidden_states, max_cost)
         if as_json:
             console.print_json(json.dumps({k: p.to_dict() for k, p in r["plans"].items()}))
             return
@@ -68,9 +104,17 @@ def register(app: typer.Typer) -> None:
                          f"{q['ttft_s'] * 1e3:.3g}", f"{q['energy_per_token_j'] * 1e3:.3g}",
                          f"{q['throughput_tps']:.3g}", f"{q['compute_s'] * 1e3:.3g}",
                          f"{q['transfer_s'] * 1e3:.3g}", f"{q['max_memory_util']:.0%}",
-                         f"{q['quality']:.3f}", "yes" if q["feasible"] else "NO"))
-        console.print(table("Predicted cost (ms, mJ per token; tok/s when pipelined)",
+                         f"{q['cost_per_mtok']:.3g}", f"{q['quality']:.3f}",
+                         "yes" if q["feasible"] else "NO"))
+        console.print(table("Predicted cost (ms, mJ per token; tok/s when pipelined; price "
+                            "per million tokens)",
                             ["plan", "st", "ms/tok", "TTFT", "mJ/tok", "tok/s", "comp",
-                             "xfer", "mem", "qual", "ok"], rows))
+                             "xfer", "mem", "$/Mtok", "qual", "ok"], rows))
+        if show_explain:
+            from edgeweave.plan.explain import explain
+
+            for line in explain(r["tables"], best):
+                if line not in best.notes:
+                    console.print(f"- {line}")
         for n in best.notes:
             console.print(f"- {n}")

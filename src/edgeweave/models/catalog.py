@@ -91,8 +91,11 @@ def available() -> list[str]:
 
 
 def _not_found(spec: str) -> ModelNotFoundError:
+    from edgeweave.models.cards import CARDS
+
     return ModelNotFoundError(
         f"unknown model {spec!r}. Available bundled models: {', '.join(available())}; "
+        f"plan-only model cards (edgeweave plan --model): {', '.join(CARDS)}; "
         "or pass a local Hugging Face folder (config.json + *.safetensors + tokenizer.json) "
         "or a local .gguf file of the Llama/Qwen2 family"
     )
@@ -124,6 +127,10 @@ def resolve(spec: str) -> tuple[str, Path]:
         return name, folder
     if path.exists():
         raise CheckpointError(f"{path} is neither a model folder nor a .gguf file")
+    from edgeweave.models.cards import CARDS, plan_only_error
+
+    if spec in CARDS:  # a shape without weights: plan with it, run nothing
+        raise ModelNotFoundError(plan_only_error(spec))
     raise _not_found(spec)
 
 

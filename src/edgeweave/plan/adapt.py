@@ -135,7 +135,7 @@ class Adapter:
     def tables(self) -> CostTables:
         t = tables_for(self.model, self.fleet(), **self.kw)  # type: ignore[arg-type]
         for d in self.state.drained & set(t.devices):
-            k = t.devices.index(d)
+            k = t.index[d]
             t.ok[k] = False
             t.excluded[d] = f"battery below {self.low:.0%} (back above {self.high:.0%})"
         return t
@@ -177,7 +177,7 @@ class Adapter:
         vnames = [v.name for v in t.variants]
         for s in self.plan.stages:
             if s.device in t.devices and s.variant in vnames:
-                keep[t.devices.index(s.device), vnames.index(s.variant),
+                keep[t.index[s.device], vnames.index(s.variant),
                      s.shard.start:s.shard.end] = 0.0
         chosen, fewest = best, moved_layers(self.plan, best)
         for factor in (4.0, 1.0, 0.25):  # price per moved block, largest first

@@ -50,8 +50,14 @@ def _usable(t: CostTables, v: int) -> list[int]:
 
 def _fleet_order(t: CostTables, devs: list[int]) -> list[int]:
     """Entry first, then the rest in breadth-first order of the link graph (a ring walk)."""
-    dist = t.tok["decode_s"][t.entry]
-    return sorted(devs, key=lambda k: (k != t.entry, dist[k], k))
+    dist = t.tok_row("decode_s", t.entry)
+    order = sorted(devs, key=lambda k: (k != t.entry, dist[k], k))
+    if order and not t.can_end[order[-1]]:  # a residency policy: the ring closes in the zone
+        ends = [k for k in order[1:] if t.can_end[k]]
+        if ends:
+            order.remove(ends[-1])
+            order.append(ends[-1])
+    return order
 
 
 @baseline("memory")
@@ -82,7 +88,8 @@ def _neurosurgeon(t: CostTables, v: int) -> list[Parts]:
     remote = [k for k in devs if k != t.entry]
     if not remote:
         return []
-    r = _fastest(t, v, remote)
+    # the fastest remote device that may hold the last stage (all of them without a policy)
+    r = _fastest(t, v, [k for k in remote if t.can_end[k]] or remote)
     out: list[Parts] = [[(r, v, 0, t.L, 0)]]
     if t.entry in devs:
         out.append([(t.entry, v, 0, t.L, 0)])
@@ -98,7 +105,7 @@ def _single(t: CostTables, v: int) -> list[Parts]:
 @baseline("cloud")
 def _cloud(t: CostTables, v: int) -> list[Parts]:
     devs = _usable(t, v)
-    cloud = [k for k in devs if t.fleet.device(t.devices[k]).profile.tier == "cloud"]
+    cloud = [k for k in devs if t.fleet.devices[k].profile.tier == "cloud"]
     if not (cloud or devs):
         return []
     return [[(_fastest(t, v, cloud or devs), v, 0, t.L, 0)]]

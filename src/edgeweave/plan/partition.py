@@ -16,26 +16,37 @@ Exact search in two layers:
 
 Throughput (minimise the slowest stage or link) runs the same search with ``max`` in place
 of ``+``; a second pass then minimises per-token latency among plans whose every stage and
-link stays within that bottleneck, so ties are broken towards the fastest plan. The
-bottleneck objective has many ties and a weaker bound: it is the slowest to plan (seconds
-on an 8-device fleet, against milliseconds for the additive objectives).
+link stays within that bottleneck, so ties are broken towards the fastest plan. Cost (price
+per million tokens) likewise takes the fastest of the cheapest plans; a policy's
+``max_cost_per_mtok`` prunes partial plans that cannot stay under it.
+
+At scale: hops are rows of sparse routes (:mod:`edgeweave.plan.routes`), never ``n x n``
+tables; the DP's hop step is an exact multi-source Dijkstra; interchangeable devices (same
+class, memory and links) are tried in index order only. The branch and bound has a work
+budget (:data:`WORK_BUDGET`, node x device x boundary elements). When the budget stops it,
+the plan is the best found and the search knows a proven lower bound (the least bound of the
+subtrees left open): ``Plan.predicted["optimality_gap"]`` and a note say how far from optimal
+the plan can be. Finished searches are exact (gap 0).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeweave.errors import PlanningError
 from edgeweave.plan import objectives as O
+from edgeweave.plan.explain import left_out, no_plan
 from edgeweave.plan.objectives import OBJECTIVES, evaluate, make_plan
 from edgeweave.plan.tables import INF, Constraints, CostTables, build
-from edgeweave.profile.cost import UNCALIBRATED, Calibration, ModelCosts, model_memory
+from edgeweave.profile.cost import UNCALIBRATED, Calibration, ModelCosts
 from edgeweave.profile.variants import DEFAULT_VARIANTS, Variant
-from edgeweave.types import CODECS, Fleet, Plan
+from edgeweave.types import CODECS, Fleet, Plan, Policy
 
 NODE_BUDGET = 200_000
+WORK_BUDGET = 100_000_000  # node x device x boundary elements: ~4 s of numpy here
 Part = tuple[int, int, int, int, int]  # (device, variant, start, end, codec) indices
 _TOL = 1e-12
 
@@ -56,56 +67,137 @@ def tables_for(model: ModelConfig | ModelCosts, fleet: Fleet, *,
                variants: dict[str, Variant] | None = None, min_quality: float = 0.0,
                battery_reserve: float = 0.2, codecs: tuple[str, ...] = CODECS,
                calibration: Calibration = UNCALIBRATED, prompt_len: int = 128,
-               context: int = 512) -> CostTables:
+               context: int = 512, policy: Policy | None = None) -> CostTables:
+    """``policy`` replaces the fleet's own (data residency, spending)."""
     return build(costs_of(model, prompt_len, context), fleet, variants or dict(DEFAULT_VARIANTS),
-                 Constraints(min_quality, battery_reserve, codecs), calibration)
+                 Constraints(min_quality, battery_reserve, codecs), calibration, policy)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What the search found. ``lower_bound`` is proven: no plan is cheaper. It equals
+    ``value`` when the search finished (``proven``); when the node budget stopped it, the
+    optimality gap ``(value - lower_bound) / value`` is how far from optimal the plan can be."""
+
+    value: float
+    parts: list[Part]
+    proven: bool
+    lower_bound: float
+    nodes: int
+
+    @property
+    def gap(self) -> float:
+        if self.proven or not np.isfinite(self.value) or self.value <= 0:
+            return 0.0
+        return max(0.0, (self.value - self.lower_bound) / self.value)
+
+
+def node_budget_for(n: int, L: int) -> int:
+    """Nodes the branch and bound may expand: each costs O(n x L) array work, so the budget
+    is a budget of work (a few seconds of numpy here), never below 200 nodes. Fleets up to
+    ~100 devices keep the full NODE_BUDGET."""
+    return int(max(200, min(NODE_BUDGET, WORK_BUDGET // max(1, n * (L + 1)))))
 
 
 def search(t: CostTables, obj: O.Objective, cap_s: float | None = None,
-           node_budget: int = NODE_BUDGET,
+           node_budget: int | None = None,
            penalty: np.ndarray | None = None) -> tuple[float, list[Part], bool]:
     """(optimal value, stages as (device, variant, start, end, codec), proven optimal).
 
     ``penalty`` (n, V, L) adds a cost per block placed on (device, variant): the adapter
     uses it to price moving layers away from where they are now."""
-    n, L, op = t.n, t.L, obj.op
-    SC, _ = t.stage_arrays(obj.stage_metric)  # (n, V, L+1, L+1)
-    if penalty is not None:
-        cum = np.concatenate([np.zeros((n, len(t.variants), 1)), np.cumsum(penalty, axis=2)], 2)
-        SC = SC + np.maximum(cum[:, :, None, :] - cum[:, :, :, None], 0.0)
-    H = t.hop[obj.hop_metric].copy()  # (n, n, K)
-    E, Cl = obj.entry(t).astype(float), obj.close(t).astype(float)
-    if cap_s is not None:  # throughput's second pass: nothing may exceed the bottleneck
-        lim = cap_s * (1 + 1e-9)
-        dec, _ = t.stage_arrays("decode_s")
-        SC = np.where(dec <= lim, SC, INF)
-        H = np.where(t.hop["decode_s"] <= lim, H, INF)
-        Cl = np.where(t.tok["decode_s"] <= lim, Cl, INF)
-    if H.shape[2] == 0:
-        H = np.full((n, n, 1), INF)
-    vbest, S = SC.argmin(axis=1), SC.min(axis=1)  # (n, L+1, L+1)
-    cbest, Hb = H.argmin(axis=2), H.min(axis=2)
-    np.fill_diagonal(Hb, INF)  # consecutive stages run on different devices
-    # B[k][d]: cheapest finish of blocks [k, L) after a stage on d ended at k (DP, relaxed)
+    r = search_bounded(t, obj, cap_s, node_budget, penalty)
+    return r.value, r.parts, r.proven
+
+
+def search_bounded(t: CostTables, obj: O.Objective, cap_s: float | None = None,
+                   node_budget: int | None = None, penalty: np.ndarray | None = None,
+                   max_cost: float | None = None) -> SearchResult:
+    """:func:`search` with the proven lower bound and the node count. ``max_cost`` (per
+    million tokens) tightens the policy's own ``max_cost_per_mtok``."""
+    L, op = t.L, obj.op
+    caps = [c for c in (max_cost, t.policy.max_cost_per_mtok) if c is not None]
+    cost_cap = min(caps) * (1 + 1e-9) + 1e-15 if caps else None
+    lim = None if cap_s is None else cap_s * (1 + 1e-9)
+    S, vbest = t.stage_min(obj.stage_metric, penalty=penalty, cap_s=lim)  # (N, L+1, L+1)
+    # The longest stage each device can hold (memory, cap): with every device used at most
+    # once, blocks left must fit into the devices left, a check the DP below cannot make.
+    N = t.n
+    span = (np.arange(L + 1)[None, :] - np.arange(L + 1)[:, None]).astype(np.int16)
+    maxlen = np.zeros(N)
+    step = max(1, 2**20 // (L + 1) ** 2)
+    for lo in range(0, N, step):
+        fin = np.isfinite(S[lo:lo + step])
+        maxlen[lo:lo + step] = np.where(fin, span[None], 0).reshape(fin.shape[0], -1).max(axis=1)
+    # The search runs over the devices that can hold some stage (an exact reduction; the
+    # others still relay traffic: routes stay over all N). Indices below are into ``act``.
+    act = np.flatnonzero(maxlen > 0)
+    n = len(act)
+    S, vbest, maxlen = S[act], vbest[act], maxlen[act]
+    if maxlen.sum() < L:  # the devices together cannot hold the model
+        return SearchResult(INF, [], True, INF, 0)
+    pb = t.price_blk[act]  # (n,) price per million tokens of one block
+    budget = node_budget_for(n, L) if node_budget is None else node_budget
+    K = len(t.codecs)
+    E = np.asarray(obj.entry(t), dtype=float)[act]
+    close_self = np.asarray(obj.close_self(t), dtype=float)[act]
+    rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    closes: dict[int, np.ndarray] = {}
+
+    def hop_row(d: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) the best hop from d to each device over the codecs, and which codec."""
+        if d not in rows:
+            if K == 0:
+                rows[d] = (np.full(n, INF), np.zeros(n, dtype=np.int64))
+            else:
+                R = np.stack([t.hop_row(obj.hop_metric, k, act[d])[act] for k in range(K)])
+                if lim is not None:  # throughput's second pass: no link above the bottleneck
+                    dec = np.stack([t.hop_row("decode_s", k, act[d])[act] for k in range(K)])
+                    R = np.where(dec <= lim, R, INF)
+                r = R.min(axis=0)
+                r[d] = INF  # consecutive stages run on different devices
+                rows[d] = (r, R.argmin(axis=0))
+        return rows[d]
+
+    def close(f: int) -> np.ndarray:
+        if f not in closes:
+            c = np.asarray(obj.close(t, act[f]), dtype=float)[act]
+            if lim is not None:
+                c = np.where(t.tok_col("decode_s", act[f])[act] <= lim, c, INF)
+            closes[f] = c
+        return closes[f]
+
+    # B[k][d]: cheapest finish of blocks [k, L) after a stage on d ended at k (DP, relaxed:
+    # a device may come back later; the bound of the branch and bound below)
     B = np.full((L + 1, n), INF)
     B[L] = 0.0
+    minout = t.min_out_hop(obj.hop_metric)[act] if K else np.full(n, INF)
+    U_all = np.full(N, INF)
     for j in range(L - 1, 0, -1):
         U = op(S[:, j, :], B.T).min(axis=1)  # (n,) best stage starting at j on each device
-        B[j] = op(Hb, U[None, :]).min(axis=1)
-    # The longest stage each device can hold (memory, cap): with every device used at most
-    # once, blocks left must fit into the devices left, a check the DP above cannot make.
+        if K == 0:
+            continue
+        if obj.combine == "sum":
+            U_all[act] = U
+            B[j] = np.min([t.nearest_hop(obj.hop_metric, k, U_all) for k in range(K)],
+                          axis=0)[act]
+        else:  # min over d2 != d of max(hop, U[d2]) >= max(cheapest hop, best other U)
+            order = np.argsort(U)[:2]
+            other = np.full(n, U[order[0]])
+            if n > 1:
+                other[order[0]] = U[order[1]]
+            else:
+                other[:] = INF
+            B[j] = np.maximum(minout, other)
     idx = np.arange(max(L, n) + 1)
-    span = np.where(np.isfinite(S), idx[None, None, :L + 1] - idx[None, :L + 1, None], 0)
-    maxlen = span.reshape(n, -1).max(axis=1).astype(float)
-    best = [INF, [], True]
+    best: list = [INF, [], True]
     nodes = [0]
-    if maxlen.sum() < L:
-        return INF, [], True
+    open_lb = [INF]  # the least bound among subtrees the budget left unexplored
     # Per-block cost of each device at its cheapest variant: with each device used once, the
     # blocks left cost at least a fractional knapsack over the free devices (cheapest first,
     # each up to its longest stage). It sees what the DP cannot (devices are not reusable);
     # the search takes the larger of the two bounds. Sums only: a bottleneck has no knapsack.
-    per_blk = np.where(t.ok, t.blk[obj.stage_metric], INF).min(axis=1)
+    per_blk = np.where(t.ok, t.blk[obj.stage_metric], INF).min(axis=1)[act]
     knap = obj.combine == "sum"
 
     def knapsack(free: np.ndarray) -> np.ndarray:
@@ -125,30 +217,44 @@ def search(t: CostTables, obj: O.Objective, cap_s: float | None = None,
             out[1:] = np.where(r <= edges[-1], fill, INF)
         return out
 
-    seen: dict[tuple[int, int, int], list[tuple[float, int]]] = {}
+    seen: dict[tuple[int, int, int], list[tuple[float, float, int]]] = {}
+    blocks = idx[:L + 1]
+    # interchangeable devices are used in index order (symmetry breaking)
+    pos = np.full(N, -1)
+    pos[act] = np.arange(n)
+    twin = t.twins()[act]
+    twin = np.where(twin >= 0, pos[np.maximum(twin, 0)], -1)
+    has_twin = twin >= 0
 
-    def expand(j: int, d: int, f: int, used: int, free: np.ndarray, g: float,
+    def expand(j: int, d: int, f: int, used: int, free: np.ndarray, g: float, gc: float,
                path: list[tuple[int, int]]) -> None:
         if j:  # dominance: an earlier visit here with a subset of devices and no higher cost
             labels = seen.setdefault((j, d, f), [])
-            if any(g0 <= g and not u0 & ~used for g0, u0 in labels):
+            if any(g0 <= g and c0 <= gc and not u0 & ~used for g0, c0, u0 in labels):
                 return
-            labels.append((g, used))
+            labels.append((g, gc, used))
         nodes[0] += 1
-        if nodes[0] > node_budget:
+        if nodes[0] > budget:
             best[2] = False
             return
-        val = op(E[:, None], S[:, 0, :]) if j == 0 else op(g, op(Hb[d][:, None], S[:, j, :]))
+        # (n, L+1): cost so far plus a stage [j, k) on each device
+        val = (op(E[:, None], S[:, 0, :]) if j == 0
+               else op(g, op(hop_row(d)[0][:, None], S[:, j, :])))
         bnd = op(val, B.T)  # (n, L+1)
-        bnd[:, L] = op(val[:, L], Cl[idx[:n], idx[:n]] if j == 0 else Cl[:, f])
+        bnd[:, L] = op(val[:, L], close_self if j == 0 else close(f))
         bnd[~free] = INF
+        if has_twin.any():  # a twin may run only after the one before it is in the plan
+            bnd[has_twin & free[np.maximum(twin, 0)]] = INF
         # after a stage on d2 ends at k, the other free devices must hold blocks [k, L)
         room = maxlen[free].sum() - maxlen  # (n,) for d2 free
         bnd[room[:, None] < (L - idx[:L + 1])[None, :]] = INF
+        if cost_cap is not None:  # spent so far + this stage + the cheapest rest <= the cap
+            spent = gc + pb[:, None] * np.maximum(blocks - j, 0)[None, :]
+            cheapest = float(pb[free].min()) if free.any() else 0.0
+            bnd[spent + cheapest * (L - blocks)[None, :] > cost_cap] = INF
         if knap:
             rest = knapsack(free)[::-1]  # rest[k]: blocks [k, L) on the free devices
-            nxt = np.where(free[None, :], Hb, INF).min(axis=1)  # at least one more hop
-            kb = val + rest[None, :] + np.where(idx[None, :L + 1] < L, nxt[:, None], 0.0)
+            kb = val + rest[None, :] + np.where(idx[None, :L + 1] < L, minout[:, None], 0.0)
             kb[:, L] = bnd[:, L]
             bnd = np.maximum(bnd, kb)
         cand = np.flatnonzero(bnd < best[0] * (1 - _TOL))
@@ -156,6 +262,9 @@ def search(t: CostTables, obj: O.Objective, cap_s: float | None = None,
             b = bnd.flat[flat]
             if not b < best[0] * (1 - _TOL):
                 break
+            if nodes[0] > budget:  # this candidate and the later (dearer) ones stay open
+                open_lb[0] = min(open_lb[0], float(b))
+                return
             d2, k = divmod(int(flat), L + 1)
             if k == L:
                 best[0], best[1] = float(b), [*path, (d2, k)]
@@ -163,76 +272,57 @@ def search(t: CostTables, obj: O.Objective, cap_s: float | None = None,
                 nf = free.copy()
                 nf[d2] = False
                 expand(k, d2, d2 if j == 0 else f, used | (1 << d2), nf, float(val[d2, k]),
-                       [*path, (d2, k)])
-            if nodes[0] > node_budget:
-                return
+                       gc + float(pb[d2]) * (k - j), [*path, (d2, k)])
+                if nodes[0] > budget:  # its subtree was cut short
+                    open_lb[0] = min(open_lb[0], float(b))
+                    return
 
-    expand(0, -1, -1, 0, np.ones(n, dtype=bool), 0.0, [])
+    expand(0, -1, -1, 0, np.ones(n, dtype=bool), 0.0, 0.0, [])
     parts, start = [], 0
-    for idx, (d, k) in enumerate(best[1]):
-        nxt = best[1][idx + 1][0] if idx + 1 < len(best[1]) else None
-        c = int(cbest[d, nxt]) if nxt is not None else -1
-        parts.append((d, int(vbest[d, start, k]), start, k, c))
+    for i, (d, k) in enumerate(best[1]):
+        nxt = best[1][i + 1][0] if i + 1 < len(best[1]) else None
+        c = int(hop_row(d)[1][nxt]) if nxt is not None else -1
+        parts.append((int(act[d]), int(vbest[d, start, k]), start, k, c))
         start = k
-    return best[0], parts, bool(best[2])
-
-
-def _no_plan(t: CostTables) -> PlanningError:
-    usable = [d for d in t.devices if d not in t.excluded]
-    smallest = min(t.variants, key=lambda v: v.bytes_per_weight)
-    need = model_memory(t.model, smallest)
-    lines = [f"{d}: {r}" for d, r in t.excluded.items()]
-    if usable:
-        cap = {d: t.cap[t.devices.index(d)] for d in usable}
-        listed = ", ".join(f"{d} {c / 1e6:.0f} MB" for d, c in sorted(cap.items(),
-                                                                       key=lambda x: -x[1]))
-        lines.append(f"free memory of the usable devices: {listed} "
-                     f"({sum(cap.values()) / 1e6:.0f} MB together)")
-    return PlanningError(
-        f"model {t.model.name!r} fits nowhere in fleet {t.fleet.name!r}: it needs "
-        f"{need / 1e6:.0f} MB even as {smallest.name} (weights + KV cache for "
-        f"{t.model.context} tokens). " + "; ".join(lines)
-        + ". Add a device with more memory, allow a smaller variant, lower min_quality, "
-          "or shorten the context")
-
-
-def _left_out(t: CostTables, plan: Plan, metric: str) -> tuple[str, ...]:
-    used = {s.device for s in plan.stages}
-    notes = []
-    per_blk = np.where(t.ok, t.blk[metric], INF)
-    used_idx = [t.devices.index(d) for d in used]
-    ref = float(np.min(per_blk[used_idx]))
-    for k, d in enumerate(t.devices):
-        if d in used:
-            continue
-        if d in t.excluded:
-            notes.append(f"{d} left out: {t.excluded[d]}")
-            continue
-        v = int(np.argmin(per_blk[k]))
-        hop = min(float(t.hop["decode_s"][u, k].min()) for u in used_idx)
-        unit, scale = ("ms", 1e3) if metric.endswith("_s") else ("mJ", 1e3)
-        notes.append(f"{d} left out: feasible but not on the optimal path (one block: "
-                     f"{per_blk[k, v] * scale:.3g} {unit} as {t.variants[v].name} vs "
-                     f"{ref * scale:.3g} {unit} on the plan's best device; one hop from the "
-                     f"plan: {hop * 1e3:.3g} ms)")
-    return tuple(notes)
+    proven = bool(best[2])
+    lower = best[0] if proven else min(best[0], open_lb[0])
+    return SearchResult(best[0], parts, proven, lower, nodes[0])
 
 
 def place_tables(t: CostTables, objective: str = "latency") -> Plan:
     obj = O.get(objective)
-    value, parts, proven = search(t, obj)
-    if not np.isfinite(value):
-        raise _no_plan(t)
+    r = search_bounded(t, obj)
+    if not np.isfinite(r.value) and not r.proven:
+        raise PlanningError(
+            f"the search stopped after {r.nodes} nodes before it found any plan of "
+            f"{t.model.name!r} on fleet {t.fleet.name!r}: remove devices that cannot help "
+            "(or raise edgeweave.plan.partition.WORK_BUDGET)")
+    if not np.isfinite(r.value):
+        raise no_plan(t)
+    parts, proven, gap = r.parts, r.proven, r.gap
+    nodes = r.nodes
+    second = None
     if obj.combine == "max":  # among plans with the optimal bottleneck, the fastest per token
-        v2, p2, proven2 = search(t, O.get("latency"), cap_s=value)
-        if np.isfinite(v2):
-            parts, proven = p2, proven and proven2
+        second = search_bounded(t, O.get("latency"), cap_s=r.value)
+    elif obj.key == "cost_per_mtok":  # among the cheapest plans, the fastest per token
+        second = search_bounded(t, O.get("latency"), max_cost=r.value)
+    if second is not None and np.isfinite(second.value):
+        parts, proven = second.parts, proven and second.proven
+        nodes += second.nodes
     notes: tuple[str, ...] = ()
+    if t.policy.active:
+        notes += (f"policy: {t.policy.describe()}",)
     if not proven:
-        notes += (f"search stopped at {NODE_BUDGET} nodes: best plan found, optimality not proven",)
+        notes += (f"bounded search: stopped after {nodes} nodes; this plan is within "
+                  f"{gap:.1%} of optimal ({obj.key} >= {r.lower_bound:.4g} for any plan)",)
     plan = make_plan(t, parts, objective)
-    notes += _left_out(t, plan, obj.stage_metric)
-    return make_plan(t, parts, objective, notes)
+    used = {s.device for s in plan.stages}
+    notes += tuple(f"{d}: {why}" for d, why in t.restricted.items()
+                   if d in used and "middle" in why)
+    notes += left_out(t, plan, obj.stage_metric)
+    plan = make_plan(t, parts, objective, notes)
+    return replace(plan, predicted={**plan.predicted, "optimality_gap": gap,
+                                    "search_nodes": float(nodes)})
 
 
 def place(model: ModelConfig | ModelCosts, fleet: Fleet, objective: str = "latency", *,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edgeweave.errors import ConfigError
 from edgeweave.profile.variants import CODEC_BYTES, CODEC_TIME_S, CODEC_TOKEN_EXTRA, Variant
 from edgeweave.types import DeviceProfile, LinkProfile
 
@@ -41,7 +42,16 @@ UNCALIBRATED = Calibration()
 
 @dataclass(frozen=True)
 class ModelCosts:
-    """Per-block and per-token quantities of one model, at a prompt length and context."""
+    """Per-block and per-token quantities of one model, at a prompt length, context and
+    batch (``batch`` sequences decode together: one step reads the weights once and every
+    sequence's KV cache).
+
+    ``tied``: the head multiplies by the embedding table itself (``tie_word_embeddings``), so
+    a stage holding both the embedding and the head holds that table once; split stages
+    each need their own copy. ``sliding_window`` / ``global_every``: layers that attend to
+    the last ``sliding_window`` tokens only (Gemma 3: five local layers per global one) keep
+    that many tokens of KV cache; the planner prices each block at the average over the
+    model's layers (exact for the whole model, within a few blocks' KV for a stage)."""
 
     name: str
     n_layers: int
@@ -54,25 +64,41 @@ class ModelCosts:
     kv_dim: int
     prompt_len: int = 128
     context: int = 512  # tokens held in the KV cache (sizes memory and attention reads)
+    tied: bool = False
+    batch: int = 1
+    sliding_window: int = 0  # 0: every layer attends to the whole context
+    global_every: int = 0  # every k-th layer is global when sliding_window is set
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, name: str = "model", prompt_len: int = 128,
-                    context: int = 512) -> ModelCosts:
+                    context: int = 512, batch: int = 1) -> ModelCosts:
         emb = cfg.vocab_size * cfg.hidden_size
         return cls(name=name, n_layers=cfg.num_layers, hidden=cfg.hidden_size,
                    block_params=cfg.block_params(), embed_params=emb,
                    head_params=emb + cfg.hidden_size, n_heads=cfg.num_heads,
                    head_dim=cfg.head_dim, kv_dim=cfg.kv_dim, prompt_len=prompt_len,
-                   context=max(context, prompt_len))
+                   context=max(context, prompt_len), tied=cfg.tie_word_embeddings,
+                   batch=batch)
+
+    @property
+    def kv_tokens(self) -> float:
+        """Tokens of KV cache an average block holds (and reads per decode step)."""
+        if not self.sliding_window or not self.global_every:
+            return float(self.context)
+        g = self.n_layers // self.global_every
+        local = min(self.context, self.sliding_window)
+        return (g * self.context + (self.n_layers - g) * local) / self.n_layers
 
     # -- per block ------------------------------------------------------------------------
     def block_flops_decode(self) -> float:
-        """One token: 2 FLOPs per weight + scores and weighted values over the context."""
-        return 2.0 * self.block_params + 4.0 * self.n_heads * self.head_dim * self.context
+        """One step: 2 FLOPs per weight + scores and weighted values over the context,
+        for each sequence of the batch."""
+        return self.batch * (2.0 * self.block_params
+                             + 4.0 * self.n_heads * self.head_dim * self.kv_tokens)
 
     def block_flops_prefill(self) -> float:
         p = self.prompt_len
-        return 2.0 * self.block_params * p + 2.0 * self.n_heads * self.head_dim * p * p
+        return self.batch * (2.0 * self.block_params * p + 2.0 * self.n_heads * self.head_dim * p * p)
 
     def block_weight_bytes(self, v: Variant) -> float:
         return self.block_params * v.bytes_per_weight
@@ -81,10 +107,14 @@ class ModelCosts:
         """Key + value bytes one block caches per token."""
         return 2.0 * self.kv_dim * v.kv_bytes
 
+    def kv_bytes(self, v: Variant) -> float:
+        """One block's KV cache for ``context`` tokens of every sequence of the batch."""
+        return self.kv_bytes_per_token(v) * self.kv_tokens * self.batch
+
     def block_memory(self, v: Variant) -> float:
-        """Weights + a full KV cache for ``context`` tokens + prefill activations."""
-        act = 4.0 * self.prompt_len * self.hidden * 4  # a few (P, hidden) fp32 buffers
-        return self.block_weight_bytes(v) + self.kv_bytes_per_token(v) * self.context + act
+        """Weights + a full KV cache for ``context`` tokens x ``batch`` + prefill activations."""
+        act = 4.0 * self.prompt_len * self.hidden * 4 * self.batch  # a few (P, hidden) fp32 buffers
+        return self.block_weight_bytes(v) + self.kv_bytes(v) + act
 
     def activation_bytes(self, codec: str, tokens: int = 1) -> float:
         """Hidden-state bytes on the wire for ``tokens`` tokens encoded with ``codec``."""
@@ -96,9 +126,13 @@ class ModelCosts:
     def head_memory(self, v: Variant) -> float:
         return self.head_params * v.bytes_per_weight
 
+    def shared_memory(self, v: Variant) -> float:
+        """Bytes counted twice when one stage holds both the embedding and a tied head."""
+        return self.embed_memory(v) if self.tied else 0.0
+
     def total_weight_bytes(self, v: Variant) -> float:
         return (self.n_layers * self.block_weight_bytes(v) + self.embed_memory(v)
-                + self.head_memory(v))
+                + self.head_memory(v) - self.shared_memory(v))
 
 
 @dataclass(frozen=True)
@@ -118,17 +152,16 @@ def _roofline(bytes_read: float, flops: float, dev: DeviceProfile, v: Variant,
 def block_cost(m: ModelCosts, dev: DeviceProfile, v: Variant,
                cal: Calibration = UNCALIBRATED) -> StepCost:
     w = m.block_weight_bytes(v)
-    kv_read = m.kv_bytes_per_token(v) * m.context
-    dec = _roofline(w + kv_read, m.block_flops_decode(), dev, v, cal, OPS_PER_BLOCK)
-    pre = _roofline(w + m.kv_bytes_per_token(v) * m.prompt_len, m.block_flops_prefill(), dev,
-                    v, cal, OPS_PER_BLOCK)
+    dec = _roofline(w + m.kv_bytes(v), m.block_flops_decode(), dev, v, cal, OPS_PER_BLOCK)
+    pre = _roofline(w + m.kv_bytes_per_token(v) * m.prompt_len * m.batch,
+                    m.block_flops_prefill(), dev, v, cal, OPS_PER_BLOCK)
     return StepCost(dec, pre)
 
 
 def embed_cost(m: ModelCosts, dev: DeviceProfile, v: Variant,
                cal: Calibration = UNCALIBRATED) -> StepCost:
     """A lookup: reads one row per token."""
-    row = m.hidden * v.bytes_per_weight
+    row = m.hidden * v.bytes_per_weight * m.batch
     return StepCost(_roofline(row, 0.0, dev, v, cal, OPS_EMBED),
                     _roofline(row * m.prompt_len, 0.0, dev, v, cal, OPS_EMBED))
 
@@ -136,7 +169,8 @@ def embed_cost(m: ModelCosts, dev: DeviceProfile, v: Variant,
 def head_cost(m: ModelCosts, dev: DeviceProfile, v: Variant,
               cal: Calibration = UNCALIBRATED) -> StepCost:
     """Final norm + lm_head on the last position only (prefill too: see LocalEngine)."""
-    t = _roofline(m.head_params * v.bytes_per_weight, 2.0 * m.head_params, dev, v, cal, OPS_HEAD)
+    t = _roofline(m.head_params * v.bytes_per_weight, 2.0 * m.head_params * m.batch, dev, v, cal,
+                  OPS_HEAD)
     return StepCost(t, t)
 
 
@@ -161,15 +195,16 @@ STAGE_RUNTIME_BYTES = 72 * 2**20
 
 
 def model_memory(m: ModelCosts, v: Variant) -> float:
-    """The whole model as one stage: the process, weights, KV cache, activations."""
-    return (STAGE_RUNTIME_BYTES + m.n_layers * m.block_memory(v) + m.embed_memory(v)
-            + m.head_memory(v))
+    """The whole model as one stage: the process, weights (a tied table once), KV cache,
+    activations."""
+    return stage_memory_bytes(m, v, 0, m.n_layers)
 
 
 def stage_memory_bytes(m: ModelCosts, v: Variant, start: int, end: int) -> float:
     """What the process of stage ``[start, end)`` holds, as the planner counts it."""
-    return (STAGE_RUNTIME_BYTES + (end - start) * m.block_memory(v)
-            + (start == 0) * m.embed_memory(v) + (end == m.n_layers) * m.head_memory(v))
+    first, last = start == 0, end == m.n_layers
+    return (STAGE_RUNTIME_BYTES + (end - start) * m.block_memory(v) + first * m.embed_memory(v)
+            + last * m.head_memory(v) - (first and last) * m.shared_memory(v))
 
 
 def energy_j(seconds: float, dev: DeviceProfile) -> float:
@@ -191,11 +226,29 @@ def codec_time_s(codec: str) -> float:
     return CODEC_TIME_S[codec]
 
 
-def model_costs(name: str | None = None, prompt_len: int = 128, context: int = 512) -> ModelCosts:
-    """Costs of a loadable model (bundled name, HF folder or .gguf) from its config only."""
+def model_costs(name: str | None = None, prompt_len: int = 128, context: int = 512,
+                batch: int = 1) -> ModelCosts:
+    """Costs of a model from its config only: a plan-only model card
+    (:mod:`edgeweave.models.cards`, no weights needed) or a loadable model (bundled name, HF
+    folder or .gguf)."""
+    from edgeweave.models import cards
+
+    check_shape(prompt_len, context, batch)
+    from pathlib import Path
+
+    if name in cards.CARDS and not Path(name).exists():  # a local folder of that name wins
+        return cards.CARDS[name].costs(prompt_len, context, batch)
     from edgeweave.models import DEFAULT_MODEL, resolve
     from edgeweave.models.config import read_config
 
     label, folder = resolve(name or DEFAULT_MODEL)
     cfg = read_config(folder)
-    return ModelCosts.from_config(cfg, label, prompt_len, context)
+    return ModelCosts.from_config(cfg, label, prompt_len, context, batch)
+
+
+def check_shape(prompt_len: int, context: int, batch: int) -> None:
+    """Refuse request shapes that would silently price nothing."""
+    for what, v, eg in (("prompt length", prompt_len, "--prompt-len 128"),
+                        ("context", context, "--context 4096"), ("batch", batch, "--batch 1")):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{what} must be a positive integer, got {v!r}: e.g. {eg}")

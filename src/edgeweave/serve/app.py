@@ -338,13 +338,13 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
-        clock = TokenClock(metrics, time.perf_counter)
+        clock = TokenClock(metrics)
 
         def sink(ev: Event) -> None:  # called on the scheduler thread
             if ev.piece is not None and ev.piece.tokens:
-                n = len(ev.piece.tokens)
-                clock.tick(n)
-                metrics.observe_batch(1, n)  # one session per engine step (see observe_batch)
+                clock.tick(ev.piece.metrics)
+                # one session per engine step today (see observe_batch)
+                metrics.observe_batch(1, len(ev.piece.tokens))
             # RuntimeError: the event loop is gone (shutdown), nobody is left to tell
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, ev)

@@ -60,7 +60,9 @@ class LogprobView:
             tokens.append(text)
             token_logprobs.append(_finite(r.logprob))
             top = {self.token(t)[0]: _finite(lp) for t, lp in r.top}
-            top.setdefault(text, _finite(r.logprob))
+            # two tokens can share a text (parts of one character both read U+FFFD): the
+            # key of the sampled token's text then carries the sampled token's logprob
+            top[text] = _finite(r.logprob)
             tops.append(top)
             offsets.append(self.offset)
             self.offset += len(text)

@@ -98,8 +98,8 @@ class ServeMetrics:
                               "From request arrival (queueing included) to the first token",
                               buckets=_TTFT_BUCKETS, registry=r)
         self.itl = Histogram("edgeweave_inter_token_latency_seconds",
-                             "Time between tokens as the client receives them (a piece of "
-                             "several tokens counts its gap once per token, divided evenly)",
+                             "Time between consecutive generated tokens (a streamed piece of "
+                             "several tokens spreads its time evenly over them)",
                              buckets=_TPOT_BUCKETS, registry=r)
         self.tpot = Histogram("edgeweave_time_per_output_token_seconds",
                               "Mean time per generated token after the first, per request",
@@ -161,23 +161,29 @@ class ServeMetrics:
 
 
 class TokenClock:
-    """Inter-token latency of one request, fed on the thread that emits its pieces."""
+    """Inter-token latency of one request from the metrics each streamed piece carries.
 
-    def __init__(self, metrics: ServeMetrics, clock: Callable[[], float]) -> None:
+    A piece can hold several tokens (text held back for a partial character or a stop-string
+    prefix); its time since the previous piece is spread evenly over its tokens. The first
+    token's wait is the TTFT, not a gap: a request of ``n`` tokens gives ``n - 1`` gaps that
+    add up to its decode time."""
+
+    def __init__(self, metrics: ServeMetrics) -> None:
         self.metrics = metrics
-        self.clock = clock
-        self.last: float | None = None
+        self.t = 0.0  # engine time of the last token counted
+        self.tokens = 0
 
-    def tick(self, tokens: int) -> None:
-        if tokens <= 0:
+    def tick(self, m: GenerationMetrics) -> None:
+        if m.generated_tokens == 0:
             return
-        now = self.clock()
-        last, self.last = self.last, now
-        if last is None:
-            return  # the first piece: its wait is the TTFT, not an inter-token gap
-        gap = (now - last) / tokens
-        for _ in range(tokens):
-            self.metrics.itl.observe(gap)
+        if self.tokens == 0:
+            self.t, self.tokens = m.ttft_s, 1
+        n = m.generated_tokens - self.tokens
+        if n > 0:
+            gap = max(m.total_s - self.t, 0.0) / n
+            for _ in range(n):
+                self.metrics.itl.observe(gap)
+        self.t, self.tokens = m.total_s, m.generated_tokens
 
 
 def time_per_output_token(m: GenerationMetrics) -> float | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edgeweave.errors import GenerationError
@@ -316,6 +316,19 @@ class EmbeddingRequest(BaseModel):
     @classmethod
     def _valid_unicode(cls, data: Any) -> Any:
         return _check_unicode(data)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _one_shape(cls, v: Any) -> Any:
+        # checked here, not by the union: its errors would name a union member ("input.str")
+        def ids(x: Any) -> bool:
+            return isinstance(x, list) and all(type(t) is int for t in x)
+
+        if isinstance(v, str) or (isinstance(v, list) and (
+                all(isinstance(t, str) for t in v) or ids(v) or all(ids(t) for t in v))):
+            return v
+        raise PydanticCustomError("input_shape", "input must be a string, a list of strings, a "
+                                  "list of token ids or a list of such lists")
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The inputs as a list of texts or a list of token-id lists."""

@@ -25,12 +25,16 @@ def vectors(resp) -> np.ndarray:  # noqa: ANN001
     return np.asarray([d.embedding for d in resp.data], dtype=np.float32)
 
 
-def test_the_embedding_model_is_listed_and_found_by_name(server):
+def test_the_embedding_model_is_listed_and_loaded_on_first_use(server):
+    # first in this module: the server started without loading the model
     c = client(server)
     ids = [m.id for m in c.models.list()]
     assert EMB in ids
     m = c.models.retrieve(EMB)
     assert m.id == EMB and m.model_extra["edgeweave"]["dimensions"] == 384
+    assert m.model_extra["edgeweave"]["loaded"] is False
+    c.embeddings.create(model=EMB, input="wake up")
+    assert c.models.retrieve(EMB).model_extra["edgeweave"]["loaded"] is True
 
 
 def test_vectors_equal_sentence_transformers_encode_for_float_and_base64(server):
@@ -107,3 +111,17 @@ def test_the_right_dimensions_are_accepted_and_errors_reach_the_openai_client(se
     assert e.value.param == "model" and "/v1/embeddings" in e.value.message
     with pytest.raises(openai.AuthenticationError):
         client(server, "sk-wrong").embeddings.create(model=EMB, input="ok")
+
+
+def test_a_server_started_without_embeddings_lists_and_serves_none(tiny_sessions):
+    from edgeweave.serve.config import ServeConfig
+    from edgeweave.serve.server import BackgroundServer
+
+    with BackgroundServer(tiny_sessions, ServeConfig(embeddings=False)) as url:
+        c = client(url, "none")
+        assert [m.id for m in c.models.list()] == ["tiny-llama"]
+        with pytest.raises(openai.NotFoundError):
+            c.embeddings.create(model=EMB, input="ok")
+        with pytest.raises(openai.BadRequestError) as e:
+            c.embeddings.create(model="tiny-llama", input="ok")
+        assert "serves no embedding model" in e.value.message

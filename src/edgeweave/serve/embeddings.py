@@ -17,6 +17,7 @@ vector of a text's first half is a wrong answer.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import threading
 from collections.abc import Sequence
@@ -41,6 +42,16 @@ class Embeddings:
 
     vectors: np.ndarray
     tokens: int
+
+    def body(self, model: str, encoding_format: str = "float") -> dict[str, Any]:
+        """OpenAI's response: base64 is the little-endian float32 bytes of each vector."""
+        data = []
+        for i, vec in enumerate(self.vectors):
+            emb: Any = (base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
+                        if encoding_format == "base64" else vec.tolist())
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        return {"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": self.tokens, "total_tokens": self.tokens}}
 
 
 def embeddings_available() -> bool:

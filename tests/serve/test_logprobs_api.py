@@ -114,3 +114,36 @@ def test_out_of_range_logprobs_are_400_naming_the_field(server, kind, extra, par
         else:
             c.completions.create(model=MODEL, prompt="hello", max_tokens=2, **extra)
     assert e.value.status_code == 400 and e.value.param == param
+
+
+@pytest.mark.integration
+def test_bundled_model_logprob_bytes_join_into_the_answer():
+    # a byte-level BPE splits characters over tokens: the bytes, not the token texts, are exact
+    from edgeweave.serve.backend import LocalSessions
+    from edgeweave.serve.config import ServeConfig
+    from edgeweave.serve.server import BackgroundServer
+
+    sessions = LocalSessions.load("smollm2-135m-instruct")
+    with BackgroundServer(sessions, ServeConfig()) as url:
+        r = client(url, "none").chat.completions.create(
+            model="smollm2-135m-instruct", temperature=0, max_tokens=24, logprobs=True,
+            top_logprobs=3, messages=[{"role": "user", "content": "Say hello in Japanese."}])
+        # under a format mask the figures stay the model's own (raw logits): the sampled
+        # token is one the format allows, not necessarily the model's top one
+        g = client(url, "none").chat.completions.create(
+            model="smollm2-135m-instruct", temperature=0, max_tokens=8, logprobs=True,
+            top_logprobs=5, messages=[{"role": "user", "content": "Is fire cold? yes or no"}],
+            extra_body={"guided_choice": ["zebra", "quartz"]})
+    assert g.choices[0].message.content in ("zebra", "quartz")
+    first = g.choices[0].logprobs.content[0]
+    assert first.logprob < first.top_logprobs[0].logprob  # the model would not say "zebra"
+    assert first.top_logprobs[0].token.strip().lower() not in ("zebra", "quartz", "z", "q")
+    for c in g.choices[0].logprobs.content:
+        assert c.logprob <= c.top_logprobs[0].logprob <= 0
+    content = r.choices[0].logprobs.content
+    # (max_tokens may stop inside a character: the text ends in U+FFFD there, as decoded)
+    joined = b"".join(bytes(c.bytes) for c in content).decode("utf-8", "replace")
+    assert any("\ufffd" in c.token for c in content)  # some token is part of a character
+    assert joined == r.choices[0].message.content and len(content) == r.usage.completion_tokens
+    for c in content:
+        assert c.logprob == pytest.approx(c.top_logprobs[0].logprob)  # greedy: the top token

@@ -12,7 +12,8 @@ they are: an OpenAI client's token ids come from another tokenizer and would mea
 words, so they are only meaningful when taken from this model's tokenizer (with its
 ``[CLS]``/``[SEP]``, ids 101/102, as the tokenizer adds them). An input longer than the
 model's 256 positions is refused, not cut: sentence-transformers truncates silently, and a
-vector of a text's first half is a wrong answer.
+vector of a text's first half is a wrong answer. ``usage.prompt_tokens`` counts the tokens
+the model read, ``[CLS]`` and ``[SEP]`` included.
 """
 
 from __future__ import annotations

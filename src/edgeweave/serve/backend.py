@@ -5,11 +5,14 @@ engine per request (its own KV cache, or its own remote session for a coordinato
 closed once at shutdown. ``LocalSessions`` shares one whole-model stage engine (ONNX Runtime
 by default, or torch) between all sessions; ``CoordinatorSessions`` plugs a distributed
 coordinator in the same way. Both say what they run (``engine_info``: backend and variant),
-which ``/health``, ``/v1/models`` and every response report.
+which ``/health``, ``/v1/models`` and every response report. A factory may also say what
+its caches hold (``cache_usage``), which ``/metrics`` reads at every scrape.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +21,30 @@ from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.engine import EngineSession, LogitsEngine
 from edgeweave.runtime.engines.base import EngineConfig
 from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    """What a backend's caches hold now, read by ``/metrics`` at every scrape.
+
+    ``kv_bytes``: the KV caches of open sessions; ``kv_capacity_bytes``: the memory cap they
+    live under, None when there is none. The prefix fields are cumulative token counts of
+    prefix-cache lookups (``queried``: prompt tokens looked up, ``hit``: tokens found) and the
+    bytes the prefix cache holds; 0 until a backend has a prefix cache. A backend with one
+    reports them from its ``cache_usage()``; nothing else needs to change for the metrics.
+    """
+
+    kv_bytes: int = 0
+    kv_capacity_bytes: int | None = None
+    prefix_bytes: int = 0
+    prefix_queried_tokens: int = 0
+    prefix_hit_tokens: int = 0
+
+
+def cache_usage(backend: object) -> CacheUsage:
+    """The backend's :class:`CacheUsage`, or zeros when it does not report one."""
+    fn = getattr(backend, "cache_usage", None)
+    return fn() if callable(fn) else CacheUsage()
 
 
 @runtime_checkable
@@ -88,6 +115,18 @@ class LocalSessions:
 
     def engine_info(self) -> dict[str, str]:
         return engine_info(self.engine)
+
+    def cache_usage(self) -> CacheUsage:
+        """Bytes reserved by the open sessions' KV caches (no cap in one process: the
+        request limits bound them)."""
+        from edgeweave.runtime.engines.base import SessionNotFound
+
+        used = 0
+        for sid in self.engine.sessions():  # a copy: the scheduler thread may close one now
+            # closed between listing and asking: it holds nothing any more
+            with contextlib.suppress(SessionNotFound, KeyError):
+                used += self.engine.session_bytes(sid)
+        return CacheUsage(kv_bytes=used)
 
 
 class CoordinatorSessions:

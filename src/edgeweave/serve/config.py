@@ -27,6 +27,8 @@ class ServeConfig:
     # English, far above max_prompt_tokens, while a 20 MB body took 14 s to tokenize
     max_body_bytes: int = 1 << 20
     model_id: str | None = None  # name shown in /v1/models; the backend's name if None
+    # /v1/embeddings with the bundled MiniLM when its packages are installed (loaded lazily)
+    embeddings: bool = True
     version: int = 1
 
     def __post_init__(self) -> None:

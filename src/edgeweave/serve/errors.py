@@ -59,9 +59,10 @@ def rate_limited(message: str) -> APIError:
     return APIError(429, message, "rate_limit_error", None, "rate_limit_exceeded")
 
 
-def model_not_found(model: str, served: str) -> APIError:
+def model_not_found(model: str, served: str, *more: str) -> APIError:
+    names = " and ".join(repr(m) for m in (served, *more))
     return APIError(404, f"the model {model!r} does not exist here: this server serves "
-                         f"{served!r} (see GET /v1/models)", "invalid_request_error", "model",
+                         f"{names} (see GET /v1/models)", "invalid_request_error", "model",
                     "model_not_found")
 
 

@@ -27,18 +27,18 @@ class Shape:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": None, "choices": choices}
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, first: bool = False
-              ) -> dict[str, Any]:
+    def chunk(self, text: str | None, finish_reason: str | None = None, first: bool = False,
+              logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         if self.kind == "chat":
             delta: dict[str, Any] = {}
             if first:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None,
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs,
                       "finish_reason": finish_reason}
             return self._envelope("chat.completion.chunk", [choice])
-        choice = {"index": 0, "text": text or "", "logprobs": None,
+        choice = {"index": 0, "text": text or "", "logprobs": logprobs,
                   "finish_reason": finish_reason}
         return self._envelope("text_completion", [choice])
 
@@ -46,13 +46,15 @@ class Shape:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         return {**self._envelope(obj, []), "usage": usage}
 
-    def whole(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+    def whole(self, text: str, finish_reason: str, usage: dict[str, int],
+              logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         if self.kind == "chat":
             choice = {"index": 0, "message": {"role": "assistant", "content": text,
                                               "refusal": None},
-                      "logprobs": None, "finish_reason": finish_reason}
+                      "logprobs": logprobs, "finish_reason": finish_reason}
             return {**self._envelope("chat.completion", [choice]), "usage": usage}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": 0, "text": text, "logprobs": logprobs,
+                  "finish_reason": finish_reason}
         return {**self._envelope("text_completion", [choice]), "usage": usage}
 
 

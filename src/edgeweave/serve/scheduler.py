@@ -73,14 +73,15 @@ PREFILL_BUDGET = 128
 class Scheduler:
     def __init__(self, sessions: SessionFactory, max_active: int,
                  on_finish: Callable[[Job, GenerationResponse | None], None] | None = None,
-                 prefill_chunk: int = PREFILL_CHUNK, prefill_budget: int = PREFILL_BUDGET
-                 ) -> None:
+                 prefill_chunk: int = PREFILL_CHUNK, prefill_budget: int = PREFILL_BUDGET,
+                 on_step: Callable[[int], None] | None = None) -> None:
         if prefill_chunk < 1 or prefill_budget < prefill_chunk:
             raise EdgeweaveError(f"prefill_chunk must be >= 1 and prefill_budget >= it (got "
                                  f"{prefill_chunk}, {prefill_budget})")
         self.sessions = sessions
         self.max_active = max_active
         self.on_finish = on_finish
+        self.on_step = on_step  # called with the batch size of every round (metrics)
         self.prefill_chunk, self.prefill_budget = prefill_chunk, prefill_budget
         self.last_batch = 0  # sessions stepped in the last round (metrics read it)
         self._jobs: list[Job] = []
@@ -148,6 +149,8 @@ class Scheduler:
         if not work:
             return
         self.last_batch = len(work)
+        if self.on_step is not None:
+            self.on_step(len(work))
         results = step_batch([(job.engine, step) for job, step in work])  # type: ignore[misc]
         for (job, _step), logits in zip(work, results, strict=True):
             if job.cancelled:

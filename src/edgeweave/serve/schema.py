@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI API subset we serve, and their translation to our types.
 
-Field names follow OpenAI. Options we cannot honour (``n > 1``, logprobs, penalties, tools,
-structured output) are refused with a 400 that names the field, never silently ignored.
+Field names follow OpenAI. Options we cannot honour (``n > 1``, penalties, tools, ``echo``)
+are refused with a 400 that names the field, never silently ignored.
 ``top_k``, ``repetition_penalty`` and ``ignore_eos`` are extensions (as in vLLM), sent by the
 ``openai`` client through ``extra_body``.
 
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edgeweave.errors import GenerationError
 from edgeweave.runtime.constraints import OutputFormat, check_format
 from edgeweave.runtime.generate import SamplingParams
+from edgeweave.runtime.logprobs import MAX_TOP_LOGPROBS
 from edgeweave.serve.config import ServeConfig
 from edgeweave.serve.errors import APIError, bad_request
 
@@ -56,6 +57,16 @@ def _first_invalid_unicode(value: Any) -> str | None:
         elif isinstance(v, list):
             stack.extend(reversed([(item, (*where, str(i))) for i, item in enumerate(v)]))
     return None
+
+
+def _check_unicode(data: Any) -> Any:
+    where = _first_invalid_unicode(data)
+    if where is not None:
+        raise PydanticCustomError(
+            "invalid_unicode", "{param}: the text holds a lone UTF-16 surrogate (such as "
+            "\\ud800), which is not valid Unicode: send the character itself, or both "
+            "halves of its surrogate pair", {"param": where})
+    return data
 
 
 class StreamOptions(BaseModel):
@@ -112,13 +123,7 @@ class _Common(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _valid_unicode(cls, data: Any) -> Any:
-        where = _first_invalid_unicode(data)
-        if where is not None:
-            raise PydanticCustomError(
-                "invalid_unicode", "{param}: the text holds a lone UTF-16 surrogate (such as "
-                "\\ud800), which is not valid Unicode: send the character itself, or both "
-                "halves of its surrogate pair", {"param": where})
-        return data
+        return _check_unicode(data)
 
     def refuse_unsupported(self) -> None:
         if self.n not in (None, 1):
@@ -137,6 +142,10 @@ class _Common(BaseModel):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def logprob_count(self) -> int | None:
+        """How many alternatives each token's logprobs carry; None: no logprobs."""
+        return None
 
     def output_format(self) -> OutputFormat | None:
         """The structured-output request, refused with 400 when it cannot be honoured."""
@@ -179,6 +188,7 @@ class _Common(BaseModel):
                 seed=self.seed,
                 ignore_eos=self.ignore_eos,
                 output=self.output_format(),
+                logprobs=self.logprob_count(),
             )
         except GenerationError as e:
             raise bad_request(str(e)) from e
@@ -188,7 +198,7 @@ class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     # declared so that they are refused, not dropped as unknown keys: a client that sends
     # them relies on them, and an answer without tool calls or JSON would be a silent lie
     tools: list[Any] | None = None
@@ -201,13 +211,13 @@ class ChatCompletionRequest(_Common):
         return self.max_completion_tokens if self.max_completion_tokens is not None \
             else self.max_tokens
 
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        if self.logprobs:
-            raise bad_request("logprobs are not supported by this server", "logprobs")
-        if self.top_logprobs is not None:
-            raise bad_request("top_logprobs is not supported yet (logprobs are not either)",
-                              "top_logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true as well", "top_logprobs")
         for name in ("tools", "functions"):
             if getattr(self, name):
                 raise bad_request(f"{name} (function calling) are not supported yet: send the "
@@ -262,8 +272,12 @@ class CompletionRequest(_Common):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
+    # the legacy API's logprobs is a count (OpenAI allows 5; vLLM's default cap is 20)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: int | None = None
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     def prompt_chars(self) -> int:
         p = self.single_prompt()
@@ -271,8 +285,7 @@ class CompletionRequest(_Common):
 
     def refuse_unsupported(self) -> None:
         super().refuse_unsupported()
-        for name, default in (("echo", False), ("suffix", None), ("logprobs", None),
-                              ("best_of", None)):
+        for name, default in (("echo", False), ("suffix", None), ("best_of", None)):
             if getattr(self, name) not in (default, 1 if name == "best_of" else default):
                 raise bad_request(f"{name} is not supported by this server", name)
 
@@ -288,4 +301,44 @@ class CompletionRequest(_Common):
         return p
 
 
-__all__ = ["APIError", "ChatCompletionRequest", "ChatMessage", "CompletionRequest"]
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings body: ``input`` a string, a list of strings, a list of token ids or
+    a list of such lists (ids of the embedding model's own vocabulary)."""
+
+    model_config = ConfigDict(extra="ignore", **_STRICT)
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        return _check_unicode(data)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _one_shape(cls, v: Any) -> Any:
+        # checked here, not by the union: its errors would name a union member ("input.str")
+        def ids(x: Any) -> bool:
+            return isinstance(x, list) and all(type(t) is int for t in x)
+
+        if isinstance(v, str) or (isinstance(v, list) and (
+                all(isinstance(t, str) for t in v) or ids(v) or all(ids(t) for t in v))):
+            return v
+        raise PydanticCustomError("input_shape", "input must be a string, a list of strings, a "
+                                  "list of token ids or a list of such lists")
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The inputs as a list of texts or a list of token-id lists."""
+        x: Any = self.input
+        if isinstance(x, str):
+            return [x]
+        if x and isinstance(x[0], int):
+            return [list(x)]
+        return list(x)
+
+
+__all__ = ["APIError", "ChatCompletionRequest", "ChatMessage", "CompletionRequest",
+           "EmbeddingRequest"]

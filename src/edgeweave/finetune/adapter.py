@@ -18,13 +18,12 @@ import torch
 from torch import nn
 
 from edgeweave.errors import ArtifactError
+from edgeweave.finetune.config import ADAPTER_KIND as KIND
+from edgeweave.finetune.config import ADAPTER_MANIFEST as MANIFEST
+from edgeweave.finetune.config import ADAPTER_WEIGHTS as WEIGHTS
 from edgeweave.finetune.config import LoRAConfig
 from edgeweave.finetune.lora import adapter_state, apply_lora, load_adapter_state, merge_lora
 from edgeweave.paths import atomic_dir
-
-WEIGHTS = "adapter.safetensors"
-MANIFEST = "manifest.json"
-KIND = "edgeweave-lora-adapter"
 
 
 def save_adapter(folder: str | Path, model: nn.Module, lora: LoRAConfig, *, base: str = "",

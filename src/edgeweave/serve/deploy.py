@@ -23,6 +23,7 @@ from typing import Any
 
 from edgeweave.errors import ConfigError
 from edgeweave.netaddr import parse_hostport
+from edgeweave.runtime.adapters import AdapterSpec
 from edgeweave.runtime.local import EngineChoice
 from edgeweave.serve.backend import CoordinatorSessions, LocalSessions, SessionFactory
 from edgeweave.types import Plan
@@ -84,14 +85,22 @@ def make_adapter(model: str, fleet_file: str | Path, plan: Plan | None,
 def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = (),
           tls_dir: str | Path | None = None, mqtt: str | None = None,
           fleet: str | None = None, fleet_file: str | Path | None = None,
-          objective: str = "latency", choice: EngineChoice | None = None) -> Deployment:
-    """``choice`` is the backend (and, without a plan, the variant) every stage runs."""
+          objective: str = "latency", choice: EngineChoice | None = None,
+          adapters: Sequence[AdapterSpec] = ()) -> Deployment:
+    """``choice`` is the backend (and, without a plan, the variant) every stage runs;
+    ``adapters`` are LoRA adapters served unmerged beside the base (in-process only)."""
     choice = choice or EngineChoice()
     if plan is None and fleet_file is None:
         if nodes or mqtt:
             raise ConfigError("--node and --mqtt need --plan or --fleet-file: they act on a "
                               "distributed plan")
-        return Deployment(LocalSessions.load(model, choice))
+        return Deployment(LocalSessions.load(model, choice, adapters=adapters))
+    if adapters:
+        # the stage engines can run them, but the node protocol does not carry a session's
+        # adapter yet: refuse rather than serve the base under an adapter's name
+        raise ConfigError("--adapter is served in one process only for now: drop --plan/"
+                          "--fleet-file, or merge the adapter into the model "
+                          "(`edgeweave finetune --merge-out`) and serve that over the plan")
     the_plan = read_plan(plan) if plan is not None else None
     adapter = make_adapter(model, fleet_file, the_plan, objective) if fleet_file else None
     if the_plan is None:

@@ -7,18 +7,25 @@ Each session owns a preallocated KV cache (one ``OrtValue`` per layer for keys a
 ``truncate`` only lowers the session's length. Graphs come from
 :mod:`~edgeweave.runtime.engines.onnx_export` and are cached on disk by
 :mod:`~edgeweave.runtime.engines.onnx_cache`.
+
+LoRA adapters run unmerged on a second graph of the stage, its LoRA twin (factor inputs
+beside every fused linear, ``onnx_lora``), loaded when the first adapter is added: a
+session opened with an adapter binds that adapter's factors to the twin once, sessions
+without one keep the base graph and its speed. The twin holds its own copy of the base
+weights (ONNX Runtime prepacks per session), the price of leaving the base path untouched.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeweave.errors import ConfigError, GenerationError
+from edgeweave.errors import ConfigError, GenerationError, RuntimeStageError
 from edgeweave.runtime.engines.base import (
     EngineConfig,
     SessionNotFound,
@@ -150,6 +157,8 @@ class _Session:
     binding: Any
     length: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    runner: Any = None  # the InferenceSession the binding belongs to
+    adapter: str | None = None
 
 
 class OnnxStageEngine:
@@ -158,7 +167,8 @@ class OnnxStageEngine:
     def __init__(self, config: EngineConfig, model_path: str | os.PathLike[str],
                  hidden_size: int, vocab_size: int, kv_shape: tuple[int, int],
                  profile: SessionProfile | None = None, info: dict[str, Any] | None = None,
-                 max_position: int = 2048) -> None:
+                 max_position: int = 2048, lora_graph: Callable[[], Path] | None = None
+                 ) -> None:
         import onnxruntime as ort
 
         self.config = config
@@ -176,27 +186,66 @@ class OnnxStageEngine:
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._input = "input_ids" if config.shard.is_first else "hidden_states"
         self._output = "logits" if config.shard.is_last else "hidden_states_out"
+        # unmerged LoRA: how to get the LoRA twin graph, its session once loaded, and the
+        # factor inputs of every added adapter (OrtValues bound by its sessions)
+        self._lora_graph = lora_graph
+        self._lora: Any = None
+        self._adapters: dict[str, dict[str, Any]] = {}
 
-    # -- sessions ---------------------------------------------------------------------------
-    def open(self, session_id: str, max_len: int) -> None:
+    # -- adapters ---------------------------------------------------------------------------
+    def add_adapter(self, adapter: Any) -> None:
+        """Make ``adapter`` (a ``runtime.adapters.Adapter``) available to sessions opened
+        with ``adapter=adapter.name``; the first one loads the LoRA twin graph."""
         import onnxruntime as ort
 
+        from edgeweave.runtime.engines.onnx_lora import pack
+
+        if self._lora is None:
+            if self._lora_graph is None:
+                raise ConfigError(f"stage {self.config.key} was built without its LoRA graph: "
+                                  "build the engine with build_engine, or use --backend torch")
+            self._lora = ort.InferenceSession(str(self._lora_graph()), self.profile.options(),
+                                              providers=self.profile.providers())
+        shapes = {i.name: (int(i.shape[0]), 0) for i in self._lora.get_inputs()
+                  if i.name.startswith("lora_a.")}
+        for i in self._lora.get_inputs():
+            if i.name.startswith("lora_b."):
+                a = "lora_a." + i.name.removeprefix("lora_b.")
+                shapes[a] = (shapes[a][0], int(i.shape[1]))
+        arrays = pack(adapter, list(self._layers), shapes, self._kv_heads * self._head_dim)
+        self._adapters[adapter.name] = {k: ort.OrtValue.ortvalue_from_numpy(v)
+                                        for k, v in arrays.items()}
+
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    # -- sessions ---------------------------------------------------------------------------
+    def open(self, session_id: str, max_len: int, adapter: str | None = None) -> None:
+        import onnxruntime as ort
+
+        if adapter is not None and adapter not in self._adapters:
+            raise RuntimeStageError(f"stage {self.config.key} has no adapter {adapter!r} (it "
+                                    f"has {sorted(self._adapters)}): add it first")
         old = self._sessions.get(session_id)
-        if old is not None and old.max_len >= max_len:
+        if old is not None and old.max_len >= max_len and old.adapter == adapter:
             old.length = 0
             return
         shape = (1, self._kv_heads, max_len, self._head_dim)
         keys = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in self._layers]
         values = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
                   for _ in self._layers]
-        binding = self.session.io_binding()
+        runner = self.session if adapter is None else self._lora
+        binding = runner.io_binding()
         binding.bind_output(self._output, "cpu")  # first: get_outputs()[0] is the result
         for j, i in enumerate(self._layers):  # past and present share one buffer
             binding.bind_ortvalue_input(f"past_key_{i}", keys[j])
             binding.bind_ortvalue_input(f"past_value_{i}", values[j])
             binding.bind_ortvalue_output(f"present_key_{i}", keys[j])
             binding.bind_ortvalue_output(f"present_value_{i}", values[j])
-        self._sessions[session_id] = _Session(keys, values, max_len, binding)
+        for name, value in (self._adapters[adapter] if adapter is not None else {}).items():
+            binding.bind_ortvalue_input(name, value)  # shared by the adapter's sessions
+        self._sessions[session_id] = _Session(keys, values, max_len, binding, runner=runner,
+                                              adapter=adapter)
 
     def _get(self, session_id: str) -> _Session:
         try:
@@ -221,7 +270,7 @@ class OnnxStageEngine:
         b.bind_output(self._output, "cpu")
         # a prefill's activations are T times a decode step's: give them back afterwards
         # instead of keeping the arena at the largest prompt seen (decode steps reuse theirs)
-        self.session.run_with_iobinding(b, self._shrink if t > 1 else None)
+        s.runner.run_with_iobinding(b, self._shrink if t > 1 else None)
         out = b.get_outputs()[0].numpy()
         s.length = total
         return out[:, -1] if self.config.shard.is_last else out  # logits (B, vocab)
@@ -254,15 +303,16 @@ class OnnxStageEngine:
 
 
 # -- building an engine ---------------------------------------------------------------------
-def open_engine(config: EngineConfig, export: Any, profile: SessionProfile | None = None
-                ) -> OnnxStageEngine:
-    """Load a built export (``onnx_build.Export``) as the stage engine of ``config``."""
+def open_engine(config: EngineConfig, export: Any, profile: SessionProfile | None = None,
+                lora_graph: Callable[[], Path] | None = None) -> OnnxStageEngine:
+    """Load a built export (``onnx_build.Export``) as the stage engine of ``config``;
+    ``lora_graph`` finds (or builds) its LoRA twin when an adapter is added."""
     from edgeweave.runtime.policy import trim_heap
 
     cfg = export.cfg
     engine = OnnxStageEngine(config, export.path, cfg.hidden_size, cfg.vocab_size,
                              (cfg.num_kv_heads, cfg.head_dim), profile, info=export.info(),
-                             max_position=cfg.max_position)
+                             max_position=cfg.max_position, lora_graph=lora_graph)
     trim_heap()  # the raw weights ONNX Runtime freed after prepacking them
     return engine
 
@@ -277,7 +327,10 @@ def build_engine(config: EngineConfig, profile: SessionProfile | None = None,
     artifact; ``build`` says where a missing export is made (see ``onnx_build.ensure``)."""
     from edgeweave.runtime.engines.onnx_build import ensure
 
-    return open_engine(config, ensure(config, overrides, from_fp32, build), profile)
+    def lora_graph() -> Path:
+        return ensure(config, overrides, from_fp32, build, lora=True).path
+
+    return open_engine(config, ensure(config, overrides, from_fp32, build), profile, lora_graph)
 
 
 def engine_from_model(model: Any, config: EngineConfig, folder: str | os.PathLike[str],
@@ -286,7 +339,7 @@ def engine_from_model(model: Any, config: EngineConfig, folder: str | os.PathLik
                       ) -> OnnxStageEngine:
     """Export (or reuse) the graph of ``config.shard`` of an in-memory ``BlockModel`` into
     ``folder`` and load it (tests and benchmarks that hold a model already)."""
-    from edgeweave.runtime.engines.onnx_build import Export, export_spec
+    from edgeweave.runtime.engines.onnx_build import Export, export_spec, lora_dir, lora_manifest
     from edgeweave.runtime.engines.onnx_cache import cached_export, expected_manifest
     from edgeweave.runtime.engines.onnx_export import build_stage
     from edgeweave.variants import get
@@ -298,7 +351,13 @@ def engine_from_model(model: Any, config: EngineConfig, folder: str | os.PathLik
         raise ConfigError(f"export spec [{spec.start}, {spec.end}) differs from the stage {sh}")
     want = expected_manifest(source_fp, spec, recipe or {})
     path, reused = cached_export(Path(folder), want, lambda: build_stage(model, spec))
-    return open_engine(config, Export(path, reused, spec, recipe or {}, cfg), profile)
+
+    def lora_graph() -> Path:
+        return cached_export(lora_dir(Path(folder)), lora_manifest(want),
+                             lambda: build_stage(model, spec, lora=True))[0]
+
+    return open_engine(config, Export(path, reused, spec, recipe or {}, cfg), profile,
+                       lora_graph)
 
 
 def export_stages(model: str, variant: str = "fp32", cuts: list[int] | None = None,

@@ -17,6 +17,8 @@ from edgeweave.errors import ArtifactError, RuntimeStageError
 from edgeweave.models.cache import KVCache
 from edgeweave.models.llama import BlockModel
 from edgeweave.runtime import fast as _fast
+from edgeweave.runtime.adapters import Adapter
+from edgeweave.runtime.engines import torch_lora
 from edgeweave.runtime.engines.base import EngineConfig, SessionNotFound, register_engine
 from edgeweave.runtime.fast import accelerate_decode
 
@@ -69,6 +71,21 @@ class TorchStageEngine:
         self.vocab_size = self.model.cfg.vocab_size
         self.max_position = self.model.cfg.max_position
         self._caches: dict[str, KVCache] = {}
+        # unmerged LoRA (runtime.engines.torch_lora): factor tables by adapter name, the
+        # adapter each session opened with, the linears that carry the hook
+        self._adapters: dict[str, torch_lora.Table] = {}
+        self._adapter_of: dict[str, str] = {}
+        self._hooked: set[str] = set()
+
+    def add_adapter(self, adapter: Adapter) -> None:
+        """Make ``adapter`` available to sessions opened with ``adapter=adapter.name``."""
+        sh = self.config.shard
+        t = torch_lora.table(adapter, sh.start, sh.end)
+        torch_lora.install(self.model, list(t), self._hooked)
+        self._adapters[adapter.name] = t
+
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
 
     def _cache(self, session_id: str) -> KVCache:
         try:
@@ -77,7 +94,13 @@ class TorchStageEngine:
             raise SessionNotFound(f"stage {self.config.key} has no session {session_id!r}: "
                                   "open it first (it may have been evicted)") from None
 
-    def open(self, session_id: str, max_len: int) -> None:
+    def open(self, session_id: str, max_len: int, adapter: str | None = None) -> None:
+        self._adapter_of.pop(session_id, None)
+        if adapter is not None:
+            if adapter not in self._adapters:
+                raise RuntimeStageError(f"stage {self.config.key} has no adapter {adapter!r} "
+                                        f"(it has {sorted(self._adapters)}): add it first")
+            self._adapter_of[session_id] = adapter
         old = self._caches.get(session_id)
         if old is not None and old.max_len >= max_len:
             old.reset()
@@ -92,7 +115,9 @@ class TorchStageEngine:
         sh = self.config.shard
         t = torch.from_numpy(np.ascontiguousarray(x))  # zero-copy
         one_token = t.shape[1] == 1
-        with _decode_threads(self._gemv and one_token):
+        name = self._adapter_of.get(session_id)
+        lora = torch_lora.active([None if name is None else self._adapters[name]])
+        with _decode_threads(self._gemv and one_token), lora:
             h = self.model.embed(t.long()) if sh.is_first else t.float()
             for i in range(sh.start, sh.end):
                 h = self.model.block(i, h, cache)
@@ -108,6 +133,7 @@ class TorchStageEngine:
 
     def close(self, session_id: str) -> None:
         self._caches.pop(session_id, None)
+        self._adapter_of.pop(session_id, None)
 
     def session_bytes(self, session_id: str) -> int:
         return self._cache(session_id).nbytes

@@ -1,0 +1,232 @@
+"""LoRA adapters served per request, unmerged, on both engines.
+
+A tiny random-weight model and two adapters with random non-zero factors (saved by the real
+``save_adapter``), served by a real server on 127.0.0.1 and asked through the official
+``openai`` client: each model name gives its own answer, the base's answer does not change
+after adapter requests, and the unmerged logits equal the merged model's (``merge_lora``)
+within a stated tolerance, on the torch engine and on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeweave.errors import ConfigError
+from edgeweave.finetune.adapter import save_adapter
+from edgeweave.finetune.config import LoRAConfig
+from edgeweave.finetune.lora import apply_lora, merge_lora
+from edgeweave.models.checkpoint import load_folder
+from edgeweave.models.fingerprint import checkpoint_fingerprint
+from edgeweave.models.llama import BlockModel
+from edgeweave.runtime.adapters import AdapterSpec
+from edgeweave.runtime.engine import LocalEngine
+from edgeweave.runtime.generate import SamplingParams, generate
+from edgeweave.runtime.local import EngineChoice
+from edgeweave.serve.backend import LocalSessions
+from edgeweave.serve.config import ServeConfig
+from edgeweave.serve.server import BackgroundServer
+from tests.conftest import make_cfg, random_model, save_folder
+from tests.helpers import cli_error
+from tests.serve.conftest import client
+
+ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORAS = {"home-a": LoRAConfig(rank=4, alpha=8, target_modules=ALL),
+         "home-b": LoRAConfig(rank=2, alpha=4, target_modules=("q_proj", "v_proj", "down_proj"),
+                              layers=(1, 3))}
+PROMPT = [5, 9, 14, 7, 30, 11]  # token ids of the tiny word-level vocabulary
+# fp32 everywhere: the unmerged delta (x A^T) B^T and the merged (W + B A) x differ only in
+# summation order; measured max |diff| 1.9e-6 (torch) and 2.0e-6 (ONNX Runtime)
+ATOL = {"torch": 1e-4, "onnx": 1e-4}
+
+
+def _adapter_model(cfg, lora: LoRAConfig, seed: int) -> BlockModel:
+    """The base (seed 0) with LoRA whose A and B are random and non-zero."""
+    m = apply_lora(random_model(cfg, 0), lora)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if ".lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("adapters")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEWEAVE_HOME", str(root / "home"))  # ONNX exports of this module
+        cfg = make_cfg()
+        folder = save_folder(random_model(cfg, 0), root / "tiny-llama")
+        fp = checkpoint_fingerprint(folder)
+        merged, specs = {}, []
+        for seed, (name, lora) in enumerate(LORAS.items(), start=1):
+            m = _adapter_model(cfg, lora, seed)
+            save_adapter(root / name, m, lora, base="tiny-llama", base_fingerprint=fp)
+            merged[name] = merge_lora(m)
+            specs.append(AdapterSpec(name, root / name))
+        merged["tiny-llama"] = random_model(cfg, 0)
+        yield {"root": root, "cfg": cfg, "folder": folder, "merged": merged, "specs": specs}
+
+
+def _backend(world: dict, engine: str) -> LocalSessions:
+    if engine == "torch":
+        return LocalSessions.from_loaded(load_folder(world["folder"]), adapters=world["specs"])
+    return LocalSessions.load(str(world["folder"]), EngineChoice("onnx", "fp32"),
+                              adapters=world["specs"])
+
+
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def served(request: pytest.FixtureRequest, world: dict) -> Iterator[tuple[str, LocalSessions, str]]:
+    backend = _backend(world, request.param)
+    with BackgroundServer(backend, ServeConfig(max_tokens_limit=32, default_max_tokens=16)) as url:
+        yield request.param, backend, url
+
+
+def _logits(engine, steps: int = 3) -> np.ndarray:
+    """Prefill PROMPT, then feed the greedy token ``steps`` times: (steps + 1, vocab)."""
+    out = [engine.prefill(PROMPT)]
+    for _ in range(steps):
+        out.append(engine.decode(int(out[-1].argmax())))
+    return np.stack(out)
+
+
+def _reference(model: BlockModel, steps: int = 3) -> np.ndarray:
+    return _logits(LocalEngine(model, 64), steps)
+
+
+def _complete(url: str, model: str) -> str:
+    r = client(url).completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0)
+    assert r.model == model
+    return r.choices[0].text
+
+
+def test_models_lists_the_base_and_each_adapter(served):
+    _, _, url = served
+    data = {m.id: m for m in client(url).models.list().data}
+    assert list(data) == ["tiny-llama", "home-a", "home-b"]
+    assert data["home-a"].parent == "tiny-llama" and data["tiny-llama"].parent is None
+    assert data["home-b"].root.endswith("home-b")
+    assert data["home-b"].edgeweave["adapter"]["rank"] == 2
+    assert client(url).models.retrieve("home-a").id == "home-a"
+
+
+def test_each_model_name_runs_its_adapter_and_the_base_stays_unchanged(served, world):
+    engine, _, url = served
+    tok = load_folder(world["folder"]).tokenizer
+    params = SamplingParams(max_tokens=8, temperature=0)
+    want = {name: generate(LocalEngine(m, 64), tok, PROMPT, params).text
+            for name, m in world["merged"].items()}
+    assert len(set(want.values())) == 3, want  # the three models answer differently
+    before = _complete(url, "tiny-llama")
+    got = {name: _complete(url, name) for name in ("home-a", "home-b")}
+    after = _complete(url, "tiny-llama")
+    assert before == after == want["tiny-llama"], engine
+    assert got == {"home-a": want["home-a"], "home-b": want["home-b"]}, engine
+
+
+def test_unmerged_logits_equal_the_merged_models(served, world):
+    engine, backend, _ = served
+    base_ref = _reference(world["merged"]["tiny-llama"])
+    base_before = _logits(backend.new_session(64))
+    for name in ("home-a", "home-b"):
+        got = _logits(backend.new_session(64, adapter=name))
+        want = _reference(world["merged"][name])
+        np.testing.assert_allclose(got, want, atol=ATOL[engine], rtol=0)
+        assert np.abs(got - base_ref).max() > 0.05  # the adapter really changes the logits
+    a = _logits(backend.new_session(64, adapter="home-a"))
+    b = _logits(backend.new_session(64, adapter="home-b"))
+    assert np.abs(a - b).max() > 0.05
+    base_after = _logits(backend.new_session(64))
+    np.testing.assert_allclose(base_before, base_ref, atol=ATOL[engine], rtol=0)
+    assert np.array_equal(base_after, base_before)  # bit-identical: the base path untouched
+
+
+def test_an_unknown_model_is_an_openai_404_naming_the_served_ones(served):
+    import openai
+
+    _, _, url = served
+    with pytest.raises(openai.NotFoundError) as e:
+        client(url).chat.completions.create(model="home-c", max_tokens=2,
+                                            messages=[{"role": "user", "content": "hello"}])
+    err = e.value.body
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+    assert "'home-a'" in err["message"] and "'home-b'" in err["message"]
+
+
+def test_sessions_with_different_adapters_share_one_batched_forward(world):
+    # the torch hook applies each row's adapter to its rows only: one base matmul per layer
+    from edgeweave.runtime.adapters import load_adapter
+    from edgeweave.runtime.engines import torch_lora
+
+    model = random_model(world["cfg"], 0)
+    tables, hooked = {}, set()
+    for spec in world["specs"]:
+        tables[spec.name] = torch_lora.table(load_adapter(spec), 0, 4)
+        torch_lora.install(model, list(tables[spec.name]), hooked)
+    ids = torch.tensor([PROMPT, PROMPT[::-1], PROMPT])
+    rows = [tables["home-a"], None, tables["home-b"]]
+    with torch.inference_mode():
+        with torch_lora.active(rows):
+            batched = model(ids)[:, -1]
+        for b, name in enumerate(["home-a", "tiny-llama", "home-b"]):
+            ref = world["merged"][name](ids[b:b + 1])[0, -1]
+            torch.testing.assert_close(batched[b], ref, atol=1e-4, rtol=0)
+
+
+def test_an_adapter_of_another_base_is_refused_at_startup(world, capsys):
+    root, cfg = world["root"], world["cfg"]
+    lora = LORAS["home-a"]
+    other = root / "other-base"
+    save_adapter(other, _adapter_model(cfg, lora, 7), lora, base="another-model",
+                 base_fingerprint="0" * 64)
+    narrow = root / "narrow"  # no fingerprint recorded, but the shapes are another model's
+    small = make_cfg(hidden_size=32, head_dim=8)
+    save_adapter(narrow, _adapter_model(small, lora, 8), lora)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    argv = ["serve", "--model", str(world["folder"]), "--port", port, "--backend", "torch"]
+    line = cli_error(capsys, [*argv, "--adapter", f"x={other}"])
+    assert "trained on another-model" in line and "fingerprints differ" in line
+    line = cli_error(capsys, [*argv, "--adapter", f"x={narrow}"])
+    assert "features but tiny-llama's maps" in line
+    assert "NAME=DIR" in cli_error(capsys, [*argv, "--adapter", str(other)])
+    assert "not an adapter folder" in cli_error(capsys, [*argv, "--adapter",
+                                                         f"x={world['folder']}"])
+    spec = world["specs"][0]
+    assert "used twice" in cli_error(capsys, [*argv, "--adapter", f"tiny-llama={spec.folder}"])
+
+
+def test_a_plan_refuses_adapters_with_the_fix(world):
+    from edgeweave.serve.deploy import build
+
+    with pytest.raises(ConfigError, match="one process only"):
+        build(str(world["folder"]), plan="plan.json", adapters=world["specs"])
+    with pytest.raises(ConfigError, match="no adapter 'nope'"):
+        LocalSessions.from_loaded(load_folder(world["folder"])).new_session(8, adapter="nope")
+
+
+def test_an_adapter_from_edgeweave_finetune_loads_as_it_is(world, tmp_path, monkeypatch):
+    from edgeweave.cli.app import main
+
+    monkeypatch.setenv("EDGEWEAVE_HOME", str(tmp_path / "home"))
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join("the sensor reads temperature in the kitchen and the door is "
+                                "high low on off" for _ in range(30)))
+    ad, merged = tmp_path / "ft", tmp_path / "merged"
+    assert main(["finetune", "--model", str(world["folder"]), "--data", str(text), "--steps",
+                 "3", "--lr", "0.02", "--seq-len", "16", "--rank", "2", "--targets",
+                 "q_proj,v_proj,down_proj", "--out", str(ad), "--merge-out",
+                 str(merged)]) == 0
+    backend = LocalSessions.from_loaded(load_folder(world["folder"]),
+                                        adapters=[AdapterSpec("ft", ad)])
+    got = _logits(backend.new_session(64, adapter="ft"))
+    want = _reference(load_folder(Path(merged)).model)
+    np.testing.assert_allclose(got, want, atol=ATOL["torch"], rtol=0)
+    assert np.abs(got - _logits(backend.new_session(64))).max() > 1e-3

@@ -230,3 +230,56 @@ def test_an_adapter_from_edgeweave_finetune_loads_as_it_is(world, tmp_path, monk
     want = _reference(load_folder(Path(merged)).model)
     np.testing.assert_allclose(got, want, atol=ATOL["torch"], rtol=0)
     assert np.abs(got - _logits(backend.new_session(64))).max() > 1e-3
+
+
+def test_an_adapter_from_edgeweave_federate_loads_as_it_is(world, tmp_path, monkeypatch):
+    # rank-heterogeneous tiers (2, 4, 8) with rolling windows, zero-pad aggregation: the
+    # global adapter has the largest rank on every block of the region
+    import json
+
+    from edgeweave.cli.app import main
+    from edgeweave.finetune.adapter import merge_to_folder
+
+    monkeypatch.setenv("EDGEWEAVE_HOME", str(tmp_path / "home"))
+    ad = tmp_path / "fed"
+    assert main(["federate", "--model", str(world["folder"]), "--task", "pattern", "--clients",
+                 "3", "--rounds", "1", "--local-steps", "2", "--lr", "0.05", "--region", "2-4",
+                 "--aggregation", "pad", "--adapter-out", str(ad)]) == 0
+    man = json.loads((ad / "manifest.json").read_text())
+    assert man["lora"]["layers"] == [2, 3] and man["lora"]["rank"] == 8
+    backend = LocalSessions.from_loaded(load_folder(world["folder"]),
+                                        adapters=[AdapterSpec("fed", ad)])
+    got = _logits(backend.new_session(64, adapter="fed"))
+    want = _reference(load_folder(merge_to_folder(world["folder"], ad, tmp_path / "m")).model)
+    np.testing.assert_allclose(got, want, atol=ATOL["torch"], rtol=0)
+    assert np.abs(got - _logits(backend.new_session(64))).max() > 1e-4
+
+
+def test_an_onnx_server_with_adapters_never_imports_torch(world):
+    # the adapter is read with safetensors' numpy API and the LoRA twin graph is found in
+    # the cache (or built in a child process): the serving process stays free of torch
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    specs = {s.name: str(s.folder) for s in world["specs"]}
+    code = textwrap.dedent(f"""
+        import json, sys
+        from edgeweave.runtime.adapters import AdapterSpec
+        from edgeweave.runtime.local import EngineChoice
+        from edgeweave.serve.backend import LocalSessions
+        b = LocalSessions.load({str(world["folder"])!r}, EngineChoice("onnx", "fp32"),
+                               adapters=[AdapterSpec(n, f) for n, f in {specs!r}.items()])
+        rows = [b.new_session(16, adapter=a).prefill({PROMPT!r}).tolist()
+                for a in (None, "home-a")]
+        print(json.dumps({{"torch": "torch" in sys.modules, "rows": rows}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ}, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    for row, name in zip(got["rows"], ("tiny-llama", "home-a"), strict=True):
+        np.testing.assert_allclose(row, _reference(world["merged"][name], 0)[0],
+                                   atol=ATOL["onnx"], rtol=0)

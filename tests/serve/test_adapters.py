@@ -19,11 +19,7 @@ import torch
 
 from edgeweave.errors import ConfigError
 from edgeweave.finetune.adapter import save_adapter
-from edgeweave.finetune.config import LoRAConfig
-from edgeweave.finetune.lora import apply_lora, merge_lora
 from edgeweave.models.checkpoint import load_folder
-from edgeweave.models.fingerprint import checkpoint_fingerprint
-from edgeweave.models.llama import BlockModel
 from edgeweave.runtime.adapters import AdapterSpec
 from edgeweave.runtime.engine import LocalEngine
 from edgeweave.runtime.generate import SamplingParams, generate
@@ -31,47 +27,23 @@ from edgeweave.runtime.local import EngineChoice
 from edgeweave.serve.backend import LocalSessions
 from edgeweave.serve.config import ServeConfig
 from edgeweave.serve.server import BackgroundServer
-from tests.conftest import make_cfg, random_model, save_folder
+from tests.adapter_helpers import (
+    ATOL,
+    LORAS,
+    PROMPT,
+    adapter_model,
+    reference,
+    run_logits,
+    world_fixture,
+)
+from tests.conftest import make_cfg, random_model
 from tests.helpers import cli_error
 from tests.serve.conftest import client
-
-ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORAS = {"home-a": LoRAConfig(rank=4, alpha=8, target_modules=ALL),
-         "home-b": LoRAConfig(rank=2, alpha=4, target_modules=("q_proj", "v_proj", "down_proj"),
-                              layers=(1, 3))}
-PROMPT = [5, 9, 14, 7, 30, 11]  # token ids of the tiny word-level vocabulary
-# fp32 everywhere: the unmerged delta (x A^T) B^T and the merged (W + B A) x differ only in
-# summation order; measured max |diff| 1.9e-6 (torch) and 2.0e-6 (ONNX Runtime)
-ATOL = {"torch": 1e-4, "onnx": 1e-4}
-
-
-def _adapter_model(cfg, lora: LoRAConfig, seed: int) -> BlockModel:
-    """The base (seed 0) with LoRA whose A and B are random and non-zero."""
-    m = apply_lora(random_model(cfg, 0), lora)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if ".lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return m.eval()
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    root = tmp_path_factory.mktemp("adapters")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGEWEAVE_HOME", str(root / "home"))  # ONNX exports of this module
-        cfg = make_cfg()
-        folder = save_folder(random_model(cfg, 0), root / "tiny-llama")
-        fp = checkpoint_fingerprint(folder)
-        merged, specs = {}, []
-        for seed, (name, lora) in enumerate(LORAS.items(), start=1):
-            m = _adapter_model(cfg, lora, seed)
-            save_adapter(root / name, m, lora, base="tiny-llama", base_fingerprint=fp)
-            merged[name] = merge_lora(m)
-            specs.append(AdapterSpec(name, root / name))
-        merged["tiny-llama"] = random_model(cfg, 0)
-        yield {"root": root, "cfg": cfg, "folder": folder, "merged": merged, "specs": specs}
+    yield from world_fixture(tmp_path_factory)
 
 
 def _backend(world: dict, engine: str) -> LocalSessions:
@@ -86,18 +58,6 @@ def served(request: pytest.FixtureRequest, world: dict) -> Iterator[tuple[str, L
     backend = _backend(world, request.param)
     with BackgroundServer(backend, ServeConfig(max_tokens_limit=32, default_max_tokens=16)) as url:
         yield request.param, backend, url
-
-
-def _logits(engine, steps: int = 3) -> np.ndarray:
-    """Prefill PROMPT, then feed the greedy token ``steps`` times: (steps + 1, vocab)."""
-    out = [engine.prefill(PROMPT)]
-    for _ in range(steps):
-        out.append(engine.decode(int(out[-1].argmax())))
-    return np.stack(out)
-
-
-def _reference(model: BlockModel, steps: int = 3) -> np.ndarray:
-    return _logits(LocalEngine(model, 64), steps)
 
 
 def _complete(url: str, model: str) -> str:
@@ -132,18 +92,18 @@ def test_each_model_name_runs_its_adapter_and_the_base_stays_unchanged(served, w
 
 def test_unmerged_logits_equal_the_merged_models(served, world):
     engine, backend, _ = served
-    base_ref = _reference(world["merged"]["tiny-llama"])
-    base_before = _logits(backend.new_session(64))
+    base_ref = reference(world["merged"]["tiny-llama"])
+    base_before = run_logits(backend.new_session(64))
     for name in ("home-a", "home-b"):
-        got = _logits(backend.new_session(64, adapter=name))
-        want = _reference(world["merged"][name])
-        np.testing.assert_allclose(got, want, atol=ATOL[engine], rtol=0)
+        got = run_logits(backend.new_session(64, adapter=name))
+        want = reference(world["merged"][name])
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
         assert np.abs(got - base_ref).max() > 0.05  # the adapter really changes the logits
-    a = _logits(backend.new_session(64, adapter="home-a"))
-    b = _logits(backend.new_session(64, adapter="home-b"))
+    a = run_logits(backend.new_session(64, adapter="home-a"))
+    b = run_logits(backend.new_session(64, adapter="home-b"))
     assert np.abs(a - b).max() > 0.05
-    base_after = _logits(backend.new_session(64))
-    np.testing.assert_allclose(base_before, base_ref, atol=ATOL[engine], rtol=0)
+    base_after = run_logits(backend.new_session(64))
+    np.testing.assert_allclose(base_before, base_ref, atol=ATOL, rtol=0)
     assert np.array_equal(base_after, base_before)  # bit-identical: the base path untouched
 
 
@@ -183,11 +143,11 @@ def test_an_adapter_of_another_base_is_refused_at_startup(world, capsys):
     root, cfg = world["root"], world["cfg"]
     lora = LORAS["home-a"]
     other = root / "other-base"
-    save_adapter(other, _adapter_model(cfg, lora, 7), lora, base="another-model",
+    save_adapter(other, adapter_model(cfg, lora, 7), lora, base="another-model",
                  base_fingerprint="0" * 64)
     narrow = root / "narrow"  # no fingerprint recorded, but the shapes are another model's
     small = make_cfg(hidden_size=32, head_dim=8)
-    save_adapter(narrow, _adapter_model(small, lora, 8), lora)
+    save_adapter(narrow, adapter_model(small, lora, 8), lora)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
@@ -203,11 +163,30 @@ def test_an_adapter_of_another_base_is_refused_at_startup(world, capsys):
     assert "used twice" in cli_error(capsys, [*argv, "--adapter", f"tiny-llama={spec.folder}"])
 
 
-def test_a_plan_refuses_adapters_with_the_fix(world):
-    from edgeweave.serve.deploy import build
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_a_plans_stages_run_the_adapters_sent_to_them(world, tmp_path, engine):
+    # `edgeweave serve --plan P --adapter ...` without nodes: an embedded coordinator whose
+    # stages get each adapter's blocks over frames (Op.ADAPTER), as nodes over gRPC do
+    import json
 
-    with pytest.raises(ConfigError, match="one process only"):
-        build(str(world["folder"]), plan="plan.json", adapters=world["specs"])
+    from edgeweave.serve.deploy import build
+    from edgeweave.types import Plan
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(Plan.split(4, [1, 3], ["a", "b", "a"]).to_dict()))
+    dep = build(str(world["folder"]), plan=plan, choice=EngineChoice(engine, "fp32"),
+                adapters=world["specs"])
+    try:
+        backend = dep.backend
+        assert sorted(backend.adapters) == ["home-a", "home-b"]
+        base = run_logits(backend.new_session(64))
+        for name in ("home-a", "home-b", "tiny-llama"):
+            adapter = None if name == "tiny-llama" else name
+            got = run_logits(backend.new_session(64, adapter=adapter))
+            np.testing.assert_allclose(got, reference(world["merged"][name]), atol=ATOL, rtol=0)
+        assert np.array_equal(run_logits(backend.new_session(64)), base)
+    finally:
+        dep.close()
     with pytest.raises(ConfigError, match="no adapter 'nope'"):
         LocalSessions.from_loaded(load_folder(world["folder"])).new_session(8, adapter="nope")
 
@@ -226,10 +205,10 @@ def test_an_adapter_from_edgeweave_finetune_loads_as_it_is(world, tmp_path, monk
                  str(merged)]) == 0
     backend = LocalSessions.from_loaded(load_folder(world["folder"]),
                                         adapters=[AdapterSpec("ft", ad)])
-    got = _logits(backend.new_session(64, adapter="ft"))
-    want = _reference(load_folder(Path(merged)).model)
-    np.testing.assert_allclose(got, want, atol=ATOL["torch"], rtol=0)
-    assert np.abs(got - _logits(backend.new_session(64))).max() > 1e-3
+    got = run_logits(backend.new_session(64, adapter="ft"))
+    want = reference(load_folder(Path(merged)).model)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+    assert np.abs(got - run_logits(backend.new_session(64))).max() > 1e-3
 
 
 def test_an_adapter_from_edgeweave_federate_loads_as_it_is(world, tmp_path, monkeypatch):
@@ -249,10 +228,10 @@ def test_an_adapter_from_edgeweave_federate_loads_as_it_is(world, tmp_path, monk
     assert man["lora"]["layers"] == [2, 3] and man["lora"]["rank"] == 8
     backend = LocalSessions.from_loaded(load_folder(world["folder"]),
                                         adapters=[AdapterSpec("fed", ad)])
-    got = _logits(backend.new_session(64, adapter="fed"))
-    want = _reference(load_folder(merge_to_folder(world["folder"], ad, tmp_path / "m")).model)
-    np.testing.assert_allclose(got, want, atol=ATOL["torch"], rtol=0)
-    assert np.abs(got - _logits(backend.new_session(64))).max() > 1e-4
+    got = run_logits(backend.new_session(64, adapter="fed"))
+    want = reference(load_folder(merge_to_folder(world["folder"], ad, tmp_path / "m")).model)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+    assert np.abs(got - run_logits(backend.new_session(64))).max() > 1e-4
 
 
 def test_an_onnx_server_with_adapters_never_imports_torch(world):
@@ -281,5 +260,5 @@ def test_an_onnx_server_with_adapters_never_imports_torch(world):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["torch"] is False
     for row, name in zip(got["rows"], ("tiny-llama", "home-a"), strict=True):
-        np.testing.assert_allclose(row, _reference(world["merged"][name], 0)[0],
-                                   atol=ATOL["onnx"], rtol=0)
+        np.testing.assert_allclose(row, reference(world["merged"][name], 0)[0],
+                                   atol=ATOL, rtol=0)

@@ -235,3 +235,41 @@ def load_checked(specs: tuple[AdapterSpec, ...], model: str, served_id: str = ""
         check_base(adapter, model, base)
         out[spec.name] = adapter
     return out
+
+
+# -- on the wire: one stage's share of an adapter, for a node (``Op.ADAPTER``) ----------------
+def to_bytes(adapter: Adapter, start: int, end: int) -> bytes:
+    """The factors of blocks ``[start, end)`` (scale folded in) and what identifies the
+    adapter, as safetensors bytes: what a coordinator sends a node for one stage."""
+    from safetensors.numpy import save
+
+    tensors = {}
+    for (i, m), f in adapter.within(start, end).items():
+        tensors[f"layers.{i}.{m}.a"], tensors[f"layers.{i}.{m}.b"] = f.a, f.b
+    meta = {"name": adapter.name, "lora": json.dumps(adapter.lora.to_dict()),
+            "base": adapter.base, "base_fingerprint": adapter.base_fingerprint,
+            "sha256": adapter.sha256, "folder": str(adapter.folder)}
+    return save(tensors, metadata=meta)
+
+
+def from_bytes(data: bytes) -> Adapter:
+    """The inverse of :func:`to_bytes` (an adapter with no factors in the stage is valid)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + n])["__metadata__"]
+        tensors = load(data)
+        factors = {}
+        for key in {k.rsplit(".", 1)[0] for k in tensors}:
+            _, block, module = key.split(".")
+            if module not in MODULES:
+                raise ValueError(f"unknown module {module!r}")
+            factors[(int(block), module)] = Factors(tensors[f"{key}.a"], tensors[f"{key}.b"])
+        return Adapter(AdapterSpec(meta["name"], Path(".")).name, Path(meta["folder"]),
+                       LoRAConfig.from_dict(json.loads(meta["lora"])), meta["base"],
+                       meta["base_fingerprint"], meta["sha256"], factors)
+    except (ValueError, KeyError, TypeError, IndexError, SafetensorError) as e:
+        raise ConfigError(f"the ADAPTER payload is not an adapter ({type(e).__name__}: {e}): "
+                          "send what runtime.adapters.to_bytes makes") from None

@@ -135,14 +135,25 @@ class CoordinatorSessions:
         self.tokenizer = tok
         self.model_id = model_id or Path(str(coordinator.model)).name
         self.max_len = int(coordinator.max_len)
-        self.adapters: dict[str, Adapter] = {}  # see serve.deploy: plans refuse adapters
+        # the coordinator's own table: it sends each adapter to every stage it loads
+        self.adapters: dict[str, Adapter] = getattr(coordinator, "adapters", {})
+
+    def add_adapters(self, specs: Sequence[AdapterSpec]) -> CoordinatorSessions:
+        """Load, check (against the coordinator's model) and send ``specs`` to every stage."""
+        loaded = load_checked(tuple(specs), str(self.coordinator.model), self.model_id)
+        clash = sorted(set(loaded) & set(self.adapters))
+        if clash:
+            raise ConfigError(f"adapter names {clash} are served already: pick other names")
+        for adapter in loaded.values():
+            self.coordinator.add_adapter(adapter)
+        return self
 
     def new_session(self, max_len: int | None = None, adapter: str | None = None
                     ) -> LogitsEngine:
-        if adapter is not None:
-            raise ConfigError("adapters are not served over a plan's stages yet: serve the "
-                              "model in one process (no --plan), or merge the adapter")
-        return self.coordinator.new_session(min(max_len or self.max_len, self.max_len))
+        n = min(max_len or self.max_len, self.max_len)
+        if adapter is None:
+            return self.coordinator.new_session(n)
+        return self.coordinator.new_session(n, adapter=adapter)
 
     def close(self) -> None:
         self.coordinator.close()

@@ -26,9 +26,11 @@ offset    size  field
 ..        rest  payload
 ========  ====  =============================================================
 
-Requests: OPEN, FORWARD, TRUNCATE, CLOSE, LOAD (payload: JSON ``EngineConfig`` fields),
-INFO, PING. Responses: OK (FORWARD: the output tensor; INFO/LOAD: JSON) or ERROR (payload:
-the message, arg: :class:`ErrorCode`).
+Requests: OPEN (payload: none, or JSON ``{"adapter": name}``: the session runs that LoRA
+adapter), FORWARD, TRUNCATE, CLOSE, LOAD (payload: JSON ``EngineConfig`` fields), INFO, PING,
+ADAPTER (payload: one stage's factors of a LoRA adapter, ``runtime.adapters.to_bytes``).
+Responses: OK (FORWARD: the output tensor; INFO/LOAD: JSON) or ERROR (payload: the message,
+arg: :class:`ErrorCode`).
 
 :meth:`Frame.unpack` checks every announced length against the bytes received before it
 reads or allocates anything, and raises only :class:`FrameError`; a node answers a malformed
@@ -73,6 +75,7 @@ class Op(IntEnum):
     LOAD = 5
     INFO = 6
     PING = 7
+    ADAPTER = 8
     OK = 16
     ERROR = 17
 
@@ -87,6 +90,7 @@ class ErrorCode(IntEnum):
     MEMORY = 5
     BAD_FRAME = 6
     TOO_LONG = 7  # OPEN max_len beyond the model's context
+    NO_ADAPTER = 8  # OPEN names an adapter the stage was never sent (a restarted node)
 
 
 @dataclass

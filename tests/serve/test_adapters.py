@@ -262,3 +262,25 @@ def test_an_onnx_server_with_adapters_never_imports_torch(world):
     for row, name in zip(got["rows"], ("tiny-llama", "home-a"), strict=True):
         np.testing.assert_allclose(row, reference(world["merged"][name], 0)[0],
                                    atol=ATOL, rtol=0)
+
+
+def test_generate_and_local_model_run_an_adapter_folder(world, capsys):
+    from edgeweave.cli.app import main
+    from edgeweave.runtime.local import LocalModel
+
+    tok = load_folder(world["folder"]).tokenizer
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    want = generate(LocalEngine(world["merged"]["home-a"], 64), tok, "the sensor reads",
+                    params).text
+    base = generate(LocalEngine(world["merged"]["tiny-llama"], 64), tok, "the sensor reads",
+                    params).text
+    assert want != base
+    spec = world["specs"][0]
+    assert main(["generate", "the sensor reads", "--model", str(world["folder"]), "--backend",
+                 "torch", "--variant", "fp32", "-n", "6", "--adapter", str(spec.folder)]) == 0
+    assert capsys.readouterr().out.startswith(want)
+    lm = LocalModel.load(str(world["folder"]), EngineChoice("onnx", "fp32"), adapters=[spec])
+    got = generate(lm.new_session(64, adapter="home-a"), lm.tokenizer, "the sensor reads",
+                   params).text
+    assert got == want and lm.adapters == ("home-a",)
+    assert generate(lm.new_session(64), lm.tokenizer, "the sensor reads", params).text == base

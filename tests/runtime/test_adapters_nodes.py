@@ -5,9 +5,12 @@ with the fix and the node keeps serving."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
-from edgeweave.runtime.adapters import load_adapter, to_bytes
+from edgeweave.runtime.adapters import Factors, load_adapter, to_bytes
 from edgeweave.runtime.engine import LocalEngine
 from edgeweave.runtime.generate import SamplingParams, generate_step, stream_generate
 from edgeweave.runtime.launch import launch
@@ -65,6 +68,10 @@ def test_a_node_refuses_bad_adapter_frames_and_keeps_serving(world):
             assert "send it (ADAPTER)" in r.payload.decode()
             r = s.ask(Frame(Op.ADAPTER, key, payload=b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage"))
             assert r.op == Op.ERROR and "not an adapter" in r.payload.decode()
+            narrow = replace(adapter, name="narrow", factors={
+                (0, "q_proj"): Factors(np.ones((2, 32), np.float32), np.ones((64, 2), np.float32))})
+            r = s.ask(Frame(Op.ADAPTER, key, payload=to_bytes(narrow, 0, 4)))
+            assert r.op == Op.ERROR and "trained on another model" in r.payload.decode()
             r = s.ask(Frame(Op.OPEN, key, "x", arg=16, payload=b'["home-a"]'))
             assert r.op == Op.ERROR and r.arg == ErrorCode.BAD_FRAME
             assert s.ask(Frame(Op.ADAPTER, key, payload=to_bytes(adapter, 0, 4))).op == Op.OK

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from edgeweave.errors import ConfigError
 from edgeweave.runtime.adapters import Adapter
 
 LORA_GRAPH_VERSION = 1  # bump when the LoRA inputs change: cached LoRA graphs are rebuilt
@@ -59,7 +60,11 @@ def pack(adapter: Adapter, blocks: Sequence[int], shapes: Mapping[str, tuple[int
             a = np.zeros((fan_in, max(rank, 1)), np.float32)
             b = np.zeros((max(rank, 1), fan_out), np.float32)
             r0, c0 = 0, 0
-            for (_, f), w in zip(present, widths, strict=True):
+            for (m, f), w in zip(present, widths, strict=True):
+                if f is not None and (f.a.shape[1] != fan_in or f.b.shape[0] != w):
+                    raise ConfigError(f"adapter {adapter.name}: block {i} {m} maps "
+                                      f"{f.a.shape[1]} -> {f.b.shape[0]} features, the stage's "
+                                      f"{fan_in} -> {w}: it was trained on another model")
                 if f is not None:
                     a[:, r0:r0 + f.rank] = f.a.T
                     b[r0:r0 + f.rank, c0:c0 + w] = f.b.T

@@ -81,6 +81,7 @@ class TorchStageEngine:
         """Make ``adapter`` available to sessions opened with ``adapter=adapter.name``."""
         sh = self.config.shard
         t = torch_lora.table(adapter, sh.start, sh.end)
+        torch_lora.check(self.model, t, adapter.name)
         torch_lora.install(self.model, list(t), self._hooked)
         self._adapters[adapter.name] = t
 

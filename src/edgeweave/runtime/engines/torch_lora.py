@@ -23,6 +23,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from edgeweave.errors import ConfigError
 from edgeweave.runtime.adapters import Adapter
 
 Table = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A (r, in), B (out, r))
@@ -41,6 +42,17 @@ def table(adapter: Adapter, start: int, end: int) -> Table:
     """The adapter's factors of blocks ``[start, end)`` as torch tensors (fp32)."""
     return {module_name(i, m): (torch.from_numpy(f.a), torch.from_numpy(f.b))
             for (i, m), f in adapter.within(start, end).items()}
+
+
+def check(model: nn.Module, t: Table, adapter: str) -> None:
+    """Refuse factors that do not fit the model's linears (another model's adapter)."""
+    for name, (a, b) in t.items():
+        mod = model.get_submodule(name)
+        want = (getattr(mod, "in_features", a.shape[1]), getattr(mod, "out_features", b.shape[0]))
+        if (a.shape[1], b.shape[0]) != want:
+            raise ConfigError(f"adapter {adapter}: {name} maps {a.shape[1]} -> {b.shape[0]} "
+                              f"features, the stage's {want[0]} -> {want[1]}: it was trained "
+                              "on another model")
 
 
 def install(model: nn.Module, names: Sequence[str], hooked: set[str]) -> None:

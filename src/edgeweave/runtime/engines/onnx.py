@@ -204,8 +204,11 @@ class OnnxStageEngine:
             if self._lora_graph is None:
                 raise ConfigError(f"stage {self.config.key} was built without its LoRA graph: "
                                   "build the engine with build_engine, or use --backend torch")
+            from edgeweave.runtime.policy import trim_heap
+
             self._lora = ort.InferenceSession(str(self._lora_graph()), self.profile.options(),
                                               providers=self.profile.providers())
+            trim_heap()  # as open_engine: the raw weights freed after prepacking
         shapes = {i.name: (int(i.shape[0]), 0) for i in self._lora.get_inputs()
                   if i.name.startswith("lora_a.")}
         for i in self._lora.get_inputs():

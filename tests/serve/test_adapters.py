@@ -125,10 +125,11 @@ def test_sessions_with_different_adapters_share_one_batched_forward(world):
     from edgeweave.runtime.engines import torch_lora
 
     model = random_model(world["cfg"], 0)
-    tables, hooked = {}, set()
+    tables = {}
     for spec in world["specs"]:
         tables[spec.name] = torch_lora.table(load_adapter(spec), 0, 4)
-        torch_lora.install(model, list(tables[spec.name]), hooked)
+        torch_lora.install(model, list(tables[spec.name]))
+        torch_lora.install(model, list(tables[spec.name]))  # twice: still one hook each
     ids = torch.tensor([PROMPT, PROMPT[::-1], PROMPT])
     rows = [tables["home-a"], None, tables["home-b"]]
     with torch.inference_mode():
@@ -185,6 +186,16 @@ def test_a_plans_stages_run_the_adapters_sent_to_them(world, tmp_path, engine):
             got = run_logits(backend.new_session(64, adapter=adapter))
             np.testing.assert_allclose(got, reference(world["merged"][name]), atol=ATOL, rtol=0)
         assert np.array_equal(run_logits(backend.new_session(64)), base)
+        # device b fails mid-session: its stage is rebuilt on a (same process, same shared
+        # weights) and replayed with the session's adapter, which a got when it was loaded
+        s = backend.new_session(64, adapter="home-a")
+        out = [s.prefill(PROMPT)]
+        backend.coordinator.mark_failed("b")
+        for _ in range(3):
+            out.append(s.decode(int(out[-1].argmax())))
+        assert [st.device for st in backend.coordinator.plan.stages] == ["a", "a", "a"]
+        np.testing.assert_allclose(np.stack(out), reference(world["merged"]["home-a"]),
+                                   atol=ATOL, rtol=0)
     finally:
         dep.close()
     with pytest.raises(ConfigError, match="no adapter 'nope'"):

@@ -121,6 +121,7 @@ class StageHost:
                 "sessions": len(self._lru),
                 "memory_bytes": sum(slot.nbytes for slot in self._lru.values()),
                 "memory_cap_bytes": self.memory_cap_bytes, "evictions": self.evictions,
+                "adapters": {k: sorted(v) for k, v in sorted(self._adapters.items())},
                 "blas_threads": self.colocated.current if self.colocated else None}
 
     # -- sessions -----------------------------------------------------------------------

@@ -71,18 +71,17 @@ class TorchStageEngine:
         self.vocab_size = self.model.cfg.vocab_size
         self.max_position = self.model.cfg.max_position
         self._caches: dict[str, KVCache] = {}
-        # unmerged LoRA (runtime.engines.torch_lora): factor tables by adapter name, the
-        # adapter each session opened with, the linears that carry the hook
+        # unmerged LoRA (runtime.engines.torch_lora): factor tables by adapter name and the
+        # adapter each session opened with
         self._adapters: dict[str, torch_lora.Table] = {}
         self._adapter_of: dict[str, str] = {}
-        self._hooked: set[str] = set()
 
     def add_adapter(self, adapter: Adapter) -> None:
         """Make ``adapter`` available to sessions opened with ``adapter=adapter.name``."""
         sh = self.config.shard
         t = torch_lora.table(adapter, sh.start, sh.end)
         torch_lora.check(self.model, t, adapter.name)
-        torch_lora.install(self.model, list(t), self._hooked)
+        torch_lora.install(self.model, list(t))
         self._adapters[adapter.name] = t
 
     def adapters(self) -> list[str]:

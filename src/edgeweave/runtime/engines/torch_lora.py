@@ -16,6 +16,7 @@ over sessions with different adapters stays one base matmul per layer.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from functools import partial
@@ -31,6 +32,7 @@ Table = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A (r, in
 _PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
            "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 # per batch row: the factor table of its adapter, or None for the base
+_HOOKED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _ACTIVE: ContextVar[tuple[Table | None, ...] | None] = ContextVar("edgeweave_lora", default=None)
 
 
@@ -55,12 +57,15 @@ def check(model: nn.Module, t: Table, adapter: str) -> None:
                               "on another model")
 
 
-def install(model: nn.Module, names: Sequence[str], hooked: set[str]) -> None:
-    """Put the LoRA hook on the modules ``names`` of ``model`` not in ``hooked`` yet."""
+def install(model: nn.Module, names: Sequence[str]) -> None:
+    """Put the LoRA hook on the modules ``names`` of ``model``, once per module: engines
+    that share one model (the embedded deployment, a stage rebuilt on the same host) share
+    its hooks, so a delta is never added twice."""
     for name in names:
-        if name not in hooked:
-            model.get_submodule(name).register_forward_hook(partial(_hook, name))
-            hooked.add(name)
+        mod = model.get_submodule(name)
+        if mod not in _HOOKED:
+            mod.register_forward_hook(partial(_hook, name))
+            _HOOKED.add(mod)
 
 
 @contextlib.contextmanager

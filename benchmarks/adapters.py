@@ -9,6 +9,11 @@ worst case). Each round asks the base and both adapters for ``--new-tokens`` gre
 ``decode_tok_s``; a ratio is the median over rounds of adapter / base in the same round.
 Memory: the server's RSS after the requests, against the same server started without
 adapters (the ONNX engine loads a second graph, the LoRA twin, when an adapter is added).
+The raw engines (no server, one process, rounds interleaved) separate the adapters' cost from
+this VM's drift between server processes: a base session before any adapter was added, a
+base session after, and a session of each adapter. "answers differ" compares the greedy
+texts, which can coincide for these weak random adapters; "logit diff" is the largest
+difference of the first-token logits from the base's, which cannot.
 
     flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/adapters.py [--rounds 3]
 """
@@ -94,17 +99,66 @@ def measure(extra: list[str], adapters: dict[str, Path], rounds: int, n: int) ->
             "rss_mb": rss[0], "rss_mb_without_adapters": rss_plain[0], "ready_s": server.ready_s}
 
 
+def raw_engine(choice, adapters: dict[str, Path], rounds: int, n: int) -> dict:
+    """Decode tok/s of one whole-model engine: base before any adapter, then base and each
+    adapter after adding them (same process, rounds interleaved)."""
+    import numpy as np
+
+    from edgeweave.runtime.adapters import AdapterSpec
+    from edgeweave.runtime.generate import SamplingParams, generate
+    from edgeweave.serve.backend import LocalSessions
+
+    b = LocalSessions.load(MODEL, choice)
+    ids = b.tokenizer.encode_chat([{"role": "user", "content": QUESTION}])
+    params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+
+    def rate(adapter: str | None) -> float:
+        return generate(b.new_session(len(ids) + n, adapter), b.tokenizer, ids,
+                        params).metrics.decode_tps
+
+    before = [rate(None) for _ in range(rounds)]
+    b.add_adapters([AdapterSpec(k, d) for k, d in adapters.items()])
+    per: dict[str, list[float]] = {"base": [], **{k: [] for k in adapters}}
+    for _ in range(rounds):
+        for k in per:
+            per[k].append(rate(None if k == "base" else k))
+    first = {k: b.new_session(len(ids) + 1, None if k == "base" else k).prefill(ids)
+             for k in per}
+    return {"base_before_adapters_tok_s": statistics.median(before),
+            "tok_s": {k: statistics.median(v) for k, v in per.items()},
+            "logit_diff": {k: float(np.abs(first[k] - first["base"]).max()) for k in adapters}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--raw-only", action="store_true", help="Only the raw engines.")
     args = ap.parse_args()
+    from edgeweave.runtime.local import EngineChoice
+
+    engines = (("onnx int4 (default)", [], EngineChoice("onnx", "int4")),
+               ("torch fp32", ["--backend", "torch", "--variant", "fp32"],
+                EngineChoice("torch", "fp32")))
     with tempfile.TemporaryDirectory(prefix="edgeweave-adapters-") as tmp:
         adapters = make_adapters(Path(tmp))
-        res = {}
-        for label, extra in (("onnx int4 (default)", []),
-                             ("torch fp32", ["--backend", "torch", "--variant", "fp32"])):
-            res[label] = measure(extra, adapters, args.rounds, args.new_tokens)
+        raw = {label: raw_engine(c, adapters, args.rounds, args.new_tokens)
+               for label, _, c in engines}
+        res = {} if args.raw_only else {label: measure(extra, adapters, args.rounds,
+                                                      args.new_tokens)
+                                        for label, extra, _ in engines}
+    print_table(f"Raw engines, {MODEL}, {args.new_tokens} tokens, decode tok/s (one process, "
+                "median of rounds)",
+                ["engine", "base, no adapter added", "base, adapters added", "home-a r8 q,v",
+                 "home-b r16 all", "first-token logit diff a / b"],
+                [[label, f"{r['base_before_adapters_tok_s']:.1f}", f"{r['tok_s']['base']:.1f}",
+                  f"{r['tok_s']['home-a']:.1f}", f"{r['tok_s']['home-b']:.1f}",
+                  f"{r['logit_diff']['home-a']:.2f} / {r['logit_diff']['home-b']:.2f}"]
+                 for label, r in raw.items()])
+    if args.raw_only:
+        write_json("adapters-raw", {"rounds": args.rounds, "new_tokens": args.new_tokens,
+                                    "raw": raw})
+        return
     rows = [[label, f"{r['tok_s'][MODEL]:.1f}", f"{r['base_without_adapters_tok_s']:.1f}",
              f"{r['tok_s']['home-a']:.1f} ({r['ratio_to_base']['home-a']:.2f}x)",
              f"{r['tok_s']['home-b']:.1f} ({r['ratio_to_base']['home-b']:.2f}x)",
@@ -113,9 +167,9 @@ def main() -> None:
     print_table(f"Adapters served unmerged, {MODEL}, {args.new_tokens} tokens, decode tok/s "
                 "(median of rounds; ratio = adapter / base in the same round)",
                 ["engine", "base", "base, no adapters loaded", "home-a r8 q,v", "home-b r16 all",
-                 "3 answers differ", "RSS MB with / without"], rows)
+                 "answers differ", "RSS MB with / without"], rows)
     write_json("adapters", {"rounds": args.rounds, "new_tokens": args.new_tokens,
-                            "results": res})
+                            "results": res, "raw": raw})
 
 
 if __name__ == "__main__":

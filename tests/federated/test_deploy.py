@@ -10,6 +10,7 @@ import pytest
 from edgeweave.federated.config import FedConfig
 from edgeweave.federated.deploy import Deployment
 from edgeweave.federated.hetero import Tier
+from edgeweave.runtime.adapters import AdapterSpec, check_base, load_adapter
 
 
 @pytest.mark.timeout(240)
@@ -22,7 +23,7 @@ def test_two_rounds_tls_node_auth_and_refused_stranger(tiny_folder, tmp_path, tm
              "home1": {"partition-id": 1, "memory-mb": 8192},
              "stranger": {"partition-id": 2, "memory-mb": 8192}}
     with Deployment(tmp_path / "dep", cfg, nodes, unregistered=("stranger",)) as dep:
-        res = dep.run(tmp_path / "out.json", timeout=200)
+        res = dep.run(tmp_path / "out.json", timeout=200, adapter_out=tmp_path / "global")
         started = [dep.procs[n].pid for n in dep.procs]
         stranger_rc = dep.procs["stranger"].poll()
         stranger_log = dep.log("stranger")
@@ -34,5 +35,9 @@ def test_two_rounds_tls_node_auth_and_refused_stranger(tiny_folder, tmp_path, tm
     assert "https://127.0.0.1" in superlink_log  # TLS on
     assert stranger_rc not in (None, 0)  # the SuperNode gave up: it was refused
     assert "could not establish a connection" in stranger_log.lower()
+    # the ServerApp wrote the final global adapter, as `edgeweave serve --adapter` reads it
+    adapter = load_adapter(AdapterSpec("fed", tmp_path / "global"))
+    assert adapter.lora.rank == 4 and adapter.blocks() == (2, 3)
+    check_base(adapter, str(tiny_folder))
     assert not [p for p in started if psutil.pid_exists(p)
                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]

@@ -43,6 +43,8 @@ def register(app: typer.Typer) -> None:
         deploy: bool = typer.Option(False, help="Run SuperLink + SuperNodes as processes."),
         workdir: str = typer.Option("", help="Deployment folder (certs, keys, logs)."),
         out: str = typer.Option("", help="Write the per-round results JSON here."),
+        adapter_out: str = typer.Option("", help="Write the final global adapter folder here "
+                                        "(serve it with `edgeweave serve --adapter NAME=DIR`)."),
     ) -> None:
         """Federated LoRA for heterogeneous clients (rank tiers + rolling block windows)."""
         import json
@@ -74,12 +76,18 @@ def register(app: typer.Typer) -> None:
                      for i in range(clients)}
             with Deployment(wd, cfg, nodes) as dep:
                 res = dep.run(Path(out) if out else wd / "result.json", timeout=3600,
-                              evaluate=True)
+                              evaluate=True, adapter_out=Path(adapter_out) if adapter_out else None)
             console.print(f"deployment folder (certs, keys, logs): {wd}")
         else:
             res = simulate(cfg)
-            res.pop("final_arrays", None)
+            final = res.pop("final_arrays", None)
             res.pop("final_control", None)
+            if adapter_out and final is not None:
+                from edgeweave.federated.run import save_global_adapter
+
+                save_global_adapter(cfg, res["region"], final, adapter_out,
+                                    {"final_eval": res.get("final_eval")})
+                console.print(f"adapter: {adapter_out}")
             if out:
                 atomic_write_json(out, res)
         rows = [[r["round"], r["replied"], r["sent"],

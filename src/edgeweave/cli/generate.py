@@ -31,6 +31,8 @@ def register(app: typer.Typer) -> None:
         choice: list[str] = typer.Option([], "--choice", help="Answer with one of these "  # noqa: B008
                                          "labels (repeatable)."),
         regex: str = typer.Option(None, "--regex", help="Answer matching this pattern."),
+        adapter: str = typer.Option(None, "--adapter", help="LoRA adapter folder (edgeweave "
+                                    "finetune --out) run unmerged on the model."),
     ) -> None:
         """Generate text with our own decode loop and print its metrics."""
         from edgeweave.runtime.policy import ProcessPolicy
@@ -47,6 +49,7 @@ def register(app: typer.Typer) -> None:
                      temperature=temperature, top_k=top_k, top_p=top_p,
                      repetition_penalty=repetition_penalty, stop=tuple(stop), seed=seed,
                      choice=EngineChoice(backend, variant, threads), output=output,
+                     adapter=adapter,
                      echo=lambda s: console.print(s, end="", markup=False, highlight=False),
                      report=lambda r: console.print(
                          f"\n[dim]{r.runtime['backend']} {r.runtime['variant']} · "

@@ -49,6 +49,10 @@ def register(app: typer.Typer) -> None:
         embeddings: bool = typer.Option(
             True, "--embeddings/--no-embeddings",
             help="Serve /v1/embeddings with the bundled all-MiniLM-L6-v2 (loaded on first use)."),
+        adapter: Annotated[list[str] | None, typer.Option(
+            "--adapter", help="NAME=DIR: serve the LoRA adapter in DIR (edgeweave finetune "
+                              "--out) unmerged; a request selects it with model=NAME "
+                              "(repeatable).")] = None,
         backend: str = backend_option(),
         variant: str = variant_option(),
         threads: int = threads_option(),
@@ -58,6 +62,7 @@ def register(app: typer.Typer) -> None:
         from edgeweave.runtime.policy import ProcessPolicy
 
         ProcessPolicy.for_this_process(threads=threads).apply()  # before numpy/onnxruntime
+        from edgeweave.runtime.adapters import AdapterSpec
         from edgeweave.runtime.local import EngineChoice
         from edgeweave.serve.config import ServeConfig, read_api_key_file
         from edgeweave.serve.server import ServerAddress, serve
@@ -69,9 +74,14 @@ def register(app: typer.Typer) -> None:
                           max_body_bytes=max_body_bytes, embeddings=embeddings)
         ServerAddress(host, port)  # a bad address fails before the warning and the load
         choice = EngineChoice(backend, variant, threads)
+        specs = {s.name: s.folder for s in map(AdapterSpec.parse, adapter or ())}
+        if len(specs) != len(adapter or ()):
+            from edgeweave.errors import ConfigError
+
+            raise ConfigError("two --adapter options share a name: give each its own")
         if not keys and host not in ("127.0.0.1", "localhost", "::1"):
             typer.secho(f"warning: serving on {host} without --api-key", err=True,
                         fg=typer.colors.YELLOW)
         serve(model, host=host, port=port, config=cfg, plan=plan, nodes=tuple(node or ()),
               tls_dir=tls_dir, mqtt=mqtt, fleet=fleet, fleet_file=fleet_file,
-              objective=objective, choice=choice)
+              objective=objective, choice=choice, adapters=specs)

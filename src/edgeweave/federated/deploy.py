@@ -221,10 +221,14 @@ class Deployment:
             time.sleep(0.2)
         raise RuntimeStageError(f"{name} did not listen on {port} in {timeout} s")
 
-    def run(self, out: Path, timeout: float = 300, evaluate: bool = False) -> dict[str, Any]:
-        """Submit the app (``flwr run``), wait for it and return the ServerApp's results."""
-        app = write_app(self.workdir / "app", self.cfg,
-                        {"out": str(out), "evaluate": evaluate})
+    def run(self, out: Path, timeout: float = 300, evaluate: bool = False,
+            adapter_out: Path | None = None) -> dict[str, Any]:
+        """Submit the app (``flwr run``), wait for it and return the ServerApp's results
+        (and the final global adapter written to ``adapter_out``, when given)."""
+        extra: dict[str, Any] = {"out": str(out), "evaluate": evaluate}
+        if adapter_out is not None:
+            extra["adapter_out"] = str(Path(adapter_out).resolve())
+        app = write_app(self.workdir / "app", self.cfg, extra)
         r = self._flwr("run", str(app), "edgeweave", "--stream", timeout=timeout)
         if not out.is_file():
             raise RuntimeStageError(f"the run wrote no results; flwr run said:\n{r.stdout[-3000:]}"

@@ -117,6 +117,25 @@ def run_strategy(cfg: FedConfig, grid, evaluate: bool = True) -> dict[str, Any]:
             "warmup": warmup, "final_arrays": final, "final_control": strategy.control}
 
 
+def save_global_adapter(cfg: FedConfig, region: tuple[int, ...] | list[int],
+                        arrays: dict[str, np.ndarray], folder: str, metrics: dict | None = None
+                        ) -> str:
+    """Write the run's final global adapter as an adapter folder (what ``edgeweave serve
+    --adapter`` and ``merge_to_folder`` read). It has the global rank (the largest tier's:
+    smaller clients' factors were zero-padded into it) on every block of the region (a
+    rolling window only limits what one client trains per round)."""
+    from edgeweave.finetune.adapter import save_adapter_state
+    from edgeweave.models.catalog import resolve
+    from edgeweave.models.fingerprint import checkpoint_fingerprint
+
+    name, model_folder = resolve(cfg.model)
+    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in arrays.items()}
+    save_adapter_state(folder, state, global_lora(cfg, tuple(region)), base=name,
+                       base_fingerprint=checkpoint_fingerprint(model_folder),
+                       metrics={"federated": True, "rounds": cfg.rounds, **(metrics or {})})
+    return folder
+
+
 def client_mods(cfg: FedConfig) -> list:
     if cfg.dp_clip <= 0:
         return []
@@ -157,8 +176,11 @@ def make_server_app():
         rc = dict(context.run_config)
         cfg = FedConfig.from_run_config(rc)
         res = run_strategy(cfg, grid, evaluate=bool(rc.get("evaluate", False)))
-        res.pop("final_arrays")
+        final = res.pop("final_arrays")
         res.pop("final_control", None)
+        if rc.get("adapter_out"):
+            save_global_adapter(cfg, res["region"], final, str(rc["adapter_out"]),
+                                {"final_eval": res.get("final_eval")})
         if rc.get("out"):
             atomic_write_json(str(rc["out"]), res)
 

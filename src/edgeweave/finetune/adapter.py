@@ -18,21 +18,29 @@ import torch
 from torch import nn
 
 from edgeweave.errors import ArtifactError
+from edgeweave.finetune.config import ADAPTER_KIND as KIND
+from edgeweave.finetune.config import ADAPTER_MANIFEST as MANIFEST
+from edgeweave.finetune.config import ADAPTER_WEIGHTS as WEIGHTS
 from edgeweave.finetune.config import LoRAConfig
 from edgeweave.finetune.lora import adapter_state, apply_lora, load_adapter_state, merge_lora
 from edgeweave.paths import atomic_dir
 
-WEIGHTS = "adapter.safetensors"
-MANIFEST = "manifest.json"
-KIND = "edgeweave-lora-adapter"
-
 
 def save_adapter(folder: str | Path, model: nn.Module, lora: LoRAConfig, *, base: str = "",
                  base_fingerprint: str = "", metrics: dict[str, Any] | None = None) -> Path:
+    return save_adapter_state(folder, adapter_state(model), lora, base=base,
+                              base_fingerprint=base_fingerprint, metrics=metrics)
+
+
+def save_adapter_state(folder: str | Path, state: dict[str, torch.Tensor], lora: LoRAConfig, *,
+                       base: str = "", base_fingerprint: str = "",
+                       metrics: dict[str, Any] | None = None) -> Path:
+    """Write an adapter folder from its tensors (PEFT keys without the adapter name), e.g.
+    the global adapter a federated run ends with."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    state = {k: v.contiguous() for k, v in adapter_state(model).items()}
+    state = {k: v.detach().float().contiguous() for k, v in state.items()}
     with atomic_dir(folder) as tmp:
         save_file(state, str(tmp / WEIGHTS))
         digest = hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()

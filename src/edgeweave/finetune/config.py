@@ -6,6 +6,7 @@ Both configs validate in ``__post_init__``, carry a ``version`` and round-trip t
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -13,6 +14,20 @@ from edgeweave.errors import ConfigError
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BASE_DTYPES = ("float32", "bfloat16", "int8")
+# an adapter folder (finetune.adapter writes it, runtime.adapters serves it without torch)
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_MANIFEST = "manifest.json"
+ADAPTER_KIND = "edgeweave-lora-adapter"
+# adapter tensor names: PEFT's keys without the adapter name (A: (r, in), B: (out, r))
+ADAPTER_KEY = re.compile(r"^layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)\.lora_([AB])\.weight$")
+
+
+def parse_key(key: str) -> tuple[int, str, str, str]:
+    """``layers.3.self_attn.q_proj.lora_A.weight`` -> ``(3, "self_attn", "q_proj", "A")``."""
+    m = ADAPTER_KEY.match(key)
+    if m is None:
+        raise ConfigError(f"{key!r} is not a LoRA adapter key")
+    return int(m.group(1)), m.group(2), m.group(3), m.group(4)
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:

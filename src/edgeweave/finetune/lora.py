@@ -9,16 +9,14 @@ adapter name, e.g. ``layers.3.self_attn.q_proj.lora_A.weight`` (A: ``(r, in)``, 
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
 from edgeweave.errors import ConfigError
-from edgeweave.finetune.config import LoRAConfig
+from edgeweave.finetune.config import ADAPTER_KEY as _KEY
+from edgeweave.finetune.config import LoRAConfig, parse_key  # noqa: F401 - re-exported
 
 ADAPTER = "default"
-_KEY = re.compile(r"^layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)\.lora_([AB])\.weight$")
 
 
 def target_regex(cfg: LoRAConfig, num_layers: int) -> str:
@@ -96,14 +94,6 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor],
         missing = sorted(set(adapter_state(model)) - seen)
         if missing:
             raise ConfigError(f"adapter lacks {len(missing)} tensors, e.g. {missing[:2]}")
-
-
-def parse_key(key: str) -> tuple[int, str, str, str]:
-    """``layers.3.self_attn.q_proj.lora_A.weight`` -> ``(3, "self_attn", "q_proj", "A")``."""
-    m = _KEY.match(key)
-    if m is None:
-        raise ConfigError(f"{key!r} is not a LoRA adapter key")
-    return int(m.group(1)), m.group(2), m.group(3), m.group(4)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from edgeweave.errors import GenerationError
 from edgeweave.runtime.engine import EngineSession
@@ -19,20 +20,30 @@ from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, wh
 def run_generate(prompt: str, *, model: str = "smollm2-135m-instruct", chat: bool = False,
                  stream: bool = False, echo: Callable[[str], None] = print,
                  report: Callable[[GenerationResult], None] | None = None,
-                 choice: EngineChoice | None = None, **sampling: object) -> GenerationResult:
+                 choice: EngineChoice | None = None, adapter: str | Path | None = None,
+                 **sampling: object) -> GenerationResult:
     """Build ``model``'s engine (``choice``: ONNX Runtime int4 by default), generate for
-    ``prompt`` and echo text (streamed or at the end)."""
+    ``prompt`` and echo text (streamed or at the end); ``adapter`` is a LoRA adapter folder
+    (``edgeweave finetune --out``) run unmerged on the base."""
     params = SamplingParams(**sampling)  # validate before the (slow) model load
     if not prompt.strip():
         raise GenerationError("the prompt is empty: give some text to continue or answer")
     check_text(prompt)
     choice = choice or EngineChoice()
+    lora = None
+    if adapter is not None:  # checked against the model before it loads
+        from edgeweave.runtime.adapters import AdapterSpec, load_checked
+
+        lora = load_checked((AdapterSpec("adapter", Path(adapter)),), model)["adapter"]
     stage = whole_model(model, choice)
+    if lora is not None:
+        stage.add_adapter(lora)
     tokenizer = tokenizer_for(model)
     ids = encode_prompt(tokenizer, prompt, chat)
     # a KV cache for this request, not for the model's whole context (8192 positions of
     # SmolLM2 are 377 MB of fp32 cache)
-    engine = EngineSession(stage, len(ids) + params.max_tokens)
+    engine = EngineSession(stage, len(ids) + params.max_tokens,
+                           None if lora is None else lora.name)
     pieces: list[str] = []
     tokens: list[int] = []
     last = None

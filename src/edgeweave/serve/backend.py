@@ -7,17 +7,23 @@ by default, or torch) between all sessions; ``CoordinatorSessions`` plugs a dist
 coordinator in the same way. Both say what they run (``engine_info``: backend and variant),
 which ``/health``, ``/v1/models`` and every response report. A factory may also say what
 its caches hold (``cache_usage``), which ``/metrics`` reads at every scrape.
+
+LoRA adapters (``--adapter NAME=DIR``) are registered with the shared engine once and run
+unmerged; ``new_session(adapter=NAME)`` opens a session that uses one, so requests for the
+base and for any adapter share the same base weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from edgeweave.errors import ConfigError
 from edgeweave.models.tokenizer import Tokenizer
+from edgeweave.runtime.adapters import Adapter, AdapterSpec, load_checked
 from edgeweave.runtime.engine import EngineSession, LogitsEngine
 from edgeweave.runtime.engines.base import EngineConfig
 from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
@@ -54,9 +60,12 @@ class SessionFactory(Protocol):
     model_id: str
     tokenizer: Tokenizer
     max_len: int  # the longest sequence (prompt + generated) one session can hold
+    adapters: dict[str, Adapter]  # LoRA adapters a request may name as its model
 
-    def new_session(self, max_len: int | None = None) -> LogitsEngine:
-        """A fresh engine with its own state, able to hold ``max_len`` tokens (or the most)."""
+    def new_session(self, max_len: int | None = None, adapter: str | None = None
+                    ) -> LogitsEngine:
+        """A fresh engine with its own state, able to hold ``max_len`` tokens (or the most),
+        running the adapter named ``adapter`` (None: the base model)."""
         ...
 
     def close(self) -> None:
@@ -90,9 +99,22 @@ class LocalSessions:
         self.model_id = model_id
         self.tokenizer = tokenizer
         self.max_len = min(max_len or engine.max_position, engine.max_position)
+        self.adapters: dict[str, Adapter] = {}
+
+    def add_adapters(self, specs: Sequence[AdapterSpec]) -> LocalSessions:
+        """Load, check (against the served model) and register ``specs``; all or none."""
+        loaded = load_checked(tuple(specs), self.engine.config.model, self.model_id)
+        clash = sorted(set(loaded) & set(self.adapters))
+        if clash:
+            raise ConfigError(f"adapter names {clash} are served already: pick other names")
+        for adapter in loaded.values():
+            self.engine.add_adapter(adapter)
+        self.adapters.update(loaded)
+        return self
 
     @classmethod
-    def from_loaded(cls, lm: Any, max_len: int | None = None) -> LocalSessions:
+    def from_loaded(cls, lm: Any, max_len: int | None = None,
+                    adapters: Sequence[AdapterSpec] = ()) -> LocalSessions:
         """Serve an already loaded ``LoadedModel`` on the torch reference engine (its
         weights are shared, not copied): for tests and notebooks that hold a model."""
         from edgeweave.runtime.engines.torch import TorchStageEngine
@@ -100,15 +122,24 @@ class LocalSessions:
 
         n = lm.config.num_layers
         cfg = EngineConfig(str(lm.folder), Shard(0, n, n), "fp32", "torch")
-        return cls(TorchStageEngine(cfg, model=lm.model), lm.tokenizer, lm.name, max_len)
+        return cls(TorchStageEngine(cfg, model=lm.model), lm.tokenizer, lm.name,
+                   max_len).add_adapters(adapters)
 
     @classmethod
     def load(cls, model: str, choice: EngineChoice | None = None,
-             max_len: int | None = None) -> LocalSessions:
-        return cls(whole_model(model, choice), tokenizer_for(model), Path(model).name, max_len)
+             max_len: int | None = None, adapters: Sequence[AdapterSpec] = ()
+             ) -> LocalSessions:
+        if adapters:  # a wrong adapter is refused before the (slow) model load
+            load_checked(tuple(adapters), model, Path(model).name)
+        return cls(whole_model(model, choice), tokenizer_for(model), Path(model).name,
+                   max_len).add_adapters(adapters)
 
-    def new_session(self, max_len: int | None = None) -> LogitsEngine:
-        return EngineSession(self.engine, min(max_len or self.max_len, self.max_len))
+    def new_session(self, max_len: int | None = None, adapter: str | None = None
+                    ) -> LogitsEngine:
+        if adapter is not None and adapter not in self.adapters:
+            raise ConfigError(f"no adapter {adapter!r} is served here (adapters: "
+                              f"{sorted(self.adapters)})")
+        return EngineSession(self.engine, min(max_len or self.max_len, self.max_len), adapter)
 
     def close(self) -> None:
         pass  # the weights go with the process; nothing remote to release
@@ -143,9 +174,25 @@ class CoordinatorSessions:
         self.tokenizer = tok
         self.model_id = model_id or Path(str(coordinator.model)).name
         self.max_len = int(coordinator.max_len)
+        # the coordinator's own table: it sends each adapter to every stage it loads
+        self.adapters: dict[str, Adapter] = getattr(coordinator, "adapters", {})
 
-    def new_session(self, max_len: int | None = None) -> LogitsEngine:
-        return self.coordinator.new_session(min(max_len or self.max_len, self.max_len))
+    def add_adapters(self, specs: Sequence[AdapterSpec]) -> CoordinatorSessions:
+        """Load, check (against the coordinator's model) and send ``specs`` to every stage."""
+        loaded = load_checked(tuple(specs), str(self.coordinator.model), self.model_id)
+        clash = sorted(set(loaded) & set(self.adapters))
+        if clash:
+            raise ConfigError(f"adapter names {clash} are served already: pick other names")
+        for adapter in loaded.values():
+            self.coordinator.add_adapter(adapter)
+        return self
+
+    def new_session(self, max_len: int | None = None, adapter: str | None = None
+                    ) -> LogitsEngine:
+        n = min(max_len or self.max_len, self.max_len)
+        if adapter is None:
+            return self.coordinator.new_session(n)
+        return self.coordinator.new_session(n, adapter=adapter)
 
     def close(self) -> None:
         self.coordinator.close()

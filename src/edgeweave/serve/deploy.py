@@ -23,6 +23,7 @@ from typing import Any
 
 from edgeweave.errors import ConfigError
 from edgeweave.netaddr import parse_hostport
+from edgeweave.runtime.adapters import AdapterSpec, load_checked
 from edgeweave.runtime.local import EngineChoice
 from edgeweave.serve.backend import CoordinatorSessions, LocalSessions, SessionFactory
 from edgeweave.types import Plan
@@ -84,14 +85,19 @@ def make_adapter(model: str, fleet_file: str | Path, plan: Plan | None,
 def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = (),
           tls_dir: str | Path | None = None, mqtt: str | None = None,
           fleet: str | None = None, fleet_file: str | Path | None = None,
-          objective: str = "latency", choice: EngineChoice | None = None) -> Deployment:
-    """``choice`` is the backend (and, without a plan, the variant) every stage runs."""
+          objective: str = "latency", choice: EngineChoice | None = None,
+          adapters: Sequence[AdapterSpec] = ()) -> Deployment:
+    """``choice`` is the backend (and, without a plan, the variant) every stage runs;
+    ``adapters`` are LoRA adapters served unmerged beside the base (in this process, or
+    sent by the coordinator to every stage of the plan)."""
     choice = choice or EngineChoice()
     if plan is None and fleet_file is None:
         if nodes or mqtt:
             raise ConfigError("--node and --mqtt need --plan or --fleet-file: they act on a "
                               "distributed plan")
-        return Deployment(LocalSessions.load(model, choice))
+        return Deployment(LocalSessions.load(model, choice, adapters=adapters))
+    if adapters:  # refused before any node is asked to load a stage
+        load_checked(tuple(adapters), model, Path(model).name)
     the_plan = read_plan(plan) if plan is not None else None
     adapter = make_adapter(model, fleet_file, the_plan, objective) if fleet_file else None
     if the_plan is None:
@@ -107,7 +113,13 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
         from edgeweave.runtime.launch import embedded
 
         coord = embedded(model, the_plan, backend=choice.backend)
-    dep = Deployment(CoordinatorSessions(coord, model_id=Path(model).name))
+    sessions = CoordinatorSessions(coord, model_id=Path(model).name)
+    try:
+        sessions.add_adapters(adapters)  # sent to every stage (and to stages of later plans)
+    except BaseException:
+        sessions.close()
+        raise
+    dep = Deployment(sessions)
     if mqtt:
         from edgeweave.control.monitor import FleetMonitor
         from edgeweave.control.planner import PlannerBridge, monitor_config_for

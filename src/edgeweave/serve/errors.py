@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -59,11 +60,11 @@ def rate_limited(message: str) -> APIError:
     return APIError(429, message, "rate_limit_error", None, "rate_limit_exceeded")
 
 
-def model_not_found(model: str, served: str, *more: str) -> APIError:
-    names = " and ".join(repr(m) for m in (served, *more))
+def model_not_found(model: str, served: str | Sequence[str], *more: str) -> APIError:
+    names = ([served] if isinstance(served, str) else list(served)) + list(more)
     return APIError(404, f"the model {model!r} does not exist here: this server serves "
-                         f"{names} (see GET /v1/models)", "invalid_request_error", "model",
-                    "model_not_found")
+                         f"{', '.join(repr(n) for n in names)} (see GET /v1/models)",
+                    "invalid_request_error", "model", "model_not_found")
 
 
 def server_error(message: str) -> APIError:

@@ -51,6 +51,7 @@ class Job:
     params: SamplingParams
     sink: Callable[[Event], None]
     tag: str = ""  # the endpoint, for metrics
+    adapter: str | None = None  # the LoRA adapter the request named as its model
     arrived: float = field(default_factory=time.perf_counter)
     started: float | None = None  # when its session was created (end of queueing)
     cancelled: bool = False
@@ -171,7 +172,8 @@ class Scheduler:
     def _start(self, job: Job) -> Generation:
         job.started = time.perf_counter()
         n = len(job.prompt_ids) + job.params.max_tokens
-        job.engine = self.sessions.new_session(n)
+        job.engine = (self.sessions.new_session(n) if job.adapter is None else
+                      self.sessions.new_session(n, adapter=job.adapter))
         job.generation = Generation(job.engine, self.sessions.tokenizer, job.prompt_ids,
                                     job.params)
         return job.generation

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgeweave.errors import ConfigError
 from edgeweave.netaddr import check_bindable, check_host, check_port
+from edgeweave.runtime.adapters import adapter_specs
 from edgeweave.runtime.local import EngineChoice
 from edgeweave.serve.backend import SessionFactory
 from edgeweave.serve.config import ServeConfig
@@ -44,17 +47,24 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port
           backend: SessionFactory | None = None, plan: str | None = None,
           nodes: tuple[str, ...] = (), tls_dir: str | None = None, mqtt: str | None = None,
           fleet: str | None = None, fleet_file: str | None = None, objective: str = "latency",
-          log_level: str = "info", choice: EngineChoice | None = None) -> None:
+          log_level: str = "info", choice: EngineChoice | None = None,
+          adapters: Mapping[str, str | Path] | None = None) -> None:
     """Serve ``model`` (in-process, or over ``plan``; see :mod:`edgeweave.serve.deploy`)
-    until interrupted. A ready ``backend`` skips the loading."""
+    until interrupted. A ready ``backend`` skips the loading. ``adapters`` maps a name to
+    an adapter folder (``edgeweave finetune --out``): a request whose ``model`` is that name
+    runs the adapter unmerged on the shared base."""
     from edgeweave.serve.deploy import Deployment, build
 
     cfg = config or ServeConfig(api_keys=api_keys)
     address = ServerAddress(host, port)  # validate before the slow model load
     check_bindable(address.host, address.port)
+    specs = adapter_specs(adapters)
+    if backend is not None and specs:
+        raise ConfigError("pass adapters to the backend (LocalSessions.add_adapters), not "
+                          "beside a ready backend")
     dep = Deployment(backend) if backend is not None else build(
         model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet,
-        fleet_file=fleet_file, objective=objective, choice=choice)
+        fleet_file=fleet_file, objective=objective, choice=choice, adapters=specs)
     try:
         _uvicorn_server(dep.backend, cfg, address, log_level).run()
     finally:

@@ -28,6 +28,10 @@ float rounding of the batched kernels (exact for the sequences' tokens under gre
 on the fp32 reference, checked in ``tests/runtime/test_batch_forward.py``).
 
 Memory accounting is per session (``session_bytes``) so the server can cap and evict.
+
+LoRA adapters (``runtime.adapters``) are registered once with ``add_adapter`` and chosen per
+session when it opens (``open(..., adapter=name)``); they run unmerged beside the base
+layers, so sessions with and without adapters share one set of base weights.
 """
 
 from __future__ import annotations
@@ -35,12 +39,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from edgeweave.errors import ConfigError, RuntimeStageError
 from edgeweave.types import Shard
+
+if TYPE_CHECKING:
+    from edgeweave.runtime.adapters import Adapter
 
 _VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # e.g. fp32, int8, int4, int4-rtn
 
@@ -88,8 +95,13 @@ class StageEngine(Protocol):
     vocab_size: int
     max_position: int
 
-    def open(self, session_id: str, max_len: int) -> None:
-        """Create (or reset to empty) the session's KV cache for up to ``max_len`` tokens."""
+    def open(self, session_id: str, max_len: int, adapter: str | None = None) -> None:
+        """Create (or reset to empty) the session's KV cache for up to ``max_len`` tokens;
+        its steps run with the registered adapter ``adapter`` (None: the base model)."""
+        ...
+
+    def add_adapter(self, adapter: Adapter) -> None:
+        """Register a LoRA adapter (its factors of this stage's blocks) under its name."""
         ...
 
     def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:

@@ -9,19 +9,25 @@ Consecutive slots make a batch: ``forward_batch`` steps many sessions' decode to
 run (one read of the weights), each row with its own length (``seqlens_k``). Graphs come from
 :mod:`~edgeweave.runtime.engines.onnx_export` and are cached on disk by
 :mod:`~edgeweave.runtime.engines.onnx_cache`.
+
+LoRA adapters run unmerged on a second graph of the stage, its LoRA twin (factor inputs
+beside every fused linear, ``onnx_lora``), loaded when the first adapter is added: a
+session opened with an adapter binds that adapter's factors to the twin once, sessions
+without one keep the base graph and its speed. The twin holds its own copy of the base
+weights (ONNX Runtime prepacks per session), the price of leaving the base path untouched.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeweave.errors import ConfigError, GenerationError
+from edgeweave.errors import ConfigError, GenerationError, RuntimeStageError
 from edgeweave.runtime.engines.base import (
     EngineConfig,
     SessionNotFound,
@@ -219,6 +225,7 @@ class _Session:
     slot: int = -1
     length: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    adapter: str | None = None  # a LoRA adapter: the session runs on the LoRA twin graph
 
 
 class OnnxStageEngine:
@@ -227,7 +234,8 @@ class OnnxStageEngine:
     def __init__(self, config: EngineConfig, model_path: str | os.PathLike[str],
                  hidden_size: int, vocab_size: int, kv_shape: tuple[int, int],
                  profile: SessionProfile | None = None, info: dict[str, Any] | None = None,
-                 max_position: int = 2048) -> None:
+                 max_position: int = 2048, lora_graph: Callable[[], Path] | None = None
+                 ) -> None:
         import onnxruntime as ort
 
         self.config = config
@@ -247,11 +255,49 @@ class OnnxStageEngine:
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._input = "input_ids" if config.shard.is_first else "hidden_states"
         self._output = "logits" if config.shard.is_last else "hidden_states_out"
+        # unmerged LoRA: how to get the LoRA twin graph, its session once loaded, and the
+        # factor inputs of every added adapter (OrtValues bound by its sessions)
+        self._lora_graph = lora_graph
+        self._lora: Any = None
+        self._adapters: dict[str, dict[str, Any]] = {}
+
+    # -- adapters ---------------------------------------------------------------------------
+    def add_adapter(self, adapter: Any) -> None:
+        """Make ``adapter`` (a ``runtime.adapters.Adapter``) available to sessions opened
+        with ``adapter=adapter.name``; the first one loads the LoRA twin graph."""
+        import onnxruntime as ort
+
+        from edgeweave.runtime.engines.onnx_lora import pack
+
+        if self._lora is None:
+            if self._lora_graph is None:
+                raise ConfigError(f"stage {self.config.key} was built without its LoRA graph: "
+                                  "build the engine with build_engine, or use --backend torch")
+            from edgeweave.runtime.policy import trim_heap
+
+            self._lora = ort.InferenceSession(str(self._lora_graph()), self.profile.options(),
+                                              providers=self.profile.providers())
+            trim_heap()  # as open_engine: the raw weights freed after prepacking
+        shapes = {i.name: (int(i.shape[0]), 0) for i in self._lora.get_inputs()
+                  if i.name.startswith("lora_a.")}
+        for i in self._lora.get_inputs():
+            if i.name.startswith("lora_b."):
+                a = "lora_a." + i.name.removeprefix("lora_b.")
+                shapes[a] = (shapes[a][0], int(i.shape[1]))
+        arrays = pack(adapter, list(self._layers), shapes, self._kv_heads * self._head_dim)
+        self._adapters[adapter.name] = {k: ort.OrtValue.ortvalue_from_numpy(v)
+                                        for k, v in arrays.items()}
+
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
 
     # -- sessions ---------------------------------------------------------------------------
-    def open(self, session_id: str, max_len: int) -> None:
+    def open(self, session_id: str, max_len: int, adapter: str | None = None) -> None:
+        if adapter is not None and adapter not in self._adapters:
+            raise RuntimeStageError(f"stage {self.config.key} has no adapter {adapter!r} (it "
+                                    f"has {sorted(self._adapters)}): add it first")
         old = self._sessions.get(session_id)
-        if old is not None and old.max_len >= max_len:
+        if old is not None and old.max_len >= max_len and old.adapter == adapter:
             old.length = 0
             return
         if old is not None:
@@ -268,7 +314,7 @@ class OnnxStageEngine:
         if pool is None:
             pool = self._pools[length] = _Pool(len(self._layers), self._kv_heads, length,
                                                self._head_dim)
-        s = _Session(pool, max_len)
+        s = _Session(pool, max_len, adapter=adapter)
         pool.add(s)
         self._sessions[session_id] = s
 
@@ -279,21 +325,27 @@ class OnnxStageEngine:
             raise SessionNotFound(f"stage {self.config.key} has no session {session_id!r}: "
                                   "open it first (it may have been evicted)") from None
 
-    def _binding(self, pool: _Pool, start: int, count: int) -> Any:
+    def _runner(self, adapter: str | None) -> Any:
+        return self.session if adapter is None else self._lora
+
+    def _binding(self, pool: _Pool, start: int, count: int, adapter: str | None = None) -> Any:
         """An IO binding whose past and present are the views of slots [start, start +
         count) of ``pool`` (the same memory: GroupQueryAttention appends in place), reused
-        while the pool's arrays stay where they are."""
+        while the pool's arrays stay where they are. With ``adapter`` it belongs to the LoRA
+        twin graph, with that adapter's factors bound (shared by all of its sessions)."""
         import onnxruntime as ort
 
-        key = (pool.length, start, count)
+        key = (pool.length, start, count, adapter)
         hit = self._bindings.get(key)
         if hit is not None and hit[0] is pool and hit[1] == pool.version:
             return hit[2]
         self._forget_bindings(pool, keep_current=True)  # stale views hold old arrays alive
         if len(self._bindings) > 64:
             self._bindings.clear()
-        binding = self.session.io_binding()
+        binding = self._runner(adapter).io_binding()
         binding.bind_output(self._output, "cpu")  # first: get_outputs()[0] is the result
+        for name, value in (self._adapters[adapter] if adapter is not None else {}).items():
+            binding.bind_ortvalue_input(name, value)
         held = []
         for j, i in enumerate(self._layers):
             for kind, arrs in (("key", pool.keys), ("value", pool.values)):
@@ -315,14 +367,16 @@ class OnnxStageEngine:
                                   f"{total}: lower max_tokens or shorten the prompt")
         return total
 
-    def _run(self, binding: Any, arr: np.ndarray, seqlens: np.ndarray, total: int) -> np.ndarray:
+    def _run(self, binding: Any, arr: np.ndarray, seqlens: np.ndarray, total: int,
+             adapter: str | None = None) -> np.ndarray:
         binding.bind_cpu_input(self._input, arr)
         binding.bind_cpu_input("seqlens_k", seqlens)
         binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         binding.bind_output(self._output, "cpu")
         # a prefill's activations are T times a decode step's: give them back afterwards
         # instead of keeping the arena at the largest prompt seen (decode steps reuse theirs)
-        self.session.run_with_iobinding(binding, self._shrink if arr.shape[1] > 1 else None)
+        self._runner(adapter).run_with_iobinding(binding,
+                                                 self._shrink if arr.shape[1] > 1 else None)
         return binding.get_outputs()[0].numpy()
 
     def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:
@@ -330,25 +384,26 @@ class OnnxStageEngine:
         dtype = np.int64 if self.config.shard.is_first else np.float32
         arr = np.ascontiguousarray(x, dtype=dtype)
         total = self._check_room(s, arr.shape[1])
-        out = self._run(self._binding(s.pool, s.slot, 1), arr,
-                        np.array([total - 1], np.int32), total)
+        out = self._run(self._binding(s.pool, s.slot, 1, s.adapter), arr,
+                        np.array([total - 1], np.int32), total, s.adapter)
         s.length = total
         return out[:, -1] if self.config.shard.is_last else out  # logits (B, vocab)
 
     def forward_batch(self, session_ids: Sequence[str], xs: Sequence[np.ndarray]
                       ) -> list[np.ndarray]:
         """Decode steps (one token each) of sessions in the same pool run as one batch of
-        ``GroupQueryAttention`` rows, each with its own ``seqlens_k``; prefill chunks (and a
-        session alone in its pool) run one by one, as ``forward``."""
+        ``GroupQueryAttention`` rows, each with its own ``seqlens_k``, on the graph of their
+        adapter (sessions of different adapters run apart); prefill chunks (and a session
+        alone in its pool) run one by one, as ``forward``."""
         check_batch(session_ids, xs)
         sessions = [self._get(sid) for sid in session_ids]
         for s, x in zip(sessions, xs, strict=True):
             self._check_room(s, x.shape[1])
         out: list[np.ndarray | None] = [None] * len(xs)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, str | None], list[int]] = {}
         for j, (s, x) in enumerate(zip(sessions, xs, strict=True)):
             if x.shape[1] == 1:
-                groups.setdefault(s.pool.length, []).append(j)
+                groups.setdefault((s.pool.length, s.adapter), []).append(j)
         for rows in groups.values():
             if len(rows) > 1:
                 self._decode_rows([sessions[j] for j in rows], [xs[j] for j in rows], rows, out)
@@ -370,8 +425,9 @@ class OnnxStageEngine:
         dtype = np.int64 if self.config.shard.is_first else np.float32
         arr = np.concatenate([np.asarray(xs[k], dtype=dtype) for k in order], axis=0)
         lengths = np.array([sessions[k].length for k in order], np.int32)
-        y = self._run(self._binding(pool, start, len(order)), np.ascontiguousarray(arr),
-                      lengths, int(lengths.max()) + 1)
+        adapter = sessions[0].adapter
+        y = self._run(self._binding(pool, start, len(order), adapter), np.ascontiguousarray(arr),
+                      lengths, int(lengths.max()) + 1, adapter)
         last = self.config.shard.is_last
         for r, k in enumerate(order):
             sessions[k].length += 1
@@ -416,15 +472,16 @@ class OnnxStageEngine:
 
 
 # -- building an engine ---------------------------------------------------------------------
-def open_engine(config: EngineConfig, export: Any, profile: SessionProfile | None = None
-                ) -> OnnxStageEngine:
-    """Load a built export (``onnx_build.Export``) as the stage engine of ``config``."""
+def open_engine(config: EngineConfig, export: Any, profile: SessionProfile | None = None,
+                lora_graph: Callable[[], Path] | None = None) -> OnnxStageEngine:
+    """Load a built export (``onnx_build.Export``) as the stage engine of ``config``;
+    ``lora_graph`` finds (or builds) its LoRA twin when an adapter is added."""
     from edgeweave.runtime.policy import trim_heap
 
     cfg = export.cfg
     engine = OnnxStageEngine(config, export.path, cfg.hidden_size, cfg.vocab_size,
                              (cfg.num_kv_heads, cfg.head_dim), profile, info=export.info(),
-                             max_position=cfg.max_position)
+                             max_position=cfg.max_position, lora_graph=lora_graph)
     trim_heap()  # the raw weights ONNX Runtime freed after prepacking them
     return engine
 
@@ -439,7 +496,10 @@ def build_engine(config: EngineConfig, profile: SessionProfile | None = None,
     artifact; ``build`` says where a missing export is made (see ``onnx_build.ensure``)."""
     from edgeweave.runtime.engines.onnx_build import ensure
 
-    return open_engine(config, ensure(config, overrides, from_fp32, build), profile)
+    def lora_graph() -> Path:
+        return ensure(config, overrides, from_fp32, build, lora=True).path
+
+    return open_engine(config, ensure(config, overrides, from_fp32, build), profile, lora_graph)
 
 
 def engine_from_model(model: Any, config: EngineConfig, folder: str | os.PathLike[str],
@@ -448,7 +508,7 @@ def engine_from_model(model: Any, config: EngineConfig, folder: str | os.PathLik
                       ) -> OnnxStageEngine:
     """Export (or reuse) the graph of ``config.shard`` of an in-memory ``BlockModel`` into
     ``folder`` and load it (tests and benchmarks that hold a model already)."""
-    from edgeweave.runtime.engines.onnx_build import Export, export_spec
+    from edgeweave.runtime.engines.onnx_build import Export, export_spec, lora_dir, lora_manifest
     from edgeweave.runtime.engines.onnx_cache import cached_export, expected_manifest
     from edgeweave.runtime.engines.onnx_export import build_stage
     from edgeweave.variants import get
@@ -460,7 +520,13 @@ def engine_from_model(model: Any, config: EngineConfig, folder: str | os.PathLik
         raise ConfigError(f"export spec [{spec.start}, {spec.end}) differs from the stage {sh}")
     want = expected_manifest(source_fp, spec, recipe or {})
     path, reused = cached_export(Path(folder), want, lambda: build_stage(model, spec))
-    return open_engine(config, Export(path, reused, spec, recipe or {}, cfg), profile)
+
+    def lora_graph() -> Path:
+        return cached_export(lora_dir(Path(folder)), lora_manifest(want),
+                             lambda: build_stage(model, spec, lora=True))[0]
+
+    return open_engine(config, Export(path, reused, spec, recipe or {}, cfg), profile,
+                       lora_graph)
 
 
 def export_stages(model: str, variant: str = "fp32", cuts: list[int] | None = None,

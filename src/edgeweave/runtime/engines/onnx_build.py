@@ -13,6 +13,9 @@ A valid cached export is found from file metadata alone (the source's fingerprin
 the versions): no torch. A missing one is built where ``build`` says: ``process`` (here),
 ``child`` (a child process, so this one never imports torch and keeps its memory small) or
 ``auto`` (here when torch is already loaded, else a child).
+
+``lora=True`` finds or builds the stage's LoRA twin instead (the same graph with LoRA
+factor inputs, ``onnx_lora``), cached beside the base export in ``<start>-<end>+lora``.
 """
 
 from __future__ import annotations
@@ -115,30 +118,46 @@ def source(config: EngineConfig, from_fp32: bool = False,
     return _artifact_source(art, name, v)
 
 
-def _cached(src: Source, spec: ExportSpec) -> Export | None:
-    from edgeweave.runtime.engines.onnx_cache import (
-        expected_manifest,
-        export_dir,
-        fingerprint,
-        matches,
-    )
+def lora_dir(folder: Path) -> Path:
+    """Where the LoRA twin of the export in ``folder`` lives."""
+    return folder.with_name(folder.name + "+lora")
+
+
+def lora_manifest(want: dict[str, Any]) -> dict[str, Any]:
+    from edgeweave.runtime.engines.onnx_lora import LORA_GRAPH_VERSION
+
+    return {**want, "lora_inputs": LORA_GRAPH_VERSION}
+
+
+def _want(src: Source, spec: ExportSpec, lora: bool) -> tuple[Path, dict[str, Any]]:
+    from edgeweave.runtime.engines.onnx_cache import expected_manifest, export_dir, fingerprint
+
+    assert src.folder is not None
+    folder = export_dir(src.name, src.label, spec)
+    want = expected_manifest(fingerprint(src.folder), spec, src.recipe)
+    return (lora_dir(folder), lora_manifest(want)) if lora else (folder, want)
+
+
+def _cached(src: Source, spec: ExportSpec, lora: bool = False) -> Export | None:
+    from edgeweave.runtime.engines.onnx_cache import matches
 
     if src.folder is None:
         return None
-    folder = export_dir(src.name, src.label, spec)
-    if matches(folder, expected_manifest(fingerprint(src.folder), spec, src.recipe)):
+    folder, want = _want(src, spec, lora)
+    if matches(folder, want):
         return Export(folder / "model.onnx", True, spec, src.recipe, src.cfg, src.variant)
     return None
 
 
 def ensure(config: EngineConfig, overrides: dict[str, Any] | None = None,
-           from_fp32: bool = False, build: str = "auto") -> Export:
-    """The export of ``config``'s stage, built once if it is missing (see ``build``)."""
+           from_fp32: bool = False, build: str = "auto", lora: bool = False) -> Export:
+    """The export of ``config``'s stage (its LoRA twin when ``lora``), built once if it is
+    missing (see ``build``)."""
     if build not in BUILD_MODES:
         raise ConfigError(f"build must be one of {BUILD_MODES} (got {build!r})")
     src = source(config, from_fp32, overrides)
     spec = export_spec(src.variant, config.shard, src.cfg.max_position, overrides)
-    found = _cached(src, spec)
+    found = _cached(src, spec, lora)
     if found is not None:
         return found
     mode = build if build != "auto" else ("process" if "torch" in sys.modules else "child")
@@ -146,23 +165,19 @@ def ensure(config: EngineConfig, overrides: dict[str, Any] | None = None,
         raise RuntimeStageError(f"stage {config.key} of {config.model} has no ONNX export yet: "
                                 "run `edgeweave export` once, or allow building it")
     if mode == "child":
-        _build_in_child(config, overrides, from_fp32)
+        _build_in_child(config, overrides, from_fp32, lora)
         src = source(config, from_fp32, overrides)
-        found = _cached(src, spec)
+        found = _cached(src, spec, lora)
         if found is None:
             raise RuntimeStageError(f"the child process built no usable export of stage "
                                     f"{config.key}: run `edgeweave export` to see why")
         return Export(found.path, False, spec, found.recipe, found.cfg, found.variant)
-    return _build_here(config, src, spec)
+    return _build_here(config, src, spec, lora)
 
 
-def _build_here(config: EngineConfig, src: Source, spec: ExportSpec) -> Export:
-    from edgeweave.runtime.engines.onnx_cache import (
-        cached_export,
-        expected_manifest,
-        export_dir,
-        fingerprint,
-    )
+def _build_here(config: EngineConfig, src: Source, spec: ExportSpec,
+                lora: bool = False) -> Export:
+    from edgeweave.runtime.engines.onnx_cache import cached_export
     from edgeweave.runtime.engines.onnx_export import build_stage
 
     if src.folder is None:  # the variant's artifact: compress it once
@@ -181,17 +196,16 @@ def _build_here(config: EngineConfig, src: Source, spec: ExportSpec) -> Export:
 
         return load_model(config.model, shard=config.shard).model
 
-    want = expected_manifest(fingerprint(folder), spec, src.recipe)
-    path, reused = cached_export(export_dir(src.name, src.label, spec), want,
-                                 lambda: build_stage(load(), spec))
+    target, want = _want(src, spec, lora)
+    path, reused = cached_export(target, want, lambda: build_stage(load(), spec, lora=lora))
     return Export(path, reused, spec, src.recipe, src.cfg, src.variant)
 
 
 def _build_in_child(config: EngineConfig, overrides: dict[str, Any] | None,
-                    from_fp32: bool) -> None:
+                    from_fp32: bool, lora: bool = False) -> None:
     request = {"model": config.model, "variant": config.variant,
                "shard": [config.shard.start, config.shard.end, config.shard.n_layers],
-               "overrides": overrides or {}, "from_fp32": from_fp32}
+               "overrides": overrides or {}, "from_fp32": from_fp32, "lora": lora}
     log.info("building the ONNX export of stage %s of %s in a child process (keeps this "
              "process free of torch)", config.key, config.model)
     proc = subprocess.run([sys.executable, "-m", __name__, json.dumps(request)],
@@ -220,7 +234,8 @@ def _main(argv: list[str]) -> int:
     req = json.loads(argv[0])
     try:
         cfg = EngineConfig(req["model"], Shard(*req["shard"]), req["variant"], "onnx")
-        ensure(cfg, req["overrides"] or None, req["from_fp32"], build="process")
+        ensure(cfg, req["overrides"] or None, req["from_fp32"], build="process",
+               lora=bool(req.get("lora")))
     except EdgeweaveError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,6 +17,10 @@ Graph inputs: ``input_ids`` (int64, B x T) on the first stage or ``hidden_states
 ``total_sequence_length`` (int32 scalar); ``past_key_<i>``/``past_value_<i>``
 (float, B x kv x max_len x hd). Outputs: ``logits`` (B x T' x V; T' = 1 when only the last
 position is asked for) on the last stage or ``hidden_states_out``; ``present_key_<i>`` ...
+
+``build_stage(..., lora=True)`` builds the same graph with LoRA factor inputs beside every
+fused linear (``onnx_lora``): what sessions with an adapter run, while the others keep the
+base graph.
 """
 
 from __future__ import annotations
@@ -161,8 +165,26 @@ def _head_weight(model: BlockModel, spec: ExportSpec) -> Weight:
     return weight_of(head, spec.quant)
 
 
-def build_stage(model: BlockModel, spec: ExportSpec):
-    """Return the ``onnx.ModelProto`` of blocks ``[spec.start, spec.end)`` of ``model``."""
+def _lora_delta(g: _Graph, x: str, y: str, block: int, group: str, fan_in: int,
+                fan_out: int, inputs: list) -> str:
+    """``y + (x @ A) @ B`` with ``A`` (in, R) and ``B`` (R, out) as graph inputs."""
+    from onnx import TensorProto, helper
+
+    from edgeweave.runtime.engines.onnx_lora import input_names, rank_dim
+
+    a, b = input_names(block, group)
+    r = rank_dim(block, group)
+    inputs += [helper.make_tensor_value_info(a, TensorProto.FLOAT, [fan_in, r]),
+               helper.make_tensor_value_info(b, TensorProto.FLOAT, [r, fan_out])]
+    name = f"layers.{block}.lora.{group}"
+    (xa,) = g.node("MatMul", [x, a], name=f"{name}/A")
+    (d,) = g.node("MatMul", [xa, b], name=f"{name}/B")
+    return g.node("Add", [y, d], name=f"{name}/Add")[0]
+
+
+def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
+    """Return the ``onnx.ModelProto`` of blocks ``[spec.start, spec.end)`` of ``model``
+    (with LoRA factor inputs when ``lora``, see the module docstring)."""
     from onnx import TensorProto, helper
 
     cfg = model.cfg
@@ -208,6 +230,8 @@ def build_stage(model: BlockModel, spec: ExportSpec):
         qkv_w = concat([weight_of(att.q_proj, spec.quant), weight_of(att.k_proj, spec.quant),
                         weight_of(att.v_proj, spec.quant)])
         qkv = g.linear(x, qkv_w, f"{p}.self_attn.qkv_proj", spec.accuracy_level)
+        if lora:
+            qkv = _lora_delta(g, x, qkv, i, "qkv", hidden, (nh + 2 * nkv) * hd, inputs)
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(
                 f"past_{kind}_{i}", fp, ["batch", nkv, "max_len", hd]))
@@ -223,6 +247,8 @@ def build_stage(model: BlockModel, spec: ExportSpec):
             rotary_interleaved=0)
         o = g.linear(attn, weight_of(att.o_proj, spec.quant), f"{p}.self_attn.o_proj",
                      spec.accuracy_level)
+        if lora:
+            o = _lora_delta(g, attn, o, i, "o", nh * hd, hidden, inputs)
         ln2 = g.init(f"{p}.post_attention_layernorm.weight",
                      _norm_weight(layer.post_attention_layernorm))
         x, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [o, residual, ln2],
@@ -230,6 +256,8 @@ def build_stage(model: BlockModel, spec: ExportSpec):
                                    epsilon=cfg.rms_norm_eps)
         gu_w = concat([weight_of(mlp.gate_proj, spec.quant), weight_of(mlp.up_proj, spec.quant)])
         gu = g.linear(x, gu_w, f"{p}.mlp.gate_up_proj", spec.accuracy_level)
+        if lora:
+            gu = _lora_delta(g, x, gu, i, "gate_up", hidden, 2 * cfg.intermediate_size, inputs)
         gate, up = g.node("Split", [gu, g.init(f"{p}.mlp.split", np.array(
             [cfg.intermediate_size] * 2, np.int64))], n_out=2, name=f"{p}/split", axis=-1)
         (sg,) = g.node("Sigmoid", [gate], name=f"{p}/sigmoid")
@@ -237,6 +265,9 @@ def build_stage(model: BlockModel, spec: ExportSpec):
         (act,) = g.node("Mul", [act, up], name=f"{p}/glu")
         pending = g.linear(act, weight_of(mlp.down_proj, spec.quant), f"{p}.mlp.down_proj",
                            spec.accuracy_level)
+        if lora:
+            pending = _lora_delta(g, act, pending, i, "down", cfg.intermediate_size, hidden,
+                                  inputs)
 
     if shard.is_last:
         last = pending

@@ -18,6 +18,8 @@ from edgeweave.errors import ArtifactError, GenerationError, RuntimeStageError
 from edgeweave.models.cache import KVCache
 from edgeweave.models.llama import BlockModel
 from edgeweave.runtime import fast as _fast
+from edgeweave.runtime.adapters import Adapter
+from edgeweave.runtime.engines import torch_lora
 from edgeweave.runtime.engines.base import (
     EngineConfig,
     SessionNotFound,
@@ -75,6 +77,21 @@ class TorchStageEngine:
         self.vocab_size = self.model.cfg.vocab_size
         self.max_position = self.model.cfg.max_position
         self._caches: dict[str, KVCache] = {}
+        # unmerged LoRA (runtime.engines.torch_lora): factor tables by adapter name and the
+        # adapter each session opened with
+        self._adapters: dict[str, torch_lora.Table] = {}
+        self._adapter_of: dict[str, str] = {}
+
+    def add_adapter(self, adapter: Adapter) -> None:
+        """Make ``adapter`` available to sessions opened with ``adapter=adapter.name``."""
+        sh = self.config.shard
+        t = torch_lora.table(adapter, sh.start, sh.end)
+        torch_lora.check(self.model, t, adapter.name)
+        torch_lora.install(self.model, list(t))
+        self._adapters[adapter.name] = t
+
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
 
     def _cache(self, session_id: str) -> KVCache:
         try:
@@ -83,7 +100,13 @@ class TorchStageEngine:
             raise SessionNotFound(f"stage {self.config.key} has no session {session_id!r}: "
                                   "open it first (it may have been evicted)") from None
 
-    def open(self, session_id: str, max_len: int) -> None:
+    def open(self, session_id: str, max_len: int, adapter: str | None = None) -> None:
+        self._adapter_of.pop(session_id, None)
+        if adapter is not None:
+            if adapter not in self._adapters:
+                raise RuntimeStageError(f"stage {self.config.key} has no adapter {adapter!r} "
+                                        f"(it has {sorted(self._adapters)}): add it first")
+            self._adapter_of[session_id] = adapter
         old = self._caches.get(session_id)
         if old is not None and old.max_len >= max_len:
             old.reset()
@@ -98,7 +121,9 @@ class TorchStageEngine:
         sh = self.config.shard
         t = torch.from_numpy(np.ascontiguousarray(x))  # zero-copy
         one_token = t.shape[1] == 1
-        with _decode_threads(self._gemv and one_token):
+        name = self._adapter_of.get(session_id)
+        lora = torch_lora.active([None if name is None else self._adapters[name]])
+        with _decode_threads(self._gemv and one_token), lora:
             h = self.model.embed(t.long()) if sh.is_first else t.float()
             for i in range(sh.start, sh.end):
                 h = self.model.block(i, h, cache)
@@ -111,8 +136,25 @@ class TorchStageEngine:
                       ) -> list[np.ndarray]:
         """Every session's tokens packed back to back (1, sum T, H): norms, projections and
         the MLP read the weights once for the batch, attention runs per session on its own
-        cache (``BlockModel.block_packed``)."""
+        cache (``BlockModel.block_packed``). Sessions of different LoRA adapters pack apart
+        (the adapter applies to the whole packed row)."""
         check_batch(session_ids, xs)
+        groups: dict[str | None, list[int]] = {}
+        for j, sid in enumerate(session_ids):
+            self._cache(sid)
+            groups.setdefault(self._adapter_of.get(sid), []).append(j)
+        if len(groups) == 1:
+            return self._forward_packed(session_ids, xs, next(iter(groups)))
+        out: list[np.ndarray] = [None] * len(xs)  # type: ignore[list-item]
+        for name, rows in groups.items():
+            for j, y in zip(rows, self._forward_packed([session_ids[j] for j in rows],
+                                                       [xs[j] for j in rows], name),
+                            strict=True):
+                out[j] = y
+        return out
+
+    def _forward_packed(self, session_ids: Sequence[str], xs: Sequence[np.ndarray],
+                        adapter: str | None) -> list[np.ndarray]:
         caches = [self._cache(s) for s in session_ids]
         lengths = [int(x.shape[1]) for x in xs]
         for cache, t in zip(caches, lengths, strict=True):
@@ -123,7 +165,8 @@ class TorchStageEngine:
         sh = self.config.shard
         parts = [torch.from_numpy(np.ascontiguousarray(x)) for x in xs]
         t = torch.cat(parts, dim=1)
-        with _decode_threads(self._gemv and t.shape[1] == 1):
+        lora = torch_lora.active([None if adapter is None else self._adapters[adapter]])
+        with _decode_threads(self._gemv and t.shape[1] == 1), lora:
             h = self.model.embed(t.long()) if sh.is_first else t.float()
             for i in range(sh.start, sh.end):
                 h = self.model.block_packed(i, h, caches, lengths)
@@ -143,6 +186,7 @@ class TorchStageEngine:
 
     def close(self, session_id: str) -> None:
         self._caches.pop(session_id, None)
+        self._adapter_of.pop(session_id, None)
 
     def session_bytes(self, session_id: str) -> int:
         return self._cache(session_id).nbytes

@@ -26,12 +26,14 @@ offset    size  field
 ..        rest  payload
 ========  ====  =============================================================
 
-Requests: OPEN, FORWARD, TRUNCATE, CLOSE, LOAD (payload: JSON ``EngineConfig`` fields),
-INFO, PING, FORWARD_BATCH: one step of several sessions of one stage (the frame's stage key)
-in one engine call; its payload is a batch (:func:`pack_batch`: u32 count, then per item a
-u32 length and a whole packed FORWARD frame) and so is the OK's (one OK or ERROR per item, in
-order), so a session evicted or out of sync fails alone. Responses: OK (FORWARD: the output
-tensor; INFO/LOAD: JSON) or ERROR (payload: the message, arg: :class:`ErrorCode`).
+Requests: OPEN (payload: none, or JSON ``{"adapter": name}``: the session runs that LoRA
+adapter), FORWARD, TRUNCATE, CLOSE, LOAD (payload: JSON ``EngineConfig`` fields), INFO, PING,
+FORWARD_BATCH: one step of several sessions of one stage (the frame's stage key) in one engine
+call; its payload is a batch (:func:`pack_batch`: u32 count, then per item a u32 length and a
+whole packed FORWARD frame) and so is the OK's (one OK or ERROR per item, in order), so a
+session evicted or out of sync fails alone. ADAPTER (payload: one stage's factors of a LoRA
+adapter, ``runtime.adapters.to_bytes``). Responses: OK (FORWARD: the output tensor; INFO/LOAD:
+JSON) or ERROR (payload: the message, arg: :class:`ErrorCode`).
 
 :meth:`Frame.unpack` checks every announced length against the bytes received before it
 reads or allocates anything, and raises only :class:`FrameError`; a node answers a malformed
@@ -77,6 +79,7 @@ class Op(IntEnum):
     INFO = 6
     PING = 7
     FORWARD_BATCH = 8
+    ADAPTER = 9
     OK = 16
     ERROR = 17
 
@@ -91,6 +94,7 @@ class ErrorCode(IntEnum):
     MEMORY = 5
     BAD_FRAME = 6
     TOO_LONG = 7  # OPEN max_len beyond the model's context
+    NO_ADAPTER = 8  # OPEN names an adapter the stage was never sent (a restarted node)
 
 
 @dataclass

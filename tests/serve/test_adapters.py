@@ -69,7 +69,9 @@ def _complete(url: str, model: str) -> str:
 def test_models_lists_the_base_and_each_adapter(served):
     _, _, url = served
     data = {m.id: m for m in client(url).models.list().data}
-    assert list(data) == ["tiny-llama", "home-a", "home-b"]
+    # the generative models first (the embedding model, when installed, comes after them)
+    assert list(data)[:3] == ["tiny-llama", "home-a", "home-b"]
+    assert set(list(data)[3:]) <= {"all-MiniLM-L6-v2"}
     assert data["home-a"].parent == "tiny-llama" and data["tiny-llama"].parent is None
     assert data["home-b"].root.endswith("home-b")
     assert data["home-b"].edgeweave["adapter"]["rank"] == 2
@@ -295,3 +297,28 @@ def test_generate_and_local_model_run_an_adapter_folder(world, capsys):
                    params).text
     assert got == want and lm.adapters == ("home-a",)
     assert generate(lm.new_session(64), lm.tokenizer, "the sensor reads", params).text == base
+
+
+def test_sessions_of_different_adapters_step_in_one_batch(served, world):
+    """One batched round over the base and both adapters: each session gets the logits of
+    its own merged model (the engine packs or groups sessions by adapter)."""
+    from edgeweave.runtime.sequence import StepInput, step_batch
+
+    _, backend, _ = served
+    names = ["tiny-llama", "home-a", "home-b", "home-a"]
+    sessions = [backend.new_session(64) if n == "tiny-llama" else
+                backend.new_session(64, adapter=n) for n in names]
+    try:
+        first = step_batch([(s, StepInput(tuple(PROMPT), True)) for s in sessions])
+        toks = [int(np.asarray(x).argmax()) for x in first]
+        second = step_batch([(s, StepInput((t,), False)) for s, t in zip(sessions, toks,
+                                                                         strict=True)])
+        for name, a, b in zip(names, first, second, strict=True):
+            ref = reference(world["merged"][name], steps=1)
+            np.testing.assert_allclose(np.asarray(a).reshape(-1), ref[0], atol=ATOL)
+            np.testing.assert_allclose(np.asarray(b).reshape(-1), ref[1], atol=ATOL)
+    finally:
+        for s in sessions:
+            close = getattr(s, "close", None)
+            if close:
+                close()

@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
         budget: int = typer.Option(512, "--budget", help="Prompt token budget."),
         limit: int = typer.Option(None, "--limit", help="Evaluate only the first N test items."),
         seed: int = typer.Option(0, "--seed"),
+        adapter: str = typer.Option(None, "--adapter",
+                                    help="A LoRA adapter folder (e.g. edgeweave finetune "
+                                         "--data task:NAME --out DIR), run unmerged."),
         template: str = typer.Option(None, "--template",
                                      help="A template.json from tasks tune-prompt (default: "
                                           "the task's own template)."),
@@ -75,7 +78,7 @@ def register(app: typer.Typer) -> None:
 
         get_task(task)  # an unknown name fails before the model loads
         tpl = load_template(template, task) if template else None
-        lm, factory = _model(model, artifact, backend, variant)
+        lm, factory = _model(model, artifact, backend, variant, adapter)
         res = evaluate_task(task, lm, demos=demos, limit=limit, seed=seed, k=k,
                             ordering=ordering, encoding=encoding, budget_tokens=budget,
                             engine_factory=factory, constrained=constrained, template=tpl)
@@ -134,13 +137,25 @@ def register(app: typer.Typer) -> None:
                       f"use it: edgeweave tasks eval --task {task} --template {path}")
 
 
-def _model(model: str | None, artifact: str | None, backend: str, variant: str):
+def _model(model: str | None, artifact: str | None, backend: str, variant: str,
+           adapter: str | None = None):
     """The model as the engine choice asks (the reference torch weights for an artifact or
-    fp32 on torch), and the session factory that evaluation drives."""
+    fp32 on torch), and the session factory that evaluation drives; with ``adapter`` a stage
+    engine of the choice that runs it unmerged in every session."""
     from edgeweave.cli.eval import load_any
     from edgeweave.runtime.local import EngineChoice
 
     choice = EngineChoice(backend, variant)
+    if adapter is not None:
+        from edgeweave.errors import ConfigError
+        from edgeweave.runtime.adapters import AdapterSpec
+        from edgeweave.runtime.local import LocalModel
+
+        if artifact is not None:
+            raise ConfigError("--adapter runs on --model (the adapter's base), not --artifact")
+        lm = LocalModel.load(model or "smollm2-135m-instruct", choice,
+                             adapters=[AdapterSpec("task", Path(adapter))])
+        return lm, lambda m: m.new_session(2048, adapter="task")
     reference = choice.backend == "torch" and (artifact is not None or variant == "fp32")
     lm = load_any(model or (None if artifact else "smollm2-135m-instruct"),
                   Path(artifact) if artifact else None, None if reference else choice)

@@ -28,7 +28,10 @@ CONDITIONS = (("zero-shot", "none", None, False), ("random", "random", None, Fal
               ("knn", "knn", None, False), ("knn+order", "knn", "most_similar_last", False),
               ("zero+cons", "none", None, True), ("knn+cons", "knn", "most_similar_last", True),
               # the template chosen by tasks tune-prompt on a validation split of train items
-              ("tuned+cons", "knn", "most_similar_last", True))
+              ("tuned+cons", "knn", "most_similar_last", True),
+              # a LoRA adapter trained on the task's train split (finetune --data task:NAME)
+              ("adapter+cons", "none", None, True), ("adapter+knn+cons", "knn",
+                                                     "most_similar_last", True))
 SENSOR_CLASSIFICATION = ("activity", "occupancy", "appliance")
 
 
@@ -115,6 +118,7 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=512)
     ap.add_argument("--inserts", type=int, default=100_000)
     ap.add_argument("--skip-llm", action="store_true")
+    ap.add_argument("--adapter-steps", type=int, default=60)
     ap.add_argument("--conditions", default=",".join(c[0] for c in CONDITIONS),
                     help="rows to run (names from CONDITIONS)")
     ap.add_argument("--skip-store", action="store_true", help="only the task suite")
@@ -156,6 +160,28 @@ def store_benchmarks(args: argparse.Namespace, results: dict) -> None:
               f"reopen {r['reopen_s'] * 1000:.0f} ms", flush=True)
 
 
+def task_adapter(task: str, steps: int):  # noqa: ANN201
+    """A LoRA adapter trained on the task's train split (as ``edgeweave finetune --data
+    task:NAME`` does), loaded unmerged on the fp32 torch engine (the weights the other rows
+    evaluate); returns the model and the training record."""
+    from edgeweave.finetune.config import LoRAConfig, TrainConfig
+    from edgeweave.finetune.run import finetune
+    from edgeweave.runtime.adapters import AdapterSpec
+    from edgeweave.runtime.local import EngineChoice, LocalModel
+
+    out = Path(tempfile.mkdtemp(prefix=f"ew-{task}-lora-"))
+    res = finetune("smollm2-135m-instruct", f"task:{task}", lora=LoRAConfig(rank=8, alpha=16),
+                   train_cfg=TrainConfig(steps=steps, lr=2e-3, batch_size=4, micro_batch_size=4,
+                                         seq_len=256), out=out / "adapter", limit=10_000)
+    lm = LocalModel.load("smollm2-135m-instruct", EngineChoice("torch", "fp32"),
+                         adapters=[AdapterSpec("task", out / "adapter")])
+    record = {"steps": steps, "n_train": res.n_train, "eval_loss_before": res.eval_loss_before,
+              "eval_loss_after": res.eval_loss_after, "train_s": res.train["seconds"]}
+    print(f"{task}: adapter {steps} steps on {res.n_train} train examples, held-out loss "
+          f"{res.eval_loss_before:.2f} -> {res.eval_loss_after:.2f}", flush=True)
+    return lm, record
+
+
 def run_tasks(args: argparse.Namespace, results: dict, save) -> int:  # noqa: ANN001
     from edgeweave.bench.tasks import baseline_task, evaluate_task
     from edgeweave.bench.tasks.tuning import tune_prompt
@@ -173,16 +199,23 @@ def run_tasks(args: argparse.Namespace, results: dict, save) -> int:  # noqa: AN
         limit = args.limit if task in SENSOR_CLASSIFICATION else args.limit_other
         base = baseline_task(task, limit=limit)
         rows = {"baseline": base}
+        adapted = None
+        if any(c[0].startswith("adapter") for c in conditions):
+            adapted, rows["adapter"] = task_adapter(task, args.adapter_steps)
         for name, demos, ordering, constrained in conditions:
             template = None
+            model, factory = lm, None
+            if name.startswith("adapter"):
+                model, factory = adapted, (lambda m: m.new_session(2048, adapter="task"))
             if name == "tuned+cons":
                 tuned = tune_prompt(task, lm, demos=demos, k=args.k, constrained=True,
                                     budget_tokens=args.budget)
                 template = tuned.best.candidate.template
                 rows["tuning"] = tuned.to_dict()
-            rows[name] = evaluate_task(task, lm, demos=demos, limit=limit, k=args.k,
+            rows[name] = evaluate_task(task, model, demos=demos, limit=limit, k=args.k,
                                        ordering=ordering, budget_tokens=args.budget,
-                                       constrained=constrained, template=template)
+                                       constrained=constrained, template=template,
+                                       engine_factory=factory)
         results["tasks"][task] = rows
         save()
         metric = base["metric"]

@@ -98,6 +98,16 @@ def bpe_folder(folder: Path) -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: 2-thread OpenMP barriers on a shared 2-core machine cost
+    ~30x for tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_cfg() -> ModelConfig:
     return make_cfg()
 

@@ -88,7 +88,8 @@ TIERS = (Tier("micro", 512, rank=2, window=1), Tier("edge", 2048, rank=4, window
          Tier("gateway", 8192, rank=4, window=None))
 
 
-def test_client_variates_survive_rounds_in_context_state(tiny_folder, tmp_home) -> None:
+def test_client_variates_survive_rounds_in_context_state(tiny_folder, tmp_home,
+                                                       one_torch_thread) -> None:
     """After every round the server's c is the mean of the clients' stored c_i (per rank
     component, over the clients that can hold it): true only if each client kept its c_i
     from one round to the next and sent c_i(new) - c_i(old)."""
@@ -96,7 +97,6 @@ def test_client_variates_survive_rounds_in_context_state(tiny_folder, tmp_home) 
                     aggregation="pad", local_steps=3, lr=2e-2, seq_len=12, timeout_s=60,
                     tiers=TIERS, region=(2, 4), targets=("q_proj", "v_proj"),
                     drift="scaffold")
-    torch.set_num_threads(1)
     app = make_client_app(client_mods(cfg))
     nodes = [1, 2, 3]
     grid = make_local_grid({n: app for n in nodes},

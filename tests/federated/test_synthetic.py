@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from edgeweave.bench.tasks import get_task, load_split
 from edgeweave.errors import ConfigError
@@ -48,8 +47,7 @@ def test_synthetic_windows_follow_the_format_for_every_label(folder) -> None:
         synthesize(None, ("wikiqa",), per_label=1)
 
 
-def test_federation_starts_from_the_warmed_adapter(folder, tmp_home) -> None:
-    torch.set_num_threads(1)
+def test_federation_starts_from_the_warmed_adapter(folder, tmp_home, one_torch_thread) -> None:
     tiers = (Tier("edge", 2048, rank=2, window=None), Tier("gateway", 8192, rank=2))
     cfg = FedConfig(model=str(folder), task="iot", num_clients=2, rounds=1, local_steps=1,
                     aggregation="fedavg", lr=2e-2, seq_len=64, tiers=tiers, region=(1, 2),

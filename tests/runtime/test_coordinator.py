@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from edgeweave.models import load
 from edgeweave.runtime.engine import LocalEngine, LogitsEngine
@@ -15,13 +14,7 @@ PROMPT = [1, 5, 9, 17, 33, 3, 40, 41]
 PARAMS = SamplingParams(max_tokens=24, ignore_eos=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2-thread OpenMP barriers on a shared 2-core machine cost ~30x for tiny models
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reference(model) -> list[int]:

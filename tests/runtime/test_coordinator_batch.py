@@ -8,7 +8,6 @@ whole model, through a failover in the middle of the batch and through evictions
 from __future__ import annotations
 
 import pytest
-import torch
 
 from edgeweave.models import load
 from edgeweave.runtime.engine import LocalEngine
@@ -28,12 +27,7 @@ PROMPTS = [[1, 5, 9, 17, 33, 3, 40, 41], [1, 7], [1, *range(20, 44)], [1, 60, 61
 PARAMS = SamplingParams(max_tokens=12, ignore_eos=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

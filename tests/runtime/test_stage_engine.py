@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from edgeweave.errors import ConfigError
 from edgeweave.runtime.engine import LocalEngine
@@ -12,14 +11,7 @@ from edgeweave.runtime.engines.base import EngineConfig, SessionNotFound, StageE
 from edgeweave.runtime.engines.torch import TorchStageEngine
 from edgeweave.types import Shard
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2-thread OpenMP barriers on a shared 2-core machine cost ~30x for tiny models
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _stages(model, cuts):

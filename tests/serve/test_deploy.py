@@ -66,3 +66,34 @@ def test_fleet_file_alone_serves_the_planners_placement_and_adapts(tiny_folder):
             assert len(out.token_ids) == 4
         finally:
             dep.close()
+
+
+def test_keep_in_on_serve_keeps_every_stage_at_home_and_refuses_a_cloud_plan(tiny_folder,
+                                                                          tmp_path):
+    from pathlib import Path
+
+    from edgeweave.serve.deploy import PolicyOptions
+
+    fleet = Path(__file__).resolve().parents[2] / "examples" / "fleets" / "smart-home.yaml"
+    free = build(str(tiny_folder), fleet_file=fleet)
+    try:  # without a policy the cloud GPU is the fastest place for the blocks
+        assert "cloud" in {s.device for s in free.backend.coordinator.plan.stages}
+    finally:
+        free.close()
+    home = PolicyOptions(keep_in="home", hidden_states=True)
+    dep = build(str(tiny_folder), fleet_file=fleet, policy=home)
+    try:
+        stages = dep.backend.coordinator.plan.stages
+        assert {s.device for s in stages} <= {"hub", "pi4", "minipc"}
+        out = generate(dep.backend.new_session(64), dep.backend.tokenizer, "hello",
+                       SamplingParams(max_tokens=4, ignore_eos=True))
+        assert len(out.token_ids) == 4
+    finally:
+        dep.close()
+    cloud = tmp_path / "cloud.json"
+    n = stages[-1].shard.n_layers
+    cloud.write_text(json.dumps(Plan.split(n, [], ["cloud"]).to_dict()))
+    with pytest.raises(ConfigError, match="breaks the fleet's policy"):
+        build(str(tiny_folder), plan=cloud, fleet_file=fleet, policy=home)
+    with pytest.raises(ConfigError, match="need --fleet-file"):
+        build(str(tiny_folder), policy=PolicyOptions(keep_in="home"))

@@ -34,6 +34,27 @@ def backend_option() -> Any:
                         "reference).")
 
 
+def keep_in_option() -> Any:
+    import typer
+
+    return typer.Option(None, "--keep-in", help="Zone that prompts and tokens never leave "
+                        "(first and last stages run there), e.g. home.")
+
+
+def hidden_states_option() -> Any:
+    import typer
+
+    return typer.Option(None, "--hidden-states-in-zone/--hidden-states-may-leave",
+                        help="With --keep-in: keep every stage in the zone too (default: the "
+                             "fleet file's policy).")
+
+
+def max_cost_option() -> Any:
+    import typer
+
+    return typer.Option(None, "--max-cost", help="Most the plan may cost per million tokens.")
+
+
 def variant_option() -> Any:
     import typer
 

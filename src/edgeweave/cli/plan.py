@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import typer
 
-from edgeweave.cli.common import console, table
-
-
-def policy_of(fleet, keep_in: str | None = None, hidden_states: bool | None = None,
-              max_cost: float | None = None):
-    """The fleet file's policy with the command line's options on top."""
-    from edgeweave.types import Policy
-
-    p = fleet.policy
-    return Policy(keep_in if keep_in is not None else p.keep_in,
-                  p.hidden_states if hidden_states is None else hidden_states,
-                  max_cost if max_cost is not None else p.max_cost_per_mtok)
+from edgeweave.cli.common import (
+    console,
+    hidden_states_option,
+    keep_in_option,
+    max_cost_option,
+    table,
+)
 
 
 def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
@@ -28,7 +22,7 @@ def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
              max_cost: float | None = None) -> dict:
     """Plan (and optionally baselines) for a fleet file; host-calibrated when profiled."""
     from edgeweave.plan.baselines import BASELINES, baseline_tables
-    from edgeweave.plan.fleet import load_fleet
+    from edgeweave.plan.fleet import load_fleet, with_policy
     from edgeweave.plan.partition import place_tables, tables_for
     from edgeweave.plan.tables import Constraints
     from edgeweave.profile import probe
@@ -37,8 +31,7 @@ def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
     Constraints(min_quality, battery_reserve)  # refuse bad values before any file is read
     check_shape(prompt_len, context, batch)
     spec = load_fleet(fleet)
-    the_fleet = replace(spec.fleet, policy=policy_of(spec.fleet, keep_in, hidden_states,
-                                                     max_cost))
+    the_fleet = with_policy(spec.fleet, keep_in, hidden_states, max_cost)
     hp = probe.load_cached()
     cal = hp.calibration() if hp else UNCALIBRATED
     t = tables_for(model_costs(model, prompt_len, context, batch), the_fleet,
@@ -71,14 +64,9 @@ def register(app: typer.Typer) -> None:
         context: int = typer.Option(512, "--context",
                                     help="Tokens of KV cache per sequence (memory)."),
         batch: int = typer.Option(1, "--batch", help="Sequences decoded together."),
-        keep_in: str = typer.Option(None, "--keep-in",
-                                    help="Zone that prompts and tokens never leave (first and "
-                                         "last stages run there), e.g. home."),
-        hidden_states: bool = typer.Option(None, "--hidden-states-in-zone/--hidden-states-may-"
-                                           "leave", help="With --keep-in: keep every stage in "
-                                           "the zone too (default: the fleet file's policy)."),
-        max_cost: float = typer.Option(None, "--max-cost",
-                                       help="Most the plan may cost per million tokens."),
+        keep_in: str = keep_in_option(),
+        hidden_states: bool = hidden_states_option(),
+        max_cost: float = max_cost_option(),
         show_explain: bool = typer.Option(False, "--explain",
                                           help="Say what the policy excluded and each stage's "
                                                "memory."),

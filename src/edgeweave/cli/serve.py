@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from edgeweave.cli.common import backend_option, threads_option, variant_option
+from edgeweave.cli.common import (
+    backend_option,
+    hidden_states_option,
+    keep_in_option,
+    max_cost_option,
+    threads_option,
+    variant_option,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +51,9 @@ def register(app: typer.Typer) -> None:
                                             "without --plan, serve the planner's placement."),
         objective: str = typer.Option("latency", "--objective",
                                       help="Planner objective with --fleet-file."),
+        keep_in: str = keep_in_option(),
+        hidden_states: bool = hidden_states_option(),
+        max_cost: float = max_cost_option(),
         fleet: str = typer.Option(None, "--fleet",
                                   help="Fleet name on the broker (default: the fleet file's)."),
         embeddings: bool = typer.Option(
@@ -65,6 +75,7 @@ def register(app: typer.Typer) -> None:
         from edgeweave.runtime.adapters import AdapterSpec
         from edgeweave.runtime.local import EngineChoice
         from edgeweave.serve.config import ServeConfig, read_api_key_file
+        from edgeweave.serve.deploy import PolicyOptions
         from edgeweave.serve.server import ServerAddress, serve
 
         keys = tuple(api_key or ()) + (read_api_key_file(api_key_file) if api_key_file else ())
@@ -84,4 +95,5 @@ def register(app: typer.Typer) -> None:
                         fg=typer.colors.YELLOW)
         serve(model, host=host, port=port, config=cfg, plan=plan, nodes=tuple(node or ()),
               tls_dir=tls_dir, mqtt=mqtt, fleet=fleet, fleet_file=fleet_file,
-              objective=objective, choice=choice, adapters=specs)
+              objective=objective, choice=choice, adapters=specs,
+              policy=PolicyOptions(keep_in, hidden_states, max_cost))

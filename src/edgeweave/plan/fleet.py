@@ -22,7 +22,7 @@ links:                # undirected; `up` rates apply from the first to the secon
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,17 @@ def policy_from_dict(doc: Any, where: str) -> Policy:
         return Policy(keep, doc.get("hidden_states", False), cost)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
+
+
+def with_policy(fleet: Fleet, keep_in: str | None = None, hidden_states: bool | None = None,
+                max_cost: float | None = None) -> Fleet:
+    """``fleet`` with the command line's policy options on top of its file's (None keeps the
+    file's value): what ``edgeweave plan`` and ``edgeweave serve --fleet-file`` plan with."""
+    p = fleet.policy
+    return replace(fleet, policy=Policy(
+        keep_in if keep_in is not None else p.keep_in,
+        p.hidden_states if hidden_states is None else hidden_states,
+        max_cost if max_cost is not None else p.max_cost_per_mtok))
 
 
 def fleet_from_dict(doc: dict[str, Any], where: str = "fleet",

@@ -67,30 +67,60 @@ class Deployment:
         self.backend.close()
 
 
+@dataclass(frozen=True)
+class PolicyOptions:
+    """``serve``'s policy options, laid over the fleet file's ``policy`` (None keeps it)."""
+
+    keep_in: str | None = None
+    hidden_states: bool | None = None
+    max_cost: float | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.keep_in, self.hidden_states, self.max_cost))
+
+
 def make_adapter(model: str, fleet_file: str | Path, plan: Plan | None,
-                 objective: str = "latency") -> Any:
+                 objective: str = "latency", policy: PolicyOptions | None = None) -> Any:
+    """The re-planner of a served fleet; a given ``plan`` must keep the policy (it is refused
+    before any node loads a stage), and every later re-plan keeps it too."""
     from edgeweave.models.catalog import resolve
     from edgeweave.models.checkpoint import read_config
+    from edgeweave.plan import objectives
     from edgeweave.plan.adapt import Adapter
-    from edgeweave.plan.fleet import load_fleet
+    from edgeweave.plan.fleet import load_fleet, with_policy
 
     spec = load_fleet(fleet_file)
+    p = policy or PolicyOptions()
+    the_fleet = with_policy(spec.fleet, p.keep_in, p.hidden_states, p.max_cost)
     # only variants the nodes can run: the model itself (fp32) and the fleet file's artifacts;
     # the planner's default catalogue also prices fp16/int8/int4 nobody has built yet
     runnable = {n: v for n, v in spec.variants.items() if n == "fp32" or v.source != "default"}
-    return Adapter(spec.fleet, read_config(resolve(model)[1]), objective, plan=plan,
-                   variants=runnable)
+    adapter = Adapter(the_fleet, read_config(resolve(model)[1]), objective, plan=plan,
+                      variants=runnable)
+    if (plan is not None and the_fleet.policy.active
+            and not objectives.evaluate(plan, adapter.tables())["feasible"]):
+        raise ConfigError(
+            f"the plan breaks the fleet's policy ({the_fleet.policy.describe()}) or another "
+            f"constraint: see `edgeweave plan --fleet {fleet_file} --explain`, or serve "
+            "without --plan to let the planner place the model")
+    return adapter
 
 
 def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = (),
           tls_dir: str | Path | None = None, mqtt: str | None = None,
           fleet: str | None = None, fleet_file: str | Path | None = None,
           objective: str = "latency", choice: EngineChoice | None = None,
-          adapters: Sequence[AdapterSpec] = ()) -> Deployment:
+          adapters: Sequence[AdapterSpec] = (),
+          policy: PolicyOptions | None = None) -> Deployment:
     """``choice`` is the backend (and, without a plan, the variant) every stage runs;
     ``adapters`` are LoRA adapters served unmerged beside the base (in this process, or
-    sent by the coordinator to every stage of the plan)."""
+    sent by the coordinator to every stage of the plan); ``policy`` overrides the fleet
+    file's data-residency and cost policy."""
     choice = choice or EngineChoice()
+    if policy is not None and policy.given and fleet_file is None:
+        raise ConfigError("--keep-in, --hidden-states-in-zone and --max-cost need --fleet-file: "
+                          "the zones and prices are the fleet file's devices'")
     if plan is None and fleet_file is None:
         if nodes or mqtt:
             raise ConfigError("--node and --mqtt need --plan or --fleet-file: they act on a "
@@ -99,7 +129,7 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
     if adapters:  # refused before any node is asked to load a stage
         load_checked(tuple(adapters), model, Path(model).name)
     the_plan = read_plan(plan) if plan is not None else None
-    adapter = make_adapter(model, fleet_file, the_plan, objective) if fleet_file else None
+    adapter = make_adapter(model, fleet_file, the_plan, objective, policy) if fleet_file else None
     if the_plan is None:
         the_plan = adapter.plan
     addresses = parse_nodes(nodes)

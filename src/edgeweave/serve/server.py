@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeweave.errors import ConfigError
 from edgeweave.netaddr import check_bindable, check_host, check_port
@@ -14,6 +15,9 @@ from edgeweave.runtime.adapters import adapter_specs
 from edgeweave.runtime.local import EngineChoice
 from edgeweave.serve.backend import SessionFactory
 from edgeweave.serve.config import ServeConfig
+
+if TYPE_CHECKING:
+    from edgeweave.serve.deploy import PolicyOptions
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port
           nodes: tuple[str, ...] = (), tls_dir: str | None = None, mqtt: str | None = None,
           fleet: str | None = None, fleet_file: str | None = None, objective: str = "latency",
           log_level: str = "info", choice: EngineChoice | None = None,
-          adapters: Mapping[str, str | Path] | None = None) -> None:
+          adapters: Mapping[str, str | Path] | None = None,
+          policy: PolicyOptions | None = None) -> None:
     """Serve ``model`` (in-process, or over ``plan``; see :mod:`edgeweave.serve.deploy`)
     until interrupted. A ready ``backend`` skips the loading. ``adapters`` maps a name to
     an adapter folder (``edgeweave finetune --out``): a request whose ``model`` is that name
@@ -64,7 +69,8 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port
                           "beside a ready backend")
     dep = Deployment(backend) if backend is not None else build(
         model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet,
-        fleet_file=fleet_file, objective=objective, choice=choice, adapters=specs)
+        fleet_file=fleet_file, objective=objective, choice=choice, adapters=specs,
+        policy=policy)
     try:
         _uvicorn_server(dep.backend, cfg, address, log_level).run()
     finally:

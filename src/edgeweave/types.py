@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, NewType
+from typing import Any
 
 from edgeweave.errors import ConfigError
-
-Bytes = NewType("Bytes", int)
-Seconds = NewType("Seconds", float)
-Joules = NewType("Joules", float)
-DeviceId = NewType("DeviceId", str)
 
 CODECS = ("fp32", "fp16", "int8")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from edgeweave.bench.energy import EnergyMeter
@@ -135,7 +134,3 @@ def _value(ppl: Any) -> float:
 
 def _scalar(v: Any) -> bool:
     return isinstance(v, str | int | float | bool) or v is None
-
-
-def artifact_exists(path: str | Path) -> bool:
-    return (Path(path) / "manifest.json").is_file()

@@ -31,7 +31,7 @@ from edgeweave.compress.manifest import (  # noqa: E402, F401
     verify,
 )
 from edgeweave.compress.modules import KINDS, linear_state, set_module
-from edgeweave.compress.recipes import Recipe, from_dict
+from edgeweave.compress.recipes import Recipe
 from edgeweave.errors import ArtifactError
 from edgeweave.models.checkpoint import LoadedModel
 from edgeweave.models.config import ModelConfig
@@ -229,6 +229,3 @@ def load_artifact(path: str | Path, shard: Shard | None = None) -> LoadedModel:
     return LoadedModel(name=manifest.get("source", {}).get("name", path.name) + "@" + path.name,
                        folder=path, config=cfg, model=model, tokenizer=Tokenizer(path))
 
-
-def load_recipe(path: str | Path) -> Recipe:
-    return from_dict(read_manifest(path)["recipe"])

@@ -359,11 +359,6 @@ def linear_state(m: nn.Linear, sparse: bool) -> tuple[str, dict[str, torch.Tenso
     return "sparse", {"mask": torch.from_numpy(bits), "values": w[mask].half(), **bias}, meta
 
 
-def sparse_nbytes(m: nn.Linear) -> int:
-    nnz = int((m.weight != 0).sum())
-    return (m.weight.numel() + 7) // 8 + 2 * nnz
-
-
 @register_kind("linear")
 def _linear_from_state(t: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
     m = nn.Linear(meta["in_features"], meta["out_features"], bias="bias" in t, device="meta")

@@ -1,1 +1,1 @@
-"""Running models: engines, generation loop, (later) stages, transport and coordinator."""
+"""Running models: stage engines, the generation loop, stages on nodes, transport and the coordinator."""

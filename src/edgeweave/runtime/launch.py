@@ -201,13 +201,6 @@ def wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120.0)
     return found[0]
 
 
-def start_node(cmd: list[str], log: Path, timeout: float = 120.0,
-               env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a node process and wait until it serves; returns ``(process, address)``."""
-    proc = spawn_node(cmd, log, env)
-    return proc, wait_ready(proc, log, timeout)
-
-
 def stop_processes(procs: Any) -> None:
     procs = list(procs)
     for p in procs:

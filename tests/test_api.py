@@ -25,8 +25,24 @@ def test_import_edgeweave_loads_no_heavy_library():
 def test_every_public_name_resolves_to_its_module(name):
     module, attr = edgeweave._API[name]
     obj = getattr(edgeweave, name)
-    assert obj is getattr(sys.modules[module], attr)
+    assert obj is (getattr(sys.modules[module], attr) if attr else sys.modules[module])
     assert name in dir(edgeweave)
+
+
+def test_compress_and_serve_stay_callable_after_their_subpackages_are_imported():
+    # importing a submodule rebinds edgeweave.compress to the package: it must still call
+    code = ("import edgeweave.compress.recipes, edgeweave.serve.config, edgeweave as ew\n"
+            "from edgeweave.compress.api import compress\n"
+            "from edgeweave.serve.server import serve\n"
+            "assert ew.compress.__call_target__() is compress\n"
+            "assert ew.serve.__call_target__() is serve\n"
+            "try:\n"
+            "    ew.compress(None, 'no-such-recipe')\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "ConfigError"
 
 
 def test_unknown_names_and_the_version():

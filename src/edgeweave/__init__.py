@@ -23,7 +23,7 @@ _API: dict[str, tuple[str, str]] = {
     "resolve": ("edgeweave.models.catalog", "resolve"),
     "ModelConfig": ("edgeweave.models.config", "ModelConfig"),
     # compression
-    "compress": ("edgeweave.compress.api", "compress"),
+    "compress": ("edgeweave.compress", ""),  # a callable package: see _callable
     "Recipe": ("edgeweave.compress.recipes", "Recipe"),
     "load_artifact": ("edgeweave.compress.artifact", "load_artifact"),
     "Variant": ("edgeweave.variants", "Variant"),
@@ -44,7 +44,7 @@ _API: dict[str, tuple[str, str]] = {
     "SamplingParams": ("edgeweave.runtime.generate", "SamplingParams"),
     "EngineChoice": ("edgeweave.runtime.local", "EngineChoice"),
     # serving
-    "serve": ("edgeweave.serve.server", "serve"),
+    "serve": ("edgeweave.serve", ""),  # a callable package: see _callable
     # errors
     "EdgeweaveError": ("edgeweave.errors", "EdgeweaveError"),
 }
@@ -61,7 +61,8 @@ def __getattr__(name: str) -> Any:
         module, attr = _API[name]
     except KeyError:
         raise AttributeError(f"module 'edgeweave' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), attr)
+    value = importlib.import_module(module)
+    value = getattr(value, attr) if attr else value
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from edgeweave.cli.common import backend_option, console
+from edgeweave.models.catalog import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
@@ -15,7 +16,7 @@ def register(app: typer.Typer) -> None:
         suite: str = typer.Option("quick", "--suite", "-s", help="quick (< 15 min) or full."),
         out: Path = typer.Option(Path("results/bench"), "--out", "-o",
                                  help="Folder for results.jsonl, report.html and summary.md."),
-        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
         fresh: bool = typer.Option(False, "--fresh", help="Ignore earlier results in --out."),
         backend: str = backend_option(),
     ) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from edgeweave.cli.common import console, table
+from edgeweave.models.catalog import DEFAULT_MODEL
 
 
 def run_compress(model: str, recipe: str, out: Path, calib_sequences: int = 32,
@@ -28,7 +29,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Artifact folder to write."),
         recipe: str = typer.Option("int8", "--recipe", "-r",
                                    help="Preset name (see --list) or a JSON recipe."),
-        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                                   help="Bundled name, HF folder or .gguf file."),
         calib_sequences: int = typer.Option(32, help="Calibration windows (Wikipedia calib)."),
         calib_seq_len: int = typer.Option(256, help="Tokens per calibration window."),

@@ -7,12 +7,13 @@ from pathlib import Path
 import typer
 
 from edgeweave.cli.common import backend_option, console, table
+from edgeweave.models.catalog import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
-        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
         fleet: str = typer.Option("home", "--fleet", help="Fleet YAML or an example name."),
         per_task: int = typer.Option(1, "--per-task", help="Sensor questions per task."),
         out: Path = typer.Option(Path("results/demo"), "--out", "-o"),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import typer
 
 from edgeweave.cli.common import console, metrics_line, table
+from edgeweave.models.catalog import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
-        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                                   help="Bundled name, HF folder or .gguf."),
         variant: str = typer.Option("fp32", "--variant", "-v", help="fp32, int8 or int4."),
         cuts: str = typer.Option("", "--cuts", help="Stage boundaries, e.g. '15' or '10,20'."),

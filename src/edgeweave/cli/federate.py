@@ -6,12 +6,13 @@ from __future__ import annotations
 import typer
 
 from edgeweave.cli.common import console, table
+from edgeweave.models.catalog import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
     @app.command("federate")
     def federate_cmd(
-        model: str = typer.Option("smollm2-135m-instruct", help="Model name, HF folder or .gguf."),
+        model: str = typer.Option(DEFAULT_MODEL, help="Model name, HF folder or .gguf."),
         task: str = typer.Option("iot", help="iot (activity + occupancy homes) or pattern."),
         clients: int = typer.Option(8, help="Number of clients (SuperNodes with --deploy)."),
         rounds: int = typer.Option(4),

@@ -6,12 +6,13 @@ from __future__ import annotations
 import typer
 
 from edgeweave.cli.common import console, table
+from edgeweave.models.catalog import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune_cmd(
-        model: str = typer.Option("smollm2-135m-instruct", help="Model name, HF folder or .gguf."),
+        model: str = typer.Option(DEFAULT_MODEL, help="Model name, HF folder or .gguf."),
         data: str = typer.Option("wiki", help="'wiki' (bundled Wikipedia), 'task:NAME' (an IoT "
                                  "task's train split) or a text file."),
         out: str = typer.Option(None, help="Adapter folder to write (safetensors + manifest)."),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import typer
 
 from edgeweave.cli.common import backend_option, console, metrics_line, threads_option, variant_option
+from edgeweave.models.catalog import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
     @app.command("generate")
     def generate_cmd(
         prompt: str = typer.Argument(..., help="Text to continue (or the user message with --chat)."),
-        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                                   help="Bundled name, HF folder or .gguf file."),
         chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the chat template."),
         stream: bool = typer.Option(False, "--stream", help="Print tokens as they come."),

@@ -8,6 +8,7 @@ import typer
 
 from edgeweave.cli.common import backend_option
 from edgeweave.errors import ConfigError
+from edgeweave.models.catalog import DEFAULT_MODEL
 from edgeweave.netaddr import check_host
 
 
@@ -42,7 +43,7 @@ class NodeOptions:
 def register(app: typer.Typer) -> None:
     @app.command("node")
     def node_cmd(
-        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                                   help="Bundled name, HF folder or artifact folder."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
         port: int = typer.Option(0, "--port", "-p", help="0 picks a free port (printed)."),

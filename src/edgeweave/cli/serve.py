@@ -14,12 +14,13 @@ from edgeweave.cli.common import (
     threads_option,
     variant_option,
 )
+from edgeweave.models.catalog import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve_cmd(
-        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+        model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                                   help="Bundled name, HF folder or .gguf file."),
         host: str = typer.Option("127.0.0.1", "--host",
                                  help="Address to listen on (loopback by default)."),

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from edgeweave.cli.common import backend_option, console, table, variant_option
+from edgeweave.models.catalog import DEFAULT_MODEL
 
 
 def load_model_or_artifact(model: str | None, artifact: str | None):
@@ -22,7 +23,7 @@ def load_model_or_artifact(model: str | None, artifact: str | None):
         return load_artifact(artifact)
     from edgeweave.models import load
 
-    return load(model or "smollm2-135m-instruct")
+    return load(model or DEFAULT_MODEL)
 
 
 def register(app: typer.Typer) -> None:
@@ -153,11 +154,11 @@ def _model(model: str | None, artifact: str | None, backend: str, variant: str,
 
         if artifact is not None:
             raise ConfigError("--adapter runs on --model (the adapter's base), not --artifact")
-        lm = LocalModel.load(model or "smollm2-135m-instruct", choice,
+        lm = LocalModel.load(model or DEFAULT_MODEL, choice,
                              adapters=[AdapterSpec("task", Path(adapter))])
         return lm, lambda m: m.new_session(2048, adapter="task")
     reference = choice.backend == "torch" and (artifact is not None or variant == "fp32")
-    lm = load_any(model or (None if artifact else "smollm2-135m-instruct"),
+    lm = load_any(model or (None if artifact else DEFAULT_MODEL),
                   Path(artifact) if artifact else None, None if reference else choice)
     factory = (lambda m: m.new_session(2048)) if hasattr(lm, "new_session") else None
     return lm, factory

@@ -30,3 +30,8 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"edgeweave.compress.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+from edgeweave._callable import make_callable  # noqa: E402 - after the module's own names
+
+make_callable(__name__, "edgeweave.compress.api:compress")  # ew.compress(model, recipe)

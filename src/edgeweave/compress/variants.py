@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeweave.errors import ArtifactError, ConfigError
+from edgeweave.models.catalog import DEFAULT_MODEL
 from edgeweave.paths import build_once, home
 from edgeweave.variants import Variant, get, registry
 
@@ -22,7 +23,7 @@ from edgeweave.variants import Variant, get, registry
 VARIANTS = {n: v.recipe for n, v in registry().items() if v.recipe is not None}
 
 
-def variant_path(name: str, model: str = "smollm2-135m-instruct") -> Path:
+def variant_path(name: str, model: str = DEFAULT_MODEL) -> Path:
     # a model given as a path keys its artifacts by folder name, inside $EDGEWEAVE_HOME
     return home() / "artifacts" / Path(model).name / name
 
@@ -41,14 +42,14 @@ def usable(path: Path, v: Variant) -> bool:
         return False  # damaged or stale: rebuild
 
 
-def built_variant(name: str | Variant, model: str = "smollm2-135m-instruct") -> Path | None:
+def built_variant(name: str | Variant, model: str = DEFAULT_MODEL) -> Path | None:
     """The artifact of an already built variant, or None (no torch is imported)."""
     v = get(name)
     path = variant_path(v.name, model)
     return path if usable(path, v) else None
 
 
-def variant(name: str | Variant, model: str = "smollm2-135m-instruct") -> Path:
+def variant(name: str | Variant, model: str = DEFAULT_MODEL) -> Path:
     """Path of the artifact for variant ``name`` of ``model``, compressing it if needed."""
     v = get(name)
     if v.recipe is None:

@@ -17,6 +17,7 @@ from typing import Any
 from edgeweave.errors import ConfigError
 from edgeweave.federated.hetero import DEFAULT_TIERS, Tier
 from edgeweave.finetune.config import OPTIMIZERS
+from edgeweave.models.catalog import DEFAULT_MODEL
 
 AGGREGATIONS = ("fedavg", "pad", "svd")
 SERVER_OPTS = ("avg", "adam", "avgm")
@@ -63,7 +64,7 @@ class FedConfig:
     (GPT-FL; :mod:`edgeweave.federated.synthetic`). Only for the ``iot`` task.
     """
 
-    model: str = "smollm2-135m-instruct"
+    model: str = DEFAULT_MODEL
     task: str = "iot"
     num_clients: int = 8
     rounds: int = 5

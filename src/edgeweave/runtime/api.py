@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeweave.errors import GenerationError
+from edgeweave.models.catalog import DEFAULT_MODEL
 from edgeweave.runtime.engine import EngineSession
 from edgeweave.runtime.generate import (
     GenerationResult,
@@ -17,7 +18,7 @@ from edgeweave.runtime.generate import (
 from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
 
 
-def run_generate(prompt: str, *, model: str = "smollm2-135m-instruct", chat: bool = False,
+def run_generate(prompt: str, *, model: str = DEFAULT_MODEL, chat: bool = False,
                  stream: bool = False, echo: Callable[[str], None] = print,
                  report: Callable[[GenerationResult], None] | None = None,
                  choice: EngineChoice | None = None, adapter: str | Path | None = None,

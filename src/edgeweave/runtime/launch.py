@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeweave.errors import ConfigError, RuntimeStageError
+from edgeweave.models.catalog import DEFAULT_MODEL
 from edgeweave.runtime.coordinator import Coordinator
 from edgeweave.types import Plan, Shard
 
@@ -42,7 +43,7 @@ def _n_layers(model: str) -> int:
     return n_layers(model)
 
 
-def embedded(model: str = "smollm2-135m-instruct", plan: Plan | None = None, *,
+def embedded(model: str = DEFAULT_MODEL, plan: Plan | None = None, *,
              loaded: Any = None, memory_cap_bytes: int = 8 << 30, backend: str = "",
              **kw: Any) -> Coordinator:
     """All stages of ``plan`` (default: the whole model as one stage of the default variant)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeweave.errors import ConfigError
+from edgeweave.models.catalog import DEFAULT_MODEL
 from edgeweave.netaddr import check_bindable, check_host, check_port
 from edgeweave.runtime.adapters import adapter_specs
 from edgeweave.runtime.local import EngineChoice
@@ -46,7 +47,7 @@ def _uvicorn_server(backend: SessionFactory, config: ServeConfig, address: Serve
                                          timeout_graceful_shutdown=5))
 
 
-def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port: int = 8000,
+def serve(model: str = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 8000,
           api_keys: tuple[str, ...] = (), config: ServeConfig | None = None,
           backend: SessionFactory | None = None, plan: str | None = None,
           nodes: tuple[str, ...] = (), tls_dir: str | None = None, mqtt: str | None = None,

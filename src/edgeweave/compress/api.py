@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
+import pkgutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,17 +21,25 @@ from edgeweave.models.checkpoint import LoadedModel
 from edgeweave.models.llama import BlockModel
 from edgeweave.paths import home
 
-# One module per method; importing registers it (kept out of `import edgeweave`).
-METHOD_MODULES = (
-    "quantize.rtn", "quantize.gptq", "quantize.smoothquant",
-    "prune.magnitude", "prune.wanda", "prune.sparsegpt", "prune.channels",
-    "lowrank.svd", "lowrank.asvd", "distill.kd",
-)
+# Modules under these subpackages are imported to register their methods (a method file
+# registers its recipe type and apply function; a helper such as prune/masks.py registers
+# nothing). Found by walking the folders, so a new method is one new file.
+METHOD_PACKAGES = ("quantize", "prune", "lowrank", "distill")
+
+
+@functools.cache
+def method_modules() -> tuple[str, ...]:
+    found = []
+    for pkg in METHOD_PACKAGES:
+        mod = importlib.import_module(f"edgeweave.compress.{pkg}")
+        found += [f"{mod.__name__}.{m.name}" for m in pkgutil.iter_modules(mod.__path__)
+                  if not m.name.startswith("_")]
+    return tuple(sorted(found))
 
 
 def load_methods() -> None:
-    for m in METHOD_MODULES:
-        importlib.import_module(f"edgeweave.compress.{m}")
+    for m in method_modules():
+        importlib.import_module(m)
 
 
 @dataclass

@@ -131,6 +131,14 @@ def _params(cls: type[Recipe], method: str, params: dict[str, Any]) -> dict[str,
     return out
 
 
+def _discover_methods() -> None:
+    """Import every method file (recipe types living beside their apply function register
+    then); only for a name not known yet, since method files import torch."""
+    from edgeweave.compress.api import load_methods
+
+    load_methods()
+
+
 def from_dict(d: dict[str, Any]) -> Recipe:
     """Inverse of :meth:`Recipe.to_dict` (pipelines included); every value is type-checked."""
     example = '{"method": "rtn", "params": {"bits": 4}}'
@@ -139,6 +147,8 @@ def from_dict(d: dict[str, Any]) -> Recipe:
                           f"{kind(d)} {show(d)}; methods: {', '.join(sorted(RECIPES))}")
     refuse_unknown(d, _RECIPE_KEYS, "recipe")
     method = d["method"]
+    if isinstance(method, str) and method not in RECIPES:
+        _discover_methods()
     if not isinstance(method, str) or method not in RECIPES:
         raise ConfigError(f"unknown compression method {show(method)}{suggest(method, RECIPES)}: "
                           f"choose one of {', '.join(sorted(RECIPES))}")

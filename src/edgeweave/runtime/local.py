@@ -25,8 +25,20 @@ if TYPE_CHECKING:
     from edgeweave.runtime.adapters import AdapterSpec
     from edgeweave.runtime.engines.base import StageEngine
 
-BACKENDS = ("onnx", "torch")
 DEFAULT_VARIANT = "int4"
+
+
+def backends() -> tuple[str, ...]:
+    """The stage backends: each module of ``runtime/engines`` named after its backend (one
+    lower-case word, registered with ``@register_engine(NAME)``). ``base`` and the helpers a
+    backend splits into (``onnx_export``, ``torch_lora``, ...) are not backends. Found from the
+    folder without importing anything, so a new backend is one new file."""
+    import pkgutil
+
+    from edgeweave.runtime import engines
+
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(engines.__path__)
+                        if m.name.isalpha() and m.name.islower() and m.name != "base"))
 
 
 def default_backend() -> str:
@@ -47,8 +59,9 @@ class EngineChoice:
     def __post_init__(self) -> None:
         if not self.backend:
             object.__setattr__(self, "backend", default_backend())
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.backend not in backends():
+            raise ConfigError(f"--backend {self.backend!r}: choose one of "
+                              f"{', '.join(backends())}")
         if self.backend == "onnx" and importlib.util.find_spec("onnxruntime") is None:
             raise ConfigError("--backend onnx needs onnxruntime: pip install onnxruntime, or "
                               "use --backend torch")

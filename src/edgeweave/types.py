@@ -208,6 +208,7 @@ class DeviceProfile:
     battery_wh: float | None = None
     op_overhead_s: float = 5e-6
     description: str = ""
+    providers: str = "cpu"  # ONNX Runtime provider family (profile.catalog.ONNX_PROVIDERS)
 
     def __post_init__(self) -> None:
         if self.memory <= 0 or self.mem_bw <= 0:

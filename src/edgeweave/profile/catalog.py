@@ -18,7 +18,20 @@ from edgeweave.types import DeviceProfile, LinkProfile
 CATALOG_DIR = Path(__file__).parent / "catalog"
 
 _DEVICE_KEYS = {"tier", "description", "memory_gb", "mem_bw_gbs", "compute_gops", "power_w",
-                "battery_wh", "op_overhead_us"}
+                "battery_wh", "op_overhead_us", "providers"}
+
+# ONNX Runtime execution providers by family, best first; CPU is always the fallback. A
+# device class names its family (`providers:` in devices.yaml), so a new class is one entry.
+ONNX_PROVIDERS: dict[str, tuple[str, ...]] = {
+    "cpu": ("CPUExecutionProvider",),
+    "arm-cpu": ("XnnpackExecutionProvider", "CPUExecutionProvider"),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "jetson": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+    "npu-qualcomm": ("QNNExecutionProvider", "CPUExecutionProvider"),
+    "apple": ("CoreMLExecutionProvider", "CPUExecutionProvider"),
+    "intel": ("OpenVINOExecutionProvider", "CPUExecutionProvider"),
+    "windows-gpu": ("DmlExecutionProvider", "CPUExecutionProvider"),
+}
 _LINK_KEYS = {"description", "up_mbps", "down_mbps", "latency_ms", "energy_nj_per_byte"}
 
 
@@ -37,6 +50,10 @@ def device_from_dict(name: str, d: dict[str, Any], where: str = "catalog") -> De
     if unknown:
         raise ConfigError(f"{where}: device class {name!r} has unknown keys {sorted(unknown)}; "
                           f"allowed: {sorted(_DEVICE_KEYS)}")
+    providers = d.get("providers", "cpu")
+    if providers not in ONNX_PROVIDERS:
+        raise ConfigError(f"{where}: device class {name!r}: providers {providers!r} is not a "
+                          f"provider family; choose one of {', '.join(ONNX_PROVIDERS)}")
     try:
         power = d.get("power_w") or {}
         return DeviceProfile(
@@ -48,6 +65,7 @@ def device_from_dict(name: str, d: dict[str, Any], where: str = "catalog") -> De
             battery_wh=None if d.get("battery_wh") is None else float(d["battery_wh"]),
             op_overhead_s=float(d.get("op_overhead_us", 5.0)) * 1e-6,
             description=str(d.get("description", "")),
+            providers=providers,
         )
     except KeyError as e:
         raise ConfigError(f"{where}: device class {name!r} misses {e.args[0]!r}") from e

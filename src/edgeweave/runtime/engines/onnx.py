@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from edgeweave.errors import ConfigError, GenerationError, RuntimeStageError
+from edgeweave.profile import catalog
+from edgeweave.profile.catalog import ONNX_PROVIDERS
 from edgeweave.runtime.engines.base import (
     EngineConfig,
     SessionNotFound,
@@ -35,34 +37,17 @@ from edgeweave.runtime.engines.base import (
     check_batch,
     register_engine,
 )
+from edgeweave.types import DeviceProfile
 
-# Execution providers by device kind, best first; CPU is always the fallback. The names are
-# ONNX Runtime's; only providers present in the installed wheel are used.
-PROVIDERS: dict[str, tuple[str, ...]] = {
-    "cpu": ("CPUExecutionProvider",),
-    "arm-cpu": ("XnnpackExecutionProvider", "CPUExecutionProvider"),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    "jetson": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-    "npu-qualcomm": ("QNNExecutionProvider", "CPUExecutionProvider"),
-    "apple": ("CoreMLExecutionProvider", "CPUExecutionProvider"),
-    "intel": ("OpenVINOExecutionProvider", "CPUExecutionProvider"),
-    "windows-gpu": ("DmlExecutionProvider", "CPUExecutionProvider"),
-}
-
-
-# Device classes of profile/catalog (by name prefix) -> provider list above. Phones list
-# NNAPI/QNN/CoreML in PROVIDERS order; what the installed wheel lacks falls back to CPU.
-DEVICE_KINDS: dict[str, str] = {
-    "rpi": "arm-cpu", "phone-flagship": "npu-qualcomm", "phone": "arm-cpu",
-    "jetson": "jetson", "laptop-m": "apple", "minipc": "intel", "edge-server": "cuda",
-    "cloud": "cuda",
-}
+# Execution providers by family (a device class names its family in devices.yaml).
+PROVIDERS = ONNX_PROVIDERS
 
 
 def device_kind(device_name: str) -> str:
-    """Provider family for a device class name (longest matching prefix; CPU otherwise)."""
-    hits = [p for p in DEVICE_KINDS if device_name.startswith(p)]
-    return DEVICE_KINDS[max(hits, key=len)] if hits else "cpu"
+    """Provider family of a device class of the catalog (CPU for a class it does not know,
+    such as the probed host)."""
+    known = catalog.devices().get(device_name)
+    return known.providers if known is not None else "cpu"
 
 
 @dataclass(frozen=True)
@@ -105,7 +90,8 @@ class SessionProfile:
     @classmethod
     def for_device(cls, device, threads: int = 0) -> SessionProfile:
         """Options for a :class:`~edgeweave.types.DeviceProfile` (or its class name)."""
-        return cls(threads=threads, device=device_kind(getattr(device, "name", device)))
+        family = device.providers if isinstance(device, DeviceProfile) else device_kind(device)
+        return cls(threads=threads, device=family)
 
     def providers(self) -> list[str]:
         import onnxruntime as ort

@@ -43,6 +43,7 @@ from edgeweave.runtime.engines.onnx_spec import (  # noqa: F401 - re-exported
     MS_OPSET,
     OPSET,
     ExportSpec,
+    check_exportable,
 )
 
 
@@ -188,6 +189,7 @@ def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
     from onnx import TensorProto, helper
 
     cfg = model.cfg
+    check_exportable(cfg.family)
     shard = spec.shard(cfg.num_layers)
     missing = [i for i in range(shard.start, shard.end) if str(i) not in model.layers]
     if missing:

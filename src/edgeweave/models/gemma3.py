@@ -36,6 +36,10 @@ class GemmaRMSNorm(nn.Module):
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * (1.0 + self.weight.float())).type_as(x)
 
+    def divide_(self, s: torch.Tensor) -> None:
+        """Divide the output's channels by ``s`` in place: the scale is ``1 + weight``."""
+        self.weight.copy_((1.0 + self.weight) / s - 1.0)
+
 
 class Gemma3Attention(Attention):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
@@ -57,6 +61,8 @@ class GeGLU(MLP):
 
 
 class Gemma3Block(nn.Module):
+    mlp_norm = "pre_feedforward_layernorm"  # post_attention_layernorm closes the attention
+
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         h, eps = cfg.hidden_size, cfg.rms_norm_eps

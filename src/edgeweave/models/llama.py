@@ -32,6 +32,10 @@ class RMSNorm(nn.Module):
         var = x.pow(2).mean(-1, keepdim=True)
         return self.weight * (x * torch.rsqrt(var + self.eps))
 
+    def divide_(self, s: torch.Tensor) -> None:
+        """Divide the output's channels by ``s`` in place (SmoothQuant folds its scales)."""
+        self.weight.div_(s)
+
 
 def rope_inv_freq(cfg: ModelConfig, theta: float | None = None,
                   scaled: bool = True) -> torch.Tensor:
@@ -163,6 +167,7 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     attention_cls: type[Attention] = Attention
+    mlp_norm = "post_attention_layernorm"  # the norm whose output feeds the MLP
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
 """The real Gemma 3 270M (bundled as a GGUF split over four packages): conversion cache,
 logits against Hugging Face on the real weights, a known answer, a two-stage split, the
-CLI, and the clear refusal of the ONNX backend."""
+CLI, and the ONNX graph."""
 
 from __future__ import annotations
 
@@ -91,12 +91,18 @@ def test_cli_generate_with_the_torch_backend(capsys, tmp_path):
     assert "Paris" in out and "torch fp32" in out
 
 
-def test_onnx_backend_refuses_gemma3_with_the_fix():
-    from edgeweave.errors import EdgeweaveError
+def test_onnx_fp32_graph_gives_the_torch_tokens(gemma):
+    """The default backend: the hand-built Gemma 3 graph (sliding GQA windows, two RoPE
+    caches, sandwich norms) greedy-decodes the torch model's tokens."""
+    from edgeweave.runtime.engine import EngineSession
     from edgeweave.runtime.local import EngineChoice, whole_model
 
-    with pytest.raises(EdgeweaveError, match="--backend torch"):
-        whole_model(NAME, EngineChoice(backend="onnx", variant="fp32"))
+    ids = gemma.tokenizer.encode(QUESTION, add_special_tokens=True)
+    p = SamplingParams(max_tokens=12, ignore_eos=True)
+    want = generate(LocalEngine(gemma.model, 64), gemma.tokenizer, ids, p).token_ids
+    session = EngineSession(whole_model(NAME, EngineChoice(backend="onnx", variant="fp32")), 64)
+    got = generate(session, gemma.tokenizer, ids, p)
+    assert got.token_ids == want and "Paris" in got.text
 
 
 def test_the_parts_join_once_into_the_checked_gguf(tmp_home):

@@ -26,6 +26,8 @@ from edgeweave.models.llama import MLP, Attention, BlockModel, Rotary, rope_inv_
 
 
 class GemmaRMSNorm(nn.Module):
+    offset = 1.0  # the scale is 1 + weight (exporters fold it in)
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(dim))  # stored as the offset from 1
@@ -90,9 +92,14 @@ class Gemma3Model(BlockModel):
         self.rotary_local = Rotary(cfg, rope_inv_freq(cfg, theta=local, scaled=False))
         self._embed_scale: dict[torch.dtype, torch.Tensor] = {}
 
+    def rotary_for(self, i: int) -> Rotary:
+        return self.rotary_local if self.cfg.is_sliding(i) else self.rotary
+
     def _tables(self, i: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rot = self.rotary_local if self.cfg.is_sliding(i) else self.rotary
-        return rot.tables(end)
+        return self.rotary_for(i).tables(end)
+
+    def embed_scale(self) -> float:
+        return float(torch.tensor(self.cfg.hidden_size ** 0.5))  # HF's float32 value
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.embed_tokens(ids)

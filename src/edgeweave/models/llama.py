@@ -23,6 +23,8 @@ from edgeweave.types import Shard
 
 
 class RMSNorm(nn.Module):
+    offset = 0.0  # the scale is offset + weight (Gemma's norms: 1 + weight)
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -215,6 +217,14 @@ class BlockModel(nn.Module):
 
     def make_block(self, i: int) -> nn.Module:
         return Block(self.cfg)
+
+    def rotary_for(self, i: int) -> Rotary:
+        """The RoPE tables block ``i`` rotates with (Gemma 3: two kinds)."""
+        return self.rotary
+
+    def embed_scale(self) -> float | None:
+        """A factor on the embedding rows (Gemma: sqrt(hidden)); None: none."""
+        return None
 
     def init_buffers(self) -> None:
         """(Re)build the non-persistent buffers (RoPE tables): a model built on the meta

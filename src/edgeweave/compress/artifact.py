@@ -35,7 +35,7 @@ from edgeweave.compress.recipes import Recipe
 from edgeweave.errors import ArtifactError
 from edgeweave.models.checkpoint import LoadedModel
 from edgeweave.models.config import ModelConfig
-from edgeweave.models.llama import BlockModel, Rotary
+from edgeweave.models.llama import BlockModel
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.paths import atomic_dir, atomic_write_json, sha256_file
 from edgeweave.types import Shard
@@ -224,7 +224,7 @@ def load_artifact(path: str | Path, shard: Shard | None = None) -> LoadedModel:
     if left:
         raise ArtifactError(f"{path} lacks {len(left)} tensors, e.g. {left[:3]}: the weights or "
                             f"the `modules` of {MANIFEST} were changed; {RECOMPRESS}")
-    model.rotary = Rotary(cfg)
+    model.init_buffers()
     model.eval().requires_grad_(False)
     return LoadedModel(name=manifest.get("source", {}).get("name", path.name) + "@" + path.name,
                        folder=path, config=cfg, model=model, tokenizer=Tokenizer(path))

@@ -84,11 +84,13 @@ def _bf16(model: nn.Module) -> nn.Module:
         if not p.requires_grad:
             p.data = p.data.to(torch.bfloat16)
     # llama.py's rotary tables are fp32 and would promote q/k back to fp32 while v stays
-    # bf16; build them once at full length and store them in bf16 too.
-    rot = getattr(model, "rotary", None)
-    if rot is not None:
-        rot.tables(model.cfg.max_position)
-        rot._cos, rot._sin = rot._cos.to(torch.bfloat16), rot._sin.to(torch.bfloat16)
+    # bf16; build them once at full length and store them in bf16 too (Gemma 3 has two).
+    from edgeweave.models.llama import Rotary
+
+    for rot in model.modules():
+        if isinstance(rot, Rotary):
+            rot.tables(model.cfg.max_position)
+            rot._cos, rot._sin = rot._cos.to(torch.bfloat16), rot._sin.to(torch.bfloat16)
     return model
 
 

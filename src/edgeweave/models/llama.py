@@ -4,6 +4,9 @@
 API: any half-open range of blocks ``[start, end)`` runs on its own with its own
 :class:`KVCache`, which is what pipeline stages and the planner build on. Module names match
 Hugging Face's so checkpoints, PEFT target names and compression rules carry over.
+
+``BlockModel(cfg)`` builds the class of ``cfg.family`` (``models.families``): Qwen3 and
+Gemma 3 subclass this one in their own files and override only what differs.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from edgeweave.types import Shard
 
 
 class RMSNorm(nn.Module):
+    offset = 0.0  # the scale is offset + weight (Gemma's norms: 1 + weight)
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -29,11 +34,21 @@ class RMSNorm(nn.Module):
         var = x.pow(2).mean(-1, keepdim=True)
         return self.weight * (x * torch.rsqrt(var + self.eps))
 
+    def divide_(self, s: torch.Tensor) -> None:
+        """Divide the output's channels by ``s`` in place (SmoothQuant folds its scales)."""
+        self.weight.div_(s)
 
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64)
-                                     / cfg.head_dim))
-    rs = cfg.rope_scaling
+
+def rope_inv_freq(cfg: ModelConfig, theta: float | None = None,
+                  scaled: bool = True) -> torch.Tensor:
+    """RoPE inverse frequencies of base ``theta`` (default ``cfg.rope_theta``), with
+    ``cfg.rope_scaling`` applied when ``scaled`` (Gemma 3's sliding blocks use neither)."""
+    theta = cfg.rope_theta if theta is None else theta
+    inv = 1.0 / (theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64)
+                           / cfg.head_dim))
+    rs = cfg.rope_scaling if scaled else None
+    if rs and (rs.get("rope_type") or rs.get("type")) == "linear":  # positions / factor
+        return (inv / rs["factor"]).float()
     if rs:  # Llama 3 frequency-dependent scaling
         factor = rs["factor"]
         low, high = rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
@@ -49,9 +64,10 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 class Rotary(nn.Module):
     """Cos/sin tables, grown on demand; HF's rotate-half convention."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, inv_freq: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg) if inv_freq is None else inv_freq,
+                             persistent=False)
         self._cos = torch.empty(0)
         self._sin = torch.empty(0)
 
@@ -71,7 +87,37 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int,
+                     window: int | None = None, scale: float | None = None) -> torch.Tensor:
+    """SDPA of (B, nh, T, hd) queries at positions ``past..past+T`` over every cached key
+    (B, kv, past+T, hd); with ``window`` query ``p`` sees only keys ``p-window < j <= p``
+    (HF's sliding window). ``scale`` defaults to ``hd ** -0.5``."""
+    t, n = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if window is not None and n > window:
+        if t == 1:  # decode: the window is the last `window` keys, no mask needed
+            return F.scaled_dot_product_attention(q, k[:, :, -window:], v[:, :, -window:],
+                                                  scale=scale, enable_gqa=gqa)
+        qpos = torch.arange(past, past + t).unsqueeze(1)
+        kpos = torch.arange(n).unsqueeze(0)
+        mask = (kpos <= qpos) & (kpos > qpos - window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                              enable_gqa=gqa)
+    if t == 1:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+    if past == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                              enable_gqa=gqa)
+    # chunk after a prefix: query i sees keys up to past + i
+    mask = torch.ones(t, past + t, dtype=torch.bool).tril(diagonal=past)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
 class Attention(nn.Module):
+    # per-instance in subclasses: Gemma 3's sliding blocks and its query_pre_attn_scalar
+    window: int | None = None
+    scale: float | None = None
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         h, hd = cfg.hidden_size, cfg.head_dim
@@ -94,21 +140,19 @@ class Attention(nn.Module):
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
         v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = self.norm_qk(q, k)
         past = cache.position(layer) if cache is not None else 0
         # tables are fp32; a bf16/fp16 model must not be promoted (or mismatch) by them
         c, s = cos[past:past + t].to(q.dtype), sin[past:past + t].to(q.dtype)
         q, k = apply_rope(q, c, s), apply_rope(k, c, s)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        gqa = self.n_heads != self.n_kv
-        if t == 1:
-            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-        elif past == 0:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:  # chunk after a prefix: query i sees keys up to past + i
-            mask = torch.ones(t, past + t, dtype=torch.bool).tril(diagonal=past)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        out = causal_attention(q, k, v, past, self.window, self.scale)
         return out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
+
+    def norm_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """QK-norm hook (Qwen3, Gemma 3) on (B, heads, T, hd); Llama has none."""
+        return q, k
 
 
 class MLP(nn.Module):
@@ -124,10 +168,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    attention_cls: type[Attention] = Attention
+    mlp_norm = "post_attention_layernorm"  # the norm whose output feeds the MLP
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = self.attention_cls(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
@@ -139,6 +186,19 @@ class BlockModel(nn.Module):
     ends at the last block (with tied embeddings the head shares the embedding matrix).
     """
 
+    norm_cls: type[nn.Module] = RMSNorm  # the final norm's class (Gemma's is 1 + weight)
+
+    def __new__(cls, *args: object, **kwargs: object) -> BlockModel:
+        # BlockModel(cfg) builds cfg's family, so every caller (loader, artifacts,
+        # distillation, tests) gets the right class without knowing the families; copy and
+        # pickle call __new__ without arguments and keep the class they have.
+        cfg = args[0] if args else kwargs.get("cfg")
+        if cls is BlockModel and isinstance(cfg, ModelConfig):
+            from edgeweave.models.families import family
+
+            cls = family(cfg.family).model_cls()
+        return super().__new__(cls)
+
     def __init__(self, cfg: ModelConfig, shard: Shard | None = None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -146,14 +206,30 @@ class BlockModel(nn.Module):
         sh = self.shard
         self.embed_tokens = (nn.Embedding(cfg.vocab_size, cfg.hidden_size)
                              if sh.is_first or (sh.is_last and cfg.tie_word_embeddings) else None)
-        self.layers = nn.ModuleDict({str(i): Block(cfg) for i in range(sh.start, sh.end)})
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if sh.is_last else None
+        self.layers = nn.ModuleDict({str(i): self.make_block(i) for i in range(sh.start, sh.end)})
+        self.norm = self.norm_cls(cfg.hidden_size, cfg.rms_norm_eps) if sh.is_last else None
         self.lm_head = None
         if sh.is_last:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
             if cfg.tie_word_embeddings:
                 self.lm_head.weight = self.embed_tokens.weight
-        self.rotary = Rotary(cfg)
+        self.init_buffers()
+
+    def make_block(self, i: int) -> nn.Module:
+        return Block(self.cfg)
+
+    def rotary_for(self, i: int) -> Rotary:
+        """The RoPE tables block ``i`` rotates with (Gemma 3: two kinds)."""
+        return self.rotary
+
+    def embed_scale(self) -> float | None:
+        """A factor on the embedding rows (Gemma: sqrt(hidden)); None: none."""
+        return None
+
+    def init_buffers(self) -> None:
+        """(Re)build the non-persistent buffers (RoPE tables): a model built on the meta
+        device calls it again once its weights are loaded."""
+        self.rotary = Rotary(self.cfg)
 
     # -- the three primitives -------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

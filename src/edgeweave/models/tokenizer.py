@@ -93,7 +93,10 @@ class Tokenizer:
         )
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self.encode(self.render_chat(messages), add_special_tokens=False)
+        # a template writes its own BOS; the plain transcript of a base model needs the
+        # tokenizer's (Gemma without <bos> produces noise)
+        return self.encode(self.render_chat(messages),
+                           add_special_tokens=self.chat_template is None)
 
 
 @functools.lru_cache(maxsize=1)

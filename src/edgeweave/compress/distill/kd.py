@@ -12,7 +12,6 @@ run resumes from them; the checkpoint is removed once the student is finished.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import io
 import json
@@ -40,10 +39,11 @@ def init_student(teacher: BlockModel, n_layers: int) -> BlockModel:
     if n_layers >= teacher.cfg.num_layers:
         raise ConfigError(f"student_layers={n_layers} must be below the teacher's "
                           f"{teacher.cfg.num_layers} blocks")
-    cfg = dataclasses.replace(teacher.cfg, num_layers=n_layers)
+    picked = pick_layers(teacher.cfg.num_layers, n_layers)
+    cfg = teacher.cfg.subset(picked)  # Gemma 3: each student block keeps its attention kind
     student = BlockModel(cfg)
     state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("layers.")}
-    for j, i in enumerate(pick_layers(teacher.cfg.num_layers, n_layers)):
+    for j, i in enumerate(picked):
         for k, v in teacher.layers[str(i)].state_dict().items():
             state[f"layers.{j}.{k}"] = v
     student.load_state_dict({k: v.clone() for k, v in state.items()}, strict=False)

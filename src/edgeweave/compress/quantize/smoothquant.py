@@ -9,7 +9,8 @@ the per-channel-quantized weights. The division folds into the preceding op, so 
 added at run time:
 
 * ``input_layernorm.weight`` absorbs the scales of q/k/v (one shared input),
-* ``post_attention_layernorm.weight`` those of gate/up,
+* the norm before the MLP (``post_attention_layernorm``; Gemma 3's
+  ``pre_feedforward_layernorm``, whose scale is ``1 + weight``) those of gate/up,
 * rows of ``up_proj`` those of ``down_proj`` (its input is ``silu(gate) * up``).
 ``o_proj`` is left as is: with grouped-query attention its input channels cannot be rescaled
 through ``v_proj`` independently per head. For int4, GPTQ is our weight-only method.
@@ -28,12 +29,17 @@ from edgeweave.compress.quantize.rtn import int8_module, quantize_embeddings
 from edgeweave.compress.recipes import SmoothQuant, register_method
 from edgeweave.models.llama import BlockModel
 
-GROUPS = (  # (input statistics from, linears sharing that input, where the 1/s folds)
-    ("self_attn.q_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-     "input_layernorm"),
-    ("mlp.gate_proj", ("mlp.gate_proj", "mlp.up_proj"), "post_attention_layernorm"),
-    ("mlp.down_proj", ("mlp.down_proj",), "mlp.up_proj"),
-)
+STATS = ("self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj")  # the inputs measured
+
+
+def groups(block: nn.Module) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+    """(input statistics from, linears sharing that input, where the 1/s folds)."""
+    return (
+        ("self_attn.q_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "input_layernorm"),
+        ("mlp.gate_proj", ("mlp.gate_proj", "mlp.up_proj"), block.mlp_norm),
+        ("mlp.down_proj", ("mlp.down_proj",), "mlp.up_proj"),
+    )
 
 
 def smooth_scales(absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -45,7 +51,7 @@ def smooth_scales(absmax: torch.Tensor, weights: list[torch.Tensor], alpha: floa
 @torch.no_grad()
 def smooth_block(block: nn.Module, stats: dict[str, LinearStats], alpha: float) -> list[float]:
     ratios = []
-    for stat_name, consumers, fold in GROUPS:
+    for stat_name, consumers, fold in groups(block):
         lins = [block.get_submodule(n) for n in consumers]
         s = smooth_scales(stats[stat_name].absmax, [m.weight for m in lins], alpha)
         for m in lins:
@@ -55,8 +61,8 @@ def smooth_block(block: nn.Module, stats: dict[str, LinearStats], alpha: float) 
             target.weight.div_(s[:, None])
             if target.bias is not None:
                 target.bias.div_(s)
-        else:
-            target.weight.div_(s)
+        else:  # a norm: its own rule (Gemma's scale is 1 + weight)
+            target.divide_(s)
         ratios.append(float(s.max() / s.min()))
     return ratios
 
@@ -66,9 +72,8 @@ def apply_smoothquant(r: SmoothQuant, model: BlockModel, ctx: Any, note: dict[st
                       ) -> BlockModel:
     ids = ctx.require_calib("smoothquant")
     spread: list[float] = []
-    names = tuple(g[0] for g in GROUPS)
     sequential(model, ids, lambda i, blk, st: spread.extend(smooth_block(blk, st, r.alpha)),
-               names=names)
+               names=STATS)
     for name, m in block_linears(model):
         bias = None if m.bias is None else m.bias.detach()
         set_module(model, name, int8_module(m.weight.detach(), bias, mode="w8a8"))

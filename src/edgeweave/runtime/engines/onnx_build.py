@@ -31,7 +31,7 @@ from typing import Any
 from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
 from edgeweave.models.config import ModelConfig
 from edgeweave.runtime.engines.base import EngineConfig
-from edgeweave.runtime.engines.onnx_spec import ExportSpec
+from edgeweave.runtime.engines.onnx_spec import ExportSpec, check_exportable
 from edgeweave.types import Shard
 from edgeweave.variants import Variant, from_manifest, get
 
@@ -156,6 +156,7 @@ def ensure(config: EngineConfig, overrides: dict[str, Any] | None = None,
     if build not in BUILD_MODES:
         raise ConfigError(f"build must be one of {BUILD_MODES} (got {build!r})")
     src = source(config, from_fp32, overrides)
+    check_exportable(src.cfg.family)  # before any compression or export work starts
     spec = export_spec(src.variant, config.shard, src.cfg.max_position, overrides)
     found = _cached(src, spec, lora)
     if found is not None:

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from edgeweave.errors import ConfigError
-from edgeweave.models.llama import BlockModel, rope_inv_freq
+from edgeweave.models.families import FAMILIES
+from edgeweave.models.llama import BlockModel
 from edgeweave.runtime.engines.onnx_quant import (
     Dense,
     Packed,
@@ -43,6 +44,7 @@ from edgeweave.runtime.engines.onnx_spec import (  # noqa: F401 - re-exported
     MS_OPSET,
     OPSET,
     ExportSpec,
+    check_exportable,
 )
 
 
@@ -145,7 +147,8 @@ class _Graph:
 
 
 def _norm_weight(module: torch.nn.Module) -> np.ndarray:
-    return module.weight.detach().float().numpy().copy()
+    """The norm's scale as ONNX's RMSNorm wants it: Gemma's ``1 + weight`` folded in."""
+    return (module.weight.detach().float().numpy() + getattr(module, "offset", 0.0)).copy()
 
 
 def _embedding_weight(emb: torch.nn.Module) -> Weight:
@@ -182,12 +185,45 @@ def _lora_delta(g: _Graph, x: str, y: str, block: int, group: str, fan_in: int,
     return g.node("Add", [y, d], name=f"{name}/Add")[0]
 
 
+def _qk_norm(g: _Graph, qkv: str, att: torch.nn.Module, p: str, nh: int, nkv: int, hd: int,
+             eps: float) -> list[str]:
+    """Split the fused projection into q, k, v and RMS-normalize each head of q and k over
+    head_dim (Qwen3, Gemma 3): GQA then rotates and attends them as separate inputs."""
+    q, k, v = g.node("Split", [qkv, g.init(f"{p}.self_attn.qkv_split", np.array(
+        [nh * hd, nkv * hd, nkv * hd], np.int64))], n_out=3, name=f"{p}/qkv_split", axis=-1)
+    out = []
+    for name, x, heads in (("q_norm", q, nh), ("k_norm", k, nkv)):
+        (x,) = g.node("Reshape", [x, g.init(f"{p}.{name}.heads", np.array([0, 0, heads, hd]))],
+                      name=f"{p}/{name}/heads")
+        (x,) = g.node("SimplifiedLayerNormalization",
+                      [x, g.init(f"{p}.self_attn.{name}.weight",
+                                 _norm_weight(getattr(att, name)))],
+                      name=f"{p}/{name}", axis=-1, epsilon=eps, stash_type=1)
+        (x,) = g.node("Reshape", [x, g.init(f"{p}.{name}.flat", np.array([0, 0, heads * hd]))],
+                      name=f"{p}/{name}/flat")
+        out.append(x)
+    return [*out, v]
+
+
+def _silu(g: _Graph, gate: str, p: str) -> str:
+    (sg,) = g.node("Sigmoid", [gate], name=f"{p}/sigmoid")
+    return g.node("Mul", [gate, sg], name=f"{p}/silu")[0]
+
+
+def _gelu_tanh(g: _Graph, gate: str, p: str) -> str:
+    return g.node("Gelu", [gate], name=f"{p}/gelu", approximate="tanh")[0]  # opset 20+
+
+
+_ACTIVATIONS = {"silu": _silu, "gelu_pytorch_tanh": _gelu_tanh}  # by HF's name
+
+
 def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
     """Return the ``onnx.ModelProto`` of blocks ``[spec.start, spec.end)`` of ``model``
     (with LoRA factor inputs when ``lora``, see the module docstring)."""
     from onnx import TensorProto, helper
 
     cfg = model.cfg
+    check_exportable(cfg.family)
     shard = spec.shard(cfg.num_layers)
     missing = [i for i in range(shard.start, shard.end) if str(i) not in model.layers]
     if missing:
@@ -201,6 +237,10 @@ def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
         inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64,
                                                     ["batch", "seq"]))
         h = g.embedding("input_ids", _embedding_weight(model.embed_tokens), "embed_tokens")
+        scale = model.embed_scale()
+        if scale is not None:  # Gemma: rows times sqrt(hidden)
+            (h,) = g.node("Mul", [h, g.init("embed_scale", np.array(scale, np.float32))],
+                          name="embed_tokens/scale")
     else:
         inputs.append(helper.make_tensor_value_info("hidden_states", fp,
                                                     ["batch", "seq", hidden]))
@@ -208,15 +248,24 @@ def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
     inputs += [helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
                helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
 
-    inv = rope_inv_freq(cfg).double().numpy()
-    freqs = np.outer(np.arange(spec.max_len, dtype=np.float64), inv)
-    cos = g.init("cos_cache", np.cos(freqs).astype(np.float32))
-    sin = g.init("sin_cache", np.sin(freqs).astype(np.float32))
+    tables: dict[int, tuple[str, str]] = {}  # cos/sin caches by RoPE kind (Gemma 3: two)
 
+    def rope_tables(i: int) -> tuple[str, str]:
+        rot = model.rotary_for(i)
+        if id(rot) not in tables:
+            suffix = f"_{len(tables)}" if tables else ""
+            freqs = np.outer(np.arange(spec.max_len, dtype=np.float64),
+                             rot.inv_freq.double().numpy())
+            tables[id(rot)] = (g.init(f"cos_cache{suffix}", np.cos(freqs).astype(np.float32)),
+                               g.init(f"sin_cache{suffix}", np.sin(freqs).astype(np.float32)))
+        return tables[id(rot)]
+
+    act_name = FAMILIES[cfg.family].hidden_act
     residual, pending = h, None  # pending: block output not yet added to the residual
     for i in range(shard.start, shard.end):
         layer = model.layers[str(i)]
         att, mlp = layer.self_attn, layer.mlp
+        sandwich = hasattr(layer, "pre_feedforward_layernorm")  # Gemma 3's four norms
         p = f"layers.{i}"
         ln1 = g.init(f"{p}.input_layernorm.weight", _norm_weight(layer.input_layernorm))
         if pending is None:
@@ -237,20 +286,34 @@ def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
                 f"past_{kind}_{i}", fp, ["batch", nkv, "max_len", hd]))
             outputs.append(helper.make_tensor_value_info(
                 f"present_{kind}_{i}", fp, ["batch", nkv, "max_len", hd]))
+        qkv_in = [qkv, "", ""]
+        if hasattr(att, "q_norm"):  # QK-norm before the rotary GQA applies: q, k, v apart
+            qkv_in = _qk_norm(g, qkv, att, p, nh, nkv, hd, cfg.rms_norm_eps)
+        cos, sin = rope_tables(i)
+        gqa = {"num_heads": nh, "kv_num_heads": nkv, "do_rotary": 1, "rotary_interleaved": 0,
+               "scale": float(att.scale if att.scale is not None else hd ** -0.5)}
+        if att.window is not None:  # a sliding block: the last `window` keys, itself included
+            # (HF's j > i - window; GQA counts the same way: window - 1 fails at prefill)
+            gqa["local_window_size"] = int(att.window)
         attn, _, _ = g.node(
             "GroupQueryAttention",
-            [qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k",
+            [*qkv_in, f"past_key_{i}", f"past_value_{i}", "seqlens_k",
              "total_sequence_length", cos, sin],
             domain="com.microsoft", name=f"{p}/GQA",
-            outputs=[f"{p}/attn", f"present_key_{i}", f"present_value_{i}"],
-            num_heads=nh, kv_num_heads=nkv, scale=float(hd ** -0.5), do_rotary=1,
-            rotary_interleaved=0)
+            outputs=[f"{p}/attn", f"present_key_{i}", f"present_value_{i}"], **gqa)
         o = g.linear(attn, weight_of(att.o_proj, spec.quant), f"{p}.self_attn.o_proj",
                      spec.accuracy_level)
         if lora:
             o = _lora_delta(g, attn, o, i, "o", nh * hd, hidden, inputs)
-        ln2 = g.init(f"{p}.post_attention_layernorm.weight",
-                     _norm_weight(layer.post_attention_layernorm))
+        mlp_norm = layer.post_attention_layernorm
+        if sandwich:  # the attention's own output norm, then the MLP's input norm
+            (o,) = g.node("SimplifiedLayerNormalization",
+                          [o, g.init(f"{p}.post_attention_layernorm.weight",
+                                     _norm_weight(layer.post_attention_layernorm))],
+                          name=f"{p}/post_attn", axis=-1, epsilon=cfg.rms_norm_eps,
+                          stash_type=1)
+            mlp_norm = layer.pre_feedforward_layernorm
+        ln2 = g.init(f"{p}.{layer.mlp_norm}.weight", _norm_weight(mlp_norm))
         x, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [o, residual, ln2],
                                    n_out=4, domain="com.microsoft", name=f"{p}/ln2",
                                    epsilon=cfg.rms_norm_eps)
@@ -260,14 +323,19 @@ def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
             gu = _lora_delta(g, x, gu, i, "gate_up", hidden, 2 * cfg.intermediate_size, inputs)
         gate, up = g.node("Split", [gu, g.init(f"{p}.mlp.split", np.array(
             [cfg.intermediate_size] * 2, np.int64))], n_out=2, name=f"{p}/split", axis=-1)
-        (sg,) = g.node("Sigmoid", [gate], name=f"{p}/sigmoid")
-        (act,) = g.node("Mul", [gate, sg], name=f"{p}/silu")
+        act = _ACTIVATIONS[act_name](g, gate, p)
         (act,) = g.node("Mul", [act, up], name=f"{p}/glu")
         pending = g.linear(act, weight_of(mlp.down_proj, spec.quant), f"{p}.mlp.down_proj",
                            spec.accuracy_level)
         if lora:
             pending = _lora_delta(g, act, pending, i, "down", cfg.intermediate_size, hidden,
                                   inputs)
+        if sandwich:
+            (pending,) = g.node("SimplifiedLayerNormalization",
+                                [pending, g.init(f"{p}.post_feedforward_layernorm.weight",
+                                                 _norm_weight(layer.post_feedforward_layernorm))],
+                                name=f"{p}/post_ffw", axis=-1, epsilon=cfg.rms_norm_eps,
+                                stash_type=1)
 
     if shard.is_last:
         last = pending
@@ -282,6 +350,12 @@ def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
         # a dense tied head stores the transposed table once more: MatMul's prepacked B
         # is what makes the (1 x H) @ (H x V) product fast, worth 113 MB on SmolLM2
         y = g.linear(x, _head_weight(model, spec), "lm_head", spec.accuracy_level)
+        cap = cfg.final_logit_softcapping
+        if cap:  # Gemma: cap * tanh(logits / cap)
+            c = g.init("softcap", np.array(cap, np.float32))
+            (y,) = g.node("Div", [y, c], name="softcap/div")
+            (y,) = g.node("Tanh", [y], name="softcap/tanh")
+            (y,) = g.node("Mul", [y, c], name="softcap/mul")
         g.node("Identity", [y], name="logits", outputs=["logits"])
         outputs.insert(0, helper.make_tensor_value_info(
             "logits", fp, ["batch", "seq_out", cfg.vocab_size]))

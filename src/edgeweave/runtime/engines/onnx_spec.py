@@ -17,6 +17,20 @@ EXPORTER_VERSION = 3  # bump when the graph layout changes: cached exports are r
 
 WEIGHT_FORMATS = ("fp32", "int8", "int4")
 
+# Families whose block the hand-built graph reproduces (onnx_export): Llama's layout, with or
+# without q/k/v bias; Qwen3's QK-norm; Gemma 3's QK-norm, sandwich norms, GeGLU, scaled
+# embedding, sliding windows with their own RoPE base and soft-capped logits.
+ONNX_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+
+
+def check_exportable(family: str) -> None:
+    """Refuse a family the ONNX exporter cannot build, naming the backend that runs it."""
+    if family not in ONNX_FAMILIES:
+        raise ConfigError(
+            f"the ONNX backend does not run {family} models yet (it builds "
+            f"{', '.join(ONNX_FAMILIES)} graphs): pass --backend torch (Python: "
+            "EngineChoice(backend='torch'))")
+
 
 @dataclass(frozen=True)
 class QuantSpec:

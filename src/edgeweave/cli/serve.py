@@ -15,6 +15,7 @@ from edgeweave.cli.common import (
     variant_option,
 )
 from edgeweave.models.catalog import DEFAULT_MODEL
+from edgeweave.runtime.prefix import DEFAULT_BUDGET_MB
 
 
 def register(app: typer.Typer) -> None:
@@ -64,6 +65,10 @@ def register(app: typer.Typer) -> None:
             "--adapter", help="NAME=DIR: serve the LoRA adapter in DIR (edgeweave finetune "
                               "--out) unmerged; a request selects it with model=NAME "
                               "(repeatable).")] = None,
+        prefix_cache_mb: int = typer.Option(
+            DEFAULT_BUDGET_MB, "--prefix-cache-mb", min=0,
+            help="MiB of prompt-prefix KV cache: prompts that start alike (instructions, "
+                 "demonstrations) skip recomputing it; 0 disables it."),
         backend: str = backend_option(),
         variant: str = variant_option(),
         threads: int = threads_option(),
@@ -97,4 +102,5 @@ def register(app: typer.Typer) -> None:
         serve(model, host=host, port=port, config=cfg, plan=plan, nodes=tuple(node or ()),
               tls_dir=tls_dir, mqtt=mqtt, fleet=fleet, fleet_file=fleet_file,
               objective=objective, choice=choice, adapters=specs,
-              policy=PolicyOptions(keep_in, hidden_states, max_cost))
+              policy=PolicyOptions(keep_in, hidden_states, max_cost),
+              prefix_cache_mb=prefix_cache_mb)

@@ -20,6 +20,8 @@ and fail over through :meth:`Coordinator.fail_over`, and several sessions step t
 LoRA adapters (``add_adapter``) are sent to every stage as it is loaded (``Op.ADAPTER``, each
 stage gets its blocks' factors), so a stage rebuilt on another node after a failover has them
 too; a session opened with an adapter names it in its OPEN frames and runs it unmerged.
+With ``prefix_cache_bytes`` > 0, prompts that start alike reuse the keys and values of
+earlier ones at every stage (``runtime.prefix_plan``).
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
-from edgeweave.errors import ConfigError, RuntimeStageError
+from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
 from edgeweave.runtime.adapters import Adapter, to_bytes
 from edgeweave.runtime.planstate import PlanState, PlanView
+from edgeweave.runtime.prefix_plan import PlanPrefixes
 from edgeweave.runtime.replan import first_change, reassign_failed
 from edgeweave.runtime.session import Payload, Session, SessionStats
 from edgeweave.runtime.transport.base import Link, NodeError, StageUnavailable
@@ -68,7 +71,7 @@ class Coordinator:
                  max_len: int = 2048, deadline_s: float = 20.0, per_token_s: float = 0.05,
                  replan: Replanner = reassign_failed, backend: str = "torch",
                  addresses: dict[str, str] | None = None, replay: str = "exact",
-                 logits_codec: str = "fp32") -> None:
+                 logits_codec: str = "fp32", prefix_cache_bytes: int = 0) -> None:
         if replay not in ("exact", "batched"):
             raise ConfigError(f"replay must be 'exact' or 'batched' (got {replay!r})")
         if logits_codec not in ("fp32", "fp16", "top64"):
@@ -92,6 +95,9 @@ class Coordinator:
         self.counters = CoordinatorStats()
         self.adapters: dict[str, Adapter] = {}  # sent to every stage _prepare loads
         self.state = PlanState(plan, self._prepare(plan))
+        # donors at every stage (runtime.prefix_plan); None: no prefix cache
+        self.prefixes = PlanPrefixes(self, prefix_cache_bytes) if prefix_cache_bytes > 0 \
+            else None
 
     @property
     def plan(self) -> Plan:
@@ -255,6 +261,8 @@ class Coordinator:
 
     def _switch(self, new_plan: Plan) -> float:
         t0 = time.perf_counter()
+        if self.prefixes is not None:  # donors live on the old plan's stages
+            self.prefixes.drop_all(self.plan)
         for _attempt in range(8):  # a node may die during recovery too
             try:
                 if new_plan.n_layers != self.plan.n_layers:
@@ -281,6 +289,9 @@ class Coordinator:
     def close(self) -> None:
         for s in list(self._sessions.values()):
             s.close()
+        if self.prefixes is not None:
+            with contextlib.suppress(EdgeweaveError):  # nodes may be gone already
+                self.prefixes.drop_all(self.plan)
         for link in self.links.values():
             link.close()
         self.links.clear()

@@ -21,6 +21,7 @@ from edgeweave.errors import GenerationError
 if TYPE_CHECKING:
     from edgeweave.models.llama import BlockModel
     from edgeweave.runtime.engines.base import StageEngine
+    from edgeweave.runtime.prefix import PrefixStore
 
 
 @runtime_checkable
@@ -41,15 +42,20 @@ _ids = itertools.count()
 
 class EngineSession:
     """One sequence on a whole-model stage engine, with its own KV cache in that engine;
-    ``adapter`` names a LoRA adapter registered with the engine (None: the base model)."""
+    ``adapter`` names a LoRA adapter registered with the engine (None: the base model);
+    ``prefix`` is the engine's prefix cache (``runtime.prefix``), None for none."""
 
     def __init__(self, engine: StageEngine, max_len: int | None = None,
-                 adapter: str | None = None) -> None:
+                 adapter: str | None = None, prefix: PrefixStore | None = None) -> None:
         sh = engine.config.shard
         if not (sh.is_first and sh.is_last):
             raise GenerationError("EngineSession needs a whole-model stage; use a coordinator "
                                   "for a split plan")
+        if prefix is not None and prefix.engine is not engine:
+            raise GenerationError("the prefix cache belongs to another engine: build it over "
+                                  "the engine the session runs on")
         self.engine = engine
+        self.prefix = prefix
         self.max_len = min(max_len or engine.max_position, engine.max_position)
         self.id = f"local-{next(_ids)}"
         self.adapter = adapter
@@ -68,6 +74,19 @@ class EngineSession:
     def extend(self, ids: list[int]) -> np.ndarray:
         """Append a chunk of the prompt (chunked prefill); logits after its last token."""
         return self.engine.forward(self.id, np.array([ids], dtype=np.int64))[0]
+
+    def reuse_prefix(self, ids: list[int]) -> int:
+        """Start the sequence ``ids`` from the longest prefix of it the cache holds; return
+        how many tokens that is (0: none, the next step starts afresh). The caller feeds
+        the rest of ``ids`` with ``extend``."""
+        if self.prefix is None:
+            return 0
+        return self.prefix.reuse(self.id, ids, self.adapter or "")
+
+    def keep_prefix(self, ids: list[int]) -> None:
+        """The sequence holds exactly ``ids`` (its prompt): offer it to the prefix cache."""
+        if self.prefix is not None:
+            self.prefix.keep(self.id, ids, self.adapter or "")
 
     @property
     def batch_key(self) -> int:

@@ -135,6 +135,8 @@ class GenerationMetrics:
     total_s: float
     peak_rss_mb: float
     extra: dict[str, float] = field(default_factory=dict)  # engine stats, e.g. bytes on wire
+    # prompt tokens whose KV came from the prefix cache (OpenAI's usage.prompt_tokens_details)
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ produced (none while the prompt is still being fed or a character is incomplete)
 Prefill in chunks appends the prompt to the session's cache piece by piece (``extend``), so a
 long prompt shares the engine with running streams instead of stalling them; the logits of
 the last chunk are those of the whole prompt.
+
+Prefix cache (``runtime.prefix``): before its first input, a generation asks an engine that
+has one (``reuse_prefix``) to start from the longest cached prefix of its prompt, and feeds
+only the rest; once the prompt is in, it offers it for later requests (``keep_prefix``).
+The metrics report the reused tokens as ``cached_tokens``.
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ class Generation:
         self._pending_lp: list[TokenLogprob] = []  # their logprobs, when asked for
         self._emitted = 0
         self._fed = 0  # prompt tokens handed to the engine so far
+        self._started = False  # the prefix cache was asked
+        self.cached_tokens = 0  # prompt tokens the prefix cache supplied
         self._asked = 0  # tokens of the input last handed out
         self.finish_reason: str | None = None
         self._t_first: float | None = None
@@ -93,6 +100,11 @@ class Generation:
         """The next input; while prefilling, at most ``limit`` prompt tokens (0: the rest)."""
         if self.finished:
             raise GenerationError("the generation has finished: nothing more to feed")
+        if not self._started:
+            self._started = True
+            reuse = getattr(self.engine, "reuse_prefix", None)
+            if callable(reuse):
+                self.cached_tokens = self._fed = int(reuse(self.prompt))
         if self.prefilling:
             n = len(self.prompt) - self._fed
             n = min(n, limit) if limit > 0 else n
@@ -107,6 +119,9 @@ class Generation:
             self._fed += self._asked
             if self.prefilling:
                 return []  # more of the prompt to come
+            keep = getattr(self.engine, "keep_prefix", None)
+            if callable(keep):  # the cache holds exactly the prompt now, before any token
+                keep(self.prompt)
         raw = logits  # logprobs come from the model's logits, before any mask or sampling
         if self._matcher is not None:
             logits = self._matcher.mask(logits)
@@ -169,7 +184,8 @@ class Generation:
             prefill_tps=len(self.prompt) / ttft if ttft > 0 else 0.0,
             decode_tps=n_dec / (now - t1) if t1 and now > t1 and n_dec else 0.0,
             total_s=now - self._t0, peak_rss_mb=self._peak,
-            extra=dict(extra() if callable(extra) else extra or {}))
+            extra=dict(extra() if callable(extra) else extra or {}),
+            cached_tokens=self.cached_tokens)
 
 
 # -- running inputs on engines --------------------------------------------------------------

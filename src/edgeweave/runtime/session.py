@@ -86,6 +86,26 @@ class Session:
         ran."""
         return self._step(list(ids))
 
+    def reuse_prefix(self, ids: list[int]) -> int:
+        """Open the session holding the longest prefix of ``ids`` the plan's prefix cache
+        has, at every stage; return its length (0: none, the next step starts afresh)."""
+        prefixes = self.coord.prefixes
+        return 0 if prefixes is None else prefixes.reuse(self, list(ids))
+
+    def keep_prefix(self, ids: list[int]) -> None:
+        """The session holds exactly ``ids`` (its prompt): offer it to the prefix cache."""
+        prefixes = self.coord.prefixes
+        if prefixes is not None:
+            prefixes.keep(self, list(ids))
+
+    def adopt_prefix(self, length: int, records: list[list[Payload]]) -> None:
+        """Every stage was filled with a donor's first ``length`` tokens (``runtime.
+        prefix_plan``); ``records`` are the inputs its stages received for them, so replay
+        rebuilds this session as if it had computed them itself."""
+        self.length = length
+        self.records = [list(r) for r in records]
+        self.opened = True
+
     def close(self) -> None:
         self.coord.close_session(self)
 
@@ -339,6 +359,26 @@ def merge_payloads(chunks: list[Payload]) -> Payload:
     out = codecs.IDS if chunks[0].codec == codecs.IDS.id else codecs.FP32
     merged = np.concatenate(parts, axis=1)
     return Payload(out.id, tuple(merged.shape), out.encode(merged))
+
+
+def cut_records(chunks: list[Payload], length: int) -> list[Payload]:
+    """The recorded inputs of one stage for its first ``length`` tokens; a chunk cut in two
+    keeps its first part as fp32 (or ids), exactly what the stage received."""
+    out, pos = [], 0
+    for c in chunks:
+        if pos >= length:
+            break
+        n = x_tokens(c)
+        if pos + n <= length:
+            out.append(c)
+        else:
+            part = codecs.get(c.codec).decode(c.data, c.shape)[:, :length - pos]
+            codec = codecs.IDS if c.codec == codecs.IDS.id else codecs.FP32
+            out.append(Payload(codec.id, tuple(part.shape), codec.encode(part)))
+        pos += n
+    if pos < length:
+        raise RuntimeStageError(f"the records hold {pos} tokens, not the {length} asked for")
+    return out
 
 
 def x_tokens(x: Payload) -> int:

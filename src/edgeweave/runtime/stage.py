@@ -15,6 +15,11 @@ comes back, see ``SESSION_MISSING``). The prediction is the engine's own per-tok
 (``session_bytes`` of a one-token probe session, taken when the stage is added), i.e. layers
 in the shard x 2 (K and V) x kv_heads x head_dim x dtype bytes, times ``max_len``.
 
+Prefix donors (``runtime.prefix``: SAVE_PREFIX, LOAD_PREFIX) count against the same cap and
+are evicted first, least recently used first: they only save compute, while an evicted
+session costs a replay. A donor is saved only into room that donors alone can make; it is
+never stepped or truncated.
+
 Bad input never takes the stream down: a malformed frame, an unknown codec, a tensor whose
 shape does not fit the stage or a step past the session's ``max_len`` is answered with ERROR
 (the message names the problem) before the engine sees it.
@@ -90,6 +95,7 @@ class StageLimits:
 class _Slot:
     nbytes: int  # what the engine reports it reserved
     max_len: int  # what OPEN asked for: a FORWARD past it is refused before decoding
+    prefix: bool = False  # a prefix donor (SAVE_PREFIX), not a session
 
 
 class StageHost:
@@ -111,6 +117,7 @@ class StageHost:
         self._lru: OrderedDict[tuple[str, str], _Slot] = OrderedDict()  # (stage, session)
         self._lock = threading.Lock()
         self.evictions = 0
+        self.prefix_evictions = 0
         self._adapters: dict[str, dict[str, str]] = {}  # stage -> adapter name -> sha256
 
     # -- stages -------------------------------------------------------------------------
@@ -132,9 +139,12 @@ class StageHost:
 
         return {"model": self.model, "stages": sorted(self.engines), "policy": current().info(),
                 "engines": {k: engine_info(e) for k, e in sorted(self.engines.items())},
-                "sessions": len(self._lru),
+                "sessions": sum(1 for slot in self._lru.values() if not slot.prefix),
                 "memory_bytes": sum(slot.nbytes for slot in self._lru.values()),
                 "memory_cap_bytes": self.memory_cap_bytes, "evictions": self.evictions,
+                "prefixes": sum(1 for slot in self._lru.values() if slot.prefix),
+                "prefix_bytes": sum(slot.nbytes for slot in self._lru.values() if slot.prefix),
+                "prefix_evictions": self.prefix_evictions,
                 "adapters": {k: sorted(v) for k, v in sorted(self._adapters.items())},
                 "blas_threads": self.colocated.current if self.colocated else None}
 
@@ -189,18 +199,81 @@ class StageHost:
         add(adapter)
         have[adapter.name] = adapter.sha256
 
-    def _make_room(self, key: tuple[str, str], need: int) -> bool:
-        """Evict least recently used sessions other than ``key`` until ``need`` more bytes
-        fit under the cap; False if they cannot."""
+    def _make_room(self, key: tuple[str, str], need: int, donors_only: bool = False) -> bool:
+        """Evict prefix donors, then (unless ``donors_only``) sessions, least recently used
+        first, other than ``key``, until ``need`` more bytes fit under the cap; False if
+        they cannot."""
         used = sum(slot.nbytes for k, slot in self._lru.items() if k != key)
-        for victim in [k for k in self._lru if k != key]:
+        donors = [k for k, slot in self._lru.items() if slot.prefix and k != key]
+        sessions = [] if donors_only else [k for k, slot in self._lru.items()
+                                           if not slot.prefix and k != key]
+        for victim in donors + sessions:
             if used + need <= self.memory_cap_bytes:
                 break
-            used -= self._lru.pop(victim).nbytes
+            slot = self._lru.pop(victim)
+            used -= slot.nbytes
             self.engines[victim[0]].close(victim[1])
-            self.evictions += 1
-            log.info("evicted session %s of stage %s (memory cap)", victim[1], victim[0])
+            if slot.prefix:
+                self.prefix_evictions += 1
+            else:
+                self.evictions += 1
+            log.info("evicted %s %s of stage %s (memory cap)",
+                     "prefix" if slot.prefix else "session", victim[1], victim[0])
         return used + need <= self.memory_cap_bytes
+
+    def _save_prefix(self, engine: StageEngine, session: str, prefix: str, length: int) -> int:
+        """SAVE_PREFIX: keep ``length`` tokens of ``session`` as the donor ``prefix``, in
+        room that other donors can make; returns the bytes it holds."""
+        stage = engine.config.key
+        key = (stage, prefix)
+        if key in self._lru or not prefix:
+            raise _Refused(ErrorCode.BAD_FRAME, f"stage {stage} holds {prefix!r} already (or "
+                           "the id is empty): give the prefix a new id")
+        src = self._lru.get((stage, session))
+        if src is None or src.prefix:
+            raise SessionNotFound(f"stage {stage} has no session {session!r} to keep a prefix "
+                                  "of (it may have been evicted)")
+        need = self.limits[stage].session_bytes(length)
+        if not self._make_room(key, need, donors_only=True):
+            raise _Refused(ErrorCode.MEMORY, f"no room for a prefix of {length} tokens "
+                           f"({need / 2**20:.1f} MiB) at stage {stage}: open sessions hold "
+                           "the node's memory cap; a larger --memory-mb keeps prefixes too")
+        engine.save_prefix(session, prefix, length)
+        got = engine.session_bytes(prefix)
+        self._lru[key] = _Slot(got, length, prefix=True)
+        self._lru.move_to_end((stage, session))
+        return got
+
+    def _load_prefix(self, engine: StageEngine, prefix: str, session: str, length: int
+                     ) -> None:
+        """LOAD_PREFIX: the open ``session`` holds the first ``length`` tokens of donor
+        ``prefix`` (evicted: SESSION_MISSING, and the coordinator prefills instead)."""
+        stage = engine.config.key
+        donor, dst = self._lru.get((stage, prefix)), self._lru.get((stage, session))
+        if donor is None or not donor.prefix:
+            raise SessionNotFound(f"stage {stage} holds no prefix {prefix!r} (it may have "
+                                  "been evicted): prefill the prompt instead")
+        if dst is None or dst.prefix:
+            raise SessionNotFound(f"stage {stage} has no session {session!r}: open it first")
+        if length > dst.max_len:
+            raise _Refused(ErrorCode.TOO_LONG, f"session {session!r} was opened for "
+                           f"{dst.max_len} tokens; a prefix of {length} does not fit")
+        engine.load_prefix(prefix, session, length)
+        self._lru.move_to_end((stage, prefix))
+        self._lru.move_to_end((stage, session))
+
+    def _prefix_spec(self, req: Frame) -> str:
+        spec = req.json()
+        if not (isinstance(spec, dict) and isinstance(spec.get("prefix"), str)):
+            raise _Refused(ErrorCode.BAD_FRAME, f"a {req.op.name} payload must be JSON "
+                           '{"prefix": "<id>"} with the length in arg')
+        return spec["prefix"]
+
+    def _not_a_donor(self, req: Frame) -> None:
+        slot = self._lru.get((req.stage, req.session))
+        if slot is not None and slot.prefix:
+            raise _Refused(ErrorCode.BAD_FRAME, f"{req.session!r} is a prefix donor at stage "
+                           f"{req.stage}: it is only copied from (LOAD_PREFIX), never stepped")
 
     def _close(self, engine: StageEngine, session: str) -> None:
         engine.close(session)
@@ -234,6 +307,7 @@ class StageHost:
         ok = Frame(Op.OK, req.stage, req.session, req.seq)
         if req.op == Op.FORWARD:
             engine = self._engine(req)
+            self._not_a_donor(req)
             have = engine.length(req.session)
             if have != req.arg:
                 raise _Refused(ErrorCode.OUT_OF_SYNC, f"session {req.session!r} holds {have} "
@@ -262,7 +336,15 @@ class StageHost:
         elif req.op == Op.ADAPTER:
             self._add_adapter(self._engine(req), req.payload)
         elif req.op == Op.TRUNCATE:
-            self._engine(req).truncate(req.session, req.arg)
+            engine = self._engine(req)
+            self._not_a_donor(req)
+            engine.truncate(req.session, req.arg)
+        elif req.op == Op.SAVE_PREFIX:
+            nbytes = self._save_prefix(self._engine(req), req.session, self._prefix_spec(req),
+                                       req.arg)
+            ok.payload = Frame.json_bytes({"bytes": nbytes})
+        elif req.op == Op.LOAD_PREFIX:
+            self._load_prefix(self._engine(req), self._prefix_spec(req), req.session, req.arg)
         elif req.op == Op.CLOSE:
             if req.stage:
                 self._close(self._engine(req), req.session)
@@ -294,6 +376,7 @@ class StageHost:
                     raise _Refused(ErrorCode.BAD_FRAME, "a batch carries FORWARD frames of "
                                    "distinct sessions")
                 seen.add(item.session)
+                self._not_a_donor(item)
                 have = engine.length(item.session)
                 if have != item.arg:
                     raise _Refused(ErrorCode.OUT_OF_SYNC, f"session {item.session!r} holds "

@@ -396,7 +396,8 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
                     final["edgeweave"] = {**response_metrics(m, queue_s), **runtime()}
                     yield sse(final)
                     if include_usage:
-                        yield sse(shape.usage_chunk(usage(m.prompt_tokens, m.generated_tokens)))
+                        yield sse(shape.usage_chunk(usage(m.prompt_tokens, m.generated_tokens,
+                                                          m.cached_tokens)))
                     break
             yield sse("[DONE]")
         finally:
@@ -422,7 +423,8 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
                     m = ev.piece.metrics
                     lp = None if view is None else view.render(shape.kind, records)
                     out = shape.whole("".join(pieces), ev.piece.finish_reason,
-                                      usage(m.prompt_tokens, m.generated_tokens), lp)
+                                      usage(m.prompt_tokens, m.generated_tokens,
+                                            m.cached_tokens), lp)
                     queue_s = (job.started or job.arrived) - job.arrived
                     out["edgeweave"] = {**response_metrics(m, queue_s), **runtime()}
                     return JSONResponse(out)

@@ -8,6 +8,10 @@ coordinator in the same way. Both say what they run (``engine_info``: backend an
 which ``/health``, ``/v1/models`` and every response report. A factory may also say what
 its caches hold (``cache_usage``), which ``/metrics`` reads at every scrape.
 
+Both keep a prefix KV cache (``runtime.prefix``; ``--prefix-cache-mb``, 0 disables it):
+prompts that start alike reuse the keys and values already computed, and ``cache_usage``
+reports its hits for ``/metrics``.
+
 LoRA adapters (``--adapter NAME=DIR``) are registered with the shared engine once and run
 unmerged; ``new_session(adapter=NAME)`` opens a session that uses one, so requests for the
 base and for any adapter share the same base weights.
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,6 +31,9 @@ from edgeweave.runtime.adapters import Adapter, AdapterSpec, load_checked
 from edgeweave.runtime.engine import EngineSession, LogitsEngine
 from edgeweave.runtime.engines.base import EngineConfig
 from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
+from edgeweave.runtime.prefix import DEFAULT_BUDGET_MB, PrefixStore, PrefixUsage
+
+DEFAULT_PREFIX_BYTES = DEFAULT_BUDGET_MB << 20
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,8 @@ class LocalSessions:
     positions would hold 1.9 GB of cache."""
 
     def __init__(self, engine: Any, tokenizer: Tokenizer, model_id: str,
-                 max_len: int | None = None) -> None:
+                 max_len: int | None = None,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_BYTES) -> None:
         sh = engine.config.shard
         if not (sh.is_first and sh.is_last):
             raise ConfigError("LocalSessions serves a whole model; build its engine unsplit")
@@ -100,6 +108,8 @@ class LocalSessions:
         self.tokenizer = tokenizer
         self.max_len = min(max_len or engine.max_position, engine.max_position)
         self.adapters: dict[str, Adapter] = {}
+        self.prefixes = PrefixStore(engine, prefix_cache_bytes) if prefix_cache_bytes > 0 \
+            else None
 
     def add_adapters(self, specs: Sequence[AdapterSpec]) -> LocalSessions:
         """Load, check (against the served model) and register ``specs``; all or none."""
@@ -114,7 +124,8 @@ class LocalSessions:
 
     @classmethod
     def from_loaded(cls, lm: Any, max_len: int | None = None,
-                    adapters: Sequence[AdapterSpec] = ()) -> LocalSessions:
+                    adapters: Sequence[AdapterSpec] = (),
+                    prefix_cache_bytes: int = DEFAULT_PREFIX_BYTES) -> LocalSessions:
         """Serve an already loaded ``LoadedModel`` on the torch reference engine (its
         weights are shared, not copied): for tests and notebooks that hold a model."""
         from edgeweave.runtime.engines.torch import TorchStageEngine
@@ -123,26 +134,28 @@ class LocalSessions:
         n = lm.config.num_layers
         cfg = EngineConfig(str(lm.folder), Shard(0, n, n), "fp32", "torch")
         return cls(TorchStageEngine(cfg, model=lm.model), lm.tokenizer, lm.name,
-                   max_len).add_adapters(adapters)
+                   max_len, prefix_cache_bytes).add_adapters(adapters)
 
     @classmethod
     def load(cls, model: str, choice: EngineChoice | None = None,
-             max_len: int | None = None, adapters: Sequence[AdapterSpec] = ()
-             ) -> LocalSessions:
+             max_len: int | None = None, adapters: Sequence[AdapterSpec] = (),
+             prefix_cache_bytes: int = DEFAULT_PREFIX_BYTES) -> LocalSessions:
         if adapters:  # a wrong adapter is refused before the (slow) model load
             load_checked(tuple(adapters), model, Path(model).name)
         return cls(whole_model(model, choice), tokenizer_for(model), Path(model).name,
-                   max_len).add_adapters(adapters)
+                   max_len, prefix_cache_bytes).add_adapters(adapters)
 
     def new_session(self, max_len: int | None = None, adapter: str | None = None
                     ) -> LogitsEngine:
         if adapter is not None and adapter not in self.adapters:
             raise ConfigError(f"no adapter {adapter!r} is served here (adapters: "
                               f"{sorted(self.adapters)})")
-        return EngineSession(self.engine, min(max_len or self.max_len, self.max_len), adapter)
+        return EngineSession(self.engine, min(max_len or self.max_len, self.max_len), adapter,
+                             self.prefixes)
 
     def close(self) -> None:
-        pass  # the weights go with the process; nothing remote to release
+        if self.prefixes is not None:  # the weights go with the process; the donors now
+            self.prefixes.clear()
 
     def engine_info(self) -> dict[str, str]:
         return engine_info(self.engine)
@@ -157,7 +170,17 @@ class LocalSessions:
             # closed between listing and asking: it holds nothing any more
             with contextlib.suppress(SessionNotFound, KeyError):
                 used += self.engine.session_bytes(sid)
-        return CacheUsage(kv_bytes=used)
+        return with_prefix(CacheUsage(kv_bytes=used),
+                           self.prefixes.usage() if self.prefixes is not None else None)
+
+
+def with_prefix(usage: CacheUsage, prefix: PrefixUsage | None) -> CacheUsage:
+    """``usage`` with a prefix cache's figures (unchanged when there is none)."""
+    if prefix is None:
+        return usage
+    return replace(usage, prefix_bytes=prefix.nbytes,
+                               prefix_queried_tokens=prefix.queried_tokens,
+                               prefix_hit_tokens=prefix.hit_tokens)
 
 
 class CoordinatorSessions:
@@ -200,3 +223,8 @@ class CoordinatorSessions:
     def engine_info(self) -> dict[str, str]:
         variants = sorted({st.variant for st in self.coordinator.plan.stages})
         return {"backend": self.coordinator.backend, "variant": ",".join(variants)}
+
+    def cache_usage(self) -> CacheUsage:
+        """The plan's prefix cache (the nodes' KV caches are theirs to report)."""
+        prefixes = getattr(self.coordinator, "prefixes", None)
+        return with_prefix(CacheUsage(), prefixes.usage() if prefixes is not None else None)

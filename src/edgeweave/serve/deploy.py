@@ -25,6 +25,7 @@ from edgeweave.errors import ConfigError
 from edgeweave.netaddr import parse_hostport
 from edgeweave.runtime.adapters import AdapterSpec, load_checked
 from edgeweave.runtime.local import EngineChoice
+from edgeweave.runtime.prefix import DEFAULT_BUDGET_MB
 from edgeweave.serve.backend import CoordinatorSessions, LocalSessions, SessionFactory
 from edgeweave.types import Plan
 
@@ -112,11 +113,17 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
           fleet: str | None = None, fleet_file: str | Path | None = None,
           objective: str = "latency", choice: EngineChoice | None = None,
           adapters: Sequence[AdapterSpec] = (),
-          policy: PolicyOptions | None = None) -> Deployment:
+          policy: PolicyOptions | None = None,
+          prefix_cache_mb: int = DEFAULT_BUDGET_MB) -> Deployment:
     """``choice`` is the backend (and, without a plan, the variant) every stage runs;
     ``adapters`` are LoRA adapters served unmerged beside the base (in this process, or
     sent by the coordinator to every stage of the plan); ``policy`` overrides the fleet
-    file's data-residency and cost policy."""
+    file's data-residency and cost policy; ``prefix_cache_mb`` bounds the prefix KV cache
+    (0 disables it; on a plan, every node's memory cap bounds its donors too)."""
+    if prefix_cache_mb < 0:
+        raise ConfigError(f"--prefix-cache-mb must be >= 0 (got {prefix_cache_mb}): 0 "
+                          "disables the prefix cache")
+    prefix_bytes = prefix_cache_mb << 20
     choice = choice or EngineChoice()
     if policy is not None and policy.given and fleet_file is None:
         raise ConfigError("--keep-in, --hidden-states-in-zone and --max-cost need --fleet-file: "
@@ -125,7 +132,8 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
         if nodes or mqtt:
             raise ConfigError("--node and --mqtt need --plan or --fleet-file: they act on a "
                               "distributed plan")
-        return Deployment(LocalSessions.load(model, choice, adapters=adapters))
+        return Deployment(LocalSessions.load(model, choice, adapters=adapters,
+                                             prefix_cache_bytes=prefix_bytes))
     if adapters:  # refused before any node is asked to load a stage
         load_checked(tuple(adapters), model, Path(model).name)
     the_plan = read_plan(plan) if plan is not None else None
@@ -138,11 +146,13 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
         from edgeweave.security.tls import TLSFiles
 
         tls = TLSFiles.from_dir(tls_dir, "coordinator") if tls_dir is not None else None
-        coord = attach(the_plan, model, addresses, tls=tls, backend=choice.backend)
+        coord = attach(the_plan, model, addresses, tls=tls, backend=choice.backend,
+                       prefix_cache_bytes=prefix_bytes)
     else:
         from edgeweave.runtime.launch import embedded
 
-        coord = embedded(model, the_plan, backend=choice.backend)
+        coord = embedded(model, the_plan, backend=choice.backend,
+                         prefix_cache_bytes=prefix_bytes)
     sessions = CoordinatorSessions(coord, model_id=Path(model).name)
     try:
         sessions.add_adapters(adapters)  # sent to every stage (and to stages of later plans)

@@ -202,6 +202,7 @@ def response_metrics(m: GenerationMetrics, queue_s: float) -> dict[str, Any]:
         "tpot_s": None if tpot is None else round(tpot, 6),
         "total_s": round(queue_s + m.total_s, 6),
         "peak_rss_mb": round(m.peak_rss_mb, 1),
+        "cached_tokens": m.cached_tokens,  # prompt tokens the prefix cache supplied
     }
     # engine stats, e.g. bytes on the wire of a distributed plan (0 for one process)
     out.update(m.extra)

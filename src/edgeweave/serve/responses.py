@@ -42,11 +42,11 @@ class Shape:
                   "finish_reason": finish_reason}
         return self._envelope("text_completion", [choice])
 
-    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+    def usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         return {**self._envelope(obj, []), "usage": usage}
 
-    def whole(self, text: str, finish_reason: str, usage: dict[str, int],
+    def whole(self, text: str, finish_reason: str, usage: dict[str, Any],
               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         if self.kind == "chat":
             choice = {"index": 0, "message": {"role": "assistant", "content": text,
@@ -58,9 +58,13 @@ class Shape:
         return {**self._envelope("text_completion", [choice]), "usage": usage}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+          ) -> dict[str, Any]:
+    """OpenAI's usage object; ``prompt_tokens_details.cached_tokens`` counts the prompt
+    tokens whose keys and values came from the prefix cache."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def sse(data: dict[str, Any] | str) -> str:

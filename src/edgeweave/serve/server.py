@@ -14,6 +14,7 @@ from edgeweave.models.catalog import DEFAULT_MODEL
 from edgeweave.netaddr import check_bindable, check_host, check_port
 from edgeweave.runtime.adapters import adapter_specs
 from edgeweave.runtime.local import EngineChoice
+from edgeweave.runtime.prefix import DEFAULT_BUDGET_MB
 from edgeweave.serve.backend import SessionFactory
 from edgeweave.serve.config import ServeConfig
 
@@ -54,11 +55,13 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 80
           fleet: str | None = None, fleet_file: str | None = None, objective: str = "latency",
           log_level: str = "info", choice: EngineChoice | None = None,
           adapters: Mapping[str, str | Path] | None = None,
-          policy: PolicyOptions | None = None) -> None:
+          policy: PolicyOptions | None = None,
+          prefix_cache_mb: int = DEFAULT_BUDGET_MB) -> None:
     """Serve ``model`` (in-process, or over ``plan``; see :mod:`edgeweave.serve.deploy`)
     until interrupted. A ready ``backend`` skips the loading. ``adapters`` maps a name to
     an adapter folder (``edgeweave finetune --out``): a request whose ``model`` is that name
-    runs the adapter unmerged on the shared base."""
+    runs the adapter unmerged on the shared base. ``prefix_cache_mb`` bounds the prefix KV
+    cache (0 disables it)."""
     from edgeweave.serve.deploy import Deployment, build
 
     cfg = config or ServeConfig(api_keys=api_keys)
@@ -71,7 +74,7 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 80
     dep = Deployment(backend) if backend is not None else build(
         model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet,
         fleet_file=fleet_file, objective=objective, choice=choice, adapters=specs,
-        policy=policy)
+        policy=policy, prefix_cache_mb=prefix_cache_mb)
     try:
         _uvicorn_server(dep.backend, cfg, address, log_level).run()
     finally:

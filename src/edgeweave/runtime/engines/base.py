@@ -29,6 +29,13 @@ on the fp32 reference, checked in ``tests/runtime/test_batch_forward.py``).
 
 Memory accounting is per session (``session_bytes``) so the server can cap and evict.
 
+Prefix caching (``runtime.prefix``): ``save_prefix(session_id, prefix_id, length)`` keeps
+the first ``length`` tokens of a session's cache as a *donor* ``prefix_id``, a cache of
+exactly that size that is never stepped; ``load_prefix(prefix_id, session_id, length)``
+makes an open session hold the first ``length`` tokens of a donor (or of another session),
+so it only computes the rest of its prompt. A donor answers ``length``, ``session_bytes``
+and ``close`` like a session but is not listed by ``sessions()``.
+
 LoRA adapters (``runtime.adapters``) are registered once with ``add_adapter`` and chosen per
 session when it opens (``open(..., adapter=name)``); they run unmerged beside the base
 layers, so sessions with and without adapters share one set of base weights.
@@ -129,6 +136,16 @@ class StageEngine(Protocol):
         """Bytes reserved by the session's cache."""
         ...
 
+    def save_prefix(self, session_id: str, prefix_id: str, length: int) -> None:
+        """Keep the first ``length`` tokens of the session's cache as the donor
+        ``prefix_id`` (a new cache of exactly ``length`` tokens, never stepped)."""
+        ...
+
+    def load_prefix(self, prefix_id: str, session_id: str, length: int) -> None:
+        """Make the open session hold the first ``length`` tokens of ``prefix_id`` (a donor
+        or another session) and nothing after them."""
+        ...
+
     def sessions(self) -> list[str]:
         ...
 
@@ -151,6 +168,18 @@ def check_batch(session_ids: Sequence[str], xs: Sequence[np.ndarray]) -> None:
         if x.ndim < 2 or x.shape[0] != 1 or x.shape[1] < 1:
             raise RuntimeStageError(f"each input of a batched step is one sequence (1, T) or "
                                     f"(1, T, H) with T >= 1, not shape {tuple(x.shape)}")
+
+
+def check_prefix(stage: str, source: str, held: int, length: int, room: int | None = None
+                 ) -> None:
+    """Refuse a prefix copy of ``length`` tokens from a cache holding ``held`` into one
+    with room for ``room`` (None: a new donor of exactly that size)."""
+    if length < 1 or length > held:
+        raise RuntimeStageError(f"stage {stage}: cannot copy {length} tokens of {source!r}, "
+                                f"which holds {held}: copy between 1 and {held}")
+    if room is not None and length > room:
+        raise RuntimeStageError(f"stage {stage}: a prefix of {length} tokens does not fit a "
+                                f"session opened for {room}: open it with a larger max_len")
 
 
 EngineFactory = Callable[[EngineConfig], StageEngine]

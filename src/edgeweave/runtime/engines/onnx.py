@@ -35,6 +35,7 @@ from edgeweave.runtime.engines.base import (
     SessionNotFound,
     StageEngine,
     check_batch,
+    check_prefix,
     register_engine,
 )
 from edgeweave.types import DeviceProfile
@@ -214,6 +215,16 @@ class _Session:
     adapter: str | None = None  # a LoRA adapter: the session runs on the LoRA twin graph
 
 
+@dataclass(eq=False)
+class _Prefix:
+    """A donor (``save_prefix``): per layer ``(kv, length, hd)`` keys and values of its own,
+    outside the pools, so it takes no slot of a batch and exactly the bytes it holds."""
+
+    keys: list[np.ndarray]
+    values: list[np.ndarray]
+    length: int
+
+
 class OnnxStageEngine:
     """:class:`StageEngine` over one exported ONNX graph (see module docstring)."""
 
@@ -236,6 +247,7 @@ class OnnxStageEngine:
         self._layers = range(config.shard.start, config.shard.end)
         self._sessions: dict[str, _Session] = {}
         self._pools: dict[int, _Pool] = {}  # by capacity (positions per session)
+        self._prefixes: dict[str, _Prefix] = {}  # donors (runtime.prefix)
         self._bindings: dict[tuple[int, int, int], tuple[Any, ...]] = {}
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -282,6 +294,7 @@ class OnnxStageEngine:
         if adapter is not None and adapter not in self._adapters:
             raise RuntimeStageError(f"stage {self.config.key} has no adapter {adapter!r} (it "
                                     f"has {sorted(self._adapters)}): add it first")
+        self._prefixes.pop(session_id, None)
         old = self._sessions.get(session_id)
         if old is not None and old.max_len >= max_len and old.adapter == adapter:
             old.length = 0
@@ -426,7 +439,8 @@ class OnnxStageEngine:
         s.length = min(s.length, length)  # GQA reads only seqlens_k positions
 
     def length(self, session_id: str) -> int:
-        return self._get(session_id).length
+        p = self._prefixes.get(session_id)
+        return p.length if p is not None else self._get(session_id).length
 
     def _release(self, s: _Session) -> None:
         s.pool.remove(s)
@@ -435,6 +449,8 @@ class OnnxStageEngine:
             self._forget_bindings(s.pool)
 
     def close(self, session_id: str) -> None:
+        if self._prefixes.pop(session_id, None) is not None:
+            return
         s = self._sessions.pop(session_id, None)
         if s is None:
             return
@@ -446,11 +462,42 @@ class OnnxStageEngine:
             trim_heap()  # the last request's KV cache and prefill buffers
 
     def session_bytes(self, session_id: str) -> int:
-        s = self._get(session_id)
-        return 2 * len(self._layers) * self._kv_heads * s.pool.length * self._head_dim * 4
+        p = self._prefixes.get(session_id)
+        positions = p.length if p is not None else self._get(session_id).pool.length
+        return 2 * len(self._layers) * self._kv_heads * positions * self._head_dim * 4
 
     def sessions(self) -> list[str]:
         return list(self._sessions)
+
+    # -- prefix donors (runtime.prefix) ------------------------------------------------------
+    def _kv(self, cache_id: str) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+        """Per layer ``(kv, positions, hd)`` views of a donor's or a session's cache, and
+        the tokens it holds."""
+        p = self._prefixes.get(cache_id)
+        if p is not None:
+            return p.keys, p.values, p.length
+        s = self._get(cache_id)
+        return ([k[s.slot] for k in s.pool.keys], [v[s.slot] for v in s.pool.values],
+                s.length)
+
+    def save_prefix(self, session_id: str, prefix_id: str, length: int) -> None:
+        keys, values, held = self._kv(session_id)
+        check_prefix(self.config.key, session_id, held, length)
+        if prefix_id in self._prefixes or prefix_id in self._sessions:
+            raise RuntimeStageError(f"stage {self.config.key} holds {prefix_id!r} already: "
+                                    "give the prefix another id")
+        self._prefixes[prefix_id] = _Prefix([k[:, :length].copy() for k in keys],
+                                            [v[:, :length].copy() for v in values], length)
+
+    def load_prefix(self, prefix_id: str, session_id: str, length: int) -> None:
+        keys, values, held = self._kv(prefix_id)
+        s = self._get(session_id)
+        check_prefix(self.config.key, prefix_id, held, length, s.max_len)
+        # written into the pool's arrays in place: bound views stay valid
+        for src, dst in ((keys, s.pool.keys), (values, s.pool.values)):
+            for a, b in zip(src, dst, strict=True):
+                b[s.slot, :, :length] = a[:, :length]
+        s.length = length
 
     def size_mb(self) -> float:
         """Size of the graph and its weights on disk."""

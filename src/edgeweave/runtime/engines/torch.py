@@ -24,6 +24,7 @@ from edgeweave.runtime.engines.base import (
     EngineConfig,
     SessionNotFound,
     check_batch,
+    check_prefix,
     register_engine,
 )
 from edgeweave.runtime.fast import accelerate_decode
@@ -81,6 +82,7 @@ class TorchStageEngine:
         # adapter each session opened with
         self._adapters: dict[str, torch_lora.Table] = {}
         self._adapter_of: dict[str, str] = {}
+        self._prefixes: set[str] = set()  # donors (runtime.prefix): caches never stepped
 
     def add_adapter(self, adapter: Adapter) -> None:
         """Make ``adapter`` available to sessions opened with ``adapter=adapter.name``."""
@@ -101,6 +103,8 @@ class TorchStageEngine:
                                   "open it first (it may have been evicted)") from None
 
     def open(self, session_id: str, max_len: int, adapter: str | None = None) -> None:
+        if session_id in self._prefixes:
+            self.close(session_id)
         self._adapter_of.pop(session_id, None)
         if adapter is not None:
             if adapter not in self._adapters:
@@ -187,12 +191,39 @@ class TorchStageEngine:
     def close(self, session_id: str) -> None:
         self._caches.pop(session_id, None)
         self._adapter_of.pop(session_id, None)
+        self._prefixes.discard(session_id)
 
     def session_bytes(self, session_id: str) -> int:
         return self._cache(session_id).nbytes
 
     def sessions(self) -> list[str]:
-        return list(self._caches)
+        return [s for s in list(self._caches) if s not in self._prefixes]
+
+    # -- prefix donors (runtime.prefix) ------------------------------------------------------
+    def save_prefix(self, session_id: str, prefix_id: str, length: int) -> None:
+        src = self._cache(session_id)
+        check_prefix(self.config.key, session_id, src.length, length)
+        if prefix_id in self._caches:
+            raise RuntimeStageError(f"stage {self.config.key} holds {prefix_id!r} already: "
+                                    "give the prefix another id")
+        sh = self.config.shard
+        dst = KVCache(self.model.cfg, sh.start, sh.end, length, 1, src.k.dtype)
+        _copy_positions(src, dst, length)
+        self._caches[prefix_id] = dst
+        self._prefixes.add(prefix_id)
+
+    def load_prefix(self, prefix_id: str, session_id: str, length: int) -> None:
+        src, dst = self._cache(prefix_id), self._cache(session_id)
+        check_prefix(self.config.key, prefix_id, src.length, length, dst.max_len)
+        _copy_positions(src, dst, length)
+
+
+def _copy_positions(src: KVCache, dst: KVCache, length: int) -> None:
+    """``dst`` holds the first ``length`` positions of ``src`` (every layer) and no more."""
+    with torch.inference_mode():  # (L, B, kv, T, hd): positions are dim 3
+        dst.k[:, :, :, :length] = src.k[:, :, :, :length]
+        dst.v[:, :, :, :length] = src.v[:, :, :, :length]
+    dst.lengths = [length] * len(dst.lengths)
 
 
 @register_engine("torch")

@@ -32,8 +32,12 @@ FORWARD_BATCH: one step of several sessions of one stage (the frame's stage key)
 call; its payload is a batch (:func:`pack_batch`: u32 count, then per item a u32 length and a
 whole packed FORWARD frame) and so is the OK's (one OK or ERROR per item, in order), so a
 session evicted or out of sync fails alone. ADAPTER (payload: one stage's factors of a LoRA
-adapter, ``runtime.adapters.to_bytes``). Responses: OK (FORWARD: the output tensor; INFO/LOAD:
-JSON) or ERROR (payload: the message, arg: :class:`ErrorCode`).
+adapter, ``runtime.adapters.to_bytes``). SAVE_PREFIX (payload: JSON ``{"prefix": id}``, arg:
+length): keep the first ``arg`` tokens of the session's cache as the prefix donor ``id``
+(``runtime.prefix``; its OK carries JSON ``{"bytes": n}``); LOAD_PREFIX (same payload and
+arg): make the open session hold the first ``arg`` tokens of donor ``id``. Responses: OK
+(FORWARD: the output tensor; INFO/LOAD: JSON) or ERROR (payload: the message, arg:
+:class:`ErrorCode`).
 
 :meth:`Frame.unpack` checks every announced length against the bytes received before it
 reads or allocates anything, and raises only :class:`FrameError`; a node answers a malformed
@@ -80,6 +84,8 @@ class Op(IntEnum):
     PING = 7
     FORWARD_BATCH = 8
     ADAPTER = 9
+    SAVE_PREFIX = 10
+    LOAD_PREFIX = 11
     OK = 16
     ERROR = 17
 

@@ -84,9 +84,13 @@ def test_a_prometheus_parser_reads_vllm_style_families_that_add_up(fresh):
     assert value["edgeweave_num_requests_running"] == 0
     assert value["edgeweave_num_requests_waiting"] == 0
     assert value["edgeweave_kv_cache_usage_bytes"] == 0
-    # no prefix cache yet: present, and zero
-    assert value["edgeweave_prefix_cache_queries_total"] == 0
+    # every prompt was looked up in the prefix cache; none is a whole block (16 tokens)
+    # long, so nothing was kept or found (tests/serve/test_prefix_api.py has the hits)
+    assert value["edgeweave_prefix_cache_queries_total"] == sum(u.prompt_tokens for u in usages)
+    assert value["edgeweave_prefix_cache_hits_total"] == 0
     assert value["edgeweave_prefix_cache_hit_rate"] == 0
+    assert value["edgeweave_prefix_cache_usage_bytes"] == 0
+    assert all(u.prompt_tokens_details.cached_tokens == 0 for u in usages)
     assert "edgeweave_kv_cache_usage_perc" not in m  # no memory cap in one process
 
 

@@ -175,3 +175,39 @@ def test_donors_are_copies_and_bad_copies_are_refused(engine):
         engine.close(s)
     with pytest.raises(SessionNotFound):
         engine.length("donor")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_batched_steps_reuse_prefixes_of_sessions_that_finished_their_prompt(engine, lm):
+    """As the serve scheduler runs them: every live session steps in one batch; a request
+    that arrives after another's prompt is in reuses it, mid-batch, while the earlier ones
+    decode (a one-token tail rides with the decode rows)."""
+    from edgeweave.runtime.sequence import step_batch
+
+    want = [_generate(engine, lm, p, None)[0] for p in PROMPTS]
+    store = PrefixStore(engine, 64 << 20)
+    live: list[tuple[EngineSession, Generation]] = []
+    gens: list[Generation] = []
+    # the round each prompt arrives in: the first's 43 tokens take rounds 0-2 in chunks of
+    # 16, so the second (round 3) finds its donor; one arriving while the prompt it shares
+    # is still being fed would compute everything (it is not kept yet)
+    arrivals = (0, 3, 4, 5, 6)
+    for rnd in range(60):
+        if rnd in arrivals:
+            p = PROMPTS[arrivals.index(rnd)]
+            s = EngineSession(engine, len(p) + PARAMS.max_tokens, prefix=store)
+            gens.append(Generation(s, lm.tokenizer, p, PARAMS))
+            live.append((s, gens[-1]))
+        if not live:
+            break
+        results = step_batch([(s, g.next_input(16)) for s, g in live])
+        for (s, g), r in zip(list(live), results, strict=True):
+            assert not isinstance(r, BaseException), r
+            g.feed(r)
+            if g.finished:
+                live.remove((s, g))
+                s.close()
+    assert all(g.finished for g in gens) and len(gens) == len(PROMPTS)
+    assert [g.tokens for g in gens] == want
+    assert [g.cached_tokens for g in gens] == CACHED
+    store.clear()

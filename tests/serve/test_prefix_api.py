@@ -94,3 +94,26 @@ def test_the_openai_client_reads_cached_tokens_and_the_text_is_unchanged(cached,
     cold = {k: v for _, samples in scrape(cold_url).values() for k, v in samples.items()}
     assert cold["edgeweave_prefix_cache_queries_total"] == 0
     assert cold["edgeweave_prefix_cache_usage_bytes"] == 0
+
+
+def test_a_served_pipeline_reuses_prefixes_at_every_stage(folder, uncached):
+    from edgeweave.runtime.launch import embedded
+    from edgeweave.serve.backend import CoordinatorSessions
+    from edgeweave.types import Plan
+
+    coord = embedded(str(folder), Plan.split(4, [1, 3], ["d0", "d1", "d2"]),
+                     loaded=load_folder(folder), max_len=256, backend="torch",
+                     prefix_cache_bytes=8 << 20)
+    sessions = CoordinatorSessions(coord, model_id=MODEL)
+    try:
+        with BackgroundServer(sessions, CONFIG) as url:
+            got = _chat(url)
+            m = {k: v for _, samples in scrape(url).values() for k, v in samples.items()}
+    finally:
+        sessions.close()
+    want = _chat(uncached[0])
+    assert [t for t, _, _ in got] == [t for t, _, _ in want]
+    cached = [c for _, _, c in got]
+    assert cached[0] == 0 and cached[1] > 16 and cached[2] == got[2][1] - 1
+    assert m["edgeweave_prefix_cache_hits_total"] == sum(cached)
+    assert m["edgeweave_prefix_cache_usage_bytes"] > 0

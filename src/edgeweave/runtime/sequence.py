@@ -181,7 +181,8 @@ class Generation:
         t1 = self._t_first
         return GenerationMetrics(
             prompt_tokens=len(self.prompt), generated_tokens=len(self.tokens), ttft_s=ttft,
-            prefill_tps=len(self.prompt) / ttft if ttft > 0 else 0.0,
+            # the prompt tokens computed: those the prefix cache supplied cost a copy only
+            prefill_tps=(len(self.prompt) - self.cached_tokens) / ttft if ttft > 0 else 0.0,
             decode_tps=n_dec / (now - t1) if t1 and now > t1 and n_dec else 0.0,
             total_s=now - self._t0, peak_rss_mb=self._peak,
             extra=dict(extra() if callable(extra) else extra or {}),

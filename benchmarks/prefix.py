@@ -1,0 +1,166 @@
+"""The prefix KV cache through `edgeweave serve` and the official ``openai`` client.
+
+Twenty requests share an instruction + demonstration prefix of about 400 tokens (the
+occupancy task's instruction and fixed demonstrations from its training windows: real
+sensor readings) and differ in their query (one test window each), as an IoT gateway's
+requests do. Two servers run side by side, each started as the README says (its defaults:
+ONNX Runtime, int4): one with ``--prefix-cache-mb 0`` (every request computes its whole
+prompt), one with the default cache (the first request computes it, the others reuse the
+shared part). Requests go one at a time, alternating between the servers so both see the
+same machine; each is streamed and TTFT is what the client waits for (request sent to the
+first text), with the server's own figure beside it.
+
+Target (issue 17): cached TTFT (median of the 19 requests after the first) <= 20 % of cold
+(median of the 20 requests without the cache). Also reported: greedy text equal between
+the two servers, ``usage.prompt_tokens_details.cached_tokens``, and the ``/metrics`` hit
+rate. Writes ``results/prefix.json``.
+
+    flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/prefix.py [--requests 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _common import print_table, write_json  # noqa: E402
+from serve import MODEL, Served  # noqa: E402
+
+TARGET = 0.20
+
+
+def prompts(n: int, prefix_tokens: int) -> tuple[list[str], int]:
+    """``n`` prompts sharing the instruction and demonstrations (about ``prefix_tokens`` of
+    them with the chat template), each ending in its own test window; and the number of
+    chat-template tokens all of them share."""
+    from edgeweave.bench.tasks.base import get_task, load_split
+    from edgeweave.prompt.templates import Example
+    from edgeweave.runtime.local import tokenizer_for
+
+    task = get_task("occupancy")
+    split = load_split("occupancy", seed=0)
+    tok = tokenizer_for(MODEL)
+
+    def chat(text: str) -> list[int]:
+        return tok.encode_chat([{"role": "user", "content": text}])
+
+    demos: list[Example] = []
+    for item in split.train[::7]:  # spread over the week: mornings, nights, weekends
+        more = [*demos, Example(item.query, item.answer)]
+        if len(chat(task.template.render("", more))) > prefix_tokens:
+            break
+        demos = more
+    texts = [task.template.render(item.query, demos) for item in split.test[:n]]
+    ids = [chat(t) for t in texts]
+    shared = min(next((i for i, (a, b) in enumerate(zip(ids[0], x, strict=False)) if a != b),
+                      min(len(ids[0]), len(x))) for x in ids[1:])
+    return texts, shared
+
+
+def ask(url: str, text: str, max_tokens: int) -> dict[str, Any]:
+    import openai
+
+    c = openai.OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
+    t0 = time.perf_counter()
+    first = None
+    pieces: list[str] = []
+    usage, ew = None, {}
+    for chunk in c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=max_tokens,
+            temperature=0, stream=True, stream_options={"include_usage": True}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.choices and chunk.choices[0].finish_reason:
+            ew = (chunk.model_extra or {}).get("edgeweave", {}) or {}
+        if chunk.usage is not None:
+            usage = chunk.usage
+    end = time.perf_counter()
+    details = usage.prompt_tokens_details if usage is not None else None
+    return {"ttft_s": (first or end) - t0, "server_ttft_s": float(ew.get("ttft_s") or 0.0),
+            "text": "".join(pieces), "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "cached_tokens": (details.cached_tokens or 0) if details is not None else 0,
+            "backend": ew.get("backend"), "variant": ew.get("variant")}
+
+
+def metrics(url: str) -> dict[str, float]:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for fam in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for s in fam.samples:
+            if s.name.startswith("edgeweave_prefix_cache"):
+                out[s.name] = s.value
+    return out
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ttft = sorted(r["ttft_s"] for r in runs)
+    return {"n": len(runs), "ttft_p50_s": statistics.median(ttft),
+            "ttft_p90_s": ttft[min(len(ttft) - 1, int(0.9 * len(ttft)))],
+            "server_ttft_p50_s": statistics.median(r["server_ttft_s"] for r in runs),
+            "prompt_tokens_p50": statistics.median(r["prompt_tokens"] for r in runs),
+            "cached_tokens_p50": statistics.median(r["cached_tokens"] for r in runs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--prefix-tokens", type=int, default=400)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    a = ap.parse_args()
+    texts, shared = prompts(a.requests, a.prefix_tokens)
+    print(f"{a.requests} prompts sharing {shared} chat tokens", flush=True)
+    cold_srv = Served(["--prefix-cache-mb", "0"])
+    try:
+        warm_srv = Served()
+        try:
+            for srv in (cold_srv, warm_srv):  # arenas and first-run allocations, no prefix
+                ask(srv.url, "List two signs that a door sensor is failing.", 4)
+            cold, warm = [], []
+            for j, text in enumerate(texts):
+                cold.append(ask(cold_srv.url, text, a.max_tokens))
+                warm.append(ask(warm_srv.url, text, a.max_tokens))
+                print(f"request {j + 1}: cold {cold[-1]['ttft_s']:.3f} s, cache "
+                      f"{warm[-1]['ttft_s']:.3f} s ({warm[-1]['cached_tokens']} cached)",
+                      flush=True)
+            prom = metrics(warm_srv.url)
+        finally:
+            warm_srv.close()
+    finally:
+        cold_srv.close()
+    rows = {"cache off (every request)": summary(cold), "cache on, first request":
+            summary(warm[:1]), "cache on, later requests": summary(warm[1:])}
+    ratio = rows["cache on, later requests"]["ttft_p50_s"] / \
+        rows["cache off (every request)"]["ttft_p50_s"]
+    same = sum(c["text"] == w["text"] for c, w in zip(cold, warm, strict=True))
+    print_table(f"{MODEL} via `edgeweave serve` ({cold[0]['backend']} {cold[0]['variant']}): "
+                f"{a.requests} requests sharing {shared} prompt tokens, {a.max_tokens} new "
+                "tokens each, one at a time",
+                ["requests", "n", "TTFT p50 s", "TTFT p90 s", "server TTFT p50 s",
+                 "prompt tokens", "cached tokens"],
+                [[k, v["n"], v["ttft_p50_s"], v["ttft_p90_s"], v["server_ttft_p50_s"],
+                  v["prompt_tokens_p50"], v["cached_tokens_p50"]] for k, v in rows.items()])
+    hit_rate = prom.get("edgeweave_prefix_cache_hit_rate", 0.0)
+    print_table("Prefix cache", ["figure", "value"], [
+        ["cached TTFT / cold TTFT (p50)", f"{ratio:.3f}"],
+        [f"target <= {TARGET:.2f}", "met" if ratio <= TARGET else "MISSED"],
+        ["greedy text equal (cache on vs off)", f"{same}/{len(texts)}"],
+        ["/metrics hit rate (tokens)", f"{hit_rate:.3f}"],
+        ["/metrics prefix cache bytes", f"{prom.get('edgeweave_prefix_cache_usage_bytes', 0):.0f}"]])
+    write_json("prefix", {"model": MODEL, "requests": a.requests, "shared_tokens": shared,
+                          "max_tokens": a.max_tokens, "summary": rows, "ratio_p50": ratio,
+                          "target": TARGET, "met": ratio <= TARGET, "same_text": same,
+                          "metrics": prom, "cold": cold, "cached": warm})
+
+
+if __name__ == "__main__":
+    main()

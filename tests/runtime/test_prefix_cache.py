@@ -18,7 +18,7 @@ from edgeweave.runtime.engine import EngineSession
 from edgeweave.runtime.engines.base import EngineConfig, SessionNotFound
 from edgeweave.runtime.engines.torch import TorchStageEngine
 from edgeweave.runtime.generate import SamplingParams
-from edgeweave.runtime.prefix import PrefixStore
+from edgeweave.runtime.prefix import MIN_TAIL, PrefixStore
 from edgeweave.runtime.sequence import Generation, advance
 from edgeweave.types import Shard
 from tests.conftest import make_cfg, random_model, save_folder
@@ -30,10 +30,10 @@ PROMPTS = [
     PREFIX + [40, 41, 42],                 # cold: nothing cached yet
     PREFIX + [50, 51, 52, 53],             # forks after the 40 shared tokens
     PREFIX[:20] + [60, 61, 62, 63, 64],    # shares 20 (one whole block and 4 more)
-    PREFIX + [50, 51, 52, 53],             # an exact repeat: all but the last token
+    PREFIX + [50, 51, 52, 53],             # an exact repeat: all but the last two
     [5, 6, 7, 8, 9],                       # shares nothing
 ]
-CACHED = [0, 40, 20, 43, 0]
+CACHED = [0, 40, 20, 42, 0]
 PARAMS = SamplingParams(max_tokens=12, ignore_eos=True)
 
 
@@ -76,7 +76,7 @@ def test_greedy_tokens_are_the_same_with_and_without_the_cache(engine, lm):
     # Execute
     got = [_generate(engine, lm, p, store) for p in PROMPTS]
     # Assert: identical tokens; the reuse covers exactly the shared tokens (an exact repeat
-    # leaves its last token to compute)
+    # leaves its last two tokens to compute)
     assert [t for t, _ in got] == want
     assert [c for _, c in got] == CACHED
     u = store.usage()
@@ -137,7 +137,7 @@ def test_a_small_budget_evicts_the_least_recently_used_donor(engine, lm):
         engine.length(next(iter(oldest)))
     assert _generate(engine, lm, firsts[0], store)[1] == 0
     # kept again, it pushed firsts[1] out (firsts[2] was used later), not firsts[2]
-    assert _generate(engine, lm, firsts[2], store)[1] == len(firsts[2]) - 1
+    assert _generate(engine, lm, firsts[2], store)[1] == len(firsts[2]) - MIN_TAIL
     assert _generate(engine, lm, firsts[1], store)[1] == 0
     assert store.usage().donors == 2
     store.clear()

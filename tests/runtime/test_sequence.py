@@ -70,3 +70,16 @@ def test_a_failing_item_of_a_batch_fails_alone(lm, engine):
     assert isinstance(out[1], np.ndarray) and out[1].shape == (lm.model.cfg.vocab_size,)
     a.close()
     b.close()
+
+
+def test_prefill_never_ends_in_a_one_token_chunk(lm, engine):
+    # a one-token step takes the low-bit kernels' single-row path (runtime.prefix.MIN_TAIL)
+    s = EngineSession(engine, 64)
+    gen = Generation(s, lm.tokenizer, PROMPT[:17], SamplingParams(max_tokens=1))
+    sizes = []
+    while gen.prefilling:
+        step = gen.next_input(8)
+        sizes.append(len(step.ids))
+        gen.feed(advance(s, step))
+    s.close()
+    assert sizes == [8, 7, 2]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from edgeweave.models.checkpoint import load_folder
+from edgeweave.runtime.prefix import MIN_TAIL
 from edgeweave.serve.backend import LocalSessions
 from edgeweave.serve.config import ServeConfig
 from edgeweave.serve.server import BackgroundServer
@@ -71,19 +72,19 @@ def test_the_openai_client_reads_cached_tokens_and_the_text_is_unchanged(cached,
     chunks = list(c.completions.create(model=MODEL, prompt=ids[1] + [40], stream=True,
                                        stream_options={"include_usage": True}, **GREEDY))
     # Assert: the same text; the first request computed everything, the second reused the
-    # shared part, the repeat all but its last token
+    # shared part, the repeat all but its last two tokens
     assert [t for t, _, _ in got] == [t for t, _, _ in want]
     assert [n for _, n, _ in got] == [len(i) for i in ids]
     assert [c for _, _, c in want] == [0, 0, 0]
-    assert [c for _, _, c in got] == [0, shared, len(ids[2]) - 1]
+    assert [c for _, _, c in got] == [0, shared, len(ids[2]) - MIN_TAIL]
     streamed = chunks[-1].usage
-    assert streamed.prompt_tokens_details.cached_tokens == len(ids[1])
+    assert streamed.prompt_tokens_details.cached_tokens == len(ids[1]) + 1 - MIN_TAIL
     final = next(ch for ch in chunks if ch.choices and ch.choices[0].finish_reason)
-    assert final.model_extra["edgeweave"]["cached_tokens"] == len(ids[1])
+    assert final.model_extra["edgeweave"]["cached_tokens"] == len(ids[1]) + 1 - MIN_TAIL
     # /metrics: vLLM's convention, in tokens
     m = scrape(url)
     value = {k: v for _, samples in m.values() for k, v in samples.items()}
-    hits = shared + len(ids[2]) - 1 + len(ids[1])
+    hits = shared + len(ids[2]) - MIN_TAIL + len(ids[1]) + 1 - MIN_TAIL
     queried = sum(len(i) for i in ids) + len(ids[1]) + 1
     assert value["edgeweave_prefix_cache_hits_total"] == hits
     assert value["edgeweave_prefix_cache_queries_total"] == queried
@@ -114,6 +115,6 @@ def test_a_served_pipeline_reuses_prefixes_at_every_stage(folder, uncached):
     want = _chat(uncached[0])
     assert [t for t, _, _ in got] == [t for t, _, _ in want]
     cached = [c for _, _, c in got]
-    assert cached[0] == 0 and cached[1] > 16 and cached[2] == got[2][1] - 1
+    assert cached[0] == 0 and cached[1] > 16 and cached[2] == got[2][1] - MIN_TAIL
     assert m["edgeweave_prefix_cache_hits_total"] == sum(cached)
     assert m["edgeweave_prefix_cache_usage_bytes"] > 0

@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
                               "--out) unmerged; a request selects it with model=NAME "
                               "(repeatable).")] = None,
         prefix_cache_mb: int = typer.Option(
-            DEFAULT_BUDGET_MB, "--prefix-cache-mb", min=0,
+            DEFAULT_BUDGET_MB, "--prefix-cache-mb",
             help="MiB of prompt-prefix KV cache: prompts that start alike (instructions, "
                  "demonstrations) skip recomputing it; 0 disables it."),
         backend: str = backend_option(),

@@ -107,7 +107,10 @@ class Generation:
                 self.cached_tokens = self._fed = int(reuse(self.prompt))
         if self.prefilling:
             n = len(self.prompt) - self._fed
-            n = min(n, limit) if limit > 0 else n
+            if 0 < limit < n:
+                # never leave a last chunk of one token: a one-token step takes the low-bit
+                # kernels' single-row path, which rounds unlike prefill (runtime.prefix)
+                n = limit - 1 if n - limit == 1 and limit > 1 else limit
             self._asked = n
             return StepInput(tuple(self.prompt[self._fed:self._fed + n]), self._fed == 0)
         self._asked = 1

@@ -46,6 +46,7 @@ from edgeweave.runtime.engines.base import (
     StageEngine,
     create_engine,
     forward_each,
+    supports_prefix,
 )
 from edgeweave.runtime.local import default_backend
 from edgeweave.runtime.threads import ColocatedThreads
@@ -233,6 +234,9 @@ class StageHost:
         if src is None or src.prefix:
             raise SessionNotFound(f"stage {stage} has no session {session!r} to keep a prefix "
                                   "of (it may have been evicted)")
+        if not supports_prefix(engine):
+            raise _Refused(ErrorCode.BAD_FRAME, f"the {engine.config.backend} engine of stage "
+                           f"{stage} cannot keep prefixes: serve without a prefix cache")
         need = self.limits[stage].session_bytes(length)
         if not self._make_room(key, need, donors_only=True):
             raise _Refused(ErrorCode.MEMORY, f"no room for a prefix of {length} tokens "

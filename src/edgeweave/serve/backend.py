@@ -29,7 +29,7 @@ from edgeweave.errors import ConfigError
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.adapters import Adapter, AdapterSpec, load_checked
 from edgeweave.runtime.engine import EngineSession, LogitsEngine
-from edgeweave.runtime.engines.base import EngineConfig
+from edgeweave.runtime.engines.base import EngineConfig, supports_prefix
 from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
 from edgeweave.runtime.prefix import DEFAULT_BUDGET_MB, PrefixStore, PrefixUsage
 
@@ -108,8 +108,8 @@ class LocalSessions:
         self.tokenizer = tokenizer
         self.max_len = min(max_len or engine.max_position, engine.max_position)
         self.adapters: dict[str, Adapter] = {}
-        self.prefixes = PrefixStore(engine, prefix_cache_bytes) if prefix_cache_bytes > 0 \
-            else None
+        self.prefixes = PrefixStore(engine, prefix_cache_bytes) \
+            if prefix_cache_bytes > 0 and supports_prefix(engine) else None
 
     def add_adapters(self, specs: Sequence[AdapterSpec]) -> LocalSessions:
         """Load, check (against the served model) and register ``specs``; all or none."""

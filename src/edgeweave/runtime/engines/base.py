@@ -170,6 +170,13 @@ def check_batch(session_ids: Sequence[str], xs: Sequence[np.ndarray]) -> None:
                                     f"(1, T, H) with T >= 1, not shape {tuple(x.shape)}")
 
 
+def supports_prefix(engine: object) -> bool:
+    """Whether ``engine`` can keep prefix donors (``save_prefix``/``load_prefix``); the
+    prefix cache is off for a backend that cannot."""
+    return callable(getattr(engine, "save_prefix", None)) and \
+        callable(getattr(engine, "load_prefix", None))
+
+
 def check_prefix(stage: str, source: str, held: int, length: int, room: int | None = None
                  ) -> None:
     """Refuse a prefix copy of ``length`` tokens from a cache holding ``held`` into one

@@ -189,9 +189,10 @@ def test_batched_steps_reuse_prefixes_of_sessions_that_finished_their_prompt(eng
     live: list[tuple[EngineSession, Generation]] = []
     gens: list[Generation] = []
     # the round each prompt arrives in: the first's 43 tokens take rounds 0-2 in chunks of
-    # 16, so the second (round 3) finds its donor; one arriving while the prompt it shares
-    # is still being fed would compute everything (it is not kept yet)
-    arrivals = (0, 3, 4, 5, 6)
+    # 16 and are kept in round 3, before its first decode step (not before its first token
+    # is out), so the second (round 4) finds its donor; one arriving while the prompt it
+    # shares is still being fed computes everything (nothing is kept yet)
+    arrivals = (0, 4, 5, 6, 7)
     for rnd in range(60):
         if rnd in arrivals:
             p = PROMPTS[arrivals.index(rnd)]

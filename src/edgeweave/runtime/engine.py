@@ -56,6 +56,7 @@ class EngineSession:
                                   "the engine the session runs on")
         self.engine = engine
         self.prefix = prefix
+        self._keep: list[int] | None = None  # a prompt to keep before the cache changes
         self.max_len = min(max_len or engine.max_position, engine.max_position)
         self.id = f"local-{next(_ids)}"
         self.adapter = adapter
@@ -65,14 +66,17 @@ class EngineSession:
             engine.open(self.id, self.max_len, adapter=adapter)
 
     def prefill(self, ids: list[int]) -> np.ndarray:
+        self._kept()
         self.engine.truncate(self.id, 0)
         return self.engine.forward(self.id, np.array([ids], dtype=np.int64))[0]
 
     def decode(self, token: int) -> np.ndarray:
+        self._kept()
         return self.engine.forward(self.id, np.array([[token]], dtype=np.int64))[0]
 
     def extend(self, ids: list[int]) -> np.ndarray:
         """Append a chunk of the prompt (chunked prefill); logits after its last token."""
+        self._kept()
         return self.engine.forward(self.id, np.array([ids], dtype=np.int64))[0]
 
     def reuse_prefix(self, ids: list[int]) -> int:
@@ -84,9 +88,16 @@ class EngineSession:
         return self.prefix.reuse(self.id, ids, self.adapter or "")
 
     def keep_prefix(self, ids: list[int]) -> None:
-        """The sequence holds exactly ``ids`` (its prompt): offer it to the prefix cache."""
+        """The sequence holds exactly ``ids`` (its prompt): offer it to the prefix cache.
+        The copy waits until the cache is about to change (the next step, or ``close``), so
+        the first token does not wait for it."""
         if self.prefix is not None:
-            self.prefix.keep(self.id, ids, self.adapter or "")
+            self._keep = list(ids)
+
+    def _kept(self) -> None:
+        if self._keep is not None:
+            ids, self._keep = self._keep, None
+            self.prefix.keep(self.id, ids, self.adapter or "")  # type: ignore[union-attr]
 
     @property
     def batch_key(self) -> int:
@@ -101,6 +112,7 @@ class EngineSession:
         if any(s.engine is not engine for s in sessions):
             raise GenerationError("a batched step needs sessions of one engine")
         for s, st in zip(sessions, steps, strict=True):
+            s._kept()
             if st.fresh:
                 engine.truncate(s.id, 0)
         out = engine.forward_batch([s.id for s in sessions],
@@ -108,7 +120,10 @@ class EngineSession:
         return [y[0] for y in out]
 
     def close(self) -> None:
-        self.engine.close(self.id)
+        try:
+            self._kept()
+        finally:
+            self.engine.close(self.id)
 
     @property
     def stats(self) -> dict[str, float]:

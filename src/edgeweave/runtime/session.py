@@ -71,9 +71,11 @@ class Session:
         self.counters = SessionStats()
         self._hop_rtt: list[float] = []
         self._hop_compute: list[float] = []
+        self._keep: list[int] | None = None  # a prompt to keep before the caches change
 
     # -- LogitsEngine --------------------------------------------------------------------
     def prefill(self, ids: list[int]) -> np.ndarray:
+        self._kept()
         self.coord.run(self._open_all, self.counters)
         self.length = 0
         return self._step(ids)
@@ -93,10 +95,17 @@ class Session:
         return 0 if prefixes is None else prefixes.reuse(self, list(ids))
 
     def keep_prefix(self, ids: list[int]) -> None:
-        """The session holds exactly ``ids`` (its prompt): offer it to the prefix cache."""
+        """The session holds exactly ``ids`` (its prompt): offer it to the prefix cache.
+        The copies wait until the caches are about to change (the next step, or ``close``),
+        so the first token does not wait for them."""
+        if self.coord.prefixes is not None:
+            self._keep = list(ids)
+
+    def _kept(self) -> None:
         prefixes = self.coord.prefixes
-        if prefixes is not None:
-            prefixes.keep(self, list(ids))
+        if self._keep is not None and prefixes is not None:
+            ids, self._keep = self._keep, None
+            prefixes.keep(self, ids)
 
     def adopt_prefix(self, length: int, records: list[list[Payload]]) -> None:
         """Every stage was filled with a donor's first ``length`` tokens (``runtime.
@@ -107,7 +116,10 @@ class Session:
         self.opened = True
 
     def close(self) -> None:
-        self.coord.close_session(self)
+        try:
+            self._kept()
+        finally:
+            self.coord.close_session(self)
 
     def __enter__(self) -> Session:
         return self
@@ -133,6 +145,7 @@ class Session:
         run: list[int] = []
         for j, (s, st) in enumerate(zip(sessions, steps, strict=True)):
             try:
+                s._kept()
                 if st.fresh:
                     coord.run(s._open_all, s.counters)
                 if s.length + len(st.ids) > s.max_len:
@@ -168,6 +181,7 @@ class Session:
         self.opened = True
 
     def _step(self, ids: list[int]) -> np.ndarray:
+        self._kept()
         if self.length + len(ids) > self.max_len:
             raise RuntimeStageError(f"session {self.id} holds {self.max_len} tokens; "
                                     "start a new session with a larger max_len")

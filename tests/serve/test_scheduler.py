@@ -197,3 +197,20 @@ def test_a_long_prompt_does_not_stall_running_streams(tiny_sessions):
 def test_prefill_settings_are_checked(tiny_sessions):
     with pytest.raises(Exception, match="prefill_chunk"):
         Scheduler(tiny_sessions, max_active=1, prefill_chunk=8, prefill_budget=4)
+
+
+def test_a_prompt_with_no_stream_to_protect_goes_in_whole(tiny_sessions):
+    """Chunks exist for running streams; alone, a 120-token prompt takes one engine step
+    (chunks of 8 would take 15)."""
+    fed: list[int] = []  # prompt tokens in the cache when each round starts
+    job = Job([1, *([21, 22, 23] * 40)], SamplingParams(max_tokens=3, ignore_eos=True),
+              lambda ev: done.set() if ev.error or ev.piece.finish_reason else None)
+    done = threading.Event()
+    sched = Scheduler(tiny_sessions, max_active=2, prefill_chunk=8, prefill_budget=8,
+                      on_step=lambda n: fed.append(job.generation._fed))
+    try:
+        sched.submit(job)
+        assert done.wait(60)
+    finally:
+        sched.stop()
+    assert fed[:2] == [0, 121] and len(fed) == 3, fed

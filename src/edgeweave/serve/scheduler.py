@@ -9,7 +9,8 @@ sessions of one in-process engine; one FORWARD_BATCH frame per stage for the ses
 coordinator), and waiting
 requests are admitted between rounds. A new prompt is fed in chunks of at most
 ``prefill_chunk`` tokens, at most ``prefill_budget`` prompt tokens per round, inside the same
-batch, so a long prompt never stalls the running streams for more than one chunk.
+batch, so a long prompt never stalls the running streams for more than one chunk. While no
+stream is decoding there is nothing to protect, and prompts go in whole.
 
 Each session is a ``runtime.sequence.Generation`` state machine (sampling, structured-output
 mask, stop tokens and strings, detokenisation), the same one ``stream_generate`` runs.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -129,7 +131,12 @@ class Scheduler:
     def _round(self, jobs: list[Job]) -> None:
         """One token for every running session and the next prompt chunks, in one batch."""
         work: list[tuple[Job, StepInput]] = []
-        budget = self.prefill_budget
+        # chunks exist so prompts do not stall running streams; with none decoding, a prompt
+        # goes in whole (a chunk costs an engine run of its own: 2 x 64 tokens take longer
+        # than 1 x 128, which is most of a cached prompt's TTFT)
+        decoding = any(j.generation is not None and not j.generation.prefilling for j in jobs)
+        chunk = self.prefill_chunk if decoding else 0
+        budget = self.prefill_budget if decoding else sys.maxsize
         for job in jobs:
             if job.cancelled:
                 self._finish(job, None, None)
@@ -139,7 +146,7 @@ class Scheduler:
                 if gen.prefilling:
                     if budget <= 0:
                         continue  # its next chunk waits for the next round
-                    step = gen.next_input(min(self.prefill_chunk, budget))
+                    step = gen.next_input(min(chunk, budget) if chunk else 0)
                     budget -= len(step.ids)
                 else:
                     step = gen.next_input()

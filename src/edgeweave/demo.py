@@ -14,9 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeweave.models import DEFAULT_MODEL
+from edgeweave.types import Plan
+
+if TYPE_CHECKING:
+    from edgeweave.runtime.constraints import OutputFormat
+    from edgeweave.runtime.coordinator import Coordinator
 
 DEMO_TASKS = ("activity", "occupancy", "appliance", "anomaly", "wikiqa")
 
@@ -78,7 +83,7 @@ def build_variants(cfg: DemoConfig, step: Step) -> list[dict[str, Any]]:
     return rows
 
 
-def plan_fleet(cfg: DemoConfig, variant_rows: list[dict[str, Any]]) -> tuple[Any, list[dict]]:
+def plan_fleet(cfg: DemoConfig, variant_rows: list[dict[str, Any]]) -> tuple[Plan, list[dict]]:
     """Our plan for the fleet plus the baselines' plans, as (Plan, report rows)."""
     from edgeweave.bench.runner import _plan_row
     from edgeweave.bench.suite import fleet_path
@@ -116,7 +121,7 @@ def sensor_questions(cfg: DemoConfig) -> list[dict[str, Any]]:
     return out
 
 
-def guided(fmt: Any) -> dict[str, Any]:
+def guided(fmt: OutputFormat | None) -> dict[str, Any]:
     """A task's answer format as the server's request fields (vLLM's guided_* names)."""
     if fmt is None:
         return {}
@@ -199,7 +204,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
         for a in res.answers:
             if on_answer:
                 on_answer(a)
-        stats = dict(getattr(coord, "stats", {}))
+        stats = dict(coord.stats)
     finally:
         server.stop()
         coord.close()
@@ -224,7 +229,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
     return res
 
 
-def _device_to_drop(cfg: DemoConfig, plan: Any) -> str | None:
+def _device_to_drop(cfg: DemoConfig, plan: Plan) -> str | None:
     if cfg.drop_device != "auto":
         return cfg.drop_device
     from edgeweave.bench.suite import fleet_path
@@ -235,7 +240,8 @@ def _device_to_drop(cfg: DemoConfig, plan: Any) -> str | None:
     return max(movable, key=lambda s: s.shard.size).device if movable else None
 
 
-def adapt_to_loss(cfg: DemoConfig, plan: Any, coord: Any, gone: str) -> tuple[dict[str, Any], Any]:
+def adapt_to_loss(cfg: DemoConfig, plan: Plan, coord: Coordinator, gone: str
+                  ) -> tuple[dict[str, Any], Plan]:
     """A device vanishes: the adapter picks the new optimum, the coordinator switches to it
     between requests (sessions would be replayed into the moved stages)."""
     from edgeweave.bench.suite import fleet_path
@@ -278,7 +284,7 @@ def _calibration() -> dict[str, Any]:
     return {"calibration": host.calibration()} if host is not None else {}
 
 
-def _label(plan: Any) -> str:
+def _label(plan: Plan) -> str:
     return " → ".join(f"{s.device}[{s.shard.start},{s.shard.end}) {s.variant}" for s in plan.stages)
 
 

@@ -87,11 +87,10 @@ def embedded(model: str = DEFAULT_MODEL, plan: Plan | None = None, *,
         host = hosts.setdefault(device, StageHost(model, memory_cap_bytes, engine_factory=factory))
         return InProcessLink(host, f"inproc:{device}")
 
-    coord = Coordinator(plan, model, connect, backend=backend, **kw)
     tok = getattr(loaded, "tokenizer", None)
-    coord.tokenizer = tok if tok is not None else _tokenizer(model)  # type: ignore[attr-defined]
-    coord.hosts = hosts  # type: ignore[attr-defined]
-    return coord
+    return Coordinator(plan, model, connect, backend=backend,
+                       tokenizer=tok if tok is not None else _tokenizer(model), hosts=hosts,
+                       **kw)
 
 
 def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = None,
@@ -117,10 +116,9 @@ def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = N
                               "call coordinator.add_device(device, 'host:port') first")
         return GrpcLink(addrs[device], tls, connect_timeout)
 
-    coord = Coordinator(plan, model, connect, addresses=addrs,
-                        backend=backend or default_backend(), **kw)
-    coord.tokenizer = _tokenizer(model) if tokenizer == "auto" else tokenizer  # type: ignore[attr-defined]
-    return coord
+    return Coordinator(plan, model, connect, addresses=addrs,
+                       backend=backend or default_backend(),
+                       tokenizer=_tokenizer(model) if tokenizer == "auto" else tokenizer, **kw)
 
 
 @dataclass

@@ -166,7 +166,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
     async def health() -> dict[str, Any]:
         out = {"status": "ok", "model": model_id, "active_sessions": active(),
                "max_concurrent": cfg.max_concurrent, **runtime(),
-               "adapters": sorted(getattr(backend, "adapters", None) or {})}
+               "adapters": sorted(backend.adapters)}
         coord = getattr(backend, "coordinator", None)
         if coord is not None:  # a distributed backend: where the stages run now
             out["plan"] = [{"device": st.device, "blocks": [st.shard.start, st.shard.end],
@@ -211,7 +211,7 @@ def create_app(backend: SessionFactory, config: ServeConfig | None = None) -> Fa
 
     # LoRA adapters a request may name as its model (vLLM's --lora-modules): listed beside
     # the base with `parent` = the base, as vLLM lists them
-    adapters = dict(getattr(backend, "adapters", None) or {})
+    adapters = dict(backend.adapters)
     if model_id in adapters:
         raise ConfigError(f"the model is served as {model_id!r}, which is also an adapter's "
                           "name: give the adapter another name")

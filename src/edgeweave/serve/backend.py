@@ -23,7 +23,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from edgeweave.errors import ConfigError
 from edgeweave.models.tokenizer import Tokenizer
@@ -32,6 +32,9 @@ from edgeweave.runtime.engine import EngineSession, LogitsEngine
 from edgeweave.runtime.engines.base import EngineConfig, supports_prefix
 from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
 from edgeweave.runtime.prefix import DEFAULT_BUDGET_MB, PrefixStore, PrefixUsage
+
+if TYPE_CHECKING:
+    from edgeweave.runtime.coordinator import Coordinator
 
 DEFAULT_PREFIX_BYTES = DEFAULT_BUDGET_MB << 20
 
@@ -188,9 +191,9 @@ class CoordinatorSessions:
     Coordinator`: each request is one coordinator session across the plan's stages, and
     failover or a plan switch happens under the server without it noticing."""
 
-    def __init__(self, coordinator: Any, tokenizer: Tokenizer | None = None,
+    def __init__(self, coordinator: Coordinator, tokenizer: Tokenizer | None = None,
                  model_id: str | None = None) -> None:
-        tok = tokenizer if tokenizer is not None else getattr(coordinator, "tokenizer", None)
+        tok = tokenizer if tokenizer is not None else coordinator.tokenizer
         if tok is None:
             raise ConfigError("the coordinator has no tokenizer: pass tokenizer=...")
         self.coordinator = coordinator
@@ -198,7 +201,7 @@ class CoordinatorSessions:
         self.model_id = model_id or Path(str(coordinator.model)).name
         self.max_len = int(coordinator.max_len)
         # the coordinator's own table: it sends each adapter to every stage it loads
-        self.adapters: dict[str, Adapter] = getattr(coordinator, "adapters", {})
+        self.adapters: dict[str, Adapter] = coordinator.adapters
 
     def add_adapters(self, specs: Sequence[AdapterSpec]) -> CoordinatorSessions:
         """Load, check (against the coordinator's model) and send ``specs`` to every stage."""

@@ -117,3 +117,14 @@ def test_energy_falls_back_to_the_cost_model_and_says_so():
     assert per_token(5.0, 10, 0.3).joules == pytest.approx(0.5)
     assert per_token(5.0, 10, 0.3).source == "rapl"
     assert per_token(None, 10, None) is None
+
+
+def test_report_leaves_its_rows_alone_and_refuses_a_row_it_cannot_read():
+    rows = sample_rows()
+    before = json.dumps(rows, sort_keys=True)
+    build(rows, {"suite": "test"})
+    assert json.dumps(rows, sort_keys=True) == before
+    from edgeweave.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="variant/x.*results.jsonl"):
+        build([{"key": "variant/x", "kind": "variant", "size_mb": 1.0}], {})

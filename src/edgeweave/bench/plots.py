@@ -1,14 +1,17 @@
-"""Figures for the report: inline SVG plots (matplotlib, Agg) and HTML plan diagrams.
+"""Figures for the report: inline SVG plots (matplotlib, Agg) of its typed rows.
 
 Everything returns a string that inlines into one self-contained page: no files, no scripts.
+(Plan diagrams are HTML, drawn by the report's templates: ``templates/macros.html.j2``.)
 """
 
 from __future__ import annotations
 
-import html
 import io
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeweave.bench.rows import TaskRow, VariantRow
 
 PALETTE = ["#2b6cb0", "#d69e2e", "#38a169", "#c53030", "#6b46c1", "#dd6b20", "#319795", "#718096"]
 
@@ -42,14 +45,17 @@ def pareto(points: Sequence[tuple[float, float]], higher_is_better: bool) -> lis
 
 
 def pareto_plot(
-    rows: list[dict[str, Any]], x: str, y: str, xlabel: str, ylabel: str, higher_is_better: bool, title: str
+    rows: Sequence[VariantRow], x: str, y: str, xlabel: str, ylabel: str, higher_is_better: bool,
+    title: str
 ) -> str:
+    """Field ``y`` against field ``x`` of each variant, with the Pareto front drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(r[x], r[y], r["variant"]) for r in rows if r.get(x) is not None and r.get(y) is not None]
+    pts = [(getattr(r, x), getattr(r, y), r.variant) for r in rows
+           if getattr(r, x) is not None and getattr(r, y) is not None]
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=100)
     if not pts:
         ax.text(0.5, 0.5, "no data", ha="center", va="center")
@@ -76,20 +82,23 @@ def pareto_plot(
     return _svg(fig)
 
 
-def task_bar_plot(task_rows: list[dict[str, Any]], baselines: dict[str, float]) -> str:
+def task_bar_plot(task_rows: Sequence[TaskRow], baselines: Mapping[str, float]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r["task"] for r in task_rows})
-    series = sorted({(r["variant"], r.get("demos", "none")) for r in task_rows})
+    def demos(r: TaskRow) -> str:
+        return "none" if r.demos is None else r.demos
+
+    tasks = sorted({r.task for r in task_rows})
+    series = sorted({(r.variant, demos(r)) for r in task_rows})
     fig, ax = plt.subplots(figsize=(7.5, 3.4), dpi=100)
     if not tasks:
         ax.text(0.5, 0.5, "no data", ha="center", va="center")
         return _svg(fig)
     width = 0.8 / (len(series) + (1 if baselines else 0))
-    val = {(r["task"], r["variant"], r.get("demos", "none")): r.get("value") for r in task_rows}
+    val = {(r.task, r.variant, demos(r)): r.value for r in task_rows}
     for k, (variant, demos) in enumerate(series):
         xs = [i + k * width for i in range(len(tasks))]
         ys = [val.get((t, variant, demos)) or 0.0 for t in tasks]
@@ -111,17 +120,3 @@ def task_bar_plot(task_rows: list[dict[str, Any]], baselines: dict[str, float]) 
     ax.legend(fontsize=7, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     return _svg(fig)
-
-
-def plan_diagram(stages: Sequence[dict[str, Any]], n_layers: int) -> str:
-    """Which device holds which layers: one coloured segment per stage, widths ∝ blocks."""
-    segs = []
-    for k, s in enumerate(stages):
-        width = 100.0 * (s["end"] - s["start"]) / max(n_layers, 1)
-        label = f"{s['device']} [{s['start']}, {s['end']}) · {s.get('variant', '')} · {s.get('codec', '')}"
-        segs.append(
-            f'<div class="seg" style="width:{width:.2f}%;background:{PALETTE[k % len(PALETTE)]}"'
-            f' title="{html.escape(label)}">{html.escape(s["device"])}<br>'
-            f"<small>[{s['start']},{s['end']}) {html.escape(str(s.get('variant', '')))}</small></div>"
-        )
-    return f'<div class="plan">{"".join(segs)}</div>'

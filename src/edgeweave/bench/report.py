@@ -1,26 +1,34 @@
 """One self-contained HTML report (inline SVG plots, no scripts, no external files) and a
 Markdown summary, both built from the benchmark's JSON lines.
 
-Row kinds read here: ``variant`` (measured on this host), ``task`` and ``task_baseline``
-(quality), ``device`` (cost-model predictions for catalog devices, labelled predicted),
-``plan`` (ours vs baselines on sample fleets, with the stage layout) and ``run`` (a plan
-launched for real on this host).
+Row kinds read here (typed in :mod:`edgeweave.bench.rows`): ``variant`` (measured on this
+host), ``task`` and ``task_baseline`` (quality), ``device`` (cost-model predictions for
+catalog devices, labelled predicted), ``plan`` (ours vs baselines on sample fleets, with the
+stage layout), ``adapt`` (a fleet event and the new plan), ``run`` (a plan launched for real
+on this host) and ``answer`` (questions answered through the API).
+
+Each section is one function that turns the typed rows into a :class:`Table` and figures,
+and one Jinja2 template (``templates/<section>.html.j2``) that lays them out; the Markdown
+summary carries the same tables. The input rows are read, never changed.
 """
 
 from __future__ import annotations
 
-import html
+import functools
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edgeweave.bench.plots import pareto_plot, plan_diagram, task_bar_plot
+from edgeweave.bench.plots import PALETTE, pareto_plot, task_bar_plot
+from edgeweave.bench.rows import PlanRow, ReportRows
 from edgeweave.paths import atomic_write_text
 
 
-def _f(v: Any, digits: int = 3) -> str:
+def cell(v: Any, digits: int = 3) -> str:
+    """A table cell: a dash for missing values, yes/no, 3 significant digits below 1000."""
     if v is None or v == "":
         return "–"
     if isinstance(v, bool):
@@ -32,327 +40,233 @@ def _f(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]], cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_f(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+def _ms(seconds: float | None) -> float:
+    return (seconds or 0) * 1000
 
 
-def _section(parts: list[str], md: list[str], title_html: str, title_md: str,
-             columns: Sequence[str], rows: list[Sequence[Any]], *, before: str = "",
-             after: str = "", at: int | None = None) -> None:
-    """One titled table in both outputs: an HTML ``<section>`` (figures ``before``/``after``
-    the table; ``at`` inserts it at that position) and a Markdown heading + table."""
-    block = f"<section><h2>{title_html}</h2>{before}{_table(columns, rows)}{after}</section>"
-    if at is None:
-        parts.append(block)
-    else:
-        parts.insert(at, block)
-    md += [f"## {title_md}", "", _md_table(columns, rows), ""]
+@dataclass(frozen=True)
+class Table:
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+    @classmethod
+    def of(cls, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+        return cls(tuple(columns), tuple(tuple(r) for r in rows))
+
+    def markdown(self) -> str:
+        out = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in self.rows]
+        return "\n".join(out)
 
 
-def _md_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    out += ["| " + " | ".join(_f(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
+@dataclass(frozen=True)
+class Section:
+    """One part of the report: its HTML (from a template) and its Markdown lines."""
+
+    html: str
+    markdown: tuple[str, ...]
 
 
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1a202c;
-background:#f7fafc}
-header{background:#1a365d;color:#fff;padding:22px 32px}header h1{margin:0 0 6px;font-size:26px}
-header p{margin:0;opacity:.85}main{padding:8px 32px 40px;max-width:1200px}
-section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:16px 22px;
-margin:18px 0}
-h2{font-size:19px;margin:4px 0 10px;color:#1a365d}table{border-collapse:collapse;font-size:13px;margin:8px 0}
-th,td{border-bottom:1px solid #e2e8f0;padding:5px 10px;text-align:right}th{background:#edf2f7}
-td:first-child,th:first-child{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:18px}
-.plan{display:flex;height:46px;border-radius:6px;overflow:hidden;margin:4px 0 12px;font-size:12px;color:#fff}
-.seg{padding:4px 6px;overflow:hidden;white-space:nowrap;border-right:2px solid #fff}
-.tag{display:inline-block;background:#ebf8ff;color:#2b6cb0;border-radius:10px;padding:1px 8px;font-size:11px}
-.pred{background:#fffaf0;color:#c05621}.note{color:#4a5568;font-size:13px}
-.kpis{display:flex;gap:14px;flex-wrap:wrap}
-.kpi{background:#ebf4ff;border-radius:8px;padding:10px 16px;min-width:150px}
-.kpi b{display:block;font-size:22px;color:#1a365d}
-"""
+@functools.cache
+def _templates() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("edgeweave.bench", "templates"),
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["cell"] = cell
+    env.globals["palette"] = PALETTE
+    return env
 
 
-def build(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[str, str]:
-    """Return (html, markdown) for the given result rows."""
-    by = defaultdict(list)
-    for r in rows:
-        by[r.get("kind", "?")].append(r)
-    variants = sorted(by["variant"], key=lambda r: -(r.get("size_mb") or 0))
-    tasks = by["task"]
-    baselines = {r["task"]: r["value"] for r in by["task_baseline"]}
-    # mean task score per variant (kNN demos when present, else whatever was run)
-    score: dict[str, list[float]] = defaultdict(list)
-    for r in tasks:
-        if r.get("value") is not None:
-            score[r["variant"]].append(float(r["value"]))
-    for v in variants:
-        s = score.get(v["variant"])
-        v["task_score"] = sum(s) / len(s) if s else None
+def _render(template: str, **context: Any) -> str:
+    return _templates().get_template(template).render(**context)
 
-    md: list[str] = [
-        f"# {meta.get('title', 'edgeweave benchmark')}",
-        "",
-        f"Suite `{meta.get('suite')}` on {meta.get('host', 'this host')}, "
-        f"{meta.get('when', time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))}.",
-        "",
-    ]
-    parts: list[str] = []
 
-    # -- headline numbers -----------------------------------------------------------------
-    kpis = []
-    ref = next((v for v in variants if v["variant"] == "fp32"), None)
-    for v in variants:
-        if ref and v is not ref and v.get("decode_tps") and ref.get("decode_tps"):
-            kpis.append((f"{v['variant']} decode", f"{v['decode_tps'] / ref['decode_tps']:.2f}× fp32"))
-            kpis.append((f"{v['variant']} size", f"{v['size_mb'] / ref['size_mb'] * 100:.0f}% of fp32"))
-    ours = [r for r in by["plan"] if r.get("planner") == "edgeweave"]
-    for p in ours:
-        others = [r for r in by["plan"] if r.get("fleet") == p["fleet"] and r is not p and r.get("tpot_s")]
-        if others and p.get("tpot_s"):
-            worst = max(others, key=lambda r: r["tpot_s"])
-            kpis.append(
-                (
-                    f"{p['fleet']} fleet plan",
-                    f"{worst['tpot_s'] / p['tpot_s']:.1f}× faster than {worst['planner']}",
-                )
-            )
-    for r in by["run"]:
-        kpis.append((f"{r['fleet']}, {r.get('codec', '')} hidden states, run here",
-                     f"{_f(r.get('decode_tps'))} tok/s"))
-    if kpis:
-        parts.append(
-            '<section><h2>Headlines</h2><div class="kpis">'
-            + "".join(f'<div class="kpi"><b>{html.escape(b)}</b>{html.escape(a)}</div>' for a, b in kpis[:8])
-            + "</div></section>"
-        )
-        md += ["## Headlines", ""] + [f"- **{a}**: {b}" for a, b in kpis] + [""]
+def _markup(text: str) -> Any:
+    """Figures and sections we rendered ourselves go into a template unescaped."""
+    from markupsafe import Markup
 
-    # -- variants ---------------------------------------------------------------------------
-    vcols = [
-        "variant",
-        "size MB",
-        "bits/weight",
-        "Wikipedia ppl",
-        "decode tok/s",
-        "TTFT ms",
-        "TPOT ms",
-        "peak RSS MB",
-        "energy J/token",
-        "mean task score",
-    ]
-    vrows = [
-        [
-            v["variant"],
-            v.get("size_mb"),
-            v.get("bits_per_weight"),
-            v.get("ppl_wiki"),
-            v.get("decode_tps"),
-            (v.get("ttft_s") or 0) * 1000 or None,
-            (v.get("tpot_s") or 0) * 1000 or None,
-            v.get("peak_rss_mb"),
-            f"{_f(v.get('energy_j_per_token'))} ({v.get('energy_source', '?')})",
-            v.get("task_score"),
-        ]
-        for v in variants
-    ]
-    plots = (
-        ""
-        if sum(1 for v in variants if v.get("tpot_s")) < 2
-        else (
-            pareto_plot(
-                variants,
-                "tpot_s",
-                "task_score",
-                "time per output token (s)",
-                "mean task score",
-                True,
-                "Quality vs latency",
-            )
-            + pareto_plot(
-                variants,
-                "size_mb",
-                "ppl_wiki",
-                "artifact size (MB)",
-                "Wikipedia perplexity",
-                False,
-                "Perplexity vs size",
-            )
-        )
-    )
-    _section(parts, md, "Compression variants, measured on this host",
-             "Compression variants (measured here)", vcols, vrows,
-             after=f'<div class="grid">{plots}</div><p class="note">Energy is from RAPL counters '
-             'where readable, otherwise from the cost model (labelled "model").</p>')
+    return Markup(text)
 
-    # -- tasks --------------------------------------------------------------------------------
-    if tasks:
-        tcols = [
-            "task",
-            "variant",
-            "demos",
-            "metric",
-            "score",
-            "hallucination rate",
-            "prompt tokens",
-            "latency s/answer",
-            "n",
-            "non-LLM baseline",
-        ]
-        trows = [
-            [
-                r["task"],
-                r["variant"],
-                r.get("demos"),
-                r.get("metric"),
-                r.get("value"),
-                r.get("hallucination_rate"),
-                r.get("mean_prompt_tokens"),
-                r.get("mean_latency_s"),
-                r.get("n"),
-                baselines.get(r["task"]),
-            ]
-            for r in sorted(tasks, key=lambda r: (r["task"], r["variant"], r.get("demos", "")))
-        ]
-        _section(parts, md, "IoT tasks on real sensor data", "IoT tasks", tcols, trows,
-                 before=task_bar_plot(tasks, baselines))
 
-    # -- devices (predicted) ------------------------------------------------------------------
-    if by["device"]:
-        dcols = ["device", "tier", "variant", "fits", "TPOT ms", "TTFT ms", "memory MB", "energy J/token"]
-        drows = [
-            [
-                r["device"],
-                r.get("tier"),
-                r["variant"],
-                r.get("fits"),
-                (r.get("tpot_s") or 0) * 1000 if r.get("fits") else None,
-                (r.get("ttft_s") or 0) * 1000 if r.get("fits") else None,
-                r.get("memory_mb"),
-                r.get("energy_j_per_token") if r.get("fits") else None,
-            ]
-            for r in sorted(by["device"], key=lambda r: (r.get("tier", ""), r["device"], r["variant"]))
-        ]
-        _section(parts, md, 'Catalog devices <span class="tag pred">predicted by the cost '
-                 "model</span>", "Catalog devices (predicted by the cost model)", dcols, drows)
+def _table_section(template: str, title: str, table: Table, **context: Any) -> Section:
+    return Section(_render(template, table=table, **context),
+                   (f"## {title}", "", table.markdown(), ""))
 
-    # -- plans --------------------------------------------------------------------------------
-    if by["plan"]:
-        body = []
-        pcols = ["planner", "stages", "TPOT ms", "TTFT ms", "energy J/token", "bytes/token on links"]
-        for fleet in sorted({r["fleet"] for r in by["plan"]}):
-            prs = sorted(
-                (r for r in by["plan"] if r["fleet"] == fleet),
-                key=lambda r: (r.get("planner") != "edgeweave", r.get("tpot_s") or 1e9),
-            )
-            body.append(
-                f'<h3>Fleet <code>{html.escape(fleet)}</code> <span class="tag pred">predicted</span></h3>'
-            )
-            rows_ = []
-            for r in prs:
-                if r.get("error"):
-                    body.append(f"<p><b>{html.escape(r['planner'])}</b>: {html.escape(r['error'])}</p>")
-                    rows_.append([r["planner"], "infeasible", None, None, None, None])
-                    continue
-                body.append(
-                    f"<p><b>{html.escape(r['planner'])}</b></p>" + plan_diagram(r["stages"], r["n_layers"])
-                )
-                rows_.append(
-                    [
-                        r["planner"],
-                        len(r["stages"]),
-                        (r.get("tpot_s") or 0) * 1000,
-                        (r.get("ttft_s") or 0) * 1000,
-                        r.get("energy_j_per_token"),
-                        r.get("link_bytes_per_token"),
-                    ]
-                )
-            body.append(_table(pcols, rows_))
-            md += [f"## Plans for fleet `{fleet}` (predicted)", "", _md_table(pcols, rows_), ""]
-        parts.append(
-            "<section><h2>Placement plans: edgeweave vs baselines</h2>"
-            + "".join(body)
-            + '<p class="note">Baselines: memory-proportional split (exo, llama.cpp RPC), '
-            "single device↔cloud split (Neurosurgeon), best single device, all-cloud."
-            "</p></section>"
-        )
-    for r in by["adapt"]:
-        parts.append(
-            f"<section><h2>Runtime adaptation: {html.escape(r['event'])}</h2>"
-            f"<p>{html.escape(r.get('reason', ''))}</p>"
-            + plan_diagram(r["stages"], r["n_layers"])
-            + _table(
-                ["moved layers", "switch s", "new TPOT ms (predicted)"],
-                [[r.get("moved_layers"), r.get("switch_s"), (r.get("tpot_s") or 0) * 1000]],
-            )
-            + "</section>"
-        )
-        md += [f"## Runtime adaptation: {r['event']}", "", r.get("reason", ""), ""]
-    if by["run"]:
-        rcols = [
-            "fleet",
-            "stages",
-            "codec",
-            "decode tok/s",
-            "TTFT ms",
-            "bytes on the wire/token",
-            "greedy tokens = single process",
-        ]
-        rrows = [
-            [
-                r["fleet"],
-                len(r.get("stages", [])),
-                r.get("codec"),
-                r.get("decode_tps"),
-                (r.get("ttft_s") or 0) * 1000,
-                r.get("wire_bytes_per_token"),
-                r.get("identical"),
-            ]
-            for r in by["run"]
-        ]
-        diagrams = "".join(plan_diagram(r["stages"], r["n_layers"]) for r in by["run"] if r.get("stages"))
-        _section(parts, md, "Plans launched on this host (embedded stages, measured)",
-                 "Plans launched here (measured)", rcols, rrows, before=diagrams)
 
-    if by["answer"]:
-        acols = ["task", "gold", "answer", "metric", "score", "prompt tokens", "latency s", "decode tok/s"]
-        arows = [
-            [
-                a["task"],
-                a.get("gold"),
-                a.get("answer"),
-                a.get("metric"),
-                a.get("score"),
-                a.get("prompt_tokens"),
-                a.get("latency_s"),
-                a.get("decode_tps"),
-            ]
-            for a in by["answer"]
-        ]
-        _section(parts, md, "IoT questions from real sensor windows, answered through the "
-                 "OpenAI-compatible API", "Answers through the API", acols, arows,
-                 after='<p class="note">Each prompt holds a real test window encoded as text '
-                 "plus kNN-selected demonstrations from the training split.</p>",
-                 at=1 if kpis else 0)
+# -- headline numbers -----------------------------------------------------------------------
+def kpis(data: ReportRows) -> list[tuple[str, str]]:
+    """(what, figure): each variant against fp32, our plan against the worst baseline on its
+    fleet, and every plan run here."""
+    out = []
+    ref = next((v for v in data.variants if v.variant == "fp32"), None)
+    for v in data.variants:
+        if ref and v is not ref and v.decode_tps and ref.decode_tps:
+            out.append((f"{v.variant} decode", f"{v.decode_tps / ref.decode_tps:.2f}× fp32"))
+            out.append((f"{v.variant} size", f"{v.size_mb / ref.size_mb * 100:.0f}% of fp32"))
+    for p in (p for p in data.plans if p.planner == "edgeweave"):
+        others = [r for r in data.plans if r.fleet == p.fleet and r is not p and r.tpot_s]
+        if others and p.tpot_s:
+            worst = max(others, key=lambda r: r.tpot_s or 0.0)
+            out.append((f"{p.fleet} fleet plan",
+                        f"{worst.tpot_s / p.tpot_s:.1f}× faster than {worst.planner}"))
+    for r in data.runs:
+        out.append((f"{r.fleet}, {r.codec} hidden states, run here", f"{cell(r.decode_tps)} tok/s"))
+    return out
 
-    title = html.escape(meta.get("title", "edgeweave benchmark"))
-    sub = html.escape(
-        f"suite {meta.get('suite')} · model {meta.get('model')} · "
-        f"{meta.get('host', '')} · {meta.get('when', '')}"
-    )
-    page = (
-        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title>"
-        f"<style>{CSS}</style></head><body><header><h1>{title}</h1><p>{sub}</p></header>"
-        f"<main>{''.join(parts)}</main></body></html>"
-    )
+
+def headlines(data: ReportRows) -> Section | None:
+    found = kpis(data)
+    if not found:
+        return None
+    return Section(_render("headlines.html.j2", kpis=found[:8]),
+                   ("## Headlines", "", *(f"- **{a}**: {b}" for a, b in found), ""))
+
+
+# -- one section per row kind -----------------------------------------------------------------
+VARIANT_COLUMNS = ("variant", "size MB", "bits/weight", "Wikipedia ppl", "decode tok/s", "TTFT ms",
+                   "TPOT ms", "peak RSS MB", "energy J/token", "mean task score")
+
+
+def variants_section(data: ReportRows) -> Section:
+    rows = [(v.variant, v.size_mb, v.bits_per_weight, v.ppl_wiki, v.decode_tps,
+             _ms(v.ttft_s) or None, _ms(v.tpot_s) or None, v.peak_rss_mb,
+             f"{cell(v.energy_j_per_token)} ({v.energy_source})", v.task_score)
+            for v in data.variants]
+    plots = []
+    if sum(1 for v in data.variants if v.tpot_s) >= 2:
+        plots = [_markup(pareto_plot(data.variants, "tpot_s", "task_score",
+                                     "time per output token (s)", "mean task score", True,
+                                     "Quality vs latency")),
+                 _markup(pareto_plot(data.variants, "size_mb", "ppl_wiki", "artifact size (MB)",
+                                     "Wikipedia perplexity", False, "Perplexity vs size"))]
+    return _table_section("variants.html.j2", "Compression variants (measured here)",
+                          Table.of(VARIANT_COLUMNS, rows), plots=plots)
+
+
+TASK_COLUMNS = ("task", "variant", "demos", "metric", "score", "hallucination rate",
+                "prompt tokens", "latency s/answer", "n", "non-LLM baseline")
+
+
+def tasks_section(data: ReportRows) -> Section | None:
+    if not data.tasks:
+        return None
+    ordered = sorted(data.tasks, key=lambda r: (r.task, r.variant, r.demos or ""))
+    rows = [(r.task, r.variant, r.demos, r.metric, r.value, r.hallucination_rate,
+             r.mean_prompt_tokens, r.mean_latency_s, r.n, data.baselines.get(r.task))
+            for r in ordered]
+    return _table_section("tasks.html.j2", "IoT tasks", Table.of(TASK_COLUMNS, rows),
+                          bars=_markup(task_bar_plot(data.tasks, data.baselines)))
+
+
+DEVICE_COLUMNS = ("device", "tier", "variant", "fits", "TPOT ms", "TTFT ms", "memory MB",
+                  "energy J/token")
+
+
+def devices_section(data: ReportRows) -> Section | None:
+    if not data.devices:
+        return None
+    ordered = sorted(data.devices, key=lambda r: (r.tier, r.device, r.variant))
+    rows = [(r.device, r.tier, r.variant, r.fits, _ms(r.tpot_s) if r.fits else None,
+             _ms(r.ttft_s) if r.fits else None, r.memory_mb,
+             r.energy_j_per_token if r.fits else None) for r in ordered]
+    return _table_section("devices.html.j2", "Catalog devices (predicted by the cost model)",
+                          Table.of(DEVICE_COLUMNS, rows))
+
+
+PLAN_COLUMNS = ("planner", "stages", "TPOT ms", "TTFT ms", "energy J/token",
+                "bytes/token on links")
+
+
+@dataclass(frozen=True)
+class FleetPlans:
+    """The plans of every planner on one fleet: ours first, then the fastest baselines."""
+
+    name: str
+    plans: tuple[PlanRow, ...]
+
+    @property
+    def table(self) -> Table:
+        return Table.of(PLAN_COLUMNS, [
+            (p.planner, "infeasible", None, None, None, None) if p.error else
+            (p.planner, len(p.stages), _ms(p.tpot_s), _ms(p.ttft_s), p.energy_j_per_token,
+             p.link_bytes_per_token) for p in self.plans])
+
+
+def plans_section(data: ReportRows) -> Section | None:
+    if not data.plans:
+        return None
+    fleets = [FleetPlans(name, tuple(sorted(
+        (p for p in data.plans if p.fleet == name),
+        key=lambda p: (p.planner != "edgeweave", p.tpot_s or 1e9))))
+        for name in sorted({p.fleet for p in data.plans})]
+    md: list[str] = []
+    for f in fleets:
+        md += [f"## Plans for fleet `{f.name}` (predicted)", "", f.table.markdown(), ""]
+    return Section(_render("plans.html.j2", fleets=fleets), tuple(md))
+
+
+ADAPT_COLUMNS = ("moved layers", "switch s", "new TPOT ms (predicted)")
+
+
+def adapt_sections(data: ReportRows) -> list[Section]:
+    return [Section(_render("adapt.html.j2", row=r, table=Table.of(
+        ADAPT_COLUMNS, [(r.moved_layers, r.switch_s, _ms(r.tpot_s))])),
+        (f"## Runtime adaptation: {r.event}", "", r.reason, "")) for r in data.adaptations]
+
+
+RUN_COLUMNS = ("fleet", "stages", "codec", "decode tok/s", "TTFT ms", "bytes on the wire/token",
+               "greedy tokens = single process")
+
+
+def runs_section(data: ReportRows) -> Section | None:
+    if not data.runs:
+        return None
+    rows = [(r.fleet, len(r.stages), r.codec, r.decode_tps, _ms(r.ttft_s),
+             r.wire_bytes_per_token, r.identical) for r in data.runs]
+    return _table_section("runs.html.j2", "Plans launched here (measured)",
+                          Table.of(RUN_COLUMNS, rows), runs=data.runs)
+
+
+ANSWER_COLUMNS = ("task", "gold", "answer", "metric", "score", "prompt tokens", "latency s",
+                  "decode tok/s")
+
+
+def answers_section(data: ReportRows) -> Section | None:
+    if not data.answers:
+        return None
+    rows = [(a.task, a.gold, a.answer, a.metric, a.score, a.prompt_tokens, a.latency_s,
+             a.decode_tps) for a in data.answers]
+    return _table_section("answers.html.j2", "Answers through the API",
+                          Table.of(ANSWER_COLUMNS, rows))
+
+
+# -- the page -------------------------------------------------------------------------------------
+def build(rows: Iterable[Mapping[str, Any]], meta: Mapping[str, Any]) -> tuple[str, str]:
+    """Return (html, markdown) for the given result rows (which are left as they are)."""
+    data = ReportRows.of(rows)
+    body = [variants_section(data), tasks_section(data), devices_section(data),
+            plans_section(data), *adapt_sections(data), runs_section(data)]
+    head, answers = headlines(data), answers_section(data)
+    # The page puts the answers right under the headlines; the summary keeps them last.
+    page_order = [s for s in (head, answers, *body) if s is not None]
+    summary_order = [s for s in (head, *body, answers) if s is not None]
+    title = meta.get("title", "edgeweave benchmark")
+    when = meta.get("when", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    md = [f"# {title}", "", f"Suite `{meta.get('suite')}` on {meta.get('host', 'this host')}, "
+          f"{when}.", ""]
+    md += [line for s in summary_order for line in s.markdown]
+    subtitle = (f"suite {meta.get('suite')} · model {meta.get('model')} · "
+                f"{meta.get('host', '')} · {meta.get('when', '')}")
+    css = resources.files("edgeweave.bench").joinpath("templates/report.css").read_text()
+    page = _render("page.html.j2", title=title, subtitle=subtitle, css=_markup(css),
+                   sections=[_markup(s.html) for s in page_order])
     return page, "\n".join(md) + "\n"
 
 
-def write_report(rows: list[dict[str, Any]], out_dir: str | Path, meta: dict[str, Any]) -> tuple[Path, Path]:
+def write_report(rows: Iterable[Mapping[str, Any]], out_dir: str | Path,
+                 meta: Mapping[str, Any]) -> tuple[Path, Path]:
     page, md = build(rows, meta)
     out = Path(out_dir)
     atomic_write_text(out / "report.html", page)

@@ -8,6 +8,7 @@ peak memory and time) that the CLI prints and the benchmark writes to JSON.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,8 +85,12 @@ def full_model_bytes(cfg: FedConfig) -> int:
     return int(sum(seen.values()))
 
 
-def run_strategy(cfg: FedConfig, grid, evaluate: bool = True) -> dict[str, Any]:
-    """Drive the strategy on any Flower ``Grid`` (local or a SuperLink's)."""
+def run_strategy(cfg: FedConfig, grid, evaluate: bool = True,
+                 strategy: Callable[[FedConfig, tuple[int, ...]], Any] | None = None
+                 ) -> dict[str, Any]:
+    """Drive the strategy on any Flower ``Grid`` (local or a SuperLink's). ``strategy``
+    builds it from (cfg, region): :class:`~edgeweave.federated.strategy.HeteroLoRA` or a
+    subclass (the default is :func:`~edgeweave.federated.strategy.make_strategy`)."""
     from flwr.app import ArrayRecord
 
     from edgeweave.federated.client import shared_base
@@ -99,7 +104,7 @@ def run_strategy(cfg: FedConfig, grid, evaluate: bool = True) -> dict[str, Any]:
         from edgeweave.federated.synthetic import warm_start
 
         init, warmup = warm_start(cfg, region, init)
-    strategy = make_strategy(cfg, region)
+    strategy = (strategy or make_strategy)(cfg, region)
     evaluator = Evaluator(cfg, region) if evaluate else None
     t0 = time.perf_counter()
     start_arrays = ArrayRecord({k: _arr(v) for k, v in init.items()})
@@ -145,8 +150,11 @@ def client_mods(cfg: FedConfig) -> list:
 
 
 def simulate(cfg: FedConfig, *, workers: int = 1, apps: dict[int, Any] | None = None,
-             evaluate: bool = True) -> dict[str, Any]:
-    """Embedded simulation: ``cfg.num_clients`` ClientApps in-process (one command)."""
+             evaluate: bool = True,
+             strategy: Callable[[FedConfig, tuple[int, ...]], Any] | None = None
+             ) -> dict[str, Any]:
+    """Embedded simulation: ``cfg.num_clients`` ClientApps in-process (one command).
+    ``strategy`` as in :func:`run_strategy`."""
     from edgeweave.federated.client import make_client_app
     from edgeweave.federated.simulation import make_local_grid
 
@@ -156,7 +164,7 @@ def simulate(cfg: FedConfig, *, workers: int = 1, apps: dict[int, Any] | None = 
     node_cfg = {n: {"partition-id": i, "memory-mb": cfg.memory_of(i)} for i, n in enumerate(apps)}
     grid = make_local_grid(apps, node_cfg, cfg.to_run_config(), workers=workers)
     try:
-        return run_strategy(cfg, grid, evaluate=evaluate)
+        return run_strategy(cfg, grid, evaluate=evaluate, strategy=strategy)
     finally:
         grid.shutdown()
 

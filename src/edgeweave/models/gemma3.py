@@ -22,7 +22,14 @@ from torch import nn
 
 from edgeweave.models.cache import KVCache
 from edgeweave.models.config import ModelConfig
-from edgeweave.models.llama import MLP, Attention, BlockModel, Rotary, rope_inv_freq
+from edgeweave.models.llama import (
+    MLP,
+    Attention,
+    BlockModel,
+    Rotary,
+    attend_packed,
+    rope_inv_freq,
+)
 
 
 class GemmaRMSNorm(nn.Module):
@@ -121,18 +128,9 @@ class Gemma3Model(BlockModel):
         """As ``BlockModel.block_packed``: projections once for all sequences, attention
         per sequence on its own cache."""
         layer = self.layers[str(i)]
-        att = layer.self_attn
-        x = layer.input_layernorm(h)
-        q, k, v = att.q_proj(x), att.k_proj(x), att.v_proj(x)
-        cos, sin = self._tables(i, max(c.position(i) + t for c, t in zip(caches, lengths,
-                                                                          strict=True)))
-        outs, at = [], 0
-        for cache, t in zip(caches, lengths, strict=True):
-            end = at + t
-            outs.append(att.attend(q[:, at:end], k[:, at:end], v[:, at:end], i, cache, cos,
-                                   sin))
-            at = end
-        a = att.o_proj(torch.cat(outs, dim=1))
+        end = max(c.position(i) + t for c, t in zip(caches, lengths, strict=True))
+        a = attend_packed(layer.self_attn, layer.input_layernorm(h), i, caches, lengths,
+                          *self._tables(i, end))
         return layer.feed_forward(h + layer.post_attention_layernorm(a))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

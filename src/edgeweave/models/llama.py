@@ -179,6 +179,20 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
 
+def attend_packed(att: nn.Module, x: torch.Tensor, layer: int, caches: list[KVCache],
+                  lengths: list[int], cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Attention of sequences packed back to back in ``x`` (1, sum(lengths), H): the q/k/v
+    and output projections run once for all of them (one weight read), attention per
+    sequence on its own cache. Every family's batched block uses it."""
+    q, k, v = att.q_proj(x), att.k_proj(x), att.v_proj(x)
+    outs, at = [], 0
+    for cache, t in zip(caches, lengths, strict=True):
+        end = at + t
+        outs.append(att.attend(q[:, at:end], k[:, at:end], v[:, at:end], layer, cache, cos, sin))
+        at = end
+    return att.o_proj(torch.cat(outs, dim=1))
+
+
 class BlockModel(nn.Module):
     """Llama-family decoder holding the blocks of ``shard`` (all blocks by default).
 
@@ -251,18 +265,9 @@ class BlockModel(nn.Module):
         ``caches[j]``. Norms, projections and the MLP run once on every token (one weight
         read for the whole batch); only attention runs per sequence, on its own cache."""
         layer = self.layers[str(i)]
-        att = layer.self_attn
-        x = layer.input_layernorm(h)
-        q, k, v = att.q_proj(x), att.k_proj(x), att.v_proj(x)
-        cos, sin = self.rotary.tables(max(c.position(i) + t for c, t in zip(caches, lengths,
-                                                                             strict=True)))
-        outs, at = [], 0
-        for cache, t in zip(caches, lengths, strict=True):
-            end = at + t
-            outs.append(att.attend(q[:, at:end], k[:, at:end], v[:, at:end], i, cache, cos,
-                                   sin))
-            at = end
-        h = h + att.o_proj(torch.cat(outs, dim=1))
+        end = max(c.position(i) + t for c, t in zip(caches, lengths, strict=True))
+        h = h + attend_packed(layer.self_attn, layer.input_layernorm(h), i, caches, lengths,
+                              *self.rotary.tables(end))
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

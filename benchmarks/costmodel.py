@@ -22,6 +22,7 @@ from _common import print_table, write_json  # noqa: E402
 
 from edgeweave.profile import cost as C  # noqa: E402
 from edgeweave.profile import probe  # noqa: E402
+from edgeweave.profile.model_costs import model_costs  # noqa: E402
 from edgeweave.profile.variants import DEFAULT_VARIANTS  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     for i in range(args.repeats):
         hp = probe.measure(threads=1)  # one thread on both sides, as in the planner's calibration
         mt = hp.model_timing
-        m = C.model_costs(None, prompt_len=mt["prompt_len"], context=mt["context"])
+        m = model_costs(None, prompt_len=mt["prompt_len"], context=mt["context"])
         fp32 = DEFAULT_VARIANTS["fp32"]
         predicted = C.decode_token_s(m, hp.device(), fp32, hp.calibration())
         measured = mt["decode_token_s"]

@@ -298,7 +298,8 @@ def bandwidth_gbs() -> float:
 def predicted_memory_mb() -> float | None:
     """The planner's memory figure for the whole model as one int4 stage."""
     try:
-        from edgeweave.profile.cost import model_costs, stage_memory_bytes
+        from edgeweave.profile.cost import stage_memory_bytes
+        from edgeweave.profile.model_costs import model_costs
         from edgeweave.variants import get
     except ImportError:
         return None

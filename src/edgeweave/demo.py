@@ -91,7 +91,7 @@ def plan_fleet(cfg: DemoConfig, variant_rows: list[dict[str, Any]]) -> tuple[Pla
     from edgeweave.plan import place
     from edgeweave.plan.baselines import place_baseline
     from edgeweave.plan.fleet import load_fleet
-    from edgeweave.profile.cost import model_costs
+    from edgeweave.profile.model_costs import model_costs
     variants = _planner_variants(cfg, {r["variant"] for r in variant_rows})
     spec = load_fleet(fleet_path(cfg.fleet))
     kw: dict[str, Any] = {"variants": variants, **_calibration()}
@@ -247,7 +247,7 @@ def adapt_to_loss(cfg: DemoConfig, plan: Plan, coord: Coordinator, gone: str
     from edgeweave.bench.suite import fleet_path
     from edgeweave.plan.adapt import Adapter, DeviceGone
     from edgeweave.plan.fleet import load_fleet
-    from edgeweave.profile.cost import model_costs
+    from edgeweave.profile.model_costs import model_costs
 
     spec = load_fleet(fleet_path(cfg.fleet))
     variants = {s.variant for s in plan.stages}

@@ -15,7 +15,7 @@ from edgeweave.finetune.config import LoRAConfig, TrainConfig
 from edgeweave.finetune.data import Example
 from edgeweave.finetune.lora import adapter_state, apply_lora, merge_lora
 from edgeweave.finetune.quantbase import Int8Linear, convert_base
-from edgeweave.finetune.subset import SubsetConfig, select
+from edgeweave.finetune.subset import SELECTORS, SubsetConfig, select
 from edgeweave.finetune.train import PrefixCache, evaluate_loss, train
 from tests.conftest import random_model
 
@@ -157,7 +157,7 @@ def test_quantized_frozen_base_trains(tiny_cfg, dtype):
 def test_subset_selection(tiny_cfg):
     m = random_model(tiny_cfg)
     data = _data(20)
-    for method in ("loss", "diversity", "random"):
+    for method in sorted(SELECTORS):  # every registered selector
         kept = select(m, data, SubsetConfig(method=method, fraction=0.25))
         assert len(kept) == 5 and all(e in data for e in kept)
     from edgeweave.finetune.subset import _features

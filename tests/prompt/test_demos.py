@@ -23,7 +23,7 @@ def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("policy", ["lru", "utility", "diversity"])
+@pytest.mark.parametrize("policy", eviction_policies())
 def test_caps_hold_under_a_stream(policy: str) -> None:
     rng = np.random.default_rng(0)
     cfg = StoreConfig(dim=16, max_entries=50, max_bytes=6000, eviction=policy)

@@ -11,6 +11,7 @@ import pytest
 
 from edgeweave.errors import ConfigError, EdgeweaveError
 from edgeweave.prompt.demos import DemonstrationStore, StoreConfig, StoreError
+from edgeweave.prompt.policies import eviction_policies
 
 DIM = 8
 CFG = StoreConfig(dim=DIM, max_entries=3, max_bytes=1 << 20)
@@ -162,7 +163,7 @@ def test_tampered_rows_are_refused(full, tamper, needle) -> None:
         DemonstrationStore(CFG, path)
 
 
-@pytest.mark.parametrize("policy", ["lru", "utility", "diversity"])
+@pytest.mark.parametrize("policy", eviction_policies())
 def test_memory_matches_disk_through_a_stream_of_refused_and_accepted_writes(tmp_path, policy) -> None:
     """Random batches, some of which the database refuses (a trigger rejects inputs named
     'fail...'), with selections, feedback and removals in between: after every step the store

@@ -80,8 +80,9 @@ def variant_profiles(store: ResultStore, suite: Suite) -> dict[str, Any]:
 def run_devices(store: ResultStore, suite: Suite, model: str, variants: dict[str, Any],
                 calibration: Any) -> None:
     from edgeweave.profile import catalog, cost
+    from edgeweave.profile.model_costs import model_costs
 
-    m = cost.model_costs(model)
+    m = model_costs(model)
     for name, dev in catalog.devices().items():
         for vname, var in variants.items():
             key = f"device/{name}/{vname}"
@@ -114,7 +115,7 @@ def run_plans(store: ResultStore, suite: Suite, model: str, variants: dict[str, 
     from edgeweave.plan import place
     from edgeweave.plan.baselines import place_baseline
     from edgeweave.plan.fleet import load_fleet
-    from edgeweave.profile.cost import model_costs
+    from edgeweave.profile.model_costs import model_costs
 
     m = model_costs(model)
     for fleet in suite.fleets:

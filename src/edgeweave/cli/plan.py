@@ -26,7 +26,8 @@ def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
     from edgeweave.plan.partition import place_tables, tables_for
     from edgeweave.plan.tables import Constraints
     from edgeweave.profile import probe
-    from edgeweave.profile.cost import UNCALIBRATED, check_shape, model_costs
+    from edgeweave.profile.cost import UNCALIBRATED, check_shape
+    from edgeweave.profile.model_costs import model_costs
 
     Constraints(min_quality, battery_reserve)  # refuse bad values before any file is read
     check_shape(prompt_len, context, batch)

@@ -12,12 +12,13 @@ def run_profile(refresh: bool = False, model: str | None = None, with_model: boo
     """Probe the host (cached) and predict the model's decode latency on every device class."""
     from edgeweave.profile import catalog, probe
     from edgeweave.profile import cost as C
+    from edgeweave.profile.model_costs import model_costs
     from edgeweave.profile.variants import DEFAULT_VARIANTS
 
     hp = probe.probe(refresh=refresh, model=model, with_model=with_model, threads=threads)
     cal = hp.calibration()
-    m = C.model_costs(model, prompt_len=hp.model_timing.get("prompt_len", 128),
-                      context=hp.model_timing.get("context", 512)) if with_model else None
+    m = model_costs(model, prompt_len=hp.model_timing.get("prompt_len", 128),
+                    context=hp.model_timing.get("context", 512)) if with_model else None
     out = {"host": hp, "calibration": cal, "model": m, "rows": []}
     for dev in [hp.device(), *catalog.devices().values()]:
         row = [dev.name, dev.tier, f"{dev.memory / 1e9:.2f}", f"{dev.mem_bw / 1e9:.3g}",

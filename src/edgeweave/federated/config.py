@@ -16,7 +16,7 @@ from typing import Any
 
 from edgeweave.errors import ConfigError
 from edgeweave.federated.hetero import DEFAULT_TIERS, Tier
-from edgeweave.finetune.config import OPTIMIZERS
+from edgeweave.finetune.config import OPTIMIZERS, LoRAConfig
 from edgeweave.models.catalog import DEFAULT_MODEL
 
 AGGREGATIONS = ("fedavg", "pad", "svd")
@@ -190,3 +190,15 @@ class FedConfig:
             return cls.from_dict(json.loads(str(rc["edgeweave"])))
         raise ConfigError("run config lacks the 'edgeweave' key: build it with "
                           "FedConfig.to_run_config()")
+
+
+def region_blocks(cfg: FedConfig, num_layers: int) -> tuple[int, ...]:
+    """The blocks that carry adapters: ``cfg.region`` clipped to the model, else all."""
+    start, end = cfg.region if cfg.region is not None else (0, num_layers)
+    return tuple(range(start, min(end, num_layers)))
+
+
+def global_lora(cfg: FedConfig, region: tuple[int, ...]) -> LoRAConfig:
+    """The global adapter's LoRA config: the largest tier's rank on every region block."""
+    return LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
+                      target_modules=cfg.targets, layers=region, init_seed=cfg.seed)

@@ -15,18 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeweave.federated.config import FedConfig
-from edgeweave.finetune.config import LoRAConfig
-
-
-def region_blocks(cfg: FedConfig, num_layers: int) -> tuple[int, ...]:
-    start, end = cfg.region if cfg.region is not None else (0, num_layers)
-    return tuple(range(start, min(end, num_layers)))
-
-
-def global_lora(cfg: FedConfig, region: tuple[int, ...]) -> LoRAConfig:
-    return LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
-                      target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
+from edgeweave.federated.config import FedConfig, global_lora, region_blocks
 
 
 @dataclass

@@ -104,7 +104,7 @@ def warm_start(cfg: Any, region: tuple[int, ...], initial: dict[str, np.ndarray]
     import torch
 
     from edgeweave.federated.client import client_model, shared_base
-    from edgeweave.federated.run import global_lora
+    from edgeweave.federated.config import global_lora
     from edgeweave.federated.tasks import PROMPTS
     from edgeweave.finetune.config import TrainConfig
     from edgeweave.finetune.data import prompt_answer

@@ -226,26 +226,6 @@ def codec_time_s(codec: str) -> float:
     return CODEC_TIME_S[codec]
 
 
-def model_costs(name: str | None = None, prompt_len: int = 128, context: int = 512,
-                batch: int = 1) -> ModelCosts:
-    """Costs of a model from its config only: a plan-only model card
-    (:mod:`edgeweave.models.cards`, no weights needed) or a loadable model (bundled name, HF
-    folder or .gguf)."""
-    from edgeweave.models import cards
-
-    check_shape(prompt_len, context, batch)
-    from pathlib import Path
-
-    if name in cards.CARDS and not Path(name).exists():  # a local folder of that name wins
-        return cards.CARDS[name].costs(prompt_len, context, batch)
-    from edgeweave.models import DEFAULT_MODEL, resolve
-    from edgeweave.models.config import read_config
-
-    label, folder = resolve(name or DEFAULT_MODEL)
-    cfg = read_config(folder)
-    return ModelCosts.from_config(cfg, label, prompt_len, context, batch)
-
-
 def check_shape(prompt_len: int, context: int, batch: int) -> None:
     """Refuse request shapes that would silently price nothing."""
     for what, v, eg in (("prompt length", prompt_len, "--prompt-len 128"),

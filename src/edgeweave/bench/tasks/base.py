@@ -2,7 +2,9 @@
 
 A task turns a real data set into :class:`Item` s (the query text, the gold answer, and for
 sensor tasks the raw window and a cheap feature vector). Subclasses register themselves by
-name with :func:`register_task`; ``evaluate_task`` only talks to this interface.
+name with :func:`register_task`; ``evaluate_task`` only talks to this interface. The
+registry imports every module of this package but the helpers (:data:`HELPERS`), so a new
+task is one new file: ``bench/tasks/<name>.py``.
 """
 
 from __future__ import annotations
@@ -137,15 +139,25 @@ def load_split(name: str, seed: int = 0) -> Split:
     return get_task(name).build(seed)
 
 
+# Modules of this package that hold shared machinery, not tasks (they register none).
+HELPERS = frozenset({"base", "evaluate", "prompts", "tuning"})
+
+
+def task_modules() -> list[str]:
+    """The task modules of this package, found in its folder (as ``cli/app.py`` finds verbs)."""
+    import pkgutil
+
+    from edgeweave.bench import tasks
+
+    return sorted(f"{tasks.__name__}.{m.name}" for m in pkgutil.iter_modules(tasks.__path__)
+                  if m.name not in HELPERS and not m.name.startswith("_"))
+
+
 def _import_all() -> None:
-    from edgeweave.bench.tasks import (  # noqa: F401  (registration side effects)
-        activity,
-        anomaly,
-        appliance,
-        forecast,
-        occupancy,
-        wikiqa,
-    )
+    import importlib
+
+    for module in task_modules():  # each registers its task(s) on import
+        importlib.import_module(module)
 
 
 # -- helpers shared by tasks ---------------------------------------------------------------

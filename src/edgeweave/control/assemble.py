@@ -193,9 +193,11 @@ class FleetAssembler:
 
     def fleet(self) -> DiscoveredFleet:
         with self._lock:
+            online = {d for d, n in self.monitor.nodes().items() if n.online}
             d = fleet_from_announcements(list(self.admitted.values()), self.measurements(),
                                          self.overlay, name=self.monitor.fleet,
-                                         default_link=self.options.default_link)
+                                         default_link=self.options.default_link,
+                                         online=online)
             self.notes = d.notes
             return d
 
@@ -223,6 +225,13 @@ class FleetAssembler:
                 if ann is not None and ev.device in self.admitted and self.coordinator:
                     self.admitted[ev.device] = ann
                     self.coordinator.add_device(ev.device, ann.address)
+        elif ev.kind == EventKind.GONE:
+            with self._lock:
+                base = self.adapter.base if self.adapter is not None else None
+                if base is not None and ev.device in (base.entry, base.exit):
+                    # the planner's entry stands for the server: move it to a live node
+                    # before the failover re-plans without the departed one
+                    self.adapter.base = self.fleet().fleet
         if ev.kind in (EventKind.GONE, EventKind.BACK, EventKind.JOINED):
             self.publish()
 

@@ -65,7 +65,12 @@ class Mosquitto:
         if self.tls is not None:
             auth += (f"cafile {self.tls.ca}\ncertfile {self.tls.cert}\n"
                      f"keyfile {self.tls.key}\ntls_version tlsv1.2\n")
+        import getpass
+
+        # run as whoever starts it: started by root, mosquitto would otherwise switch to its
+        # own user, which cannot read our temporary password file and certificates
         conf.write_text(
+            f"user {getpass.getuser()}\n"
             f"listener {self.port} {self.host}\n"
             + auth +
             "set_tcp_nodelay true\n"

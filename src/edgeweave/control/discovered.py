@@ -14,7 +14,7 @@ that found each other. Pure (no broker, no network), so it is tested without har
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,9 +128,12 @@ def fleet_from_announcements(announcements: Sequence[Announcement],
                              measurements: Mapping[str, Mapping[str, Mapping[str, Any]]]
                              | None = None, overlay: Overlay | None = None, *,
                              name: str = "default",
-                             default_link: str = DEFAULT_LINK) -> DiscoveredFleet:
+                             default_link: str = DEFAULT_LINK,
+                             online: Collection[str] | None = None) -> DiscoveredFleet:
     """The fleet of ``announcements``; ``measurements[a][b]`` is what node ``a`` measured
-    towards ``b`` (``{"rtt_s", "up_bps"}``)."""
+    towards ``b`` (``{"rtt_s", "up_bps"}``). The entry and exit are the fleet file's, else
+    the first device by name; ``online`` (when given) keeps them off departed nodes: the
+    server is where requests really arrive, so any live node may stand for it."""
     from edgeweave.profile import catalog
     from edgeweave.variants import get as get_variant
 
@@ -179,10 +182,11 @@ def fleet_from_announcements(announcements: Sequence[Announcement],
             links.append(ln)
     if defaulted:
         notes.append(f"{defaulted} link(s) not measured yet: priced as {default_link}")
-    entry = ov.entry if ov.entry in ids else ids[0]
-    exit_ = ov.exit if ov.exit in ids else entry
-    if ov.entry is not None and ov.entry not in ids:
-        notes.append(f"entry {ov.entry!r} has not announced itself: requests enter at {entry}")
+    live = [d for d in ids if online is None or d in online] or ids
+    entry = ov.entry if ov.entry in live else live[0]
+    exit_ = ov.exit if ov.exit in live else entry
+    if ov.entry is not None and ov.entry != entry:
+        notes.append(f"entry {ov.entry!r} is not online: requests enter at {entry}")
     fleet = Fleet(name=ov.name or name, devices=tuple(devices), links=tuple(links),
                   entry=entry, exit=exit_, policy=ov.policy)
     return DiscoveredFleet(fleet, variants, tuple(notes))

@@ -23,7 +23,7 @@ def test_option_parsing_errors_say_the_fix(tmp_path):
     bad.write_text('{"stages": [{"device": "a"}]}')
     with pytest.raises(ConfigError, match="is not a plan"):
         read_plan(bad)
-    with pytest.raises(ConfigError, match="--node needs --plan or --fleet-file"):
+    with pytest.raises(ConfigError, match="--node: need --plan or --fleet-file"):
         build("whatever", nodes=["a=127.0.0.1:1883"])
 
 

@@ -147,7 +147,7 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
                           "the zones and prices are the fleet file's devices'")
     if plan is None and fleet_file is None:
         if nodes:
-            raise ConfigError("--node needs --plan or --fleet-file: it names the devices of a "
+            raise ConfigError("--node: need --plan or --fleet-file: it names the devices of a "
                               "distributed plan (or use --mqtt to discover the nodes)")
         return Deployment(LocalSessions.load(model, choice, adapters=adapters,
                                              prefix_cache_bytes=prefix_bytes))

@@ -64,6 +64,10 @@ def decode_tps(session_factory, tok, n: int) -> tuple[float, list[int]]:  # noqa
     return out.metrics.decode_tps, out.token_ids
 
 
+def fmt_plan(stages: list) -> str:
+    return " ".join(f"{p[0]}[{p[1]},{p[2]})" for p in stages)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -166,7 +170,7 @@ def main() -> None:
          res["first_serve_cold"]["first_token_s"]],
         ["serve start -> plan attached s", s["build_s"]],
         ["serve start -> first token s (target < 10)", s["first_token_s"]],
-        ["plan", " ".join(f"{p[0]}[{p[1]},{p[2]})" for p in res["plan"]]],
+        ["plan", fmt_plan(res["plan"])],
         ["decode tok/s discovered (median)", statistics.median(d["discovered_tps"])],
         ["decode tok/s by hand (median)", statistics.median(d["by_hand_tps"])],
         ["ratio (target >= 0.95)", d["ratio"]],
@@ -174,7 +178,8 @@ def main() -> None:
         ["join: ready -> re-planned s", j["ready_to_replanned_s"]],
         ["join: decide / switch s", f"{j['decide_s']:.3g} / {j['switch_s']:.3g}"],
         ["join: first token on the new plan s (target < 2)", j["first_token_after_s"]],
-        ["join: plan", " ".join(f"{p[0]}[{p[1]},{p[2]})" for p in j["plan"]]],
+        ["join: plan", fmt_plan(j["plan"])],
+        ["leave: plan", fmt_plan(lv["plan"])],
         ["leave: kill -> new plan s", lv["kill_to_new_plan_s"]],
         ["leave: next first token s", lv["first_token_after_s"]],
     ])

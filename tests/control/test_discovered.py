@@ -100,3 +100,16 @@ def test_certificates_verify_only_against_the_fleet_ca(tmp_path):
     assert "does not parse" in verify_certificate("junk", ca, "n0")
     assert len(cert_fingerprint(mine)) == 64 and cert_fingerprint(mine) != cert_fingerprint(
         foreign)
+
+
+def test_a_node_without_a_class_announces_this_hosts_measured_figures():
+    from edgeweave.control.announce import quick_probe
+
+    m = quick_probe()
+    assert m["memory"] > 0 and m["mem_bw"] > 1e8 and m["compute"]["fp32"] > 1e8
+    a = Announcement.from_profile("n0", Announcement("n0", "127.0.0.1:1", ("int4",),
+                                                     measured=m).to_profile())
+    prof = a.profile()
+    assert prof.mem_bw == m["mem_bw"] and a.device_class is None
+    d = fleet_from_announcements([a])
+    assert d.fleet.device("n0").profile is not None and set(d.variants) == {"int4"}

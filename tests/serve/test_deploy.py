@@ -23,8 +23,8 @@ def test_option_parsing_errors_say_the_fix(tmp_path):
     bad.write_text('{"stages": [{"device": "a"}]}')
     with pytest.raises(ConfigError, match="is not a plan"):
         read_plan(bad)
-    with pytest.raises(ConfigError, match="need --plan or --fleet-file"):
-        build("whatever", mqtt="127.0.0.1:1883")
+    with pytest.raises(ConfigError, match="--node: need --plan or --fleet-file"):
+        build("whatever", nodes=["a=127.0.0.1:1883"])
 
 
 def test_plan_file_gives_an_embedded_coordinator_watched_over_mqtt(tiny_folder, tmp_path):
@@ -49,21 +49,30 @@ def test_plan_file_gives_an_embedded_coordinator_watched_over_mqtt(tiny_folder, 
             dep.close()
 
 
-def test_fleet_file_alone_serves_the_planners_placement_and_adapts(tiny_folder):
+def test_fleet_file_alone_serves_the_planners_placement_and_adapts(tiny_folder, tmp_path):
     from pathlib import Path
 
     home = Path(__file__).resolve().parents[2] / "examples" / "fleets" / "home.yaml"
+    dep = build(str(tiny_folder), fleet_file=home)
+    try:
+        coord = dep.backend.coordinator
+        assert {s.device for s in coord.plan.stages} <= {"hub", "gateway", "edge"}
+        assert {s.variant for s in coord.plan.stages} == {"fp32"}
+        out = generate(dep.backend.new_session(64), dep.backend.tokenizer, "hello",
+                       SamplingParams(max_tokens=4, ignore_eos=True))
+        assert len(out.token_ids) == 4
+        f = tmp_path / "plan.json"
+        f.write_text(json.dumps({"plan": coord.plan.to_dict()}))
+    finally:
+        dep.close()
+    # with a plan, --mqtt watches the fleet file's fleet with the adapter's battery marks
+    # (--mqtt without a plan discovers the nodes instead: tests/control/test_assembly.py)
     with Mosquitto() as broker:
-        dep = build(str(tiny_folder), fleet_file=home, mqtt=f"{broker.host}:{broker.port}")
+        dep = build(str(tiny_folder), plan=f, fleet_file=home,
+                    mqtt=f"{broker.host}:{broker.port}")
         try:
-            coord = dep.backend.coordinator
-            assert {s.device for s in coord.plan.stages} <= {"hub", "gateway", "edge"}
-            assert {s.variant for s in coord.plan.stages} == {"fp32"}
             monitor = dep.closers[0].__self__
             assert monitor.fleet == "home" and monitor.config.battery_low == 0.2
-            out = generate(dep.backend.new_session(64), dep.backend.tokenizer, "hello",
-                           SamplingParams(max_tokens=4, ignore_eos=True))
-            assert len(out.token_ids) == 4
         finally:
             dep.close()
 

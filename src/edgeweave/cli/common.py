@@ -68,3 +68,32 @@ def threads_option() -> Any:
 
     return typer.Option(0, "--threads", help="Compute threads (0 = every core this process "
                         "may use).")
+
+
+# The MQTT broker's login, shared by `node`, `serve`, `plan` and `fleet`.
+def mqtt_user_option() -> Any:
+    import typer
+
+    return typer.Option(None, "--mqtt-user", help="Username on the MQTT broker (mosquitto "
+                        "password_file); the password from --mqtt-password-file or "
+                        "$EDGEWEAVE_MQTT_PASSWORD.")
+
+
+def mqtt_password_file_option() -> Any:
+    import typer
+
+    return typer.Option(None, "--mqtt-password-file", help="File holding the MQTT password "
+                        "(kept out of `ps`).")
+
+
+def mqtt_ca_option() -> Any:
+    import typer
+
+    return typer.Option(None, "--mqtt-ca", help="CA certificate (PEM) of the broker's TLS "
+                        "listener: turns TLS to the broker on.")
+
+
+def fleet_name_option(default: str | None = "default") -> Any:
+    import typer
+
+    return typer.Option(default, "--fleet", help="Fleet name on the broker.")

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 import typer
 
-from edgeweave.cli.common import backend_option
+from edgeweave.cli.common import (
+    backend_option,
+    mqtt_ca_option,
+    mqtt_password_file_option,
+    mqtt_user_option,
+)
 from edgeweave.errors import ConfigError
 from edgeweave.models.catalog import DEFAULT_MODEL
 from edgeweave.netaddr import check_host
@@ -68,9 +73,28 @@ def register(app: typer.Typer) -> None:
                                        "host's cores: no spinning thread pools; torch stages "
                                        "use one BLAS thread while several sessions are "
                                        "active, all cores for a single one."),
+        device_class: str = typer.Option(None, "--device-class", help="Catalog device class "
+                                         "announced to the planner (edgeweave profile lists "
+                                         "them); default: this host's measured figures."),
+        zone: str = typer.Option(None, "--zone", help="Data-residency zone announced with "
+                                 "this node, e.g. home."),
+        advertise: str = typer.Option(None, "--advertise", help="Host name or IP the server "
+                                      "and peers reach this node at (default: --host)."),
+        mqtt_user: str = mqtt_user_option(),
+        mqtt_password_file: str = mqtt_password_file_option(),
+        mqtt_ca: str = mqtt_ca_option(),
     ) -> None:
         """Host stages of a pipeline; prints `EDGEWEAVE-NODE READY host:port` when serving."""
         opts = NodeOptions(host, port, memory_mb, threads)  # refused before anything loads
+        from edgeweave.control.client import BrokerAuth
+
+        auth = BrokerAuth.from_options(mqtt_user, mqtt_password_file, mqtt_ca)
+        if device_class is not None:
+            from edgeweave.profile import catalog
+
+            catalog.device(device_class)  # an unknown class fails now, with the choices
+        if advertise is not None:
+            check_host(advertise, "--advertise")
         from edgeweave.runtime.policy import ProcessPolicy
 
         # before numpy, torch or onnxruntime load: their thread pools read it when they do
@@ -85,4 +109,5 @@ def register(app: typer.Typer) -> None:
         run_node(model, opts.bind_host, port, tuple(stage), variant, tls, memory_mb, threads,
                  backend=backend, ready=lambda line: print(line, flush=True), mqtt=mqtt,
                  device=name,
-                 fleet=fleet, telemetry_s=telemetry_s, colocated=colocated)
+                 fleet=fleet, telemetry_s=telemetry_s, colocated=colocated,
+                 device_class=device_class, zone=zone, mqtt_auth=auth, advertise=advertise)

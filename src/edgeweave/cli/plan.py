@@ -11,8 +11,12 @@ from edgeweave.cli.common import (
     hidden_states_option,
     keep_in_option,
     max_cost_option,
+    mqtt_ca_option,
+    mqtt_password_file_option,
+    mqtt_user_option,
     table,
 )
+from edgeweave.errors import ConfigError
 
 
 def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
@@ -46,10 +50,47 @@ def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
             "plans": plans, "tables": t}
 
 
+def run_plan_mqtt(mqtt: str, fleet_file: str | None = None, objective: str = "latency",
+                  model: str | None = None, fleet_name: str | None = None,
+                  tls_dir: str | None = None, min_nodes: int = 1, wait_s: float = 10.0,
+                  keep_in: str | None = None, hidden_states: bool | None = None,
+                  max_cost: float | None = None, auth: object = None) -> dict:
+    """The plan ``edgeweave serve --mqtt`` would choose for the nodes announced now."""
+    from edgeweave.control.assemble import DiscoveryOptions
+    from edgeweave.control.snapshot import discover_plan
+    from edgeweave.models.catalog import DEFAULT_MODEL
+    from edgeweave.serve.deploy import PolicyOptions
+
+    r = discover_plan(model or DEFAULT_MODEL, mqtt, fleet=fleet_name, fleet_file=fleet_file,
+                      tls_dir=tls_dir, objective=objective,
+                      policy=PolicyOptions(keep_in, hidden_states, max_cost),
+                      options=DiscoveryOptions(min_nodes, wait_s), auth=auth)  # type: ignore[arg-type]
+    return {"fleet": r.discovered.fleet.name, "model": model or DEFAULT_MODEL,
+            "calibration": "announced figures", "plans": {"planner": r.plan},
+            "tables": None, "notes": r.discovered.notes, "rejected": r.rejected,
+            "members": r.members}
+
+
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_cmd(
-        fleet: str = typer.Option(..., "--fleet", help="Fleet YAML (see examples/fleets)."),
+        fleet: str = typer.Option(None, "--fleet", help="Fleet YAML (see examples/fleets); "
+                                  "with --mqtt it adds links, zones, policy, pinned classes."),
+        mqtt: str = typer.Option(None, "--mqtt", help="HOST:PORT of the fleet's broker: plan "
+                                 "on the nodes announced there now (what `serve --mqtt` "
+                                 "would serve)."),
+        fleet_name: str = typer.Option(None, "--fleet-name", help="With --mqtt: the fleet's "
+                                       "name on the broker (default: the file's, or default)."),
+        tls_dir: str = typer.Option(None, "--tls-dir", help="With --mqtt: the fleet CA; nodes "
+                                    "whose certificate it did not sign are left out."),
+        min_nodes: int = typer.Option(1, "--min-nodes", help="With --mqtt: nodes to wait for."),
+        discover_wait: float = typer.Option(10.0, "--discover-wait",
+                                            help="With --mqtt: seconds to wait for them."),
+        out: str = typer.Option(None, "--out", help="Write the plan as JSON to this file "
+                                "(serve --plan reads it)."),
+        mqtt_user: str = mqtt_user_option(),
+        mqtt_password_file: str = mqtt_password_file_option(),
+        mqtt_ca: str = mqtt_ca_option(),
         objective: str = typer.Option("latency", "--objective",
                                       help="latency | ttft | energy | throughput | cost"),
         baseline: str = typer.Option(None, "--baseline",
@@ -74,8 +115,31 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print plans as JSON."),
     ) -> None:
         """Place the model's blocks on a fleet minimising an objective; print the breakdown."""
-        r = run_plan(fleet, objective, model, baseline, min_quality, battery_reserve,
-                     prompt_len, context, batch, keep_in, hidden_states, max_cost)
+        if mqtt:
+            from edgeweave.control.client import BrokerAuth
+
+            if baseline or show_explain:
+                raise ConfigError("--baseline and --explain work on a fleet file: drop them "
+                                  "with --mqtt (or plan on --fleet FILE alone)")
+            r = run_plan_mqtt(mqtt, fleet, objective, model, fleet_name, tls_dir, min_nodes,
+                              discover_wait, keep_in, hidden_states, max_cost,
+                              BrokerAuth.from_options(mqtt_user, mqtt_password_file, mqtt_ca))
+            for d, why in sorted(r["rejected"].items()):
+                console.print(f"- ignored {d}: {why}")
+            console.print(table("Nodes", ["device", "address", "class", "zone", "variants"],
+                                [(d, a.address, a.device_class or "measured", a.zone or "-",
+                                  ",".join(a.variants)) for d, a in sorted(r["members"].items())]))
+        elif fleet is None:
+            raise ConfigError("edgeweave plan needs --fleet FILE or --mqtt HOST:PORT (the "
+                              "nodes announced on a broker)")
+        else:
+            r = run_plan(fleet, objective, model, baseline, min_quality, battery_reserve,
+                         prompt_len, context, batch, keep_in, hidden_states, max_cost)
+        if out:
+            from edgeweave.paths import atomic_write_json
+
+            atomic_write_json(out, {"plan": r["plans"]["planner"].to_dict()})
+            console.print(f"plan written to {out}")
         if as_json:
             console.print_json(json.dumps({k: p.to_dict() for k, p in r["plans"].items()}))
             return
@@ -105,5 +169,5 @@ def register(app: typer.Typer) -> None:
             for line in explain(r["tables"], best):
                 if line not in best.notes:
                     console.print(f"- {line}")
-        for n in best.notes:
+        for n in (*best.notes, *r.get("notes", ())):
             console.print(f"- {n}")

@@ -11,6 +11,9 @@ from edgeweave.cli.common import (
     hidden_states_option,
     keep_in_option,
     max_cost_option,
+    mqtt_ca_option,
+    mqtt_password_file_option,
+    mqtt_user_option,
     threads_option,
     variant_option,
 )
@@ -47,7 +50,18 @@ def register(app: typer.Typer) -> None:
         tls_dir: str = typer.Option(None, "--tls-dir",
                                     help="Fleet certificates (edgeweave certs) for mutual TLS."),
         mqtt: str = typer.Option(None, "--mqtt",
-                                 help="HOST:PORT of the MQTT broker: fail over on last wills."),
+                                 help="HOST:PORT of the MQTT broker. Alone (no --plan, no "
+                                      "--node): serve over the nodes that announce themselves "
+                                      "there (`edgeweave node --mqtt`); with a plan: fail over "
+                                      "on last wills."),
+        min_nodes: int = typer.Option(1, "--min-nodes", help="With --mqtt alone: serve once "
+                                      "this many nodes are admitted (later ones join by "
+                                      "re-planning)."),
+        discover_wait: float = typer.Option(60.0, "--discover-wait", help="With --mqtt alone: "
+                                            "seconds to wait for --min-nodes nodes."),
+        mqtt_user: str = mqtt_user_option(),
+        mqtt_password_file: str = mqtt_password_file_option(),
+        mqtt_ca: str = mqtt_ca_option(),
         fleet_file: str = typer.Option(None, "--fleet-file",
                                        help="Fleet YAML: re-plan on fleet events (with --mqtt); "
                                             "without --plan, serve the planner's placement."),
@@ -78,12 +92,20 @@ def register(app: typer.Typer) -> None:
         from edgeweave.runtime.policy import ProcessPolicy
 
         ProcessPolicy.for_this_process(threads=threads).apply()  # before numpy/onnxruntime
+        import logging
+
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("edgeweave.control").setLevel(logging.INFO)  # joins, re-plans
+        from edgeweave.control.assemble import DiscoveryOptions
+        from edgeweave.control.client import BrokerAuth
         from edgeweave.runtime.adapters import AdapterSpec
         from edgeweave.runtime.local import EngineChoice
         from edgeweave.serve.config import ServeConfig, read_api_key_file
         from edgeweave.serve.deploy import PolicyOptions
         from edgeweave.serve.server import ServerAddress, serve
 
+        discovery = DiscoveryOptions(min_nodes, discover_wait)
+        auth = BrokerAuth.from_options(mqtt_user, mqtt_password_file, mqtt_ca)
         keys = tuple(api_key or ()) + (read_api_key_file(api_key_file) if api_key_file else ())
         cfg = ServeConfig(api_keys=keys, max_concurrent=max_concurrent,
                           max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,
@@ -103,4 +125,4 @@ def register(app: typer.Typer) -> None:
               tls_dir=tls_dir, mqtt=mqtt, fleet=fleet, fleet_file=fleet_file,
               objective=objective, choice=choice, adapters=specs,
               policy=PolicyOptions(keep_in, hidden_states, max_cost),
-              prefix_cache_mb=prefix_cache_mb)
+              prefix_cache_mb=prefix_cache_mb, discovery=discovery, mqtt_auth=auth)

@@ -15,8 +15,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from edgeweave.control.client import connect, make_client
-from edgeweave.control.messages import Telemetry, check_name, encode, profile_dict, topic
+from edgeweave.control.client import BrokerAuth, connect, make_client
+from edgeweave.control.messages import (
+    Telemetry,
+    check_name,
+    decode,
+    encode,
+    parse_topic,
+    profile_dict,
+    topic,
+)
 from edgeweave.errors import ConfigError
 
 
@@ -24,7 +32,8 @@ class NodeAgent:
     def __init__(self, device: str, host: str = "127.0.0.1", port: int = 1883, *,
                  fleet: str = "default", profile: Any = None, heartbeat_s: float = 1.0,
                  telemetry_s: float | None = None,
-                 sampler: Callable[[], Telemetry] = Telemetry.sample) -> None:
+                 sampler: Callable[[], Telemetry] = Telemetry.sample,
+                 auth: BrokerAuth | None = None) -> None:
         if heartbeat_s <= 0 or (telemetry_s is not None and telemetry_s <= 0):
             raise ConfigError("heartbeat_s and telemetry_s must be > 0")
         self.device, self.fleet = check_name("device", device), check_name("fleet", fleet)
@@ -33,7 +42,8 @@ class NodeAgent:
         self.heartbeat_s, self.telemetry_s, self.sampler = heartbeat_s, telemetry_s, sampler
         # the broker drops a silent client after 1.5 keep-alives; heartbeats keep it busy
         self.keepalive = max(5, int(3 * heartbeat_s))
-        self._client = make_client(f"edgeweave-node-{fleet}-{device}")
+        self._client = make_client(f"edgeweave-node-{fleet}-{device}", auth)
+        self._peer_cb: Callable[[str, dict[str, Any]], None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seq = 0
@@ -41,7 +51,27 @@ class NodeAgent:
     def _t(self, kind: str) -> str:
         return topic(self.fleet, self.device, kind)
 
+    def watch_peers(self, callback: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call ``callback(device, profile)`` for every other node's announcement (retained
+        ones at once), on the MQTT network thread: keep it short. Call before :meth:`start`."""
+        self._peer_cb = callback
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        parsed = parse_topic(msg.topic)
+        body = decode(msg.payload) if parsed else None
+        if (parsed is None or body is None or parsed[0] != self.fleet or parsed[1] == self.device
+                or self._peer_cb is None):
+            return
+        self._peer_cb(parsed[1], dict(body.get("profile") or {}))
+
+    def publish_links(self, peers: dict[str, dict[str, Any]]) -> None:
+        """What this node measured to its peers (retained: a server that starts later sees it)."""
+        self._client.publish(self._t("links"), encode(self.device, peers=peers), qos=1,
+                             retain=True)
+
     def _announce(self, c: Any) -> None:
+        if self._peer_cb is not None:
+            c.subscribe(f"edgeweave/{self.fleet}/node/+/profile", qos=1)
         c.publish(self._t("profile"), encode(self.device, profile=self.profile,
                                              heartbeat_s=self.heartbeat_s), qos=1, retain=True)
         c.publish(self._t("status"), encode(self.device, state="online", reason="start"),
@@ -51,6 +81,7 @@ class NodeAgent:
         self._client.will_set(self._t("status"),
                               encode(self.device, state="offline", reason="lost"),
                               qos=1, retain=True)
+        self._client.on_message = self._on_message
         connect(self._client, self.host, self.port, self.keepalive, timeout,
                 on_connected=self._announce)  # re-announces after every reconnect
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.device}",

@@ -12,6 +12,7 @@ from edgeweave.errors import ConfigError
 
 class EventKind(StrEnum):
     JOINED = "joined"  # first seen online
+    READY = "ready"  # online and heard ``admit_heartbeats`` heartbeats since (re)joining
     GONE = "gone"  # last will, clean leave or missed heartbeats
     BACK = "back"  # online again after GONE
     BATTERY_LOW = "battery_low"
@@ -44,6 +45,9 @@ class MonitorConfig:
     heartbeat_misses: float = 3.0  # gone after this many heartbeat periods of silence
     default_heartbeat_s: float = 1.0  # for nodes whose profile does not say
     watchdog_period_s: float = 0.1
+    # heartbeats after an announce before a node is READY: a retained profile of a node
+    # that is long gone (no will reached the broker) never gets that far
+    admit_heartbeats: int = 2
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -56,6 +60,7 @@ class MonitorConfig:
             (self.heartbeat_misses >= 1, "heartbeat_misses must be >= 1"),
             (self.default_heartbeat_s > 0 and self.watchdog_period_s > 0,
              "default_heartbeat_s and watchdog_period_s must be > 0"),
+            (self.admit_heartbeats >= 0, "admit_heartbeats must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:

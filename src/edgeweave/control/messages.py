@@ -8,6 +8,14 @@ Under ``edgeweave/<fleet>/node/<device>/``:
 - ``heartbeat`` (QoS 0): ``{"v", "device", "seq", "ts"}``
 - ``telemetry`` (QoS 1):
   ``{"v", "device", "battery", "charging", "free_memory_mb", "link_quality", "ts"}``
+- ``links`` (retained, QoS 1): what the node measured to the peers it sees,
+  ``{"v", "device", "peers": {peer: {"rtt_s", "up_bps", "pings"}}, "ts"}``
+
+The profile of a node that assembles a fleet (``control.announce``) carries its gRPC
+``address``, a device ``class`` from the catalog or its ``measured`` figures, ``variants``,
+``battery``, ``zone`` and, with TLS, its fleet certificate (``cert_pem``, ``cert_sha256``).
+A server publishes what it serves under ``edgeweave/<fleet>/server/status`` (retained):
+members, measurements, the live plan and its predicted cost (``edgeweave fleet status``).
 
 Retained profile and status let a monitor that starts late learn the fleet at once; the
 last will (a retained ``offline``/``lost`` status) is published by the broker when a node's
@@ -24,7 +32,7 @@ from typing import Any
 from edgeweave.errors import ConfigError
 
 SCHEMA_VERSION = 1
-KINDS = ("profile", "status", "heartbeat", "telemetry")
+KINDS = ("profile", "status", "heartbeat", "telemetry", "links")
 
 
 def check_name(what: str, name: str) -> str:
@@ -42,6 +50,11 @@ def topic(fleet: str, device: str, kind: str) -> str:
 
 def subscription(fleet: str) -> str:
     return f"edgeweave/{check_name('fleet', fleet)}/node/+/+"
+
+
+def server_topic(fleet: str) -> str:
+    """Where a server publishes its fleet status (retained); outside the nodes' subtree."""
+    return f"edgeweave/{check_name('fleet', fleet)}/server/status"
 
 
 def parse_topic(t: str) -> tuple[str, str, str] | None:

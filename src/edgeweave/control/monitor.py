@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeweave.control.client import connect, make_client
+from edgeweave.control.client import BrokerAuth, connect, make_client
 from edgeweave.control.events import EventKind, FleetEvent, MonitorConfig
 from edgeweave.control.messages import Telemetry, check_name, decode, parse_topic, subscription
 
@@ -60,14 +60,18 @@ class NodeState:
     telemetry: Telemetry | None = None
     flags: set[str] = field(default_factory=set)  # active conditions
     gone_reason: str | None = None
+    heartbeats: int = 0  # since the node last (re)joined
+    ready: bool = False  # READY raised since the node last (re)joined
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)  # its peer measurements
 
 
 class FleetMonitor:
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, *, fleet: str = "default",
-                 config: MonitorConfig | None = None, client_id: str | None = None) -> None:
+                 config: MonitorConfig | None = None, client_id: str | None = None,
+                 auth: BrokerAuth | None = None) -> None:
         self.host, self.port, self.fleet = host, port, check_name("fleet", fleet)
         self.config = config or MonitorConfig()
-        self._client = make_client(client_id or f"edgeweave-monitor-{fleet}-{id(self):x}")
+        self._client = make_client(client_id or f"edgeweave-monitor-{fleet}-{id(self):x}", auth)
         self._client.on_message = self._on_message
         self._nodes: dict[str, NodeState] = {}
         self._lock = threading.Condition()
@@ -114,6 +118,10 @@ class FleetMonitor:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish on the monitor's connection (the server's fleet status)."""
+        self._client.publish(topic, payload, qos=1, retain=retain)
 
     # -- queries -----------------------------------------------------------------------------
     def nodes(self) -> dict[str, NodeState]:
@@ -162,7 +170,14 @@ class FleetMonitor:
         node.last_seen = time.monotonic()
         if not node.online and node.ever_online:
             node.online, node.gone_reason = True, None
+            node.heartbeats, node.ready = 0, False
             self._emit(EventKind.BACK, node)
+            self._maybe_ready(node)
+
+    def _maybe_ready(self, node: NodeState) -> None:
+        if node.online and not node.ready and node.heartbeats >= self.config.admit_heartbeats:
+            node.ready = True
+            self._emit(EventKind.READY, node, heartbeats=node.heartbeats)
 
     def _on_profile(self, node: NodeState, body: dict[str, Any], retained: bool) -> None:
         node.profile = dict(body.get("profile") or {})
@@ -174,7 +189,9 @@ class FleetMonitor:
             node.last_seen = time.monotonic()
             if not node.ever_online:
                 node.online = node.ever_online = True
+                node.heartbeats, node.ready = 0, False
                 self._emit(EventKind.JOINED, node, retained=retained)
+                self._maybe_ready(node)
             else:
                 self._seen(node)
         elif body.get("state") == "offline" and node.online:
@@ -183,6 +200,13 @@ class FleetMonitor:
     def _on_heartbeat(self, node: NodeState, body: dict[str, Any], retained: bool) -> None:
         if node.ever_online:  # a heartbeat before any status: wait for the announce
             self._seen(node)
+            node.heartbeats += 1
+            self._maybe_ready(node)
+
+    def _on_links(self, node: NodeState, body: dict[str, Any], retained: bool) -> None:
+        peers = body.get("peers")
+        if isinstance(peers, dict):
+            node.links = {str(p): dict(m) for p, m in peers.items() if isinstance(m, dict)}
 
     def _on_telemetry(self, node: NodeState, body: dict[str, Any], retained: bool) -> None:
         t = Telemetry.from_msg(body)

@@ -7,7 +7,10 @@ reason)``. The serving and runtime code feed it MQTT telemetry as events:
   only above ``battery_high`` (two thresholds: a level hovering at one cannot flap);
 * :class:`DeviceGone` / :class:`DeviceBack` - heartbeat lost / announced again;
 * :class:`BandwidthChange` - a link's measured/nominal rate;
-* :class:`MemoryPressure` - the fraction of a device's memory others now use.
+* :class:`MemoryPressure` - the fraction of a device's memory others now use;
+* :class:`FleetChanged` - the fleet itself changed (a discovered node was admitted, its
+  measurements moved): the adapter's base fleet becomes the new one, what it learnt from
+  earlier events (departures, batteries, memory, link scales) is kept.
 
 The current plan is kept while it stays feasible and within ``hysteresis`` (10 %) of the new
 optimum. When it must change, the adapter prefers, among plans within ``hysteresis`` of the
@@ -62,7 +65,15 @@ class MemoryPressure:
     fraction: float  # of the device's memory used by others, 0..1
 
 
-Event = BatteryLevel | DeviceGone | DeviceBack | BandwidthChange | MemoryPressure
+@dataclass(frozen=True)
+class FleetChanged:
+    fleet: Fleet
+    variants: dict[str, object] | None = None  # what the nodes can run now (None: as before)
+    reason: str = "the fleet changed"
+
+
+Event = (BatteryLevel | DeviceGone | DeviceBack | BandwidthChange | MemoryPressure
+         | FleetChanged)
 
 
 @dataclass(frozen=True)
@@ -234,3 +245,18 @@ def _memory(a: Adapter, e: MemoryPressure) -> str:  # type: ignore[misc]
         raise ConfigError(f"memory pressure must be in [0, 1) (got {e.fraction})")
     a.state.pressure[e.device] = e.fraction
     return f"{e.device} memory {e.fraction:.0%} used by others"
+
+
+@handles(FleetChanged)
+def _fleet_changed(a: Adapter, e: FleetChanged) -> str:  # type: ignore[misc]
+    before = set(a.base.ids)
+    a.base = e.fleet
+    if e.variants is not None:
+        a.kw["variants"] = dict(e.variants)
+    for d in e.fleet.devices:  # a newcomer's battery starts its hysteresis where it is
+        if d.id not in a.state.battery and d.battery is not None:
+            a.state.battery[d.id] = d.battery
+            if d.battery < a.low:
+                a.state.drained.add(d.id)
+    new = sorted(set(e.fleet.ids) - before)
+    return f"{e.reason}{' (new: ' + ', '.join(new) + ')' if new else ''}"

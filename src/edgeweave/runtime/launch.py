@@ -254,12 +254,20 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
              variant: str = "int4", tls: Any = None, memory_mb: int = 4096, threads: int = 0,
              backend: str = "", ready: Callable[[str], None] | None = None,
              mqtt: str | None = None, device: str = "node", fleet: str = "default",
-             telemetry_s: float | None = 5.0, colocated: bool = False) -> None:
+             telemetry_s: float | None = 5.0, colocated: bool = False,
+             device_class: str | None = None, zone: str | None = None,
+             mqtt_auth: Any = None, advertise: str | None = None) -> None:
     """Serve stages of ``model`` until SIGTERM/SIGINT (the body of ``edgeweave node``).
 
     With ``mqtt`` (``HOST:PORT`` of the fleet's broker) the node also joins the control plane
-    from this same process: it announces its gRPC address and stages, heartbeats and sends
-    telemetry, and its last will fires when the process dies, so the coordinator fails over.
+    from this same process: it announces what a server needs to plan on it
+    (``control.announce``: gRPC address, ``device_class`` or the host probe's figures,
+    variant, battery, ``zone``, its certificate with ``tls``), measures the links to the
+    peers it sees (``control.peers``), heartbeats and sends telemetry, and its last will
+    fires when the process dies, so the coordinator fails over. ``mqtt_auth`` is a
+    ``control.client.BrokerAuth`` (username/password, broker TLS); ``advertise`` the host
+    others reach this node at (default: ``host``, or this host's name when it listens on
+    every interface).
     """
     from edgeweave.runtime.engines.base import EngineConfig
     from edgeweave.runtime.local import EngineChoice
@@ -288,28 +296,43 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    agent = None
+    agent = prober = None
     if mqtt:
-        agent = _node_agent(mqtt, device, fleet, telemetry_s, f"{host}:{bound}", stages, variant,
-                            backend)
+        from edgeweave.control.announce import Announcement, measured_figures, read_cert
+        from edgeweave.control.messages import Telemetry
+
+        if advertise is None and host.strip("[]") in ("0.0.0.0", "::"):
+            import socket
+
+            advertise = socket.getfqdn()
+        ann = Announcement(
+            device, f"{advertise or host}:{bound}", (variant,), backend, device_class,
+            {} if device_class else measured_figures(), Telemetry.sample().battery, zone,
+            read_cert(tls), tuple(stages))
+        agent, prober = _node_agent(mqtt, ann, fleet, telemetry_s, tls, mqtt_auth)
     (ready or print)(f"{READY} {host}:{bound}")
     try:
         while not stop.wait(0.5):  # a timed wait lets the signal handler run promptly
             pass
     finally:
+        if prober is not None:
+            prober.stop()
         if agent is not None:
             agent.stop()  # a clean goodbye: offline/clean instead of the will
         server.stop(grace=1.0).wait()
 
 
-def _node_agent(mqtt: str, device: str, fleet: str, telemetry_s: float | None, address: str,
-                stages: tuple[str, ...], variant: str, backend: str) -> Any:
+def _node_agent(mqtt: str, ann: Any, fleet: str, telemetry_s: float | None, tls: Any,
+                auth: Any) -> tuple[Any, Any]:
     from edgeweave.control.agent import NodeAgent, host_profile
+    from edgeweave.control.peers import PeerProber
     from edgeweave.netaddr import parse_hostport
 
     mhost, mport = parse_hostport(mqtt, flag="--mqtt")
-    profile = host_profile() | {"address": address, "stages": list(stages), "variant": variant,
-                                "backend": backend}
+    agent = NodeAgent(ann.device, mhost, mport, fleet=fleet,
+                      profile=host_profile() | ann.to_profile(), telemetry_s=telemetry_s,
+                      auth=auth)
+    prober = PeerProber(agent, tls)  # subscribes to the peers' profiles when it connects
     # an unreachable broker raises RuntimeStageError with the fix in its message
-    return NodeAgent(device, mhost, mport, fleet=fleet, profile=profile,
-                     telemetry_s=telemetry_s).start()
+    agent.start()
+    return agent, prober.start()

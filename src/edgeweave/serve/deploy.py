@@ -6,7 +6,12 @@
 * a plan and ``device=host:port`` addresses: a coordinator attached to running
   ``edgeweave node`` processes (mutual TLS with ``tls_dir``).
 
-With an MQTT broker address, a :class:`FleetMonitor` watches the fleet and a
+An MQTT broker address with no plan and no node addresses assembles the fleet from the
+nodes' announcements (:mod:`edgeweave.control.assemble`: wait for ``min_nodes``, plan on their
+measured figures, attach, re-plan when a node joins; the fleet file, if any, adds links,
+zones, policy and pinned classes) and serves ``/v1/fleet``.
+
+With an MQTT broker address and a plan, a :class:`FleetMonitor` watches the fleet and a
 :class:`FleetController` fails the coordinator over when a node's last will arrives. With a
 fleet file too, the planner's :class:`~edgeweave.plan.adapt.Adapter` re-plans on fleet events
 (battery, memory, links, departures) and the coordinator switches plans between tokens; the
@@ -61,6 +66,8 @@ def parse_nodes(specs: Sequence[str]) -> dict[str, str]:
 class Deployment:
     backend: SessionFactory
     closers: list[Any] = field(default_factory=list)  # started in order, stopped in reverse
+    routers: list[Any] = field(default_factory=list)  # extra endpoints (/v1/fleet)
+    assembler: Any = None  # control.assemble.FleetAssembler of a discovered fleet
 
     def close(self) -> None:
         for c in reversed(self.closers):
@@ -114,24 +121,34 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
           objective: str = "latency", choice: EngineChoice | None = None,
           adapters: Sequence[AdapterSpec] = (),
           policy: PolicyOptions | None = None,
-          prefix_cache_mb: int = DEFAULT_BUDGET_MB) -> Deployment:
+          prefix_cache_mb: int = DEFAULT_BUDGET_MB,
+          discovery: Any = None, mqtt_auth: Any = None) -> Deployment:
     """``choice`` is the backend (and, without a plan, the variant) every stage runs;
     ``adapters`` are LoRA adapters served unmerged beside the base (in this process, or
     sent by the coordinator to every stage of the plan); ``policy`` overrides the fleet
     file's data-residency and cost policy; ``prefix_cache_mb`` bounds the prefix KV cache
-    (0 disables it; on a plan, every node's memory cap bounds its donors too)."""
+    (0 disables it; on a plan, every node's memory cap bounds its donors too).
+    ``mqtt`` alone (no ``plan``, no ``nodes``) discovers the fleet: ``discovery``
+    (``control.assemble.DiscoveryOptions``) says how long to wait for how many nodes,
+    ``mqtt_auth`` (``control.client.BrokerAuth``) how to log in to the broker."""
     if prefix_cache_mb < 0:
         raise ConfigError(f"--prefix-cache-mb must be >= 0 (got {prefix_cache_mb}): 0 "
                           "disables the prefix cache")
     prefix_bytes = prefix_cache_mb << 20
     choice = choice or EngineChoice()
+    if mqtt and plan is None and not nodes:
+        if adapters:  # refused before any node is asked to load a stage
+            load_checked(tuple(adapters), model, Path(model).name)
+        return discover(model, mqtt, fleet=fleet, fleet_file=fleet_file, tls_dir=tls_dir,
+                        objective=objective, choice=choice, adapters=adapters, policy=policy,
+                        prefix_bytes=prefix_bytes, options=discovery, auth=mqtt_auth)
     if policy is not None and policy.given and fleet_file is None:
         raise ConfigError("--keep-in, --hidden-states-in-zone and --max-cost need --fleet-file: "
                           "the zones and prices are the fleet file's devices'")
     if plan is None and fleet_file is None:
-        if nodes or mqtt:
-            raise ConfigError("--node and --mqtt need --plan or --fleet-file: they act on a "
-                              "distributed plan")
+        if nodes:
+            raise ConfigError("--node: need --plan or --fleet-file: it names the devices of a "
+                              "distributed plan (or use --mqtt to discover the nodes)")
         return Deployment(LocalSessions.load(model, choice, adapters=adapters,
                                              prefix_cache_bytes=prefix_bytes))
     if adapters:  # refused before any node is asked to load a stage
@@ -168,7 +185,52 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
         host, port = parse_hostport(mqtt, 1883, "--mqtt")
         name = fleet or (adapter.base.name if adapter is not None else "default")
         cfg = monitor_config_for(adapter) if adapter is not None else None
-        monitor = FleetMonitor(host, port, fleet=name, config=cfg).start()
+        monitor = FleetMonitor(host, port, fleet=name, config=cfg, auth=mqtt_auth).start()
         dep.closers.append(monitor.stop)
         FleetController(monitor, coord, PlannerBridge(adapter) if adapter is not None else None)
     return dep
+
+
+def discover(model: str, mqtt: str, *, fleet: str | None = None,
+             fleet_file: str | Path | None = None, tls_dir: str | Path | None = None,
+             objective: str = "latency", choice: EngineChoice | None = None,
+             adapters: Sequence[AdapterSpec] = (), policy: PolicyOptions | None = None,
+             prefix_bytes: int = DEFAULT_BUDGET_MB << 20, options: Any = None,
+             auth: Any = None) -> Deployment:
+    """Serve over the nodes that announce themselves on the broker at ``mqtt``."""
+    from edgeweave.control.assemble import FleetAssembler, make_fleet_adapter
+    from edgeweave.control.discovered import read_overlay
+    from edgeweave.control.events import MonitorConfig
+    from edgeweave.control.monitor import FleetMonitor
+    from edgeweave.control.planner import PlannerBridge
+    from edgeweave.control.wiring import FleetController
+    from edgeweave.runtime.launch import attach
+    from edgeweave.security.tls import TLSFiles
+    from edgeweave.serve.fleet_api import fleet_router
+
+    choice = choice or EngineChoice()
+    host, port = parse_hostport(mqtt, 1883, "--mqtt")
+    overlay = read_overlay(fleet_file) if fleet_file is not None else None
+    name = fleet or (overlay.name if overlay is not None and overlay.name else "default")
+    tls = TLSFiles.from_dir(tls_dir, "coordinator") if tls_dir is not None else None
+    # the adapter's default battery marks (0.2 low, 0.3 high) as the monitor's thresholds
+    monitor = FleetMonitor(host, port, fleet=name, auth=auth,
+                           config=MonitorConfig(battery_low=0.2, battery_hysteresis=0.1)).start()
+    try:
+        asm = FleetAssembler(monitor, ca_pem=tls.ca.read_bytes() if tls else None,
+                             overlay=overlay, options=options)
+        adapter = make_fleet_adapter(model, asm.wait(), objective, policy)
+        coord = attach(adapter.plan, model, {d: a.address for d, a in asm.admitted.items()},
+                       tls=tls, backend=choice.backend, prefix_cache_bytes=prefix_bytes)
+        sessions = CoordinatorSessions(coord, model_id=Path(model).name)
+        try:
+            sessions.add_adapters(adapters)
+        except BaseException:
+            sessions.close()
+            raise
+        asm.install(coord, adapter)
+        FleetController(monitor, coord, asm.members_only(PlannerBridge(adapter)))
+    except BaseException:
+        monitor.stop()
+        raise
+    return Deployment(sessions, [monitor.stop], [fleet_router(asm)], asm)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgeweave.errors import ConfigError
 from edgeweave.models.catalog import DEFAULT_MODEL
@@ -19,6 +19,8 @@ from edgeweave.serve.backend import SessionFactory
 from edgeweave.serve.config import ServeConfig
 
 if TYPE_CHECKING:
+    from edgeweave.control.assemble import DiscoveryOptions
+    from edgeweave.control.client import BrokerAuth
     from edgeweave.serve.deploy import PolicyOptions
 
 
@@ -37,12 +39,14 @@ class ServerAddress:
 
 
 def _uvicorn_server(backend: SessionFactory, config: ServeConfig, address: ServerAddress,
-                    log_level: str):  # type: ignore[no-untyped-def]
+                    log_level: str, routers: Sequence[Any] = ()):  # type: ignore[no-untyped-def]
     import uvicorn
 
     from edgeweave.serve.app import create_app
 
     app = create_app(backend, config)
+    for r in routers:  # a deployment's own endpoints (/v1/fleet)
+        app.include_router(r)
     return uvicorn.Server(uvicorn.Config(app, host=address.host, port=address.port,
                                          log_level=log_level, access_log=False, ws="none",
                                          timeout_graceful_shutdown=5))
@@ -56,12 +60,15 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 80
           log_level: str = "info", choice: EngineChoice | None = None,
           adapters: Mapping[str, str | Path] | None = None,
           policy: PolicyOptions | None = None,
-          prefix_cache_mb: int = DEFAULT_BUDGET_MB) -> None:
+          prefix_cache_mb: int = DEFAULT_BUDGET_MB,
+          discovery: DiscoveryOptions | None = None,
+          mqtt_auth: BrokerAuth | None = None) -> None:
     """Serve ``model`` (in-process, or over ``plan``; see :mod:`edgeweave.serve.deploy`)
     until interrupted. A ready ``backend`` skips the loading. ``adapters`` maps a name to
     an adapter folder (``edgeweave finetune --out``): a request whose ``model`` is that name
     runs the adapter unmerged on the shared base. ``prefix_cache_mb`` bounds the prefix KV
-    cache (0 disables it)."""
+    cache (0 disables it). ``mqtt`` without ``plan`` and ``nodes`` assembles the fleet from
+    the nodes' announcements (``discovery``); ``mqtt_auth`` logs in to the broker."""
     from edgeweave.serve.deploy import Deployment, build
 
     cfg = config or ServeConfig(api_keys=api_keys)
@@ -74,9 +81,10 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 80
     dep = Deployment(backend) if backend is not None else build(
         model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet,
         fleet_file=fleet_file, objective=objective, choice=choice, adapters=specs,
-        policy=policy, prefix_cache_mb=prefix_cache_mb)
+        policy=policy, prefix_cache_mb=prefix_cache_mb, discovery=discovery,
+        mqtt_auth=mqtt_auth)
     try:
-        _uvicorn_server(dep.backend, cfg, address, log_level).run()
+        _uvicorn_server(dep.backend, cfg, address, log_level, dep.routers).run()
     finally:
         dep.close()
 
@@ -85,7 +93,8 @@ class BackgroundServer:
     """A uvicorn server on a thread; ``with BackgroundServer(...) as url:`` in tests."""
 
     def __init__(self, backend: SessionFactory, config: ServeConfig | None = None,
-                 host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+                 host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 routers: Sequence[Any] = ()) -> None:
         import socket
 
         if port == 0:  # pick a free port now, so the URL is known before start
@@ -93,7 +102,8 @@ class BackgroundServer:
                 s.bind((host, 0))
                 port = s.getsockname()[1]
         self.address = ServerAddress(host, port)
-        self.server = _uvicorn_server(backend, config or ServeConfig(), self.address, log_level)
+        self.server = _uvicorn_server(backend, config or ServeConfig(), self.address, log_level,
+                                      routers)
         self.thread = threading.Thread(target=self.server.run, name="edgeweave-uvicorn",
                                        daemon=True)
 

@@ -32,10 +32,10 @@ from _common import print_table, write_json
 from edgeweave.control.assemble import DiscoveryOptions
 from edgeweave.control.broker import Mosquitto
 from edgeweave.models.catalog import DEFAULT_MODEL
+from edgeweave.paths import atomic_write_json
 from edgeweave.runtime.generate import SamplingParams, generate
-from edgeweave.runtime.launch import attach, stop_processes, wait_ready
+from edgeweave.runtime.launch import stop_processes, wait_ready
 from edgeweave.security.certs import init_fleet
-from edgeweave.security.tls import TLSFiles
 from edgeweave.serve.deploy import build
 
 PROMPT = "What is the capital of France?"
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--objective", default="throughput")
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--class", dest="cls", default="rpi5-8gb",
                     help="catalog class the nodes announce")
     a = ap.parse_args()
@@ -114,17 +114,23 @@ def main() -> None:
             plan = coord.plan
             res["plan"] = [[s.device, s.shard.start, s.shard.end, s.variant] for s in plan.stages]
 
-            # decode speed: discovered vs by hand, same nodes and plan, rounds alternating
-            hand = attach(plan, a.model, dict(coord.addresses),
-                          tls=TLSFiles.from_dir(certs, "coordinator"), backend=coord.backend)
+            # decode speed: discovered vs the same plan given by hand (`serve --plan plan.json
+            # --node DEVICE=HOST:PORT ...`, so the same prefix cache and backend), same nodes,
+            # the order alternating between rounds
+            plan_file = root / "plan.json"
+            atomic_write_json(plan_file, {"plan": plan.to_dict()})
+            hand = build(a.model, plan=plan_file, tls_dir=certs,
+                         nodes=[f"{d}={addr}" for d, addr in coord.addresses.items()
+                                if d in {s.device for s in plan.stages}])
             disc, manual, same = [], [], True
-            for _ in range(a.rounds):
-                tps, ids_d = decode_tps(lambda: dep.backend.new_session(512),
-                                        dep.backend.tokenizer, a.tokens)
-                disc.append(tps)
-                tps, ids_h = decode_tps(lambda: hand.new_session(512), hand.tokenizer, a.tokens)
-                manual.append(tps)
-                same = same and ids_d == ids_h
+            for k in range(a.rounds):
+                order = [("d", dep.backend), ("h", hand.backend)]
+                ids = {}
+                for which, b in order if k % 2 == 0 else order[::-1]:
+                    tps, ids[which] = decode_tps(lambda b=b: b.new_session(512), b.tokenizer,
+                                                 a.tokens)
+                    (disc if which == "d" else manual).append(tps)
+                same = same and ids["d"] == ids["h"]
             hand.close()
             res["decode"] = {"discovered_tps": disc, "by_hand_tps": manual,
                              "ratio": statistics.median(disc) / statistics.median(manual),

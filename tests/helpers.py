@@ -1,9 +1,16 @@
-"""Helpers shared by the bad-input tests: the CLI's one-line error contract and a hypothesis
-strategy that mutates a valid document (wrong types, unknown keys, deleted entries)."""
+"""Helpers shared by the tests: the CLI's one-line error contract, a hypothesis strategy that
+mutates a valid document (wrong types, unknown keys, deleted entries), and a module file
+dropped into a package folder (how the registry tests add a member as a newcomer would)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import strategies as st
@@ -52,3 +59,19 @@ def mutations(values: st.SearchStrategy) -> st.SearchStrategy:
         return doc
 
     return mutate
+
+
+@contextlib.contextmanager
+def module_in_package(package: ModuleType, folder: Path, name: str, source: str
+                      ) -> Iterator[str]:
+    """Write ``source`` as ``folder/name.py`` and make it a module of ``package`` (as if the
+    file were in the package's folder) while the block runs; yields its full module name.
+    The caller undoes what importing it registered."""
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    package.__path__.append(str(folder))
+    full = f"{package.__name__}.{name}"
+    try:
+        yield full
+    finally:
+        package.__path__.remove(str(folder))
+        sys.modules.pop(full, None)

@@ -3,8 +3,6 @@ prompts, the CLI listing, and one short run of the bundled model."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,7 @@ from edgeweave.bench.tasks import example_prompts, get_task, load_split, task_na
 from edgeweave.bench.tasks.base import Item, Split, parse_label, task_modules
 from edgeweave.bench.tasks.prompts import PromptBuilder, PromptSettings
 from edgeweave.errors import ConfigError
+from tests.helpers import module_in_package
 
 # tasks whose data leaves no room for a different test sample under another seed
 ONE_TEST_SAMPLE = {"occupancy", "anomaly"}
@@ -71,14 +70,11 @@ class MeetingRoomTask(OccupancyTask):
 
 @pytest.fixture
 def task_file(tmp_path):
-    (tmp_path / "meeting_room.py").write_text(TASK_FILE)
-    tasks_pkg.__path__.append(str(tmp_path))  # as if the file were in bench/tasks/
-    try:
-        yield "meeting_room"
-    finally:
-        tasks_pkg.__path__.remove(str(tmp_path))
-        tasks_base._TASKS.pop("meeting_room", None)
-        sys.modules.pop("edgeweave.bench.tasks.meeting_room", None)
+    with module_in_package(tasks_pkg, tmp_path, "meeting_room", TASK_FILE):
+        try:
+            yield "meeting_room"
+        finally:
+            tasks_base._TASKS.pop("meeting_room", None)
 
 
 def test_a_task_file_is_a_task_everywhere(task_file, capsys) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-import textwrap
-
 import pytest
 import torch
 
 import edgeweave.compress.prune as prune_pkg
 from edgeweave.compress import api
 from edgeweave.compress.recipes import METHODS, RECIPES, parse_recipe
+from tests.helpers import module_in_package
 
 METHOD_FILE = '''
 """Halve every block linear: a method that fits in one file (docs/extending.md)."""
@@ -39,18 +37,15 @@ def apply_halve(r, model, ctx, note):
 
 @pytest.fixture
 def method_file(tmp_path):
-    (tmp_path / "halve_test.py").write_text(textwrap.dedent(METHOD_FILE))
-    prune_pkg.__path__.append(str(tmp_path))  # as if the file were in compress/prune/
-    api.method_modules.cache_clear()
-    try:
-        yield "edgeweave.compress.prune.halve_test"
-    finally:
-        prune_pkg.__path__.remove(str(tmp_path))
+    with module_in_package(prune_pkg, tmp_path, "halve_test", METHOD_FILE) as name:
         api.method_modules.cache_clear()
-        for t in [t for t in METHODS if t.method == "halve-test"]:
-            del METHODS[t]
-        RECIPES.pop("halve-test", None)
-        sys.modules.pop("edgeweave.compress.prune.halve_test", None)
+        try:
+            yield name
+        finally:
+            for t in [t for t in METHODS if t.method == "halve-test"]:
+                del METHODS[t]
+            RECIPES.pop("halve-test", None)
+    api.method_modules.cache_clear()  # after the folder left the package path
 
 
 def test_a_method_file_is_found_by_its_folder_and_runs(method_file, tiny_lm, tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -13,6 +11,7 @@ from edgeweave.runtime.engine import EngineSession
 from edgeweave.runtime.engines import base
 from edgeweave.runtime.generate import SamplingParams, generate
 from edgeweave.runtime.local import EngineChoice, backends, tokenizer_for, whole_model
+from tests.helpers import module_in_package
 
 BACKEND_FILE = '''
 """A backend that runs the torch reference and counts its steps (docs/extending.md)."""
@@ -36,14 +35,11 @@ def make(config):
 
 @pytest.fixture
 def counting_backend(tmp_path):
-    (tmp_path / "counting.py").write_text(BACKEND_FILE)
-    engines_pkg.__path__.append(str(tmp_path))  # as if the file were in runtime/engines/
-    try:
-        yield "counting"
-    finally:
-        engines_pkg.__path__.remove(str(tmp_path))
-        base._ENGINES.pop("counting", None)
-        sys.modules.pop("edgeweave.runtime.engines.counting", None)
+    with module_in_package(engines_pkg, tmp_path, "counting", BACKEND_FILE):
+        try:
+            yield "counting"
+        finally:
+            base._ENGINES.pop("counting", None)
 
 
 def test_the_shipped_backends_are_found_and_helpers_are_not():

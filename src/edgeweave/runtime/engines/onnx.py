@@ -40,9 +40,6 @@ from edgeweave.runtime.engines.base import (
 )
 from edgeweave.types import DeviceProfile
 
-# Execution providers by family (a device class names its family in devices.yaml).
-PROVIDERS = ONNX_PROVIDERS
-
 
 def device_kind(device_name: str) -> str:
     """Provider family of a device class of the catalog (CPU for a class it does not know,
@@ -56,7 +53,7 @@ class SessionProfile:
     """ONNX Runtime session options for one device (defaults tuned for small CPUs)."""
 
     threads: int = 0  # intra-op threads; 0 = the cores this process may use
-    device: str = "cpu"  # a key of PROVIDERS
+    device: str = "cpu"  # a provider family: a key of ONNX_PROVIDERS
     arena: bool = True  # keep the CPU arena: decode reallocates the same shapes every step
     optimization: str = "all"  # basic | extended | all
     # worker threads busy-wait between ops: "run" spins only inside a run and stops at its
@@ -71,9 +68,9 @@ class SessionProfile:
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (got {self.threads})")
-        if self.device not in PROVIDERS:
+        if self.device not in ONNX_PROVIDERS:
             raise ConfigError(f"unknown device kind {self.device!r}: choose one of "
-                              f"{', '.join(sorted(PROVIDERS))}")
+                              f"{', '.join(sorted(ONNX_PROVIDERS))}")
         if self.spinning not in ("run", "always", "off"):
             raise ConfigError(f"spinning must be run, always or off (got {self.spinning!r})")
         if self.optimization not in ("basic", "extended", "all"):
@@ -98,7 +95,7 @@ class SessionProfile:
         import onnxruntime as ort
 
         have = set(ort.get_available_providers())
-        return [p for p in PROVIDERS[self.device] if p in have] or ["CPUExecutionProvider"]
+        return [p for p in ONNX_PROVIDERS[self.device] if p in have] or ["CPUExecutionProvider"]
 
     def options(self):
         import onnxruntime as ort

@@ -125,18 +125,52 @@ class Coordinator:
             self.links[device] = self._connect(device)
         return self.links[device]
 
+    def _load_frame(self, st: Stage) -> Frame:
+        spec = {"model": self.model, "shard": {"start": st.shard.start, "end": st.shard.end,
+                                               "n_layers": st.shard.n_layers},
+                "variant": st.variant, "backend": self.backend}
+        return Frame(Op.LOAD, payload=Frame.json_bytes(spec))
+
     def _prepare(self, plan: Plan) -> list[str]:
-        """Make sure every stage is loaded on its node; return the stage keys."""
-        keys = []
-        for st in plan.stages:
-            spec = {"model": self.model, "shard": {"start": st.shard.start, "end": st.shard.end,
-                                                   "n_layers": st.shard.n_layers},
-                    "variant": st.variant, "backend": self.backend}
-            resp = self.call(st.device, Frame(Op.LOAD, payload=Frame.json_bytes(spec)), 600.0)
-            keys.append(resp.stage)
-            for adapter in self.adapters.values():  # the node skips what it holds already
-                self._send_adapter(st, resp.stage, adapter)
-        return keys
+        """Make sure every stage is loaded on its node; return the stage keys. Nodes load
+        at the same time (one thread per device), each its own stages in order."""
+
+        def load_on(device: str) -> dict[int, str]:
+            keys = {}
+            for i, st in enumerate(plan.stages):
+                if st.device == device:
+                    keys[i] = self.call(device, self._load_frame(st), 600.0).stage
+                    for adapter in self.adapters.values():  # the node skips what it holds
+                        self._send_adapter(st, keys[i], adapter)
+            return keys
+
+        keys: dict[int, str] = {}
+        for part in _each_device(plan, load_on):
+            keys.update(part)
+        return [keys[i] for i in range(len(plan.stages))]
+
+    def preload(self, plan: Plan) -> float:
+        """Load ``plan``'s stages beside the running plan, which keeps serving: each node
+        builds them over a link of its own (a node answers one stream's requests in order,
+        so a load on the serving link would queue the tokens behind it) and outside its
+        request lock (``StageHost.load``). Best effort: what fails here is met again, and
+        handled, by the switch. Returns the seconds it took."""
+        t0 = time.perf_counter()
+
+        def load_on(device: str) -> None:
+            link = self._connect(device)
+            try:
+                for st in plan.stages:
+                    if st.device == device:
+                        link.call(self._load_frame(st), 600.0)
+            finally:
+                link.close()
+
+        try:
+            _each_device(plan, load_on)
+        except EdgeweaveError as e:
+            log.info("preloading the new plan stopped (%s); the switch loads the rest", e)
+        return time.perf_counter() - t0
 
     def _send_adapter(self, st: Stage, key: str, adapter: Adapter) -> None:
         payload = to_bytes(adapter, st.shard.start, st.shard.end)
@@ -221,7 +255,10 @@ class Coordinator:
     # -- plan changes --------------------------------------------------------------------
     def apply_plan(self, new_plan: Plan) -> float:
         """Switch to ``new_plan`` between tokens; open sessions are replayed into every stage
-        from the first changed one. Returns the seconds it took."""
+        from the first changed one. The new stages load first, while the old plan serves
+        (:meth:`preload`); returns the seconds the switch itself held the plan (the stall a
+        running stream sees)."""
+        self.preload(new_plan)
         with self.state.changing():
             return self._switch(new_plan)
 
@@ -307,3 +344,17 @@ class Coordinator:
         for link in self.links.values():
             link.close()
         self.links.clear()
+
+
+def _each_device(plan: Plan, fn: Callable[[str], T]) -> list[T]:
+    """``fn(device)`` for every device of ``plan`` at once (loads are per node, so they
+    overlap); the first error is raised after all have finished."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    devices = list(dict.fromkeys(st.device for st in plan.stages))
+    if len(devices) == 1:
+        return [fn(devices[0])]
+    with ThreadPoolExecutor(len(devices), thread_name_prefix="stage-load") as pool:
+        futures = [pool.submit(fn, d) for d in devices]
+    return [f.result() for f in futures]
+

@@ -117,17 +117,28 @@ class StageHost:
         self._factory = engine_factory
         self._lru: OrderedDict[tuple[str, str], _Slot] = OrderedDict()  # (stage, session)
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}  # one build at a time per stage
+        self._loading_lock = threading.Lock()
         self.evictions = 0
         self.prefix_evictions = 0
         self._adapters: dict[str, dict[str, str]] = {}  # stage -> adapter name -> sha256
 
     # -- stages -------------------------------------------------------------------------
     def load(self, config: EngineConfig) -> StageEngine:
-        if config.key not in self.engines:
-            t0 = time.perf_counter()
-            self.add_engine(self._factory(config))
-            log.info("loaded stage %s of %s in %.1f s", config.key, config.model,
-                     time.perf_counter() - t0)
+        """The engine of ``config``, built once. The build (an export, an ONNX session: up to
+        seconds) runs outside the request lock, so the stages this node already serves keep
+        answering while a re-plan loads the new ones beside them; two LOADs of one stage
+        build it once."""
+        with self._loading_lock:
+            building = self._loading.setdefault(config.key, threading.Lock())
+        with building:
+            if config.key not in self.engines:
+                t0 = time.perf_counter()
+                engine = self._factory(config)
+                with self._lock:
+                    self.add_engine(engine)
+                log.info("loaded stage %s of %s in %.1f s", config.key, config.model,
+                         time.perf_counter() - t0)
         return self.engines[config.key]
 
     def add_engine(self, engine: StageEngine) -> None:
@@ -285,20 +296,27 @@ class StageHost:
 
     # -- the request handler ------------------------------------------------------------
     def handle(self, req: Frame) -> Frame:
-        with self._lock:
-            try:
+        try:
+            if req.op == Op.LOAD:  # builds outside the lock: see load()
+                return self._handle_load(req)
+            with self._lock:
                 return self._handle(req)
-            except _Refused as e:
-                return error(req, e.message, e.code)
-            except SessionNotFound as e:
-                return error(req, str(e), ErrorCode.SESSION_MISSING)
-            except FrameError as e:  # a payload that does not parse (LOAD's JSON)
-                return error(req, str(e), ErrorCode.BAD_FRAME)
-            except EdgeweaveError as e:
-                return error(req, str(e))
-            except Exception as e:  # a node must answer, not die, on one bad request
-                log.exception("stage request failed")
-                return error(req, f"{type(e).__name__}: {e}")
+        except _Refused as e:
+            return error(req, e.message, e.code)
+        except SessionNotFound as e:
+            return error(req, str(e), ErrorCode.SESSION_MISSING)
+        except FrameError as e:  # a payload that does not parse (LOAD's JSON)
+            return error(req, str(e), ErrorCode.BAD_FRAME)
+        except EdgeweaveError as e:
+            return error(req, str(e))
+        except Exception as e:  # a node must answer, not die, on one bad request
+            log.exception("stage request failed")
+            return error(req, f"{type(e).__name__}: {e}")
+
+    def _handle_load(self, req: Frame) -> Frame:
+        cfg = self._load_config(req)
+        self.load(cfg)
+        return Frame(Op.OK, cfg.key, req.session, req.seq, payload=Frame.json_bytes(asdict(cfg)))
 
     def _engine(self, req: Frame) -> StageEngine:
         try:
@@ -355,10 +373,6 @@ class StageHost:
             else:  # every stage of this node
                 for engine in self.engines.values():
                     self._close(engine, req.session)
-        elif req.op == Op.LOAD:
-            cfg = self._load_config(req)
-            self.load(cfg)
-            ok.stage, ok.payload = cfg.key, Frame.json_bytes(asdict(cfg))
         elif req.op == Op.INFO:
             ok.payload = Frame.json_bytes(self.info())
         elif req.op != Op.PING:

@@ -86,6 +86,12 @@ class SessionFactory(Protocol):
         """What runs the sessions: ``backend`` and ``variant`` (a plan: its stages')."""
         ...
 
+    @property
+    def coordinator(self) -> Coordinator | None:
+        """The coordinator running a distributed plan (``/health`` shows its stages), None
+        when one process runs the whole model."""
+        ...
+
 
 def close_session(engine: LogitsEngine) -> None:
     """Release a session's state if the engine holds any outside this process."""
@@ -111,6 +117,7 @@ class LocalSessions:
         self.tokenizer = tokenizer
         self.max_len = min(max_len or engine.max_position, engine.max_position)
         self.adapters: dict[str, Adapter] = {}
+        self.coordinator: Coordinator | None = None  # one process: no plan to report
         self.prefixes = PrefixStore(engine, prefix_cache_bytes) \
             if prefix_cache_bytes > 0 and supports_prefix(engine) else None
 

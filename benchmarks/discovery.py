@@ -20,6 +20,7 @@ over the nodes; ``latency`` may put them all on one node.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import subprocess
 import sys
@@ -77,6 +78,9 @@ def main() -> None:
     ap.add_argument("--class", dest="cls", default="rpi5-8gb",
                     help="catalog class the nodes announce")
     a = ap.parse_args()
+    # the coordinator's preload/switch lines show where a re-plan's time goes
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("edgeweave.runtime.coordinator").setLevel(logging.INFO)
 
     root = Path(tempfile.mkdtemp(prefix="edgeweave-discovery-"))
     certs = root / "certs"

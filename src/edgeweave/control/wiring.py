@@ -23,6 +23,7 @@ from typing import Any
 
 from edgeweave.control.events import EventKind, FleetEvent
 from edgeweave.control.monitor import FleetMonitor, NodeState
+from edgeweave.errors import EdgeweaveError
 from edgeweave.types import Plan
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class FleetController:
         try:
             out = fn()
             seconds = float(out) if isinstance(out, (int, float)) else 0.0
+        except EdgeweaveError as e:  # an expected refusal (closed, no survivor): one line
+            log.warning("%s for %s failed: %s", name, ev.device, e)
+            error = f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - recorded; the control plane keeps running
             log.exception("%s for %s failed", name, ev.device)
             error = f"{type(e).__name__}: {e}"

@@ -102,6 +102,7 @@ class Coordinator:
         # attach(): where each device's node listens (the same dict its connect() reads)
         self.addresses: dict[str, str] = addresses if addresses is not None else {}
         self.failed: set[str] = set()
+        self.closed = False  # a plan change in flight gives up once this is set
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count()
         self.counters = CoordinatorStats()
@@ -158,6 +159,8 @@ class Coordinator:
         t0 = time.perf_counter()
 
         def load_on(device: str) -> None:
+            if self.closed:
+                return
             link = self._connect(device)
             try:
                 for st in plan.stages:
@@ -170,7 +173,9 @@ class Coordinator:
             _each_device(plan, load_on)
         except EdgeweaveError as e:
             log.info("preloading the new plan stopped (%s); the switch loads the rest", e)
-        return time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        log.info("preloaded %s in %.2f s while the old plan served", _describe(plan), dt)
+        return dt
 
     def _send_adapter(self, st: Stage, key: str, adapter: Adapter) -> None:
         payload = to_bytes(adapter, st.shard.start, st.shard.end)
@@ -260,6 +265,9 @@ class Coordinator:
         running stream sees)."""
         self.preload(new_plan)
         with self.state.changing():
+            if self.closed:  # closed while the new stages loaded: nothing left to switch
+                raise RuntimeStageError("the coordinator was closed before the new plan "
+                                        "could be switched to")
             return self._switch(new_plan)
 
     def add_device(self, device: str, address: str | None = None) -> None:
@@ -333,9 +341,13 @@ class Coordinator:
             raise RuntimeStageError("could not re-plan: nodes keep failing during recovery")
         self.state.install(new_plan, keys)
         self.counters.plan_changes += 1
-        return time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        log.info("switched to %s in %.2f s (%d open sessions replayed)", _describe(new_plan),
+                 dt, len(self._sessions))
+        return dt
 
     def close(self) -> None:
+        self.closed = True
         for s in list(self._sessions.values()):
             s.close()
         if self.prefixes is not None:
@@ -357,4 +369,8 @@ def _each_device(plan: Plan, fn: Callable[[str], T]) -> list[T]:
     with ThreadPoolExecutor(len(devices), thread_name_prefix="stage-load") as pool:
         futures = [pool.submit(fn, d) for d in devices]
     return [f.result() for f in futures]
+
+
+def _describe(plan: Plan) -> str:
+    return " ".join(f"{st.device}[{st.shard.start},{st.shard.end})" for st in plan.stages)
 

@@ -33,8 +33,9 @@ from edgeweave.control.assemble import DiscoveryOptions
 from edgeweave.control.broker import Mosquitto
 from edgeweave.models.catalog import DEFAULT_MODEL
 from edgeweave.paths import atomic_write_json
+from edgeweave.runtime.deployment import stop_processes
 from edgeweave.runtime.generate import SamplingParams, generate
-from edgeweave.runtime.launch import stop_processes, wait_ready
+from edgeweave.runtime.launch import wait_ready
 from edgeweave.security.certs import init_fleet
 from edgeweave.serve.deploy import build
 

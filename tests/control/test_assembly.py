@@ -22,8 +22,9 @@ from edgeweave.control.agent import NodeAgent
 from edgeweave.control.broker import Mosquitto
 from edgeweave.control.client import BrokerAuth
 from edgeweave.errors import RuntimeStageError
+from edgeweave.runtime.deployment import stop_processes
 from edgeweave.runtime.generate import SamplingParams, generate, stream_generate
-from edgeweave.runtime.launch import stop_processes, wait_ready
+from edgeweave.runtime.launch import wait_ready
 from edgeweave.security.certs import init_fleet
 from edgeweave.security.tls import TLSFiles
 from tests.conftest import make_cfg, random_model, save_folder

@@ -150,7 +150,8 @@ def engine_steps(steps: int = 32, sizes: tuple[int, ...] = (1, 4, 16)) -> dict[s
 def readme_nodes(variant: str = "int4", cuts: tuple[int, ...] = (10, 20)) -> Iterator[list[str]]:
     """Three ``edgeweave node`` processes as the README starts them; yields the ``serve``
     arguments (``--plan`` file and ``--node`` addresses) that use them."""
-    from edgeweave.runtime.launch import stop_processes, wait_ready
+    from edgeweave.runtime.deployment import stop_processes
+    from edgeweave.runtime.launch import wait_ready
     from edgeweave.types import Plan
 
     n = 30

@@ -34,8 +34,9 @@ from edgeweave.control.assemble import DiscoveryOptions
 from edgeweave.control.broker import Mosquitto
 from edgeweave.models.catalog import DEFAULT_MODEL
 from edgeweave.paths import atomic_write_json
+from edgeweave.runtime.deployment import stop_processes
 from edgeweave.runtime.generate import SamplingParams, generate
-from edgeweave.runtime.launch import stop_processes, wait_ready
+from edgeweave.runtime.launch import wait_ready
 from edgeweave.security.certs import init_fleet
 from edgeweave.serve.deploy import build
 
@@ -101,20 +102,20 @@ def main() -> None:
 
             def serve_once() -> tuple[object, float, float]:
                 t0 = time.perf_counter()
-                dep = build(a.model, mqtt=mqtt, fleet=FLEET, fleet_file=fleet_file,
-                            tls_dir=certs, objective=a.objective,
-                            discovery=DiscoveryOptions(min_nodes=3, wait_s=120))
+                stack = build(a.model, mqtt=mqtt, fleet=FLEET, fleet_file=fleet_file,
+                              tls_dir=certs, objective=a.objective,
+                              discovery=DiscoveryOptions(min_nodes=3, wait_s=120))
                 built = time.perf_counter() - t0
-                return dep, built, built + first_token_s(dep.backend)
+                return stack, built, built + first_token_s(stack.backend)
 
             # a first serve builds the stages' ONNX exports once (cached for every later
             # start); the measured serve is the second, as every start after the first
-            dep, built, ttft = serve_once()
+            stack, built, ttft = serve_once()
             res["first_serve_cold"] = {"build_s": built, "first_token_s": ttft}
-            dep.close()
-            dep, built, ttft = serve_once()
+            stack.close()
+            stack, built, ttft = serve_once()
             res["serve_to_first_token"] = {"build_s": built, "first_token_s": ttft}
-            coord = dep.backend.coordinator
+            coord = stack.backend.coordinator
             plan = coord.plan
             res["plan"] = [[s.device, s.shard.start, s.shard.end, s.variant] for s in plan.stages]
 
@@ -128,7 +129,7 @@ def main() -> None:
                                 if d in {s.device for s in plan.stages}])
             disc, manual, same = [], [], True
             for k in range(a.rounds):
-                order = [("d", dep.backend), ("h", hand.backend)]
+                order = [("d", stack.backend), ("h", hand.backend)]
                 ids = {}
                 for which, b in order if k % 2 == 0 else order[::-1]:
                     tps, ids[which] = decode_tps(lambda b=b: b.new_session(512), b.tokenizer,
@@ -145,13 +146,13 @@ def main() -> None:
             procs["node3"] = node(a.model, "node3", mqtt, certs, root, a.cls)
             wait_ready(procs["node3"], root / "node3.log", 300)
             t_ready = time.perf_counter()
-            r = dep.assembler.wait_replan("node3", timeout=60)
+            r = stack.assembler.wait_replan("node3", timeout=60)
             t_replan = time.perf_counter()
             res["join"] = {"node_start_s": t_ready - t0, "ready_to_replanned_s":
                            t_replan - t_ready, "changed": bool(r and r.changed),
                            "decide_s": r.decide_s if r else None,
                            "switch_s": r.switch_s if r else None,
-                           "first_token_after_s": first_token_s(dep.backend),
+                           "first_token_after_s": first_token_s(stack.backend),
                            "plan": [[s.device, s.shard.start, s.shard.end]
                                     for s in coord.plan.stages]}
 
@@ -166,10 +167,10 @@ def main() -> None:
                 time.sleep(0.01)
             t_plan = time.perf_counter() - t0
             res["leave"] = {"victim": victim, "kill_to_new_plan_s": t_plan,
-                            "first_token_after_s": first_token_s(dep.backend),
+                            "first_token_after_s": first_token_s(stack.backend),
                             "plan": [[s.device, s.shard.start, s.shard.end]
                                      for s in coord.plan.stages]}
-            dep.close()
+            stack.close()
         finally:
             stop_processes(procs.values())
 

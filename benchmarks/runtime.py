@@ -70,7 +70,8 @@ def readme_fleet(variant: str, cuts: list[int], tokens: int, rounds: int) -> dic
 
     from serve import EDGEWEAVE, Served, stream_once
 
-    from edgeweave.runtime.launch import stop_processes, wait_ready
+    from edgeweave.runtime.deployment import stop_processes
+    from edgeweave.runtime.launch import wait_ready
 
     n = 30
     bounds = [0, *cuts, n]
@@ -172,7 +173,7 @@ def main() -> None:
     with launch(plans["fp32"], MODEL, max_len=max_len, replay=args.replay,
                 env=node_env or None) as dep:
         coord = dep.coordinator
-        inproc = embedded(MODEL, plans["fp32"], max_len=max_len)
+        inproc = embedded(MODEL, plans["fp32"], max_len=max_len).coordinator
         # rounds interleave every configuration, so background load hurts all alike
         runs: dict[str, list] = {}
         per_round: list[list] = []

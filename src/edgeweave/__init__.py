@@ -5,8 +5,8 @@ The public API is importable from here; each name loads its module on first use,
 
     import edgeweave as ew
 
-    coord = ew.embedded("smollm2-135m-instruct", ew.Plan.split(30, [10, 20], variant="int4"))
-    print(ew.generate(coord.new_session(), coord.tokenizer, "Hello", chat=True).text)
+    dep = ew.embedded("smollm2-135m-instruct", ew.Plan.split(30, [10, 20], variant="int4"))
+    print(ew.generate(dep.coordinator.new_session(), dep.tokenizer, "Hello", chat=True).text)
 
 The deep module paths keep working; these names are the ones we keep stable.
 """
@@ -39,6 +39,7 @@ _API: dict[str, tuple[str, str]] = {
     "embedded": ("edgeweave.runtime.launch", "embedded"),
     "attach": ("edgeweave.runtime.launch", "attach"),
     "launch": ("edgeweave.runtime.launch", "launch"),
+    "Deployment": ("edgeweave.runtime.deployment", "Deployment"),
     "generate": ("edgeweave.runtime.generate", "generate"),
     "stream_generate": ("edgeweave.runtime.generate", "stream_generate"),
     "SamplingParams": ("edgeweave.runtime.generate", "SamplingParams"),

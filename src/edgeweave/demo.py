@@ -20,8 +20,10 @@ from edgeweave.models import DEFAULT_MODEL
 from edgeweave.types import Plan
 
 if TYPE_CHECKING:
+    from edgeweave.profile.cost import Calibration
     from edgeweave.runtime.constraints import OutputFormat
     from edgeweave.runtime.coordinator import Coordinator
+    from edgeweave.variants import Variant
 
 DEMO_TASKS = ("activity", "occupancy", "appliance", "anomaly", "wikiqa")
 
@@ -183,9 +185,10 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
     step("plan the fleet", 0, 1)
     plan, plan_rows = plan_fleet(cfg, variant_rows)
     step(f"launch the plan's stages ({choice.backend})", 0, 1)
-    coord = embedded(cfg.model, plan, backend=choice.backend)
+    dep = embedded(cfg.model, plan, backend=choice.backend)
+    coord = dep.coordinator
     key = "ew-" + secrets.token_hex(8)
-    backend = CoordinatorSessions(coord, model_id=cfg.model)
+    backend = CoordinatorSessions(coord, dep.tokenizer, model_id=cfg.model)
     server = BackgroundServer(backend, ServeConfig(api_keys=(key,), model_id=cfg.model,
                                                    max_prompt_tokens=1536))
     questions = sensor_questions(cfg)
@@ -207,7 +210,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
         stats = dict(coord.stats)
     finally:
         server.stop()
-        coord.close()
+        dep.close()
     tokens = sum((a["prompt_tokens"] or 0) + (a["completion_tokens"] or 0) for a in res.answers)
     tps = [a["decode_tps"] for a in res.answers if a.get("decode_tps")]
     run_row = {"key": f"run/{cfg.fleet}/demo", "kind": "run", "fleet": cfg.fleet,
@@ -265,7 +268,7 @@ def adapt_to_loss(cfg: DemoConfig, plan: Plan, coord: Coordinator, gone: str
     return row, p
 
 
-def _planner_variants(cfg: DemoConfig, names: set[str]) -> dict[str, Any]:
+def _planner_variants(cfg: DemoConfig, names: set[str]) -> dict[str, Variant]:
     from edgeweave.compress.variants import variant_path
     from edgeweave.profile.variants import DEFAULT_VARIANTS, variant_from_manifest
 
@@ -276,7 +279,7 @@ def _planner_variants(cfg: DemoConfig, names: set[str]) -> dict[str, Any]:
     return out
 
 
-def _calibration() -> dict[str, Any]:
+def _calibration() -> dict[str, Calibration]:
     """The host probe's calibration when one is cached (``edgeweave profile``), else none."""
     from edgeweave.profile.probe import load_cached
 

@@ -22,8 +22,9 @@ from edgeweave.control.agent import NodeAgent
 from edgeweave.control.broker import Mosquitto
 from edgeweave.control.client import BrokerAuth
 from edgeweave.errors import RuntimeStageError
+from edgeweave.runtime.deployment import stop_processes
 from edgeweave.runtime.generate import SamplingParams, generate, stream_generate
-from edgeweave.runtime.launch import stop_processes, wait_ready
+from edgeweave.runtime.launch import wait_ready
 from edgeweave.security.certs import init_fleet
 from edgeweave.security.tls import TLSFiles
 from tests.conftest import make_cfg, random_model, save_folder
@@ -132,18 +133,18 @@ def served(lab: Lab) -> Iterator[object]:
     from edgeweave.runtime.local import EngineChoice
     from edgeweave.serve.deploy import build
 
-    dep = build(str(lab.model), mqtt=lab.mqtt, fleet=FLEET, fleet_file=lab.fleet_file,
-                tls_dir=lab.certs, objective="throughput",
-                choice=EngineChoice("torch", "fp32", 1), mqtt_auth=lab.auth,
-                discovery=DiscoveryOptions(min_nodes=3, wait_s=60))
+    stack = build(str(lab.model), mqtt=lab.mqtt, fleet=FLEET, fleet_file=lab.fleet_file,
+                  tls_dir=lab.certs, objective="throughput",
+                  choice=EngineChoice("torch", "fp32", 1), mqtt_auth=lab.auth,
+                  discovery=DiscoveryOptions(min_nodes=3, wait_s=60))
     try:
-        yield dep
+        yield stack
     finally:
-        dep.close()
+        stack.close()
 
 
-def _devices(dep) -> set[str]:  # noqa: ANN001
-    return {s.device for s in dep.backend.coordinator.plan.stages}
+def _devices(stack) -> set[str]:  # noqa: ANN001
+    return {s.device for s in stack.backend.coordinator.plan.stages}
 
 
 def test_serve_discovers_the_nodes_and_gives_the_embedded_text(lab, served, reference):
@@ -153,19 +154,19 @@ def test_serve_discovers_the_nodes_and_gives_the_embedded_text(lab, served, refe
     from edgeweave.cli.plan import run_plan_mqtt
     from edgeweave.serve.server import BackgroundServer
 
-    dep, asm = served, served.assembler
+    stack, asm = served, served.assembler
     assert set(asm.admitted) == {"node0", "node1", "node2"}
-    assert len(_devices(dep)) >= 2  # throughput: the blocks are pipelined over the nodes
-    out = generate(dep.backend.new_session(64), dep.backend.tokenizer, PROMPT, PARAMS)
+    assert len(_devices(stack)) >= 2  # throughput: the blocks are pipelined over the nodes
+    out = generate(stack.backend.new_session(64), stack.backend.tokenizer, PROMPT, PARAMS)
     assert out.token_ids == reference
     # the links the nodes measured to each other (loopback: well under 50 ms)
     peers = {m["device"]: m["peers"] for m in asm.status()["members"]}
     assert {"node1", "node2"} <= set(peers["node0"]) and 0 < peers["node0"]["node1"]["rtt_s"] < 0.05
     # /v1/fleet: members, the live plan and its predicted cost
-    with BackgroundServer(dep.backend, routers=dep.routers) as url:
+    with BackgroundServer(stack.backend, routers=stack.routers) as url:
         st = httpx.get(f"{url}/v1/fleet", timeout=30).json()
     assert [m["device"] for m in st["members"]] == ["node0", "node1", "node2"]
-    assert {s["device"] for s in st["plan"]["stages"]} == _devices(dep)
+    assert {s["device"] for s in st["plan"]["stages"]} == _devices(stack)
     assert st["predicted"]["feasible"] and st["predicted"]["throughput_tps"] > 0
     assert all(len(m["cert_sha256"]) == 64 for m in st["members"])
     # `edgeweave fleet status` reads the same from the broker
@@ -175,7 +176,7 @@ def test_serve_discovers_the_nodes_and_gives_the_embedded_text(lab, served, refe
     # `edgeweave plan --mqtt` chooses the plan the server serves
     r = run_plan_mqtt(lab.mqtt, str(lab.fleet_file), "throughput", str(lab.model), FLEET,
                       str(lab.certs), min_nodes=3, wait_s=30, auth=lab.auth)
-    assert r["plans"]["planner"].stages == dep.backend.coordinator.plan.stages
+    assert r["plans"]["planner"].stages == stack.backend.coordinator.plan.stages
 
 
 def test_a_node_of_another_ca_is_ignored_and_said_so(lab, served):
@@ -199,10 +200,10 @@ def test_the_broker_refuses_an_anonymous_node(lab):
 
 
 def test_sigkill_of_a_node_mid_stream_gives_identical_text(lab, served, reference):
-    dep = served
-    coord = dep.backend.coordinator
+    stack = served
+    coord = stack.backend.coordinator
     victim = coord.plan.stages[-1].device
-    stream = stream_generate(dep.backend.new_session(64), dep.backend.tokenizer, PROMPT,
+    stream = stream_generate(stack.backend.new_session(64), stack.backend.tokenizer, PROMPT,
                              PARAMS)
     pieces = [next(stream)]
     while sum(len(p.tokens) for p in pieces) < 5:
@@ -211,18 +212,18 @@ def test_sigkill_of_a_node_mid_stream_gives_identical_text(lab, served, referenc
     lab.procs[victim].wait(10)
     pieces += list(stream)
     assert [t for p in pieces for t in p.tokens] == reference
-    assert victim not in _devices(dep) and pieces[-1].metrics.extra["failovers"] >= 1
-    assert "rogue" not in _devices(dep)
+    assert victim not in _devices(stack) and pieces[-1].metrics.extra["failovers"] >= 1
+    assert "rogue" not in _devices(stack)
 
 
 def test_a_node_that_joins_is_admitted_and_used_after_a_replan(lab, served, reference):
-    dep, asm = served, served.assembler
+    stack, asm = served, served.assembler
     lab.start_node("node3", lab.certs)
     lab.wait_nodes("node3")
     r = asm.wait_replan("node3", timeout=60)
     assert r is not None and r.trigger == "joined" and r.changed, r
-    assert "node3" in _devices(dep) and "rogue" not in _devices(dep)
-    out = generate(dep.backend.new_session(64), dep.backend.tokenizer, PROMPT, PARAMS)
+    assert "node3" in _devices(stack) and "rogue" not in _devices(stack)
+    out = generate(stack.backend.new_session(64), stack.backend.tokenizer, PROMPT, PARAMS)
     assert out.token_ids == reference
     st = asm.status()
     assert next(m for m in st["members"] if m["device"] == "node3")["in_plan"]

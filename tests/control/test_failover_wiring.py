@@ -22,7 +22,7 @@ def test_vanishing_node_triggers_failover_and_the_stream_continues(broker, fleet
     reference = list(generate_step(LocalEngine(lm.model, 64), prompt, params))
 
     coord = embedded(str(tiny_folder), Plan.split(4, [1, 3], ["d0", "d1", "d2"]), loaded=lm,
-                     max_len=64)
+                     max_len=64).coordinator
     victim = _agent_process(broker, fleet, "d1")
     try:
         # the monitor stops first, so d0 and d2 leaving at the end trigger nothing

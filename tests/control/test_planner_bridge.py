@@ -53,12 +53,12 @@ def test_low_battery_telemetry_moves_the_stage_between_tokens(broker, fleet, tin
     lm = load_folder(tiny_folder)
     prompt, params = [1, 5, 9, 11], SamplingParams(max_tokens=12, ignore_eos=True)
     first_plan = adapter.plan
-    undisturbed = embedded(str(tiny_folder), first_plan, loaded=lm, max_len=64)
+    undisturbed = embedded(str(tiny_folder), first_plan, loaded=lm, max_len=64).coordinator
     with undisturbed.new_session(64) as s:
         reference = list(generate_step(s, prompt, params))
     undisturbed.close()
 
-    coord = embedded(str(tiny_folder), first_plan, loaded=lm, max_len=64)
+    coord = embedded(str(tiny_folder), first_plan, loaded=lm, max_len=64).coordinator
     cfg = monitor_config_for(adapter)
     try:
         with FleetMonitor(broker.host, broker.port, fleet=fleet, config=cfg) as mon, \

@@ -29,7 +29,7 @@ def lm(tiny_folder):
 def test_three_stage_embedded_matches_single_process(lm):
     # Prepare
     plan = Plan.split(4, [1, 3], ["a", "b", "c"])
-    coord = embedded(str(lm.folder), plan, loaded=lm, max_len=128)
+    coord = embedded(str(lm.folder), plan, loaded=lm, max_len=128).coordinator
     # Execute
     session = coord.new_session()
     assert isinstance(session, LogitsEngine)
@@ -46,7 +46,7 @@ def test_three_stage_embedded_matches_single_process(lm):
 
 
 def test_generate_copies_stats_into_metrics(lm):
-    coord = embedded(str(lm.folder), Plan.split(4, [2]), loaded=lm, max_len=128)
+    coord = embedded(str(lm.folder), Plan.split(4, [2]), loaded=lm, max_len=128).coordinator
     with coord.new_session() as s:
         res = generate(s, lm.tokenizer, "the sensor reads", SamplingParams(max_tokens=5))
     assert res.metrics.extra["bytes_sent"] > 0 and "hop_overhead_ms" in res.metrics.extra
@@ -58,7 +58,7 @@ def test_lossy_codecs_shrink_hidden_bytes(lm, codec, ratio):
     plan = Plan.split(4, [2], ["a", "b"], codec=codec)
     sizes = {}
     for p in (plan32, plan):
-        coord = embedded(str(lm.folder), p, loaded=lm, max_len=128)
+        coord = embedded(str(lm.folder), p, loaded=lm, max_len=128).coordinator
         s = coord.new_session()
         toks = list(generate_step(s, PROMPT, SamplingParams(max_tokens=8, ignore_eos=True)))
         assert len(toks) == 8
@@ -72,7 +72,7 @@ def test_lossy_codecs_shrink_hidden_bytes(lm, codec, ratio):
 
 def test_apply_plan_between_tokens_keeps_the_session(lm):
     plan = Plan.split(4, [2], ["a", "b"])
-    coord = embedded(str(lm.folder), plan, loaded=lm, max_len=128)
+    coord = embedded(str(lm.folder), plan, loaded=lm, max_len=128).coordinator
     s = coord.new_session()
     gen = generate_step(s, PROMPT, PARAMS)
     got = [next(gen) for _ in range(10)]
@@ -87,7 +87,7 @@ def test_apply_plan_between_tokens_keeps_the_session(lm):
 
 def test_mark_failed_moves_stages_and_output_is_identical(lm):
     coord = embedded(str(lm.folder), Plan.split(4, [1, 3], ["a", "b", "c"]), loaded=lm,
-                     max_len=128)
+                     max_len=128).coordinator
     s = coord.new_session()
     gen = generate_step(s, PROMPT, PARAMS)
     got = [next(gen) for _ in range(7)]
@@ -101,8 +101,9 @@ def test_mark_failed_moves_stages_and_output_is_identical(lm):
 def test_evicted_sessions_are_replayed(lm):
     # each session's cache on stage [0, 2): 2 layers x 2 (k, v) x 2 heads x 128 x 16 x 4 B
     per_session = 2 * 2 * 2 * 128 * 16 * 4
-    coord = embedded(str(lm.folder), Plan.split(4, [2], ["a", "b"]), loaded=lm, max_len=128,
-                     memory_cap_bytes=per_session)  # room for one session per host
+    dep = embedded(str(lm.folder), Plan.split(4, [2], ["a", "b"]), loaded=lm, max_len=128,
+                   memory_cap_bytes=per_session)  # room for one session per host
+    coord = dep.coordinator
     s1, s2 = coord.new_session(), coord.new_session()
     g1, g2 = generate_step(s1, PROMPT, PARAMS), generate_step(s2, PROMPT, PARAMS)
     out1, out2 = [], []
@@ -112,12 +113,12 @@ def test_evicted_sessions_are_replayed(lm):
     ref = _reference(lm.model)
     assert out1 == ref and out2 == ref
     assert s1.stats["evictions_restored"] > 0
-    assert coord.hosts["a"].evictions > 0
+    assert dep.hosts["a"].evictions > 0
 
 
 def test_device_back_after_failure_can_be_planned_again(lm):
     plan = Plan.split(4, [2], ["a", "b"])
-    coord = embedded(str(lm.folder), plan, loaded=lm, max_len=128)
+    coord = embedded(str(lm.folder), plan, loaded=lm, max_len=128).coordinator
     s = coord.new_session()
     gen = generate_step(s, PROMPT, PARAMS)
     got = [next(gen) for _ in range(5)]
@@ -133,7 +134,7 @@ def test_device_back_after_failure_can_be_planned_again(lm):
 
 def test_batched_replay_merges_recorded_chunks(lm):
     coord = embedded(str(lm.folder), Plan.split(4, [1, 3], ["a", "b", "c"], codec="int8"),
-                     loaded=lm, max_len=128, replay="batched")
+                     loaded=lm, max_len=128, replay="batched").coordinator
     s = coord.new_session()
     gen = generate_step(s, PROMPT, PARAMS)
     got = [next(gen) for _ in range(8)]
@@ -146,9 +147,9 @@ def test_batched_replay_merges_recorded_chunks(lm):
 
 
 def test_top64_logits_keep_greedy_tokens_and_shrink_the_last_hop(lm):
-    big = embedded(str(lm.folder), Plan.split(4, [2]), loaded=lm, max_len=128)
+    big = embedded(str(lm.folder), Plan.split(4, [2]), loaded=lm, max_len=128).coordinator
     small = embedded(str(lm.folder), Plan.split(4, [2]), loaded=lm, max_len=128,
-                     logits_codec="top64")
+                     logits_codec="top64").coordinator
     s_big, s_small = big.new_session(), small.new_session()
     assert list(generate_step(s_small, PROMPT, PARAMS)) == _reference(lm.model)
     list(generate_step(s_big, PROMPT, PARAMS))

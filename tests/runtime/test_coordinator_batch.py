@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from edgeweave.models import load
+from edgeweave.runtime.deployment import Deployment
 from edgeweave.runtime.engine import LocalEngine
 from edgeweave.runtime.generate import SamplingParams, generate_step
 from edgeweave.runtime.launch import embedded
@@ -39,10 +40,10 @@ def _alone(lm) -> list[list[int]]:
     return [list(generate_step(LocalEngine(lm.model, max_len=128), p, PARAMS)) for p in PROMPTS]
 
 
-def _ops(coord) -> list[Op]:
+def _ops(dep: Deployment) -> list[Op]:
     """Record the op of every request the in-process nodes handle."""
     seen: list[Op] = []
-    for host in coord.hosts.values():
+    for host in dep.hosts.values():
         handle = host.handle
 
         def spy(req, handle=handle):  # type: ignore[no-untyped-def]
@@ -72,18 +73,18 @@ def _drive(coord, lm, chunk: int = 8, on_step=None) -> list[list[int]]:
 
 
 def test_sessions_of_a_split_plan_step_in_one_frame_per_stage(lm):
-    coord = embedded(str(lm.folder), Plan.split(4, [1, 3], ["a", "b", "c"]), loaded=lm,
-                     max_len=128, backend="torch")
-    ops = _ops(coord)
-    assert _drive(coord, lm) == _alone(lm)
+    dep = embedded(str(lm.folder), Plan.split(4, [1, 3], ["a", "b", "c"]), loaded=lm,
+                   max_len=128, backend="torch")
+    ops = _ops(dep)
+    assert _drive(dep.coordinator, lm) == _alone(lm)
     assert ops.count(Op.FORWARD_BATCH) >= 3 * 12  # every stage, every decode round
     assert ops.count(Op.FORWARD_BATCH) > ops.count(Op.FORWARD)
-    coord.close()
+    dep.close()
 
 
 def test_failover_in_the_middle_of_a_batch_loses_no_token(lm):
     coord = embedded(str(lm.folder), Plan.split(4, [1, 3], ["a", "b", "c"]), loaded=lm,
-                     max_len=128, backend="torch")
+                     max_len=128, backend="torch").coordinator
 
     def fail(step: int) -> None:
         if step == 6:
@@ -96,11 +97,11 @@ def test_failover_in_the_middle_of_a_batch_loses_no_token(lm):
 
 def test_evicted_sessions_in_a_batch_are_replayed(lm):
     per_session = 2 * 2 * 2 * 64 * 16 * 4  # stage [0, 2) at 64 tokens: room for two
-    coord = embedded(str(lm.folder), Plan.split(4, [2], ["a", "b"]), loaded=lm, max_len=128,
-                     memory_cap_bytes=2 * per_session, backend="torch")
-    assert _drive(coord, lm) == _alone(lm)
-    assert coord.hosts["a"].evictions > 0
-    coord.close()
+    dep = embedded(str(lm.folder), Plan.split(4, [2], ["a", "b"]), loaded=lm, max_len=128,
+                   memory_cap_bytes=2 * per_session, backend="torch")
+    assert _drive(dep.coordinator, lm) == _alone(lm)
+    assert dep.hosts["a"].evictions > 0
+    dep.close()
 
 
 def test_batch_payloads_round_trip_and_refuse_garbage():
@@ -128,7 +129,7 @@ def test_grpc_nodes_step_batches_and_refuse_items_alone(tiny_model):
     with running_node(tiny_model, ((0, 2),)) as (h0, a0), \
             running_node(tiny_model, ((2, 4),)) as (_h1, a1):
         coord = attach(Plan.split(4, [2], ["n0", "n1"]), "mem", {"n0": a0, "n1": a1},
-                       tokenizer=None, max_len=128)
+                       tokenizer=None, max_len=128).coordinator
 
         class Tok:  # Generation needs only the eos id and decode for text
             eos_token_id = None

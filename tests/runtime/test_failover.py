@@ -86,7 +86,7 @@ def test_hung_node_is_detected_by_the_deadline(tiny_model):
     try:
         reference = list(generate_step(LocalEngine(tiny_model, max_len=128), PROMPT, PARAMS))
         coord = attach(Plan.split(4, [2], ["fast", "slow"]), "mem", addrs, tokenizer=None,
-                       max_len=128, deadline_s=0.5, per_token_s=0.0)
+                       max_len=128, deadline_s=0.5, per_token_s=0.0).coordinator
         s = coord.new_session()
         gen = generate_step(s, PROMPT, PARAMS)
         got = [next(gen) for _ in range(4)]

@@ -71,7 +71,7 @@ def test_the_coordinator_tells_nodes_which_backend_to_load(tiny_folder, tmp_home
         plan = Plan.split(4, [2], ["a", "b"])
         coord = attach(plan, str(tiny_folder),
                        {d: f"127.0.0.1:{p}" for d, (_, p) in zip("ab", servers, strict=True)},
-                       backend=backend)
+                       backend=backend).coordinator
         try:
             info = coord.call("b", Frame(Op.INFO), 10).json()
             assert [e["backend"] for e in info["engines"].values()] == [backend]
@@ -100,7 +100,8 @@ def test_policy_comes_from_the_process_and_the_user_env_wins(monkeypatch):
 def test_a_node_started_by_hand_applies_its_own_policy(tiny_folder, tmp_home):
     """`edgeweave node` with a clean environment: the policy is the node's, reported in INFO
     (the launcher adds nothing, so hand-started and launched nodes are the same)."""
-    from edgeweave.runtime.launch import node_command, spawn_node, stop_processes, wait_ready
+    from edgeweave.runtime.deployment import stop_processes
+    from edgeweave.runtime.launch import node_command, spawn_node, wait_ready
     from edgeweave.runtime.transport.frame import Frame, Op
     from edgeweave.runtime.transport.grpc_link import GrpcLink
 

@@ -57,7 +57,7 @@ def grpc_nodes(model, names, cap: int = 1 << 30) -> Iterator[dict]:  # type: ign
 def _coordinator(lm, nodes, plan, cache: int):  # type: ignore[no-untyped-def]
     return attach(plan, str(lm.folder), {n: a for n, (_, _, a) in nodes.items()},
                   tokenizer=lm.tokenizer, backend="torch", max_len=128,
-                  prefix_cache_bytes=cache, deadline_s=5.0)
+                  prefix_cache_bytes=cache, deadline_s=5.0).coordinator
 
 
 def _generate(coord, lm, prompt, on_token=None):  # type: ignore[no-untyped-def]

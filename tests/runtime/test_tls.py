@@ -55,7 +55,7 @@ def test_fleet_certificates_work_end_to_end(fleets, tiny_model):
     server, addr = _node(tiny_model, TLSFiles.from_dir(ours, "node0"))
     try:
         coord = attach(Plan.single(4, "node0"), "mem", {"node0": addr}, tokenizer=None,
-                       tls=TLSFiles.from_dir(ours, "coordinator"), max_len=64)
+                       tls=TLSFiles.from_dir(ours, "coordinator"), max_len=64).coordinator
         params = SamplingParams(max_tokens=6, ignore_eos=True)
         before = torch.get_num_threads()
         torch.set_num_threads(1)

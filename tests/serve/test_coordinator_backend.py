@@ -20,9 +20,10 @@ from tests.serve.test_openai_api import GREEDY, solo
 @pytest.fixture(scope="module")
 def coordinator_server(tiny_sessions):
     folder = tiny_sessions.engine.config.model  # from_loaded keys the engine by its folder
-    coord = embedded(folder, Plan.split(4, [1, 3], ["d0", "d1", "d2"]),
-                     loaded=load_folder(folder), max_len=256, backend="torch")
-    sessions = CoordinatorSessions(coord, model_id="tiny-pipeline")
+    dep = embedded(folder, Plan.split(4, [1, 3], ["d0", "d1", "d2"]),
+                   loaded=load_folder(folder), max_len=256, backend="torch")
+    coord = dep.coordinator
+    sessions = CoordinatorSessions(coord, dep.tokenizer, model_id="tiny-pipeline")
     with BackgroundServer(sessions, ServeConfig(max_concurrent=8)) as url:
         yield url, coord
     sessions.close()
@@ -57,9 +58,10 @@ def test_failover_in_the_middle_of_a_served_batch_keeps_every_stream_exact(tiny_
     import threading
 
     folder = tiny_sessions.engine.config.model
-    coord = embedded(folder, Plan.split(4, [1, 3], ["d0", "d1", "d2"]),
-                     loaded=load_folder(folder), max_len=256, backend="torch")
-    sessions = CoordinatorSessions(coord, model_id="tiny-pipeline")
+    dep = embedded(folder, Plan.split(4, [1, 3], ["d0", "d1", "d2"]),
+                   loaded=load_folder(folder), max_len=256, backend="torch")
+    coord = dep.coordinator
+    sessions = CoordinatorSessions(coord, dep.tokenizer, model_id="tiny-pipeline")
     prompts = ["the kitchen door", "hello device", "battery low on the gateway", "what is"]
     first = threading.Barrier(len(prompts) + 1, timeout=60)
     try:

@@ -36,45 +36,45 @@ def test_plan_file_gives_an_embedded_coordinator_watched_over_mqtt(tiny_folder, 
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     ref = generate(local.new_session(), local.tokenizer, "the sensor reads", params)
     with Mosquitto() as broker:
-        dep = build(str(tiny_folder), plan=f, mqtt=f"{broker.host}:{broker.port}", fleet="t")
+        stack = build(str(tiny_folder), plan=f, mqtt=f"{broker.host}:{broker.port}", fleet="t")
         try:
-            assert isinstance(dep.backend, CoordinatorSessions)
-            assert dep.backend.engine_info() == local.engine_info() == {
+            assert isinstance(stack.backend, CoordinatorSessions)
+            assert stack.backend.engine_info() == local.engine_info() == {
                 "backend": "onnx", "variant": "fp32"}
-            assert dep.backend.coordinator.plan == plan and dep.backend.model_id == "tiny-llama"
-            out = generate(dep.backend.new_session(64), dep.backend.tokenizer,
+            assert stack.backend.coordinator.plan == plan and stack.backend.model_id == "tiny-llama"
+            out = generate(stack.backend.new_session(64), stack.backend.tokenizer,
                            "the sensor reads", params)
             assert out.token_ids == ref.token_ids
         finally:
-            dep.close()
+            stack.close()
 
 
 def test_fleet_file_alone_serves_the_planners_placement_and_adapts(tiny_folder, tmp_path):
     from pathlib import Path
 
     home = Path(__file__).resolve().parents[2] / "examples" / "fleets" / "home.yaml"
-    dep = build(str(tiny_folder), fleet_file=home)
+    stack = build(str(tiny_folder), fleet_file=home)
     try:
-        coord = dep.backend.coordinator
+        coord = stack.backend.coordinator
         assert {s.device for s in coord.plan.stages} <= {"hub", "gateway", "edge"}
         assert {s.variant for s in coord.plan.stages} == {"fp32"}
-        out = generate(dep.backend.new_session(64), dep.backend.tokenizer, "hello",
+        out = generate(stack.backend.new_session(64), stack.backend.tokenizer, "hello",
                        SamplingParams(max_tokens=4, ignore_eos=True))
         assert len(out.token_ids) == 4
         f = tmp_path / "plan.json"
         f.write_text(json.dumps({"plan": coord.plan.to_dict()}))
     finally:
-        dep.close()
+        stack.close()
     # with a plan, --mqtt watches the fleet file's fleet with the adapter's battery marks
     # (--mqtt without a plan discovers the nodes instead: tests/control/test_assembly.py)
     with Mosquitto() as broker:
-        dep = build(str(tiny_folder), plan=f, fleet_file=home,
-                    mqtt=f"{broker.host}:{broker.port}")
+        stack = build(str(tiny_folder), plan=f, fleet_file=home,
+                      mqtt=f"{broker.host}:{broker.port}")
         try:
-            monitor = dep.closers[0].__self__
+            monitor = stack.closers[0].__self__
             assert monitor.fleet == "home" and monitor.config.battery_low == 0.2
         finally:
-            dep.close()
+            stack.close()
 
 
 def test_keep_in_on_serve_keeps_every_stage_at_home_and_refuses_a_cloud_plan(tiny_folder,
@@ -90,15 +90,15 @@ def test_keep_in_on_serve_keeps_every_stage_at_home_and_refuses_a_cloud_plan(tin
     finally:
         free.close()
     home = PolicyOptions(keep_in="home", hidden_states=True)
-    dep = build(str(tiny_folder), fleet_file=fleet, policy=home)
+    stack = build(str(tiny_folder), fleet_file=fleet, policy=home)
     try:
-        stages = dep.backend.coordinator.plan.stages
+        stages = stack.backend.coordinator.plan.stages
         assert {s.device for s in stages} <= {"hub", "pi4", "minipc"}
-        out = generate(dep.backend.new_session(64), dep.backend.tokenizer, "hello",
+        out = generate(stack.backend.new_session(64), stack.backend.tokenizer, "hello",
                        SamplingParams(max_tokens=4, ignore_eos=True))
         assert len(out.token_ids) == 4
     finally:
-        dep.close()
+        stack.close()
     cloud = tmp_path / "cloud.json"
     n = stages[-1].shard.n_layers
     cloud.write_text(json.dumps(Plan.split(n, [], ["cloud"]).to_dict()))

@@ -102,10 +102,11 @@ def test_a_served_pipeline_reuses_prefixes_at_every_stage(folder, uncached):
     from edgeweave.serve.backend import CoordinatorSessions
     from edgeweave.types import Plan
 
-    coord = embedded(str(folder), Plan.split(4, [1, 3], ["d0", "d1", "d2"]),
-                     loaded=load_folder(folder), max_len=256, backend="torch",
-                     prefix_cache_bytes=8 << 20)
-    sessions = CoordinatorSessions(coord, model_id=MODEL)
+    dep = embedded(str(folder), Plan.split(4, [1, 3], ["d0", "d1", "d2"]),
+                   loaded=load_folder(folder), max_len=256, backend="torch",
+                   prefix_cache_bytes=8 << 20)
+    coord = dep.coordinator
+    sessions = CoordinatorSessions(coord, dep.tokenizer, model_id=MODEL)
     try:
         with BackgroundServer(sessions, CONFIG) as url:
             got = _chat(url)

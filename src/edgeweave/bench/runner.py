@@ -171,11 +171,9 @@ def run_fleet_plan(store: ResultStore, suite: Suite, model: str,
         last = len(row["stages"]) - 1
         stages = tuple(Stage(s["device"], Shard(s["start"], s["end"], n), "fp32",
                              codec if k < last else "fp32") for k, s in enumerate(row["stages"]))
-        coord = embedded(model, Plan(stages=stages), backend=choice.backend)
-        try:
-            got = generate(coord.new_session(512), lm.tokenizer, prompt, params, chat=True)
-        finally:
-            coord.close()
+        with embedded(model, Plan(stages=stages), backend=choice.backend) as dep:
+            got = generate(dep.coordinator.new_session(512), lm.tokenizer, prompt, params,
+                           chat=True)
         extra = got.metrics.extra
         hidden = extra.get("hidden_bytes", 0.0)
         store.add({"key": f"run/{suite.run_fleet}/{planner}/{codec}", "kind": "run",

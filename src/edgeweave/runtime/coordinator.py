@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
 from edgeweave.runtime.adapters import Adapter, to_bytes
@@ -43,10 +43,6 @@ from edgeweave.runtime.session import Payload, Session, SessionStats
 from edgeweave.runtime.transport.base import Link, NodeError, StageUnavailable
 from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op
 from edgeweave.types import Plan, Stage
-
-if TYPE_CHECKING:
-    from edgeweave.models.tokenizer import Tokenizer
-    from edgeweave.runtime.stage import StageHost
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +71,7 @@ class Coordinator:
                  max_len: int = 2048, deadline_s: float = 20.0, per_token_s: float = 0.05,
                  replan: Replanner = reassign_failed, backend: str = "torch",
                  addresses: dict[str, str] | None = None, replay: str = "exact",
-                 logits_codec: str = "fp32", prefix_cache_bytes: int = 0,
-                 tokenizer: Tokenizer | None = None,
-                 hosts: dict[str, StageHost] | None = None) -> None:
+                 logits_codec: str = "fp32", prefix_cache_bytes: int = 0) -> None:
         if replay not in ("exact", "batched"):
             raise ConfigError(f"replay must be 'exact' or 'batched' (got {replay!r})")
         if logits_codec not in ("fp32", "fp16", "top64"):
@@ -87,12 +81,6 @@ class Coordinator:
         # greedy exact and cuts the last hop from 4 * vocab bytes to 512
         self.logits_codec = logits_codec
         self.model = model
-        # the model's tokenizer, for callers that generate text (launch sets it); stages
-        # never need it
-        self.tokenizer = tokenizer
-        # embedded(): the in-process StageHost of each device (tests and benchmarks read
-        # their memory accounting); empty when the stages run on nodes
-        self.hosts: dict[str, StageHost] = hosts if hosts is not None else {}
         self.max_len = max_len
         self.deadline_s, self.per_token_s = deadline_s, per_token_s
         self.replan = replan

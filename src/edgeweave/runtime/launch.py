@@ -1,10 +1,11 @@
-"""Ways to get a :class:`Coordinator`: embedded, attached to running nodes, or launched.
+"""Ways to get a :class:`~edgeweave.runtime.deployment.Deployment` (a coordinator, the
+model's tokenizer and what runs the stages): embedded, attached to running nodes, or launched.
 
 * :func:`embedded` — every stage in this process behind in-process links (the default: no
   network, no processes, the model loaded once and shared by the stages).
 * :func:`attach` — nodes already running (``edgeweave node``) at known addresses.
 * :func:`launch` — start one ``edgeweave node`` process per device of the plan on this host
-  (loopback), then attach; :class:`LocalDeployment` stops them.
+  (loopback), then attach; the deployment's ``close()`` stops them.
 
 :func:`run_node` is the plain function behind ``edgeweave node``.
 """
@@ -17,21 +18,23 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from edgeweave.errors import ConfigError, RuntimeStageError
 from edgeweave.models.catalog import DEFAULT_MODEL
 from edgeweave.runtime.coordinator import Coordinator
+from edgeweave.runtime.deployment import Deployment, stop_processes
 from edgeweave.types import Plan, Shard
+
+if TYPE_CHECKING:
+    from edgeweave.models.tokenizer import Tokenizer
 
 READY = "EDGEWEAVE-NODE READY"
 
 
-def _tokenizer(model: str) -> Any:
+def _tokenizer(model: str) -> Tokenizer:
     from edgeweave.runtime.local import tokenizer_for
 
     return tokenizer_for(model)
@@ -45,7 +48,7 @@ def _n_layers(model: str) -> int:
 
 def embedded(model: str = DEFAULT_MODEL, plan: Plan | None = None, *,
              loaded: Any = None, memory_cap_bytes: int = 8 << 30, backend: str = "",
-             **kw: Any) -> Coordinator:
+             **kw: Any) -> Deployment:
     """All stages of ``plan`` (default: the whole model as one stage of the default variant)
     in this process, on ``backend`` (default: ONNX Runtime where installed).
 
@@ -87,20 +90,20 @@ def embedded(model: str = DEFAULT_MODEL, plan: Plan | None = None, *,
         host = hosts.setdefault(device, StageHost(model, memory_cap_bytes, engine_factory=factory))
         return InProcessLink(host, f"inproc:{device}")
 
-    tok = getattr(loaded, "tokenizer", None)
-    return Coordinator(plan, model, connect, backend=backend,
-                       tokenizer=tok if tok is not None else _tokenizer(model), hosts=hosts,
-                       **kw)
+    tok = getattr(loaded, "tokenizer", None)  # a bare BlockModel has none
+    tok = tok if tok is not None else _tokenizer(model)  # before any stage loads
+    return Deployment(Coordinator(plan, model, connect, backend=backend, **kw), tok, hosts)
 
 
 def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = None,
-           connect_timeout: float = 10.0, tokenizer: Any = "auto", backend: str = "",
-           **kw: Any) -> Coordinator:
+           connect_timeout: float = 10.0, tokenizer: Tokenizer | Literal["auto"] | None = "auto",
+           backend: str = "", **kw: Any) -> Deployment:
     """Coordinator over running nodes; ``addresses`` maps each device to ``host:port``. The
     coordinator tells each node which ``backend`` (default: ONNX Runtime) and variant to
     load for its stages.
 
-    ``tokenizer="auto"`` loads the model's tokenizer here (``coordinator.tokenizer``)."""
+    ``tokenizer="auto"`` loads the model's tokenizer here (``deployment.tokenizer``); None
+    loads none (a coordinator that only steps token ids)."""
     from edgeweave.runtime.local import default_backend
     from edgeweave.runtime.transport.grpc_link import GrpcLink
 
@@ -116,36 +119,10 @@ def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = N
                               "call coordinator.add_device(device, 'host:port') first")
         return GrpcLink(addrs[device], tls, connect_timeout)
 
-    return Coordinator(plan, model, connect, addresses=addrs,
-                       backend=backend or default_backend(),
-                       tokenizer=_tokenizer(model) if tokenizer == "auto" else tokenizer, **kw)
-
-
-@dataclass
-class LocalDeployment:
-    """Node processes on this host plus the coordinator attached to them."""
-
-    coordinator: Coordinator
-    processes: dict[str, subprocess.Popen[bytes]]
-    addresses: dict[str, str]
-    logs: dict[str, Path] = field(default_factory=dict)
-
-    def kill(self, device: str) -> None:
-        """SIGKILL one node (what failover has to survive)."""
-        self.processes[device].kill()
-        self.processes[device].wait(10)
-
-    def close(self) -> None:
-        try:
-            self.coordinator.close()
-        finally:
-            stop_processes(self.processes.values())
-
-    def __enter__(self) -> LocalDeployment:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    tok = _tokenizer(model) if isinstance(tokenizer, str) else tokenizer  # before any load
+    coord = Coordinator(plan, model, connect, addresses=addrs,
+                        backend=backend or default_backend(), **kw)
+    return Deployment(coord, tok, addresses=addrs)
 
 
 def node_command(model: str, *, port: int = 0, stages: tuple[Shard, ...] = (),
@@ -200,26 +177,10 @@ def wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120.0)
     return found[0]
 
 
-def stop_processes(procs: Any) -> None:
-    procs = list(procs)
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for p in procs:
-        try:
-            p.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-        if p.stdout is not None:
-            p.stdout.close()
-
-
 def launch(plan: Plan, model: str, *, tls_dir: str | Path | None = None,
            coordinator_name: str = "coordinator", threads: int = 0, log_dir: Path | None = None,
            env: Mapping[str, str] | None = None, backend: str = "", **kw: Any
-           ) -> LocalDeployment:
+           ) -> Deployment:
     """Start one node per device of ``plan`` on 127.0.0.1 (preloading its stages) and attach.
 
     With ``tls_dir`` (from ``edgeweave certs``), nodes use ``<device>.pem`` and the
@@ -243,11 +204,12 @@ def launch(plan: Plan, model: str, *, tls_dir: str | Path | None = None,
         for d in devices:
             addrs[d] = wait_ready(procs[d], logs[d])
         tls = TLSFiles.from_dir(tls_dir, coordinator_name) if tls_dir is not None else None
-        coord = attach(plan, model, addrs, tls=tls, backend=backend, **kw)
+        attached = attach(plan, model, addrs, tls=tls, backend=backend, **kw)
     except BaseException:
         stop_processes(procs.values())
         raise
-    return LocalDeployment(coord, procs, addrs, logs)
+    return Deployment(attached.coordinator, attached.tokenizer, addresses=attached.addresses,
+                      processes=procs, logs=logs)
 
 
 def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[str, ...] = (),

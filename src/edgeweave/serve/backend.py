@@ -5,8 +5,8 @@ engine per request (its own KV cache, or its own remote session for a coordinato
 closed once at shutdown. ``LocalSessions`` shares one whole-model stage engine (ONNX Runtime
 by default, or torch) between all sessions; ``CoordinatorSessions`` plugs a distributed
 coordinator in the same way. Both say what they run (``engine_info``: backend and variant),
-which ``/health``, ``/v1/models`` and every response report. A factory may also say what
-its caches hold (``cache_usage``), which ``/metrics`` reads at every scrape.
+which ``/health``, ``/v1/models`` and every response report, and what their caches hold
+(``cache_usage``), which ``/metrics`` reads at every scrape.
 
 Both keep a prefix KV cache (``runtime.prefix``; ``--prefix-cache-mb``, 0 disables it):
 prompts that start alike reuse the keys and values already computed, and ``cache_usage``
@@ -23,17 +23,18 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from edgeweave.errors import ConfigError
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.adapters import Adapter, AdapterSpec, load_checked
 from edgeweave.runtime.engine import EngineSession, LogitsEngine
-from edgeweave.runtime.engines.base import EngineConfig, supports_prefix
+from edgeweave.runtime.engines.base import EngineConfig, StageEngine, supports_prefix
 from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
 from edgeweave.runtime.prefix import DEFAULT_BUDGET_MB, PrefixStore, PrefixUsage
 
 if TYPE_CHECKING:
+    from edgeweave.models.checkpoint import LoadedModel
     from edgeweave.runtime.coordinator import Coordinator
 
 DEFAULT_PREFIX_BYTES = DEFAULT_BUDGET_MB << 20
@@ -46,8 +47,7 @@ class CacheUsage:
     ``kv_bytes``: the KV caches of open sessions; ``kv_capacity_bytes``: the memory cap they
     live under, None when there is none. The prefix fields are cumulative token counts of
     prefix-cache lookups (``queried``: prompt tokens looked up, ``hit``: tokens found) and the
-    bytes the prefix cache holds; 0 until a backend has a prefix cache. A backend with one
-    reports them from its ``cache_usage()``; nothing else needs to change for the metrics.
+    bytes the prefix cache holds; 0 while a backend has no prefix cache.
     """
 
     kv_bytes: int = 0
@@ -55,12 +55,6 @@ class CacheUsage:
     prefix_bytes: int = 0
     prefix_queried_tokens: int = 0
     prefix_hit_tokens: int = 0
-
-
-def cache_usage(backend: object) -> CacheUsage:
-    """The backend's :class:`CacheUsage`, or zeros when it does not report one."""
-    fn = getattr(backend, "cache_usage", None)
-    return fn() if callable(fn) else CacheUsage()
 
 
 @runtime_checkable
@@ -92,6 +86,15 @@ class SessionFactory(Protocol):
         when one process runs the whole model."""
         ...
 
+    def cache_usage(self) -> CacheUsage:
+        """What the caches hold now (zeros for caches a backend does not have)."""
+        ...
+
+
+def cache_usage(backend: SessionFactory) -> CacheUsage:
+    """The backend's :class:`CacheUsage` (what ``/metrics`` reads at every scrape)."""
+    return backend.cache_usage()
+
 
 def close_session(engine: LogitsEngine) -> None:
     """Release a session's state if the engine holds any outside this process."""
@@ -106,7 +109,7 @@ class LocalSessions:
     (prompt + max_tokens), not to the model's whole context: 20 sessions of SmolLM2 at 2048
     positions would hold 1.9 GB of cache."""
 
-    def __init__(self, engine: Any, tokenizer: Tokenizer, model_id: str,
+    def __init__(self, engine: StageEngine, tokenizer: Tokenizer, model_id: str,
                  max_len: int | None = None,
                  prefix_cache_bytes: int = DEFAULT_PREFIX_BYTES) -> None:
         sh = engine.config.shard
@@ -133,7 +136,7 @@ class LocalSessions:
         return self
 
     @classmethod
-    def from_loaded(cls, lm: Any, max_len: int | None = None,
+    def from_loaded(cls, lm: LoadedModel, max_len: int | None = None,
                     adapters: Sequence[AdapterSpec] = (),
                     prefix_cache_bytes: int = DEFAULT_PREFIX_BYTES) -> LocalSessions:
         """Serve an already loaded ``LoadedModel`` on the torch reference engine (its
@@ -198,13 +201,13 @@ class CoordinatorSessions:
     Coordinator`: each request is one coordinator session across the plan's stages, and
     failover or a plan switch happens under the server without it noticing."""
 
-    def __init__(self, coordinator: Coordinator, tokenizer: Tokenizer | None = None,
+    def __init__(self, coordinator: Coordinator, tokenizer: Tokenizer | None,
                  model_id: str | None = None) -> None:
-        tok = tokenizer if tokenizer is not None else coordinator.tokenizer
-        if tok is None:
-            raise ConfigError("the coordinator has no tokenizer: pass tokenizer=...")
+        if tokenizer is None:
+            raise ConfigError("serving a coordinator needs the model's tokenizer: attach(..., "
+                              "tokenizer='auto') loads it, or pass tokenizer=...")
         self.coordinator = coordinator
-        self.tokenizer = tok
+        self.tokenizer = tokenizer
         self.model_id = model_id or Path(str(coordinator.model)).name
         self.max_len = int(coordinator.max_len)
         # the coordinator's own table: it sends each adapter to every stage it loads
@@ -236,5 +239,5 @@ class CoordinatorSessions:
 
     def cache_usage(self) -> CacheUsage:
         """The plan's prefix cache (the nodes' KV caches are theirs to report)."""
-        prefixes = getattr(self.coordinator, "prefixes", None)
+        prefixes = self.coordinator.prefixes
         return with_prefix(CacheUsage(), prefixes.usage() if prefixes is not None else None)

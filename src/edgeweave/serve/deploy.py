@@ -1,10 +1,12 @@
-"""What ``edgeweave serve`` puts behind the HTTP API: one model in-process, or a plan.
+"""What ``edgeweave serve`` puts behind the HTTP API (a :class:`ServeStack`): one model
+in-process, or a plan.
 
 * no plan: :class:`LocalSessions` (one whole-model stage engine of the chosen backend and
   variant, ONNX Runtime int4 by default; a KV cache per request);
-* a plan, no node addresses: an embedded coordinator (every stage in this process);
+* a plan, no node addresses: an embedded deployment (``runtime.launch.embedded``: every
+  stage in this process);
 * a plan and ``device=host:port`` addresses: a coordinator attached to running
-  ``edgeweave node`` processes (mutual TLS with ``tls_dir``).
+  ``edgeweave node`` processes (``runtime.launch.attach``; mutual TLS with ``tls_dir``).
 
 An MQTT broker address with no plan and no node addresses assembles the fleet from the
 nodes' announcements (:mod:`edgeweave.control.assemble`: wait for ``min_nodes``, plan on their
@@ -21,10 +23,10 @@ fleet file alone (no plan file) serves the planner's own placement.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgeweave.errors import ConfigError
 from edgeweave.netaddr import parse_hostport
@@ -33,6 +35,13 @@ from edgeweave.runtime.local import EngineChoice
 from edgeweave.runtime.prefix import DEFAULT_BUDGET_MB
 from edgeweave.serve.backend import CoordinatorSessions, LocalSessions, SessionFactory
 from edgeweave.types import Plan
+
+if TYPE_CHECKING:  # fastapi and the control plane load only where a stack uses them
+    from fastapi import APIRouter
+
+    from edgeweave.control.assemble import DiscoveryOptions, FleetAssembler
+    from edgeweave.control.client import BrokerAuth
+    from edgeweave.plan.adapt import Adapter
 
 
 def read_plan(path: str | Path) -> Plan:
@@ -63,11 +72,15 @@ def parse_nodes(specs: Sequence[str]) -> dict[str, str]:
 
 
 @dataclass
-class Deployment:
+class ServeStack:
+    """The sessions ``serve`` answers requests from, with what runs beside them: the fleet
+    monitor's stop (``closers``, started in order, stopped in reverse), extra endpoints
+    (``/v1/fleet``) and, for a discovered fleet, its assembler."""
+
     backend: SessionFactory
-    closers: list[Any] = field(default_factory=list)  # started in order, stopped in reverse
-    routers: list[Any] = field(default_factory=list)  # extra endpoints (/v1/fleet)
-    assembler: Any = None  # control.assemble.FleetAssembler of a discovered fleet
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    routers: list[APIRouter] = field(default_factory=list)
+    assembler: FleetAssembler | None = None
 
     def close(self) -> None:
         for c in reversed(self.closers):
@@ -89,7 +102,7 @@ class PolicyOptions:
 
 
 def make_adapter(model: str, fleet_file: str | Path, plan: Plan | None,
-                 objective: str = "latency", policy: PolicyOptions | None = None) -> Any:
+                 objective: str = "latency", policy: PolicyOptions | None = None) -> Adapter:
     """The re-planner of a served fleet; a given ``plan`` must keep the policy (it is refused
     before any node loads a stage), and every later re-plan keeps it too."""
     from edgeweave.models.catalog import resolve
@@ -122,7 +135,8 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
           adapters: Sequence[AdapterSpec] = (),
           policy: PolicyOptions | None = None,
           prefix_cache_mb: int = DEFAULT_BUDGET_MB,
-          discovery: Any = None, mqtt_auth: Any = None) -> Deployment:
+          discovery: DiscoveryOptions | None = None, mqtt_auth: BrokerAuth | None = None
+          ) -> ServeStack:
     """``choice`` is the backend (and, without a plan, the variant) every stage runs;
     ``adapters`` are LoRA adapters served unmerged beside the base (in this process, or
     sent by the coordinator to every stage of the plan); ``policy`` overrides the fleet
@@ -149,7 +163,7 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
         if nodes:
             raise ConfigError("--node: need --plan or --fleet-file: it names the devices of a "
                               "distributed plan (or use --mqtt to discover the nodes)")
-        return Deployment(LocalSessions.load(model, choice, adapters=adapters,
+        return ServeStack(LocalSessions.load(model, choice, adapters=adapters,
                                              prefix_cache_bytes=prefix_bytes))
     if adapters:  # refused before any node is asked to load a stage
         load_checked(tuple(adapters), model, Path(model).name)
@@ -163,20 +177,20 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
         from edgeweave.security.tls import TLSFiles
 
         tls = TLSFiles.from_dir(tls_dir, "coordinator") if tls_dir is not None else None
-        coord = attach(the_plan, model, addresses, tls=tls, backend=choice.backend,
-                       prefix_cache_bytes=prefix_bytes)
+        dep = attach(the_plan, model, addresses, tls=tls, backend=choice.backend,
+                     prefix_cache_bytes=prefix_bytes)
     else:
         from edgeweave.runtime.launch import embedded
 
-        coord = embedded(model, the_plan, backend=choice.backend,
-                         prefix_cache_bytes=prefix_bytes)
-    sessions = CoordinatorSessions(coord, model_id=Path(model).name)
+        dep = embedded(model, the_plan, backend=choice.backend, prefix_cache_bytes=prefix_bytes)
+    coord = dep.coordinator  # nothing launched: closing the sessions closes all of it
+    sessions = CoordinatorSessions(coord, dep.tokenizer, model_id=Path(model).name)
     try:
         sessions.add_adapters(adapters)  # sent to every stage (and to stages of later plans)
     except BaseException:
         sessions.close()
         raise
-    dep = Deployment(sessions)
+    stack = ServeStack(sessions)
     if mqtt:
         from edgeweave.control.monitor import FleetMonitor
         from edgeweave.control.planner import PlannerBridge, monitor_config_for
@@ -186,17 +200,18 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
         name = fleet or (adapter.base.name if adapter is not None else "default")
         cfg = monitor_config_for(adapter) if adapter is not None else None
         monitor = FleetMonitor(host, port, fleet=name, config=cfg, auth=mqtt_auth).start()
-        dep.closers.append(monitor.stop)
+        stack.closers.append(monitor.stop)
         FleetController(monitor, coord, PlannerBridge(adapter) if adapter is not None else None)
-    return dep
+    return stack
 
 
 def discover(model: str, mqtt: str, *, fleet: str | None = None,
              fleet_file: str | Path | None = None, tls_dir: str | Path | None = None,
              objective: str = "latency", choice: EngineChoice | None = None,
              adapters: Sequence[AdapterSpec] = (), policy: PolicyOptions | None = None,
-             prefix_bytes: int = DEFAULT_BUDGET_MB << 20, options: Any = None,
-             auth: Any = None) -> Deployment:
+             prefix_bytes: int = DEFAULT_BUDGET_MB << 20,
+             options: DiscoveryOptions | None = None, auth: BrokerAuth | None = None
+             ) -> ServeStack:
     """Serve over the nodes that announce themselves on the broker at ``mqtt``."""
     from edgeweave.control.assemble import FleetAssembler, make_fleet_adapter
     from edgeweave.control.discovered import read_overlay
@@ -220,9 +235,10 @@ def discover(model: str, mqtt: str, *, fleet: str | None = None,
         asm = FleetAssembler(monitor, ca_pem=tls.ca.read_bytes() if tls else None,
                              overlay=overlay, options=options)
         adapter = make_fleet_adapter(model, asm.wait(), objective, policy)
-        coord = attach(adapter.plan, model, {d: a.address for d, a in asm.admitted.items()},
-                       tls=tls, backend=choice.backend, prefix_cache_bytes=prefix_bytes)
-        sessions = CoordinatorSessions(coord, model_id=Path(model).name)
+        dep = attach(adapter.plan, model, {d: a.address for d, a in asm.admitted.items()},
+                     tls=tls, backend=choice.backend, prefix_cache_bytes=prefix_bytes)
+        coord = dep.coordinator
+        sessions = CoordinatorSessions(coord, dep.tokenizer, model_id=Path(model).name)
         try:
             sessions.add_adapters(adapters)
         except BaseException:
@@ -233,4 +249,4 @@ def discover(model: str, mqtt: str, *, fleet: str | None = None,
     except BaseException:
         monitor.stop()
         raise
-    return Deployment(sessions, [monitor.stop], [fleet_router(asm)], asm)
+    return ServeStack(sessions, [monitor.stop], [fleet_router(asm)], asm)

@@ -8,11 +8,14 @@ the same API keys as ``/v1``: it lists the nodes' addresses.
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
 
 from edgeweave.serve.errors import unauthorized
+
+if TYPE_CHECKING:
+    from edgeweave.control.assemble import FleetAssembler
 
 
 async def _check_key(request: Request) -> None:
@@ -25,7 +28,7 @@ async def _check_key(request: Request) -> None:
         raise unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
 
 
-def fleet_router(assembler: Any) -> APIRouter:
+def fleet_router(assembler: FleetAssembler) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(_check_key)])
 
     @router.get("/fleet")

@@ -69,7 +69,7 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 80
     runs the adapter unmerged on the shared base. ``prefix_cache_mb`` bounds the prefix KV
     cache (0 disables it). ``mqtt`` without ``plan`` and ``nodes`` assembles the fleet from
     the nodes' announcements (``discovery``); ``mqtt_auth`` logs in to the broker."""
-    from edgeweave.serve.deploy import Deployment, build
+    from edgeweave.serve.deploy import ServeStack, build
 
     cfg = config or ServeConfig(api_keys=api_keys)
     address = ServerAddress(host, port)  # validate before the slow model load
@@ -78,15 +78,15 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 80
     if backend is not None and specs:
         raise ConfigError("pass adapters to the backend (LocalSessions.add_adapters), not "
                           "beside a ready backend")
-    dep = Deployment(backend) if backend is not None else build(
+    stack = ServeStack(backend) if backend is not None else build(
         model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet,
         fleet_file=fleet_file, objective=objective, choice=choice, adapters=specs,
         policy=policy, prefix_cache_mb=prefix_cache_mb, discovery=discovery,
         mqtt_auth=mqtt_auth)
     try:
-        _uvicorn_server(dep.backend, cfg, address, log_level, dep.routers).run()
+        _uvicorn_server(stack.backend, cfg, address, log_level, stack.routers).run()
     finally:
-        dep.close()
+        stack.close()
 
 
 class BackgroundServer:

@@ -8,7 +8,7 @@ import pytest
 
 from edgeweave.cli.app import main
 from edgeweave.errors import ConfigError
-from edgeweave.netaddr import check_bindable, check_host, parse_hostport
+from edgeweave.netaddr import check_bindable, check_host, parse_hostport, split_hostport
 
 
 @pytest.mark.parametrize("spec,want", [("127.0.0.1:1883", ("127.0.0.1", 1883)),
@@ -21,6 +21,14 @@ def test_hostport_forms(spec, want) -> None:
 def test_bad_hostport_is_one_config_error(spec) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT|not in"):
         parse_hostport(spec, flag="--mqtt")
+
+
+@pytest.mark.parametrize("spec,want", [
+    ("h:80", ("h", "80")), ("[::1]:0", ("::1", "0")), ("h", ("h", "")), ("[::1]", ("::1", "")),
+    ("h:x", ("h", "x")), (":80", ("", "80")), ("a:b:c", None), ("[::1]x", None), ("[::1", None)])
+def test_split_hostport_keeps_the_pieces_unchecked(spec, want) -> None:
+    # what parse_hostport and runtime.stage's listen check both split with
+    assert split_hostport(spec) == want
 
 
 def test_hosts() -> None:

@@ -67,22 +67,31 @@ def check_bindable(host: str, port: int, flag: str = "--port") -> None:
             raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}): {_FIX}") from None
 
 
+def split_hostport(spec: str) -> tuple[str, str] | None:
+    """``HOST:PORT`` or ``[v6]:PORT`` -> ``(host, port text)``: brackets removed, neither part
+    checked (the port text is "" when there is none). None when the text has no such shape: an
+    unbracketed host with a colon in it (a bare IPv6 address), text after ``]``, an open ``[``.
+    """
+    if spec.startswith("["):
+        host, sep, rest = spec[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        return host, rest[1:]
+    host, sep, port_s = spec.rpartition(":")
+    if not sep:
+        return spec, ""
+    return None if ":" in host else (host, port_s)
+
+
 def parse_hostport(spec: str, default_port: int | None = None, flag: str = "address"
                    ) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) -> ``(host, port)``; a bare host takes ``default_port``."""
     spec = spec.strip()
-    if spec.startswith("["):
-        host, sep, rest = spec[1:].partition("]")
-        port_s = rest[1:] if rest.startswith(":") else ""
-        ok = bool(sep) and (not rest or rest.startswith(":"))
-    else:
-        host, sep, port_s = spec.rpartition(":")
-        if not sep:
-            host, port_s = spec, ""
-        ok = ":" not in host
+    split = split_hostport(spec)
+    host, port_s = split or ("", "")
     if not port_s and default_port is not None:
         port_s = str(default_port)
-    if not ok or not host or not port_s.isdigit():
+    if split is None or not host or not port_s.isdigit():
         raise ConfigError(f"{flag} {spec!r} must look like HOST:PORT, e.g. 127.0.0.1:1883")
     port = int(port_s)
     check_port(port, flag)

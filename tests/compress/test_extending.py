@@ -7,7 +7,8 @@ import torch
 
 import edgeweave.compress.prune as prune_pkg
 from edgeweave.compress import api
-from edgeweave.compress.recipes import METHODS, RECIPES, parse_recipe
+from edgeweave.compress.recipes import METHODS, RECIPES
+from edgeweave.compress.spec import parse_recipe
 from tests.helpers import module_in_package
 
 METHOD_FILE = '''

@@ -17,6 +17,7 @@ from edgeweave.compress.kernels import (
     KernelPreconditionError,
     int4_pack,
     int4_weight_mm,
+    int8_prepack,
     int8_weight_mm,
     is_aligned,
     owned,
@@ -109,6 +110,48 @@ def test_int4_kernel_checks_its_buffers() -> None:
         int4_weight_mm(x, packed, 64, sz)
     with pytest.raises(KernelPreconditionError, match="multiple of 16"):
         int4_pack(q[:8])
+
+
+def test_int8_prepack_refuses_bad_buffers_with_the_fix() -> None:
+    q = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
+    s = torch.rand(32, dtype=torch.float64) / 100
+    with pytest.raises(KernelPreconditionError, match=r"int8 prepack: qweight .*dtype torch.int32"):
+        int8_prepack(q.to(torch.int32), s)
+    with pytest.raises(KernelPreconditionError, match="qweight .*not contiguous"):
+        int8_prepack(q.t(), s)
+    with pytest.raises(KernelPreconditionError, match="address % 64 = 24"):
+        int8_prepack(misaligned(q), s)
+    with pytest.raises(KernelPreconditionError, match="1 dims"):
+        int8_prepack(q.reshape(-1), s)
+    with pytest.raises(KernelPreconditionError, match="scales .*torch.float32"):
+        int8_prepack(q, s.float())
+    with pytest.raises(KernelPreconditionError, match="16 scales for 32 output rows"):
+        int8_prepack(q, s[:16])
+    with pytest.raises(KernelPreconditionError, match="kernels.owned"):
+        int8_prepack(q, misaligned(s, 8))
+
+
+def test_int8_prepack_packs_what_the_direct_torch_call_packed() -> None:
+    import warnings
+
+    q = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
+    s = torch.rand(32, dtype=torch.float64) / 100
+    with warnings.catch_warnings():  # the call Int8Linear made before the wrapper
+        warnings.simplefilter("ignore", UserWarning)
+        direct = torch.ops.quantized.linear_prepack(torch._make_per_channel_quantized_tensor(
+            q, s, torch.zeros(32, dtype=torch.long), 0), None)
+    packed = int8_prepack(q, s)
+    got, want = (torch.ops.quantized.linear_unpack(p)[0] for p in (packed, direct))
+    assert torch.equal(got.int_repr(), q) and torch.equal(got.int_repr(), want.int_repr())
+    assert torch.equal(got.q_per_channel_scales(), want.q_per_channel_scales())
+    assert torch.equal(got.q_per_channel_zero_points(), want.q_per_channel_zero_points())
+    x = torch.randn(3, 64)
+    for reduce_range in (False, True):
+        assert torch.equal(torch.ops.quantized.linear_dynamic(x, packed, reduce_range),
+                           torch.ops.quantized.linear_dynamic(x, direct, reduce_range))
+    # the module still takes a misaligned int8 view and float32 scales, as before
+    lin = Int8Linear(misaligned(q), s.float(), mode="w8a8")
+    assert torch.equal(lin.qweight, q) and torch.equal(lin.scales, s.float())
 
 
 def test_modules_built_from_views_own_aligned_storage() -> None:

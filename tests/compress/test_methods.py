@@ -21,8 +21,8 @@ from edgeweave.compress.recipes import (
     SparseGPT,
     Wanda,
     from_json,
-    parse_recipe,
 )
+from edgeweave.compress.spec import parse_recipe
 from edgeweave.errors import ConfigError
 
 

@@ -21,8 +21,8 @@ from edgeweave.compress.recipes import (
     SmoothQuant,
     Wanda,
     from_dict,
-    parse_recipe,
 )
+from edgeweave.compress.spec import parse_recipe
 from edgeweave.errors import ConfigError, EdgeweaveError
 from tests.helpers import mutations as shared_mutations
 

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from edgeweave.compress import compress
-from edgeweave.compress.recipes import GPTQ, RTN, SmoothQuant, Wanda, parse_recipe
+from edgeweave.compress.recipes import GPTQ, RTN, SmoothQuant, Wanda
+from edgeweave.compress.spec import parse_recipe
 from edgeweave.errors import ConfigError
 from edgeweave.runtime.engines.onnx_build import export_spec
 from edgeweave.types import Shard, WeightFormat

@@ -280,4 +280,6 @@ def test_python_callers_get_the_same_checks():
         StageHost("mem", memory_cap_bytes=-5 << 20)
     with pytest.raises(ConfigError, match=r"port 99999 is not in \[0, 65535\]"):
         serve(StageHost("mem"), "127.0.0.1:99999")
+    with pytest.raises(ConfigError, match=r"\[::1\]:70000: port 70000 is not in .*0 to pick one"):
+        serve(StageHost("mem"), "[::1]:70000")
     assert issubclass(RuntimeStageError, EdgeweaveError)

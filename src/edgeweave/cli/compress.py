@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantize, prune, factorize or distill a model; write weights + manifest."""
         if list_presets:
-            from edgeweave.compress.recipes import presets
+            from edgeweave.compress.spec import presets
 
             console.print(table("recipe presets", ["name", "recipe"],
                                 [(k, v.label()) for k, v in presets().items()]))

@@ -71,103 +71,139 @@ def run_plan_mqtt(mqtt: str, fleet_file: str | None = None, objective: str = "la
             "members": r.members}
 
 
+# The options of `edgeweave plan`, by concept: where the fleet comes from (a file, or the
+# nodes announced on a broker), what to plan for, and what to print or write.
+_FLEET = typer.Option(None, "--fleet", help="Fleet YAML (see examples/fleets); "
+                      "with --mqtt it adds links, zones, policy, pinned classes.")
+_MQTT = typer.Option(None, "--mqtt", help="HOST:PORT of the fleet's broker: plan "
+                     "on the nodes announced there now (what `serve --mqtt` "
+                     "would serve).")
+_FLEET_NAME = typer.Option(None, "--fleet-name", help="With --mqtt: the fleet's "
+                           "name on the broker (default: the file's, or default).")
+_TLS_DIR = typer.Option(None, "--tls-dir", help="With --mqtt: the fleet CA; nodes "
+                        "whose certificate it did not sign are left out.")
+_MIN_NODES = typer.Option(1, "--min-nodes", help="With --mqtt: nodes to wait for.")
+_DISCOVER_WAIT = typer.Option(10.0, "--discover-wait",
+                              help="With --mqtt: seconds to wait for them.")
+
+_OBJECTIVE = typer.Option("latency", "--objective",
+                          help="latency | ttft | energy | throughput | cost")
+_BASELINE = typer.Option(None, "--baseline",
+                         help="Also show a baseline: memory | neurosurgeon | "
+                              "single | cloud | all")
+_MODEL = typer.Option(None, "--model",
+                      help="Model: bundled, HF folder, .gguf, or a plan-only card "
+                           "(edgeweave models), e.g. llama-3.1-8b.")
+_MIN_QUALITY = typer.Option(0.0, "--min-quality",
+                            help="Minimum quality kept (0..1) per variant.")
+_BATTERY_RESERVE = typer.Option(0.2, "--battery-reserve")
+_PROMPT_LEN = typer.Option(128, "--prompt-len", help="Prompt tokens (prefill).")
+_CONTEXT = typer.Option(512, "--context", help="Tokens of KV cache per sequence (memory).")
+_BATCH = typer.Option(1, "--batch", help="Sequences decoded together.")
+
+_OUT = typer.Option(None, "--out", help="Write the plan as JSON to this file "
+                    "(serve --plan reads it).")
+_EXPLAIN = typer.Option(False, "--explain",
+                        help="Say what the policy excluded and each stage's "
+                             "memory.")
+_JSON = typer.Option(False, "--json", help="Print plans as JSON.")
+
+
+def plan_cmd(
+    fleet: str = _FLEET, mqtt: str = _MQTT, fleet_name: str = _FLEET_NAME,
+    tls_dir: str = _TLS_DIR, min_nodes: int = _MIN_NODES, discover_wait: float = _DISCOVER_WAIT,
+    out: str = _OUT,
+    mqtt_user: str = mqtt_user_option(), mqtt_password_file: str = mqtt_password_file_option(),
+    mqtt_ca: str = mqtt_ca_option(),
+    objective: str = _OBJECTIVE, baseline: str = _BASELINE, model: str = _MODEL,
+    min_quality: float = _MIN_QUALITY, battery_reserve: float = _BATTERY_RESERVE,
+    prompt_len: int = _PROMPT_LEN, context: int = _CONTEXT, batch: int = _BATCH,
+    keep_in: str = keep_in_option(), hidden_states: bool = hidden_states_option(),
+    max_cost: float = max_cost_option(),
+    show_explain: bool = _EXPLAIN, as_json: bool = _JSON,
+) -> None:
+    """Place the model's blocks on a fleet minimising an objective; print the breakdown."""
+    if mqtt:
+        if baseline or show_explain:
+            raise ConfigError("--baseline and --explain work on a fleet file: drop them "
+                              "with --mqtt (or plan on --fleet FILE alone)")
+        r = _plan_on_broker(mqtt, fleet, objective, model, fleet_name, tls_dir, min_nodes,
+                            discover_wait, keep_in, hidden_states, max_cost,
+                            (mqtt_user, mqtt_password_file, mqtt_ca))
+    elif fleet is None:
+        raise ConfigError("edgeweave plan needs --fleet FILE or --mqtt HOST:PORT (the "
+                          "nodes announced on a broker)")
+    else:
+        r = run_plan(fleet, objective, model, baseline, min_quality, battery_reserve,
+                     prompt_len, context, batch, keep_in, hidden_states, max_cost)
+    if out:
+        from edgeweave.paths import atomic_write_json
+
+        atomic_write_json(out, {"plan": r["plans"]["planner"].to_dict()})
+        console.print(f"plan written to {out}")
+    if as_json:
+        console.print_json(json.dumps({k: p.to_dict() for k, p in r["plans"].items()}))
+        return
+    _print_plans(r, objective)
+    _print_notes(r, show_explain)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("plan")
-    def plan_cmd(
-        fleet: str = typer.Option(None, "--fleet", help="Fleet YAML (see examples/fleets); "
-                                  "with --mqtt it adds links, zones, policy, pinned classes."),
-        mqtt: str = typer.Option(None, "--mqtt", help="HOST:PORT of the fleet's broker: plan "
-                                 "on the nodes announced there now (what `serve --mqtt` "
-                                 "would serve)."),
-        fleet_name: str = typer.Option(None, "--fleet-name", help="With --mqtt: the fleet's "
-                                       "name on the broker (default: the file's, or default)."),
-        tls_dir: str = typer.Option(None, "--tls-dir", help="With --mqtt: the fleet CA; nodes "
-                                    "whose certificate it did not sign are left out."),
-        min_nodes: int = typer.Option(1, "--min-nodes", help="With --mqtt: nodes to wait for."),
-        discover_wait: float = typer.Option(10.0, "--discover-wait",
-                                            help="With --mqtt: seconds to wait for them."),
-        out: str = typer.Option(None, "--out", help="Write the plan as JSON to this file "
-                                "(serve --plan reads it)."),
-        mqtt_user: str = mqtt_user_option(),
-        mqtt_password_file: str = mqtt_password_file_option(),
-        mqtt_ca: str = mqtt_ca_option(),
-        objective: str = typer.Option("latency", "--objective",
-                                      help="latency | ttft | energy | throughput | cost"),
-        baseline: str = typer.Option(None, "--baseline",
-                                     help="Also show a baseline: memory | neurosurgeon | "
-                                          "single | cloud | all"),
-        model: str = typer.Option(None, "--model",
-                                  help="Model: bundled, HF folder, .gguf, or a plan-only card "
-                                       "(edgeweave models), e.g. llama-3.1-8b."),
-        min_quality: float = typer.Option(0.0, "--min-quality",
-                                          help="Minimum quality kept (0..1) per variant."),
-        battery_reserve: float = typer.Option(0.2, "--battery-reserve"),
-        prompt_len: int = typer.Option(128, "--prompt-len", help="Prompt tokens (prefill)."),
-        context: int = typer.Option(512, "--context",
-                                    help="Tokens of KV cache per sequence (memory)."),
-        batch: int = typer.Option(1, "--batch", help="Sequences decoded together."),
-        keep_in: str = keep_in_option(),
-        hidden_states: bool = hidden_states_option(),
-        max_cost: float = max_cost_option(),
-        show_explain: bool = typer.Option(False, "--explain",
-                                          help="Say what the policy excluded and each stage's "
-                                               "memory."),
-        as_json: bool = typer.Option(False, "--json", help="Print plans as JSON."),
-    ) -> None:
-        """Place the model's blocks on a fleet minimising an objective; print the breakdown."""
-        if mqtt:
-            from edgeweave.control.client import BrokerAuth
+    app.command("plan")(plan_cmd)
 
-            if baseline or show_explain:
-                raise ConfigError("--baseline and --explain work on a fleet file: drop them "
-                                  "with --mqtt (or plan on --fleet FILE alone)")
-            r = run_plan_mqtt(mqtt, fleet, objective, model, fleet_name, tls_dir, min_nodes,
-                              discover_wait, keep_in, hidden_states, max_cost,
-                              BrokerAuth.from_options(mqtt_user, mqtt_password_file, mqtt_ca))
-            for d, why in sorted(r["rejected"].items()):
-                console.print(f"- ignored {d}: {why}")
-            console.print(table("Nodes", ["device", "address", "class", "zone", "variants"],
-                                [(d, a.address, a.device_class or "measured", a.zone or "-",
-                                  ",".join(a.variants)) for d, a in sorted(r["members"].items())]))
-        elif fleet is None:
-            raise ConfigError("edgeweave plan needs --fleet FILE or --mqtt HOST:PORT (the "
-                              "nodes announced on a broker)")
-        else:
-            r = run_plan(fleet, objective, model, baseline, min_quality, battery_reserve,
-                         prompt_len, context, batch, keep_in, hidden_states, max_cost)
-        if out:
-            from edgeweave.paths import atomic_write_json
 
-            atomic_write_json(out, {"plan": r["plans"]["planner"].to_dict()})
-            console.print(f"plan written to {out}")
-        if as_json:
-            console.print_json(json.dumps({k: p.to_dict() for k, p in r["plans"].items()}))
-            return
-        best = r["plans"]["planner"]
-        console.print(f"fleet {r['fleet']}, model {r['model']}, objective {objective} "
-                      f"({r['calibration']})")
-        console.print(table("Plan", ["stage", "device", "blocks", "variant", "codec out"],
-                            [(k, s.device, str(s.shard), s.variant,
-                              s.codec if k + 1 < len(best.stages) else "-")
-                             for k, s in enumerate(best.stages)]))
-        rows = []
-        for name, p in r["plans"].items():
-            q = p.predicted
-            rows.append((name, len(p.stages), f"{q['per_token_s'] * 1e3:.3g}",
-                         f"{q['ttft_s'] * 1e3:.3g}", f"{q['energy_per_token_j'] * 1e3:.3g}",
-                         f"{q['throughput_tps']:.3g}", f"{q['compute_s'] * 1e3:.3g}",
-                         f"{q['transfer_s'] * 1e3:.3g}", f"{q['max_memory_util']:.0%}",
-                         f"{q['cost_per_mtok']:.3g}", f"{q['quality']:.3f}",
-                         "yes" if q["feasible"] else "NO"))
-        console.print(table("Predicted cost (ms, mJ per token; tok/s when pipelined; price "
-                            "per million tokens)",
-                            ["plan", "st", "ms/tok", "TTFT", "mJ/tok", "tok/s", "comp",
-                             "xfer", "mem", "$/Mtok", "qual", "ok"], rows))
-        if show_explain:
-            from edgeweave.plan.explain import explain
+def _plan_on_broker(mqtt: str, fleet: str | None, objective: str, model: str | None,
+                    fleet_name: str | None, tls_dir: str | None, min_nodes: int,
+                    discover_wait: float, keep_in: str | None, hidden_states: bool | None,
+                    max_cost: float | None, login: tuple[str | None, str | None, str | None]
+                    ) -> dict:
+    """:func:`run_plan_mqtt` with the broker login from the options; prints the nodes."""
+    from edgeweave.control.client import BrokerAuth
 
-            for line in explain(r["tables"], best):
-                if line not in best.notes:
-                    console.print(f"- {line}")
-        for n in (*best.notes, *r.get("notes", ())):
-            console.print(f"- {n}")
+    r = run_plan_mqtt(mqtt, fleet, objective, model, fleet_name, tls_dir, min_nodes,
+                      discover_wait, keep_in, hidden_states, max_cost,
+                      BrokerAuth.from_options(*login))
+    for d, why in sorted(r["rejected"].items()):
+        console.print(f"- ignored {d}: {why}")
+    console.print(table("Nodes", ["device", "address", "class", "zone", "variants"],
+                        [(d, a.address, a.device_class or "measured", a.zone or "-",
+                          ",".join(a.variants)) for d, a in sorted(r["members"].items())]))
+    return r
+
+
+def _print_plans(r: dict, objective: str) -> None:
+    """The chosen plan's stages, then the predicted costs of it and every baseline."""
+    best = r["plans"]["planner"]
+    console.print(f"fleet {r['fleet']}, model {r['model']}, objective {objective} "
+                  f"({r['calibration']})")
+    console.print(table("Plan", ["stage", "device", "blocks", "variant", "codec out"],
+                        [(k, s.device, str(s.shard), s.variant,
+                          s.codec if k + 1 < len(best.stages) else "-")
+                         for k, s in enumerate(best.stages)]))
+    rows = []
+    for name, p in r["plans"].items():
+        q = p.predicted
+        rows.append((name, len(p.stages), f"{q['per_token_s'] * 1e3:.3g}",
+                     f"{q['ttft_s'] * 1e3:.3g}", f"{q['energy_per_token_j'] * 1e3:.3g}",
+                     f"{q['throughput_tps']:.3g}", f"{q['compute_s'] * 1e3:.3g}",
+                     f"{q['transfer_s'] * 1e3:.3g}", f"{q['max_memory_util']:.0%}",
+                     f"{q['cost_per_mtok']:.3g}", f"{q['quality']:.3f}",
+                     "yes" if q["feasible"] else "NO"))
+    console.print(table("Predicted cost (ms, mJ per token; tok/s when pipelined; price "
+                        "per million tokens)",
+                        ["plan", "st", "ms/tok", "TTFT", "mJ/tok", "tok/s", "comp",
+                         "xfer", "mem", "$/Mtok", "qual", "ok"], rows))
+
+
+def _print_notes(r: dict, show_explain: bool) -> None:
+    """With --explain, what the policy excluded and each stage's memory; then the plan's and
+    the discovery's notes."""
+    best = r["plans"]["planner"]
+    if show_explain:
+        from edgeweave.plan.explain import explain
+
+        for line in explain(r["tables"], best):
+            if line not in best.notes:
+                console.print(f"- {line}")
+    for n in (*best.notes, *r.get("notes", ())):
+        console.print(f"- {n}")

@@ -19,7 +19,8 @@ _EXPORTS = {
     "Calibration": "calib", "wiki_calibration": "calib",
     **{n: "recipes" for n in ("ASVD", "GPTQ", "PRESETS", "RTN", "SVD", "ChannelPrune",
                               "Distill", "Magnitude", "Pipeline", "Recipe", "SmoothQuant",
-                              "SparseGPT", "Wanda", "parse_recipe")},
+                              "SparseGPT", "Wanda")},
+    "parse_recipe": "spec", "presets": "spec",
     "VARIANTS": "variants", "variant": "variants",
 }
 

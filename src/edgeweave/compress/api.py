@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
-import importlib
-import pkgutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,31 +12,16 @@ import torch
 
 from edgeweave.compress.artifact import Artifact
 from edgeweave.compress.calib import Calibration, wiki_calibration
-from edgeweave.compress.recipes import METHODS, Recipe, parse_recipe
+from edgeweave.compress.methods import METHOD_PACKAGES, load_methods, method_modules  # noqa: F401
+from edgeweave.compress.recipes import METHODS, Recipe
+from edgeweave.compress.spec import parse_recipe
 from edgeweave.errors import ConfigError
 from edgeweave.models.checkpoint import LoadedModel
 from edgeweave.models.llama import BlockModel
 from edgeweave.paths import home
 
-# Modules under these subpackages are imported to register their methods (a method file
-# registers its recipe type and apply function; a helper such as prune/masks.py registers
-# nothing). Found by walking the folders, so a new method is one new file.
-METHOD_PACKAGES = ("quantize", "prune", "lowrank", "distill")
-
-
-@functools.cache
-def method_modules() -> tuple[str, ...]:
-    found = []
-    for pkg in METHOD_PACKAGES:
-        mod = importlib.import_module(f"edgeweave.compress.{pkg}")
-        found += [f"{mod.__name__}.{m.name}" for m in pkgutil.iter_modules(mod.__path__)
-                  if not m.name.startswith("_")]
-    return tuple(sorted(found))
-
-
-def load_methods() -> None:
-    for m in method_modules():
-        importlib.import_module(m)
+# Method discovery (METHOD_PACKAGES, method_modules, load_methods) has its own module, which
+# recipes needs too; the names stay importable from here, where callers found them first.
 
 
 @dataclass

@@ -1,5 +1,8 @@
 """The one place that calls torch's private low-bit CPU kernels, with their preconditions.
 
+(That includes building fbgemm's prepacked int8 weight, :func:`int8_prepack`, which goes
+through the private ``torch._make_per_channel_quantized_tensor``.)
+
 ``torch.ops.aten._weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu`` read their
 buffers with vector loads that assume what the Python signature does not say. On AMD Zen 4
 (AVX-512 VNNI/BF16) ``_weight_int8pack_mm`` segfaults inside an OpenMP worker when the int8
@@ -13,6 +16,9 @@ copied into aligned storage when they are not already.
 """
 
 from __future__ import annotations
+
+import warnings
+from typing import Any
 
 import torch
 
@@ -114,3 +120,24 @@ def int4_weight_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int,
             "is inconsistent, re-compress it")
     return torch.ops.aten._weight_int4pack_mm_for_cpu(_input(x, k, kernel), packed, group_size,
                                                      scales_zeros)
+
+
+def int8_prepack(qweight: torch.Tensor, scales: torch.Tensor) -> Any:
+    """int8 ``qweight`` (N, K) with float64 per-row ``scales`` (N,) -> fbgemm's prepacked
+    weight for ``torch.ops.quantized.linear_dynamic`` (symmetric: every zero point is 0).
+
+    Reached through torch's private ``_make_per_channel_quantized_tensor``, which takes any
+    tensor it is given: a wrong dtype or a scale count that does not match the rows fails
+    deep in fbgemm, or not at all."""
+    kernel = "int8 prepack"
+    _require(qweight, "qweight", torch.int8, 2, kernel)
+    _require(scales, "scales", torch.float64, 1, kernel)
+    n = qweight.shape[0]
+    if scales.shape[0] != n:
+        raise KernelPreconditionError(f"{kernel}: {scales.shape[0]} scales for {n} output "
+                                      "rows: the artifact's scales do not match its weight")
+    with warnings.catch_warnings():  # torch flags quantized tensors as deprecated API
+        warnings.simplefilter("ignore", UserWarning)
+        qt = torch._make_per_channel_quantized_tensor(
+            qweight, scales, torch.zeros(n, dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(qt, None)

@@ -41,7 +41,6 @@ Plain ``nn.Linear`` (kind ``linear``) is saved in fp16 with its (possibly shrunk
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeweave.compress.kernels import int4_pack, int4_weight_mm, int8_weight_mm, owned
+from edgeweave.compress.kernels import (
+    int4_pack,
+    int4_weight_mm,
+    int8_prepack,
+    int8_weight_mm,
+    owned,
+)
 from edgeweave.compress.quant import (
     dequant_int4,
     pack_nibbles,
@@ -97,12 +102,9 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = q.shape
         self.mode = mode
         if mode == "w8a8":
-            with warnings.catch_warnings():  # torch flags quantized tensors as deprecated API
-                warnings.simplefilter("ignore", UserWarning)
-                qt = torch._make_per_channel_quantized_tensor(
-                    q.to(torch.int8).contiguous(), scales.double(),
-                    torch.zeros(q.shape[0], dtype=torch.long), 0)
-                self._packed = torch.ops.quantized.linear_prepack(qt, None)
+            # owned(): cast, and copy a view (a tied table, an mmap) into storage the
+            # wrapper's checks accept; fbgemm then packs a copy of its own
+            self._packed = int8_prepack(owned(q, torch.int8), owned(scales, torch.float64))
         else:
             # owned(): the kernel segfaults on AVX-512 when a buffer is not 64-byte aligned
             self.register_buffer("_q", owned(q, torch.int8), persistent=False)

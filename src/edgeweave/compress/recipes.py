@@ -4,7 +4,9 @@ A recipe *is* the API: ``compress(model, GPTQ(bits=4, group_size=128))``. Each c
 bound to the function that applies it by :func:`register_method` (a registry keyed by the
 config type, no if/elif over names); ``Pipeline((Wanda(0.5), RTN(bits=4)))`` runs steps in
 order. ``to_dict``/``from_dict`` carry the method name and ``version`` so manifests can be
-read back into the same recipe.
+read back into the same recipe. A recipe given by name or as a file is read by
+:func:`edgeweave.compress.spec.parse_recipe` (the names include the serving variants', which
+are built from recipes, so the lookup lives above both).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
+from edgeweave.compress.methods import load_methods
 from edgeweave.errors import ConfigError
 from edgeweave.types import WeightFormat
 from edgeweave.validate import is_int, is_number, kind, refuse_unknown, show, suggest
@@ -131,14 +133,6 @@ def _params(cls: type[Recipe], method: str, params: dict[str, Any]) -> dict[str,
     return out
 
 
-def _discover_methods() -> None:
-    """Import every method file (recipe types living beside their apply function register
-    then); only for a name not known yet, since method files import torch."""
-    from edgeweave.compress.api import load_methods
-
-    load_methods()
-
-
 def from_dict(d: dict[str, Any]) -> Recipe:
     """Inverse of :meth:`Recipe.to_dict` (pipelines included); every value is type-checked."""
     example = '{"method": "rtn", "params": {"bits": 4}}'
@@ -148,7 +142,9 @@ def from_dict(d: dict[str, Any]) -> Recipe:
     refuse_unknown(d, _RECIPE_KEYS, "recipe")
     method = d["method"]
     if isinstance(method, str) and method not in RECIPES:
-        _discover_methods()
+        # import every method file (recipe types living beside their apply function register
+        # then); only for a name not known yet, since method files import torch
+        load_methods()
     if not isinstance(method, str) or method not in RECIPES:
         raise ConfigError(f"unknown compression method {show(method)}{suggest(method, RECIPES)}: "
                           f"choose one of {', '.join(sorted(RECIPES))}")
@@ -456,8 +452,8 @@ class Pipeline(Recipe):
 
 
 # Named recipes for experiments (`edgeweave compress --recipe NAME`). The names of serving
-# variants (int8, int4, int4-sym, ...) resolve through edgeweave.variants first, so there is
-# one definition of what "int4" means.
+# variants (int8, int4, int4-sym, ...) resolve through edgeweave.variants first
+# (compress.spec.presets), so there is one definition of what "int4" means.
 PRESETS: dict[str, Recipe] = {
     "rtn-int4-g128": RTN(bits=4, group_size=128, pad=True),
     "rtn-int4-g64": RTN(bits=4, group_size=64),
@@ -475,54 +471,3 @@ PRESETS: dict[str, Recipe] = {
     "wanda-50+int4": Pipeline((Wanda(0.5), RTN(bits=4, group_size=128, pad=True))),
     "distill-18": Distill(student_layers=18),
 }
-
-
-def presets() -> dict[str, Recipe]:
-    """Every recipe name: the serving variants' recipes, then the experiment presets."""
-    from edgeweave.variants import registry
-
-    return {**{n: v.recipe for n, v in registry().items() if v.recipe is not None}, **PRESETS}
-
-
-def parse_recipe(spec: str | Recipe | dict[str, Any]) -> Recipe:
-    """A preset name, a JSON recipe (text, dict, or a ``.json`` file), or a recipe object."""
-    if isinstance(spec, Recipe):
-        return spec
-    if isinstance(spec, dict):
-        return from_dict(spec)
-    if not isinstance(spec, str):
-        raise ConfigError(f"a recipe is a preset name, JSON text or a Recipe, got {kind(spec)} "
-                          f"{show(spec)}")
-    named = presets()
-    if spec in named:
-        return named[spec]
-    if spec.lstrip().startswith("{"):
-        return from_json(spec)
-    if spec.endswith(".json") or _is_file(spec):
-        text = _read_recipe_file(Path(spec))
-        try:
-            return from_json(text)
-        except ConfigError as e:
-            raise ConfigError(f"recipe file {show(spec, 400)}: {e}") from e
-    raise ConfigError(f"unknown recipe {show(spec)}{suggest(spec, named)}: choose a preset "
-                      f"({', '.join(sorted(named))}), a .json file or JSON like "
-                      "'{\"method\": \"rtn\", \"params\": {\"bits\": 4}}'")
-
-
-def _is_file(spec: str) -> bool:
-    try:
-        return Path(spec).is_file()
-    except (OSError, ValueError):  # a name too long for a path, a NUL byte: not a file
-        return False
-
-
-def _read_recipe_file(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except (OSError, ValueError) as e:
-        if isinstance(e, UnicodeDecodeError):
-            raise ConfigError(f"recipe file {path} is not text (byte at offset {e.start} is "
-                              "not UTF-8): pass a JSON recipe file") from e
-        raise ConfigError(f"cannot read recipe file {show(str(path), 400)}: "
-                          f"{getattr(e, 'strerror', None) or e}; pass a preset name or an "
-                          "existing .json file") from e

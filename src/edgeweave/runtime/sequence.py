@@ -30,16 +30,10 @@ import numpy as np
 from edgeweave.errors import GenerationError
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.engine import LogitsEngine
-from edgeweave.runtime.generate import (
-    GenerationMetrics,
-    GenerationResponse,
-    IncrementalDecoder,
-    SamplingParams,
-    _held_back,
-    peak_rss_mb,
-    sample,
-)
 from edgeweave.runtime.logprobs import TokenLogprob, token_logprob
+from edgeweave.runtime.responses import GenerationMetrics, GenerationResponse, peak_rss_mb
+from edgeweave.runtime.sampling import SamplingParams, sample
+from edgeweave.runtime.text import IncrementalDecoder, held_back
 
 
 @dataclass(frozen=True)
@@ -152,7 +146,7 @@ class Generation:
             if hit >= 0:
                 self.finish_reason = "stop"
                 return [self._response(text[self._emitted:hit], "stop")]
-            safe = len(text) - _held_back(text, stops)
+            safe = len(text) - held_back(text, stops)
             if safe > self._emitted:
                 out.append(self._response(text[self._emitted:safe], None))
                 self._emitted = safe

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
+from edgeweave.netaddr import check_port, split_hostport
 from edgeweave.runtime import codec as codecs
 from edgeweave.runtime.engines.base import (
     EngineConfig,
@@ -576,14 +577,15 @@ def _check_address(address: str) -> None:
     previous node, as gRPC's own bind does, and fails only on a listener."""
     import socket
 
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if port.isdigit() and int(port) > 65535:
-        raise ConfigError(f"cannot listen on {address}: port {port} is not in [0, 65535]")
-    if not port.isdigit() or int(port) == 0:
-        return  # a free port is picked by the kernel; other forms are left to gRPC
+    split = split_hostport(address)
+    if split is None or not split[1].isdigit():
+        return  # other forms (a unix: socket, a bare IPv6 host) are left to gRPC
+    host, port = split[0], int(split[1])
+    check_port(port, f"cannot listen on {address}: port")
+    if port == 0:
+        return  # a free port is picked by the kernel
     try:
-        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM,
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError):
         return  # gRPC's bind reports it

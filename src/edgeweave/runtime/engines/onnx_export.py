@@ -220,8 +220,6 @@ _ACTIVATIONS = {"silu": _silu, "gelu_pytorch_tanh": _gelu_tanh}  # by HF's name
 def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
     """Return the ``onnx.ModelProto`` of blocks ``[spec.start, spec.end)`` of ``model``
     (with LoRA factor inputs when ``lora``, see the module docstring)."""
-    from onnx import TensorProto, helper
-
     cfg = model.cfg
     check_exportable(cfg.family)
     shard = spec.shard(cfg.num_layers)
@@ -229,67 +227,130 @@ def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
     if missing:
         raise ConfigError(f"the model holds blocks {model.shard} but the export asks for "
                           f"{shard}: load the model with a shard covering the export")
-    g = _Graph()
-    fp = TensorProto.FLOAT
-    nh, nkv, hd, hidden = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
-    inputs, outputs = [], []
-    if shard.is_first:
-        inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64,
-                                                    ["batch", "seq"]))
-        h = g.embedding("input_ids", _embedding_weight(model.embed_tokens), "embed_tokens")
-        scale = model.embed_scale()
-        if scale is not None:  # Gemma: rows times sqrt(hidden)
-            (h,) = g.node("Mul", [h, g.init("embed_scale", np.array(scale, np.float32))],
-                          name="embed_tokens/scale")
-    else:
-        inputs.append(helper.make_tensor_value_info("hidden_states", fp,
-                                                    ["batch", "seq", hidden]))
-        h = "hidden_states"
-    inputs += [helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
-               helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
-
-    tables: dict[int, tuple[str, str]] = {}  # cos/sin caches by RoPE kind (Gemma 3: two)
-
-    def rope_tables(i: int) -> tuple[str, str]:
-        rot = model.rotary_for(i)
-        if id(rot) not in tables:
-            suffix = f"_{len(tables)}" if tables else ""
-            freqs = np.outer(np.arange(spec.max_len, dtype=np.float64),
-                             rot.inv_freq.double().numpy())
-            tables[id(rot)] = (g.init(f"cos_cache{suffix}", np.cos(freqs).astype(np.float32)),
-                               g.init(f"sin_cache{suffix}", np.sin(freqs).astype(np.float32)))
-        return tables[id(rot)]
-
-    act_name = FAMILIES[cfg.family].hidden_act
-    residual, pending = h, None  # pending: block output not yet added to the residual
+    st = _Stage(model, spec, lora)
+    residual, pending = st.entry(shard.is_first), None
     for i in range(shard.start, shard.end):
-        layer = model.layers[str(i)]
-        att, mlp = layer.self_attn, layer.mlp
+        residual, pending = st.block(i, residual, pending)
+    if shard.is_last:
+        st.head(pending, residual)
+    else:
+        st.hidden_out(pending, residual)
+    return st.proto(f"edgeweave_stage_{shard.start}_{shard.end}")
+
+
+class _Stage:
+    """One stage's export as it grows: the graph, its declared inputs and outputs (in the
+    order the engines bind them), and the RoPE tables its blocks share.
+
+    The residual stream is carried as ``(residual, pending)``: ``pending`` is a block's
+    output not yet added to the residual, so the next norm fuses the add
+    (``SkipSimplifiedLayerNormalization``)."""
+
+    def __init__(self, model: BlockModel, spec: ExportSpec, lora: bool) -> None:
+        from onnx import TensorProto, helper
+
+        self.helper, self.tensor = helper, TensorProto
+        self.model, self.cfg, self.spec, self.lora = model, model.cfg, spec, lora
+        self.g = _Graph()
+        self.inputs: list = []
+        self.outputs: list = []
+        self._tables: dict[int, tuple[str, str]] = {}  # cos/sin by RoPE kind (Gemma 3: two)
+
+    def _value(self, name: str, shape: list, elem: int | None = None):
+        return self.helper.make_tensor_value_info(
+            name, self.tensor.FLOAT if elem is None else elem, shape)
+
+    def _norm(self, x: str, weight: str, module: torch.nn.Module, name: str) -> str:
+        """RMSNorm of ``x`` alone (no residual to fuse)."""
+        return self.g.node("SimplifiedLayerNormalization",
+                           [x, self.g.init(weight, _norm_weight(module))], name=name,
+                           axis=-1, epsilon=self.cfg.rms_norm_eps, stash_type=1)[0]
+
+    def _skip_norm(self, x: str, residual: str, weight: str, name: str) -> tuple[str, str]:
+        """RMSNorm of ``x + residual``; returns ``(normed, new residual)``."""
+        y, _, _, residual = self.g.node("SkipSimplifiedLayerNormalization",
+                                        [x, residual, weight], n_out=4, domain="com.microsoft",
+                                        name=name, epsilon=self.cfg.rms_norm_eps)
+        return y, residual
+
+    def _linear(self, x: str, w: Weight, name: str) -> str:
+        return self.g.linear(x, w, name, self.spec.accuracy_level)
+
+    def _lora(self, x: str, y: str, i: int, group: str, fan_in: int, fan_out: int) -> str:
+        return _lora_delta(self.g, x, y, i, group, fan_in, fan_out, self.inputs) if self.lora else y
+
+    def entry(self, is_first: bool) -> str:
+        """Token ids through the (scaled) embedding on the first stage, else the hidden states
+        the previous stage sent; then the sequence-length inputs every stage takes."""
+        g, model = self.g, self.model
+        if is_first:
+            self.inputs.append(self._value("input_ids", ["batch", "seq"], self.tensor.INT64))
+            h = g.embedding("input_ids", _embedding_weight(model.embed_tokens), "embed_tokens")
+            scale = model.embed_scale()
+            if scale is not None:  # Gemma: rows times sqrt(hidden)
+                (h,) = g.node("Mul", [h, g.init("embed_scale", np.array(scale, np.float32))],
+                              name="embed_tokens/scale")
+        else:
+            self.inputs.append(self._value("hidden_states", ["batch", "seq", self.cfg.hidden_size]))
+            h = "hidden_states"
+        self.inputs += [self._value("seqlens_k", ["batch"], self.tensor.INT32),
+                        self._value("total_sequence_length", [], self.tensor.INT32)]
+        return h
+
+    def rope_tables(self, i: int) -> tuple[str, str]:
+        """The cos/sin caches of block ``i``'s rotary kind, made on first use."""
+        rot = self.model.rotary_for(i)
+        if id(rot) not in self._tables:
+            suffix = f"_{len(self._tables)}" if self._tables else ""
+            freqs = np.outer(np.arange(self.spec.max_len, dtype=np.float64),
+                             rot.inv_freq.double().numpy())
+            g = self.g
+            self._tables[id(rot)] = (
+                g.init(f"cos_cache{suffix}", np.cos(freqs).astype(np.float32)),
+                g.init(f"sin_cache{suffix}", np.sin(freqs).astype(np.float32)))
+        return self._tables[id(rot)]
+
+    def block(self, i: int, residual: str, pending: str | None) -> tuple[str, str]:
+        """Decoder block ``i``: norm, attention, (Gemma 3: sandwich norms), norm, MLP."""
+        layer = self.model.layers[str(i)]
         sandwich = hasattr(layer, "pre_feedforward_layernorm")  # Gemma 3's four norms
         p = f"layers.{i}"
-        ln1 = g.init(f"{p}.input_layernorm.weight", _norm_weight(layer.input_layernorm))
         if pending is None:
-            (x,) = g.node("SimplifiedLayerNormalization", [residual, ln1], name=f"{p}/ln1",
-                          axis=-1, epsilon=cfg.rms_norm_eps, stash_type=1)
+            x = self._norm(residual, f"{p}.input_layernorm.weight", layer.input_layernorm,
+                           f"{p}/ln1")
         else:
-            x, _, _, residual = g.node("SkipSimplifiedLayerNormalization",
-                                       [pending, residual, ln1], n_out=4,
-                                       domain="com.microsoft", name=f"{p}/ln1",
-                                       epsilon=cfg.rms_norm_eps)
+            ln1 = self.g.init(f"{p}.input_layernorm.weight", _norm_weight(layer.input_layernorm))
+            x, residual = self._skip_norm(pending, residual, ln1, f"{p}/ln1")
+        o = self.attention(i, layer.self_attn, x)
+        mlp_norm = layer.post_attention_layernorm
+        if sandwich:  # the attention's own output norm, then the MLP's input norm
+            o = self._norm(o, f"{p}.post_attention_layernorm.weight",
+                           layer.post_attention_layernorm, f"{p}/post_attn")
+            mlp_norm = layer.pre_feedforward_layernorm
+        ln2 = self.g.init(f"{p}.{layer.mlp_norm}.weight", _norm_weight(mlp_norm))
+        x, residual = self._skip_norm(o, residual, ln2, f"{p}/ln2")
+        pending = self.mlp(i, layer.mlp, x)
+        if sandwich:
+            pending = self._norm(pending, f"{p}.post_feedforward_layernorm.weight",
+                                 layer.post_feedforward_layernorm, f"{p}/post_ffw")
+        return residual, pending
+
+    def attention(self, i: int, att: torch.nn.Module, x: str) -> str:
+        """Fused QKV projection, GroupQueryAttention over the preallocated KV cache (rotary
+        inside), output projection; declares block ``i``'s past/present KV."""
+        g, spec, cfg = self.g, self.spec, self.cfg
+        nh, nkv, hd, p = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, f"layers.{i}"
         qkv_w = concat([weight_of(att.q_proj, spec.quant), weight_of(att.k_proj, spec.quant),
                         weight_of(att.v_proj, spec.quant)])
-        qkv = g.linear(x, qkv_w, f"{p}.self_attn.qkv_proj", spec.accuracy_level)
-        if lora:
-            qkv = _lora_delta(g, x, qkv, i, "qkv", hidden, (nh + 2 * nkv) * hd, inputs)
+        qkv = self._linear(x, qkv_w, f"{p}.self_attn.qkv_proj")
+        qkv = self._lora(x, qkv, i, "qkv", cfg.hidden_size, (nh + 2 * nkv) * hd)
         for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(
-                f"past_{kind}_{i}", fp, ["batch", nkv, "max_len", hd]))
-            outputs.append(helper.make_tensor_value_info(
-                f"present_{kind}_{i}", fp, ["batch", nkv, "max_len", hd]))
+            self.inputs.append(self._value(f"past_{kind}_{i}", ["batch", nkv, "max_len", hd]))
+            self.outputs.append(self._value(f"present_{kind}_{i}", ["batch", nkv, "max_len", hd]))
         qkv_in = [qkv, "", ""]
         if hasattr(att, "q_norm"):  # QK-norm before the rotary GQA applies: q, k, v apart
             qkv_in = _qk_norm(g, qkv, att, p, nh, nkv, hd, cfg.rms_norm_eps)
-        cos, sin = rope_tables(i)
+        cos, sin = self.rope_tables(i)
         gqa = {"num_heads": nh, "kv_num_heads": nkv, "do_rotary": 1, "rotary_interleaved": 0,
                "scale": float(att.scale if att.scale is not None else hd ** -0.5)}
         if att.window is not None:  # a sliding block: the last `window` keys, itself included
@@ -301,55 +362,38 @@ def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
              "total_sequence_length", cos, sin],
             domain="com.microsoft", name=f"{p}/GQA",
             outputs=[f"{p}/attn", f"present_key_{i}", f"present_value_{i}"], **gqa)
-        o = g.linear(attn, weight_of(att.o_proj, spec.quant), f"{p}.self_attn.o_proj",
-                     spec.accuracy_level)
-        if lora:
-            o = _lora_delta(g, attn, o, i, "o", nh * hd, hidden, inputs)
-        mlp_norm = layer.post_attention_layernorm
-        if sandwich:  # the attention's own output norm, then the MLP's input norm
-            (o,) = g.node("SimplifiedLayerNormalization",
-                          [o, g.init(f"{p}.post_attention_layernorm.weight",
-                                     _norm_weight(layer.post_attention_layernorm))],
-                          name=f"{p}/post_attn", axis=-1, epsilon=cfg.rms_norm_eps,
-                          stash_type=1)
-            mlp_norm = layer.pre_feedforward_layernorm
-        ln2 = g.init(f"{p}.{layer.mlp_norm}.weight", _norm_weight(mlp_norm))
-        x, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [o, residual, ln2],
-                                   n_out=4, domain="com.microsoft", name=f"{p}/ln2",
-                                   epsilon=cfg.rms_norm_eps)
-        gu_w = concat([weight_of(mlp.gate_proj, spec.quant), weight_of(mlp.up_proj, spec.quant)])
-        gu = g.linear(x, gu_w, f"{p}.mlp.gate_up_proj", spec.accuracy_level)
-        if lora:
-            gu = _lora_delta(g, x, gu, i, "gate_up", hidden, 2 * cfg.intermediate_size, inputs)
-        gate, up = g.node("Split", [gu, g.init(f"{p}.mlp.split", np.array(
-            [cfg.intermediate_size] * 2, np.int64))], n_out=2, name=f"{p}/split", axis=-1)
-        act = _ACTIVATIONS[act_name](g, gate, p)
-        (act,) = g.node("Mul", [act, up], name=f"{p}/glu")
-        pending = g.linear(act, weight_of(mlp.down_proj, spec.quant), f"{p}.mlp.down_proj",
-                           spec.accuracy_level)
-        if lora:
-            pending = _lora_delta(g, act, pending, i, "down", cfg.intermediate_size, hidden,
-                                  inputs)
-        if sandwich:
-            (pending,) = g.node("SimplifiedLayerNormalization",
-                                [pending, g.init(f"{p}.post_feedforward_layernorm.weight",
-                                                 _norm_weight(layer.post_feedforward_layernorm))],
-                                name=f"{p}/post_ffw", axis=-1, epsilon=cfg.rms_norm_eps,
-                                stash_type=1)
+        o = self._linear(attn, weight_of(att.o_proj, spec.quant), f"{p}.self_attn.o_proj")
+        return self._lora(attn, o, i, "o", nh * hd, cfg.hidden_size)
 
-    if shard.is_last:
+    def mlp(self, i: int, mlp: torch.nn.Module, x: str) -> str:
+        """Gated MLP: fused gate/up projection, the family's activation, down projection."""
+        g, spec, cfg, p = self.g, self.spec, self.cfg, f"layers.{i}"
+        inter = cfg.intermediate_size
+        gu_w = concat([weight_of(mlp.gate_proj, spec.quant), weight_of(mlp.up_proj, spec.quant)])
+        gu = self._linear(x, gu_w, f"{p}.mlp.gate_up_proj")
+        gu = self._lora(x, gu, i, "gate_up", cfg.hidden_size, 2 * inter)
+        gate, up = g.node("Split", [gu, g.init(f"{p}.mlp.split", np.array(
+            [inter] * 2, np.int64))], n_out=2, name=f"{p}/split", axis=-1)
+        act = _ACTIVATIONS[FAMILIES[cfg.family].hidden_act](g, gate, p)
+        (act,) = g.node("Mul", [act, up], name=f"{p}/glu")
+        down = self._linear(act, weight_of(mlp.down_proj, spec.quant), f"{p}.mlp.down_proj")
+        return self._lora(act, down, i, "down", inter, cfg.hidden_size)
+
+    def head(self, pending: str, residual: str) -> None:
+        """The last stage: final norm, LM head (on the last position only unless asked for
+        all), Gemma's soft cap; output ``logits``."""
+        g, cfg = self.g, self.cfg
         last = pending
-        if spec.logits == "last":  # the head only where generation needs it
+        if self.spec.logits == "last":  # the head only where generation needs it
             starts, ends, axes = (g.init(n, np.array([v], np.int64)) for n, v in
                                   (("last.starts", -1), ("last.ends", 2 ** 62), ("last.axes", 1)))
             (last,) = g.node("Slice", [pending, starts, ends, axes], name="last/pending")
             (residual,) = g.node("Slice", [residual, starts, ends, axes], name="last/residual")
-        nw = g.init("norm.weight", _norm_weight(model.norm))
-        x, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [last, residual, nw], n_out=4,
-                            domain="com.microsoft", name="norm", epsilon=cfg.rms_norm_eps)
+        nw = g.init("norm.weight", _norm_weight(self.model.norm))
+        x, _ = self._skip_norm(last, residual, nw, "norm")
         # a dense tied head stores the transposed table once more: MatMul's prepacked B
         # is what makes the (1 x H) @ (H x V) product fast, worth 113 MB on SmolLM2
-        y = g.linear(x, _head_weight(model, spec), "lm_head", spec.accuracy_level)
+        y = self._linear(x, _head_weight(self.model, self.spec), "lm_head")
         cap = cfg.final_logit_softcapping
         if cap:  # Gemma: cap * tanh(logits / cap)
             c = g.init("softcap", np.array(cap, np.float32))
@@ -357,21 +401,24 @@ def build_stage(model: BlockModel, spec: ExportSpec, lora: bool = False):
             (y,) = g.node("Tanh", [y], name="softcap/tanh")
             (y,) = g.node("Mul", [y, c], name="softcap/mul")
         g.node("Identity", [y], name="logits", outputs=["logits"])
-        outputs.insert(0, helper.make_tensor_value_info(
-            "logits", fp, ["batch", "seq_out", cfg.vocab_size]))
-    else:
-        g.node("Add", [pending, residual], name="residual/out", outputs=["hidden_states_out"])
-        outputs.insert(0, helper.make_tensor_value_info("hidden_states_out", fp,
-                                                        ["batch", "seq", hidden]))
+        self.outputs.insert(0, self._value("logits", ["batch", "seq_out", cfg.vocab_size]))
 
-    graph = helper.make_graph(g.nodes, f"edgeweave_stage_{shard.start}_{shard.end}", inputs,
-                              outputs, g.inits)
-    model_proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET),
-                              helper.make_opsetid("com.microsoft", MS_OPSET)],
-        producer_name="edgeweave")
-    model_proto.ir_version = 10
-    return model_proto
+    def hidden_out(self, pending: str, residual: str) -> None:
+        """Any other stage: the residual stream goes on as ``hidden_states_out``."""
+        self.g.node("Add", [pending, residual], name="residual/out",
+                    outputs=["hidden_states_out"])
+        self.outputs.insert(0, self._value("hidden_states_out",
+                                           ["batch", "seq", self.cfg.hidden_size]))
+
+    def proto(self, name: str):
+        helper = self.helper
+        graph = helper.make_graph(self.g.nodes, name, self.inputs, self.outputs, self.g.inits)
+        model_proto = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                  helper.make_opsetid("com.microsoft", MS_OPSET)],
+            producer_name="edgeweave")
+        model_proto.ir_version = 10
+        return model_proto
 
 
 def save(model_proto, folder, name: str = "model.onnx") -> None:

@@ -24,7 +24,7 @@ import json
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,55 @@ def _cached(src: Source, spec: ExportSpec, lora: bool = False) -> Export | None:
     return None
 
 
+def _cut(src: Source, spec: ExportSpec) -> Export | None:
+    """The stage cut from a cached export of a wider block range (``onnx_slice``: no torch,
+    well under a second), when one was built from the same source and spec."""
+    import time
+
+    from edgeweave.runtime.engines.onnx_cache import cached_export
+    from edgeweave.runtime.engines.onnx_slice import covering_exports, read_manifest, same_export
+
+    if src.folder is None:
+        return None
+    target, want = _want(src, spec, False)
+    for c, d, folder in covering_exports(target.parent, spec.start, spec.end):
+        manifest = read_manifest(folder)
+        if manifest is None or not same_export(manifest, want):
+            continue
+        t0 = time.perf_counter()
+        try:
+            path, reused = cached_export(target, want, lambda f=folder: _slice(f, spec, src))
+        except (EdgeweaveError, OSError, ValueError) as e:  # a damaged wider export: build
+            log.warning("cannot cut stage %d-%d from the export %d-%d (%s)", spec.start,
+                        spec.end, c, d, e)
+            continue
+        log.info("cut stage %d-%d from the cached export %d-%d in %.2f s", spec.start,
+                 spec.end, c, d, time.perf_counter() - t0)
+        return Export(path, reused, spec, src.recipe, src.cfg, src.variant)
+    return None
+
+
+def _whole_if_it_fits(config: EngineConfig, src: Source) -> EngineConfig | None:
+    """The whole model's stage, when a child building it would use at most a quarter of
+    the memory free now (its weights, read once); None for a stage that is the whole model,
+    an artifact not compressed yet, or a model too big for this device."""
+    import psutil
+
+    sh = config.shard
+    if src.folder is None or (sh.start == 0 and sh.end == sh.n_layers):
+        return None
+    weights = sum(f.stat().st_size for f in src.folder.glob("*.safetensors"))
+    if not weights or 4 * weights > psutil.virtual_memory().available:
+        return None
+    return replace(config, shard=Shard(0, sh.n_layers, sh.n_layers))
+
+
+def _slice(folder: Path, spec: ExportSpec, src: Source) -> Any:
+    from edgeweave.runtime.engines.onnx_slice import slice_export
+
+    return slice_export(folder, spec.start, spec.end, src.cfg.num_layers)
+
+
 def ensure(config: EngineConfig, overrides: dict[str, Any] | None = None,
            from_fp32: bool = False, build: str = "auto", lora: bool = False) -> Export:
     """The export of ``config``'s stage (its LoRA twin when ``lora``), built once if it is
@@ -158,7 +207,7 @@ def ensure(config: EngineConfig, overrides: dict[str, Any] | None = None,
     src = source(config, from_fp32, overrides)
     check_exportable(src.cfg.family)  # before any compression or export work starts
     spec = export_spec(src.variant, config.shard, src.cfg.max_position, overrides)
-    found = _cached(src, spec, lora)
+    found = _cached(src, spec, lora) or (None if lora else _cut(src, spec))
     if found is not None:
         return found
     mode = build if build != "auto" else ("process" if "torch" in sys.modules else "child")
@@ -166,6 +215,12 @@ def ensure(config: EngineConfig, overrides: dict[str, Any] | None = None,
         raise RuntimeStageError(f"stage {config.key} of {config.model} has no ONNX export yet: "
                                 "run `edgeweave export` once, or allow building it")
     if mode == "child":
+        wide = None if lora else _whole_if_it_fits(config, src)
+        if wide is not None:  # one build of every block: later re-plans only cut (onnx_slice)
+            _build_in_child(wide, overrides, from_fp32)
+            found = _cut(source(config, from_fp32, overrides), spec)
+            if found is not None:
+                return found
         _build_in_child(config, overrides, from_fp32, lora)
         src = source(config, from_fp32, overrides)
         found = _cached(src, spec, lora)

@@ -77,8 +77,6 @@ def cached_export(folder: Path, want: dict[str, Any],
     folder = Path(folder)
 
     def write(final: Path) -> None:
-        from edgeweave.runtime.engines.onnx_export import save
-
         t0 = time.perf_counter()
         proto = build()
         with atomic_dir(final) as tmp:
@@ -90,3 +88,12 @@ def cached_export(folder: Path, want: dict[str, Any],
     # nodes started together on one host export a stage once: the others wait and reuse it
     built = build_once(folder, lambda f: matches(f, want), write)
     return folder / "model.onnx", not built
+
+
+def save(model_proto: Any, folder: Path, name: str = "model.onnx") -> None:
+    """Write the graph with its weights in one external data file (no 2 GiB proto limit);
+    torch-free, so a node writes the stages it cuts (``onnx_slice``) without loading torch."""
+    import onnx
+
+    onnx.save_model(model_proto, str(folder / name), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=f"{name}.data", size_threshold=1024)

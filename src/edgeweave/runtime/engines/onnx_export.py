@@ -31,6 +31,7 @@ import torch
 from edgeweave.errors import ConfigError
 from edgeweave.models.families import FAMILIES
 from edgeweave.models.llama import BlockModel
+from edgeweave.runtime.engines.onnx_cache import save  # noqa: F401 - where it always was
 from edgeweave.runtime.engines.onnx_quant import (
     Dense,
     Packed,
@@ -419,11 +420,3 @@ class _Stage:
             producer_name="edgeweave")
         model_proto.ir_version = 10
         return model_proto
-
-
-def save(model_proto, folder, name: str = "model.onnx") -> None:
-    """Write the graph with its weights in one external data file (no 2 GiB proto limit)."""
-    import onnx
-
-    onnx.save_model(model_proto, str(folder / name), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location=f"{name}.data", size_threshold=1024)

@@ -1,4 +1,4 @@
-"""StageServer: a node hosting block ranges of a model, one KV cache per session.
+"""A node's stages (:class:`StageHost`): block ranges of a model, a KV cache per session.
 
 :class:`StageHost` is transport-free: it turns a request :class:`Frame` into a response frame
 (schema in ``runtime.transport.frame``). The in-process transport calls it directly; the

@@ -1,8 +1,9 @@
 """The stage engine interface: one block range ``[start, end)`` with per-session KV caches.
 
 Every backend (``torch.py`` reference, ``onnx.py`` fast path) implements :class:`StageEngine`
-and registers a factory with :func:`register_engine`; ``StageServer`` and the in-process
-transport only ever talk to this interface.
+and registers a factory with :func:`register_engine`; a node's
+:class:`~edgeweave.runtime.stage.StageHost` and the in-process transport only ever talk to
+this interface.
 
 Data contract (batch ``B`` is 1 in practice, ``T`` tokens in this step, ``H`` hidden size):
 

@@ -38,6 +38,7 @@ from edgeweave.runtime.deployment import stop_processes
 from edgeweave.runtime.generate import SamplingParams, generate
 from edgeweave.runtime.launch import wait_ready
 from edgeweave.security.certs import init_fleet
+from edgeweave.serve.backend import close_session
 from edgeweave.serve.deploy import build
 
 PROMPT = "What is the capital of France?"
@@ -56,13 +57,20 @@ def node(model: str, name: str, mqtt: str, certs: Path, logs: Path, cls: str
 
 def first_token_s(backend) -> float:  # noqa: ANN001
     t0 = time.perf_counter()
-    generate(backend.new_session(256), backend.tokenizer, PROMPT,
-             SamplingParams(max_tokens=1, ignore_eos=True))
+    session = backend.new_session(256)
+    try:
+        generate(session, backend.tokenizer, PROMPT, SamplingParams(max_tokens=1, ignore_eos=True))
+    finally:  # as the server does after each request: a re-plan replays open sessions only
+        close_session(session)
     return time.perf_counter() - t0
 
 
 def decode_tps(session_factory, tok, n: int) -> tuple[float, list[int]]:  # noqa: ANN001
-    out = generate(session_factory(), tok, PROMPT, SamplingParams(max_tokens=n, ignore_eos=True))
+    session = session_factory()
+    try:
+        out = generate(session, tok, PROMPT, SamplingParams(max_tokens=n, ignore_eos=True))
+    finally:
+        close_session(session)
     return out.metrics.decode_tps, out.token_ids
 
 

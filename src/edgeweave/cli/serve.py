@@ -8,9 +8,11 @@ import typer
 
 from edgeweave.cli.common import (
     backend_option,
+    discover_option,
     hidden_states_option,
     keep_in_option,
     max_cost_option,
+    mdns_interface_option,
     mqtt_ca_option,
     mqtt_password_file_option,
     mqtt_user_option,
@@ -62,6 +64,8 @@ def register(app: typer.Typer) -> None:
         mqtt_user: str = mqtt_user_option(),
         mqtt_password_file: str = mqtt_password_file_option(),
         mqtt_ca: str = mqtt_ca_option(),
+        discover: str = discover_option(),
+        mdns_interface: list[str] = mdns_interface_option(),
         fleet_file: str = typer.Option(None, "--fleet-file",
                                        help="Fleet YAML: re-plan on fleet events (with --mqtt); "
                                             "without --plan, serve the planner's placement."),
@@ -106,6 +110,9 @@ def register(app: typer.Typer) -> None:
 
         discovery = DiscoveryOptions(min_nodes, discover_wait)
         auth = BrokerAuth.from_options(mqtt_user, mqtt_password_file, mqtt_ca)
+        from edgeweave.control.sources import mdns_choice
+
+        mdns = mdns_choice(discover, mqtt, mdns_interface)  # --discover mdns: no broker
         keys = tuple(api_key or ()) + (read_api_key_file(api_key_file) if api_key_file else ())
         cfg = ServeConfig(api_keys=keys, max_concurrent=max_concurrent,
                           max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,
@@ -125,4 +132,4 @@ def register(app: typer.Typer) -> None:
               tls_dir=tls_dir, mqtt=mqtt, fleet=fleet, fleet_file=fleet_file,
               objective=objective, choice=choice, adapters=specs,
               policy=PolicyOptions(keep_in, hidden_states, max_cost),
-              prefix_cache_mb=prefix_cache_mb, discovery=discovery, mqtt_auth=auth)
+              prefix_cache_mb=prefix_cache_mb, discovery=discovery, mqtt_auth=auth, mdns=mdns)

@@ -8,9 +8,11 @@ import typer
 
 from edgeweave.cli.common import (
     console,
+    discover_option,
     hidden_states_option,
     keep_in_option,
     max_cost_option,
+    mdns_interface_option,
     mqtt_ca_option,
     mqtt_password_file_option,
     mqtt_user_option,
@@ -50,11 +52,12 @@ def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
             "plans": plans, "tables": t}
 
 
-def run_plan_mqtt(mqtt: str, fleet_file: str | None = None, objective: str = "latency",
+def run_plan_mqtt(mqtt: str | None, fleet_file: str | None = None, objective: str = "latency",
                   model: str | None = None, fleet_name: str | None = None,
                   tls_dir: str | None = None, min_nodes: int = 1, wait_s: float = 10.0,
                   keep_in: str | None = None, hidden_states: bool | None = None,
-                  max_cost: float | None = None, auth: object = None) -> dict:
+                  max_cost: float | None = None, auth: object = None,
+                  mdns: object = None) -> dict:
     """The plan ``edgeweave serve --mqtt`` would choose for the nodes announced now."""
     from edgeweave.control.assemble import DiscoveryOptions
     from edgeweave.control.snapshot import discover_plan
@@ -64,7 +67,8 @@ def run_plan_mqtt(mqtt: str, fleet_file: str | None = None, objective: str = "la
     r = discover_plan(model or DEFAULT_MODEL, mqtt, fleet=fleet_name, fleet_file=fleet_file,
                       tls_dir=tls_dir, objective=objective,
                       policy=PolicyOptions(keep_in, hidden_states, max_cost),
-                      options=DiscoveryOptions(min_nodes, wait_s), auth=auth)  # type: ignore[arg-type]
+                      options=DiscoveryOptions(min_nodes, wait_s), auth=auth,  # type: ignore[arg-type]
+                      mdns=mdns)
     return {"fleet": r.discovered.fleet.name, "model": model or DEFAULT_MODEL,
             "calibration": "announced figures", "plans": {"planner": r.plan},
             "tables": None, "notes": r.discovered.notes, "rejected": r.rejected,
@@ -91,6 +95,8 @@ def register(app: typer.Typer) -> None:
         mqtt_user: str = mqtt_user_option(),
         mqtt_password_file: str = mqtt_password_file_option(),
         mqtt_ca: str = mqtt_ca_option(),
+        discover: str = discover_option(),
+        mdns_interface: list[str] = mdns_interface_option(),
         objective: str = typer.Option("latency", "--objective",
                                       help="latency | ttft | energy | throughput | cost"),
         baseline: str = typer.Option(None, "--baseline",
@@ -115,7 +121,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print plans as JSON."),
     ) -> None:
         """Place the model's blocks on a fleet minimising an objective; print the breakdown."""
-        if mqtt:
+        from edgeweave.control.sources import mdns_choice
+
+        mdns = mdns_choice(discover, mqtt, mdns_interface)  # --discover mdns: the LAN
+        if mqtt or mdns is not None:
             from edgeweave.control.client import BrokerAuth
 
             if baseline or show_explain:
@@ -123,7 +132,8 @@ def register(app: typer.Typer) -> None:
                                   "with --mqtt (or plan on --fleet FILE alone)")
             r = run_plan_mqtt(mqtt, fleet, objective, model, fleet_name, tls_dir, min_nodes,
                               discover_wait, keep_in, hidden_states, max_cost,
-                              BrokerAuth.from_options(mqtt_user, mqtt_password_file, mqtt_ca))
+                              BrokerAuth.from_options(mqtt_user, mqtt_password_file, mqtt_ca),
+                              mdns)
             for d, why in sorted(r["rejected"].items()):
                 console.print(f"- ignored {d}: {why}")
             console.print(table("Nodes", ["device", "address", "class", "zone", "variants"],

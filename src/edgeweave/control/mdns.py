@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -138,6 +139,9 @@ class MdnsAgent:
             raise ConfigError("heartbeat_s and telemetry_s must be > 0")
         self.device, self.fleet = device, fleet
         self.name = instance_name(device, fleet)
+        # the SRV target: a host-name label (letters, digits, '-') of its own per node
+        self.host_name = re.sub(r"[^A-Za-z0-9-]+", "-", f"edgeweave-{fleet}-{device}")[:63] \
+            + ".local."
         self.profile = profile_dict(profile)
         self.heartbeat_s, self.telemetry_s, self.sampler = heartbeat_s, telemetry_s, sampler
         self.options = options or MdnsOptions()
@@ -186,7 +190,7 @@ class MdnsAgent:
             addresses = [] if ip.is_unspecified else [ip.packed]
         except ValueError:  # a host name: the server resolves the announced address itself
             addresses = []
-        return ServiceInfo(SERVICE_TYPE, self.name, port=port,
+        return ServiceInfo(SERVICE_TYPE, self.name, port=port, server=self.host_name,
                            properties=encode_txt(self.fleet, self.body()), addresses=addresses,
                            host_ttl=RECORD_TTL_S, other_ttl=RECORD_TTL_S)
 

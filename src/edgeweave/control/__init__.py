@@ -1,6 +1,7 @@
-"""The control plane (an MQTT broker, or DNS-SD on the LAN): nodes announce, heartbeat and report telemetry; a FleetMonitor on the
-coordinator side turns that into fleet events (device joined/ready/gone/back, battery low,
-memory pressure, link degraded) and calls back into the runtime.
+"""The control plane (an MQTT broker, or DNS-SD on the LAN): nodes announce, heartbeat and
+report telemetry; a FleetMonitor on the coordinator side turns that into fleet events (device
+joined/ready/gone/back, battery low, memory pressure, link degraded) and calls back into the
+runtime.
 
 Modules: ``messages`` (topics and versioned JSON payloads), ``client`` (paho client, broker
 login: username/password, TLS), ``broker`` (start Debian's mosquitto on loopback), ``agent``

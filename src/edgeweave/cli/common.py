@@ -97,3 +97,19 @@ def fleet_name_option(default: str | None = "default") -> Any:
     import typer
 
     return typer.Option(default, "--fleet", help="Fleet name on the broker.")
+
+
+# How `node`, `serve`, `plan` and `fleet` find the fleet: a broker, or DNS-SD on the LAN.
+def discover_option() -> Any:
+    import typer
+
+    return typer.Option(None, "--discover", help="mqtt (the broker at --mqtt; the default "
+                        "with --mqtt) or mdns (DNS-SD on the LAN, no broker).")
+
+
+def mdns_interface_option() -> Any:
+    import typer
+
+    return typer.Option([], "--mdns-interface", help="With --discover mdns: IP address of an "
+                        "interface to use (repeatable; default: every interface; 127.0.0.1 "
+                        "keeps it on this host).")

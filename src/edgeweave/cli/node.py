@@ -8,6 +8,8 @@ import typer
 
 from edgeweave.cli.common import (
     backend_option,
+    discover_option,
+    mdns_interface_option,
     mqtt_ca_option,
     mqtt_password_file_option,
     mqtt_user_option,
@@ -66,9 +68,10 @@ def register(app: typer.Typer) -> None:
                                     "this process may use)."),
         mqtt: str = typer.Option(None, "--mqtt", help="HOST:PORT of the fleet's MQTT broker: "
                                  "announce this node, heartbeat, telemetry, last will."),
-        fleet: str = typer.Option("default", "--fleet", help="Fleet name on the broker."),
+        fleet: str = typer.Option("default", "--fleet", help="Fleet name (on the broker, or "
+                                  "in the mDNS announcement)."),
         telemetry_s: float = typer.Option(5.0, "--telemetry-s", help="Seconds between "
-                                          "telemetry readings (with --mqtt)."),
+                                          "telemetry readings (with --mqtt or --discover mdns)."),
         colocated: bool = typer.Option(False, "--colocated", help="Other nodes share this "
                                        "host's cores: no spinning thread pools; torch stages "
                                        "use one BLAS thread while several sessions are "
@@ -83,12 +86,16 @@ def register(app: typer.Typer) -> None:
         mqtt_user: str = mqtt_user_option(),
         mqtt_password_file: str = mqtt_password_file_option(),
         mqtt_ca: str = mqtt_ca_option(),
+        discover: str = discover_option(),
+        mdns_interface: list[str] = mdns_interface_option(),
     ) -> None:
         """Host stages of a pipeline; prints `EDGEWEAVE-NODE READY host:port` when serving."""
         opts = NodeOptions(host, port, memory_mb, threads)  # refused before anything loads
         from edgeweave.control.client import BrokerAuth
+        from edgeweave.control.sources import mdns_choice
 
         auth = BrokerAuth.from_options(mqtt_user, mqtt_password_file, mqtt_ca)
+        mdns = mdns_choice(discover, mqtt, mdns_interface)
         if device_class is not None:
             from edgeweave.profile import catalog
 
@@ -110,4 +117,5 @@ def register(app: typer.Typer) -> None:
                  backend=backend, ready=lambda line: print(line, flush=True), mqtt=mqtt,
                  device=name,
                  fleet=fleet, telemetry_s=telemetry_s, colocated=colocated,
-                 device_class=device_class, zone=zone, mqtt_auth=auth, advertise=advertise)
+                 device_class=device_class, zone=zone, mqtt_auth=auth, advertise=advertise,
+                 mdns=mdns)

@@ -8,9 +8,11 @@ import typer
 
 from edgeweave.cli.common import (
     console,
+    discover_option,
     hidden_states_option,
     keep_in_option,
     max_cost_option,
+    mdns_interface_option,
     mqtt_ca_option,
     mqtt_password_file_option,
     mqtt_user_option,
@@ -50,11 +52,12 @@ def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
             "plans": plans, "tables": t}
 
 
-def run_plan_mqtt(mqtt: str, fleet_file: str | None = None, objective: str = "latency",
+def run_plan_mqtt(mqtt: str | None, fleet_file: str | None = None, objective: str = "latency",
                   model: str | None = None, fleet_name: str | None = None,
                   tls_dir: str | None = None, min_nodes: int = 1, wait_s: float = 10.0,
                   keep_in: str | None = None, hidden_states: bool | None = None,
-                  max_cost: float | None = None, auth: object = None) -> dict:
+                  max_cost: float | None = None, auth: object = None,
+                  mdns: object = None) -> dict:
     """The plan ``edgeweave serve --mqtt`` would choose for the nodes announced now."""
     from edgeweave.control.assemble import DiscoveryOptions
     from edgeweave.control.snapshot import discover_plan
@@ -64,7 +67,8 @@ def run_plan_mqtt(mqtt: str, fleet_file: str | None = None, objective: str = "la
     r = discover_plan(model or DEFAULT_MODEL, mqtt, fleet=fleet_name, fleet_file=fleet_file,
                       tls_dir=tls_dir, objective=objective,
                       policy=PolicyOptions(keep_in, hidden_states, max_cost),
-                      options=DiscoveryOptions(min_nodes, wait_s), auth=auth)  # type: ignore[arg-type]
+                      options=DiscoveryOptions(min_nodes, wait_s), auth=auth,  # type: ignore[arg-type]
+                      mdns=mdns)
     return {"fleet": r.discovered.fleet.name, "model": model or DEFAULT_MODEL,
             "calibration": "announced figures", "plans": {"planner": r.plan},
             "tables": None, "notes": r.discovered.notes, "rejected": r.rejected,
@@ -115,6 +119,7 @@ def plan_cmd(
     out: str = _OUT,
     mqtt_user: str = mqtt_user_option(), mqtt_password_file: str = mqtt_password_file_option(),
     mqtt_ca: str = mqtt_ca_option(),
+    discover: str = discover_option(), mdns_interface: list[str] = mdns_interface_option(),
     objective: str = _OBJECTIVE, baseline: str = _BASELINE, model: str = _MODEL,
     min_quality: float = _MIN_QUALITY, battery_reserve: float = _BATTERY_RESERVE,
     prompt_len: int = _PROMPT_LEN, context: int = _CONTEXT, batch: int = _BATCH,
@@ -123,16 +128,19 @@ def plan_cmd(
     show_explain: bool = _EXPLAIN, as_json: bool = _JSON,
 ) -> None:
     """Place the model's blocks on a fleet minimising an objective; print the breakdown."""
-    if mqtt:
+    from edgeweave.control.sources import mdns_choice
+
+    mdns = mdns_choice(discover, mqtt, mdns_interface)  # --discover mdns: the LAN
+    if mqtt or mdns is not None:
         if baseline or show_explain:
             raise ConfigError("--baseline and --explain work on a fleet file: drop them "
                               "with --mqtt (or plan on --fleet FILE alone)")
         r = _plan_on_broker(mqtt, fleet, objective, model, fleet_name, tls_dir, min_nodes,
                             discover_wait, keep_in, hidden_states, max_cost,
-                            (mqtt_user, mqtt_password_file, mqtt_ca))
+                            (mqtt_user, mqtt_password_file, mqtt_ca), mdns)
     elif fleet is None:
         raise ConfigError("edgeweave plan needs --fleet FILE or --mqtt HOST:PORT (the "
-                          "nodes announced on a broker)")
+                          "nodes announced on a broker) or --discover mdns")
     else:
         r = run_plan(fleet, objective, model, baseline, min_quality, battery_reserve,
                      prompt_len, context, batch, keep_in, hidden_states, max_cost)
@@ -152,17 +160,17 @@ def register(app: typer.Typer) -> None:
     app.command("plan")(plan_cmd)
 
 
-def _plan_on_broker(mqtt: str, fleet: str | None, objective: str, model: str | None,
+def _plan_on_broker(mqtt: str | None, fleet: str | None, objective: str, model: str | None,
                     fleet_name: str | None, tls_dir: str | None, min_nodes: int,
                     discover_wait: float, keep_in: str | None, hidden_states: bool | None,
-                    max_cost: float | None, login: tuple[str | None, str | None, str | None]
-                    ) -> dict:
+                    max_cost: float | None, login: tuple[str | None, str | None, str | None],
+                    mdns: object = None) -> dict:
     """:func:`run_plan_mqtt` with the broker login from the options; prints the nodes."""
     from edgeweave.control.client import BrokerAuth
 
     r = run_plan_mqtt(mqtt, fleet, objective, model, fleet_name, tls_dir, min_nodes,
                       discover_wait, keep_in, hidden_states, max_cost,
-                      BrokerAuth.from_options(*login))
+                      BrokerAuth.from_options(*login), mdns)
     for d, why in sorted(r["rejected"].items()):
         console.print(f"- ignored {d}: {why}")
     console.print(table("Nodes", ["device", "address", "class", "zone", "variants"],

@@ -14,9 +14,11 @@ import typer
 
 from edgeweave.cli.common import (
     backend_option,
+    discover_option,
     hidden_states_option,
     keep_in_option,
     max_cost_option,
+    mdns_interface_option,
     mqtt_ca_option,
     mqtt_password_file_option,
     mqtt_user_option,
@@ -137,13 +139,15 @@ def _mqtt_option() -> Any:
 
 def _min_nodes_option() -> Any:
     return typer.Option(1, "--min-nodes",
-                        help="With --mqtt alone: serve once this many nodes are admitted "
+                        help="With --mqtt or --discover mdns alone: serve once this many nodes "
+                             "are admitted "
                              "(later ones join by re-planning).")
 
 
 def _discover_wait_option() -> Any:
     return typer.Option(60.0, "--discover-wait",
-                        help="With --mqtt alone: seconds to wait for --min-nodes nodes.")
+                        help="With --mqtt or --discover mdns alone: seconds to wait for "
+                             "--min-nodes nodes.")
 
 
 def _fleet_option() -> Any:
@@ -164,6 +168,7 @@ def serve_cmd(
     discover_wait: float = _discover_wait_option(),
     mqtt_user: str = mqtt_user_option(), mqtt_password_file: str = mqtt_password_file_option(),
     mqtt_ca: str = mqtt_ca_option(),
+    discover: str = discover_option(), mdns_interface: list[str] = mdns_interface_option(),
     fleet_file: str = _fleet_file_option(), objective: str = _objective_option(),
     keep_in: str = keep_in_option(), hidden_states: bool = hidden_states_option(),
     max_cost: float = max_cost_option(), fleet: str = _fleet_option(),
@@ -177,12 +182,14 @@ def serve_cmd(
     _prepare_process(threads)  # before numpy/onnxruntime load
     from edgeweave.control.assemble import DiscoveryOptions
     from edgeweave.control.client import BrokerAuth
+    from edgeweave.control.sources import mdns_choice
     from edgeweave.runtime.local import EngineChoice
     from edgeweave.serve.deploy import PolicyOptions
     from edgeweave.serve.server import ServerAddress, serve
 
     discovery = DiscoveryOptions(min_nodes, discover_wait)
     auth = BrokerAuth.from_options(mqtt_user, mqtt_password_file, mqtt_ca)
+    mdns = mdns_choice(discover, mqtt, mdns_interface)  # --discover mdns: no broker
     cfg = _serve_config(api_key, api_key_file, max_concurrent, max_prompt_tokens,
                         max_tokens_limit, max_body_bytes, embeddings)
     ServerAddress(host, port)  # a bad address fails before the warning and the load
@@ -193,7 +200,7 @@ def serve_cmd(
           tls_dir=tls_dir, mqtt=mqtt, fleet=fleet, fleet_file=fleet_file,
           objective=objective, choice=choice, adapters=specs,
           policy=PolicyOptions(keep_in, hidden_states, max_cost),
-          prefix_cache_mb=prefix_cache_mb, discovery=discovery, mqtt_auth=auth)
+          prefix_cache_mb=prefix_cache_mb, discovery=discovery, mqtt_auth=auth, mdns=mdns)
 
 
 def _prepare_process(threads: int) -> None:

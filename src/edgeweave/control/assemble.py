@@ -179,8 +179,8 @@ class FleetAssembler:
                 raise DiscoveryError(
                     f"{len(ready)} of the {o.min_nodes} nodes needed announced themselves on "
                     f"fleet {self.monitor.fleet!r} within {o.wait_s:g} s (admitted: {have}"
-                    f"{'; ignored: ' + ignored if ignored else ''}): start `edgeweave node "
-                    f"--mqtt HOST:PORT --fleet {self.monitor.fleet}` on more devices, lower "
+                    f"{'; ignored: ' + ignored if ignored else ''}): start "
+                    f"`{self.monitor.source.join_hint}` on more devices, lower "
                     "--min-nodes, or raise --discover-wait")
             time.sleep(0.05)
         until = time.monotonic() + o.measure_wait_s
@@ -323,11 +323,10 @@ class FleetAssembler:
             }
 
     def publish(self) -> None:
-        """The status, retained on the broker for ``edgeweave fleet status``."""
-        from edgeweave.control.messages import server_topic
-
+        """The status, retained on the broker for ``edgeweave fleet status`` (over mDNS there
+        is no broker: ``/v1/fleet`` serves it)."""
         try:
             body = json.dumps({"v": 1, **self.status()}, default=str).encode()
-            self.monitor.publish(server_topic(self.monitor.fleet), body, retain=True)
+            self.monitor.publish_status(body)
         except Exception:  # noqa: BLE001 - the status is informative; serving goes on
             log.exception("could not publish the fleet status")

@@ -1,6 +1,8 @@
-"""The coordinator side: one subscription to the fleet, events out to callbacks.
+"""The coordinator side: the fleet's messages in from a source, events out to callbacks.
 
-MQTT messages arrive on paho's network thread and only update state; the events they raise
+The source (``control.sources``: a broker subscription, or DNS-SD on the LAN with
+``control.mdns``) calls :meth:`FleetMonitor.deliver` on its own thread; that only updates
+state, and the events it raises
 are queued and delivered by a dispatcher thread, so a slow callback (a failover replaying
 sessions takes seconds) never stalls the control plane. A watchdog thread turns heartbeat
 silence into ``gone`` for nodes whose connection hangs without closing (the broker would
@@ -18,9 +20,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeweave.control.client import BrokerAuth, connect, make_client
+from edgeweave.control.client import BrokerAuth
 from edgeweave.control.events import EventKind, FleetEvent, MonitorConfig
-from edgeweave.control.messages import Telemetry, check_name, decode, parse_topic, subscription
+from edgeweave.control.messages import KINDS, Telemetry, check_name
+from edgeweave.control.sources import MqttSource, Source
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +69,15 @@ class NodeState:
 
 
 class FleetMonitor:
+    """Watches ``fleet`` on the broker at ``host:port``, or on ``source`` when given (then
+    ``host``, ``port``, ``client_id`` and ``auth`` are unused): :meth:`over` picks one."""
+
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, *, fleet: str = "default",
                  config: MonitorConfig | None = None, client_id: str | None = None,
-                 auth: BrokerAuth | None = None) -> None:
-        self.host, self.port, self.fleet = host, port, check_name("fleet", fleet)
+                 auth: BrokerAuth | None = None, source: Source | None = None) -> None:
+        self.fleet = check_name("fleet", fleet)
         self.config = config or MonitorConfig()
-        self._client = make_client(client_id or f"edgeweave-monitor-{fleet}-{id(self):x}", auth)
-        self._client.on_message = self._on_message
+        self.source: Source = source or MqttSource(host, port, self.fleet, client_id, auth)
         self._nodes: dict[str, NodeState] = {}
         self._lock = threading.Condition()
         self._callbacks: list[tuple[frozenset[EventKind] | None, Callback]] = []
@@ -90,15 +95,23 @@ class FleetMonitor:
     def on_device_gone(self, callback: Callable[[str], None]) -> None:
         self.subscribe(lambda e: callback(e.device), [EventKind.GONE])
 
+    @classmethod
+    def over(cls, fleet: str, *, mqtt: str | None = None, auth: BrokerAuth | None = None,
+             mdns: Any = None, config: MonitorConfig | None = None) -> FleetMonitor:
+        """The (unstarted) monitor of ``fleet``: over DNS-SD when ``mdns`` (a
+        ``control.mdns.MdnsOptions``) is given, else on the broker at ``mqtt``."""
+        if mdns is not None:
+            from edgeweave.control.mdns import MdnsSource
+
+            return cls(fleet=fleet, config=config, source=MdnsSource(fleet, mdns))
+        from edgeweave.netaddr import parse_hostport
+
+        host, port = parse_hostport(mqtt or "", 1883, "--mqtt")
+        return cls(host, port, fleet=fleet, config=config, auth=auth)
+
     # -- life cycle --------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> FleetMonitor:
-        subscribed = threading.Event()
-        self._client.on_subscribe = lambda *a: subscribed.set()
-        connect(self._client, self.host, self.port, keepalive=10, timeout=timeout,
-                on_connected=lambda c: c.subscribe(subscription(self.fleet), qos=1))
-        if not subscribed.wait(timeout):
-            self.stop()
-            raise TimeoutError(f"no SUBACK from the broker at {self.host}:{self.port}")
+        self.source.start(self.deliver, timeout)
         for target, name in ((self._dispatch, "dispatch"), (self._watchdog, "watchdog")):
             t = threading.Thread(target=target, name=f"fleet-{name}", daemon=True)
             t.start()
@@ -108,8 +121,7 @@ class FleetMonitor:
     def stop(self) -> None:
         self._stop.set()
         self._queue.put(None)
-        self._client.disconnect()
-        self._client.loop_stop()
+        self.source.stop()
         for t in self._threads:
             t.join(5)
 
@@ -119,9 +131,9 @@ class FleetMonitor:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish on the monitor's connection (the server's fleet status)."""
-        self._client.publish(topic, payload, qos=1, retain=retain)
+    def publish_status(self, body: bytes) -> None:
+        """The server's fleet status, where ``edgeweave fleet status`` reads it."""
+        self.source.publish_status(body)
 
     # -- queries -----------------------------------------------------------------------------
     def nodes(self) -> dict[str, NodeState]:
@@ -149,22 +161,21 @@ class FleetMonitor:
                     return None
                 self._lock.wait(left)
 
-    # -- state machine (network thread and watchdog) ---------------------------------------
+    # -- state machine (the source's thread and the watchdog) -------------------------------
     def _emit(self, kind: EventKind, node: NodeState, **detail: Any) -> None:
         ev = FleetEvent(kind, node.device, detail)
         self.history.append(ev)
         self._lock.notify_all()
         self._queue.put(ev)
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        parsed = parse_topic(msg.topic)
-        body = decode(msg.payload) if parsed else None
-        if parsed is None or body is None or parsed[0] != self.fleet:
+    def deliver(self, device: str, kind: str, body: dict[str, Any],
+                retained: bool = False) -> None:
+        """One message of ``device`` (``kind`` one of ``messages.KINDS``), from the source."""
+        if kind not in KINDS:
             return
-        _, device, kind = parsed
         with self._lock:
             node = self._nodes.setdefault(device, NodeState(device))
-            getattr(self, f"_on_{kind}")(node, body, bool(msg.retain))
+            getattr(self, f"_on_{kind}")(node, body, retained)
 
     def _seen(self, node: NodeState) -> None:
         node.last_seen = time.monotonic()

@@ -32,12 +32,12 @@ class DiscoveredPlan:
     rejected: dict[str, str]
 
 
-def discover_plan(model: str, mqtt: str, *, fleet: str | None = None,
+def discover_plan(model: str, mqtt: str | None, *, fleet: str | None = None,
                   fleet_file: str | Path | None = None, tls_dir: str | Path | None = None,
                   objective: str = "latency", policy: Any = None,
                   options: DiscoveryOptions | None = None,
-                  auth: BrokerAuth | None = None) -> DiscoveredPlan:
-    host, port = parse_hostport(mqtt, 1883, "--mqtt")
+                  auth: BrokerAuth | None = None, mdns: Any = None) -> DiscoveredPlan:
+    """``mdns`` (``control.mdns.MdnsOptions``) in place of ``mqtt``: the nodes on the LAN."""
     overlay = read_overlay(fleet_file) if fleet_file is not None else None
     name = fleet or (overlay.name if overlay is not None and overlay.name else "default")
     ca = None
@@ -45,7 +45,7 @@ def discover_plan(model: str, mqtt: str, *, fleet: str | None = None,
         from edgeweave.security.tls import TLSFiles
 
         ca = TLSFiles.from_dir(tls_dir, "coordinator").ca.read_bytes()
-    with FleetMonitor(host, port, fleet=name, auth=auth) as monitor:
+    with FleetMonitor.over(name, mqtt=mqtt, auth=auth, mdns=mdns) as monitor:
         asm = FleetAssembler(monitor, ca_pem=ca, overlay=overlay, options=options)
         disc = asm.wait()
         adapter = make_fleet_adapter(model, disc, objective, policy)

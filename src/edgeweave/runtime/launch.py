@@ -218,7 +218,8 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
              mqtt: str | None = None, device: str = "node", fleet: str = "default",
              telemetry_s: float | None = 5.0, colocated: bool = False,
              device_class: str | None = None, zone: str | None = None,
-             mqtt_auth: Any = None, advertise: str | None = None) -> None:
+             mqtt_auth: Any = None, advertise: str | None = None,
+             mdns: Any = None) -> None:
     """Serve stages of ``model`` until SIGTERM/SIGINT (the body of ``edgeweave node``).
 
     With ``mqtt`` (``HOST:PORT`` of the fleet's broker) the node also joins the control plane
@@ -229,7 +230,8 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
     fires when the process dies, so the coordinator fails over. ``mqtt_auth`` is a
     ``control.client.BrokerAuth`` (username/password, broker TLS); ``advertise`` the host
     others reach this node at (default: ``host``, or this host's name when it listens on
-    every interface).
+    every interface). ``mdns`` (a ``control.mdns.MdnsOptions``) instead of ``mqtt`` announces
+    the same over DNS-SD on the LAN, no broker (``control.mdns``).
     """
     from edgeweave.runtime.engines.base import EngineConfig
     from edgeweave.runtime.local import EngineChoice
@@ -259,7 +261,7 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent = prober = None
-    if mqtt:
+    if mqtt or mdns is not None:
         from edgeweave.control.announce import Announcement, measured_figures, read_cert
         from edgeweave.control.messages import Telemetry
 
@@ -271,7 +273,7 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
             device, f"{advertise or host}:{bound}", (variant,), backend, device_class,
             {} if device_class else measured_figures(), Telemetry.sample().battery, zone,
             read_cert(tls), tuple(stages))
-        agent, prober = _node_agent(mqtt, ann, fleet, telemetry_s, tls, mqtt_auth)
+        agent, prober = _node_agent(mqtt, ann, fleet, telemetry_s, tls, mqtt_auth, mdns)
     (ready or print)(f"{READY} {host}:{bound}")
     try:
         while not stop.wait(0.5):  # a timed wait lets the signal handler run promptly
@@ -284,16 +286,23 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
         server.stop(grace=1.0).wait()
 
 
-def _node_agent(mqtt: str, ann: Any, fleet: str, telemetry_s: float | None, tls: Any,
-                auth: Any) -> tuple[Any, Any]:
+def _node_agent(mqtt: str | None, ann: Any, fleet: str, telemetry_s: float | None, tls: Any,
+                auth: Any, mdns: Any = None) -> tuple[Any, Any]:
     from edgeweave.control.agent import NodeAgent, host_profile
     from edgeweave.control.peers import PeerProber
     from edgeweave.netaddr import parse_hostport
 
-    mhost, mport = parse_hostport(mqtt, flag="--mqtt")
-    agent = NodeAgent(ann.device, mhost, mport, fleet=fleet,
-                      profile=host_profile() | ann.to_profile(), telemetry_s=telemetry_s,
-                      auth=auth)
+    profile = host_profile() | ann.to_profile()
+    agent: Any
+    if mdns is not None:
+        from edgeweave.control.mdns import MdnsAgent
+
+        agent = MdnsAgent(ann.device, fleet=fleet, profile=profile, telemetry_s=telemetry_s,
+                          options=mdns)
+    else:
+        mhost, mport = parse_hostport(mqtt or "", flag="--mqtt")
+        agent = NodeAgent(ann.device, mhost, mport, fleet=fleet, profile=profile,
+                          telemetry_s=telemetry_s, auth=auth)
     prober = PeerProber(agent, tls)  # subscribes to the peers' profiles when it connects
     # an unreachable broker raises RuntimeStageError with the fix in its message
     agent.start()

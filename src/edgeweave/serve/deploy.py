@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # fastapi and the control plane load only where a stack uses 
 
     from edgeweave.control.assemble import DiscoveryOptions, FleetAssembler
     from edgeweave.control.client import BrokerAuth
+    from edgeweave.control.mdns import MdnsOptions
     from edgeweave.plan.adapt import Adapter
 
 
@@ -135,8 +136,8 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
           adapters: Sequence[AdapterSpec] = (),
           policy: PolicyOptions | None = None,
           prefix_cache_mb: int = DEFAULT_BUDGET_MB,
-          discovery: DiscoveryOptions | None = None, mqtt_auth: BrokerAuth | None = None
-          ) -> ServeStack:
+          discovery: DiscoveryOptions | None = None, mqtt_auth: BrokerAuth | None = None,
+          mdns: MdnsOptions | None = None) -> ServeStack:
     """``choice`` is the backend (and, without a plan, the variant) every stage runs;
     ``adapters`` are LoRA adapters served unmerged beside the base (in this process, or
     sent by the coordinator to every stage of the plan); ``policy`` overrides the fleet
@@ -144,18 +145,20 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
     (0 disables it; on a plan, every node's memory cap bounds its donors too).
     ``mqtt`` alone (no ``plan``, no ``nodes``) discovers the fleet: ``discovery``
     (``control.assemble.DiscoveryOptions``) says how long to wait for how many nodes,
-    ``mqtt_auth`` (``control.client.BrokerAuth``) how to log in to the broker."""
+    ``mqtt_auth`` (``control.client.BrokerAuth``) how to log in to the broker; ``mdns``
+    (``control.mdns.MdnsOptions``) in place of ``mqtt`` hears the fleet over DNS-SD."""
     if prefix_cache_mb < 0:
         raise ConfigError(f"--prefix-cache-mb must be >= 0 (got {prefix_cache_mb}): 0 "
                           "disables the prefix cache")
     prefix_bytes = prefix_cache_mb << 20
     choice = choice or EngineChoice()
-    if mqtt and plan is None and not nodes:
+    if (mqtt or mdns is not None) and plan is None and not nodes:
         if adapters:  # refused before any node is asked to load a stage
             load_checked(tuple(adapters), model, Path(model).name)
         return discover(model, mqtt, fleet=fleet, fleet_file=fleet_file, tls_dir=tls_dir,
                         objective=objective, choice=choice, adapters=adapters, policy=policy,
-                        prefix_bytes=prefix_bytes, options=discovery, auth=mqtt_auth)
+                        prefix_bytes=prefix_bytes, options=discovery, auth=mqtt_auth,
+                        mdns=mdns)
     if policy is not None and policy.given and fleet_file is None:
         raise ConfigError("--keep-in, --hidden-states-in-zone and --max-cost need --fleet-file: "
                           "the zones and prices are the fleet file's devices'")
@@ -191,28 +194,29 @@ def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = 
         sessions.close()
         raise
     stack = ServeStack(sessions)
-    if mqtt:
+    if mqtt or mdns is not None:
         from edgeweave.control.monitor import FleetMonitor
         from edgeweave.control.planner import PlannerBridge, monitor_config_for
         from edgeweave.control.wiring import FleetController
 
-        host, port = parse_hostport(mqtt, 1883, "--mqtt")
         name = fleet or (adapter.base.name if adapter is not None else "default")
         cfg = monitor_config_for(adapter) if adapter is not None else None
-        monitor = FleetMonitor(host, port, fleet=name, config=cfg, auth=mqtt_auth).start()
+        monitor = FleetMonitor.over(name, mqtt=mqtt, auth=mqtt_auth, mdns=mdns,
+                                    config=cfg).start()
         stack.closers.append(monitor.stop)
         FleetController(monitor, coord, PlannerBridge(adapter) if adapter is not None else None)
     return stack
 
 
-def discover(model: str, mqtt: str, *, fleet: str | None = None,
+def discover(model: str, mqtt: str | None, *, fleet: str | None = None,
              fleet_file: str | Path | None = None, tls_dir: str | Path | None = None,
              objective: str = "latency", choice: EngineChoice | None = None,
              adapters: Sequence[AdapterSpec] = (), policy: PolicyOptions | None = None,
              prefix_bytes: int = DEFAULT_BUDGET_MB << 20,
-             options: DiscoveryOptions | None = None, auth: BrokerAuth | None = None
-             ) -> ServeStack:
-    """Serve over the nodes that announce themselves on the broker at ``mqtt``."""
+             options: DiscoveryOptions | None = None, auth: BrokerAuth | None = None,
+             mdns: MdnsOptions | None = None) -> ServeStack:
+    """Serve over the nodes that announce themselves on the broker at ``mqtt`` (or over
+    DNS-SD with ``mdns``)."""
     from edgeweave.control.assemble import FleetAssembler, make_fleet_adapter
     from edgeweave.control.discovered import read_overlay
     from edgeweave.control.events import MonitorConfig
@@ -224,13 +228,12 @@ def discover(model: str, mqtt: str, *, fleet: str | None = None,
     from edgeweave.serve.fleet_api import fleet_router
 
     choice = choice or EngineChoice()
-    host, port = parse_hostport(mqtt, 1883, "--mqtt")
     overlay = read_overlay(fleet_file) if fleet_file is not None else None
     name = fleet or (overlay.name if overlay is not None and overlay.name else "default")
     tls = TLSFiles.from_dir(tls_dir, "coordinator") if tls_dir is not None else None
     # the adapter's default battery marks (0.2 low, 0.3 high) as the monitor's thresholds
-    monitor = FleetMonitor(host, port, fleet=name, auth=auth,
-                           config=MonitorConfig(battery_low=0.2, battery_hysteresis=0.1)).start()
+    monitor = FleetMonitor.over(name, mqtt=mqtt, auth=auth, mdns=mdns, config=MonitorConfig(
+        battery_low=0.2, battery_hysteresis=0.1)).start()
     try:
         asm = FleetAssembler(monitor, ca_pem=tls.ca.read_bytes() if tls else None,
                              overlay=overlay, options=options)

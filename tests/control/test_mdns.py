@@ -29,11 +29,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeweave.control.events import EventKind
-from edgeweave.control.mdns import SERVICE_TYPE, MdnsAgent, MdnsOptions, instance_name
+from edgeweave.control.mdns import SERVICE_TYPE, MdnsAgent, MdnsOptions, instance_name, mdns_choice
 from edgeweave.control.mdns_txt import CHUNK, decode_txt, encode_txt
 from edgeweave.control.messages import Telemetry
 from edgeweave.control.monitor import FleetMonitor
-from edgeweave.control.sources import mdns_choice
 from edgeweave.errors import ConfigError
 from edgeweave.runtime.generate import SamplingParams, generate, stream_generate
 from edgeweave.runtime.launch import stop_processes, wait_ready

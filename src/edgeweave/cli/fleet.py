@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Members, their measurements, the live plan and its predicted cost."""
         from edgeweave.control.client import BrokerAuth
-        from edgeweave.control.sources import mdns_choice
+        from edgeweave.control.mdns import mdns_choice
 
         mdns = mdns_choice(discover, mqtt, mdns_interface)
         st = fleet_status(mqtt, fleet, BrokerAuth.from_options(mqtt_user, mqtt_password_file,

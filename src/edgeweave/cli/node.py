@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         """Host stages of a pipeline; prints `EDGEWEAVE-NODE READY host:port` when serving."""
         opts = NodeOptions(host, port, memory_mb, threads)  # refused before anything loads
         from edgeweave.control.client import BrokerAuth
-        from edgeweave.control.sources import mdns_choice
+        from edgeweave.control.mdns import mdns_choice
 
         auth = BrokerAuth.from_options(mqtt_user, mqtt_password_file, mqtt_ca)
         mdns = mdns_choice(discover, mqtt, mdns_interface)

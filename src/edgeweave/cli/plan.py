@@ -128,7 +128,7 @@ def plan_cmd(
     show_explain: bool = _EXPLAIN, as_json: bool = _JSON,
 ) -> None:
     """Place the model's blocks on a fleet minimising an objective; print the breakdown."""
-    from edgeweave.control.sources import mdns_choice
+    from edgeweave.control.mdns import mdns_choice
 
     mdns = mdns_choice(discover, mqtt, mdns_interface)  # --discover mdns: the LAN
     if mqtt or mdns is not None:

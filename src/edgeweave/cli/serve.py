@@ -182,7 +182,7 @@ def serve_cmd(
     _prepare_process(threads)  # before numpy/onnxruntime load
     from edgeweave.control.assemble import DiscoveryOptions
     from edgeweave.control.client import BrokerAuth
-    from edgeweave.control.sources import mdns_choice
+    from edgeweave.control.mdns import mdns_choice
     from edgeweave.runtime.local import EngineChoice
     from edgeweave.serve.deploy import PolicyOptions
     from edgeweave.serve.server import ServerAddress, serve

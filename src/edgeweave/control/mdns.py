@@ -29,8 +29,9 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from edgeweave.control.mdns_txt import decode_txt, encode_txt, txt_fleet
@@ -340,3 +341,32 @@ class MdnsSource:
             self._heard[device].present = False
         if self._deliver is not None:
             self._deliver(device, "status", {"state": "offline", "reason": "clean"}, False)
+
+
+class DiscoverKind(StrEnum):
+    MQTT = "mqtt"  # the fleet's broker (--mqtt HOST:PORT)
+    MDNS = "mdns"  # DNS-SD on the LAN, no broker
+
+
+def mdns_choice(discover: str | None, mqtt: str | None,
+                interfaces: Sequence[str] = ()) -> MdnsOptions | None:
+    """The CLI's ``--discover`` (``mqtt``, the default with ``--mqtt``, or ``mdns``) and
+    ``--mdns-interface``: the :class:`MdnsOptions` for mDNS, None for the broker (or
+    no control plane); a bad value or combination raises :class:`ConfigError`."""
+    try:
+        kind = DiscoverKind((discover or DiscoverKind.MQTT).strip().lower())
+    except ValueError:
+        raise ConfigError(f"--discover {discover!r}: use mqtt (with --mqtt HOST:PORT) or "
+                          "mdns (the LAN, no broker)") from None
+    if kind is DiscoverKind.MQTT:
+        if interfaces:
+            raise ConfigError("--mdns-interface works with --discover mdns: add it, or drop "
+                              "--mdns-interface")
+        if discover is not None and not mqtt:
+            raise ConfigError("--discover mqtt needs --mqtt HOST:PORT (the fleet's broker); "
+                              "without a broker use --discover mdns")
+        return None
+    if mqtt:
+        raise ConfigError("--discover mdns needs no broker: drop --mqtt, or use "
+                          "--discover mqtt")
+    return MdnsOptions(tuple(interfaces))

@@ -14,13 +14,11 @@ departures, telemetry conditions, the heartbeat watchdog) is the same for every 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from enum import StrEnum
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from edgeweave.control.client import BrokerAuth, connect, make_client
 from edgeweave.control.messages import decode, parse_topic, server_topic, subscription
-from edgeweave.errors import ConfigError
 
 Deliver = Callable[[str, str, dict[str, Any], bool], None]
 
@@ -84,34 +82,3 @@ class MqttSource:
 
     def publish_status(self, body: bytes) -> None:
         self.publish(server_topic(self.fleet), body, retain=True)
-
-
-class DiscoverKind(StrEnum):
-    MQTT = "mqtt"  # the fleet's broker (--mqtt HOST:PORT)
-    MDNS = "mdns"  # DNS-SD on the LAN, no broker
-
-
-def mdns_choice(discover: str | None, mqtt: str | None,
-                interfaces: Sequence[str] = ()) -> Any:
-    """The CLI's ``--discover`` (``mqtt``, the default with ``--mqtt``, or ``mdns``) and
-    ``--mdns-interface``: a ``control.mdns.MdnsOptions`` for mDNS, None for the broker (or
-    no control plane); a bad value or combination raises :class:`ConfigError`."""
-    from edgeweave.control.mdns import MdnsOptions
-
-    try:
-        kind = DiscoverKind((discover or DiscoverKind.MQTT).strip().lower())
-    except ValueError:
-        raise ConfigError(f"--discover {discover!r}: use mqtt (with --mqtt HOST:PORT) or "
-                          "mdns (the LAN, no broker)") from None
-    if kind is DiscoverKind.MQTT:
-        if interfaces:
-            raise ConfigError("--mdns-interface works with --discover mdns: add it, or drop "
-                              "--mdns-interface")
-        if discover is not None and not mqtt:
-            raise ConfigError("--discover mqtt needs --mqtt HOST:PORT (the fleet's broker); "
-                              "without a broker use --discover mdns")
-        return None
-    if mqtt:
-        raise ConfigError("--discover mdns needs no broker: drop --mqtt, or use "
-                          "--discover mqtt")
-    return MdnsOptions(tuple(interfaces))

@@ -123,3 +123,45 @@ def test_apply_plan_keeps_the_old_plan_serving_while_the_new_one_loads(lm):
     assert got == want
     session.close()
     coord.close()
+
+
+def test_a_switch_frees_the_stages_the_new_plan_does_not_use(lm):
+    n = lm.model.cfg.num_layers
+    old, new = Plan.split(n, [2], ["a", "b"]), Plan.split(n, [1], ["a", "b"])
+    factory = GatedFactory(lm.model, gated=set())
+    hosts = {d: StageHost(str(lm.folder), engine_factory=factory) for d in ("a", "b")}
+    coord = Coordinator(old, str(lm.folder), lambda d: InProcessLink(hosts[d], d),
+                        max_len=128)
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    want = list(generate_step(LocalEngine(lm.model, max_len=128), PROMPT, params))
+    session = coord.new_session()
+    tokens = generate_step(session, PROMPT, params)
+    got = [next(tokens)]
+    coord.apply_plan(new)  # the open session moves to the new stages first
+    assert set(hosts["a"].engines) == {"0-1:fp32"}
+    assert set(hosts["b"].engines) == {f"1-{n}:fp32"}
+    got.extend(tokens)
+    assert got == want
+    session.close()
+    coord.close()
+
+
+def test_a_stage_in_use_is_kept_and_one_unloaded_elsewhere_is_loaded_again(lm):
+    n = lm.model.cfg.num_layers
+    factory = GatedFactory(lm.model, gated=set())
+    host = StageHost(str(lm.folder), engine_factory=factory)
+    key = host.handle(_load_frame(0, n, n)).stage
+    assert host.handle(Frame(Op.OPEN, key, "s", arg=64)).op == Op.OK
+    assert host.handle(Frame(Op.UNLOAD, key)).json() == {"unloaded": False}
+    host.handle(Frame(Op.CLOSE, key, "s"))
+    assert host.handle(Frame(Op.UNLOAD, key)).json() == {"unloaded": True}
+    assert key not in host.engines
+    # a coordinator whose plan still names the stage opens a session: it LOADs it again
+    coord = Coordinator(Plan.single(n, "a"), str(lm.folder), lambda d: InProcessLink(host, d),
+                        max_len=128)
+    host.handle(Frame(Op.UNLOAD, key))
+    params = SamplingParams(max_tokens=4, ignore_eos=True)
+    with coord.new_session() as s:
+        got = list(generate_step(s, PROMPT, params))
+    assert got == list(generate_step(LocalEngine(lm.model, max_len=128), PROMPT, params))
+    coord.close()

@@ -186,9 +186,14 @@ class Coordinator:
         try:
             return self.call(st.device, frame, self.deadline_s)
         except NodeError as e:
-            if e.code != ErrorCode.NO_ADAPTER or adapter not in self.adapters:
+            if e.code == ErrorCode.NO_STAGE:  # unloaded by another coordinator's re-plan
+                self.call(st.device, self._load_frame(st), 600.0)
+                for a in self.adapters.values():
+                    self._send_adapter(st, key, a)
+            elif e.code != ErrorCode.NO_ADAPTER or adapter not in self.adapters:
                 raise
-            self._send_adapter(st, key, self.adapters[adapter])
+            else:
+                self._send_adapter(st, key, self.adapters[adapter])
             return self.call(st.device, frame, self.deadline_s)
 
     def call(self, device: str, frame: Frame, timeout: float) -> Frame:
@@ -306,6 +311,7 @@ class Coordinator:
 
     def _switch(self, new_plan: Plan) -> float:
         t0 = time.perf_counter()
+        old = self.state.view
         if self.prefixes is not None:  # donors live on the old plan's stages
             self.prefixes.drop_all(self.plan)
         for _attempt in range(8):  # a node may die during recovery too
@@ -329,10 +335,26 @@ class Coordinator:
             raise RuntimeStageError("could not re-plan: nodes keep failing during recovery")
         self.state.install(new_plan, keys)
         self.counters.plan_changes += 1
+        self._unload_unused(old, new_plan, keys)
         dt = time.perf_counter() - t0
         log.info("switched to %s in %.2f s (%d open sessions replayed)", _describe(new_plan),
                  dt, len(self._sessions))
         return dt
+
+    def _unload_unused(self, old: PlanView, new_plan: Plan, keys: list[str]) -> None:
+        """Free, on their nodes, the old plan's stages the new one does not use: this
+        coordinator's sessions leave them first; a stage another session still holds stays
+        (the node refuses). Best effort: a dead node holds nothing."""
+        kept = {(st.device, key) for st, key in zip(new_plan.stages, keys, strict=True)}
+        for st, key in zip(old.plan.stages, old.keys, strict=True):
+            if (st.device, key) in kept or st.device in self.failed:
+                continue
+            for s in self._sessions.values():
+                if s.opened:
+                    with contextlib.suppress(EdgeweaveError):  # never opened there: fine
+                        self.call(st.device, Frame(Op.CLOSE, key, s.id), self.deadline_s)
+            with contextlib.suppress(EdgeweaveError):
+                self.call(st.device, Frame(Op.UNLOAD, key), self.deadline_s)
 
     def close(self) -> None:
         self.closed = True

@@ -291,6 +291,24 @@ class StageHost:
             raise _Refused(ErrorCode.BAD_FRAME, f"{req.session!r} is a prefix donor at stage "
                            f"{req.stage}: it is only copied from (LOAD_PREFIX), never stepped")
 
+    def _unload(self, stage: str) -> bool:
+        """Free ``stage`` (a re-plan moved its blocks elsewhere). Kept while any session or
+        donor lives in it (another coordinator may still use it) or while it is being built;
+        a coordinator that finds it gone LOADs it again."""
+        if stage not in self.engines:
+            return False
+        building = self._loading.get(stage)
+        if any(key[0] == stage for key in self._lru) or (building and building.locked()):
+            return False
+        del self.engines[stage]
+        self.limits.pop(stage, None)
+        self._adapters.pop(stage, None)
+        from edgeweave.runtime.policy import trim_heap
+
+        trim_heap()  # give the weights' pages back to the device
+        log.info("unloaded stage %s", stage)
+        return True
+
     def _close(self, engine: StageEngine, session: str) -> None:
         engine.close(session)
         self._lru.pop((engine.config.key, session), None)
@@ -374,6 +392,8 @@ class StageHost:
             else:  # every stage of this node
                 for engine in self.engines.values():
                     self._close(engine, req.session)
+        elif req.op == Op.UNLOAD:
+            ok.payload = Frame.json_bytes({"unloaded": self._unload(req.stage)})
         elif req.op == Op.INFO:
             ok.payload = Frame.json_bytes(self.info())
         elif req.op != Op.PING:

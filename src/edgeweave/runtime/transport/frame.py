@@ -86,6 +86,7 @@ class Op(IntEnum):
     ADAPTER = 9
     SAVE_PREFIX = 10
     LOAD_PREFIX = 11
+    UNLOAD = 12  # free a stage no plan uses any more (refused while it holds sessions)
     OK = 16
     ERROR = 17
 

@@ -35,7 +35,9 @@ session evicted or out of sync fails alone. ADAPTER (payload: one stage's factor
 adapter, ``runtime.adapters.to_bytes``). SAVE_PREFIX (payload: JSON ``{"prefix": id}``, arg:
 length): keep the first ``arg`` tokens of the session's cache as the prefix donor ``id``
 (``runtime.prefix``; its OK carries JSON ``{"bytes": n}``); LOAD_PREFIX (same payload and
-arg): make the open session hold the first ``arg`` tokens of donor ``id``. Responses: OK
+arg): make the open session hold the first ``arg`` tokens of donor ``id``. UNLOAD (the
+frame's stage key): free a stage no session or donor holds (its OK carries JSON
+``{"unloaded": bool}``: false while one does, or while it is being built). Responses: OK
 (FORWARD: the output tensor; INFO/LOAD: JSON) or ERROR (payload: the message, arg:
 :class:`ErrorCode`).
 

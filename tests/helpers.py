@@ -75,3 +75,17 @@ def module_in_package(package: ModuleType, folder: Path, name: str, source: str
     finally:
         package.__path__.remove(str(folder))
         sys.modules.pop(full, None)
+
+
+def embedded_tokens(model: str | Path, prompt: str, params: object) -> list[int]:
+    """Greedy tokens of the single-process reference (torch fp32, one thread): what every
+    distributed test must reproduce."""
+    from edgeweave.runtime.generate import generate
+    from edgeweave.runtime.local import EngineChoice
+    from edgeweave.serve.backend import LocalSessions
+
+    local = LocalSessions.load(str(model), EngineChoice("torch", "fp32", 1))
+    try:
+        return generate(local.new_session(), local.tokenizer, prompt, params).token_ids
+    finally:
+        local.close()

@@ -28,6 +28,7 @@ from edgeweave.runtime.launch import wait_ready
 from edgeweave.security.certs import init_fleet
 from edgeweave.security.tls import TLSFiles
 from tests.conftest import make_cfg, random_model, save_folder
+from tests.helpers import embedded_tokens
 
 FLEET = "lab"
 PARAMS = SamplingParams(max_tokens=20, ignore_eos=True)
@@ -117,14 +118,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def reference(lab: Lab) -> list[int]:
     """Greedy tokens of the embedded single process (same backend and variant)."""
-    from edgeweave.runtime.local import EngineChoice
-    from edgeweave.serve.backend import LocalSessions
-
-    local = LocalSessions.load(str(lab.model), EngineChoice("torch", "fp32", 1))
-    try:
-        return generate(local.new_session(), local.tokenizer, PROMPT, PARAMS).token_ids
-    finally:
-        local.close()
+    return embedded_tokens(lab.model, PROMPT, PARAMS)
 
 
 @pytest.fixture(scope="module")

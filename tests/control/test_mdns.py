@@ -38,6 +38,7 @@ from edgeweave.runtime.generate import SamplingParams, generate, stream_generate
 from edgeweave.runtime.launch import stop_processes, wait_ready
 from edgeweave.security.certs import init_fleet
 from tests.conftest import make_cfg, random_model, save_folder
+from tests.helpers import embedded_tokens
 
 LOOPBACK = MdnsOptions(("127.0.0.1",))
 FLEET = f"mdns{os.getpid()}"
@@ -218,14 +219,7 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
 @pytest.fixture(scope="module")
 def reference(lan: Lan) -> list[int]:
     """Greedy tokens of the embedded single process (same backend and variant)."""
-    from edgeweave.runtime.local import EngineChoice
-    from edgeweave.serve.backend import LocalSessions
-
-    local = LocalSessions.load(str(lan.model), EngineChoice("torch", "fp32", 1))
-    try:
-        return generate(local.new_session(), local.tokenizer, PROMPT, PARAMS).token_ids
-    finally:
-        local.close()
+    return embedded_tokens(lan.model, PROMPT, PARAMS)
 
 
 @dataclass

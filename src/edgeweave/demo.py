@@ -162,7 +162,9 @@ def ask(url: str, key: str, model_id: str, questions: list[dict[str, Any]], step
             "prompt_tokens": r.usage.prompt_tokens if r.usage else None,
             "completion_tokens": r.usage.completion_tokens if r.usage else None,
             "latency_s": time.perf_counter() - t0, "ttft_s": extra.get("ttft_s"),
-            "decode_tps": extra.get("decode_tok_s"), "plan": plan_label,
+            # one token is all prefill: no decode step to time (the server says 0)
+            "decode_tps": extra.get("decode_tok_s")
+            if r.usage and r.usage.completion_tokens > 1 else None, "plan": plan_label,
             "constrained": bool(extra_body), "question": q["prompt"][-240:],
         })
     step("ask", len(questions), len(questions))

@@ -141,3 +141,18 @@ def int8_prepack(qweight: torch.Tensor, scales: torch.Tensor) -> Any:
         qt = torch._make_per_channel_quantized_tensor(
             qweight, scales, torch.zeros(n, dtype=torch.long), 0)
         return torch.ops.quantized.linear_prepack(qt, None)
+
+
+def int8_unpack(packed: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 weight (N, K) and float32 per-row scales (N,) of an :func:`int8_prepack`
+    result (what an artifact stores)."""
+    qt = torch.ops.quantized.linear_unpack(packed)[0]
+    return qt.int_repr(), qt.q_per_channel_scales().float()
+
+
+def int8_dynamic_mm(x: torch.Tensor, packed: Any, reduce_range: bool) -> torch.Tensor:
+    """float ``x`` (..., K) times an :func:`int8_prepack` weight, activations quantized per
+    call (fbgemm's dynamic int8 linear); ``x`` is handed over as contiguous float32, the
+    only layout the kernel reads correctly."""
+    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, reduce_range)
+

@@ -53,7 +53,9 @@ from torch import nn
 from edgeweave.compress.kernels import (
     int4_pack,
     int4_weight_mm,
+    int8_dynamic_mm,
     int8_prepack,
+    int8_unpack,
     int8_weight_mm,
     owned,
 )
@@ -88,7 +90,7 @@ REDUCE_RANGE = _reduce_range()
 class Int8Linear(nn.Module):
     """int8 weights (symmetric per output channel) on one of two real kernels.
 
-    ``mode="w8a16"`` (RTN int8): ``torch.ops.aten._weight_int8pack_mm`` multiplies bf16
+    ``mode="w8a16"`` (RTN int8): aten's int8pack matmul (``kernels.int8_weight_mm``) multiplies bf16
     activations by the int8 matrix held as is, with bf16 per-channel scales: weight-only,
     accurate. ``mode="w8a8"`` (SmoothQuant): fbgemm's prepacked dynamic linear, which also
     quantizes activations per tensor (7-bit without VNNI): needs smoothed activations.
@@ -114,13 +116,13 @@ class Int8Linear(nn.Module):
     @property
     def qweight(self) -> torch.Tensor:
         if self.mode == "w8a8":
-            return torch.ops.quantized.linear_unpack(self._packed)[0].int_repr()
+            return int8_unpack(self._packed)[0]
         return self._q
 
     @property
     def scales(self) -> torch.Tensor:
         if self.mode == "w8a8":
-            return torch.ops.quantized.linear_unpack(self._packed)[0].q_per_channel_scales().float()
+            return int8_unpack(self._packed)[1]
         return self._s.float()
 
     def dequantized(self) -> torch.Tensor:
@@ -128,8 +130,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "w8a8":
-            y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed,
-                                                   REDUCE_RANGE)
+            y = int8_dynamic_mm(x, self._packed, REDUCE_RANGE)
         else:
             shape = x.shape
             y = int8_weight_mm(x.reshape(-1, shape[-1]), self._q, self._s)

@@ -9,8 +9,9 @@ from typing import Any
 
 from edgeweave.runtime.engines.base import EngineConfig
 from edgeweave.runtime.engines.torch import TorchStageEngine
-from edgeweave.runtime.stage import GRPC_OPTIONS, METHOD, StageHost, serve
+from edgeweave.runtime.stage import StageHost
 from edgeweave.runtime.transport.frame import Frame
+from edgeweave.runtime.transport.grpc_server import GRPC_OPTIONS, METHOD, serve
 from edgeweave.types import Shard
 
 

@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from edgeweave.errors import ConfigError
 from edgeweave.models import load
 from edgeweave.runtime import codec as codecs
-from edgeweave.runtime.stage import StageHost, serve
+from edgeweave.runtime.stage import StageHost
 from edgeweave.runtime.transport.delay_proxy import DelayProxy, LinkShape
 from edgeweave.runtime.transport.frame import Frame, Op
 from edgeweave.runtime.transport.grpc_link import GrpcLink
+from edgeweave.runtime.transport.grpc_server import serve
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

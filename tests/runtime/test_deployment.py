@@ -10,7 +10,8 @@ from edgeweave.models import load
 from edgeweave.runtime.deployment import Deployment
 from edgeweave.runtime.generate import SamplingParams, generate
 from edgeweave.runtime.launch import attach, embedded
-from edgeweave.runtime.stage import StageHost, serve
+from edgeweave.runtime.stage import StageHost
+from edgeweave.runtime.transport.grpc_server import serve
 from edgeweave.types import Plan, Shard, Stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

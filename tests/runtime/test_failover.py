@@ -65,7 +65,8 @@ def test_hung_node_is_detected_by_the_deadline(tiny_model):
 
     from edgeweave.runtime.engines.torch import TorchStageEngine
     from edgeweave.runtime.launch import attach
-    from edgeweave.runtime.stage import StageHost, serve
+    from edgeweave.runtime.stage import StageHost
+    from edgeweave.runtime.transport.grpc_server import serve
 
     hang = threading.Event()
 

@@ -62,8 +62,9 @@ def test_server_reports_backend_and_variant_everywhere(tiny_folder, tmp_home):
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_the_coordinator_tells_nodes_which_backend_to_load(tiny_folder, tmp_home, backend):
     from edgeweave.runtime.launch import attach
-    from edgeweave.runtime.stage import StageHost, serve
+    from edgeweave.runtime.stage import StageHost
     from edgeweave.runtime.transport.frame import Frame, Op
+    from edgeweave.runtime.transport.grpc_server import serve
 
     hosts = [StageHost(str(tiny_folder), 1 << 30) for _ in range(2)]
     servers = [serve(h, "127.0.0.1:0") for h in hosts]

@@ -15,9 +15,10 @@ import pytest
 from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
 from edgeweave.runtime import codec
 from edgeweave.runtime.engines.torch import TorchStageEngine
-from edgeweave.runtime.stage import StageHost, serve
+from edgeweave.runtime.stage import StageHost
 from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op
 from edgeweave.runtime.transport.grpc_link import GrpcLink
+from edgeweave.runtime.transport.grpc_server import serve
 from edgeweave.security.certs import init_fleet
 from edgeweave.security.tls import TLSFiles
 from tests.conftest import make_cfg, random_model

@@ -22,8 +22,9 @@ from edgeweave.runtime.engines.torch import TorchStageEngine
 from edgeweave.runtime.generate import SamplingParams
 from edgeweave.runtime.launch import attach
 from edgeweave.runtime.sequence import Generation, advance
-from edgeweave.runtime.stage import StageHost, serve
+from edgeweave.runtime.stage import StageHost
 from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op
+from edgeweave.runtime.transport.grpc_server import serve
 from edgeweave.types import Plan, Shard
 from tests.conftest import make_cfg, random_model, save_folder
 from tests.runtime.test_prefix_cache import CACHED, PROMPTS

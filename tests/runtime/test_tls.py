@@ -12,10 +12,11 @@ from edgeweave.runtime.engines.base import EngineConfig
 from edgeweave.runtime.engines.torch import TorchStageEngine
 from edgeweave.runtime.generate import SamplingParams, generate_step
 from edgeweave.runtime.launch import attach
-from edgeweave.runtime.stage import StageHost, serve
+from edgeweave.runtime.stage import StageHost
 from edgeweave.runtime.transport.base import StageUnavailable
 from edgeweave.runtime.transport.frame import Frame, Op
 from edgeweave.runtime.transport.grpc_link import GrpcLink
+from edgeweave.runtime.transport.grpc_server import serve
 from edgeweave.security.certs import issue, make_ca
 from edgeweave.security.tls import TLSFiles
 from edgeweave.types import Plan, Shard

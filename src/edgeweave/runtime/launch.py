@@ -235,8 +235,9 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
     """
     from edgeweave.runtime.engines.base import EngineConfig
     from edgeweave.runtime.local import EngineChoice
-    from edgeweave.runtime.stage import StageHost, serve
+    from edgeweave.runtime.stage import StageHost
     from edgeweave.runtime.threads import ColocatedThreads, blas_threads
+    from edgeweave.runtime.transport.grpc_server import serve
 
     choice = EngineChoice(backend, variant, threads)  # validated before anything loads
     backend, variant = choice.backend, choice.variant

@@ -15,9 +15,9 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from edgeweave.runtime.stage import GRPC_OPTIONS, METHOD
 from edgeweave.runtime.transport.base import StageUnavailable
 from edgeweave.runtime.transport.frame import Frame
+from edgeweave.runtime.transport.grpc_server import GRPC_OPTIONS, METHOD
 
 _END = object()
 

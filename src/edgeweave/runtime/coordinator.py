@@ -120,18 +120,20 @@ class Coordinator:
                 "variant": st.variant, "backend": self.backend}
         return Frame(Op.LOAD, payload=Frame.json_bytes(spec))
 
+    def _load(self, st: Stage) -> str:
+        """LOAD one stage on its node with every added adapter; returns its key."""
+        key = self.call(st.device, self._load_frame(st), 600.0).stage
+        for adapter in self.adapters.values():  # the node skips what it holds already
+            self._send_adapter(st, key, adapter)
+        return key
+
     def _prepare(self, plan: Plan) -> list[str]:
         """Make sure every stage is loaded on its node; return the stage keys. Nodes load
         at the same time (one thread per device), each its own stages in order."""
 
         def load_on(device: str) -> dict[int, str]:
-            keys = {}
-            for i, st in enumerate(plan.stages):
-                if st.device == device:
-                    keys[i] = self.call(device, self._load_frame(st), 600.0).stage
-                    for adapter in self.adapters.values():  # the node skips what it holds
-                        self._send_adapter(st, keys[i], adapter)
-            return keys
+            return {i: self._load(st) for i, st in enumerate(plan.stages)
+                    if st.device == device}
 
         keys: dict[int, str] = {}
         for part in _each_device(plan, load_on):
@@ -187,9 +189,7 @@ class Coordinator:
             return self.call(st.device, frame, self.deadline_s)
         except NodeError as e:
             if e.code == ErrorCode.NO_STAGE:  # unloaded by another coordinator's re-plan
-                self.call(st.device, self._load_frame(st), 600.0)
-                for a in self.adapters.values():
-                    self._send_adapter(st, key, a)
+                self._load(st)
             elif e.code != ErrorCode.NO_ADAPTER or adapter not in self.adapters:
                 raise
             else:

@@ -91,11 +91,6 @@ class SessionFactory(Protocol):
         ...
 
 
-def cache_usage(backend: SessionFactory) -> CacheUsage:
-    """The backend's :class:`CacheUsage` (what ``/metrics`` reads at every scrape)."""
-    return backend.cache_usage()
-
-
 def close_session(engine: LogitsEngine) -> None:
     """Release a session's state if the engine holds any outside this process."""
     close = getattr(engine, "close", None)

@@ -13,7 +13,7 @@ import time
 from edgeweave.errors import ConfigError
 from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.generate import GenerationResponse
-from edgeweave.serve.backend import SessionFactory, cache_usage
+from edgeweave.serve.backend import SessionFactory
 from edgeweave.serve.config import ServeConfig
 from edgeweave.serve.embeddings import Embedder, embeddings_available
 from edgeweave.serve.metrics import ServeMetrics
@@ -50,7 +50,7 @@ class AppState:
         # accepted jobs until they finish: running once their session exists, else waiting
         self._live: set[Job] = set()
         self._live_lock = threading.Lock()
-        self.metrics = ServeMetrics(self.active, self.load, lambda: cache_usage(backend))
+        self.metrics = ServeMetrics(self.active, self.load, backend.cache_usage)
         self.embedder = Embedder() if config.embeddings and embeddings_available() else None
         self.adapters = dict(backend.adapters)
         if self.model_id in self.adapters:

@@ -113,3 +113,20 @@ def mdns_interface_option() -> Any:
     return typer.Option([], "--mdns-interface", help="With --discover mdns: IP address of an "
                         "interface to use (repeatable; default: every interface; 127.0.0.1 "
                         "keeps it on this host).")
+
+
+def draft_option() -> Any:
+    import typer
+
+    return typer.Option("", "--draft", help="Speculative decoding: a draft in this process "
+                        "proposes tokens the model verifies several at a time: a variant "
+                        "(int4), early-exit:K (the first K blocks) or a compressed artifact "
+                        "folder (a distilled student). Greedy output is unchanged.")
+
+
+def draft_k_option() -> Any:
+    import typer
+
+    return typer.Option(0, "--draft-k", help="Draft tokens per verify step (0 = adaptive: "
+                        "from the acceptance rate and the measured round trip; off where it "
+                        "does not pay).")

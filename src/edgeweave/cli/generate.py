@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from edgeweave.cli.common import backend_option, console, metrics_line, threads_option, variant_option
+from edgeweave.cli.common import (
+    backend_option,
+    console,
+    draft_k_option,
+    draft_option,
+    metrics_line,
+    threads_option,
+    variant_option,
+)
 from edgeweave.models.catalog import DEFAULT_MODEL
 
 
@@ -34,6 +42,7 @@ def register(app: typer.Typer) -> None:
         regex: str = typer.Option(None, "--regex", help="Answer matching this pattern."),
         adapter: str = typer.Option(None, "--adapter", help="LoRA adapter folder (edgeweave "
                                     "finetune --out) run unmerged on the model."),
+        draft: str = draft_option(), draft_k: int = draft_k_option(),
     ) -> None:
         """Generate text with our own decode loop and print its metrics."""
         from edgeweave.runtime.policy import ProcessPolicy
@@ -41,16 +50,18 @@ def register(app: typer.Typer) -> None:
         ProcessPolicy.for_this_process(threads=threads).apply()  # before numpy/onnxruntime
         from edgeweave.runtime.api import run_generate
         from edgeweave.runtime.constraints import parse_format
+        from edgeweave.runtime.drafts import Speculation
         from edgeweave.runtime.local import EngineChoice
 
         output = parse_format(json_object=json_object, schema=schema, choices=tuple(choice),
                               regex=regex)
+        speculation = Speculation.from_options(draft, draft_k)
 
         run_generate(prompt, model=model, chat=chat, stream=stream, max_tokens=max_tokens,
                      temperature=temperature, top_k=top_k, top_p=top_p,
                      repetition_penalty=repetition_penalty, stop=tuple(stop), seed=seed,
                      choice=EngineChoice(backend, variant, threads), output=output,
-                     adapter=adapter,
+                     adapter=adapter, speculation=speculation,
                      echo=lambda s: console.print(s, end="", markup=False, highlight=False),
                      report=lambda r: console.print(
                          f"\n[dim]{r.runtime['backend']} {r.runtime['variant']} · "

@@ -15,6 +15,8 @@ import typer
 from edgeweave.cli.common import (
     backend_option,
     discover_option,
+    draft_k_option,
+    draft_option,
     hidden_states_option,
     keep_in_option,
     max_cost_option,
@@ -175,7 +177,7 @@ def serve_cmd(
     embeddings: bool = _embeddings_option(), adapter: list[str] | None = _adapter_option(),
     prefix_cache_mb: int = _prefix_cache_option(),
     backend: str = backend_option(), variant: str = variant_option(),
-    threads: int = threads_option(),
+    threads: int = threads_option(), draft: str = draft_option(), draft_k: int = draft_k_option(),
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health
     and /metrics."""
@@ -183,6 +185,7 @@ def serve_cmd(
     from edgeweave.control.assemble import DiscoveryOptions
     from edgeweave.control.client import BrokerAuth
     from edgeweave.control.mdns import mdns_choice
+    from edgeweave.runtime.drafts import Speculation
     from edgeweave.runtime.local import EngineChoice
     from edgeweave.serve.deploy import PolicyOptions
     from edgeweave.serve.server import ServerAddress, serve
@@ -194,13 +197,15 @@ def serve_cmd(
                         max_tokens_limit, max_body_bytes, embeddings)
     ServerAddress(host, port)  # a bad address fails before the warning and the load
     choice = EngineChoice(backend, variant, threads)
+    speculation = Speculation.from_options(draft, draft_k)
     specs = _adapter_folders(adapter or [])
     _warn_if_open(host, cfg)
     serve(model, host=host, port=port, config=cfg, plan=plan, nodes=tuple(node or ()),
           tls_dir=tls_dir, mqtt=mqtt, fleet=fleet, fleet_file=fleet_file,
           objective=objective, choice=choice, adapters=specs,
           policy=PolicyOptions(keep_in, hidden_states, max_cost),
-          prefix_cache_mb=prefix_cache_mb, discovery=discovery, mqtt_auth=auth, mdns=mdns)
+          prefix_cache_mb=prefix_cache_mb, discovery=discovery, mqtt_auth=auth, mdns=mdns,
+          speculation=speculation)
 
 
 def _prepare_process(threads: int) -> None:

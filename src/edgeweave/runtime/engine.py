@@ -79,6 +79,30 @@ class EngineSession:
         self._kept()
         return self.engine.forward(self.id, np.array([ids], dtype=np.int64))[0]
 
+    def verify(self, ids: list[int]) -> np.ndarray:
+        """Append ``ids``; the logits after each of them ``(len(ids), vocab)`` (the
+        verifier's step of speculative decoding)."""
+        from edgeweave.runtime.engines.base import supports_forward_all
+
+        self._kept()
+        if not supports_forward_all(self.engine):
+            raise GenerationError(f"the {self.engine.config.backend} stage engine cannot score "
+                                  "every position of a step: use the onnx or torch backend")
+        return self.engine.forward_all(self.id, np.array([ids], dtype=np.int64))[0]
+
+    @property
+    def length(self) -> int:
+        """Tokens the session's cache holds."""
+        return self.engine.length(self.id)
+
+    def rewind(self, length: int) -> None:
+        """Keep only the first ``length`` tokens (rejected draft tokens are forgotten)."""
+        self._kept()
+        if not 0 <= length <= self.length:
+            raise GenerationError(f"the session holds {self.length} tokens: rewind to "
+                                  f"0..{self.length}, not {length}")
+        self.engine.truncate(self.id, length)
+
     def reuse_prefix(self, ids: list[int]) -> int:
         """Start the sequence ``ids`` from the longest prefix of it the cache holds; return
         how many tokens that is (0: none, the next step starts afresh). The caller feeds

@@ -32,7 +32,7 @@ from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.engine import LogitsEngine
 from edgeweave.runtime.logprobs import TokenLogprob, token_logprob
 from edgeweave.runtime.responses import GenerationMetrics, GenerationResponse, peak_rss_mb
-from edgeweave.runtime.sampling import SamplingParams, sample
+from edgeweave.runtime.sampling import SamplingParams, sample, speculative_pick
 from edgeweave.runtime.text import IncrementalDecoder, held_back
 
 
@@ -67,6 +67,9 @@ class Generation:
             from edgeweave.runtime.constraints import Matcher
 
             self._matcher = Matcher(params.output, tokenizer)
+        configure = getattr(engine, "configure_sampling", None)
+        if callable(configure):  # a speculative engine drafts with the request's settings
+            configure(params)
         self._detok = IncrementalDecoder(tokenizer)
         self.history = list(ids)
         self.tokens: list[int] = []
@@ -126,7 +129,7 @@ class Generation:
                 raise GenerationError("no token the output format allows is among the logits "
                                       "this plan returns: serve structured output with full "
                                       "logits (logits codec fp32 or fp16, not top64)")
-        tok = sample(logits, self.params, self.history, self._rng)
+        tok = self._pick(logits)
         if tok in self._stops:
             return [self._final()]
         if self._matcher is not None:
@@ -154,6 +157,18 @@ class Generation:
                 or len(self.tokens) >= self.params.max_tokens:
             out.append(self._final())
         return out
+
+    def _pick(self, logits: np.ndarray) -> int:
+        """The next token from the target's logits; where a speculative engine has a draft
+        token for this position, by the rejection rule, which keeps the target's
+        distribution (greedy: its argmax either way)."""
+        proposal = getattr(self.engine, "proposal", None)
+        drafted = proposal() if callable(proposal) else None
+        if drafted is None:
+            return sample(logits, self.params, self.history, self._rng)
+        tok, _accepted = speculative_pick(logits, drafted.probs, drafted.token, self.params,
+                                          self.history, self._rng)
+        return tok
 
     # -- responses ------------------------------------------------------------------------
     def _final(self) -> GenerationResponse:

@@ -88,6 +88,30 @@ class Session:
         ran."""
         return self._step(list(ids))
 
+    def verify(self, ids: list[int]) -> np.ndarray:
+        """Append ``ids`` and return the logits after each of them, ``(len(ids), vocab)``:
+        one recorded step whose last stage answers every position (``Op.VERIFY``), which is
+        how speculative decoding scores drafted tokens in one pass."""
+        return self._step(list(ids), Op.VERIFY)
+
+    def rewind(self, length: int) -> None:
+        """Keep only the first ``length`` tokens at every stage (rejected draft tokens);
+        the records are cut to match, so a later replay rebuilds exactly what is kept."""
+        if not 0 <= length <= self.length:
+            raise RuntimeStageError(f"session {self.id} holds {self.length} tokens: rewind to "
+                                    f"0..{self.length}, not {length}")
+        self._kept()  # a prompt waiting for the prefix cache is copied before any cut
+        if length == self.length:
+            return
+        self.coord.run(lambda view: self._rewind_all(view, length), self.counters)
+
+    def _rewind_all(self, view: PlanView, length: int) -> None:
+        for st, key in zip(view.plan.stages, view.keys, strict=True):
+            self.coord.call(st.device, Frame(Op.TRUNCATE, key, self.id, arg=length),
+                            self.coord.deadline_s)
+        self.records = [cut_records(rec, length) for rec in self.records]
+        self.length = length
+
     def reuse_prefix(self, ids: list[int]) -> int:
         """Open the session holding the longest prefix of ``ids`` the plan's prefix cache
         has, at every stage; return its length (0: none, the next step starts afresh)."""
@@ -180,33 +204,35 @@ class Session:
         self.length = 0
         self.opened = True
 
-    def _step(self, ids: list[int]) -> np.ndarray:
+    def _step(self, ids: list[int], last_op: Op = Op.FORWARD) -> np.ndarray:
         self._kept()
         if self.length + len(ids) > self.max_len:
             raise RuntimeStageError(f"session {self.id} holds {self.max_len} tokens; "
                                     "start a new session with a larger max_len")
         x = Payload(codecs.IDS.id, (1, len(ids)), codecs.IDS.encode(np.array([ids], dtype=np.int64)))
-        out = self.coord.run(lambda view: self._forward_all(view, x), self.counters)
+        out = self.coord.run(lambda view: self._forward_all(view, x, last_op), self.counters)
         self.counters.steps += 1
         return codecs.get(out.codec).decode(out.data, out.shape)[0]
 
-    def _forward_all(self, view: PlanView, x: Payload) -> Payload:
+    def _forward_all(self, view: PlanView, x: Payload, last_op: Op = Op.FORWARD) -> Payload:
         inputs = []
+        last = len(view.keys) - 1
         for i, key in enumerate(view.keys):
             inputs.append(x)
-            x = self._forward(view.plan, i, key, x, self.length, record=True)
+            x = self._forward(view.plan, i, key, x, self.length, record=True,
+                              op=last_op if i == last else Op.FORWARD)
         for rec, inp in zip(self.records, inputs, strict=True):
             rec.append(inp)
         self.length += x_tokens(inputs[0])
         return x
 
     def _forward(self, plan: Plan, i: int, key: str, x: Payload, pos: int,
-                 record: bool = False) -> Payload:
+                 record: bool = False, op: Op = Op.FORWARD) -> Payload:
         coord = self.coord
         st = plan.stages[i]
         last = i == len(plan.stages) - 1
         reply = codecs.get(coord.logits_codec if last else st.codec).id
-        req = Frame(Op.FORWARD, key, self.id, arg=pos, codec=x.codec, reply_codec=reply,
+        req = Frame(op, key, self.id, arg=pos, codec=x.codec, reply_codec=reply,
                     shape=x.shape, payload=x.data)
         timeout = coord.deadline_s + coord.per_token_s * x_tokens(x)
         t0 = time.perf_counter()

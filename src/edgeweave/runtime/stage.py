@@ -45,6 +45,7 @@ from edgeweave.runtime.engines.base import (
     StageEngine,
     create_engine,
     forward_each,
+    supports_forward_all,
     supports_prefix,
 )
 from edgeweave.runtime.local import default_backend
@@ -329,7 +330,7 @@ class StageHost:
 
     def _handle(self, req: Frame) -> Frame:
         ok = Frame(Op.OK, req.stage, req.session, req.seq)
-        if req.op == Op.FORWARD:
+        if req.op in (Op.FORWARD, Op.VERIFY):
             engine = self._engine(req)
             self._not_a_donor(req)
             have = engine.length(req.session)
@@ -343,7 +344,7 @@ class StageHost:
             if self.colocated is not None:
                 self.colocated.observe(req.session)
             t0 = time.perf_counter()
-            y = engine.forward(req.session, x)
+            y = self._step(engine, req, x)
             ok.arg = min(int((time.perf_counter() - t0) * 1e6), 2**32 - 1)
             self._lru.move_to_end((req.stage, req.session))
             ok.codec, ok.shape, ok.payload = out.id, tuple(y.shape), out.encode(y)
@@ -382,6 +383,18 @@ class StageHost:
         elif req.op != Op.PING:
             raise _Refused(ErrorCode.BAD_FRAME, f"unsupported request op {req.op!r}")
         return ok
+
+    @staticmethod
+    def _step(engine: StageEngine, req: Frame, x: np.ndarray) -> np.ndarray:
+        """FORWARD: the engine's step; VERIFY: the same step, with every position's logits
+        on a last stage (a stage before the last answers as FORWARD does)."""
+        if req.op != Op.VERIFY or not engine.config.shard.is_last:
+            return engine.forward(req.session, x)
+        if not supports_forward_all(engine):
+            raise _Refused(ErrorCode.BAD_FRAME, f"stage {req.stage} ({engine.config.backend}) "
+                           "cannot score every position of a step: serve speculative decoding "
+                           "with the onnx or torch backend, or without --draft")
+        return engine.forward_all(req.session, x)
 
     def _forward_batch(self, engine: StageEngine, req: Frame) -> list[Frame]:
         """Each item checked as a FORWARD is, the valid ones stepped in one

@@ -15,6 +15,9 @@ reports its hits for ``/metrics``.
 LoRA adapters (``--adapter NAME=DIR``) are registered with the shared engine once and run
 unmerged; ``new_session(adapter=NAME)`` opens a session that uses one, so requests for the
 base and for any adapter share the same base weights.
+
+``SpeculativeSessions`` wraps either with speculative decoding (``--draft``): a draft model
+in this process proposes tokens that the wrapped sessions verify several at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from edgeweave.runtime.engine import EngineSession, LogitsEngine
 from edgeweave.runtime.engines.base import EngineConfig, StageEngine, supports_prefix
 from edgeweave.runtime.local import EngineChoice, engine_info, tokenizer_for, whole_model
 from edgeweave.runtime.prefix import DEFAULT_BUDGET_MB, PrefixStore, PrefixUsage
+from edgeweave.runtime.speculative import SpeculationConfig, SpeculativeSession
 
 if TYPE_CHECKING:
     from edgeweave.models.checkpoint import LoadedModel
@@ -236,3 +240,41 @@ class CoordinatorSessions:
         """The plan's prefix cache (the nodes' KV caches are theirs to report)."""
         prefixes = self.coordinator.prefixes
         return with_prefix(CacheUsage(), prefixes.usage() if prefixes is not None else None)
+
+
+class SpeculativeSessions:
+    """Any :class:`SessionFactory` with speculative decoding: each session is the inner
+    factory's (the verifier: local, or the fleet's plan) paired with a session of ``draft``,
+    a whole-model stage engine in this process (``runtime.drafts``)."""
+
+    def __init__(self, inner: SessionFactory, draft: StageEngine, draft_label: str,
+                 config: SpeculationConfig | None = None) -> None:
+        self.inner, self.draft, self.draft_label = inner, draft, draft_label
+        self.config = config or SpeculationConfig()
+        self.model_id, self.tokenizer = inner.model_id, inner.tokenizer
+        self.max_len = min(inner.max_len, draft.max_position)
+        self.adapters = inner.adapters
+
+    @property
+    def coordinator(self) -> Coordinator | None:
+        return self.inner.coordinator
+
+    def new_session(self, max_len: int | None = None, adapter: str | None = None
+                    ) -> LogitsEngine:
+        n = min(max_len or self.max_len, self.max_len)
+        target = self.inner.new_session(n, adapter)
+        try:  # the draft runs the base model: an adapter's tokens are only accepted less
+            return SpeculativeSession(target, EngineSession(self.draft, n), self.config)
+        except BaseException:
+            close_session(target)
+            raise
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def engine_info(self) -> dict[str, str]:
+        return {**self.inner.engine_info(), "draft": self.draft_label,
+                "draft_k": str(self.config.k or "auto")}
+
+    def cache_usage(self) -> CacheUsage:
+        return self.inner.cache_usage()

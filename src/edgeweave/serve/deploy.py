@@ -26,14 +26,19 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgeweave.errors import ConfigError
 from edgeweave.netaddr import parse_hostport
 from edgeweave.runtime.adapters import AdapterSpec, load_checked
 from edgeweave.runtime.local import EngineChoice
 from edgeweave.runtime.prefix import DEFAULT_BUDGET_MB
-from edgeweave.serve.backend import CoordinatorSessions, LocalSessions, SessionFactory
+from edgeweave.serve.backend import (
+    CoordinatorSessions,
+    LocalSessions,
+    SessionFactory,
+    SpeculativeSessions,
+)
 from edgeweave.types import Plan
 
 if TYPE_CHECKING:  # fastapi and the control plane load only where a stack uses them
@@ -43,6 +48,7 @@ if TYPE_CHECKING:  # fastapi and the control plane load only where a stack uses 
     from edgeweave.control.client import BrokerAuth
     from edgeweave.control.mdns import MdnsOptions
     from edgeweave.plan.adapt import Adapter
+    from edgeweave.runtime.drafts import Speculation
 
 
 def read_plan(path: str | Path) -> Plan:
@@ -129,7 +135,26 @@ def make_adapter(model: str, fleet_file: str | Path, plan: Plan | None,
     return adapter
 
 
-def build(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = (),
+def build(model: str, *, speculation: Speculation | None = None, **options: Any) -> ServeStack:
+    """The sessions ``serve`` answers from (the options are :func:`build_sessions`'s);
+    with ``speculation`` (``runtime.drafts``) a draft in this process proposes tokens that
+    those sessions verify several at a time."""
+    stack = build_sessions(model, **options)
+    if speculation is None:
+        return stack
+    try:
+        from edgeweave.runtime.drafts import build_draft
+
+        draft = build_draft(speculation.draft, model, options.get("choice"))
+        stack.backend = SpeculativeSessions(stack.backend, draft, speculation.draft.label,
+                                            speculation.config)
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def build_sessions(model: str, *, plan: str | Path | None = None, nodes: Sequence[str] = (),
           tls_dir: str | Path | None = None, mqtt: str | None = None,
           fleet: str | None = None, fleet_file: str | Path | None = None,
           objective: str = "latency", choice: EngineChoice | None = None,

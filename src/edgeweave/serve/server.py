@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from edgeweave.control.assemble import DiscoveryOptions
     from edgeweave.control.client import BrokerAuth
     from edgeweave.control.mdns import MdnsOptions
+    from edgeweave.runtime.drafts import Speculation
     from edgeweave.serve.deploy import PolicyOptions
 
 
@@ -63,14 +64,17 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 80
           policy: PolicyOptions | None = None,
           prefix_cache_mb: int = DEFAULT_BUDGET_MB,
           discovery: DiscoveryOptions | None = None,
-          mqtt_auth: BrokerAuth | None = None, mdns: MdnsOptions | None = None) -> None:
+          mqtt_auth: BrokerAuth | None = None, mdns: MdnsOptions | None = None,
+          speculation: Speculation | None = None) -> None:
     """Serve ``model`` (in-process, or over ``plan``; see :mod:`edgeweave.serve.deploy`)
     until interrupted. A ready ``backend`` skips the loading. ``adapters`` maps a name to
     an adapter folder (``edgeweave finetune --out``): a request whose ``model`` is that name
     runs the adapter unmerged on the shared base. ``prefix_cache_mb`` bounds the prefix KV
     cache (0 disables it). ``mqtt`` without ``plan`` and ``nodes`` assembles the fleet from
     the nodes' announcements (``discovery``); ``mqtt_auth`` logs in to the broker; ``mdns``
-    (``control.mdns.MdnsOptions``) hears them over DNS-SD instead, no broker."""
+    (``control.mdns.MdnsOptions``) hears them over DNS-SD instead, no broker.
+    ``speculation`` (``runtime.drafts.Speculation``) drafts tokens in this process for the
+    sessions to verify several at a time (speculative decoding)."""
     from edgeweave.serve.deploy import ServeStack, build
 
     cfg = config or ServeConfig(api_keys=api_keys)
@@ -84,7 +88,7 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 80
         model, plan=plan, nodes=nodes, tls_dir=tls_dir, mqtt=mqtt, fleet=fleet,
         fleet_file=fleet_file, objective=objective, choice=choice, adapters=specs,
         policy=policy, prefix_cache_mb=prefix_cache_mb, discovery=discovery,
-        mqtt_auth=mqtt_auth, mdns=mdns)
+        mqtt_auth=mqtt_auth, mdns=mdns, speculation=speculation)
     try:
         _uvicorn_server(stack.backend, cfg, address, log_level, stack.routers).run()
     finally:

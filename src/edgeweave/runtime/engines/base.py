@@ -178,6 +178,12 @@ def supports_prefix(engine: object) -> bool:
         callable(getattr(engine, "load_prefix", None))
 
 
+def supports_forward_all(engine: object) -> bool:
+    """Whether ``engine`` can return every position's logits of a step (``forward_all``),
+    which the verifier of speculative decoding needs."""
+    return callable(getattr(engine, "forward_all", None))
+
+
 def check_prefix(stage: str, source: str, held: int, length: int, room: int | None = None
                  ) -> None:
     """Refuse a prefix copy of ``length`` tokens from a cache holding ``held`` into one

@@ -89,6 +89,9 @@ class Op(IntEnum):
     SAVE_PREFIX = 10
     LOAD_PREFIX = 11
     UNLOAD = 12  # free a stage no plan uses any more (refused while it holds sessions)
+    # a FORWARD whose last stage answers the logits of every position (1, T, vocab), not
+    # only the last: speculative decoding scores k drafted tokens in one step
+    VERIFY = 13
     OK = 16
     ERROR = 17
 

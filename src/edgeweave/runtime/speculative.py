@@ -1,0 +1,361 @@
+"""Speculative decoding: a small draft where the user is proposes, the full model verifies.
+
+A :class:`SpeculativeSession` is a ``LogitsEngine`` over two others: the *target* (a
+coordinator session over the fleet, or a local whole-model session) and the *draft* (a
+whole-model session of a small model with the same vocabulary, in this process). One round:
+
+1. the draft catches up with the committed tokens and proposes ``k`` tokens ``d1..dk``,
+   each drawn from its own distribution ``q`` (greedy: its argmax);
+2. the target scores ``[x, d1..dk]`` (``x`` the token just committed) in **one** step that
+   returns every position's logits (``verify``: one network round trip for k + 1 tokens);
+3. ``decode(x)`` returns the logits after ``x``; the logits after each ``di`` wait in a
+   queue with ``di`` and its ``q``.
+
+The caller samples every token from the *target's* logits, exactly as without speculation,
+and asks :meth:`proposal` for the queued draft token of that position:
+``runtime.sequence.Generation`` applies the standard rule there
+(``sampling.speculative_pick``: accept ``d`` with probability ``min(1, p(d) / q(d))``,
+otherwise sample the residual ``max(p - q, 0)``), so the output follows the target's
+distribution; under greedy decoding the pick is the target's argmax, so the text is the
+one plain decoding gives. When the next ``decode(t)`` brings the queued token, its logits
+are already there (no step at all); any other token ends the round: the target and the
+draft rewind past the rejected tokens (``rewind``: KV caches truncated, the coordinator's
+replay records cut) and a new round starts from ``t``. A caller that never asks for
+proposals (``generate_step``) still gets exact target logits: only fewer tokens hit.
+
+``k`` is adaptive unless fixed (:class:`SpeculationConfig`): the acceptance rate and the
+measured times of a draft step and of a verify pass (round trips included) go into the
+planner's cost model (``plan.speculation.best_k``), which switches speculation off
+(``k = 0``: plain steps) where it does not pay, probing now and then whether it does again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgeweave.errors import ConfigError, GenerationError
+from edgeweave.runtime.sampling import GREEDY_BELOW, SamplingParams, distribution
+
+MAX_K = 16
+PROBE_EVERY = 16  # plain steps between probes while speculation is off
+_DECAY = 0.97  # acceptance counts fade, so a change of content shows within ~30 rounds
+
+
+class Target(Protocol):
+    """What the verifier offers: a ``LogitsEngine`` that scores many positions at once."""
+
+    max_len: int
+
+    def prefill(self, ids: list[int]) -> np.ndarray: ...
+    def decode(self, token: int) -> np.ndarray: ...
+    def verify(self, ids: list[int]) -> np.ndarray: ...
+    def rewind(self, length: int) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SpeculationConfig:
+    """``k`` draft tokens per round (0: adaptive, at most ``k_max``)."""
+
+    k: int = 0
+    k_max: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.k <= MAX_K:
+            raise ConfigError(f"--draft-k must be in 0..{MAX_K} (got {self.k}): 0 lets the "
+                              "acceptance rate and the link's round trip choose")
+        if not 1 <= self.k_max <= MAX_K:
+            raise ConfigError(f"k_max must be in 1..{MAX_K} (got {self.k_max})")
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The draft's token for the next position and the distribution it was drawn from
+    (None under greedy drafting: a one-hot at ``token``)."""
+
+    token: int
+    probs: np.ndarray | None
+
+
+@dataclass
+class _Queued:
+    token: int
+    probs: np.ndarray | None
+    logits: np.ndarray  # the target's logits after ``token``
+
+
+@dataclass
+class SpecStats:
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    plain_steps: int = 0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+
+
+class _Timing:
+    """Measured costs for the cost model: a draft step, and a target pass of ``n`` tokens
+    as ``a + b * n`` fitted over recent passes (plain steps are passes of one token)."""
+
+    def __init__(self) -> None:
+        self.draft_token_s: float | None = None
+        self.passes: deque[tuple[int, float]] = deque(maxlen=48)
+
+    def draft(self, seconds: float, tokens: int) -> None:
+        per = seconds / max(tokens, 1)
+        d = self.draft_token_s
+        self.draft_token_s = per if d is None else 0.8 * d + 0.2 * per
+
+    def target(self, tokens: int, seconds: float) -> None:
+        self.passes.append((tokens, seconds))
+
+    def fit(self) -> tuple[float, float] | None:
+        """``(a, b)``: a pass of ``n`` tokens takes ``a + b * n`` seconds (None: no data)."""
+        if not self.passes:
+            return None
+        n = np.array([p[0] for p in self.passes], np.float64)
+        t = np.array([p[1] for p in self.passes], np.float64)
+        if np.ptp(n) == 0:  # one pass size only: all of it is the fixed part
+            return float(np.median(t)) / 1.0, 0.0
+        b, a = np.polyfit(n, t, 1)
+        b = max(float(b), 0.0)
+        return max(float(np.median(t - b * n)), 1e-6), b
+
+
+class SpeculativeSession:
+    """A ``LogitsEngine`` that decodes the target's tokens with a draft's help (see module
+    docstring); ``draft`` is a whole-model session (``EngineSession``) of the same
+    vocabulary."""
+
+    def __init__(self, target: Target, draft: Any, config: SpeculationConfig | None = None
+                 ) -> None:
+        self.target, self.draft = target, draft
+        self.config = config or SpeculationConfig()
+        self.max_len = min(target.max_len, draft.max_len)
+        self.params = SamplingParams()
+        self._rng = np.random.default_rng(0)
+        self.tokens: list[int] = []  # the committed sequence (prompt + tokens fed)
+        self._prompt_len = 0
+        self._target_len = 0  # tokens the target holds (committed + speculated)
+        self._draft_tokens: list[int] = []  # tokens the draft holds
+        self._queue: deque[_Queued] = deque()
+        self.counters = SpecStats()
+        self._timing = _Timing()
+        self._acc, self._rej = 2.0, 1.0  # a prior of 2/3: speculation is tried first
+        self._k = self.config.k or min(4, self.config.k_max)
+        self._since_probe = 0
+
+    # -- set-up ---------------------------------------------------------------------------
+    def configure_sampling(self, params: SamplingParams) -> None:
+        """The request's sampling settings: the draft draws its proposals with them (so
+        that ``q`` is the distribution ``speculative_pick`` divides by)."""
+        self.params = params
+        seed = None if params.seed is None else (params.seed + 1) % (2 ** 63)
+        self._rng = np.random.default_rng(seed)  # the draft's own stream
+
+    @property
+    def batch_key(self) -> None:
+        return None  # steps alone: a round is a different shape for every session
+
+    # -- LogitsEngine ---------------------------------------------------------------------
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        self._start(list(ids), 0)
+        t0 = time.perf_counter()
+        logits = self.target.prefill(list(ids))
+        self._prefilled(len(ids), time.perf_counter() - t0)
+        return logits
+
+    def extend(self, ids: list[int]) -> np.ndarray:
+        """A later chunk of the prompt (chunked prefill, or the rest after a prefix hit)."""
+        if self._queue or len(self.tokens) != self._prompt_len:
+            raise GenerationError("extend takes prompt chunks before the first token only")
+        extend = getattr(self.target, "extend", None)
+        if extend is None:
+            raise GenerationError(f"{type(self.target).__name__} cannot take a prompt in "
+                                  "chunks: prefill it whole")
+        self.tokens.extend(ids)
+        self._prompt_len = len(self.tokens)
+        t0 = time.perf_counter()
+        logits = extend(list(ids))
+        self._prefilled(len(ids), time.perf_counter() - t0)
+        return logits
+
+    def reuse_prefix(self, ids: list[int]) -> int:
+        reuse = getattr(self.target, "reuse_prefix", None)
+        n = int(reuse(list(ids))) if callable(reuse) else 0
+        self._start(list(ids[:n]), n)
+        return n
+
+    def keep_prefix(self, ids: list[int]) -> None:
+        keep = getattr(self.target, "keep_prefix", None)
+        if callable(keep):
+            keep(list(ids))
+
+    def proposal(self) -> Proposal | None:
+        """The draft's token for the position the last logits predict, if one is queued."""
+        if not self._queue:
+            return None
+        head = self._queue[0]
+        return Proposal(head.token, head.probs)
+
+    def decode(self, token: int) -> np.ndarray:
+        if self._queue and self._queue[0].token == token:  # accepted: verified already
+            self.tokens.append(token)
+            self.counters.accepted += 1
+            self._acc += 1
+            return self._queue.popleft().logits
+        if self._queue:  # a rejected draft token: what was drafted after it is void too
+            self.counters.rejected += 1
+            self._rej += 1
+            self._queue.clear()
+        self.tokens.append(token)
+        return self._round()
+
+    def close(self) -> None:
+        try:
+            self.target.close()
+        finally:
+            self.draft.close()
+
+    def __enter__(self) -> SpeculativeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> dict[str, float]:
+        inner = getattr(self.target, "stats", None)
+        out = dict(inner() if callable(inner) else inner or {})
+        c = self.counters
+        tried = c.accepted + c.rejected
+        out.update(spec_k=float(self._k), spec_rounds=float(c.rounds),
+                   spec_drafted=float(c.drafted), spec_accepted=float(c.accepted),
+                   spec_plain_steps=float(c.plain_steps),
+                   spec_acceptance=c.accepted / tried if tried else 0.0,
+                   spec_tokens_per_round=(c.accepted + c.rounds) / c.rounds if c.rounds else 0.0,
+                   spec_draft_s=c.draft_s, spec_verify_s=c.verify_s)
+        return out
+
+    # -- rounds ---------------------------------------------------------------------------
+    def _start(self, tokens: list[int], held: int) -> None:
+        self._queue.clear()
+        self.tokens = tokens
+        self._prompt_len = len(tokens)
+        self._target_len = held
+        self._draft_tokens = []
+
+    def _prefilled(self, tokens: int, seconds: float) -> None:
+        self._target_len = len(self.tokens)
+        self._prefill_token_s = seconds / max(tokens, 1)
+
+    def _round(self) -> np.ndarray:
+        keep = len(self.tokens) - 1  # the target must hold everything before the new token
+        if self._target_len > keep:
+            self.target.rewind(keep)
+        self._target_len = keep
+        k = self._choose_k()
+        last = self.tokens[-1]
+        if k == 0:
+            t0 = time.perf_counter()
+            logits = self.target.decode(last)
+            self._timing.target(1, time.perf_counter() - t0)
+            self._target_len += 1
+            self.counters.plain_steps += 1
+            return logits
+        drafted = self._draft(k)
+        t0 = time.perf_counter()
+        rows = self.target.verify([last, *(d.token for d in drafted)])
+        dt = time.perf_counter() - t0
+        self._timing.target(k + 1, dt)
+        self.counters.verify_s += dt
+        self.counters.rounds += 1
+        self.counters.drafted += k
+        self._target_len += k + 1
+        for d, row in zip(drafted, rows[1:], strict=True):
+            self._queue.append(_Queued(d.token, d.probs, row))
+        return rows[0]
+
+    def _draft(self, k: int) -> list[Proposal]:
+        """``k`` proposals after the committed tokens; the draft's cache is brought in line
+        first (rewound past its own rejected tokens, then fed what it has not seen)."""
+        t0 = time.perf_counter()
+        have, want = self._draft_tokens, self.tokens
+        m = 0
+        for a, b in zip(have, want, strict=False):
+            if a != b:
+                break
+            m += 1
+        m = min(m, len(want) - 1)  # feed at least one token: its logits start the chain
+        if m == 0:
+            logits = self.draft.prefill(list(want))
+        else:
+            self.draft.rewind(m)
+            logits = self.draft.extend(list(want[m:])) if len(want) - m > 1 \
+                else self.draft.decode(want[-1])
+        history = list(want)
+        out: list[Proposal] = []
+        for j in range(k):
+            p = self._pick(logits, history)
+            out.append(p)
+            history.append(p.token)
+            if j < k - 1:
+                logits = self.draft.decode(p.token)
+        self._draft_tokens = history[:-1]  # the last proposal was never fed
+        dt = time.perf_counter() - t0
+        self._timing.draft(dt, k)
+        self.counters.draft_s += dt
+        return out
+
+    def _pick(self, logits: np.ndarray, history: list[int]) -> Proposal:
+        if self.params.temperature < GREEDY_BELOW:
+            return Proposal(int(np.argmax(logits)), None)
+        q = distribution(logits, self.params, history)
+        cdf = np.cumsum(q)
+        tok = int(min(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"),
+                      q.size - 1))
+        return Proposal(tok, q)
+
+    def _room(self) -> int:
+        """Draft tokens that can still be useful: the caches' room and max_tokens left."""
+        generated = len(self.tokens) - self._prompt_len
+        left = self.params.max_tokens - generated - 1
+        return max(min(left, self.max_len - len(self.tokens) - 1), 0)
+
+    def _choose_k(self) -> int:
+        room = self._room()
+        if self.config.k:
+            return min(self.config.k, room)
+        self._acc *= _DECAY
+        self._rej *= _DECAY
+        k = self._adaptive()
+        if k == 0:
+            self._since_probe += 1
+            if self._since_probe >= PROBE_EVERY:  # is it worth it again?
+                self._since_probe = 0
+                k = 1
+        self._k = k
+        return min(k, room)
+
+    def _adaptive(self) -> int:
+        fit = self._timing.fit()
+        if fit is None or self._timing.draft_token_s is None:
+            return self._k  # nothing measured yet: try the current k
+        from edgeweave.plan.speculation import SpecCosts, best_k
+
+        a, b = fit
+        alpha = min(self._acc / (self._acc + self._rej), 0.999)
+        # a pass of n tokens takes a + b*n: plain decoding costs a + b per token
+        costs = SpecCosts(draft_token_s=self._timing.draft_token_s, verify_token_s=a + b,
+                          verify_extra_token_s=b, rtt_s=0.0)
+        choice = best_k(alpha, costs, k_max=self.config.k_max)
+        if choice.k and len(self._timing.passes) % 8 == 0 and choice.k > 1:
+            return choice.k - 1  # now and then another size, so that b stays measurable
+        return choice.k

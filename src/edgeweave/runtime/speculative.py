@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgeweave.errors import ConfigError, GenerationError
-from edgeweave.runtime.sampling import GREEDY_BELOW, SamplingParams, distribution
+from edgeweave.runtime.sampling import GREEDY_BELOW, SamplingParams
 
 MAX_K = 16
 PROBE_EVERY = 16  # plain steps between probes while speculation is off
@@ -317,6 +317,8 @@ class SpeculativeSession:
     def _pick(self, logits: np.ndarray, history: list[int]) -> Proposal:
         if self.params.temperature < GREEDY_BELOW:
             return Proposal(int(np.argmax(logits)), None)
+        from edgeweave.runtime.sampling import distribution
+
         q = distribution(logits, self.params, history)
         cdf = np.cumsum(q)
         tok = int(min(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"),

@@ -44,6 +44,10 @@ _API: dict[str, tuple[str, str]] = {
     "stream_generate": ("edgeweave.runtime.generate", "stream_generate"),
     "SamplingParams": ("edgeweave.runtime.generate", "SamplingParams"),
     "EngineChoice": ("edgeweave.runtime.local", "EngineChoice"),
+    "Speculation": ("edgeweave.runtime.drafts", "Speculation"),
+    "DraftSpec": ("edgeweave.runtime.drafts", "DraftSpec"),
+    "build_draft": ("edgeweave.runtime.drafts", "build_draft"),
+    "SpeculativeSession": ("edgeweave.runtime.speculative", "SpeculativeSession"),
     # serving
     "serve": ("edgeweave.serve", ""),  # a callable package: see _callable
     # errors

@@ -191,6 +191,10 @@ class Session:
         return codecs.get(out.codec).decode(out.data, out.shape)[0]
 
     def _forward_all(self, view: PlanView, x: Payload) -> Payload:
+        from edgeweave.runtime import pipeline  # it builds on this module's types
+
+        if pipeline.pipelines(self.coord, view, x_tokens(x)):  # a long prompt, 2+ nodes
+            return pipeline.forward_pipelined(self, view, x)
         inputs = []
         for i, key in enumerate(view.keys):
             inputs.append(x)

@@ -36,6 +36,7 @@ from typing import TypeVar
 
 from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
 from edgeweave.runtime.adapters import Adapter, to_bytes
+from edgeweave.runtime.pipeline import PIPELINE_CHUNK
 from edgeweave.runtime.planstate import PlanState, PlanView
 from edgeweave.runtime.prefix_plan import PlanPrefixes
 from edgeweave.runtime.replan import first_change, reassign_failed
@@ -71,12 +72,18 @@ class Coordinator:
                  max_len: int = 2048, deadline_s: float = 20.0, per_token_s: float = 0.05,
                  replan: Replanner = reassign_failed, backend: str = "torch",
                  addresses: dict[str, str] | None = None, replay: str = "exact",
-                 logits_codec: str = "fp32", prefix_cache_bytes: int = 0) -> None:
+                 logits_codec: str = "fp32", prefix_cache_bytes: int = 0,
+                 pipeline_chunk: int = PIPELINE_CHUNK) -> None:
         if replay not in ("exact", "batched"):
             raise ConfigError(f"replay must be 'exact' or 'batched' (got {replay!r})")
         if logits_codec not in ("fp32", "fp16", "top64"):
             raise ConfigError(f"logits_codec must be fp32, fp16 or top64 (got {logits_codec!r})")
+        if pipeline_chunk < 0:
+            raise ConfigError(f"pipeline_chunk must be >= 0 tokens (0: no pipelined prefill; "
+                              f"got {pipeline_chunk})")
         self.replay = replay
+        # prompt tokens per chunk of a pipelined prefill over nodes (runtime.pipeline); 0: off
+        self.pipeline_chunk = pipeline_chunk
         # how the last stage returns logits: fp32 is exact for any sampling; top64 keeps
         # greedy exact and cuts the last hop from 4 * vocab bytes to 512
         self.logits_codec = logits_codec

@@ -215,6 +215,11 @@ class Session:
         return codecs.get(out.codec).decode(out.data, out.shape)[0]
 
     def _forward_all(self, view: PlanView, x: Payload, last_op: Op = Op.FORWARD) -> Payload:
+        from edgeweave.runtime import pipeline  # it builds on this module's types
+
+        # a long prompt over 2+ nodes; a verify step is a few tokens and needs every row
+        if last_op == Op.FORWARD and pipeline.pipelines(self.coord, view, x_tokens(x)):
+            return pipeline.forward_pipelined(self, view, x)
         inputs = []
         last = len(view.keys) - 1
         for i, key in enumerate(view.keys):

@@ -26,6 +26,9 @@ class Link(Protocol):
     """A request/response channel to one node; safe to call from several threads."""
 
     address: str
+    # calls to two links of this kind run at the same time (separate node processes), so a
+    # pipelined prefill overlaps its stages over them (``runtime.pipeline``)
+    parallel: bool
 
     def call(self, frame: Frame, timeout: float) -> Frame:
         """Send ``frame``; return the node's response or raise :class:`StageUnavailable`."""

@@ -13,6 +13,10 @@ from edgeweave.runtime.transport.frame import Frame
 
 
 class InProcessLink:
+    # the stages share this process's cores (intra-op threads) and, embedded, one model:
+    # running them at once wins nothing (runtime.pipeline)
+    parallel = False
+
     def __init__(self, host: StageHost, address: str = "inproc") -> None:
         self.host = host
         self.address = address

@@ -28,6 +28,14 @@ a batched kernel use :func:`forward_each` (a loop); results equal single-session
 float rounding of the batched kernels (exact for the sequences' tokens under greedy decoding
 on the fp32 reference, checked in ``tests/runtime/test_batch_forward.py``).
 
+All positions (speculative decoding's verifier): ``forward_all(session_id, x)`` is
+``forward`` (it appends the same ``T`` positions to the cache) except that a **last** stage
+returns the float32 logits of *every* position ``(B, T, vocab)``: row ``t`` is what
+``forward`` would return after the tokens up to ``t``, so one multi-token step scores ``k``
+drafted tokens and the one after them. On any other stage it returns what ``forward``
+returns. A rejected draft is rolled back with ``truncate``. It is optional
+(:func:`supports_forward_all`); both bundled engines have it.
+
 Memory accounting is per session (``session_bytes``) so the server can cap and evict.
 
 Prefix caching (``runtime.prefix``): ``save_prefix(session_id, prefix_id, length)`` keeps
@@ -116,6 +124,11 @@ class StageEngine(Protocol):
         """Run the shard on ``x`` (ids or hidden states), appending to the session's cache."""
         ...
 
+    def forward_all(self, session_id: str, x: np.ndarray) -> np.ndarray:
+        """``forward``, but a last stage returns the logits of every position ``(B, T,
+        vocab)`` (optional: see :func:`supports_forward_all`)."""
+        ...
+
     def forward_batch(self, session_ids: Sequence[str], xs: Sequence[np.ndarray]
                       ) -> list[np.ndarray]:
         """One step for every session in ``session_ids`` (distinct), ``xs[j]`` its input."""
@@ -176,6 +189,12 @@ def supports_prefix(engine: object) -> bool:
     prefix cache is off for a backend that cannot."""
     return callable(getattr(engine, "save_prefix", None)) and \
         callable(getattr(engine, "load_prefix", None))
+
+
+def supports_forward_all(engine: object) -> bool:
+    """Whether ``engine`` can return the logits of every position of a step
+    (``forward_all``), which speculative decoding's verifier needs."""
+    return callable(getattr(engine, "forward_all", None))
 
 
 def check_prefix(stage: str, source: str, held: int, length: int, room: int | None = None

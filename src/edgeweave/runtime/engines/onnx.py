@@ -38,6 +38,7 @@ from edgeweave.runtime.engines.base import (
     check_prefix,
     register_engine,
 )
+from edgeweave.runtime.engines.onnx_spec import LAST_STARTS
 from edgeweave.types import DeviceProfile
 
 
@@ -255,6 +256,9 @@ class OnnxStageEngine:
         self._lora_graph = lora_graph
         self._lora: Any = None
         self._adapters: dict[str, dict[str, Any]] = {}
+        # the head's first position (``LAST_STARTS``): 0 while forward_all runs, -1 after
+        self._starts = {v: ort.OrtValue.ortvalue_from_numpy(np.array([v], np.int64))
+                        for v in (0, -1)}
 
     # -- adapters ---------------------------------------------------------------------------
     def add_adapter(self, adapter: Any) -> None:
@@ -376,14 +380,48 @@ class OnnxStageEngine:
         return binding.get_outputs()[0].numpy()
 
     def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:
+        out = self._step(session_id, x, all_positions=False)
+        return out[:, -1] if self.config.shard.is_last else out  # logits (B, vocab)
+
+    def forward_all(self, session_id: str, x: np.ndarray) -> np.ndarray:
+        """``forward`` with the head on every position: a last stage returns ``(B, T,
+        vocab)`` logits. The same graph runs (base or LoRA twin), its head's Slice started
+        at 0 for this run instead of -1 (``LAST_STARTS``), so no second copy of the weights."""
+        return self._step(session_id, x, all_positions=self.config.shard.is_last)
+
+    def _step(self, session_id: str, x: np.ndarray, all_positions: bool) -> np.ndarray:
         s = self._get(session_id)
         dtype = np.int64 if self.config.shard.is_first else np.float32
         arr = np.ascontiguousarray(x, dtype=dtype)
         total = self._check_room(s, arr.shape[1])
-        out = self._run(self._binding(s.pool, s.slot, 1, s.adapter), arr,
-                        np.array([total - 1], np.int32), total, s.adapter)
+        binding = self._binding(s.pool, s.slot, 1, s.adapter)
+        seqlens = np.array([total - 1], np.int32)
+        if all_positions:
+            out = self._run_all(binding, arr, seqlens, total, s.adapter)
+        else:
+            out = self._run(binding, arr, seqlens, total, s.adapter)
         s.length = total
-        return out[:, -1] if self.config.shard.is_last else out  # logits (B, vocab)
+        return out
+
+    def _run_all(self, binding: Any, arr: np.ndarray, seqlens: np.ndarray, total: int,
+                 adapter: str | None) -> np.ndarray:
+        """``_run`` on a last stage with the head on all ``T`` positions; the binding is
+        cached and shared with decode steps, so its default start is bound back after."""
+        runner = self._runner(adapter)
+        names = {i.name for i in runner.get_overridable_initializers()}
+        if LAST_STARTS not in names:  # a graph of every position (logits="all"), or an old one
+            out = self._run(binding, arr, seqlens, total, adapter)
+        else:
+            binding.bind_ortvalue_input(LAST_STARTS, self._starts[0])
+            try:
+                out = self._run(binding, arr, seqlens, total, adapter)
+            finally:
+                binding.bind_ortvalue_input(LAST_STARTS, self._starts[-1])
+        if out.shape[1] != arr.shape[1]:  # the session's length is not advanced: no harm done
+            raise RuntimeStageError(f"stage {self.config.key}: the graph {self.path} computes "
+                                    "the logits of the last position only (exported before "
+                                    "forward_all existed): delete its folder so it is rebuilt")
+        return out
 
     def forward_batch(self, session_ids: Sequence[str], xs: Sequence[np.ndarray]
                       ) -> list[np.ndarray]:

@@ -17,6 +17,8 @@ Graph inputs: ``input_ids`` (int64, B x T) on the first stage or ``hidden_states
 ``total_sequence_length`` (int32 scalar); ``past_key_<i>``/``past_value_<i>``
 (float, B x kv x max_len x hd). Outputs: ``logits`` (B x T' x V; T' = 1 when only the last
 position is asked for) on the last stage or ``hidden_states_out``; ``present_key_<i>`` ...
+A last stage's graph also takes the optional ``last.starts`` (int64, [1], default -1): the
+first position the head runs on, 0 for all of them (``onnx_spec.LAST_STARTS``).
 
 ``build_stage(..., lora=True)`` builds the same graph with LoRA factor inputs beside every
 fused linear (``onnx_lora``): what sessions with an adapter run, while the others keep the
@@ -42,6 +44,7 @@ from edgeweave.runtime.engines.onnx_quant import (
 )
 from edgeweave.runtime.engines.onnx_spec import (  # noqa: F401 - re-exported
     EXPORTER_VERSION,
+    LAST_STARTS,
     MS_OPSET,
     OPSET,
     ExportSpec,
@@ -387,7 +390,10 @@ class _Stage:
         last = pending
         if self.spec.logits == "last":  # the head only where generation needs it
             starts, ends, axes = (g.init(n, np.array([v], np.int64)) for n, v in
-                                  (("last.starts", -1), ("last.ends", 2 ** 62), ("last.axes", 1)))
+                                  ((LAST_STARTS, -1), ("last.ends", 2 ** 62), ("last.axes", 1)))
+            # also a graph input: its initializer is the default a run may override
+            # (0: every position, for forward_all); ORT then does not fold it as a constant
+            self.inputs.append(self._value(LAST_STARTS, [1], self.tensor.INT64))
             (last,) = g.node("Slice", [pending, starts, ends, axes], name="last/pending")
             (residual,) = g.node("Slice", [residual, starts, ends, axes], name="last/residual")
         nw = g.init("norm.weight", _norm_weight(self.model.norm))

@@ -128,6 +128,10 @@ def slice_export(source: Path, start: int, end: int, n_layers: int) -> Any:
             "hidden_states_out", TensorProto.FLOAT, ["batch", "seq", hidden]))
     used = {name for n in nodes for name in n.input}
     inits = [_inline(t, source) for t in g.initializer if t.name in used]
+    # an overridable initializer (``last.starts`` of the head) goes with its nodes: left as
+    # an input without its initializer it would become one the runs must feed
+    dropped = {t.name for t in g.initializer if t.name not in used}
+    inputs = [vi for vi in inputs if vi.name not in dropped]
     graph = helper.make_graph(nodes, f"edgeweave_stage_{start}_{end}", inputs, outputs, inits)
     out = helper.make_model(graph, opset_imports=list(model.opset_import),
                             producer_name=model.producer_name)

@@ -13,7 +13,12 @@ from edgeweave.types import Shard
 
 OPSET = 21
 MS_OPSET = 1
-EXPORTER_VERSION = 3  # bump when the graph layout changes: cached exports are rebuilt
+# bump when the graph layout changes: cached exports are rebuilt (4: LAST_STARTS overridable)
+EXPORTER_VERSION = 4
+# The start of the last stage's "last position only" Slice before the head: an initializer
+# (-1) that is also a graph input, so a run may override it (ONNX IR >= 4): 0 puts the head
+# on every position (``forward_all``), the default keeps decode's one-row head.
+LAST_STARTS = "last.starts"
 
 WEIGHT_FORMATS = ("fp32", "int8", "int4")
 

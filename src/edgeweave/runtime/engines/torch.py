@@ -119,8 +119,16 @@ class TorchStageEngine:
         dtype = next(self.model.parameters()).dtype
         self._caches[session_id] = KVCache(self.model.cfg, sh.start, sh.end, max_len, 1, dtype)
 
-    @torch.inference_mode()
     def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:
+        return self._step(session_id, x, all_positions=False)
+
+    def forward_all(self, session_id: str, x: np.ndarray) -> np.ndarray:
+        """``forward`` with the head on every position: a last stage returns ``(B, T,
+        vocab)`` logits (speculative decoding scores its drafted tokens in one step)."""
+        return self._step(session_id, x, all_positions=True)
+
+    @torch.inference_mode()
+    def _step(self, session_id: str, x: np.ndarray, all_positions: bool) -> np.ndarray:
         cache = self._cache(session_id)
         sh = self.config.shard
         t = torch.from_numpy(np.ascontiguousarray(x))  # zero-copy
@@ -131,7 +139,9 @@ class TorchStageEngine:
             h = self.model.embed(t.long()) if sh.is_first else t.float()
             for i in range(sh.start, sh.end):
                 h = self.model.block(i, h, cache)
-            if sh.is_last:
+            if sh.is_last and all_positions:
+                h = self.model.head(h)  # (B, T, vocab)
+            elif sh.is_last:
                 h = self.model.head(h[:, -1:])[:, -1]  # (B, vocab): the head where needed
             return h.float().numpy()
 

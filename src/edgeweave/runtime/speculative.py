@@ -286,7 +286,7 @@ class SpeculativeSession:
     def _draft(self, k: int) -> list[Proposal]:
         """``k`` proposals after the committed tokens; the draft's cache is brought in line
         first (rewound past its own rejected tokens, then fed what it has not seen)."""
-        t0 = time.perf_counter()
+        t_start = time.perf_counter()
         have, want = self._draft_tokens, self.tokens
         m = 0
         for a, b in zip(have, want, strict=False):
@@ -300,6 +300,10 @@ class SpeculativeSession:
             self.draft.rewind(m)
             logits = self.draft.extend(list(want[m:])) if len(want) - m > 1 \
                 else self.draft.decode(want[-1])
+        # a step's cost is what the decode steps take: a catch-up of many tokens (the
+        # prompt at the first round) would make drafting look dearer than it is
+        fed_one = len(want) - m == 1
+        t_chain = time.perf_counter()
         history = list(want)
         out: list[Proposal] = []
         for j in range(k):
@@ -309,9 +313,11 @@ class SpeculativeSession:
             if j < k - 1:
                 logits = self.draft.decode(p.token)
         self._draft_tokens = history[:-1]  # the last proposal was never fed
-        dt = time.perf_counter() - t0
-        self._timing.draft(dt, k)
-        self.counters.draft_s += dt
+        end = time.perf_counter()
+        steps = k - 1 + int(fed_one)
+        if steps:
+            self._timing.draft(end - (t_start if fed_one else t_chain), steps)
+        self.counters.draft_s += end - t_start
         return out
 
     def _pick(self, logits: np.ndarray, history: list[int]) -> Proposal:

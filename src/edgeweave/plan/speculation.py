@@ -128,14 +128,22 @@ DRAFT_VARIANT = "int4"  # the default draft: the served model in 4 bits (runtime
 
 
 def plan_costs(plan: Plan, t: CostTables, draft_s: float) -> SpecCosts:
-    """A plan's :class:`SpecCosts` from the planner's predictions: the verifier's step is the
-    plan's compute per token, its round trips the plan's transfer per token (hops and the
-    token back to the first stage), and each further token of a verify pass adds its
-    compute (the roofline's compute term: the weights are read once per pass) plus its hidden
-    state's bytes on every hop."""
+    """A plan's :class:`SpecCosts` from the planner's predictions, with the draft (and so
+    the coordinator) on the fleet's entry device, where the user is.
+
+    The verifier's step is the plan's compute per token. Its round trips are a pass's way
+    from the entry through every stage and back: the plan's hops, plus the token ids from
+    the entry to the first stage and from the last stage to the entry (the planner's own
+    per-token figure loops last -> first stage instead: the same when the entry holds the
+    first stage). Each further token of a verify pass adds its compute (the roofline's
+    compute term: the weights are read once per pass) and its hidden state's bytes on every
+    hop."""
     q = plan.predicted
+    entry, first, last = t.entry, t.index[plan.stages[0].device], t.index[plan.stages[-1].device]
+    rtt = (q["transfer_s"] - t.tok("decode_s", last, first)
+           + t.tok("decode_s", entry, first) + t.tok("decode_s", last, entry))
     return SpecCosts(draft_token_s=draft_s, verify_token_s=q["compute_s"],
-                     verify_extra_token_s=_extra_token_s(plan, t), rtt_s=q["transfer_s"])
+                     verify_extra_token_s=_extra_token_s(plan, t), rtt_s=max(rtt, 0.0))
 
 
 def _extra_token_s(plan: Plan, t: CostTables) -> float:
@@ -157,9 +165,19 @@ def _extra_token_s(plan: Plan, t: CostTables) -> float:
     return out
 
 
-def draft_token_s(plan: Plan, t: CostTables, calibration: Calibration | None = None) -> float:
-    """Predicted decode step of an int4 draft (the whole model) on the plan's first device,
-    where the planner's token loop starts (calibrated like the plan's own figures)."""
+@dataclass(frozen=True)
+class DraftEstimate:
+    """The cost model's int4 draft on the entry device: seconds per token, and whether the
+    whole model in 4 bits fits that device's free memory."""
+
+    token_s: float
+    device: str
+    fits: bool
+
+
+def draft_estimate(t: CostTables, calibration: Calibration | None = None) -> DraftEstimate:
+    """Predicted decode step of an int4 draft (the served model, whole, in 4 bits:
+    ``runtime.drafts``) on the fleet's entry device, calibrated like the plan's figures."""
     from edgeweave.profile import cost as C
     from edgeweave.profile.variants import DEFAULT_VARIANTS
 
@@ -167,8 +185,9 @@ def draft_token_s(plan: Plan, t: CostTables, calibration: Calibration | None = N
     if v is None:
         raise ConfigError(f"the cost model knows no {DRAFT_VARIANT!r} variant to price a draft "
                           "with: give the draft's time with --draft-token-ms MS")
-    dev = t.fleet.device(plan.stages[0].device).profile
-    return C.decode_token_s(t.model, dev, v, calibration or C.UNCALIBRATED)
+    dev = t.fleet.devices[t.entry]
+    token_s = C.decode_token_s(t.model, dev.profile, v, calibration or C.UNCALIBRATED)
+    return DraftEstimate(token_s, dev.id, C.model_memory(t.model, v) <= float(t.cap[t.entry]))
 
 
 def _check_alpha(alpha: float) -> None:

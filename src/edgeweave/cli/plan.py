@@ -49,7 +49,7 @@ def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
     for b in names:
         plans[b] = baseline_tables(t, b, objective)
     return {"fleet": the_fleet.name, "model": t.model.name, "calibration": cal.source,
-            "plans": plans, "tables": t}
+            "plans": plans, "tables": t, "cal": cal}
 
 
 def run_plan_mqtt(mqtt: str | None, fleet_file: str | None = None, objective: str = "latency",
@@ -111,6 +111,13 @@ _EXPLAIN = typer.Option(False, "--explain",
                         help="Say what the policy excluded and each stage's "
                              "memory.")
 _JSON = typer.Option(False, "--json", help="Print plans as JSON.")
+_DRAFT_ACCEPTANCE = typer.Option(None, "--draft-acceptance",
+                                 help="Predict speculative decoding: the share (0, 1] of "
+                                      "draft tokens the model accepts, e.g. 0.7.")
+_DRAFT_TOKEN_MS = typer.Option(None, "--draft-token-ms",
+                               help="With --draft-acceptance: the draft's ms per token on "
+                                    "the fleet's entry device (default: the cost model's "
+                                    "int4 estimate).")
 
 
 def plan_cmd(
@@ -126,10 +133,12 @@ def plan_cmd(
     keep_in: str = keep_in_option(), hidden_states: bool = hidden_states_option(),
     max_cost: float = max_cost_option(),
     show_explain: bool = _EXPLAIN, as_json: bool = _JSON,
+    draft_acceptance: float = _DRAFT_ACCEPTANCE, draft_token_ms: float = _DRAFT_TOKEN_MS,
 ) -> None:
     """Place the model's blocks on a fleet minimising an objective; print the breakdown."""
     from edgeweave.control.mdns import mdns_choice
 
+    check_speculation_options(draft_acceptance, draft_token_ms)  # before any planning
     mdns = mdns_choice(discover, mqtt, mdns_interface)  # --discover mdns: the LAN
     if mqtt or mdns is not None:
         if baseline or show_explain:
@@ -149,10 +158,15 @@ def plan_cmd(
 
         atomic_write_json(out, {"plan": r["plans"]["planner"].to_dict()})
         console.print(f"plan written to {out}")
+    spec = (predict_speculation(r, draft_acceptance, draft_token_ms)
+            if draft_acceptance is not None else None)
     if as_json:
-        console.print_json(json.dumps({k: p.to_dict() for k, p in r["plans"].items()}))
+        doc = {k: p.to_dict() for k, p in r["plans"].items()}
+        console.print_json(json.dumps(doc if spec is None else {**doc, "speculation": spec}))
         return
     _print_plans(r, objective)
+    if spec is not None:
+        console.print(speculation_line(spec), highlight=False)
     _print_notes(r, show_explain)
 
 
@@ -201,6 +215,61 @@ def _print_plans(r: dict, objective: str) -> None:
                         "per million tokens)",
                         ["plan", "st", "ms/tok", "TTFT", "mJ/tok", "tok/s", "comp",
                          "xfer", "mem", "$/Mtok", "qual", "ok"], rows))
+
+
+def check_speculation_options(alpha: float | None, draft_ms: float | None) -> None:
+    """Refuse bad --draft-acceptance / --draft-token-ms values before any planning."""
+    from edgeweave.validate import is_number
+
+    if alpha is None:
+        if draft_ms is not None:
+            raise ConfigError("--draft-token-ms prices a draft only with --draft-acceptance A "
+                              "(the share of draft tokens accepted, e.g. 0.7): add it")
+        return
+    if not (is_number(alpha) and 0 < alpha <= 1):
+        raise ConfigError(f"--draft-acceptance must be in (0, 1] (got {alpha!r}): the share "
+                          "of draft tokens the model accepts, e.g. 0.7")
+    if draft_ms is not None and not (is_number(draft_ms) and draft_ms > 0):
+        raise ConfigError(f"--draft-token-ms must be a number of milliseconds > 0 (got "
+                          f"{draft_ms!r}): the draft's time per token, e.g. 5.5")
+
+
+def predict_speculation(r: dict, alpha: float, draft_ms: float | None = None) -> dict:
+    """What speculative decoding would do on the chosen plan (``plan.speculation``), the
+    draft and the coordinator on the fleet's entry: the best k (0: off), its predicted
+    speed-up and the figures behind it, in milliseconds."""
+    from edgeweave.plan.speculation import best_k, draft_estimate, plan_costs
+
+    check_speculation_options(alpha, draft_ms)
+    t, plan = r.get("tables"), r["plans"]["planner"]
+    if t is None:
+        raise ConfigError("--draft-acceptance prices speculation with a fleet file's cost "
+                          "tables, which a plan of announced nodes lacks: plan on --fleet FILE "
+                          "(without --mqtt / --discover) to see the prediction")
+    est = draft_estimate(t, r.get("cal")) if draft_ms is None else None
+    draft_s = draft_ms / 1e3 if est is None else est.token_s
+    costs = plan_costs(plan, t, draft_s)
+    c = best_k(alpha, costs)
+    return {"k": c.k, "speedup": c.speedup, "tokens_per_s": c.tokens_per_s,
+            "best_k": c.considered_k, "best_speedup": c.considered_speedup, "alpha": alpha,
+            "draft_ms": draft_s * 1e3, "draft_estimated": est is not None,
+            "draft_device": t.fleet.entry, "draft_fits": est is None or est.fits,
+            "verify_ms": costs.verify_token_s * 1e3,
+            "verify_extra_ms": costs.verify_extra_token_s * 1e3, "rtt_ms": costs.rtt_s * 1e3}
+
+
+def speculation_line(spec: dict) -> str:
+    """One line: ``speculation: k=5 predicted 2.1x (alpha 0.80, rtt 20.0 ms, draft ...)``."""
+    draft = f"draft {spec['draft_ms']:.3g} ms/token"
+    if spec["draft_estimated"]:
+        draft += f" int4 est. on {spec['draft_device']}"
+    if not spec["draft_fits"]:
+        draft += ", which does not fit its memory"
+    why = f"alpha {spec['alpha']:.2f}, rtt {spec['rtt_ms']:.1f} ms, {draft}"
+    if spec["k"]:
+        return f"speculation: k={spec['k']} predicted {spec['speedup']:.2f}x ({why})"
+    return (f"speculation: off (predicted {spec['best_speedup']:.2f}x at best "
+            f"k={spec['best_k']}; {why})")
 
 
 def _print_notes(r: dict, show_explain: bool) -> None:

@@ -1,5 +1,9 @@
 """Sampling: the decoding settings of a request (:class:`SamplingParams`) and the pick of the
 next token from logits (:func:`sample`, numpy: no torch on the serving path).
+
+:func:`distribution` is the probability vector :func:`sample` draws from;
+:func:`speculative_pick` is speculative decoding's rejection rule over it (a draft's proposed
+token accepted or replaced so that the output still follows the target's distribution).
 """
 
 from __future__ import annotations
@@ -90,9 +94,79 @@ def _output_format() -> type:
 GREEDY_BELOW = 1e-5
 
 
+def distribution(logits: np.ndarray, params: SamplingParams,
+                 history: Sequence[int]) -> np.ndarray:
+    """The (vocab,) float64 probabilities :func:`sample` draws from: repetition penalty,
+    temperature, top-k, top-p as it applies them; greedy is one-hot at the argmax."""
+    z = _penalized(logits, params, history)
+    if params.temperature < GREEDY_BELOW:
+        p = np.zeros(z.size, np.float64)
+        p[int(np.argmax(z))] = 1.0
+        return p
+    w = _weights(z, params)
+    return w / w.sum()
+
+
 def sample(logits: np.ndarray, params: SamplingParams, history: Sequence[int],
            rng: np.random.Generator | None) -> int:
     """Pick the next token from (vocab,) logits (numpy: no torch on the serving path)."""
+    z = _penalized(logits, params, history)
+    if params.temperature < GREEDY_BELOW:
+        return int(np.argmax(z))
+    # the unnormalised weights, as before distribution() existed: seeded picks stay the same
+    return _draw(_weights(z, params), rng)
+
+
+def speculative_pick(target_logits: np.ndarray, draft_probs: np.ndarray | None,
+                     draft_token: int, params: SamplingParams, history: Sequence[int],
+                     rng: np.random.Generator | None) -> tuple[int, bool]:
+    """The next token by the speculative-sampling rule (Leviathan et al. 2023, Chen et al.
+    2023) and whether it is ``draft_token``: with ``p = distribution(target_logits)`` and
+    ``q = draft_probs`` (what the draft drew ``draft_token`` from; None: a deterministic
+    proposal, one-hot), accept it with probability ``min(1, p[d] / q[d])``, otherwise draw
+    from ``max(p - q, 0)`` renormalised. Either way the token follows ``p`` exactly.
+
+    Greedy: the target's argmax, no draw (the text plain greedy decoding gives).
+    """
+    p = distribution(target_logits, params, history)
+    d = _check_draft(p, draft_probs, draft_token)
+    if params.temperature < GREEDY_BELOW:
+        tok = int(np.argmax(p))
+        return tok, tok == d
+    rng = rng or np.random.default_rng()
+    if draft_probs is None:
+        q = np.zeros(p.size, np.float64)
+        q[d] = 1.0
+    else:
+        q = np.asarray(draft_probs, dtype=np.float64)
+    if q[d] <= 0:  # the draft could not have drawn d: no ratio to accept by, sample p itself
+        tok = _draw(p, rng)
+        return tok, tok == d
+    if rng.random() * q[d] < p[d]:  # u < p/q without dividing
+        return d, True
+    residual = np.maximum(p - q, 0.0)
+    # p == q up to rounding leaves no residual mass (and no rejection either, in exact maths)
+    tok = _draw(residual if residual.sum() > 0 else p, rng)
+    return tok, False
+
+
+def _check_draft(p: np.ndarray, draft_probs: np.ndarray | None, draft_token: int) -> int:
+    if draft_probs is not None and np.shape(draft_probs) != p.shape:
+        raise GenerationError(
+            f"draft_probs has shape {np.shape(draft_probs)} but the target's logits {p.shape}: "
+            "the draft model must share the target's vocabulary (use a draft of the same "
+            "model family and tokenizer)")
+    # numpy ints too: a draft's token often comes out of np.argmax
+    integral = isinstance(draft_token, int | np.integer) and not isinstance(draft_token, bool)
+    if not (integral and 0 <= draft_token < p.size):
+        raise GenerationError(f"draft_token must be a token id in [0, {p.size}) "
+                              f"(got {draft_token!r}): pass the id the draft proposed")
+    return int(draft_token)
+
+
+def _penalized(logits: np.ndarray, params: SamplingParams,
+               history: Sequence[int]) -> np.ndarray:
+    """(vocab,) float32 logits after the repetition penalty (CTRL's: shrink seen tokens)."""
     logits = np.asarray(logits, dtype=np.float32)
     if params.repetition_penalty != 1.0 and history:
         idx = np.unique(np.asarray(history, dtype=np.int64))
@@ -100,8 +174,11 @@ def sample(logits: np.ndarray, params: SamplingParams, history: Sequence[int],
         logits = logits.copy()
         logits[idx] = np.where(seen > 0, seen / params.repetition_penalty,
                                seen * params.repetition_penalty)
-    if params.temperature < GREEDY_BELOW:
-        return int(np.argmax(logits))
+    return logits
+
+
+def _weights(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """Unnormalised float64 weights after temperature, top-k and top-p (masked: 0)."""
     z = logits.astype(np.float64) / params.temperature  # float64: no overflow at small T
     if params.top_k and params.top_k < z.size:
         kth = np.partition(z, -params.top_k)[-params.top_k]
@@ -114,7 +191,16 @@ def sample(logits: np.ndarray, params: SamplingParams, history: Sequence[int],
         drop = (np.cumsum(p) - p) >= params.top_p
         z = z.copy()
         z[order[drop]] = -np.inf
-    p = np.exp(z - z.max())
-    cdf = np.cumsum(p)
+    return np.exp(z - z.max())
+
+
+def _draw(weights: np.ndarray, rng: np.random.Generator | None) -> int:
+    """One draw from non-negative weights: a single ``rng.random()`` against the cdf."""
+    cdf = np.cumsum(weights)
     r = (rng or np.random.default_rng()).random() * cdf[-1]
-    return int(min(np.searchsorted(cdf, r, side="right"), z.size - 1))
+    i = int(np.searchsorted(cdf, r, side="right"))
+    if i >= weights.size:
+        # u * total can round up to the total: the last token with weight, never a masked
+        # one (this used to clamp to vocab - 1 whatever its weight)
+        i = int(np.flatnonzero(weights)[-1])
+    return i

@@ -16,8 +16,8 @@ from edgeweave.runtime.coordinator import Coordinator
 from edgeweave.runtime.engines.torch import TorchStageEngine
 from edgeweave.runtime.generate import SamplingParams, generate_step
 from edgeweave.runtime.launch import attach, embedded
+from edgeweave.runtime.payload import x_tokens
 from edgeweave.runtime.pipeline import chunk_sizes
-from edgeweave.runtime.session import x_tokens
 from edgeweave.types import Plan
 from tests.runtime.node_helpers import running_node
 

@@ -36,11 +36,12 @@ from typing import TypeVar
 
 from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
 from edgeweave.runtime.adapters import Adapter, to_bytes
+from edgeweave.runtime.payload import Payload
 from edgeweave.runtime.pipeline import PIPELINE_CHUNK
 from edgeweave.runtime.planstate import PlanState, PlanView
 from edgeweave.runtime.prefix_plan import PlanPrefixes
 from edgeweave.runtime.replan import first_change, reassign_failed
-from edgeweave.runtime.session import Payload, Session, SessionStats
+from edgeweave.runtime.session import Session, SessionStats
 from edgeweave.runtime.transport.base import Link, NodeError, StageUnavailable
 from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op
 from edgeweave.types import Plan, Stage

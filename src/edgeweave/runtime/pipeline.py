@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeweave.runtime import codec as codecs
-from edgeweave.runtime.session import Payload, x_tokens
+from edgeweave.runtime.payload import Payload, x_tokens
 from edgeweave.runtime.transport.base import NodeError, StageUnavailable
 from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op
 

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from edgeweave.errors import EdgeweaveError
+from edgeweave.runtime.payload import Payload, cut_records
 from edgeweave.runtime.prefix import BLOCK_TOKENS, PrefixIndex, PrefixUsage, donor_id
-from edgeweave.runtime.session import Payload, cut_records
 from edgeweave.runtime.transport.frame import Frame, Op
 
 if TYPE_CHECKING:

@@ -114,7 +114,7 @@ def sample(logits: np.ndarray, params: SamplingParams, history: Sequence[int],
     if params.temperature < GREEDY_BELOW:
         return int(np.argmax(z))
     # the unnormalised weights, as before distribution() existed: seeded picks stay the same
-    return _draw(_weights(z, params), rng)
+    return draw(_weights(z, params), rng)
 
 
 def speculative_pick(target_logits: np.ndarray, draft_probs: np.ndarray | None,
@@ -140,13 +140,13 @@ def speculative_pick(target_logits: np.ndarray, draft_probs: np.ndarray | None,
     else:
         q = np.asarray(draft_probs, dtype=np.float64)
     if q[d] <= 0:  # the draft could not have drawn d: no ratio to accept by, sample p itself
-        tok = _draw(p, rng)
+        tok = draw(p, rng)
         return tok, tok == d
     if rng.random() * q[d] < p[d]:  # u < p/q without dividing
         return d, True
     residual = np.maximum(p - q, 0.0)
     # p == q up to rounding leaves no residual mass (and no rejection either, in exact maths)
-    tok = _draw(residual if residual.sum() > 0 else p, rng)
+    tok = draw(residual if residual.sum() > 0 else p, rng)
     return tok, False
 
 
@@ -194,7 +194,7 @@ def _weights(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     return np.exp(z - z.max())
 
 
-def _draw(weights: np.ndarray, rng: np.random.Generator | None) -> int:
+def draw(weights: np.ndarray, rng: np.random.Generator | None) -> int:
     """One draw from non-negative weights: a single ``rng.random()`` against the cdf."""
     cdf = np.cumsum(weights)
     r = (rng or np.random.default_rng()).random() * cdf[-1]

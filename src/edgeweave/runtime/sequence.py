@@ -32,7 +32,7 @@ from edgeweave.models.tokenizer import Tokenizer
 from edgeweave.runtime.engine import LogitsEngine
 from edgeweave.runtime.logprobs import TokenLogprob, token_logprob
 from edgeweave.runtime.responses import GenerationMetrics, GenerationResponse, peak_rss_mb
-from edgeweave.runtime.sampling import SamplingParams, sample
+from edgeweave.runtime.sampling import SamplingParams, sample, speculative_pick
 from edgeweave.runtime.text import IncrementalDecoder, held_back
 
 
@@ -166,8 +166,6 @@ class Generation:
         drafted = proposal() if callable(proposal) else None
         if drafted is None:
             return sample(logits, self.params, self.history, self._rng)
-        from edgeweave.runtime.sampling import speculative_pick
-
         tok, _accepted = speculative_pick(logits, drafted.probs, drafted.token, self.params,
                                           self.history, self._rng)
         return tok

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgeweave.errors import EdgeweaveError, RuntimeStageError
 from edgeweave.runtime import codec as codecs
+from edgeweave.runtime.payload import Payload, cut_records, merge_payloads, x_tokens
 from edgeweave.runtime.transport.base import NodeError
 from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op, pack_batch, unpack_batch
 from edgeweave.types import Plan
@@ -45,15 +46,6 @@ class SessionStats:
     stall_s: float = 0.0
     replayed_tokens: int = 0
     evictions_restored: int = 0
-
-
-@dataclass(frozen=True)
-class Payload:
-    """A tensor as it travels: codec id, shape, encoded bytes."""
-
-    codec: int
-    shape: tuple[int, ...]
-    data: bytes
 
 
 class Session:
@@ -395,37 +387,3 @@ def _forward_batch(view: PlanView, sessions: list[Session], xs: list[Payload]
         s.counters.steps += 1
         out.append(cur[j])
     return out
-
-
-def merge_payloads(chunks: list[Payload]) -> Payload:
-    """Concatenate recorded inputs along the token axis; the decoded values travel as
-    fp32 (or ids), so the merged chunk holds exactly what the stage received."""
-    parts = [codecs.get(c.codec).decode(c.data, c.shape) for c in chunks]
-    out = codecs.IDS if chunks[0].codec == codecs.IDS.id else codecs.FP32
-    merged = np.concatenate(parts, axis=1)
-    return Payload(out.id, tuple(merged.shape), out.encode(merged))
-
-
-def cut_records(chunks: list[Payload], length: int) -> list[Payload]:
-    """The recorded inputs of one stage for its first ``length`` tokens; a chunk cut in two
-    keeps its first part as fp32 (or ids), exactly what the stage received."""
-    out, pos = [], 0
-    for c in chunks:
-        if pos >= length:
-            break
-        n = x_tokens(c)
-        if pos + n <= length:
-            out.append(c)
-        else:
-            part = codecs.get(c.codec).decode(c.data, c.shape)[:, :length - pos]
-            codec = codecs.IDS if c.codec == codecs.IDS.id else codecs.FP32
-            out.append(Payload(codec.id, tuple(part.shape), codec.encode(part)))
-        pos += n
-    if pos < length:
-        raise RuntimeStageError(f"the records hold {pos} tokens, not the {length} asked for")
-    return out
-
-
-def x_tokens(x: Payload) -> int:
-    """Token positions in a payload: (B, T) ids or (B, T, H) hidden states."""
-    return x.shape[1]

@@ -39,7 +39,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgeweave.errors import ConfigError, GenerationError
-from edgeweave.runtime.sampling import GREEDY_BELOW, SamplingParams
+from edgeweave.plan.speculation import SpecCosts, best_k
+from edgeweave.runtime.sampling import GREEDY_BELOW, SamplingParams, distribution, draw
 
 MAX_K = 16
 PROBE_EVERY = 16  # plain steps between probes while speculation is off
@@ -323,13 +324,8 @@ class SpeculativeSession:
     def _pick(self, logits: np.ndarray, history: list[int]) -> Proposal:
         if self.params.temperature < GREEDY_BELOW:
             return Proposal(int(np.argmax(logits)), None)
-        from edgeweave.runtime.sampling import distribution
-
         q = distribution(logits, self.params, history)
-        cdf = np.cumsum(q)
-        tok = int(min(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"),
-                      q.size - 1))
-        return Proposal(tok, q)
+        return Proposal(draw(q, self._rng), q)
 
     def _room(self) -> int:
         """Draft tokens that can still be useful: the caches' room and max_tokens left."""
@@ -356,8 +352,6 @@ class SpeculativeSession:
         fit = self._timing.fit()
         if fit is None or self._timing.draft_token_s is None:
             return self._k  # nothing measured yet: try the current k
-        from edgeweave.plan.speculation import SpecCosts, best_k
-
         a, b = fit
         alpha = min(self._acc / (self._acc + self._rej), 0.999)
         # a pass of n tokens takes a + b*n: plain decoding costs a + b per token

@@ -76,7 +76,7 @@ def streamed(url: str, n: int, repeat: int) -> dict[str, Any]:
             ew = (chunk.model_extra or {}).get("edgeweave", {}) or {}
     return {**best, "all_tps": [r["decode_tps"] for r in runs],
             "acceptance": ew.get("spec_acceptance"), "per_pass": ew.get("spec_tokens_per_round"),
-            "k": ew.get("spec_k"), "plain_steps": ew.get("spec_plain_steps")}
+            "k": ew.get("spec_k"), "plain_steps": ew.get("spec_plain_steps"), "edgeweave": ew}
 
 
 def genai_anchor(n: int, threads: int) -> float:
@@ -147,7 +147,7 @@ def main() -> None:
         out["worst_at_0ms"] = min(r["ratio_to_plain"] for r in at0)
     out["median_plain_tps"] = statistics.median(r["decode_tps"] for r in out["rows"]
                                                 if r["draft"] is None)
-    print(f"wrote {write_json('speculative', out)}")
+    write_json("speculative", out)
 
 
 def _fmt(v: Any) -> Any:

@@ -80,6 +80,45 @@ def test_greedy_output_is_plain_decoding_for_every_draft_kind(lm, kind, k):
         assert stats["spec_acceptance"] < 0.6
 
 
+@pytest.mark.parametrize("kind", ["same", "other"])
+def test_drafting_ahead_during_the_verify_pass_keeps_greedy_output(lm, kind):
+    coord = embedded(str(lm.folder), Plan.split(4, [2]), loaded=lm, max_len=128,
+                     backend="torch").coordinator
+    with SpeculativeSession(coord.new_session(), EngineSession(_drafts(lm, kind), 128),
+                            SpeculationConfig(k=3, overlap=True)) as spec:
+        got = _tokens(spec, lm.tokenizer)
+        stats = spec.stats
+    coord.close()
+    assert got == _reference(lm.model)
+    assert stats["spec_rounds"] >= 1
+
+
+def test_over_a_delayed_link_the_draft_works_while_the_pass_travels(tmp_path):
+    # Prepare: a real node behind a link of 10 ms each way, the model itself as the draft
+    from edgeweave.runtime.launch import attach
+    from edgeweave.runtime.transport.delay_proxy import DelayProxy, LinkShape
+
+    model = random_model(make_cfg(), seed=5)
+    reference = _reference(model)
+    folder = save_folder(model, tmp_path / "tiny")
+    lm = load(str(folder))
+    plan = Plan.split(4, [], ["n0"])
+    with launch(plan, str(folder), threads=1, max_len=128, backend="torch") as dep, \
+            DelayProxy(dep.addresses["n0"], LinkShape(delay_ms=10)) as proxy:
+        far = attach(plan, str(folder), {"n0": proxy.address}, backend="torch", max_len=128)
+        # Execute
+        with SpeculativeSession(far.coordinator.new_session(),
+                                EngineSession(_whole(lm.model), 128),
+                                SpeculationConfig(k=3, overlap=True)) as spec:
+            got = _tokens(spec, lm.tokenizer)
+            stats = spec.stats
+        far.close()
+    # Assert: the same text, and rounds whose proposals were ready when they started
+    assert got == reference
+    assert stats["spec_rounds_drafted_ahead"] >= 1
+    assert stats["spec_rounds"] + stats["spec_plain_steps"] < 24
+
+
 def test_rejected_tokens_are_rewound_at_every_stage(lm):
     dep = embedded(str(lm.folder), Plan.split(4, [1, 3]), loaded=lm, max_len=128,
                    backend="torch")
@@ -140,7 +179,8 @@ def test_failover_mid_speculation_loses_no_token(tmp_path):
     with launch(Plan.split(4, [1, 3], ["n0", "n1", "n2"]), str(folder), threads=1,
                 max_len=128, backend="torch") as dep:
         spec = SpeculativeSession(dep.coordinator.new_session(),
-                                  EngineSession(_whole(lm.model), 128), SpeculationConfig(k=3))
+                                  EngineSession(_whole(lm.model), 128),
+                                  SpeculationConfig(k=3, overlap=True))
         stream = stream_generate(spec, lm.tokenizer, PROMPT, PARAMS)
         pieces = [next(stream)]
         while sum(len(p.tokens) for p in pieces) < 6:

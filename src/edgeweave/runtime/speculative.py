@@ -65,6 +65,8 @@ class SpeculationConfig:
 
     k: int = 0
     k_max: int = 8
+    # draft on while the target verifies (a remote target: the link's wait is idle time)
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.k <= MAX_K:
@@ -97,6 +99,7 @@ class SpecStats:
     accepted: int = 0
     rejected: int = 0
     plain_steps: int = 0
+    drafted_ahead: int = 0  # rounds whose proposals were drafted during the pass before
     draft_s: float = 0.0
     verify_s: float = 0.0
 
@@ -152,6 +155,8 @@ class SpeculativeSession:
         self._acc, self._rej = 2.0, 1.0  # a prior of 2/3: speculation is tried first
         self._k = self.config.k or min(4, self.config.k_max)
         self._since_probe = 0
+        self._pool: Any = None  # the worker thread verify passes run on (overlap)
+        self._ahead: list[int] = []  # guesses drafted during the last verify pass
 
     # -- set-up ---------------------------------------------------------------------------
     def configure_sampling(self, params: SamplingParams) -> None:
@@ -223,6 +228,8 @@ class SpeculativeSession:
         try:
             self.target.close()
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
             self.draft.close()
 
     def __enter__(self) -> SpeculativeSession:
@@ -240,6 +247,7 @@ class SpeculativeSession:
         out.update(spec_k=float(self._k), spec_rounds=float(c.rounds),
                    spec_drafted=float(c.drafted), spec_accepted=float(c.accepted),
                    spec_plain_steps=float(c.plain_steps),
+                   spec_rounds_drafted_ahead=float(c.drafted_ahead),
                    spec_acceptance=c.accepted / tried if tried else 0.0,
                    spec_tokens_per_round=(c.accepted + c.rounds) / c.rounds if c.rounds else 0.0,
                    spec_draft_s=c.draft_s, spec_verify_s=c.verify_s)
@@ -271,18 +279,75 @@ class SpeculativeSession:
             self._target_len += 1
             self.counters.plain_steps += 1
             return logits
-        drafted = self._draft(k)
+        drafted = self._drafted_ahead(k) or self._draft(k)
         t0 = time.perf_counter()
-        rows = self.target.verify([last, *(d.token for d in drafted)])
+        ids = [last, *(d.token for d in drafted)]
+        if self.config.overlap and self.params.temperature < GREEDY_BELOW:
+            rows = self._verify_drafting_ahead(ids, t0)
+        else:
+            rows = self.target.verify(ids)
         dt = time.perf_counter() - t0
-        self._timing.target(k + 1, dt)
+        self._timing.target(len(ids), dt)
         self.counters.verify_s += dt
         self.counters.rounds += 1
-        self.counters.drafted += k
-        self._target_len += k + 1
+        self.counters.drafted += len(drafted)
+        self._target_len += len(ids)
         for d, row in zip(drafted, rows[1:], strict=True):
             self._queue.append(_Queued(d.token, d.probs, row))
         return rows[0]
+
+    # -- drafting while the target verifies ------------------------------------------------
+    def _verify_drafting_ahead(self, ids: list[int], t0: float) -> np.ndarray:
+        """``target.verify(ids)`` on a worker thread while the draft goes on from the last
+        drafted token: its guess of the token after it, then proposals after that guess,
+        for as long as the verify pass is expected to take. If the target accepts every
+        drafted token and picks that guess, the next round starts with its proposals ready
+        (greedy only: a sampled guess would need its own distribution). A remote target
+        waits for the link, so the draft's steps cost no time there."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgeweave-verify")
+        job = self._pool.submit(self.target.verify, ids)
+        self._ahead = []
+        try:
+            self._draft_ahead(ids, job, t0)
+        finally:
+            rows = job.result()  # a failed verify raises here, after the draft has stopped
+        return rows
+
+    def _draft_ahead(self, ids: list[int], job: Any, t0: float) -> None:
+        fit, step = self._timing.fit(), self._timing.draft_token_s
+        if fit is None or step is None:
+            return  # nothing measured yet: no idea how long the pass takes
+        expected = fit[0] + fit[1] * len(ids)
+        held = list(self.tokens[:-1]) + ids[:-1]  # what the draft holds after _draft
+        if self._draft_tokens[:len(held)] != held:
+            return
+        if len(self._draft_tokens) > len(held):  # guesses of the round before, unused
+            self.draft.rewind(len(held))
+            self._draft_tokens = held
+        history, token = held, ids[-1]
+        while not job.done() and len(self._ahead) < self.config.k_max:
+            if time.perf_counter() - t0 + step > expected:
+                break  # the pass is about to return: do not keep it waiting
+            t = time.perf_counter()
+            logits = self.draft.decode(token)
+            history = [*history, token]
+            token = int(np.argmax(logits))
+            self._ahead.append(token)
+            self._timing.draft(time.perf_counter() - t, 1)
+        self._draft_tokens = history  # the last guess was never fed
+
+    def _drafted_ahead(self, k: int) -> list[Proposal] | None:
+        """The proposals drafted ahead during the last verify, if that round went as the
+        draft guessed: its first guess is the token just committed."""
+        ahead, self._ahead = self._ahead, []
+        n = len(self.tokens)
+        if len(ahead) < 2 or self._draft_tokens[:n] != self.tokens:
+            return None
+        self.counters.drafted_ahead += 1
+        return [Proposal(t, None) for t in ahead[1:k + 1]]
 
     def _draft(self, k: int) -> list[Proposal]:
         """``k`` proposals after the committed tokens; the draft's cache is brought in line

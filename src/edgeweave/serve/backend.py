@@ -250,7 +250,13 @@ class SpeculativeSessions:
     def __init__(self, inner: SessionFactory, draft: StageEngine, draft_label: str,
                  config: SpeculationConfig | None = None) -> None:
         self.inner, self.draft, self.draft_label = inner, draft, draft_label
-        self.config = config or SpeculationConfig()
+        config = config or SpeculationConfig()
+        coord = inner.coordinator
+        # over nodes the draft goes on while a verify pass crosses the link (idle time
+        # here); in one process the two would only share the same cores
+        remote = coord is not None and all(coord.link(st.device).parallel
+                                           for st in coord.plan.stages)
+        self.config = replace(config, overlap=remote)
         self.model_id, self.tokenizer = inner.model_id, inner.tokenizer
         self.max_len = min(inner.max_len, draft.max_position)
         self.adapters = inner.adapters

@@ -53,3 +53,22 @@ def test_streamed_greedy_text_is_the_plain_servers(spec_server, tiny_sessions):
 def test_health_names_the_draft(spec_server):
     health = httpx.get(f"{spec_server}/health").json()
     assert health["draft"] == "tiny-draft" and health["draft_k"] == "3"
+
+
+def test_the_draft_works_ahead_only_where_the_verifier_is_another_machine():
+    from types import SimpleNamespace
+
+    from edgeweave.serve.backend import verifier_elsewhere
+    from edgeweave.types import Plan
+
+    def coord(*addresses: str, parallel: bool = True):  # the coordinator's two seams
+        plan = Plan.split(4, [2][:len(addresses) - 1], [f"n{i}" for i in range(len(addresses))])
+        links = {f"n{i}": SimpleNamespace(address=a, parallel=parallel)
+                 for i, a in enumerate(addresses)}
+        return SimpleNamespace(plan=plan, link=links.__getitem__)
+
+    assert verifier_elsewhere(None) is False  # one process
+    assert verifier_elsewhere(coord("127.0.0.1:5000", "[::1]:5001")) is False  # this host
+    assert verifier_elsewhere(coord("127.0.0.1:5000", "10.0.0.7:5000")) is True
+    assert verifier_elsewhere(coord("edge.local:5000")) is True
+    assert verifier_elsewhere(coord("mem", parallel=False)) is False  # in-process stages

@@ -328,7 +328,10 @@ class SpeculativeSession:
             self.draft.rewind(len(held))
             self._draft_tokens = held
         history, token = held, ids[-1]
-        while not job.done() and len(self._ahead) < self.config.k_max:
+        # tokens the request can still use after this pass's, and what the caches hold
+        useful = self.params.max_tokens - (len(held) + 1 - self._prompt_len)
+        limit = min(self.config.k_max, useful, self.max_len - len(held) - 1)
+        while not job.done() and len(self._ahead) < limit:
             if time.perf_counter() - t0 + step > expected:
                 break  # the pass is about to return: do not keep it waiting
             t = time.perf_counter()

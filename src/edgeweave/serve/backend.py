@@ -251,12 +251,7 @@ class SpeculativeSessions:
                  config: SpeculationConfig | None = None) -> None:
         self.inner, self.draft, self.draft_label = inner, draft, draft_label
         config = config or SpeculationConfig()
-        coord = inner.coordinator
-        # over nodes the draft goes on while a verify pass crosses the link (idle time
-        # here); in one process the two would only share the same cores
-        remote = coord is not None and all(coord.link(st.device).parallel
-                                           for st in coord.plan.stages)
-        self.config = replace(config, overlap=remote)
+        self.config = replace(config, overlap=verifier_elsewhere(inner.coordinator))
         self.model_id, self.tokenizer = inner.model_id, inner.tokenizer
         self.max_len = min(inner.max_len, draft.max_position)
         self.adapters = inner.adapters
@@ -284,3 +279,25 @@ class SpeculativeSessions:
 
     def cache_usage(self) -> CacheUsage:
         return self.inner.cache_usage()
+
+
+def verifier_elsewhere(coord: Coordinator | None) -> bool:
+    """Whether the plan's stages run on other machines: the draft then goes on while a
+    verify pass is away (``SpeculationConfig.overlap``), on cores nothing else needs. In
+    this process, or on nodes of this host (loopback), both would share the same cores, and
+    measured there drafting ahead slows the pass more than it saves."""
+    from edgeweave.netaddr import split_hostport
+
+    if coord is None:
+        return False
+    links = [coord.link(st.device) for st in coord.plan.stages]
+    if not all(link.parallel for link in links):
+        return False  # in-process stages
+
+    def here(link: object) -> bool:
+        parts = split_hostport(str(getattr(link, "address", "")))
+        host = parts[0] if parts else ""
+        return host in ("localhost", "::1") or host.startswith("127.")
+
+    return not all(here(link) for link in links)
+

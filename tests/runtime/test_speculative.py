@@ -219,3 +219,21 @@ def test_a_draft_with_another_vocabulary_is_refused(tiny_folder, tmp_path):
 def test_early_exit_must_exit_before_the_last_block(lm):
     with pytest.raises(ConfigError, match="exit earlier"):
         build_draft(DraftSpec.parse("early-exit:4"), str(lm.folder), _torch_choice())
+
+
+def test_an_onnx_early_exit_is_exported_by_a_child_and_keeps_greedy_output(lm, tmp_home):
+    from edgeweave.runtime.local import EngineChoice
+
+    draft = build_draft(DraftSpec.parse("early-exit:2"), str(lm.folder),
+                        EngineChoice("onnx", "fp32"))
+    assert draft.config.backend == "onnx" and (tmp_home / "onnx").is_dir()
+    coord = embedded(str(lm.folder), Plan.split(4, [2]), loaded=lm, max_len=128,
+                     backend="torch").coordinator
+    with SpeculativeSession(coord.new_session(), EngineSession(draft, 128),
+                            SpeculationConfig(k=2)) as spec:
+        assert _tokens(spec, lm.tokenizer) == _reference(lm.model)
+    coord.close()
+    # a second build finds the export: no child, the same graph
+    again = build_draft(DraftSpec.parse("early-exit:2"), str(lm.folder),
+                        EngineChoice("onnx", "fp32"))
+    assert again.path == draft.path

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgeweave.errors import ConfigError
 from edgeweave.runtime.speculative import SpeculationConfig
@@ -106,34 +106,84 @@ def build_draft(spec: DraftSpec, model: str, choice: EngineChoice | None = None
 
 def _early_exit(model: str, blocks: int, choice: EngineChoice) -> StageEngine:
     """Blocks ``[0, blocks)`` of ``model`` with its final norm and head, as a model of its
-    own; on ONNX exported once (int4) under the model's export cache."""
+    own: on torch in this process; on ONNX exported once (int4) under the model's export
+    cache by a child process, so the serving process never imports torch (its thread pools
+    would take cores from the stages)."""
+    from edgeweave.runtime.engines.base import EngineConfig
+    from edgeweave.types import Shard
+
+    shard = Shard(0, blocks, blocks)
+    if choice.backend == "torch":
+        from edgeweave.runtime.engines.torch import TorchStageEngine
+
+        config = EngineConfig(model, shard, "fp32", "torch", choice.threads)
+        return TorchStageEngine(config, early_exit_model(model, blocks))
+    from edgeweave.runtime.engines.onnx import open_engine
+    from edgeweave.runtime.engines.onnx_build import Export
+    from edgeweave.runtime.engines.onnx_cache import matches
+
+    config = EngineConfig(model, shard, "int4", choice.backend, choice.threads)
+    folder, want, spec, cfg = _early_exit_export(model, blocks)
+    if not matches(folder, want):
+        _export_in_child(model, blocks)
+    return open_engine(config, Export(folder / "model.onnx", True, spec, {}, cfg))
+
+
+def early_exit_model(model: str, blocks: int) -> Any:
+    """The torch ``BlockModel`` of the first ``blocks`` blocks of ``model`` and its head."""
     import torch
 
     from edgeweave.models.catalog import resolve
     from edgeweave.models.checkpoint import load_state, read_config
     from edgeweave.models.llama import BlockModel
-    from edgeweave.runtime.engines.base import EngineConfig
+
+    folder = resolve(model)[1]
+    m = BlockModel(read_config(folder).subset(list(range(blocks))))
+    m.load_state_dict(load_state(folder, m, torch.float32), strict=False)
+    if m.cfg.tie_word_embeddings:
+        m.lm_head.weight = m.embed_tokens.weight
+    return m.eval()
+
+
+def _early_exit_export(model: str, blocks: int) -> tuple[Path, dict[str, Any], Any, Any]:
+    """Where the early exit's int4 graph is cached and the manifest it must match."""
+    from edgeweave.models.catalog import resolve
+    from edgeweave.models.checkpoint import read_config
+    from edgeweave.paths import home
+    from edgeweave.runtime.engines.onnx_build import export_spec
+    from edgeweave.runtime.engines.onnx_cache import expected_manifest, fingerprint
     from edgeweave.types import Shard
+    from edgeweave.variants import get
 
     name, folder = resolve(model)
     cfg = read_config(folder).subset(list(range(blocks)))
-    m = BlockModel(cfg)
-    m.load_state_dict(load_state(folder, m, torch.float32), strict=False)
-    if cfg.tie_word_embeddings:
-        m.lm_head.weight = m.embed_tokens.weight
-    m.eval()
-    shard = Shard(0, blocks, blocks)
-    if choice.backend == "torch":
-        from edgeweave.runtime.engines.torch import TorchStageEngine
-
-        return TorchStageEngine(EngineConfig(model, shard, "fp32", "torch", choice.threads), m)
-    from edgeweave.paths import home
-    from edgeweave.runtime.engines.onnx import engine_from_model
-    from edgeweave.runtime.engines.onnx_cache import fingerprint
-
-    config = EngineConfig(model, shard, "int4", choice.backend, choice.threads)
+    spec = export_spec(get("int4"), Shard(0, blocks, blocks), cfg.max_position)
     out = home() / "onnx" / name / f"early-exit-{blocks}" / "int4"
-    return engine_from_model(m, config, out, source_fp=fingerprint(folder))
+    return out, expected_manifest(fingerprint(folder), spec, {}), spec, cfg
+
+
+def _export_in_child(model: str, blocks: int) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", __name__, model, str(blocks)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise ConfigError(f"exporting the early-exit draft of {model} failed: "
+                          f"{lines[-1] if lines else proc.returncode}")
+
+
+def _main(argv: list[str]) -> int:
+    """Child process: export the early exit of ``argv = [model, blocks]`` into the cache."""
+    from edgeweave.runtime.engines.onnx_cache import cached_export
+    from edgeweave.runtime.engines.onnx_export import build_stage
+
+    model, blocks = argv[0], int(argv[1])
+    folder, want, spec, _ = _early_exit_export(model, blocks)
+    m = early_exit_model(model, blocks)
+    cached_export(folder, want, lambda: build_stage(m, spec))
+    return 0
 
 
 def _check_vocab(engine: StageEngine, model: str) -> None:
@@ -147,3 +197,10 @@ def _check_vocab(engine: StageEngine, model: str) -> None:
         raise ConfigError(f"the draft has a vocabulary of {engine.vocab_size} tokens and "
                           f"{model} one of {vocab}: a draft must share the served model's "
                           "tokenizer (use a variant, early-exit:K or a student of it)")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))
+

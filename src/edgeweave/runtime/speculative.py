@@ -43,7 +43,8 @@ from edgeweave.plan.speculation import SpecCosts, best_k
 from edgeweave.runtime.sampling import GREEDY_BELOW, SamplingParams, distribution, draw
 
 MAX_K = 16
-PROBE_EVERY = 16  # plain steps between probes while speculation is off
+PROBE_EVERY = 16  # plain steps before the first probe while speculation is off
+MAX_PROBE_EVERY = 256
 _DECAY = 0.97  # acceptance counts fade, so a change of content shows within ~30 rounds
 
 
@@ -155,6 +156,7 @@ class SpeculativeSession:
         self._acc, self._rej = 2.0, 1.0  # a prior of 2/3: speculation is tried first
         self._k = self.config.k or min(4, self.config.k_max)
         self._since_probe = 0
+        self._probe_every = PROBE_EVERY
         self._pool: Any = None  # the worker thread verify passes run on (overlap)
         self._ahead: list[int] = []  # guesses drafted during the last verify pass
 
@@ -408,10 +410,15 @@ class SpeculativeSession:
         self._acc *= _DECAY
         self._rej *= _DECAY
         k = self._adaptive()
-        if k == 0:
+        if k:
+            self._probe_every = PROBE_EVERY
+        else:
             self._since_probe += 1
-            if self._since_probe >= PROBE_EVERY:  # is it worth it again?
+            if self._since_probe >= self._probe_every:  # is it worth it again?
+                # each probe that leaves it off waits twice as long for the next: a draft
+                # that never agrees costs almost nothing after a few probes
                 self._since_probe = 0
+                self._probe_every = min(2 * self._probe_every, MAX_PROBE_EVERY)
                 k = 1
         self._k = k
         return min(k, room)

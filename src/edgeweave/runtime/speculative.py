@@ -45,6 +45,7 @@ from edgeweave.runtime.sampling import GREEDY_BELOW, SamplingParams, distributio
 MAX_K = 16
 PROBE_EVERY = 16  # plain steps before the first probe while speculation is off
 MAX_PROBE_EVERY = 256
+WARM_PLAIN = 3  # plain steps that measure the pace to beat before the first round
 _DECAY = 0.97  # acceptance counts fade, so a change of content shows within ~30 rounds
 
 
@@ -134,6 +135,36 @@ class _Timing:
         return max(float(np.median(t - b * n)), 1e-6), b
 
 
+class _Pace:
+    """Seconds per committed token as the caller sees them (from one round's start to the
+    next: drafting, verifying, sampling, streaming), plain and speculating apart. The cost
+    model leaves things out (the caller's work, the bytes of every row's logits); this is the
+    check that speculation is really faster."""
+
+    def __init__(self) -> None:
+        self.plain_s: float | None = None
+        self.spec_s: float | None = None
+        self.speculating = False
+        self._t: float | None = None
+        self._n = 0
+
+    def lap(self, committed: int) -> None:
+        now = time.perf_counter()
+        if self._t is not None and committed > self._n:
+            per = (now - self._t) / (committed - self._n)
+            old = self.spec_s if self.speculating else self.plain_s
+            new = per if old is None else 0.7 * old + 0.3 * per
+            if self.speculating:
+                self.spec_s = new
+            else:
+                self.plain_s = new
+        self._t, self._n = now, committed
+
+    def slower(self, margin: float = 0.03) -> bool:
+        return (self.plain_s is not None and self.spec_s is not None
+                and self.spec_s > (1 - margin) * self.plain_s)
+
+
 class SpeculativeSession:
     """A ``LogitsEngine`` that decodes the target's tokens with a draft's help (see module
     docstring); ``draft`` is a whole-model session (``EngineSession``) of the same
@@ -153,10 +184,13 @@ class SpeculativeSession:
         self._queue: deque[_Queued] = deque()
         self.counters = SpecStats()
         self._timing = _Timing()
-        self._acc, self._rej = 2.0, 1.0  # a prior of 2/3: speculation is tried first
+        # a weak prior of 1/2: the first rounds decide (a draft that never agrees is off
+        # after 3-4 of them)
+        self._acc, self._rej = 0.5, 0.5
         self._k = self.config.k or min(4, self.config.k_max)
         self._since_probe = 0
         self._probe_every = PROBE_EVERY
+        self._pace = _Pace()
         self._pool: Any = None  # the worker thread verify passes run on (overlap)
         self._ahead: list[int] = []  # guesses drafted during the last verify pass
 
@@ -272,7 +306,9 @@ class SpeculativeSession:
         if self._target_len > keep:
             self.target.rewind(keep)
         self._target_len = keep
+        self._pace.lap(len(self.tokens))
         k = self._choose_k()
+        self._pace.speculating = k > 0
         last = self.tokens[-1]
         if k == 0:
             t0 = time.perf_counter()
@@ -424,6 +460,8 @@ class SpeculativeSession:
         return min(k, room)
 
     def _adaptive(self) -> int:
+        if self._pace.plain_s is None and self.counters.plain_steps < WARM_PLAIN:
+            return 0  # a few plain steps first: the pace speculation has to beat
         fit = self._timing.fit()
         if fit is None or self._timing.draft_token_s is None:
             return self._k  # nothing measured yet: try the current k
@@ -433,6 +471,8 @@ class SpeculativeSession:
         costs = SpecCosts(draft_token_s=self._timing.draft_token_s, verify_token_s=a + b,
                           verify_extra_token_s=b, rtt_s=0.0)
         choice = best_k(alpha, costs, k_max=self.config.k_max)
+        if choice.k and self._pace.slower():
+            return 0  # the model says it pays, the clock says it does not
         if choice.k and len(self._timing.passes) % 8 == 0 and choice.k > 1:
             return choice.k - 1  # now and then another size, so that b stays measurable
         return choice.k

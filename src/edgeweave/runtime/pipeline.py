@@ -185,7 +185,7 @@ def _call(s: Session, view: PlanView, i: int, x: Payload, pos: int) -> Hop:
     coord = s.coord
     st = view.plan.stages[i]
     last = i == len(view.plan.stages) - 1
-    reply = codecs.get(coord.logits_codec if last else st.codec).id
+    reply = codecs.get(s.logits_codec if last else st.codec).id
     req = Frame(Op.FORWARD, view.keys[i], s.id, arg=pos, codec=x.codec, reply_codec=reply,
                 shape=x.shape, payload=x.data)
     resp = coord.call(st.device, req, coord.deadline_s + coord.per_token_s * x_tokens(x))

@@ -64,8 +64,25 @@ class Session:
         self._hop_rtt: list[float] = []
         self._hop_compute: list[float] = []
         self._keep: list[int] | None = None  # a prompt to keep before the caches change
+        self._logits_codec: str | None = None  # None: the coordinator's (configure_sampling)
 
     # -- LogitsEngine --------------------------------------------------------------------
+    @property
+    def logits_codec(self) -> str:
+        """How the last stage sends this session's logits: the coordinator's codec, or
+        ``top64`` where the request's sampling needs no more (``configure_sampling``)."""
+        return self._logits_codec or self.coord.logits_codec
+
+    def configure_sampling(self, params: SamplingParams) -> None:
+        """A greedy request without a penalty, logprobs or an output format only ever
+        reads the argmax: its logits travel as the top 64 (512 bytes a row, not the
+        vocabulary's 196 KB in fp32), which picks the same token. Over a slow link the full
+        row was most of each token's bytes."""
+        from edgeweave.runtime.sampling import GREEDY_BELOW
+
+        argmax_only = (params.temperature < GREEDY_BELOW and params.repetition_penalty == 1.0
+                       and params.logprobs is None and params.output is None)
+        self._logits_codec = "top64" if argmax_only else None
     def prefill(self, ids: list[int]) -> np.ndarray:
         self._kept()
         self.coord.run(self._open_all, self.counters)
@@ -228,7 +245,7 @@ class Session:
         coord = self.coord
         st = plan.stages[i]
         last = i == len(plan.stages) - 1
-        reply = codecs.get(coord.logits_codec if last else st.codec).id
+        reply = codecs.get(self.logits_codec if last else st.codec).id
         req = Frame(op, key, self.id, arg=pos, codec=x.codec, reply_codec=reply,
                     shape=x.shape, payload=x.data)
         timeout = coord.deadline_s + coord.per_token_s * x_tokens(x)
@@ -333,9 +350,9 @@ def _forward_batch(view: PlanView, sessions: list[Session], xs: list[Payload]
     n = len(view.plan.stages)
     for i, (st, key) in enumerate(zip(view.plan.stages, view.keys, strict=True)):
         last = i == n - 1
-        reply = codecs.get(coord.logits_codec if last else st.codec).id
         items = [Frame(Op.FORWARD, "", sessions[j].id, arg=sessions[j].length,
-                       codec=cur[j].codec, reply_codec=reply, shape=cur[j].shape,
+                       codec=cur[j].codec,
+                       reply_codec=codecs.get(sessions[j].logits_codec if last else st.codec).id, shape=cur[j].shape,
                        payload=cur[j].data) for j in alive]
         tokens = sum(x_tokens(cur[j]) for j in alive)
         t0 = time.perf_counter()

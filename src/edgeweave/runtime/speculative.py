@@ -137,32 +137,49 @@ class _Timing:
 
 class _Pace:
     """Seconds per committed token as the caller sees them (from one round's start to the
-    next: drafting, verifying, sampling, streaming), plain and speculating apart. The cost
-    model leaves things out (the caller's work, the bytes of every row's logits); this is the
-    check that speculation is really faster."""
+    next: drafting, verifying, sampling, streaming), plain and speculating apart, over the
+    last few rounds of each (one round drafts many tokens and may keep one: a single lap
+    says little). The cost model leaves things out (the caller's work, the bytes of every
+    row's logits); this is the check that speculation is really faster."""
+
+    WINDOW = 12  # laps per mode
+    MIN_LAPS = 4  # speculative laps before the pace may overrule the model
 
     def __init__(self) -> None:
-        self.plain_s: float | None = None
-        self.spec_s: float | None = None
         self.speculating = False
+        self._laps: dict[bool, deque[tuple[float, int]]] = {
+            m: deque(maxlen=self.WINDOW) for m in (False, True)}
         self._t: float | None = None
         self._n = 0
+        self._sunk = 0.0
+
+    def sunk(self, seconds: float) -> None:
+        """Time of this lap that says nothing of the steady pace: the draft catching up
+        on many tokens (the prompt at the first round, the tokens of a plain stretch)."""
+        self._sunk += seconds
 
     def lap(self, committed: int) -> None:
         now = time.perf_counter()
+        sunk, self._sunk = self._sunk, 0.0
         if self._t is not None and committed > self._n:
-            per = (now - self._t) / (committed - self._n)
-            old = self.spec_s if self.speculating else self.plain_s
-            new = per if old is None else 0.7 * old + 0.3 * per
-            if self.speculating:
-                self.spec_s = new
-            else:
-                self.plain_s = new
+            self._laps[self.speculating].append((max(now - self._t - sunk, 0.0),
+                                                 committed - self._n))
         self._t, self._n = now, committed
 
+    def per_token(self, speculating: bool) -> float | None:
+        laps = self._laps[speculating]
+        if not laps:
+            return None
+        return sum(t for t, _ in laps) / sum(n for _, n in laps)
+
+    @property
+    def plain_s(self) -> float | None:
+        return self.per_token(False)
+
     def slower(self, margin: float = 0.03) -> bool:
-        return (self.plain_s is not None and self.spec_s is not None
-                and self.spec_s > (1 - margin) * self.plain_s)
+        plain, spec = self.per_token(False), self.per_token(True)
+        return (plain is not None and spec is not None
+                and len(self._laps[True]) >= self.MIN_LAPS and spec > (1 - margin) * plain)
 
 
 class SpeculativeSession:
@@ -199,6 +216,9 @@ class SpeculativeSession:
         """The request's sampling settings: the draft draws its proposals with them (so
         that ``q`` is the distribution ``speculative_pick`` divides by)."""
         self.params = params
+        configure = getattr(self.target, "configure_sampling", None)
+        if callable(configure):  # the target's logits need no more than the request's
+            configure(params)
         seed = None if params.seed is None else (params.seed + 1) % (2 ** 63)
         self._rng = np.random.default_rng(seed)  # the draft's own stream
 
@@ -411,6 +431,8 @@ class SpeculativeSession:
         # prompt at the first round) would make drafting look dearer than it is
         fed_one = len(want) - m == 1
         t_chain = time.perf_counter()
+        if len(want) - m > 2:  # a real catch-up, not the usual one or two tokens
+            self._pace.sunk(t_chain - t_start)
         history = list(want)
         out: list[Proposal] = []
         for j in range(k):
@@ -464,7 +486,7 @@ class SpeculativeSession:
             return 0  # a few plain steps first: the pace speculation has to beat
         fit = self._timing.fit()
         if fit is None or self._timing.draft_token_s is None:
-            return self._k  # nothing measured yet: try the current k
+            return self.config.k or min(4, self.config.k_max)  # nothing measured: try
         a, b = fit
         alpha = min(self._acc / (self._acc + self._rej), 0.999)
         # a pass of n tokens takes a + b*n: plain decoding costs a + b per token

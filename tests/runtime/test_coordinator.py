@@ -156,3 +156,26 @@ def test_top64_logits_keep_greedy_tokens_and_shrink_the_last_hop(lm):
     # vocab 128 here: fp32 logits 512 B per step, top64 also 512 B; equal wire size shows the
     # frame carries 64 values + 64 indices (the saving needs a vocabulary > 128)
     assert s_small.stats["bytes_received"] == s_big.stats["bytes_received"]
+
+
+def test_a_greedy_request_gets_its_logits_as_the_top_64(tmp_path):
+    from edgeweave.runtime.generate import stream_generate
+    from tests.conftest import make_cfg, random_model, save_folder
+
+    lm = load(str(save_folder(random_model(make_cfg(vocab_size=1024)), tmp_path / "m")))
+    coord = embedded(str(lm.folder), Plan.split(4, [2]), loaded=lm, max_len=128,
+                     backend="torch").coordinator
+    received = {}
+    for name, params in [("greedy", PARAMS), ("logprobs", SamplingParams(
+            max_tokens=24, ignore_eos=True, logprobs=2)), ("sampled", SamplingParams(
+            max_tokens=24, ignore_eos=True, temperature=0.8, seed=1))]:
+        with coord.new_session() as s:
+            got = [t for r in stream_generate(s, lm.tokenizer, PROMPT, params) for t in r.tokens]
+            received[name] = s.stats["bytes_received"]
+            assert s.logits_codec == ("top64" if name == "greedy" else "fp32")
+        if name == "greedy":
+            assert got == _reference(lm.model)  # the same argmax from 64 values
+    coord.close()
+    # 1,024 logits are 4 KiB in fp32, the top 64 with their ids 512 bytes
+    assert received["greedy"] < 0.25 * received["logprobs"]
+    assert received["sampled"] == pytest.approx(received["logprobs"], rel=0.01)  # full rows

@@ -29,6 +29,7 @@ from edgeweave.types import Plan
 if TYPE_CHECKING:
     from edgeweave.runtime.coordinator import Coordinator
     from edgeweave.runtime.planstate import PlanView
+    from edgeweave.runtime.sampling import SamplingParams
 
 
 @dataclass
@@ -351,9 +352,9 @@ def _forward_batch(view: PlanView, sessions: list[Session], xs: list[Payload]
     for i, (st, key) in enumerate(zip(view.plan.stages, view.keys, strict=True)):
         last = i == n - 1
         items = [Frame(Op.FORWARD, "", sessions[j].id, arg=sessions[j].length,
-                       codec=cur[j].codec,
-                       reply_codec=codecs.get(sessions[j].logits_codec if last else st.codec).id, shape=cur[j].shape,
-                       payload=cur[j].data) for j in alive]
+                       codec=cur[j].codec, shape=cur[j].shape, payload=cur[j].data,
+                       reply_codec=codecs.get(sessions[j].logits_codec if last
+                                              else st.codec).id) for j in alive]
         tokens = sum(x_tokens(cur[j]) for j in alive)
         t0 = time.perf_counter()
         resp = coord.call(st.device, Frame(Op.FORWARD_BATCH, key, payload=pack_batch(items)),

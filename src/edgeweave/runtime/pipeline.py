@@ -34,7 +34,7 @@ import numpy as np
 from edgeweave.runtime import codec as codecs
 from edgeweave.runtime.payload import Payload, x_tokens
 from edgeweave.runtime.transport.base import NodeError, StageUnavailable
-from edgeweave.runtime.transport.frame import ErrorCode, Frame, Op
+from edgeweave.runtime.transport.frame import ErrorCode
 
 if TYPE_CHECKING:
     from edgeweave.runtime.coordinator import Coordinator
@@ -182,11 +182,6 @@ class _Run:
 def _call(s: Session, view: PlanView, i: int, x: Payload, pos: int) -> Hop:
     """One FORWARD of ``x`` at position ``pos`` to stage ``i`` (``Session._forward`` without
     its side effects, which a worker thread must not have)."""
-    coord = s.coord
-    st = view.plan.stages[i]
-    last = i == len(view.plan.stages) - 1
-    reply = codecs.get(s.logits_codec if last else st.codec).id
-    req = Frame(Op.FORWARD, view.keys[i], s.id, arg=pos, codec=x.codec, reply_codec=reply,
-                shape=x.shape, payload=x.data)
-    resp = coord.call(st.device, req, coord.deadline_s + coord.per_token_s * x_tokens(x))
+    req, timeout = s.request(view.plan, i, view.keys[i], x, pos)
+    resp = s.coord.call(view.plan.stages[i].device, req, timeout)
     return Hop(Payload(resp.codec, resp.shape, resp.payload), req.wire_size, resp.wire_size)

@@ -241,15 +241,24 @@ class Session:
         self.length += x_tokens(inputs[0])
         return x
 
+    def request(self, plan: Plan, i: int, key: str, x: Payload, pos: int,
+                op: Op = Op.FORWARD) -> tuple[Frame, float]:
+        """The frame that steps stage ``i`` (key ``key``) on ``x`` at position ``pos``, and
+        how long to wait for its answer; no side effects (``pipeline`` sends it from its
+        worker threads)."""
+        coord = self.coord
+        st = plan.stages[i]
+        reply = codecs.get(self.logits_codec if i == len(plan.stages) - 1 else st.codec).id
+        req = Frame(op, key, self.id, arg=pos, codec=x.codec, reply_codec=reply,
+                    shape=x.shape, payload=x.data)
+        return req, coord.deadline_s + coord.per_token_s * x_tokens(x)
+
     def _forward(self, plan: Plan, i: int, key: str, x: Payload, pos: int,
                  record: bool = False, op: Op = Op.FORWARD) -> Payload:
         coord = self.coord
         st = plan.stages[i]
         last = i == len(plan.stages) - 1
-        reply = codecs.get(self.logits_codec if last else st.codec).id
-        req = Frame(op, key, self.id, arg=pos, codec=x.codec, reply_codec=reply,
-                    shape=x.shape, payload=x.data)
-        timeout = coord.deadline_s + coord.per_token_s * x_tokens(x)
+        req, timeout = self.request(plan, i, key, x, pos, op)
         t0 = time.perf_counter()
         try:
             resp = coord.call(st.device, req, timeout)

@@ -1,5 +1,6 @@
 """Speculative decoding behind the HTTP API: streamed greedy text is the plain server's, the
-response says what the draft did, concurrent requests each get their own draft session."""
+response says what the draft did, concurrent requests each get their own draft session
+(and step in one batch while several need the verifier)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def test_streamed_greedy_text_is_the_plain_servers(spec_server, tiny_sessions):
         results = list(pool.map(lambda p: (p, *_stream(spec_server, p)), prompts))
     for p, text, ew in results:
         assert text == solo(tiny_sessions, [{"role": "user", "content": p}], 16).text
-        assert ew["spec_rounds"] >= 1 and 0 <= ew["spec_acceptance"] <= 1
+        # alone a stream speculates; while others need the verifier too it steps in a batch
+        assert ew["spec_rounds"] + ew["spec_batched_steps"] >= 1
+        assert 0 <= ew["spec_acceptance"] <= 1
         assert ew["spec_k"] == 3
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from edgeweave.errors import ConfigError, GenerationError
 from edgeweave.plan.speculation import SpecCosts, best_k
 from edgeweave.runtime.sampling import GREEDY_BELOW, SamplingParams, distribution, draw
+from edgeweave.runtime.sequence import advance as _advance
 
 MAX_K = 16
 PROBE_EVERY = 16  # plain steps before the first probe while speculation is off
@@ -102,6 +103,7 @@ class SpecStats:
     rejected: int = 0
     plain_steps: int = 0
     drafted_ahead: int = 0  # rounds whose proposals were drafted during the pass before
+    batched_steps: int = 0  # plain steps taken in one batch with other sessions
     draft_s: float = 0.0
     verify_s: float = 0.0
 
@@ -166,6 +168,10 @@ class _Pace:
                                                  committed - self._n))
         self._t, self._n = now, committed
 
+    def pause(self) -> None:
+        """The next lap starts afresh: the time until then was not this session's own."""
+        self._t = None
+
     def per_token(self, speculating: bool) -> float | None:
         laps = self._laps[speculating]
         if not laps:
@@ -223,8 +229,64 @@ class SpeculativeSession:
         self._rng = np.random.default_rng(seed)  # the draft's own stream
 
     @property
-    def batch_key(self) -> None:
-        return None  # steps alone: a round is a different shape for every session
+    def batch_key(self) -> int | None:
+        """The target's key: speculative sessions of one target step in one batch when
+        several need it at once (:meth:`forward_many`); None where the target cannot."""
+        if not hasattr(type(self.target), "forward_many"):
+            return None
+        key = getattr(self.target, "batch_key", None)
+        return None if key is None else int(key)
+
+    @staticmethod
+    def forward_many(sessions: list[SpeculativeSession], steps: list[Any]
+                     ) -> list[np.ndarray | BaseException]:
+        """One scheduler round of several speculative sessions of one target. A token the
+        last round verified is answered from its queue (no step); a session that alone
+        needs the target runs its own round (it speculates as when it is alone); two or
+        more step **plain, in one batched target call** (the target's ``forward_many``).
+        Under load the verifier's compute is the bottleneck: a batch of ``n`` streams costs
+        about one step, while speculating each would cost ``n`` verify passes and waste
+        the rows of rejected drafts (vLLM turns speculation off by batch size for the same
+        reason). The drafts catch up when a session is alone again (``_draft``)."""
+        out: list[Any] = [None] * len(sessions)
+        need: list[int] = []
+        for j, (s, st) in enumerate(zip(sessions, steps, strict=True)):
+            try:
+                hit = s._answer(st)
+            except Exception as e:  # noqa: BLE001 - this session only
+                out[j] = e
+                continue
+            if hit is None:
+                need.append(j)
+            else:
+                out[j] = hit
+        if len(need) == 1 and not steps[need[0]].fresh and len(steps[need[0]].ids) == 1:
+            j = need[0]
+            try:
+                out[j] = sessions[j]._round()
+            except Exception as e:  # noqa: BLE001 - this session only
+                out[j] = e
+            return out
+        if not need:
+            return out
+        group = [sessions[j] for j in need]
+        for s, j in zip(group, need, strict=True):
+            s._plain_batched(steps[j])
+        targets, inputs = [s.target for s in group], [steps[j] for j in need]
+        try:
+            ys: list[Any] = list(type(targets[0]).forward_many(targets, inputs))
+        except Exception:  # noqa: BLE001 - the batch failed as a whole: find who, one by one
+            ys = []
+            for t, st in zip(targets, inputs, strict=True):
+                try:
+                    ys.append(_advance(t, st))
+                except Exception as e:  # noqa: BLE001 - this session only
+                    ys.append(e)
+        for s, j, y in zip(group, need, ys, strict=True):
+            out[j] = y
+            if not isinstance(y, BaseException):
+                s._target_len = len(s.tokens)
+        return out
 
     # -- LogitsEngine ---------------------------------------------------------------------
     def prefill(self, ids: list[int]) -> np.ndarray:
@@ -268,17 +330,51 @@ class SpeculativeSession:
         return Proposal(head.token, head.probs)
 
     def decode(self, token: int) -> np.ndarray:
+        hit = self._take(token)
+        return self._round() if hit is None else hit
+
+    def _take(self, token: int) -> np.ndarray | None:
+        """Commit ``token``: its logits if the last round verified it, else None (a step
+        is needed; what was drafted after a rejected token is void too)."""
         if self._queue and self._queue[0].token == token:  # accepted: verified already
             self.tokens.append(token)
             self.counters.accepted += 1
             self._acc += 1
             return self._queue.popleft().logits
-        if self._queue:  # a rejected draft token: what was drafted after it is void too
+        if self._queue:
             self.counters.rejected += 1
             self._rej += 1
             self._queue.clear()
         self.tokens.append(token)
-        return self._round()
+        return None
+
+    def _answer(self, step: Any) -> np.ndarray | None:
+        """A batched round's input: a decode step answered from the queue, or None with
+        the bookkeeping of a step the target has to take (a prompt, or a token to score)."""
+        ids = list(step.ids)
+        if step.fresh:
+            self._start(ids, 0)
+            return None
+        if len(ids) > 1:
+            if self._queue or len(self.tokens) != self._prompt_len:
+                raise GenerationError("extend takes prompt chunks before the first token only")
+            self.tokens.extend(ids)
+            self._prompt_len = len(self.tokens)
+            return None
+        return self._take(ids[0])
+
+    def _plain_batched(self, step: Any) -> None:
+        """Ready the target for a plain step in a batch: it must hold what comes before
+        the step's tokens. The pace clock restarts after it (a batched step says nothing of
+        this session's own pace, nor does the time the others take)."""
+        keep = len(self.tokens) - len(step.ids)
+        if not step.fresh and self._target_len > keep:
+            self.target.rewind(keep)
+            self._target_len = keep
+        if not step.fresh and len(step.ids) == 1:
+            self.counters.plain_steps += 1
+            self.counters.batched_steps += 1
+        self._pace.pause()
 
     def close(self) -> None:
         try:
@@ -304,6 +400,7 @@ class SpeculativeSession:
                    spec_drafted=float(c.drafted), spec_accepted=float(c.accepted),
                    spec_plain_steps=float(c.plain_steps),
                    spec_rounds_drafted_ahead=float(c.drafted_ahead),
+                   spec_batched_steps=float(c.batched_steps),
                    spec_acceptance=c.accepted / tried if tried else 0.0,
                    spec_tokens_per_round=(c.accepted + c.rounds) / c.rounds if c.rounds else 0.0,
                    spec_draft_s=c.draft_s, spec_verify_s=c.verify_s)

@@ -42,6 +42,7 @@ from edgeweave.errors import ConfigError, GenerationError
 from edgeweave.plan.speculation import SpecCosts, best_k
 from edgeweave.runtime.sampling import GREEDY_BELOW, SamplingParams, distribution, draw
 from edgeweave.runtime.sequence import advance as _advance
+from edgeweave.runtime.spec_clock import Pace, Timing
 
 MAX_K = 16
 PROBE_EVERY = 16  # plain steps before the first probe while speculation is off
@@ -108,86 +109,6 @@ class SpecStats:
     verify_s: float = 0.0
 
 
-class _Timing:
-    """Measured costs for the cost model: a draft step, and a target pass of ``n`` tokens
-    as ``a + b * n`` fitted over recent passes (plain steps are passes of one token)."""
-
-    def __init__(self) -> None:
-        self.draft_token_s: float | None = None
-        self.passes: deque[tuple[int, float]] = deque(maxlen=48)
-
-    def draft(self, seconds: float, tokens: int) -> None:
-        per = seconds / max(tokens, 1)
-        d = self.draft_token_s
-        self.draft_token_s = per if d is None else 0.8 * d + 0.2 * per
-
-    def target(self, tokens: int, seconds: float) -> None:
-        self.passes.append((tokens, seconds))
-
-    def fit(self) -> tuple[float, float] | None:
-        """``(a, b)``: a pass of ``n`` tokens takes ``a + b * n`` seconds (None: no data)."""
-        if not self.passes:
-            return None
-        n = np.array([p[0] for p in self.passes], np.float64)
-        t = np.array([p[1] for p in self.passes], np.float64)
-        if np.ptp(n) == 0:  # one pass size only: all of it is the fixed part
-            return float(np.median(t)) / 1.0, 0.0
-        b, a = np.polyfit(n, t, 1)
-        b = max(float(b), 0.0)
-        return max(float(np.median(t - b * n)), 1e-6), b
-
-
-class _Pace:
-    """Seconds per committed token as the caller sees them (from one round's start to the
-    next: drafting, verifying, sampling, streaming), plain and speculating apart, over the
-    last few rounds of each (one round drafts many tokens and may keep one: a single lap
-    says little). The cost model leaves things out (the caller's work, the bytes of every
-    row's logits); this is the check that speculation is really faster."""
-
-    WINDOW = 12  # laps per mode
-    MIN_LAPS = 4  # speculative laps before the pace may overrule the model
-
-    def __init__(self) -> None:
-        self.speculating = False
-        self._laps: dict[bool, deque[tuple[float, int]]] = {
-            m: deque(maxlen=self.WINDOW) for m in (False, True)}
-        self._t: float | None = None
-        self._n = 0
-        self._sunk = 0.0
-
-    def sunk(self, seconds: float) -> None:
-        """Time of this lap that says nothing of the steady pace: the draft catching up
-        on many tokens (the prompt at the first round, the tokens of a plain stretch)."""
-        self._sunk += seconds
-
-    def lap(self, committed: int) -> None:
-        now = time.perf_counter()
-        sunk, self._sunk = self._sunk, 0.0
-        if self._t is not None and committed > self._n:
-            self._laps[self.speculating].append((max(now - self._t - sunk, 0.0),
-                                                 committed - self._n))
-        self._t, self._n = now, committed
-
-    def pause(self) -> None:
-        """The next lap starts afresh: the time until then was not this session's own."""
-        self._t = None
-
-    def per_token(self, speculating: bool) -> float | None:
-        laps = self._laps[speculating]
-        if not laps:
-            return None
-        return sum(t for t, _ in laps) / sum(n for _, n in laps)
-
-    @property
-    def plain_s(self) -> float | None:
-        return self.per_token(False)
-
-    def slower(self, margin: float = 0.03) -> bool:
-        plain, spec = self.per_token(False), self.per_token(True)
-        return (plain is not None and spec is not None
-                and len(self._laps[True]) >= self.MIN_LAPS and spec > (1 - margin) * plain)
-
-
 class SpeculativeSession:
     """A ``LogitsEngine`` that decodes the target's tokens with a draft's help (see module
     docstring); ``draft`` is a whole-model session (``EngineSession``) of the same
@@ -206,14 +127,14 @@ class SpeculativeSession:
         self._draft_tokens: list[int] = []  # tokens the draft holds
         self._queue: deque[_Queued] = deque()
         self.counters = SpecStats()
-        self._timing = _Timing()
+        self._timing = Timing()
         # a weak prior of 1/2: the first rounds decide (a draft that never agrees is off
         # after 3-4 of them)
         self._acc, self._rej = 0.5, 0.5
         self._k = self.config.k or min(4, self.config.k_max)
         self._since_probe = 0
         self._probe_every = PROBE_EVERY
-        self._pace = _Pace()
+        self._pace = Pace()
         self._pool: Any = None  # the worker thread verify passes run on (overlap)
         self._ahead: list[int] = []  # guesses drafted during the last verify pass
 
@@ -241,9 +162,9 @@ class SpeculativeSession:
     def forward_many(sessions: list[SpeculativeSession], steps: list[Any]
                      ) -> list[np.ndarray | BaseException]:
         """One scheduler round of several speculative sessions of one target. A token the
-        last round verified is answered from its queue (no step); a session that alone
-        needs the target runs its own round (it speculates as when it is alone); two or
-        more step **plain, in one batched target call** (the target's ``forward_many``).
+        last round verified is answered from its queue (no step); the others step **plain,
+        in one batched target call** (the target's ``forward_many``). A session speculates
+        while it is the only one running (``step_batch`` then calls its ``decode``).
         Under load the verifier's compute is the bottleneck: a batch of ``n`` streams costs
         about one step, while speculating each would cost ``n`` verify passes and waste
         the rows of rejected drafts (vLLM turns speculation off by batch size for the same
@@ -260,13 +181,6 @@ class SpeculativeSession:
                 need.append(j)
             else:
                 out[j] = hit
-        if len(need) == 1 and not steps[need[0]].fresh and len(steps[need[0]].ids) == 1:
-            j = need[0]
-            try:
-                out[j] = sessions[j]._round()
-            except Exception as e:  # noqa: BLE001 - this session only
-                out[j] = e
-            return out
         if not need:
             return out
         group = [sessions[j] for j in need]

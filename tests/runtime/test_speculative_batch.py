@@ -35,12 +35,14 @@ def _draft(lm, kind: str) -> TorchStageEngine:
 
 
 def _run(specs: list[SpeculativeSession], lm, starts: list[int],
-         params: list[SamplingParams]) -> list[list[int]]:
+         params: list[SamplingParams], each_round=None) -> list[list[int]]:
     """The serve scheduler's cycle, by hand: stream ``j`` joins once stream 0 has
     ``starts[j]`` tokens; every round steps all running streams in one ``step_batch``."""
     gens: list[Generation | None] = [None] * len(specs)
     while True:
         made = len(gens[0].tokens) if gens[0] is not None else 0
+        if each_round is not None:
+            each_round(made)
         for j, spec in enumerate(specs):
             if gens[j] is None and made >= starts[j]:
                 gens[j] = Generation(spec, lm.tokenizer, PROMPTS[j], params[j])
@@ -110,3 +112,31 @@ def test_a_batch_over_grpc_nodes_keeps_greedy_output(tmp_path):
     assert got == [_reference(model, 0, LONG), _reference(model, 1, SHORT)]
     assert all(s["spec_batched_steps"] >= 1 for s in stats)
 
+
+
+def test_failover_in_the_middle_of_a_batch_loses_no_token(tmp_path):
+    # Prepare: three nodes; the middle one dies while two streams step in one batch
+    model = random_model(make_cfg(), seed=5)
+    folder = save_folder(model, tmp_path / "tiny")
+    lm = load(str(folder))
+    other = _whole(random_model(make_cfg(), seed=11))
+    with launch(Plan.split(4, [1, 3], ["n0", "n1", "n2"]), str(folder), threads=1,
+                max_len=128, backend="torch") as dep:
+        specs = [SpeculativeSession(dep.coordinator.new_session(), EngineSession(other, 128),
+                                    SpeculationConfig(k=3)) for _ in PROMPTS[:2]]
+        killed: list[int] = []
+
+        def kill_once(made: int) -> None:
+            if made >= 10 and not killed and specs[1].counters.batched_steps >= 2:
+                dep.kill("n1")
+                killed.append(made)
+
+        # Execute
+        got = _run(specs, lm, [0, 4], [LONG, LONG], kill_once)
+        stats = [s.stats for s in specs]
+        for s in specs:
+            s.close()
+    # Assert: both texts are plain decoding's, after one failover mid-batch
+    assert killed
+    assert got == [_reference(model, 0, LONG), _reference(model, 1, LONG)]
+    assert stats[0]["failovers"] >= 1 and stats[1]["failovers"] >= 1

@@ -136,7 +136,8 @@ class SpeculativeSession:
         self._probe_every = PROBE_EVERY
         self._pace = Pace()
         self._pool: Any = None  # the worker thread verify passes run on (overlap)
-        self._ahead: list[int] = []  # guesses drafted during the last verify pass
+        # drafted during the last verify pass: the guess of its bonus token, then proposals
+        self._ahead: list[Proposal] = []
 
     # -- set-up ---------------------------------------------------------------------------
     def configure_sampling(self, params: SamplingParams) -> None:
@@ -351,7 +352,7 @@ class SpeculativeSession:
         drafted = self._drafted_ahead(k) or self._draft(k)
         t0 = time.perf_counter()
         ids = [last, *(d.token for d in drafted)]
-        if self.config.overlap and self.params.temperature < GREEDY_BELOW:
+        if self.config.overlap and self._may_draft_ahead():
             rows = self._verify_drafting_ahead(ids, t0)
         else:
             rows = self.target.verify(ids)
@@ -371,8 +372,10 @@ class SpeculativeSession:
         drafted token: its guess of the token after it, then proposals after that guess,
         for as long as the verify pass is expected to take. If the target accepts every
         drafted token and picks that guess, the next round starts with its proposals ready
-        (greedy only: a sampled guess would need its own distribution). A remote target
-        waits for the link, so the draft's steps cost no time there."""
+        (sampled requests too: the proposals after the guess are drawn from the draft's
+        distribution given it, which is all the rejection rule asks of them, whether or not
+        the guess is then right). A remote target waits for the link, so the draft's steps
+        cost no time there."""
         from concurrent.futures import ThreadPoolExecutor
 
         if self._pool is None:
@@ -406,10 +409,18 @@ class SpeculativeSession:
             t = time.perf_counter()
             logits = self.draft.decode(token)
             history = [*history, token]
-            token = int(np.argmax(logits))
-            self._ahead.append(token)
+            # the guess is the draft's argmax; what follows it is drawn as _draft draws
+            p = self._pick(logits, history) if self._ahead else Proposal(int(np.argmax(logits)), None)
+            token = p.token
+            self._ahead.append(p)
             self._timing.draft(time.perf_counter() - t, 1)
         self._draft_tokens = history  # the last guess was never fed
+
+    def _may_draft_ahead(self) -> bool:
+        """Greedy requests, and sampled ones without a seed: how far the draft gets
+        during a pass depends on the clock, and with it which proposals the request's
+        random stream meets, so a seeded request would no longer repeat itself."""
+        return self.params.temperature < GREEDY_BELOW or self.params.seed is None
 
     def _drafted_ahead(self, k: int) -> list[Proposal] | None:
         """The proposals drafted ahead during the last verify, if that round went as the
@@ -419,7 +430,7 @@ class SpeculativeSession:
         if len(ahead) < 2 or self._draft_tokens[:n] != self.tokens:
             return None
         self.counters.drafted_ahead += 1
-        return [Proposal(t, None) for t in ahead[1:k + 1]]
+        return ahead[1:k + 1]
 
     def _draft(self, k: int) -> list[Proposal]:
         """``k`` proposals after the committed tokens; the draft's cache is brought in line

@@ -30,6 +30,16 @@ class _Echo(socketserver.BaseRequestHandler):
             self.request.sendall(data)
 
 
+class _CountThenAnswer(socketserver.BaseRequestHandler):
+    """Reads until the client shuts its write side, then answers how many bytes came."""
+
+    def handle(self) -> None:
+        n = 0
+        while data := self.request.recv(1 << 16):
+            n += len(data)
+        self.request.sendall(f"{n} bytes".encode())
+
+
 @pytest.fixture(scope="module")
 def echo():
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
@@ -108,3 +118,26 @@ def test_a_stage_node_answers_through_the_proxy_as_directly(tiny_folder):
         direct.close()
     finally:
         server.stop(0)
+
+
+def test_a_half_closed_connection_still_gets_its_answer():
+    # Prepare: a server that answers only after the client's EOF, 5 ms each way
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CountThenAnswer)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with DelayProxy(f"127.0.0.1:{server.server_address[1]}",
+                        LinkShape(delay_ms=5)) as proxy:
+            host, port = proxy.address.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=20) as s:
+                # Execute: send, shut the write side, read the answer to the end
+                s.sendall(b"x" * 70_000)
+                s.shutdown(socket.SHUT_WR)
+                got = b""
+                while data := s.recv(1 << 16):
+                    got += data
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Assert: the EOF went through after the bytes, and the answer came back whole
+    assert got == b"70000 bytes"

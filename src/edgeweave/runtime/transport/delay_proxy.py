@@ -95,32 +95,39 @@ class DelayProxy:
         except OSError:
             writer.close()
             return
+        conn = _Connection((writer, up_w))
         for src, dst in ((reader, up_w), (up_r, writer)):
-            task = asyncio.ensure_future(self._direction(src, dst))
+            task = asyncio.ensure_future(self._direction(src, dst, conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _direction(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _direction(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                         conn: _Connection) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         sender = asyncio.ensure_future(self._send(queue, dst))
+        clean = False
         try:
             while chunk := await src.read(_CHUNK):
                 queue.put_nowait((time.monotonic() + self.shape.delay_ms / 1e3, chunk))
+            clean = True
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             queue.put_nowait((0.0, b""))  # end of stream, after what is still in flight
+            sent = False
             with contextlib.suppress(Exception):
-                await sender
+                sent = await sender
+            conn.ended(dst, clean and sent)
 
     async def _send(self, queue: asyncio.Queue[tuple[float, bytes]],
-                    dst: asyncio.StreamWriter) -> None:
+                    dst: asyncio.StreamWriter) -> bool:
+        """Deliver the queued chunks on time; whether all of them went out."""
         free_at = 0.0  # when the link has finished serialising the previous chunk
         try:
             while True:
                 due, chunk = await queue.get()
                 if not chunk:
-                    break
+                    return True
                 start = max(due, free_at)
                 free_at = start + self.shape.serialisation_s(len(chunk))
                 wait = free_at - time.monotonic()
@@ -129,7 +136,24 @@ class DelayProxy:
                 dst.write(chunk)
                 await dst.drain()
         except ConnectionError:
-            pass
-        finally:
+            return False
+
+
+class _Connection:
+    """The two sockets of one proxied connection. A direction that ends cleanly (its
+    source sent EOF) passes the half-close on, so a peer that shuts its write side and
+    waits for the answer still gets it; the sockets close when both directions have
+    ended, or at once when one broke."""
+
+    def __init__(self, writers: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+        self.writers, self.open = writers, 2
+
+    def ended(self, dst: asyncio.StreamWriter, clean: bool) -> None:
+        self.open -= 1
+        if clean and self.open > 0 and dst.can_write_eof():
             with contextlib.suppress(Exception):
-                dst.close()
+                dst.write_eof()
+                return
+        for w in self.writers:
+            with contextlib.suppress(Exception):
+                w.close()

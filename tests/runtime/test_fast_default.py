@@ -87,7 +87,7 @@ def test_the_coordinator_tells_nodes_which_backend_to_load(tiny_folder, tmp_home
 def test_policy_comes_from_the_process_and_the_user_env_wins(monkeypatch):
     p = ProcessPolicy.for_this_process()
     assert p.cores == len(os.sched_getaffinity(0)) and p.intra_threads == p.cores
-    assert p.ort_spinning == "off"
+    assert p.ort_spinning == "auto"
     assert ProcessPolicy(4, threads=2).intra_threads == 2
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's explicit choice
     monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
@@ -117,7 +117,7 @@ def test_a_node_started_by_hand_applies_its_own_policy(tiny_folder, tmp_home):
     finally:
         stop_processes([proc])
     pol = info["policy"]
-    assert pol["applied"] and pol["ort_spinning"] == "off"
+    assert pol["applied"] and pol["ort_spinning"] == "auto"
     assert pol["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert pol["env"]["OPENBLAS_THREAD_TIMEOUT"] == "21"
     assert pol["threads"] == pol["cores"] == len(os.sched_getaffinity(0))

@@ -13,13 +13,15 @@ Why each setting (2-core host, SmolLM2-135M):
   spinning threads steal the cores the next step needs: ``OMP_WAIT_POLICY=PASSIVE`` and
   ``OPENBLAS_THREAD_TIMEOUT=21`` (2^21 cycles, ~1 ms: long enough to bridge the gaps between
   one hop's GEMVs, measured at 2^20..2^22).
-* ONNX Runtime's intra-op pool gets the cores of the process's affinity mask and its
-  threads never spin (``session.intra_op.allow_spinning=0``): a waiting worker that spins
-  holds a core another process needs, and when that process (or another node) holds the
-  core, the worker's spin only delays the step. Measured on 2 cores, int4 SmolLM2, one core
-  busy with ``while True: pass``: 39-53 tok/s spinning inside runs against 54-67 without
-  spinning, while the quiet speed was the same within noise (83-103 vs 74-91 over the
-  same interleaved runs).
+* ONNX Runtime's intra-op pool gets the cores of the process's affinity mask, and its
+  workers spin inside a run only while those cores are free (``ort_spinning = "auto"``,
+  ``runtime.contention``). Measured on 2 cores, int4 SmolLM2, one whole-model decode step:
+  spinning 6.6-7.4 ms quiet but 14 ms with one core busy (``while True: pass``), sleeping
+  between ops 8.6-11.5 ms quiet and 8.4-11.3 ms busy; a worker that spins holds a core
+  another process needs, and when that process holds the core, the spin only delays the
+  step. So the engines spin on free cores and rebuild their session to sleep when other
+  threads want the cores (and back when they are gone). An earlier host measured the two
+  modes equal when quiet, which is why this was "off" before.
 
 * glibc's malloc raises its mmap threshold every time a large block is freed, so the KV
   caches of finished requests end up in the heap, fragmented, and the server's RSS grows by
@@ -75,8 +77,9 @@ class ProcessPolicy:
 
     @property
     def ort_spinning(self) -> str:
-        """ONNX Runtime's spin policy: ``off`` (see the module docstring)."""
-        return "off"
+        """ONNX Runtime's spin policy: ``auto``, spinning inside runs while the cores are
+        free (see the module docstring)."""
+        return "auto"
 
     def env(self) -> dict[str, str]:
         return {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "21",
@@ -85,10 +88,13 @@ class ProcessPolicy:
     def info(self) -> dict[str, object]:
         """What a node reports about itself (``INFO``): the policy and the environment its
         thread pools actually read."""
+        from edgeweave.runtime.contention import watch_info
+
         return {"cores": self.cores, "colocated": self.colocated,
                 "threads": self.intra_threads, "ort_spinning": self.ort_spinning,
                 "applied": _CURRENT is self,
-                "env": {k: os.environ.get(k) for k in self.env()}}
+                "env": {k: os.environ.get(k) for k in self.env()},
+                "ort_spin_now": watch_info()}
 
     def apply(self) -> ProcessPolicy:
         """Set the environment for thread pools not loaded yet and make this the policy that

@@ -19,6 +19,7 @@ weights (ONNX Runtime prepacks per session), the price of leaving the base path 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from edgeweave.runtime.engines.base import (
 # session options live in onnx_profile; imported here, where callers always found them
 from edgeweave.runtime.engines.onnx_profile import SessionProfile, device_kind  # noqa: F401
 from edgeweave.runtime.engines.onnx_spec import LAST_STARTS
+
+log = logging.getLogger(__name__)
 
 
 def capacity(max_len: int) -> int:
@@ -144,8 +147,9 @@ class OnnxStageEngine:
         self.profile = profile or SessionProfile.for_process(config.threads)
         self.path = Path(model_path)
         self.info = dict(info or {})
-        self.session = ort.InferenceSession(str(self.path), self.profile.options(),
-                                            providers=self.profile.providers())
+        self.spin = self.profile.spin_mode()  # "auto" follows runtime.contention's watch
+        self.respins = 0
+        self.session = self._new_session(self.path)
         self._kv_heads, self._head_dim = kv_shape
         self._layers = range(config.shard.start, config.shard.end)
         self._sessions: dict[str, _Session] = {}
@@ -159,6 +163,7 @@ class OnnxStageEngine:
         # unmerged LoRA: how to get the LoRA twin graph, its session once loaded, and the
         # factor inputs of every added adapter (OrtValues bound by its sessions)
         self._lora_graph = lora_graph
+        self._lora_path: Path | None = None
         self._lora: Any = None
         self._adapters: dict[str, dict[str, Any]] = {}
         # the head's first position (``LAST_STARTS``): 0 while forward_all runs, -1 after
@@ -179,8 +184,8 @@ class OnnxStageEngine:
                                   "build the engine with build_engine, or use --backend torch")
             from edgeweave.runtime.policy import trim_heap
 
-            self._lora = ort.InferenceSession(str(self._lora_graph()), self.profile.options(),
-                                              providers=self.profile.providers())
+            self._lora_path = self._lora_graph()
+            self._lora = self._new_session(self._lora_path)
             trim_heap()  # as open_engine: the raw weights freed after prepacking
         shapes = {i.name: (int(i.shape[0]), 0) for i in self._lora.get_inputs()
                   if i.name.startswith("lora_a.")}
@@ -191,6 +196,37 @@ class OnnxStageEngine:
         arrays = pack(adapter, list(self._layers), shapes, self._kv_heads * self._head_dim)
         self._adapters[adapter.name] = {k: ort.OrtValue.ortvalue_from_numpy(v)
                                         for k, v in arrays.items()}
+
+    def _new_session(self, path: Path) -> Any:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(path), self.profile.options(self.spin),
+                                    providers=self.profile.providers())
+
+    def _follow_cores(self) -> None:
+        """With ``spinning="auto"``, rebuild the session(s) when the process's core watch
+        wants the other spin mode: ONNX Runtime fixes it per session, and spinning is 25-30 %
+        faster on free cores but twice as slow beside a busy one (``runtime.contention``).
+        The old session goes first, so memory never holds two copies of the weights."""
+        if self.profile.spinning != "auto":
+            return
+        from edgeweave.runtime.contention import process_watch
+        from edgeweave.runtime.policy import trim_heap
+
+        want = process_watch().mode
+        if want == self.spin:
+            return
+        self._bindings.clear()  # they belong to the old session
+        self.session = None
+        self.spin = want
+        self.session = self._new_session(self.path)
+        if self._lora is not None:
+            self._lora = None
+            self._lora = self._new_session(self._lora_path)
+        self.respins += 1
+        log.info("stage %s: ONNX Runtime workers now %s", self.config.key,
+                 "spin inside runs" if want == "run" else "sleep between ops (cores are busy)")
+        trim_heap()
 
     def adapters(self) -> list[str]:
         return list(self._adapters)
@@ -240,6 +276,7 @@ class OnnxStageEngine:
         twin graph, with that adapter's factors bound (shared by all of its sessions)."""
         import onnxruntime as ort
 
+        self._follow_cores()  # before the binding: a rebuilt session needs new ones
         key = (pool.length, start, count, adapter)
         hit = self._bindings.get(key)
         if hit is not None and hit[0] is pool and hit[1] == pool.version:
@@ -282,6 +319,10 @@ class OnnxStageEngine:
         # instead of keeping the arena at the largest prompt seen (decode steps reuse theirs)
         self._runner(adapter).run_with_iobinding(binding,
                                                  self._shrink if arr.shape[1] > 1 else None)
+        if self.profile.spinning == "auto":  # now, while our workers are stopped and the
+            from edgeweave.runtime.contention import process_watch  # pipeline waits for us
+
+            process_watch().sample()
         return binding.get_outputs()[0].numpy()
 
     def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:

@@ -29,7 +29,9 @@ class SessionProfile:
     optimization: str = "all"  # basic | extended | all
     # worker threads busy-wait between ops: "run" spins only inside a run and stops at its
     # end (stages sharing a small CPU, or the next token's Python work, get the cores back),
-    # "always" keeps spinning between runs, "off" sleeps between ops
+    # "always" keeps spinning between runs, "off" sleeps between ops; "auto" is "run" while
+    # the process has its cores to itself and "off" while others want them
+    # (``runtime.contention``: the engine rebuilds its session when that changes)
     spinning: str = "run"
     # one process-wide ORT thread pool for every stage of this process (stages run one after
     # the other, so per-session pools would only fight over the same cores); it can be set
@@ -42,8 +44,9 @@ class SessionProfile:
         if self.device not in ONNX_PROVIDERS:
             raise ConfigError(f"unknown device kind {self.device!r}: choose one of "
                               f"{', '.join(sorted(ONNX_PROVIDERS))}")
-        if self.spinning not in ("run", "always", "off"):
-            raise ConfigError(f"spinning must be run, always or off (got {self.spinning!r})")
+        if self.spinning not in ("run", "always", "off", "auto"):
+            raise ConfigError(f"spinning must be run, always, off or auto "
+                              f"(got {self.spinning!r})")
         if self.optimization not in ("basic", "extended", "all"):
             raise ConfigError(f"optimization must be basic, extended or all "
                               f"(got {self.optimization!r})")
@@ -68,9 +71,20 @@ class SessionProfile:
         have = set(ort.get_available_providers())
         return [p for p in ONNX_PROVIDERS[self.device] if p in have] or ["CPUExecutionProvider"]
 
-    def options(self):
+    def spin_mode(self) -> str:
+        """The spin mode a session built now gets: ``spinning``, with ``auto`` resolved by
+        the process's :func:`~edgeweave.runtime.contention.process_watch`."""
+        if self.spinning != "auto":
+            return self.spinning
+        from edgeweave.runtime.contention import process_watch
+
+        return process_watch().mode
+
+    def options(self, spin: str | None = None):
+        """Session options; ``spin`` overrides the resolved spin mode (run | always | off)."""
         import onnxruntime as ort
 
+        spin = spin or self.spin_mode()
         so = ort.SessionOptions()
         threads = self.threads or len(os.sched_getaffinity(0))
         so.intra_op_num_threads = threads
@@ -84,9 +98,9 @@ class SessionProfile:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[self.optimization]
         so.add_session_config_entry("session.intra_op.allow_spinning",
-                                    "0" if self.spinning == "off" else "1")
+                                    "0" if spin == "off" else "1")
         so.add_session_config_entry("session.force_spinning_stop",
-                                    "1" if self.spinning == "run" else "0")
+                                    "1" if spin == "run" else "0")
         so.log_severity_level = 3
         return so
 

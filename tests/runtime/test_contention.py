@@ -64,7 +64,8 @@ def test_others_that_fit_beside_our_threads_are_no_contention():
 
 
 def test_it_spins_again_once_the_cores_are_free_for_a_full_window_after_the_dwell():
-    w, clock = _watch([1] + [3] * 10 + [1] * 200, window=20, dwell_s=2.0)
+    shares = {"busy_share": 0.5, "quiet_share": 0.1}
+    w, clock = _watch([1] + [3] * 10 + [1] * 200, window=20, dwell_s=2.0, **shares)
     modes = _feed(w, clock, 10)
     slept_at = 0.06 * (modes.index(SLEEP) + 1)
     assert modes[-1] == SLEEP
@@ -74,7 +75,7 @@ def test_it_spins_again_once_the_cores_are_free_for_a_full_window_after_the_dwel
     assert spun_at - slept_at >= 2.0  # the dwell
     assert first_spin >= 20  # a full window of quiet samples
     assert set(back[first_spin:]) == {SPIN} and w.changes == 2
-    w, clock = _watch([1] + [3] * 10 + [1] * 200, window=20, dwell_s=0.0)
+    w, clock = _watch([1] + [3] * 10 + [1] * 200, window=20, dwell_s=0.0, **shares)
     _feed(w, clock, 10)
     # without the dwell the window decides: 18 quiet of 20 is the 10 % it allows
     assert _feed(w, clock, 60).index(SPIN) == 17

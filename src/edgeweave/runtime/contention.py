@@ -115,16 +115,14 @@ _WATCH: CoreWatch | None = None
 _WATCH_LOCK = threading.Lock()
 
 
-def process_watch() -> CoreWatch:
+def process_watch(spare: int) -> CoreWatch:
     """The one watch of this process (every engine of a process follows the same cores),
-    sized from the runtime policy's cores and threads."""
+    made on first use with ``spare`` (``runtime.policy.core_watch`` sizes it from the
+    policy's cores and threads)."""
     global _WATCH
     with _WATCH_LOCK:
         if _WATCH is None:
-            from edgeweave.runtime.policy import current
-
-            policy = current()
-            _WATCH = CoreWatch(policy.cores - policy.intra_threads)
+            _WATCH = CoreWatch(spare)
         return _WATCH
 
 

@@ -40,8 +40,16 @@ import sys
 from dataclasses import dataclass
 
 from edgeweave.errors import ConfigError
+from edgeweave.runtime.contention import CoreWatch, process_watch, watch_info
 
 log = logging.getLogger(__name__)
+
+
+def core_watch() -> CoreWatch:
+    """The process's core watch, sized by the current policy: how many other runnable
+    threads fit beside this process's compute threads."""
+    policy = current()
+    return process_watch(policy.cores - policy.intra_threads)
 
 
 def usable_cores() -> int:
@@ -88,8 +96,6 @@ class ProcessPolicy:
     def info(self) -> dict[str, object]:
         """What a node reports about itself (``INFO``): the policy and the environment its
         thread pools actually read."""
-        from edgeweave.runtime.contention import watch_info
-
         return {"cores": self.cores, "colocated": self.colocated,
                 "threads": self.intra_threads, "ort_spinning": self.ort_spinning,
                 "applied": _CURRENT is self,

@@ -210,10 +210,9 @@ class OnnxStageEngine:
         The old session goes first, so memory never holds two copies of the weights."""
         if self.profile.spinning != "auto":
             return
-        from edgeweave.runtime.contention import process_watch
-        from edgeweave.runtime.policy import trim_heap
+        from edgeweave.runtime.policy import core_watch, trim_heap
 
-        want = process_watch().mode
+        want = core_watch().mode
         if want == self.spin:
             return
         self._bindings.clear()  # they belong to the old session
@@ -320,9 +319,9 @@ class OnnxStageEngine:
         self._runner(adapter).run_with_iobinding(binding,
                                                  self._shrink if arr.shape[1] > 1 else None)
         if self.profile.spinning == "auto":  # now, while our workers are stopped and the
-            from edgeweave.runtime.contention import process_watch  # pipeline waits for us
+            from edgeweave.runtime.policy import core_watch  # pipeline waits for us
 
-            process_watch().sample()
+            core_watch().sample()
         return binding.get_outputs()[0].numpy()
 
     def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:

@@ -73,12 +73,12 @@ class SessionProfile:
 
     def spin_mode(self) -> str:
         """The spin mode a session built now gets: ``spinning``, with ``auto`` resolved by
-        the process's :func:`~edgeweave.runtime.contention.process_watch`."""
+        the process's :func:`~edgeweave.runtime.policy.core_watch`."""
         if self.spinning != "auto":
             return self.spinning
-        from edgeweave.runtime.contention import process_watch
+        from edgeweave.runtime.policy import core_watch
 
-        return process_watch().mode
+        return core_watch().mode
 
     def options(self, spin: str | None = None):
         """Session options; ``spin`` overrides the resolved spin mode (run | always | off)."""

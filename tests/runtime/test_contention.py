@@ -160,3 +160,41 @@ def test_an_onnx_engine_rebuilds_its_session_when_the_cores_get_busy_and_compute
     assert SLEEP in modes and modes[-1] == SPIN
     assert auto.respins == 2 and fixed.respins == 0
     assert auto.length("s") == fixed.length("s") == 14  # the caches survived the rebuilds
+
+
+def test_the_lora_twin_is_rebuilt_with_the_base_graph(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from edgeweave.runtime.adapters import load_adapter
+    from edgeweave.runtime.engines.base import EngineConfig
+    from edgeweave.runtime.engines.onnx import SessionProfile, engine_from_model
+    from edgeweave.runtime.engines.onnx_export import ExportSpec
+    from tests.adapter_helpers import build_world
+    from tests.conftest import random_model
+
+    monkeypatch.setenv("EDGEWEAVE_HOME", str(tmp_path / "home"))
+    world = build_world(tmp_path)
+    cfg = world["cfg"]
+    n = cfg.num_layers
+    seen = [1]
+    monkeypatch.setattr(contention, "_WATCH", CoreWatch(
+        0, reader=lambda: seen[0], interval_s=0.0, min_samples=1, window=2, dwell_s=0.0))
+
+    def engine(spinning: str, folder: str):
+        e = engine_from_model(random_model(cfg, 0), EngineConfig("tiny", Shard(0, n, n),
+                                                                  backend="onnx", threads=1),
+                              tmp_path / folder, ExportSpec(0, n, max_len=cfg.max_position),
+                              SessionProfile(threads=1, spinning=spinning))
+        e.add_adapter(load_adapter(world["specs"][0]))
+        e.open("s", 64, adapter="home-a")
+        return e
+
+    auto, fixed = engine("auto", "a"), engine("run", "b")
+    x = np.array([[5, 9, 14, 7]])
+    np.testing.assert_array_equal(auto.forward("s", x), fixed.forward("s", x))
+    seen[0] = 3
+    for t in (30, 11, 2):
+        np.testing.assert_array_equal(auto.forward("s", np.array([[t]])),
+                                      fixed.forward("s", np.array([[t]])))
+    assert auto.spin == SLEEP and auto.respins == 1
+    assert auto._lora.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning") == "0"

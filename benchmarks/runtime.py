@@ -163,7 +163,7 @@ def main() -> None:
     tok = lm.tokenizer
     ids = tok.encode_chat([{"role": "user", "content": QUESTION}])
     nl = 30
-    max_len = len(ids) + n + 8
+    max_len = len(ids) + max(n, args.stream_tokens) + 8  # the concurrency runs use theirs
 
     plans = {c: Plan.split(nl, cuts, ["n0", "n1", "n2"], variant=args.variant, codec=c)
              for c in ("fp32", "fp16", "int8")}

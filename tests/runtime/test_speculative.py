@@ -163,15 +163,17 @@ def test_rejected_tokens_are_rewound_at_every_stage(lm):
     # the target holds the committed tokens and at most one round of drafts past them
     committed = len(PROMPT) + len(got) - 1  # the last token is returned, never fed
     assert committed <= target.length <= committed + 5
-    # rewinding cuts every stage's cache and its replay records to the same length
-    target.rewind(committed)
-    assert target.length == committed
-    assert all(sum(r.shape[1] for r in rec) == committed for rec in target.records)
+    # rewinding cuts the replay records at once and every stage's cache by the next step
+    keep = committed - 2
+    target.rewind(keep)
+    assert target.length == keep
+    assert all(sum(r.shape[1] for r in rec) == keep for rec in target.records)
+    target.decode(got[-3])
     view = coord.state.view
     for st, key in zip(view.plan.stages, view.keys, strict=True):
-        assert dep.hosts[st.device].engines[key].length(target.id) == committed
+        assert dep.hosts[st.device].engines[key].length(target.id) == keep + 1
     with pytest.raises(Exception, match="rewind to"):
-        target.rewind(committed + 1)
+        target.rewind(keep + 2)
     spec.close()
     coord.close()
 

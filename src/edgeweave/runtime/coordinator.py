@@ -207,16 +207,40 @@ class Coordinator:
     def call(self, device: str, frame: Frame, timeout: float) -> Frame:
         """One request to ``device``; node-side errors raise, dead nodes raise
         :class:`StageUnavailable` carrying the device name."""
+        return self.submit(device, frame, timeout)()
+
+    def submit(self, device: str, frame: Frame, timeout: float) -> Callable[[], Frame]:
+        """Send ``frame`` to ``device`` now; the returned function waits for the answer and
+        raises as :meth:`call` does. Frames to one node are served in the order sent, so a
+        frame sent after this one finds its effect (a link without ``submit`` answers at
+        once)."""
         try:
-            resp = self.link(device).call(frame, timeout)
+            link = self.link(device)
+            submit = getattr(link, "submit", None)
+            if submit is None:
+                done = link.call(frame, timeout)
+
+                def wait() -> Frame:
+                    return done
+            else:
+                wait = submit(frame, timeout)
         except StageUnavailable as e:
             e.device = device
             raise
-        if resp.op == Op.ERROR:
-            err = NodeError(f"node {device}: {resp.payload.decode(errors='replace')}")
-            err.code = resp.arg
-            raise err
-        return resp
+
+        def answer() -> Frame:
+            try:
+                resp = wait()
+            except StageUnavailable as e:
+                e.device = device
+                raise
+            if resp.op == Op.ERROR:
+                err = NodeError(f"node {device}: {resp.payload.decode(errors='replace')}")
+                err.code = resp.arg
+                raise err
+            return resp
+
+        return answer
 
     # -- sessions ------------------------------------------------------------------------
     def new_session(self, max_len: int | None = None, adapter: str | None = None) -> Session:

@@ -65,6 +65,7 @@ class Session:
         self._hop_rtt: list[float] = []
         self._hop_compute: list[float] = []
         self._keep: list[int] | None = None  # a prompt to keep before the caches change
+        self._cut: int | None = None  # a rewind the nodes have not been told of yet
         self._logits_codec: str | None = None  # None: the coordinator's (configure_sampling)
 
     # -- LogitsEngine --------------------------------------------------------------------
@@ -113,14 +114,32 @@ class Session:
         self._kept()  # a prompt waiting for the prefix cache is copied before any cut
         if length == self.length:
             return
-        self.coord.run(lambda view: self._rewind_all(view, length), self.counters)
-
-    def _rewind_all(self, view: PlanView, length: int) -> None:
-        for st, key in zip(view.plan.stages, view.keys, strict=True):
-            self.coord.call(st.device, Frame(Op.TRUNCATE, key, self.id, arg=length),
-                            self.coord.deadline_s)
+        # cut here at once; the stages get their TRUNCATE just ahead of the next step's frame
+        # on the same stream (``_send_cut``), so a rewind costs no round trip of its own:
+        # speculation rewinds after every rejected draft, 2 x the link's delay each time
         self.records = [cut_records(rec, length) for rec in self.records]
         self.length = length
+        self._cut = length if self._cut is None else min(self._cut, length)
+
+    def _send_cut(self, view: PlanView) -> list[Any]:
+        """Send a pending rewind's TRUNCATE to every stage without waiting; returns the
+        waiters of their answers. A node serves one coordinator's frames in order, so the
+        frames sent after these find the caches cut."""
+        length, self._cut = self._cut, None
+        if length is None:
+            return []
+        return [self.coord.submit(st.device, Frame(Op.TRUNCATE, key, self.id, arg=length),
+                                  self.coord.deadline_s)
+                for st, key in zip(view.plan.stages, view.keys, strict=True)]
+
+    def _flush_cut(self) -> None:
+        """Tell the stages of a pending rewind now, and wait for them (before any request
+        that is not a step of this session's own)."""
+        if self._cut is not None:
+            def cut(view: PlanView) -> None:
+                for wait in self._send_cut(view):
+                    wait()
+            self.coord.run(cut, self.counters)
 
     def reuse_prefix(self, ids: list[int]) -> int:
         """Open the session holding the longest prefix of ``ids`` the plan's prefix cache
@@ -138,6 +157,7 @@ class Session:
     def _kept(self) -> None:
         prefixes = self.coord.prefixes
         if self._keep is not None and prefixes is not None:
+            self._flush_cut()  # the copy is of what the session holds after its rewinds
             ids, self._keep = self._keep, None
             prefixes.keep(self, ids)
 
@@ -213,6 +233,7 @@ class Session:
         self.records = [[] for _ in view.plan.stages]
         self.length = 0
         self.opened = True
+        self._cut = None  # opened afresh: nothing left to cut
 
     def _step(self, ids: list[int], last_op: Op = Op.FORWARD) -> np.ndarray:
         self._kept()
@@ -227,19 +248,24 @@ class Session:
     def _forward_all(self, view: PlanView, x: Payload, last_op: Op = Op.FORWARD) -> Payload:
         from edgeweave.runtime import pipeline  # it builds on this module's types
 
-        # a long prompt over 2+ nodes; a verify step is a few tokens and needs every row
-        if last_op == Op.FORWARD and pipeline.pipelines(self.coord, view, x_tokens(x)):
-            return pipeline.forward_pipelined(self, view, x)
-        inputs = []
-        last = len(view.keys) - 1
-        for i, key in enumerate(view.keys):
-            inputs.append(x)
-            x = self._forward(view.plan, i, key, x, self.length, record=True,
-                              op=last_op if i == last else Op.FORWARD)
-        for rec, inp in zip(self.records, inputs, strict=True):
-            rec.append(inp)
-        self.length += x_tokens(inputs[0])
-        return x
+        cuts = self._send_cut(view)
+        try:
+            # a long prompt over 2+ nodes; a verify step is a few tokens and needs every row
+            if last_op == Op.FORWARD and pipeline.pipelines(self.coord, view, x_tokens(x)):
+                return pipeline.forward_pipelined(self, view, x)
+            inputs = []
+            last = len(view.keys) - 1
+            for i, key in enumerate(view.keys):
+                inputs.append(x)
+                x = self._forward(view.plan, i, key, x, self.length, record=True,
+                                  op=last_op if i == last else Op.FORWARD)
+            for rec, inp in zip(self.records, inputs, strict=True):
+                rec.append(inp)
+            self.length += x_tokens(inputs[0])
+            return x
+        finally:
+            for wait in cuts:  # answered before the step's frames; a failed cut raises here
+                wait()
 
     def request(self, plan: Plan, i: int, key: str, x: Payload, pos: int,
                 op: Op = Op.FORWARD) -> tuple[Frame, float]:
@@ -305,6 +331,7 @@ class Session:
         sessions, equal only up to float rounding)."""
         if not self.opened:
             return
+        self._cut = None  # the records are cut already; every stage is made to match them
         coord = self.coord
         for i, (st, key) in enumerate(zip(plan.stages, keys, strict=True)):
             if i < k:
@@ -353,6 +380,16 @@ def _forward_batch(view: PlanView, sessions: list[Session], xs: list[Payload]
     every session still running; nothing is committed (records, lengths) until the last
     stage answered, so a failover retry or a rebuild sees the step as never taken."""
     coord = sessions[0].coord
+    cuts = [wait for s in sessions for wait in s._send_cut(view)]  # ahead of the batch
+    try:
+        return _forward_batch_cut(view, sessions, xs, coord)
+    finally:
+        for wait in cuts:
+            wait()
+
+
+def _forward_batch_cut(view: PlanView, sessions: list[Session], xs: list[Payload],
+                       coord: Coordinator) -> list[Payload | BaseException]:
     cur = list(xs)
     inputs: list[list[Payload]] = [[] for _ in sessions]
     errors: dict[int, BaseException] = {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -74,6 +76,11 @@ class GrpcLink:
             fut.set_exception(StageUnavailable(f"stage node {self.address}: {reason}"))
 
     def call(self, frame: Frame, timeout: float) -> Frame:
+        return self.submit(frame, timeout)()
+
+    def submit(self, frame: Frame, timeout: float) -> Callable[[], Frame]:
+        """Send ``frame`` now; the returned function waits (``timeout`` from now) for its
+        answer. The node serves a stream's frames in the order they were sent."""
         fut: Future[Frame] = Future()
         with self._lock:
             if self._broken:
@@ -81,12 +88,17 @@ class GrpcLink:
             frame.seq = next(self._seq)
             self._pending[frame.seq] = fut
         self._out.put(frame.pack())
-        try:
-            return fut.result(timeout=timeout)
-        except FutureTimeout:
-            self._fail(f"no answer within the {timeout:.1f} s deadline")
-            raise StageUnavailable(f"stage node {self.address} did not answer within "
-                                   f"{timeout:.1f} s") from None
+        deadline = time.monotonic() + timeout
+
+        def wait() -> Frame:
+            try:
+                return fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                self._fail(f"no answer within the {timeout:.1f} s deadline")
+                raise StageUnavailable(f"stage node {self.address} did not answer within "
+                                       f"{timeout:.1f} s") from None
+
+        return wait
 
     def close(self) -> None:
         self._out.put(_END)

@@ -73,9 +73,10 @@ def register(app: typer.Typer) -> None:
         telemetry_s: float = typer.Option(5.0, "--telemetry-s", help="Seconds between "
                                           "telemetry readings (with --mqtt or --discover mdns)."),
         colocated: bool = typer.Option(False, "--colocated", help="Other nodes share this "
-                                       "host's cores: no spinning thread pools; torch stages "
-                                       "use one BLAS thread while several sessions are "
-                                       "active, all cores for a single one."),
+                                       "host's cores: torch stages use one BLAS thread while "
+                                       "several sessions are active, all cores for a single "
+                                       "one (ONNX Runtime's workers spin only while no "
+                                       "other thread wants the cores, as in every process)."),
         device_class: str = typer.Option(None, "--device-class", help="Catalog device class "
                                          "announced to the planner (edgeweave profile lists "
                                          "them); default: this host's measured figures."),

@@ -212,18 +212,9 @@ class Coordinator:
     def submit(self, device: str, frame: Frame, timeout: float) -> Callable[[], Frame]:
         """Send ``frame`` to ``device`` now; the returned function waits for the answer and
         raises as :meth:`call` does. Frames to one node are served in the order sent, so a
-        frame sent after this one finds its effect (a link without ``submit`` answers at
-        once)."""
+        frame sent after this one finds its effect."""
         try:
-            link = self.link(device)
-            submit = getattr(link, "submit", None)
-            if submit is None:
-                done = link.call(frame, timeout)
-
-                def wait() -> Frame:
-                    return done
-            else:
-                wait = submit(frame, timeout)
+            wait = self.link(device).submit(frame, timeout)
         except StageUnavailable as e:
             e.device = device
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from edgeweave.errors import RuntimeStageError
@@ -32,6 +33,11 @@ class Link(Protocol):
 
     def call(self, frame: Frame, timeout: float) -> Frame:
         """Send ``frame``; return the node's response or raise :class:`StageUnavailable`."""
+        ...
+
+    def submit(self, frame: Frame, timeout: float) -> Callable[[], Frame]:
+        """Send ``frame`` now; the returned function waits for its answer as :meth:`call`
+        does. A node serves one link's frames in the order they were sent."""
         ...
 
     def close(self) -> None:

@@ -7,6 +7,8 @@ would have sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from edgeweave.runtime.stage import StageHost
 from edgeweave.runtime.transport.base import StageUnavailable
 from edgeweave.runtime.transport.frame import Frame
@@ -26,6 +28,11 @@ class InProcessLink:
         if self.closed:
             raise StageUnavailable(f"in-process stage host {self.address} is closed")
         return self.host.handle(frame)
+
+    def submit(self, frame: Frame, timeout: float) -> Callable[[], Frame]:
+        """Answered at once: the host runs in this thread."""
+        resp = self.call(frame, timeout)
+        return lambda: resp
 
     def close(self) -> None:
         self.closed = True

@@ -41,6 +41,7 @@ from edgeweave.runtime.engines.base import (
 # session options live in onnx_profile; imported here, where callers always found them
 from edgeweave.runtime.engines.onnx_profile import SessionProfile, device_kind  # noqa: F401
 from edgeweave.runtime.engines.onnx_spec import LAST_STARTS
+from edgeweave.runtime.policy import core_watch
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,9 @@ class OnnxStageEngine:
         self.profile = profile or SessionProfile.for_process(config.threads)
         self.path = Path(model_path)
         self.info = dict(info or {})
-        self.spin = self.profile.spin_mode()  # "auto" follows runtime.contention's watch
+        # with spinning "auto" the spin mode follows the process's core watch
+        self._watch = core_watch() if self.profile.spinning == "auto" else None
+        self.spin = self.profile.spin_mode()
         self.respins = 0
         self.session = self._new_session(self.path)
         self._kv_heads, self._head_dim = kv_shape
@@ -208,13 +211,11 @@ class OnnxStageEngine:
         wants the other spin mode: ONNX Runtime fixes it per session, and spinning is 25-30 %
         faster on free cores but twice as slow beside a busy one (``runtime.contention``).
         The old session goes first, so memory never holds two copies of the weights."""
-        if self.profile.spinning != "auto":
+        if self._watch is None or self._watch.mode == self.spin:
             return
-        from edgeweave.runtime.policy import core_watch, trim_heap
+        from edgeweave.runtime.policy import trim_heap
 
-        want = core_watch().mode
-        if want == self.spin:
-            return
+        want = self._watch.mode
         self._bindings.clear()  # they belong to the old session
         self.session = None
         self.spin = want
@@ -318,10 +319,8 @@ class OnnxStageEngine:
         # instead of keeping the arena at the largest prompt seen (decode steps reuse theirs)
         self._runner(adapter).run_with_iobinding(binding,
                                                  self._shrink if arr.shape[1] > 1 else None)
-        if self.profile.spinning == "auto":  # now, while our workers are stopped and the
-            from edgeweave.runtime.policy import core_watch  # pipeline waits for us
-
-            core_watch().sample()
+        if self._watch is not None:  # now, while our workers are stopped and the pipeline
+            self._watch.sample()  # waits for us
         return binding.get_outputs()[0].numpy()
 
     def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:

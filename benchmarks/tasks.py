@@ -31,7 +31,10 @@ CONDITIONS = (("zero-shot", "none", None, False), ("random", "random", None, Fal
               ("tuned+cons", "knn", "most_similar_last", True),
               # a LoRA adapter trained on the task's train split (finetune --data task:NAME)
               ("adapter+cons", "none", None, True), ("adapter+knn+cons", "knn",
-                                                     "most_similar_last", True))
+                                                     "most_similar_last", True),
+              # an adapter trained on prompts with kNN demonstrations (task:NAME:knn), asked
+              # the way it was trained
+              ("knn-adapter+knn+cons", "knn", "most_similar_last", True))
 SENSOR_CLASSIFICATION = ("activity", "occupancy", "appliance")
 
 
@@ -160,24 +163,31 @@ def store_benchmarks(args: argparse.Namespace, results: dict) -> None:
               f"reopen {r['reopen_s'] * 1000:.0f} ms", flush=True)
 
 
-def task_adapter(task: str, steps: int):  # noqa: ANN201
+def task_adapter(task: str, steps: int, demos: str = "none", k: int = 4,  # noqa: ANN201
+                 budget: int = 512):
     """A LoRA adapter trained on the task's train split (as ``edgeweave finetune --data
-    task:NAME`` does), loaded unmerged on the fp32 torch engine (the weights the other rows
-    evaluate); returns the model and the training record."""
+    task:NAME[:knn]`` does), loaded unmerged on the fp32 torch engine (the weights the other
+    rows evaluate); returns the model and the training record."""
     from edgeweave.finetune.config import LoRAConfig, TrainConfig
     from edgeweave.finetune.run import finetune
+    from edgeweave.finetune.task_data import TaskData
     from edgeweave.runtime.adapters import AdapterSpec
     from edgeweave.runtime.local import EngineChoice, LocalModel
 
     out = Path(tempfile.mkdtemp(prefix=f"ew-{task}-lora-"))
-    res = finetune("smollm2-135m-instruct", f"task:{task}", lora=LoRAConfig(rank=8, alpha=16),
+    data = TaskData((task,), demos, k=k, ordering="most_similar_last" if demos != "none"
+                    else None, budget_tokens=budget)
+    res = finetune("smollm2-135m-instruct", data, lora=LoRAConfig(rank=8, alpha=16),
                    train_cfg=TrainConfig(steps=steps, lr=2e-3, batch_size=4, micro_batch_size=4,
-                                         seq_len=256), out=out / "adapter", limit=10_000)
+                                         seq_len=256 if demos == "none" else budget + 32),
+                   out=out / "adapter", limit=10_000)
     lm = LocalModel.load("smollm2-135m-instruct", EngineChoice("torch", "fp32"),
                          adapters=[AdapterSpec("task", out / "adapter")])
-    record = {"steps": steps, "n_train": res.n_train, "eval_loss_before": res.eval_loss_before,
+    record = {"steps": steps, "data": data.spelling(), "n_train": res.n_train,
+              "eval_loss_before": res.eval_loss_before,
               "eval_loss_after": res.eval_loss_after, "train_s": res.train["seconds"]}
-    print(f"{task}: adapter {steps} steps on {res.n_train} train examples, held-out loss "
+    print(f"{task}: adapter ({data.spelling()}) {steps} steps on {res.n_train} train examples, "
+          f"held-out loss "
           f"{res.eval_loss_before:.2f} -> {res.eval_loss_after:.2f}", flush=True)
     return lm, record
 
@@ -199,14 +209,18 @@ def run_tasks(args: argparse.Namespace, results: dict, save) -> int:  # noqa: AN
         limit = args.limit if task in SENSOR_CLASSIFICATION else args.limit_other
         base = baseline_task(task, limit=limit)
         rows = {"baseline": base}
-        adapted = None
+        adapted = {}
         if any(c[0].startswith("adapter") for c in conditions):
-            adapted, rows["adapter"] = task_adapter(task, args.adapter_steps)
+            adapted["adapter"], rows["adapter"] = task_adapter(task, args.adapter_steps)
+        if any(c[0].startswith("knn-adapter") for c in conditions):
+            adapted["knn-adapter"], rows["knn-adapter"] = task_adapter(
+                task, args.adapter_steps, "knn", args.k, args.budget)
         for name, demos, ordering, constrained in conditions:
             template = None
             model, factory = lm, None
-            if name.startswith("adapter"):
-                model, factory = adapted, (lambda m: m.new_session(2048, adapter="task"))
+            trained = name.split("+")[0]
+            if trained in adapted:
+                model, factory = adapted[trained], (lambda m: m.new_session(2048, adapter="task"))
             if name == "tuned+cons":
                 tuned = tune_prompt(task, lm, demos=demos, k=args.k, constrained=True,
                                     budget_tokens=args.budget)

@@ -4,7 +4,9 @@ bundled model → two compressed variants (cached after the first run) → a pla
 home fleet (sensor hub, gateway, edge server), next to the baselines → the plan's stages
 launched in this process behind the OpenAI-compatible HTTP API on 127.0.0.1 → IoT questions
 built from real sensor windows, answered through that API with the official ``openai``
-client → a results table and an HTML report.
+client → the same questions again through a LoRA adapter trained on those tasks' train
+splits (trained once, cached; served unmerged beside the base) → a results table and an HTML
+report.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from edgeweave.models import DEFAULT_MODEL
 from edgeweave.types import Plan
 
 if TYPE_CHECKING:
+    from edgeweave.finetune.cached import AdapterRecipe
     from edgeweave.profile.cost import Calibration
     from edgeweave.runtime.constraints import OutputFormat
     from edgeweave.runtime.coordinator import Coordinator
     from edgeweave.variants import Variant
 
 DEMO_TASKS = ("activity", "occupancy", "appliance", "anomaly", "wikiqa")
+ADAPTER_NAME = "iot-tasks"  # the adapter's model id on the demo's server
 
 Step = Callable[[str, int, int], None]  # (description, done, total) for progress bars
 
@@ -45,12 +49,17 @@ class DemoConfig:
     drop_device: str | None = "auto"
     # answers decode within each task's answer format (labels, a number, a year or unknown)
     constrained: bool = True
+    # the questions are asked again through a LoRA adapter trained this many steps on the
+    # tasks' train splits, prompted with kNN demonstrations as the questions are (0: no
+    # adapter); trained on the first run, then cached in $EDGEWEAVE_HOME
+    adapter_steps: int = 80
 
 
 @dataclass
 class DemoResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
-    answers: list[dict[str, Any]] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # the base model's
+    adapted: list[dict[str, Any]] = field(default_factory=list)  # the same, with the adapter
     report: Path | None = None
     summary: Path | None = None
     url: str = ""
@@ -83,6 +92,30 @@ def build_variants(cfg: DemoConfig, step: Step) -> list[dict[str, Any]]:
                      "artifact": str(path)})
     step("compress", len(cfg.variants), len(cfg.variants))
     return rows
+
+
+def adapter_recipe(cfg: DemoConfig) -> AdapterRecipe:
+    """The demo adapter: rank 8 on q/v, trained on up to 48 train items per task."""
+    from edgeweave.finetune.cached import AdapterRecipe
+    from edgeweave.finetune.config import LoRAConfig, TrainConfig
+    from edgeweave.finetune.task_data import TaskData
+
+    return AdapterRecipe(TaskData(tuple(cfg.tasks), "knn"), LoRAConfig(rank=8, alpha=16),
+                         TrainConfig(steps=cfg.adapter_steps, lr=2e-3, batch_size=4,
+                                     micro_batch_size=4, seq_len=544), limit=48)
+
+
+def build_adapter(cfg: DemoConfig, step: Step) -> Path | None:
+    """Train (or reuse) the demo's task adapter; None when the config asks for none."""
+    from edgeweave.finetune.cached import adapter_path, cached_adapter
+
+    if cfg.adapter_steps <= 0:
+        return None
+    recipe = adapter_recipe(cfg)
+    fresh = not adapter_path(recipe, cfg.model).exists()
+    step(f"train the task adapter ({cfg.adapter_steps} steps"
+         f"{', once' if fresh else ', cached'})", 0, 1)
+    return cached_adapter(recipe, cfg.model)
 
 
 def plan_fleet(cfg: DemoConfig, variant_rows: list[dict[str, Any]]) -> tuple[Plan, list[dict]]:
@@ -133,9 +166,11 @@ def guided(fmt: OutputFormat | None) -> dict[str, Any]:
 
 
 def ask(url: str, key: str, model_id: str, questions: list[dict[str, Any]], step: Step,
-        plan_label: str = "", constrained: bool = True) -> list[dict[str, Any]]:
+        plan_label: str = "", constrained: bool = True, adapter: str | None = None
+        ) -> list[dict[str, Any]]:
     """Send each question through the OpenAI-compatible API with the official client;
-    ``constrained`` asks for the task's answer format, so every answer is a valid one."""
+    ``constrained`` asks for the task's answer format, so every answer is a valid one;
+    ``adapter`` names the served adapter to answer with (its model id) instead of the base."""
     from openai import OpenAI
 
     from edgeweave.bench.tasks import get_task, load_split
@@ -143,11 +178,12 @@ def ask(url: str, key: str, model_id: str, questions: list[dict[str, Any]], step
     client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=300)
     answers = []
     for i, q in enumerate(questions):
-        step(f"ask: {q['task']}", i, len(questions))
+        step(f"ask{' ' + adapter if adapter else ''}: {q['task']}", i, len(questions))
         task = get_task(q["task"])
         t0 = time.perf_counter()
         extra_body = guided(task.answer_format()) if constrained else {}
-        r = client.completions.create(model=model_id, prompt=q["prompt"], temperature=0,
+        r = client.completions.create(model=adapter or model_id, prompt=q["prompt"],
+                                      temperature=0,
                                       max_tokens=max(task.max_answer_tokens, 16)
                                       if extra_body else task.max_answer_tokens,
                                       stop=["\n"], extra_body=extra_body or None)
@@ -166,6 +202,7 @@ def ask(url: str, key: str, model_id: str, questions: list[dict[str, Any]], step
             "decode_tps": extra.get("decode_tok_s")
             if r.usage and r.usage.completion_tokens > 1 else None, "plan": plan_label,
             "constrained": bool(extra_body), "question": q["prompt"][-240:],
+            "model": adapter or "base",
         })
     step("ask", len(questions), len(questions))
     return answers
@@ -174,6 +211,7 @@ def ask(url: str, key: str, model_id: str, questions: list[dict[str, Any]], step
 def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
              on_answer: Callable[[dict[str, Any]], None] | None = None) -> DemoResult:
     from edgeweave.bench.report import write_report
+    from edgeweave.runtime.adapters import AdapterSpec
     from edgeweave.runtime.launch import embedded
     from edgeweave.runtime.local import EngineChoice
     from edgeweave.serve.backend import CoordinatorSessions
@@ -184,6 +222,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
     t0 = time.perf_counter()
     choice = EngineChoice(cfg.backend)
     variant_rows = build_variants(cfg, step)
+    adapter = build_adapter(cfg, step)
     step("plan the fleet", 0, 1)
     plan, plan_rows = plan_fleet(cfg, variant_rows)
     step(f"launch the plan's stages ({choice.backend})", 0, 1)
@@ -191,6 +230,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
     coord = dep.coordinator
     key = "ew-" + secrets.token_hex(8)
     backend = CoordinatorSessions(coord, dep.tokenizer, model_id=cfg.model)
+    if adapter is not None:  # unmerged: the base's stages serve it beside the base
+        backend.add_adapters([AdapterSpec(ADAPTER_NAME, adapter)])
     server = BackgroundServer(backend, ServeConfig(api_keys=(key,), model_id=cfg.model,
                                                    max_prompt_tokens=1536))
     questions = sensor_questions(cfg)
@@ -206,24 +247,29 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
             res.rows.append(adapt_row)
             res.answers += ask(res.url, key, cfg.model, questions[half:], step, _label(plan),
                                cfg.constrained)
-        for a in res.answers:
+        if adapter is not None:  # the same questions, on the plan that now runs
+            res.adapted = ask(res.url, key, cfg.model, questions, step, _label(plan),
+                              cfg.constrained, ADAPTER_NAME)
+        for a in res.answers + res.adapted:
             if on_answer:
                 on_answer(a)
         stats = dict(coord.stats)
     finally:
         server.stop()
         dep.close()
-    tokens = sum((a["prompt_tokens"] or 0) + (a["completion_tokens"] or 0) for a in res.answers)
-    tps = [a["decode_tps"] for a in res.answers if a.get("decode_tps")]
+    asked = res.answers + res.adapted
+    tokens = sum((a["prompt_tokens"] or 0) + (a["completion_tokens"] or 0) for a in asked)
+    tps = [a["decode_tps"] for a in asked if a.get("decode_tps")]
     run_row = {"key": f"run/{cfg.fleet}/demo", "kind": "run", "fleet": cfg.fleet,
                "codec": "/".join(s.codec for s in plan.stages[:-1]) or "–",
                "n_layers": plan.n_layers, "stages": plan_rows[0]["stages"],
                "decode_tps": sum(tps) / len(tps) if tps else None,
-               "ttft_s": _mean([a.get("ttft_s") for a in res.answers]),
+               "ttft_s": _mean([a.get("ttft_s") for a in asked]),
                "wire_bytes_per_token": None, "identical": None, "stats": stats,
-               "answered": len(res.answers), "tokens": tokens, "backend": choice.backend}
+               "answered": len(asked), "tokens": tokens, "backend": choice.backend}
     res.rows = variant_rows + plan_rows + [run_row] + res.rows + [
-        {"key": f"answer/{a['task']}/{a['id']}", "kind": "answer", **a} for a in res.answers]
+        {"key": f"answer/{a['model']}/{a['task']}/{a['id']}", "kind": "answer", **a}
+        for a in asked]
     step("write the report", 0, 1)
     meta = {"title": "edgeweave demo: IoT answers from a planned home fleet", "suite": "demo",
             "model": cfg.model, "host": f"this host, embedded stages on {choice.backend}",

@@ -67,6 +67,26 @@ def test_report_tables_and_headlines():
     assert "| int8 | 135 |" in md.replace(".0 |", " |")
 
 
+def test_answers_of_the_base_and_an_adapter_sit_side_by_side():
+    def answer(model: str, task: str, id_: str, said: str, score: float) -> dict:
+        return {"key": f"answer/{model}/{task}/{id_}", "kind": "answer", "task": task,
+                "id": id_, "gold": "walking", "answer": said, "metric": "accuracy",
+                "score": score, "prompt_tokens": 300, "latency_s": 0.5, "model": model}
+
+    base = [answer("base", "activity", "a1", "sitting", 0.0),
+            answer("base", "occupancy", "o1", "walking", 1.0)]
+    page, md = build(base, {"suite": "demo"})
+    assert "| activity | walking | sitting |" in md and "base answer" not in md
+    adapted = [answer("iot-tasks", "occupancy", "o1", "walking", 1.0),
+               answer("iot-tasks", "activity", "a1", "walking", 1.0)]
+    page, md = build(base + adapted, {"suite": "demo"})
+    assert "base vs iot-tasks" in md and "| iot-tasks answer | iot-tasks score |" in md
+    # one line per question, the adapter's answer beside the base's, and the totals
+    assert "| activity | walking | sitting | 0 | walking | 1 | 300 |" in md.replace(".0 |", " |")
+    assert "| all | – | – | 1 | – | 2 |" in md.replace(".0 |", " |")
+    assert "LoRA adapter <code>iot-tasks</code>" in page
+
+
 def test_report_renders_in_headless_chromium(tmp_path):
     html, md = write_report(sample_rows(), tmp_path, {"suite": "test", "model": "m"})
     shot = render(html, tmp_path / "report.png", height=1800)

@@ -13,10 +13,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_pipeline_answers_sensor_questions_through_the_api(tmp_path):
-    from edgeweave.demo import DemoConfig, run_demo
+    from edgeweave.demo import ADAPTER_NAME, DemoConfig, run_demo
 
     steps = []
-    res = run_demo(DemoConfig(tasks=("occupancy", "activity"), out=tmp_path),
+    # a two-step adapter: the path (train, cache, serve unmerged, ask again), not its accuracy
+    res = run_demo(DemoConfig(tasks=("occupancy", "activity"), out=tmp_path, adapter_steps=2),
                    step=lambda d, i, n: steps.append(d))
     assert len(res.answers) == 2 and {a["task"] for a in res.answers} == {"occupancy", "activity"}
     for a in res.answers:
@@ -33,8 +34,16 @@ def test_demo_pipeline_answers_sensor_questions_through_the_api(tmp_path):
     assert all(s["device"] != adapt["device"] for s in adapt["stages"])  # ...and now holds none
     assert adapt["moved_layers"] > 0 and adapt["switch_s"] > 0
     assert any(s.startswith("compress") for s in steps) and res.url.startswith("http://127.0.0.1")
+    # the same questions again through the task adapter, on the plan that runs after the drop
+    assert [(a["task"], a["id"]) for a in res.adapted] == [(a["task"], a["id"])
+                                                         for a in res.answers]
+    assert {a["model"] for a in res.adapted} == {ADAPTER_NAME}
+    assert all(a["constrained"] and a["answer"] == a["parsed"] for a in res.adapted)
+    assert res.adapted[0]["plan"] == res.answers[-1]["plan"]
+    assert any(s.startswith("train the task adapter") for s in steps)
     sizes = {r["variant"]: r["size_mb"] for r in res.rows if r["kind"] == "variant"}
     assert sizes["int8"] < 0.3 * sizes["fp32"] and sizes["int4"] < sizes["int8"]
+    assert f"base vs {ADAPTER_NAME}" in res.summary.read_text()
     shot = render(res.report, tmp_path / "demo.png")
     assert shot.errors == () and non_blank_fraction(shot.png) > 0.05
 

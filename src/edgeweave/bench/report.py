@@ -236,10 +236,31 @@ ANSWER_COLUMNS = ("task", "gold", "answer", "metric", "score", "prompt tokens", 
 def answers_section(data: ReportRows) -> Section | None:
     if not data.answers:
         return None
-    rows = [(a.task, a.gold, a.answer, a.metric, a.score, a.prompt_tokens, a.latency_s,
-             a.decode_tps) for a in data.answers]
-    return _table_section("answers.html.j2", "Answers through the API",
-                          Table.of(ANSWER_COLUMNS, rows))
+    base = [a for a in data.answers if a.model == "base"]
+    adapted = {(a.task, a.id): a for a in data.answers if a.model != "base"}
+    if not adapted:
+        rows = [(a.task, a.gold, a.answer, a.metric, a.score, a.prompt_tokens, a.latency_s,
+                 a.decode_tps) for a in base]
+        return _table_section("answers.html.j2", "Answers through the API",
+                              Table.of(ANSWER_COLUMNS, rows), adapter=None)
+    # the same questions before and after the task adapter, side by side
+    name = next(iter(adapted.values())).model
+    rows = []
+    for a in base:
+        b = adapted.get((a.task, a.id))
+        rows.append((a.task, a.gold, a.answer, a.score, b and b.answer, b and b.score,
+                     a.prompt_tokens, a.latency_s, b and b.latency_s))
+    total = ("all", "", "", _sum(a.score for a in base), "",
+             _sum(b.score for b in adapted.values()), None, None, None)
+    columns = ("task", "gold", "base answer", "base score", f"{name} answer", f"{name} score",
+               "prompt tokens", "base latency s", f"{name} latency s")
+    return _table_section("answers.html.j2", f"Answers through the API: base vs {name}",
+                          Table.of(columns, [*rows, total]), adapter=name)
+
+
+def _sum(xs: Iterable[float | None]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return float(sum(v)) if v else None
 
 
 # -- the page -------------------------------------------------------------------------------------

@@ -142,6 +142,7 @@ class AnswerRow:
     """One question answered through the OpenAI-compatible API (``kind: answer``)."""
 
     task: str
+    id: str | None = None
     gold: str | None = None
     answer: str | None = None
     metric: str | None = None
@@ -149,6 +150,7 @@ class AnswerRow:
     prompt_tokens: int | None = None
     latency_s: float | None = None
     decode_tps: float | None = None
+    model: str = "base"  # or the served adapter that answered (its model id)
 
 
 def _with_stages(cls: type[R], row: Mapping[str, Any]) -> R:

@@ -21,6 +21,10 @@ def register(app: typer.Typer) -> None:
         free: bool = typer.Option(False, "--free-answers",
                                   help="Let the model answer free text instead of decoding "
                                        "within each task's answer format."),
+        adapter_steps: int = typer.Option(
+            80, "--adapter-steps", min=0,
+            help="Ask the questions again through a LoRA adapter trained this many steps on "
+                 "the tasks' train splits (trained once, then cached); 0: base model only."),
     ) -> None:
         """The whole pipeline, embedded: compress, plan, launch, serve, answer, report."""
         from edgeweave.runtime.policy import ProcessPolicy
@@ -34,7 +38,7 @@ def register(app: typer.Typer) -> None:
         if model in catalog.BUNDLED and not catalog.is_cached(model):
             console.print(f"Converting {model} once to safetensors (about 30 s)...")
         cfg = DemoConfig(model=model, fleet=fleet, per_task=per_task, out=out, backend=backend,
-                         constrained=not free)
+                         constrained=not free, adapter_steps=adapter_steps)
         with Progress(TextColumn("{task.description:<48}"), BarColumn(), TextColumn(
                 "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("starting", total=1)
@@ -56,6 +60,17 @@ def register(app: typer.Typer) -> None:
                             [[a["task"], a["gold"], a["answer"][:40], _num(a.get("score")),
                               a.get("prompt_tokens"), _num(a["latency_s"]),
                               _num(a.get("decode_tps"))] for a in res.answers]))
+        if res.adapted:
+            after = {(a["task"], a["id"]): a for a in res.adapted}
+            rows = [[a["task"], a["gold"], a["answer"][:30], _num(a.get("score")),
+                     after[a["task"], a["id"]]["answer"][:30],
+                     _num(after[a["task"], a["id"]].get("score"))] for a in res.answers]
+            rows.append(["all", "", "", _num(_total(res.answers)), "",
+                         _num(_total(res.adapted))])
+            name = res.adapted[0]["model"]
+            console.print(table(f"The same questions, base model vs the task adapter {name} "
+                                "(LoRA, unmerged on the same stages)",
+                                ["task", "gold", "base", "score", name, "score"], rows))
         console.print(f"[bold]report:[/bold] {res.report}\n[bold]summary:[/bold] {res.summary}")
 
 
@@ -63,6 +78,10 @@ def _stages(r: dict) -> str:
     if r.get("error"):
         return "infeasible"
     return " → ".join(f"{s['device']}[{s['start']},{s['end']}) {s['variant']}" for s in r["stages"])
+
+
+def _total(answers: list[dict]) -> float:
+    return sum(a.get("score") or 0.0 for a in answers)
 
 
 def _ms(v: float | None) -> str:

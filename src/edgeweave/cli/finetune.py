@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
     def finetune_cmd(
         model: str = typer.Option(DEFAULT_MODEL, help="Model name, HF folder or .gguf."),
         data: str = typer.Option("wiki", help="'wiki' (bundled Wikipedia), 'task:NAME' (an IoT "
-                                 "task's train split) or a text file."),
+                                 "task's train split; 'task:A,B' mixes tasks, ':knn' adds kNN "
+                                 "demonstrations to the prompts) or a text file."),
         out: str = typer.Option(None, help="Adapter folder to write (safetensors + manifest)."),
         merge_out: str = typer.Option(None, help="Also write the merged model folder here."),
         checkpoint_dir: str = typer.Option(None, help="Resumable checkpoint folder."),

@@ -16,6 +16,7 @@ from edgeweave.errors import ConfigError
 from edgeweave.finetune.config import LoRAConfig, TrainConfig
 from edgeweave.finetune.data import Example, pack_text, wiki_summaries
 from edgeweave.finetune.subset import SubsetConfig
+from edgeweave.finetune.task_data import PREFIX, TaskData, task_examples
 
 
 @dataclass
@@ -29,35 +30,25 @@ class FinetuneResult:
     n_selected: int
 
 
-def task_examples(tokenizer, task: str, seq_len: int, limit: int) -> list[Example]:
-    """Supervised examples from an IoT task's *train* split (never its test items): the
-    task's zero-shot prompt, the loss on the gold answer as a demonstration writes it."""
-    from edgeweave.bench.tasks import get_task, load_split
-    from edgeweave.finetune.data import prompt_answer
-
-    t = get_task(task)
-    items = load_split(task).train[:limit]
-    return [prompt_answer(tokenizer, t.template.render(t.render(i)), " " + i.answer, seq_len)
-            for i in items]
-
-
-def text_examples(tokenizer, source: str, seq_len: int, limit: int) -> list[Example]:
-    """``wiki`` (bundled Wikipedia summaries), ``task:NAME`` (the train split of an IoT task,
-    as prompt/answer pairs) or a path to a UTF-8 text file."""
-    if source.startswith("task:"):
-        return task_examples(tokenizer, source.removeprefix("task:"), seq_len, limit)
+def text_examples(tokenizer, source: str | TaskData, seq_len: int, limit: int
+                  ) -> list[Example]:
+    """``wiki`` (bundled Wikipedia summaries), ``task:NAME[,NAME...][:knn]`` (IoT tasks' train
+    splits as prompt/answer pairs, see :mod:`edgeweave.finetune.task_data`) or a path to a
+    UTF-8 text file."""
+    if isinstance(source, TaskData) or source.startswith(PREFIX):
+        return task_examples(tokenizer, source, seq_len, limit)
     if source == "wiki":
         texts = wiki_summaries(limit)
     else:
         path = Path(source)
         if not path.is_file():
-            raise ConfigError(f"training data {source!r} is neither 'wiki', 'task:NAME' nor a "
-                              "text file")
+            raise ConfigError(f"training data {source!r} is neither 'wiki', "
+                              "'task:NAME[,NAME...][:knn]' nor a text file")
         texts = [p for p in path.read_text().split("\n\n") if p.strip()][:limit]
     return pack_text(tokenizer, texts, seq_len)
 
 
-def finetune(model: str, data: str = "wiki", *, lora: LoRAConfig, train_cfg: TrainConfig,
+def finetune(model: str, data: str | TaskData = "wiki", *, lora: LoRAConfig, train_cfg: TrainConfig,
              subset: SubsetConfig | None = None, out: str | Path | None = None,
              merge_out: str | Path | None = None, checkpoint_dir: str | Path | None = None,
              limit: int = 200, eval_fraction: float = 0.1) -> FinetuneResult:

@@ -52,7 +52,7 @@ class DemoConfig:
     # the questions are asked again through a LoRA adapter trained this many steps on the
     # tasks' train splits, prompted with kNN demonstrations as the questions are (0: no
     # adapter); trained on the first run, then cached in $EDGEWEAVE_HOME
-    adapter_steps: int = 80
+    adapter_steps: int = 60
 
 
 @dataclass

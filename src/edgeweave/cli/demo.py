@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
                                   help="Let the model answer free text instead of decoding "
                                        "within each task's answer format."),
         adapter_steps: int = typer.Option(
-            80, "--adapter-steps", min=0,
+            60, "--adapter-steps", min=0,
             help="Ask the questions again through a LoRA adapter trained this many steps on "
                  "the tasks' train splits (trained once, then cached); 0: base model only."),
     ) -> None:

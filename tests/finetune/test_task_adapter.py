@@ -26,7 +26,7 @@ def test_task_examples_are_train_prompts_with_their_answers(folder) -> None:
     from edgeweave.models.tokenizer import Tokenizer
 
     tok = Tokenizer(folder)
-    exs = task_examples(tok, "occupancy", seq_len=256, limit=5)
+    exs = task_examples(tok, "task:occupancy", seq_len=256, limit=5)
     train = load_split("occupancy").train[:5]
     t = get_task("occupancy")
     for ex, item in zip(exs, train, strict=True):

@@ -62,9 +62,9 @@ def register(app: typer.Typer) -> None:
                               _num(a.get("decode_tps"))] for a in res.answers]))
         if res.adapted:
             after = {(a["task"], a["id"]): a for a in res.adapted}
+            pairs = [(a, after[a["task"], a["id"]]) for a in res.answers]
             rows = [[a["task"], a["gold"], a["answer"][:30], _num(a.get("score")),
-                     after[a["task"], a["id"]]["answer"][:30],
-                     _num(after[a["task"], a["id"]].get("score"))] for a in res.answers]
+                     b["answer"][:30], _num(b.get("score"))] for a, b in pairs]
             rows.append(["all", "", "", _num(_total(res.answers)), "",
                          _num(_total(res.adapted))])
             name = res.adapted[0]["model"]

@@ -204,11 +204,14 @@ def main() -> None:
     ap.add_argument("--server-momentum", type=float, default=0.0)
     ap.add_argument("--proximal-mu", type=float, default=0.0)
     ap.add_argument("--client-opt", default="adamw", choices=OPTIMIZERS)
+    ap.add_argument("--sgd-lr", type=float, default=1.0,
+                    help="client lr of the *_sgd runs (SGD clients; gradients are clipped to "
+                    "norm 1, so a step moves at most this far)")
     ap.add_argument("--baseline-lr", type=float, default=0.0,
                     help="AdamW lr of the local-only and centralized runs (0 = --lr)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default="fed_pad,fed_svd,fed_pad_fa,fed_smallest,fed_pad_scaffold,"
-                    "fed_pad_synthetic,fed_pad_scaffold_synthetic",
+                    "fed_pad_synthetic,fed_pad_scaffold_synthetic,fed_pad_sgd,fed_pad_sgd_scaffold",
                     help="federated runs to compare (fed_pad is always run: the reference)")
     ap.add_argument("--out", default="federated")
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -244,6 +247,11 @@ def main() -> None:
         # GPT-FL: the server warms the adapter on 8 synthetic windows per label first
         ("fed_pad_synthetic", replace(base, synthetic_per_label=8)),
         ("fed_pad_scaffold_synthetic", replace(base, drift="scaffold", synthetic_per_label=8)),
+        # SCAFFOLD's analysis assumes SGD clients: with AdamW the per-coordinate scaling
+        # rescales the correction ``c - c_i`` differently on every client
+        ("fed_pad_sgd", replace(base, client_optimizer="sgd", lr=args.sgd_lr)),
+        ("fed_pad_sgd_scaffold", replace(base, client_optimizer="sgd", lr=args.sgd_lr,
+                                         drift="scaffold")),
     ]:
         if name not in wanted:
             continue
@@ -281,7 +289,8 @@ def main() -> None:
                 tier_rows)
 
     hetero = tuple(n for n in ("fed_pad", "fed_svd", "fed_pad_fa", "fed_pad_scaffold",
-                               "fed_pad_synthetic", "fed_pad_scaffold_synthetic") if n in runs)
+                               "fed_pad_synthetic", "fed_pad_scaffold_synthetic", "fed_pad_sgd",
+                               "fed_pad_sgd_scaffold") if n in runs)
     best = min(hetero, key=lambda n: runs[n]["final"]["loss"])
     acc_gain = lc["central"]["accuracy"] - base_eval["accuracy"]
     per_run = {n: {"final_accuracy_gain_fraction": (runs[n]["final"]["accuracy"]

@@ -146,13 +146,21 @@ def plan_fleet(cfg: DemoConfig, variant_rows: list[dict[str, Any]]) -> tuple[Pla
     return ours, rows
 
 
-def sensor_questions(cfg: DemoConfig) -> list[dict[str, Any]]:
-    """Real test windows of each task, turned into prompts with kNN demonstrations."""
+def sensor_questions(cfg: DemoConfig, count_tokens: Callable[[str], int] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Real test windows of each task, turned into prompts with kNN demonstrations.
+
+    ``count_tokens`` should be the served model's tokenizer: the task adapter was trained on
+    prompts whose demonstrations fill the budget by that count (``finetune.task_data``), and
+    the 3-characters-per-token estimate fits a different number of them.
+    """
     from edgeweave.bench.tasks import example_prompts
+    from edgeweave.bench.tasks.prompts import approx_tokens
 
     out = []
     for t in cfg.tasks:
-        out += example_prompts(t, n=cfg.per_task, demos="knn")
+        out += example_prompts(t, n=cfg.per_task, demos="knn",
+                               count_tokens=count_tokens or approx_tokens)
     return out
 
 
@@ -234,7 +242,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), step: Step = _noop,
         backend.add_adapters([AdapterSpec(ADAPTER_NAME, adapter)])
     server = BackgroundServer(backend, ServeConfig(api_keys=(key,), model_id=cfg.model,
                                                    max_prompt_tokens=1536))
-    questions = sensor_questions(cfg)
+    questions = sensor_questions(cfg, lambda text: len(dep.tokenizer.encode(text)))
     try:
         res.url = server.start()
         half = len(questions) // 2 if cfg.drop_device else len(questions)

@@ -208,3 +208,16 @@ def test_bundled_model_on_a_few_items(tmp_path) -> None:
     # the model answers in the demonstrated format: every output parses to a label
     assert all(p["prediction"] in ("standing", "walking", "running", "badminton")
                for p in res["predictions"])
+
+
+def test_demo_questions_fill_the_budget_by_the_given_token_count() -> None:
+    """The demo counts with the served tokenizer (as its adapter's training prompts do): a
+    counter that charges more per character fits fewer demonstrations."""
+    from edgeweave.demo import DemoConfig, sensor_questions
+
+    cfg = DemoConfig(tasks=("occupancy",), per_task=2)
+    approx = sensor_questions(cfg)
+    dear = sensor_questions(cfg, lambda text: len(text))  # a token per character: 3x dearer
+    assert [q["id"] for q in approx] == [q["id"] for q in dear]
+    assert all(d["demos_used"] <= a["demos_used"] for a, d in zip(approx, dear, strict=True))
+    assert sum(d["demos_used"] for d in dear) < sum(a["demos_used"] for a in approx)

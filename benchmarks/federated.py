@@ -207,6 +207,9 @@ def main() -> None:
     ap.add_argument("--sgd-lr", type=float, default=1.0,
                     help="client lr of the *_sgd runs (SGD clients; gradients are clipped to "
                     "norm 1, so a step moves at most this far)")
+    ap.add_argument("--avgm-momenta", default="0.5,0.8",
+                    help="server momenta of the fed_pad_avgm runs (one run each, FedAvgM at "
+                    "server lr 1)")
     ap.add_argument("--baseline-lr", type=float, default=0.0,
                     help="AdamW lr of the local-only and centralized runs (0 = --lr)")
     ap.add_argument("--threads", type=int, default=2)
@@ -252,8 +255,19 @@ def main() -> None:
         ("fed_pad_sgd", replace(base, client_optimizer="sgd", lr=args.sgd_lr)),
         ("fed_pad_sgd_scaffold", replace(base, client_optimizer="sgd", lr=args.sgd_lr,
                                          drift="scaffold")),
+        # a control, not a method: the same tiers on near-IID homes (every home holds about
+        # the same label mix); what it leaves of the gap to centralized is not label skew
+        ("fed_pad_iid", replace(base, dirichlet_alpha=1000.0)),
+        # the other control: the same non-IID homes, all in the largest tier (rank 8 on every
+        # region block); its gap to fed_pad is what rank tiers and windows cost
+        ("fed_largest", replace(base, aggregation="fedavg", tiers=(tiers(region_len)[-1],))),
+        # FedAvgM (Hsu et al. 2019, proposed for exactly this Dirichlet label skew): the
+        # velocity keeps the direction the homes agree on round after round
+        *[(f"fed_pad_avgm{m}", replace(base, server_opt="avgm", server_lr=1.0,
+                                        server_momentum=float(m)))
+          for m in args.avgm_momenta.split(",") if "fed_pad_avgm" in wanted],
     ]:
-        if name not in wanted:
+        if name not in wanted and not name.startswith("fed_pad_avgm"):
             continue
         t0 = time.perf_counter()
         runs[name] = summarize(name, simulate(cfg))
@@ -290,7 +304,8 @@ def main() -> None:
 
     hetero = tuple(n for n in ("fed_pad", "fed_svd", "fed_pad_fa", "fed_pad_scaffold",
                                "fed_pad_synthetic", "fed_pad_scaffold_synthetic", "fed_pad_sgd",
-                               "fed_pad_sgd_scaffold") if n in runs)
+                               "fed_pad_sgd_scaffold") if n in runs) + tuple(
+        n for n in runs if n.startswith("fed_pad_avgm"))
     best = min(hetero, key=lambda n: runs[n]["final"]["loss"])
     acc_gain = lc["central"]["accuracy"] - base_eval["accuracy"]
     per_run = {n: {"final_accuracy_gain_fraction": (runs[n]["final"]["accuracy"]

@@ -241,6 +241,9 @@ def main() -> None:
     region = region_blocks(base, shared_base(base.model, base.base_dtype).cfg.num_layers)
     runs = {}
     wanted = set(args.runs.split(",")) | {"fed_pad"}
+    momenta = args.avgm_momenta.split(",")
+    if "fed_pad_avgm" in wanted:  # one run per momentum
+        wanted |= {f"fed_pad_avgm{m}" for m in momenta}
     for name, cfg in [
         ("fed_pad", base),
         ("fed_svd", replace(base, aggregation="svd", server_opt="avg")),  # no server state
@@ -265,9 +268,9 @@ def main() -> None:
         # velocity keeps the direction the homes agree on round after round
         *[(f"fed_pad_avgm{m}", replace(base, server_opt="avgm", server_lr=1.0,
                                         server_momentum=float(m)))
-          for m in args.avgm_momenta.split(",") if "fed_pad_avgm" in wanted],
+          for m in momenta],
     ]:
-        if name not in wanted and not name.startswith("fed_pad_avgm"):
+        if name not in wanted:
             continue
         t0 = time.perf_counter()
         runs[name] = summarize(name, simulate(cfg))
@@ -302,10 +305,8 @@ def main() -> None:
                                                        "saved act MB", "peak RSS MB", "train s"],
                 tier_rows)
 
-    hetero = tuple(n for n in ("fed_pad", "fed_svd", "fed_pad_fa", "fed_pad_scaffold",
-                               "fed_pad_synthetic", "fed_pad_scaffold_synthetic", "fed_pad_sgd",
-                               "fed_pad_sgd_scaffold") if n in runs) + tuple(
-        n for n in runs if n.startswith("fed_pad_avgm"))
+    # every run but the one-tier ones and the IID control has rank-heterogeneous homes
+    hetero = tuple(n for n in runs if n not in ("fed_smallest", "fed_largest", "fed_pad_iid"))
     best = min(hetero, key=lambda n: runs[n]["final"]["loss"])
     acc_gain = lc["central"]["accuracy"] - base_eval["accuracy"]
     per_run = {n: {"final_accuracy_gain_fraction": (runs[n]["final"]["accuracy"]

@@ -132,6 +132,7 @@ def summarize(name: str, res: dict) -> dict:
             "round": r["round"], "replied": r["replied"], "loss": r["eval"]["loss"],
             "accuracy": r["eval"]["accuracy"], "bytes_up": r["bytes_up"],
             "bytes_down": r["bytes_down"], "seconds": r["seconds"],
+            "server_lr": r.get("server_lr", 1.0),  # FedExP's step; 1 = the plain average
             "max_client_bytes_fraction": max(c["bytes_up"] for c in r["clients"])
             / res["full_model_bytes"],
             "tiers": {t: {"clients": len(cs), "rank": cs[0]["rank"], "blocks": cs[0]["blocks"],
@@ -266,6 +267,10 @@ def main() -> None:
         ("fed_largest", replace(base, aggregation="fedavg", tiers=(tiers(region_len)[-1],))),
         # FedAvgM (Hsu et al. 2019, proposed for exactly this Dirichlet label skew): the
         # velocity keeps the direction the homes agree on round after round
+        # FedExP (Jhunjhunwala et al. 2023): the server steps further along the average
+        # when the homes' updates disagree (their mean is shorter than they are)
+        ("fed_pad_fedexp", replace(base, server_opt="fedexp")),
+        ("fed_pad_fedexp_scaffold", replace(base, server_opt="fedexp", drift="scaffold")),
         *[(f"fed_pad_avgm{m}", replace(base, server_opt="avgm", server_lr=1.0,
                                         server_momentum=float(m)))
           for m in momenta],
@@ -295,9 +300,10 @@ def main() -> None:
     print_table("Held-out (activity + occupancy test splits, 48 items)",
                 ["system", "loss", "accuracy", "bytes/round", "client up / full"], rows)
     for name, s in runs.items():
-        print_table(f"{name} per round", ["round", "loss", "acc", "up B", "down B", "s"],
+        print_table(f"{name} per round", ["round", "loss", "acc", "up B", "down B",
+                                           "server step", "s"],
                     [[r["round"], r["loss"], r["accuracy"], r["bytes_up"], r["bytes_down"],
-                      r["seconds"]] for r in s["rounds"]])
+                      r["server_lr"], r["seconds"]] for r in s["rounds"]])
     tier_rows = [[t, v["rank"], v["blocks"], v["trainable_params"], v["saved_act_mb"],
                   v["peak_rss_mb"], v["train_s"]]
                  for t, v in runs["fed_pad"]["rounds"][-1]["tiers"].items()]

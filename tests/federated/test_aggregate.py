@@ -10,6 +10,7 @@ import pytest
 
 from edgeweave.errors import ConfigError
 from edgeweave.federated.aggregate import (
+    extrapolation,
     fedadam_step,
     fedavgm_step,
     lora_delta,
@@ -88,6 +89,46 @@ def test_fedadam_by_hand():
     np.testing.assert_allclose(out2[A], [out[A][0] + 0.1 * m2 / (np.sqrt(v2) + 1e-3)])
 
 
+def test_fedexp_step_size_by_hand():
+    cur = {A: np.zeros((1, 2))}
+    # two clients that disagree on the second coordinate: updates (2, 2) and (2, -2)
+    c1, c2 = {A: np.array([[2.0, 2.0]])}, {A: np.array([[2.0, -2.0]])}
+    agg = weighted_mean([c1, c2], [1.0, 1.0], cur)  # (2, 0)
+    eta = extrapolation(cur, agg, [c1, c2], [1.0, 1.0], "fedavg", eps=0.0)
+    assert eta == pytest.approx(8.0 / (2 * 4.0))  # mean ||d_i||^2 = 8, ||d||^2 = 4: eta 1
+    # weighted 3:1: mean ||d_i||^2 = 0.75 * 8 + 0.25 * 37
+    c3 = {A: np.array([[1.0, 6.0]])}
+    agg = weighted_mean([c1, c3], [3.0, 1.0], cur)  # (1.75, 3.0)
+    want = (0.75 * 8.0 + 0.25 * 37.0) / (2 * (1.75 ** 2 + 3.0 ** 2))
+    assert extrapolation(cur, agg, [c1, c3], [3.0, 1.0], "fedavg", eps=0.0) == (
+        pytest.approx(max(1.0, want)))
+    # clients that agree exactly never get a step below plain averaging
+    assert extrapolation(cur, c1, [c1, c1], [1.0, 1.0], "fedavg") == 1.0
+    # opposite updates: a short mean, a long step
+    c4 = {A: np.array([[-1.9, -2.0]])}
+    agg = weighted_mean([c1, c4], [1.0, 1.0], cur)
+    assert extrapolation(cur, agg, [c1, c4], [1.0, 1.0], "fedavg", eps=0.0) > 100
+
+
+def test_fedexp_heterogeneous_ranks_average_each_component_over_who_trained_it():
+    cur = {A: np.zeros((2, 1)), B: np.zeros((1, 2))}
+    small = {A: np.array([[1.0]]), B: np.array([[1.0]])}  # rank 1
+    big = {A: np.array([[3.0], [4.0]]), B: np.array([[3.0, 4.0]])}  # rank 2
+    agg = zero_pad_mean([small, big], [1.0, 1.0], cur)  # component 0: 2, component 1: 4
+    # component 0 of A and B: mean of (1, 9) = 5 each; component 1: only big trained it, 16
+    want = (5 + 5 + 16 + 16) / (2 * (4 + 4 + 16 + 16))
+    assert extrapolation(cur, agg, [small, big], [1.0, 1.0], "pad", eps=0.0) == (
+        pytest.approx(max(1.0, want)))
+    # a client's own update is measured against the slice of the global it received
+    moved = {A: np.array([[5.0], [1.0]]), B: np.array([[0.0, 0.0]])}
+    s1, s2 = {A: np.array([[6.0]])}, {A: np.array([[4.0]])}  # +1 and -1 on component 0
+    agg = zero_pad_mean([s1, s2], [1.0, 1.0], moved)  # back to 5: the mean update is 0
+    assert extrapolation(moved, agg, [s1, s2], [1.0, 1.0], "pad", eps=1e-3) == (
+        pytest.approx(1.0 / (2 * 1e-3)))  # mean of 1 and 1
+    with pytest.raises(ValueError, match="factor-aligned"):
+        extrapolation(cur, agg, [small], [1.0], "svd")
+
+
 def test_fedavgm_by_hand():
     cur, agg = {A: np.array([1.0])}, {A: np.array([3.0])}
     out, v = fedavgm_step(cur, agg, None, lr=0.5, momentum=0.9)
@@ -127,6 +168,8 @@ def test_fed_config_validates_and_round_trips():
         FedConfig(aggregation="svd", server_opt="adam")
     with pytest.raises(ConfigError, match="factor-aligned"):
         FedConfig(aggregation="svd", server_opt="avgm")
+    with pytest.raises(ConfigError, match="factor-aligned"):
+        FedConfig(aggregation="svd", server_opt="fedexp")
     with pytest.raises(ConfigError, match="one rank"):
         FedConfig(aggregation="fedavg")
     with pytest.raises(ConfigError, match="aggregation"):

@@ -41,6 +41,7 @@ def _cfg(folder, **kw) -> FedConfig:
     {"aggregation": "pad", "server_opt": "adam", "server_lr": 0.02},
     {"aggregation": "pad", "server_opt": "avgm", "server_lr": 0.5, "server_momentum": 0.5},
     {"aggregation": "pad", "freeze_a": True},
+    {"aggregation": "pad", "server_opt": "fedexp"},
 ])
 def test_heterogeneous_rounds_learn_and_only_adapters_travel(tiny_folder, tmp_home, kw):
     res = simulate(_cfg(tiny_folder, **kw), workers=3)
@@ -53,6 +54,9 @@ def test_heterogeneous_rounds_learn_and_only_adapters_travel(tiny_folder, tmp_ho
         assert blocks == [1, 2, 2]
         assert r["bytes_up"] < 0.05 * 3 * res["full_model_bytes"]
         assert all(c["bytes_up"] == c["bytes_down"] for c in r["clients"])  # same keys back
+        # FedExP records its step every round; it never steps short of the plain average
+        assert (r["server_lr"] >= 1.0) if kw.get("server_opt") == "fedexp" else (
+            "server_lr" not in r)
     if kw.get("freeze_a"):  # LoRA-FA: A is the shared random init after every round
         init = initial_arrays(_cfg(tiny_folder, **kw), tuple(res["region"]))
         a_keys = [k for k in init if ".lora_A." in k]

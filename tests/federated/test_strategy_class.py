@@ -43,3 +43,25 @@ def test_a_subclass_overriding_one_method_runs_a_federation(tiny_folder, tmp_hom
     (r,) = res["rounds"]
     assert r["replied"] == 2 and r["failed"] == 0
     assert [c["lr"] for c in r["clients"]] == pytest.approx([cfg.client_lr(1) / 2] * 2)
+
+
+def test_fedexp_moves_the_global_by_its_step_along_the_aggregate(tiny_folder):
+    import numpy as np
+
+    from edgeweave.federated.aggregate import extrapolation, zero_pad_mean
+
+    cfg = FedConfig(**{**_cfg(tiny_folder).__dict__, "server_opt": "fedexp"})
+    s = HeteroLoRA(cfg, (2, 3))
+    a = "layers.2.self_attn.q_proj.lora_A.weight"
+    s._global = {a: np.zeros((4, 3), dtype=np.float32)}
+    # rank 2 and rank 4 clients that disagree on the shared components
+    big = np.full((4, 3), 0.1, dtype=np.float32)
+    big[:2] = -1.0
+    states = [{a: np.ones((2, 3), dtype=np.float32)}, {a: big}]
+    record: dict = {}
+    out = s._aggregate(1, states, [1.0, 1.0], [], record)
+    plain = zero_pad_mean(states, [1.0, 1.0], s._global)
+    eta = extrapolation(s._global, plain, states, [1.0, 1.0], "pad")
+    assert record["server_lr"] == pytest.approx(eta) and eta > 1.0
+    np.testing.assert_allclose(out[a], eta * plain[a], rtol=1e-6)
+    assert out[a].dtype == np.float32

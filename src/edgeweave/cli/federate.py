@@ -17,8 +17,9 @@ def register(app: typer.Typer) -> None:
         clients: int = typer.Option(8, help="Number of clients (SuperNodes with --deploy)."),
         rounds: int = typer.Option(4),
         aggregation: str = typer.Option("pad", help="fedavg, pad (zero-pad/truncate) or svd."),
-        server_opt: str = typer.Option("avg", help="avg (FedAvg/FedProx), adam (FedAdam) or "
-                                       "avgm (FedAvgM: server momentum)."),
+        server_opt: str = typer.Option("avg", help="avg (FedAvg/FedProx), adam (FedAdam), "
+                                       "avgm (FedAvgM: server momentum) or fedexp (FedExP: "
+                                       "an extrapolated server step)."),
         server_lr: float = typer.Option(0.0, help="Server learning rate (0 = the optimizer's "
                                         "default: adam 1e-3, avgm 1)."),
         server_momentum: float = typer.Option(0.0, help="avgm momentum / adam beta1 "

@@ -176,6 +176,34 @@ def fedavgm_step(current: Mapping[str, np.ndarray], aggregate: Mapping[str, np.n
     return out, state
 
 
+def extrapolation(current: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray],
+                  states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float],
+                  aggregation: str, eps: float = 1e-3) -> float:
+    """FedExP's server step size (Jhunjhunwala et al., ICLR 2023) for this round.
+
+    ``max(1, mean_i ||delta_i||^2 / (2 (||delta||^2 + eps)))`` with ``delta_i`` a client's
+    update and ``delta`` the aggregate's. When the clients' updates point different ways
+    (label skew; noisy, sign-like AdamW steps from few small batches) their mean is much
+    shorter than they are, and the server steps further along it. For rank- and
+    window-heterogeneous clients the mean of squared updates is taken per component over the
+    clients that trained it, by the round's own ``aggregation`` applied to the squared
+    updates, so on one tier it is FedExP's formula exactly.
+    """
+    if aggregation not in ("fedavg", "pad"):
+        raise ValueError(f"FedExP needs factor-aligned aggregation, not {aggregation!r}")
+    squares = []
+    for s in states:
+        rank = {k: v.shape[0] if is_a(k) else v.shape[1] for k, v in s.items()}
+        squares.append({k: (v.astype(np.float64) - truncate(current, rank[k], [k])[k]) ** 2
+                        for k, v in s.items()})
+    zeros = {k: np.zeros(v.shape, dtype=np.float64) for k, v in current.items()}
+    mean_sq = sum(float(v.sum()) for v in AGGREGATORS[aggregation](squares, weights,
+                                                                   zeros).values())
+    sq_mean = sum(float(((aggregate[k].astype(np.float64) - x) ** 2).sum())
+                  for k, x in current.items())
+    return max(1.0, mean_sq / (2.0 * (sq_mean + eps)))
+
+
 SERVER_STEPS: dict[str, Callable[..., tuple[State, Any]]] = {
     "adam": lambda cur, agg, st, lr, momentum: fedadam_step(cur, agg, st, lr=lr or 1e-3,
                                                             beta1=momentum or 0.9),

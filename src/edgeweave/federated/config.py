@@ -20,7 +20,7 @@ from edgeweave.finetune.config import OPTIMIZERS, LoRAConfig
 from edgeweave.models.catalog import DEFAULT_MODEL
 
 AGGREGATIONS = ("fedavg", "pad", "svd")
-SERVER_OPTS = ("avg", "adam", "avgm")
+SERVER_OPTS = ("avg", "adam", "avgm", "fedexp")
 
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "constant": lambda t: 1.0,
@@ -41,8 +41,10 @@ class FedConfig:
     ``client_memory_mb`` gives each client's memory (its tier); empty = cycle the tiers.
     ``aggregation``: ``fedavg`` (same shapes), ``pad`` (zero-pad/truncate) or ``svd``
     (SVD redistribution). ``server_opt``: ``avg`` (FedAvg/FedProx), ``adam`` (FedAdam) or
-    ``avgm`` (FedAvgM, server momentum); ``server_lr``/``server_momentum`` 0 take the
-    optimizer's default (Adam: lr 1e-3, beta1 0.9; FedAvgM: lr 1, momentum 0.9).
+    ``avgm`` (FedAvgM, server momentum) or ``fedexp`` (FedExP: the server steps along the
+    average update by a factor >= 1 it computes each round from how far the clients'
+    updates disagree); ``server_lr``/``server_momentum`` 0 take the optimizer's default
+    (Adam: lr 1e-3, beta1 0.9; FedAvgM: lr 1, momentum 0.9; FedExP has none).
     ``client_optimizer``: ``adamw`` or ``sgd`` for the local steps (FedOpt's pairing is SGD
     on clients, an adaptive optimizer on the server).
     ``lr_schedule`` decays the clients' lr over the rounds (``constant``, ``linear``,

@@ -4,8 +4,9 @@ Each round it asks new nodes for their profile (a ``query`` message), maps memor
 :class:`~edgeweave.federated.hetero.Tier`, and sends every client only its share of the
 global adapter: the first ``rank`` components of the blocks in its rolling window. Replies
 are aggregated by a pure function of :mod:`edgeweave.federated.aggregate` (FedAvg,
-zero-pad/truncate or SVD redistribution), optionally followed by server-side Adam
-(FedAdam). FedProx is the client-side proximal term, sent as ``proximal-mu``.
+zero-pad/truncate or SVD redistribution), optionally followed by a server optimizer
+(FedAdam, FedAvgM, or FedExP's extrapolation). FedProx is the client-side proximal term,
+sent as ``proximal-mu``.
 Per-round records (bytes each way, per-client metrics, time) are kept in ``history``.
 
 ``HeteroLoRA`` subclasses Flower's ``Strategy`` as Flower's own ``FedProx(FedAvg)`` does,
@@ -33,7 +34,12 @@ from flwr.app import (
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from edgeweave.federated.aggregate import AGGREGATORS, SERVER_STEPS, truncate
+from edgeweave.federated.aggregate import (
+    AGGREGATORS,
+    SERVER_STEPS,
+    extrapolation,
+    truncate,
+)
 from edgeweave.federated.config import FedConfig
 from edgeweave.federated.hetero import Assignment, Tier, assign, tier_for
 from edgeweave.finetune.lora import parse_key
@@ -186,6 +192,11 @@ class HeteroLoRA(Strategy):
         if self.cfg.server_opt in SERVER_STEPS:
             agg, self.server_state = SERVER_STEPS[self.cfg.server_opt](
                 glob, agg, self.server_state, self.cfg.server_lr, self.cfg.server_momentum)
+        elif self.cfg.server_opt == "fedexp":  # its step size needs every client's update
+            eta = extrapolation(glob, agg, states, weights, self.cfg.aggregation)
+            agg = {k: (x + eta * (agg[k].astype(np.float64) - x)).astype(x.dtype)
+                   for k, x in glob.items()}
+            record["server_lr"] = eta
         return agg
 
     def _control(self, like: State) -> State:

@@ -105,6 +105,25 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int, lr: f
     return out
 
 
+# what the local-only and centralized baselines depend on (not the federated runs' options)
+BASELINE_ARGS = ("model", "task", "clients", "region", "rounds", "local_steps", "batch",
+                 "seq_len", "lr", "baseline_lr")
+
+
+def reused_baselines(path: str, args: argparse.Namespace) -> dict:
+    """The baselines of an earlier run, refused unless it used the same settings."""
+    import json
+    from pathlib import Path
+
+    old = json.loads(Path(path).read_text())
+    differ = [k for k in BASELINE_ARGS if old["args"].get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"{path} has other baseline settings ({', '.join(differ)}): "
+                         "run without --baselines-from")
+    return {"local": old["local"], "central": old["central"],
+            "central_parallel": old["central_parallel"], "reused_from": path}
+
+
 def _pad_to(state: dict, ev: Evaluator) -> dict:
     """A rank-r adapter placed in the evaluator's max-rank layout (zero extra components)."""
     from edgeweave.finetune.lora import adapter_state
@@ -213,6 +232,10 @@ def main() -> None:
                     "server lr 1)")
     ap.add_argument("--baseline-lr", type=float, default=0.0,
                     help="AdamW lr of the local-only and centralized runs (0 = --lr)")
+    ap.add_argument("--baselines-from", default="",
+                    help="reuse the local-only and centralized rows of an earlier results JSON "
+                    "written with the same data, schedule and lr (they do not depend on the "
+                    "federated runs; 10 of a 16-round command's minutes)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default="fed_pad,fed_svd,fed_pad_fa,fed_smallest,fed_pad_scaffold,"
                     "fed_pad_synthetic,fed_pad_scaffold_synthetic,fed_pad_sgd,fed_pad_sgd_scaffold",
@@ -267,6 +290,11 @@ def main() -> None:
         ("fed_largest", replace(base, aggregation="fedavg", tiers=(tiers(region_len)[-1],))),
         # FedAvgM (Hsu et al. 2019, proposed for exactly this Dirichlet label skew): the
         # velocity keeps the direction the homes agree on round after round
+        # every client resumes its own AdamW state each round (a fresh AdamW's first steps
+        # are sign-like: about lr on every coordinate, noise included)
+        ("fed_pad_keep", replace(base, keep_optimizer=True)),
+        ("fed_pad_keep_fedexp", replace(base, keep_optimizer=True, server_opt="fedexp")),
+        ("fed_pad_keep_scaffold", replace(base, keep_optimizer=True, drift="scaffold")),
         # FedExP (Jhunjhunwala et al. 2023): the server steps further along the average
         # when the homes' updates disagree (their mean is shorter than they are)
         ("fed_pad_fedexp", replace(base, server_opt="fedexp")),
@@ -281,7 +309,8 @@ def main() -> None:
         runs[name] = summarize(name, simulate(cfg))
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     steps = args.rounds * args.local_steps
-    lc = local_and_central(base, region, steps, args.baseline_lr or args.lr)
+    lc = (reused_baselines(args.baselines_from, args) if args.baselines_from
+          else local_and_central(base, region, steps, args.baseline_lr or args.lr))
     base_eval = runs["fed_pad"]["initial"]
 
     rows = [["base model", base_eval["loss"], base_eval["accuracy"], "-", "-"]]
@@ -356,6 +385,7 @@ def main() -> None:
     write_json(args.out, {"host": host_info(), "args": vars(args), "region": list(region),
                           "base": base_eval, "central": lc["central"],
                           "central_parallel": lc["central_parallel"], "local": lc["local"],
+                          "baselines_reused_from": lc.get("reused_from"),
                           "runs": runs, "targets": targets,
                           "seconds": time.perf_counter() - t_all})
 

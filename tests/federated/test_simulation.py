@@ -64,6 +64,17 @@ def test_heterogeneous_rounds_learn_and_only_adapters_travel(tiny_folder, tmp_ho
         assert any(np.abs(res["final_arrays"][k]).sum() > 0 for k in init if ".lora_B." in k)
 
 
+def test_kept_optimizer_state_survives_rounds_in_each_clients_context(tiny_folder, tmp_home):
+    kept = simulate(_cfg(tiny_folder, rounds=3, keep_optimizer=True), workers=3)
+    fresh = simulate(_cfg(tiny_folder, rounds=3), workers=3)
+    for r in kept["rounds"]:  # the gateway trains every block every round
+        gw = [c for c in r["clients"] if c["tier"] == "gateway"]
+        assert [c["optimizer-steps"] for c in gw] == [4 * r["round"]]
+    assert all(c["optimizer-steps"] == 4 for r in fresh["rounds"] for c in r["clients"])
+    assert any(not np.array_equal(kept["final_arrays"][k], fresh["final_arrays"][k])
+               for k in kept["final_arrays"])
+
+
 def test_clients_train_with_the_scheduled_lr(tiny_folder, tmp_home):
     cfg = _cfg(tiny_folder, rounds=3, lr_schedule="linear", lr_final=0.25)
     res = simulate(cfg, workers=3)

@@ -216,3 +216,28 @@ def test_int8_base_backward_matches_and_keeps_no_fp32_weight_copy():
     torch.testing.assert_close(y, torch.nn.functional.linear(x_ref.detach(), w, q.bias))
     torch.testing.assert_close(x.grad, x_ref.grad)
     assert not any(t.is_floating_point() and t.shape == (48, 64) for t in saved)
+
+
+def test_resumed_moments_continue_the_optimizer_where_a_fresh_one_restarts(tiny_cfg):
+    data = _data(n=4)  # batch = every example each step: the split runs see the same batches
+    cfg = replace(TRAIN, steps=4, lr=2e-2)
+    half = replace(cfg, steps=2)
+    straight = apply_lora(random_model(tiny_cfg), LORA)
+    train(straight, data, cfg)
+    resumed = apply_lora(random_model(tiny_cfg), LORA)
+    first = train(resumed, data, half, moments={})
+    assert first.moments and set(first.moments) == set(adapter_state(resumed))
+    assert all(int(st["step"]) == 2 for st in first.moments.values())
+    second = train(resumed, data, half, moments=first.moments)
+    assert all(int(st["step"]) == 4 for st in second.moments.values())
+    fresh = apply_lora(random_model(tiny_cfg), LORA)
+    train(fresh, data, half)
+    assert train(fresh, data, half).moments is None  # nothing kept unless asked
+    want = adapter_state(straight)
+    for k, v in adapter_state(resumed).items():
+        assert torch.allclose(v, want[k], atol=1e-5), k
+    assert max(float((v - want[k]).abs().max()) for k, v in adapter_state(fresh).items()) > 1e-3
+    # state of another shape (the client's rank changed) starts fresh instead of failing
+    other = apply_lora(random_model(tiny_cfg), replace(LORA, rank=2))
+    assert all(int(st["step"]) == 2
+               for st in train(other, data, half, moments=second.moments).moments.values())

@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
                                               "(0 = default 0.9)."),
         proximal_mu: float = typer.Option(0.0, help="FedProx proximal term (0 = off)."),
         client_opt: str = typer.Option("adamw", help="Local optimizer: adamw or sgd."),
+        keep_optimizer: bool = typer.Option(False, "--keep-optimizer", help="Each client "
+                                            "resumes its own optimizer state (AdamW moments) "
+                                            "every round, kept in Flower's context.state."),
         local_steps: int = typer.Option(4), lr: float = typer.Option(3e-3),
         lr_schedule: str = typer.Option("constant", help="Client lr over the rounds: "
                                         "constant, linear or cosine (down to lr * lr-final)."),
@@ -64,7 +67,7 @@ def register(app: typer.Typer) -> None:
         cfg = FedConfig(model=model, task=task, num_clients=clients, rounds=rounds,
                         aggregation=aggregation, server_opt=server_opt, proximal_mu=proximal_mu,
                         server_lr=server_lr, server_momentum=server_momentum,
-                        client_optimizer=client_opt,
+                        client_optimizer=client_opt, keep_optimizer=keep_optimizer,
                         local_steps=local_steps, lr=lr, lr_schedule=lr_schedule,
                         lr_final=lr_final, region=reg,
                         targets=tuple(targets.split(",")), freeze_a=freeze_a, drift=drift,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from edgeweave.finetune.config import LoRAConfig, TrainConfig
 
 _LOCK = threading.Lock()
 LOCAL_CONTROL = "scaffold-local-control"  # this client's SCAFFOLD c_i in context.state
+MOMENTS = "optimizer-moments"  # this client's optimizer state in context.state (keep_optimizer)
 _BASES: dict[tuple[str, str], Any] = {}
 _CACHES: dict[tuple, Any] = {}
 
@@ -68,15 +70,27 @@ def region_start(run: dict) -> int:
     return int(a) if a else 0
 
 
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What one round of local training gives back."""
+
+    arrays: dict[str, np.ndarray]  # the trained adapter share (the keys that were sent)
+    metrics: dict[str, float]
+    scaffold: dict | None = None  # {"local": new c_i, "delta": delta c_i} under SCAFFOLD
+    moments: dict | None = None  # the optimizer state to keep for the next round
+
+
 def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
                      partition: int, control: dict[str, np.ndarray] | None = None,
-                     local_control: dict[str, np.ndarray] | None = None
-                     ) -> tuple[dict[str, np.ndarray], dict[str, float], dict | None]:
-    """Pure-ish core of the client: returns (trained arrays, metrics, SCAFFOLD result).
+                     local_control: dict[str, np.ndarray] | None = None,
+                     moments: dict | None = None) -> ClientUpdate:
+    """Pure-ish core of the client: one round of local training on the arrays sent.
 
     With ``control`` (the server's ``c`` for the keys sent), local steps are corrected with
     SCAFFOLD (``local_control`` is this client's stored ``c_i``, ``None`` before its first
-    round) and the third value is ``{"local": new c_i for these keys, "delta": delta c_i}``.
+    round) and ``scaffold`` is ``{"local": new c_i for these keys, "delta": delta c_i}``.
+    With ``moments`` (this client's optimizer state from earlier rounds, ``{}`` before its
+    first), the optimizer resumes it and ``moments`` of the update is the state to keep.
     """
     from edgeweave.federated.tasks import cached_task
     from edgeweave.finetune.lora import adapter_parameters, adapter_state, load_adapter_state
@@ -108,7 +122,7 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
         params = {k: p for k, p in adapter_parameters(model).items() if k in control}
         hook = GradientControl(params, control, old_local)
     t0 = time.perf_counter()
-    res = train(model, examples, tcfg, prefix_cache=cache, on_gradients=hook)
+    res = train(model, examples, tcfg, prefix_cache=cache, on_gradients=hook, moments=moments)
     out = {k: v.numpy() for k, v in adapter_state(model).items()}
     scaffold = None
     if hook is not None:
@@ -125,8 +139,11 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
                "rank": rank, "blocks": len(layers), "lr": tcfg.lr,
                "bytes-up": int(sum(v.nbytes for v in out.values())),
                "bytes-down": int(sum(np.asarray(v).nbytes for v in arrays.values())),
-               "partition-id": partition}
-    return out, metrics, scaffold
+               "partition-id": partition,
+               # steps the optimizer has taken, earlier rounds' too when its state is kept
+               "optimizer-steps": max((int(st["step"]) for st in (res.moments or {}).values()
+                                       if "step" in st), default=tcfg.steps)}
+    return ClientUpdate(out, metrics, scaffold, res.moments)
 
 
 def train_only(mod):
@@ -166,19 +183,24 @@ def make_client_app(mods: list | None = None):
             if LOCAL_CONTROL in context.state:
                 rec = context.state[LOCAL_CONTROL]
                 stored = dict(zip(rec.keys(), rec.to_numpy_ndarrays(), strict=True))
-        out, metrics, scaffold = train_on_message(dict(zip(keys, arrays, strict=True)), cfg,
-                                                  dict(context.run_config), partition,
-                                                  control, stored)
-        metrics["memory-mb"] = int(context.node_config.get("memory-mb", 8192))
-        content = {"arrays": ArrayRecord({k: _array(out[k]) for k in keys}),
+        kept = None
+        if bool(cfg.get("keep-optimizer", False)):
+            kept = (unflatten_moments(context.state[MOMENTS]) if MOMENTS in context.state
+                    else {})
+        up = train_on_message(dict(zip(keys, arrays, strict=True)), cfg,
+                              dict(context.run_config), partition, control, stored, kept)
+        metrics = {**up.metrics, "memory-mb": int(context.node_config.get("memory-mb", 8192))}
+        content = {"arrays": ArrayRecord({k: _array(up.arrays[k]) for k in keys}),
                    "metrics": MetricRecord(metrics)}
-        if scaffold is not None:
+        if up.scaffold is not None:
             from edgeweave.federated.scaffold import merge_local
 
-            merged = merge_local(stored or {}, scaffold["local"])
+            merged = merge_local(stored or {}, up.scaffold["local"])
             context.state[LOCAL_CONTROL] = ArrayRecord({k: _array(v) for k, v in merged.items()})
             content["control-delta"] = ArrayRecord({k: _array(v)
-                                                    for k, v in scaffold["delta"].items()})
+                                                    for k, v in up.scaffold["delta"].items()})
+        if up.moments is not None:  # blocks outside this round's window keep their old state
+            context.state[MOMENTS] = ArrayRecord(flatten_moments({**kept, **up.moments}))
         return Message(RecordDict(content), reply_to=msg)
 
     @app.query()
@@ -188,6 +210,21 @@ def make_client_app(mods: list | None = None):
         return Message(RecordDict({"profile": ConfigRecord(profile)}), reply_to=msg)
 
     return app
+
+
+def flatten_moments(moments: dict[str, dict[str, torch.Tensor]]) -> dict:
+    """``{key: {"exp_avg": t, ...}}`` -> ``{"key|exp_avg": Array}`` for an ArrayRecord."""
+    return {f"{k}|{name}": _array(np.atleast_1d(t.numpy()))
+            for k, st in moments.items() for name, t in st.items()}
+
+
+def unflatten_moments(record) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for flat, arr in zip(record.keys(), record.to_numpy_ndarrays(), strict=True):
+        k, _, name = flat.rpartition("|")
+        t = torch.from_numpy(np.array(arr))
+        out.setdefault(k, {})[name] = t.reshape(()) if name == "step" else t
+    return out
 
 
 def _array(v: np.ndarray):

@@ -125,6 +125,7 @@ class HeteroLoRA(Strategy):
             "steps": self.cfg.local_steps, "batch-size": self.cfg.batch_size,
             "proximal-mu": self.cfg.proximal_mu, "server-round": server_round,
             "optimizer": self.cfg.client_optimizer,
+            "keep-optimizer": self.cfg.keep_optimizer,
             "tier": tier.name})
         self._sent[node] = {"tier": tier.name, "rank": a.rank, "blocks": len(a.layers),
                             "bytes_down": _nbytes(sub)}

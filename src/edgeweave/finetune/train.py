@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,13 @@ from torch.utils.checkpoint import checkpoint
 from edgeweave.errors import CheckpointError
 from edgeweave.finetune.config import TrainConfig
 from edgeweave.finetune.data import IGNORE, Example, collate
-from edgeweave.finetune.lora import adapter_state, lora_layers, parse_key, trainable_parameters
+from edgeweave.finetune.lora import (
+    adapter_parameters,
+    adapter_state,
+    lora_layers,
+    parse_key,
+    trainable_parameters,
+)
 from edgeweave.finetune.memory import MemoryMeter
 from edgeweave.finetune.quantbase import base_bytes
 from edgeweave.paths import atomic_dir
@@ -42,13 +48,18 @@ class TrainResult:
     base_mb: float
     resumed_from: int = 0
     options: dict = field(default_factory=dict)
+    # the optimizer's per-parameter state at the end, keyed like adapter_state (only when
+    # train() was given ``moments``: a federated client keeps it for its next round)
+    moments: dict[str, dict[str, torch.Tensor]] | None = None
 
     @property
     def final_loss(self) -> float:
         return self.losses[-1] if self.losses else float("nan")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(replace(self, moments=None))  # tensors are not a report
+        del out["moments"]
+        return out
 
 
 def first_trainable_block(model: nn.Module) -> int:
@@ -141,6 +152,34 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
     return _OPTIMIZERS[cfg.optimizer](params, cfg)
 
 
+Moments = dict[str, dict[str, torch.Tensor]]
+
+
+def load_moments(opt: torch.optim.Optimizer, named: Mapping[str, nn.Parameter],
+                 moments: Mapping[str, Mapping[str, torch.Tensor]]) -> int:
+    """Put saved per-parameter optimizer state back (AdamW's step and moments).
+
+    A key with no saved state, or state of another shape (the client's rank changed),
+    starts fresh. Returns how many parameters resumed."""
+    n = 0
+    for k, p in named.items():
+        st = moments.get(k)
+        if not st or not p.requires_grad:
+            continue
+        if any(t.dim() and t.shape != p.shape for t in st.values()):
+            continue
+        opt.state[p] = {name: t.detach().clone().to(p.device) for name, t in st.items()}
+        n += 1
+    return n
+
+
+def save_moments(opt: torch.optim.Optimizer, named: Mapping[str, nn.Parameter]) -> Moments:
+    """Per-parameter optimizer state, keyed like :func:`adapter_state` (copies)."""
+    return {k: {name: t.detach().clone() for name, t in opt.state[p].items()
+                if torch.is_tensor(t)}
+            for k, p in named.items() if opt.state.get(p)}
+
+
 def _save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
                      losses: list[float], cfg: TrainConfig) -> None:
     from safetensors.torch import save_file
@@ -174,7 +213,8 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
           checkpoint_dir: str | Path | None = None, stop_after: int | None = None,
           prefix_cache: PrefixCache | None = None,
           on_step: Callable[[int, float], None] | None = None,
-          on_gradients: Callable[[], None] | None = None) -> TrainResult:
+          on_gradients: Callable[[], None] | None = None,
+          moments: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> TrainResult:
     """Train the adapters already injected in ``model`` (see :func:`apply_lora`).
 
     ``on_gradients`` runs once per step with the step's whole gradient in ``.grad`` (all
@@ -183,6 +223,11 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
 
     ``stop_after`` ends the run after that many steps *of this call* (a simulated
     interruption); calling again with the same ``checkpoint_dir`` resumes.
+
+    ``moments`` (from an earlier result's ``moments``) resumes the optimizer's state instead of
+    starting it fresh: a federated client's few local steps per round then keep the second
+    moments of all its earlier rounds, where a fresh AdamW takes sign-like steps of ``lr`` on
+    every coordinate, noise included. The result carries the state at the end.
     """
     if not examples:
         raise CheckpointError("no training examples: give the run some data")
@@ -195,6 +240,9 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
         raise CheckpointError(f"prefix cache reaches block {prefix_cache.start}, past the "
                               f"first adapter at block {start}")
     opt = make_optimizer(params, cfg)
+    named = adapter_parameters(model) if moments is not None else {}
+    if moments is not None:
+        load_moments(opt, named, moments)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     step, losses = _load_checkpoint(ckpt, model, opt, cfg) if ckpt else (0, [])
     resumed_from = step
@@ -248,6 +296,7 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
         resumed_from=resumed_from,
         options={"grad_checkpointing": cfg.grad_checkpointing,
                  "micro_batch_size": cfg.micro_batch_size, "base_dtype": cfg.base_dtype},
+        moments=save_moments(opt, named) if moments is not None else None,
     )
 
 

@@ -50,7 +50,7 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int, lr: f
     from edgeweave.federated.tasks import cached_task
     from edgeweave.finetune.config import LoRAConfig, TrainConfig
     from edgeweave.finetune.lora import adapter_state
-    from edgeweave.finetune.train import PrefixCache, train
+    from edgeweave.finetune.train import train
 
     data = cached_task(cfg.task, cfg.model, cfg.num_clients, cfg.seq_len, cfg.dirichlet_alpha,
                        cfg.seed)
@@ -78,10 +78,7 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int, lr: f
     lora = LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
                       target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
     m = client_model(base, lora, cfg.base_dtype)
-    cache = PrefixCache(region[0])
-    for pid in range(cfg.num_clients):  # the clients' cached prefixes cover the union
-        cache._h.update(prefix_cache((cfg.model, cfg.base_dtype, cfg.task, pid, region[0]),
-                                     region[0])._h)
+    cache = _union_cache(cfg, region)
     t0 = time.perf_counter()
     train(m, union, TrainConfig(steps=central_steps, lr=lr, batch_size=8,
                                 micro_batch_size=8, seq_len=cfg.seq_len),
@@ -107,7 +104,7 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int, lr: f
 
 # what the local-only and centralized baselines depend on (not the federated runs' options)
 BASELINE_ARGS = ("model", "task", "clients", "region", "rounds", "local_steps", "batch",
-                 "seq_len", "lr", "baseline_lr")
+                 "seq_len", "lr")
 
 
 def reused_baselines(path: str, args: argparse.Namespace) -> dict:
@@ -116,12 +113,66 @@ def reused_baselines(path: str, args: argparse.Namespace) -> dict:
     from pathlib import Path
 
     old = json.loads(Path(path).read_text())
-    differ = [k for k in BASELINE_ARGS if old["args"].get(k) != getattr(args, k)]
+
+    def setting(a: dict, k: str):  # the centralized rows train at --baseline-lr or --lr
+        return (a.get("baseline_lr") or a.get("lr")) if k in ("lr", "baseline_lr") else a.get(k)
+
+    differ = [k for k in BASELINE_ARGS if setting(old["args"], k) != setting(vars(args), k)]
     if differ:
         raise SystemExit(f"{path} has other baseline settings ({', '.join(differ)}): "
                          "run without --baselines-from")
     return {"local": old["local"], "central": old["central"],
-            "central_parallel": old["central_parallel"], "reused_from": path}
+            "central_parallel": old["central_parallel"], "reused_from": path,
+            # central_rounds follows the clients' lr schedule: reused only under the same one
+            **({"central_rounds": old["central_rounds"]} if "central_rounds" in old and all(
+                old["args"].get(k) == getattr(args, k) for k in ("lr", "lr_schedule", "lr_final"))
+               else {})}
+
+
+def central_rounds(cfg: FedConfig, region: tuple[int, ...]) -> dict:
+    """The federation's shape with one IID client holding everyone's data: ``rounds`` x
+    ``local_steps`` steps of every home's batch at once, a fresh AdamW each round at the
+    clients' scheduled lr. Against ``central_parallel`` (one AdamW throughout, constant lr)
+    it prices the optimizer restarts alone; against the federation, what splitting each
+    step's batch over eight homes (and their skew and tiers) costs."""
+    from edgeweave.federated.client import client_model, shared_base
+    from edgeweave.federated.tasks import cached_task
+    from edgeweave.finetune.config import LoRAConfig, TrainConfig
+    from edgeweave.finetune.lora import adapter_state
+    from edgeweave.finetune.train import train
+
+    data = cached_task(cfg.task, cfg.model, cfg.num_clients, cfg.seq_len, cfg.dirichlet_alpha,
+                       cfg.seed)
+    ev = Evaluator(cfg, region)
+    union = [e for c in data.clients for e in c]
+    lora = LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
+                      target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
+    m = client_model(shared_base(cfg.model, cfg.base_dtype), lora, cfg.base_dtype)
+    cache = _union_cache(cfg, region)
+    wide = cfg.batch_size * cfg.num_clients
+    t0, per_round = time.perf_counter(), []
+    for r in range(1, cfg.rounds + 1):
+        train(m, union, TrainConfig(steps=cfg.local_steps, lr=cfg.client_lr(r), batch_size=wide,
+                                    micro_batch_size=math.gcd(wide, 8), seq_len=cfg.seq_len,
+                                    seed=r), prefix_cache=cache)
+        per_round.append(ev.state(_pad_to(adapter_state(m), ev)))
+    return {"rounds": cfg.rounds, "steps": cfg.local_steps, "batch": wide,
+            "seconds": time.perf_counter() - t0, **per_round[-1],
+            "per_round_accuracy": [r["accuracy"] for r in per_round],
+            "last3_mean": {k: float(np.mean([r[k] for r in per_round[-3:]]))
+                           for k in ("loss", "accuracy")}}
+
+
+def _union_cache(cfg: FedConfig, region: tuple[int, ...]):
+    """One frozen-prefix cache over every client's examples (filled as batches need it)."""
+    from edgeweave.federated.client import prefix_cache
+    from edgeweave.finetune.train import PrefixCache
+
+    cache = PrefixCache(region[0])
+    for pid in range(cfg.num_clients):  # the clients' cached prefixes cover the union
+        cache._h.update(prefix_cache((cfg.model, cfg.base_dtype, cfg.task, pid, region[0]),
+                                     region[0])._h)
+    return cache
 
 
 def _pad_to(state: dict, ev: Evaluator) -> dict:
@@ -311,6 +362,8 @@ def main() -> None:
     steps = args.rounds * args.local_steps
     lc = (reused_baselines(args.baselines_from, args) if args.baselines_from
           else local_and_central(base, region, steps, args.baseline_lr or args.lr))
+    if "central_rounds" not in lc:  # older results files lack it
+        lc["central_rounds"] = central_rounds(base, region)
     base_eval = runs["fed_pad"]["initial"]
 
     rows = [["base model", base_eval["loss"], base_eval["accuracy"], "-", "-"]]
@@ -318,6 +371,10 @@ def main() -> None:
     cp = lc["central_parallel"]
     rows.append([f"centralized, {cp['steps']} steps x batch {cp['batch']} (IID fed. bound)",
                  cp["loss"], cp["accuracy"], "-", "-"])
+    cr = lc["central_rounds"]
+    rows.append([f"centralized, {cr['rounds']} rounds x {cr['steps']} steps x batch {cr['batch']}, "
+                 f"fresh AdamW per round (last-3 {cr['last3_mean']['accuracy']:.2f})",
+                 cr["loss"], cr["accuracy"], "-", "-"])
     for r in lc["local"]:
         rows.append([f"local-only client {r['client']} ({r['tier']}, n={r['n_train']})",
                      r["loss"], r["accuracy"], "-", "-"])
@@ -385,6 +442,7 @@ def main() -> None:
     write_json(args.out, {"host": host_info(), "args": vars(args), "region": list(region),
                           "base": base_eval, "central": lc["central"],
                           "central_parallel": lc["central_parallel"], "local": lc["local"],
+                          "central_rounds": lc["central_rounds"],
                           "baselines_reused_from": lc.get("reused_from"),
                           "runs": runs, "targets": targets,
                           "seconds": time.perf_counter() - t_all})

@@ -15,9 +15,9 @@ from edgeweave.runtime.adapters import AdapterSpec, check_base, load_adapter
 
 @pytest.mark.timeout(240)
 def test_two_rounds_tls_node_auth_and_refused_stranger(tiny_folder, tmp_path, tmp_home):
-    cfg = FedConfig(model=str(tiny_folder), task="pattern", num_clients=2, rounds=2,
+    cfg = FedConfig(model=str(tiny_folder), task="pattern", num_clients=2, rounds=3,
                     aggregation="pad", local_steps=2, lr=1e-2, seq_len=12, timeout_s=90,
-                    region=(2, 4), probe=False,
+                    region=(2, 4), probe=False, keep_optimizer=True,
                     tiers=(Tier("micro", 512, rank=2, window=1), Tier("gw", 8192, rank=4)))
     nodes = {"home0": {"partition-id": 0, "memory-mb": 512},
              "home1": {"partition-id": 1, "memory-mb": 8192},
@@ -28,10 +28,15 @@ def test_two_rounds_tls_node_auth_and_refused_stranger(tiny_folder, tmp_path, tm
         stranger_rc = dep.procs["stranger"].poll()
         stranger_log = dep.log("stranger")
         superlink_log = dep.log("superlink")
-    assert [r["replied"] for r in res["rounds"]] == [2, 2]
+    assert [r["replied"] for r in res["rounds"]] == [2, 2, 2]
     assert all(r["sent"] == 2 for r in res["rounds"])  # the stranger never joined
     # round 1: unknown nodes train the smallest share; round 2 uses the reported memory
     assert sorted(c["rank"] for c in res["rounds"][1]["clients"]) == [2, 4]
+    # the SuperNode process kept home1's optimizer state in its context from round 2 to 3
+    # (round 1's rank-2 state did not fit its rank-4 share and was started afresh)
+    home1 = [[c["optimizer-steps"] for c in r["clients"] if c["rank"] == 4]
+             for r in res["rounds"][1:]]
+    assert home1 == [[2], [4]]
     assert "https://127.0.0.1" in superlink_log  # TLS on
     assert stranger_rc not in (None, 0)  # the SuperNode gave up: it was refused
     assert "could not establish a connection" in stranger_log.lower()

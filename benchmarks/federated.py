@@ -339,8 +339,6 @@ def main() -> None:
         # the other control: the same non-IID homes, all in the largest tier (rank 8 on every
         # region block); its gap to fed_pad is what rank tiers and windows cost
         ("fed_largest", replace(base, aggregation="fedavg", tiers=(tiers(region_len)[-1],))),
-        # FedAvgM (Hsu et al. 2019, proposed for exactly this Dirichlet label skew): the
-        # velocity keeps the direction the homes agree on round after round
         # every client resumes its own AdamW state each round (a fresh AdamW's first steps
         # are sign-like: about lr on every coordinate, noise included)
         ("fed_pad_keep", replace(base, keep_optimizer=True)),
@@ -350,6 +348,8 @@ def main() -> None:
         # when the homes' updates disagree (their mean is shorter than they are)
         ("fed_pad_fedexp", replace(base, server_opt="fedexp")),
         ("fed_pad_fedexp_scaffold", replace(base, server_opt="fedexp", drift="scaffold")),
+        # FedAvgM (Hsu et al. 2019, proposed for exactly this Dirichlet label skew): the
+        # velocity keeps the direction the homes agree on round after round
         *[(f"fed_pad_avgm{m}", replace(base, server_opt="avgm", server_lr=1.0,
                                         server_momentum=float(m)))
           for m in momenta],

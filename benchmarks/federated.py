@@ -72,20 +72,10 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int, lr: f
         out["local"].append({"client": pid, "tier": tier.name, "n_train": len(examples),
                              "seconds": time.perf_counter() - t0, **res})
     union = [e for c in data.clients for e in c]
-    # Same number of example passes as the whole federation (clients x steps x batch), in
-    # batches of 8.
-    central_steps = max(1, steps * cfg.num_clients * cfg.batch_size // 8)
+    cache = _union_cache(cfg, region)
+    out["central"] = centralized(cfg, region, steps, lr, ev=ev, cache=cache)
     lora = LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
                       target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
-    m = client_model(base, lora, cfg.base_dtype)
-    cache = _union_cache(cfg, region)
-    t0 = time.perf_counter()
-    train(m, union, TrainConfig(steps=central_steps, lr=lr, batch_size=8,
-                                micro_batch_size=8, seq_len=cfg.seq_len),
-          prefix_cache=cache)
-    secs = time.perf_counter() - t0
-    out["central"] = {"steps": central_steps, "batch": 8, "n_train": len(union),
-                      "seconds": secs, **ev.state(_pad_to(adapter_state(m), ev))}
     # The same examples in as many sequential steps as the federation takes (rounds x local
     # steps, each on every client's batch at once): IID federated averaging at its best. The
     # gap between this and "central" is what fewer, larger steps cost; the gap between this
@@ -102,9 +92,36 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int, lr: f
     return out
 
 
+def centralized(cfg: FedConfig, region: tuple[int, ...], steps: int, lr: float,
+                ev: Evaluator | None = None, cache=None) -> dict:
+    """Centralized LoRA at the largest rank on the union of the homes' examples, with one
+    AdamW at a constant ``lr``: the same number of example passes as the whole federation
+    (clients x steps x batch), in batches of 8."""
+    from edgeweave.federated.client import client_model, shared_base
+    from edgeweave.federated.tasks import cached_task
+    from edgeweave.finetune.config import LoRAConfig, TrainConfig
+    from edgeweave.finetune.lora import adapter_state
+    from edgeweave.finetune.train import train
+
+    data = cached_task(cfg.task, cfg.model, cfg.num_clients, cfg.seq_len, cfg.dirichlet_alpha,
+                       cfg.seed)
+    ev = ev or Evaluator(cfg, region)
+    union = [e for c in data.clients for e in c]
+    central_steps = max(1, steps * cfg.num_clients * cfg.batch_size // 8)
+    lora = LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
+                      target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
+    m = client_model(shared_base(cfg.model, cfg.base_dtype), lora, cfg.base_dtype)
+    t0 = time.perf_counter()
+    train(m, union, TrainConfig(steps=central_steps, lr=lr, batch_size=8,
+                                micro_batch_size=8, seq_len=cfg.seq_len),
+          prefix_cache=cache or _union_cache(cfg, region))
+    return {"steps": central_steps, "batch": 8, "n_train": len(union), "lr": lr,
+            "seconds": time.perf_counter() - t0, **ev.state(_pad_to(adapter_state(m), ev))}
+
+
 # what the local-only and centralized baselines depend on (not the federated runs' options)
 BASELINE_ARGS = ("model", "task", "clients", "region", "rounds", "local_steps", "batch",
-                 "seq_len", "lr")
+                 "seq_len", "lr", "seed")
 
 
 def reused_baselines(path: str, args: argparse.Namespace) -> dict:
@@ -115,7 +132,9 @@ def reused_baselines(path: str, args: argparse.Namespace) -> dict:
     old = json.loads(Path(path).read_text())
 
     def setting(a: dict, k: str):  # the centralized rows train at --baseline-lr or --lr
-        return (a.get("baseline_lr") or a.get("lr")) if k in ("lr", "baseline_lr") else a.get(k)
+        if k in ("lr", "baseline_lr"):
+            return a.get("baseline_lr") or a.get("lr")
+        return a.get(k, 0 if k == "seed" else None)  # older files ran at seed 0
 
     differ = [k for k in BASELINE_ARGS if setting(old["args"], k) != setting(vars(args), k)]
     if differ:
@@ -283,6 +302,10 @@ def main() -> None:
                     "server lr 1)")
     ap.add_argument("--baseline-lr", type=float, default=0.0,
                     help="AdamW lr of the local-only and centralized runs (0 = --lr)")
+    ap.add_argument("--central-lrs", default="",
+                    help="comma-separated extra AdamW lrs for centralized LoRA (about 2 min "
+                    "each); the best of them and --baseline-lr is the reference the "
+                    "federated runs' accuracy gain is a fraction of")
     ap.add_argument("--baselines-from", default="",
                     help="reuse the local-only and centralized rows of an earlier results JSON "
                     "written with the same data, schedule and lr (they do not depend on the "
@@ -295,6 +318,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--task", default="iot")
     ap.add_argument("--seq-len", type=int, default=96)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the homes' Dirichlet split and the adapters' initialization")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.finetune_options:
@@ -309,7 +334,11 @@ def main() -> None:
                      targets=("q_proj", "v_proj"), batch_size=args.batch, timeout_s=900,
                      server_opt=args.server_opt, server_lr=args.server_lr,
                      server_momentum=args.server_momentum, proximal_mu=args.proximal_mu,
-                     client_optimizer=args.client_opt)
+                     client_optimizer=args.client_opt, seed=args.seed,
+                     # the reference is plain FedAvg (a fresh AdamW every round, as in the
+                     # rows measured before keep_optimizer became the default); the *_keep
+                     # runs resume it
+                     keep_optimizer=False)
     t_all = time.perf_counter()
     from edgeweave.federated.client import shared_base
 
@@ -344,6 +373,7 @@ def main() -> None:
         ("fed_pad_keep", replace(base, keep_optimizer=True)),
         ("fed_pad_keep_fedexp", replace(base, keep_optimizer=True, server_opt="fedexp")),
         ("fed_pad_keep_scaffold", replace(base, keep_optimizer=True, drift="scaffold")),
+        ("fed_pad_keep_synthetic", replace(base, keep_optimizer=True, synthetic_per_label=8)),
         # FedExP (Jhunjhunwala et al. 2023): the server steps further along the average
         # when the homes' updates disagree (their mean is shorter than they are)
         ("fed_pad_fedexp", replace(base, server_opt="fedexp")),
@@ -365,9 +395,19 @@ def main() -> None:
     if "central_rounds" not in lc:  # older results files lack it
         lc["central_rounds"] = central_rounds(base, region)
     base_eval = runs["fed_pad"]["initial"]
+    lc["central"].setdefault("lr", args.baseline_lr or args.lr)  # older results files lack it
+    extra = [float(x) for x in args.central_lrs.split(",") if x]
+    ev = Evaluator(base, region) if extra else None
+    sweep = [lc["central"]] + [centralized(base, region, steps, x, ev=ev)
+                               for x in extra if x != lc["central"]["lr"]]
+    # the most demanding reference: centralized LoRA at its best lr (first on a tie)
+    lc["central"] = max(sweep, key=lambda r: r["accuracy"])
 
     rows = [["base model", base_eval["loss"], base_eval["accuracy"], "-", "-"]]
-    rows.append(["centralized LoRA r8", lc["central"]["loss"], lc["central"]["accuracy"], "-", "-"])
+    for r in sweep:
+        ref = " (reference)" if r is lc["central"] else ""
+        rows.append([f"centralized LoRA r8, lr {r['lr']:g}{ref}", r["loss"], r["accuracy"],
+                     "-", "-"])
     cp = lc["central_parallel"]
     rows.append([f"centralized, {cp['steps']} steps x batch {cp['batch']} (IID fed. bound)",
                  cp["loss"], cp["accuracy"], "-", "-"])
@@ -441,6 +481,7 @@ def main() -> None:
     print("\nTargets:", targets)
     write_json(args.out, {"host": host_info(), "args": vars(args), "region": list(region),
                           "base": base_eval, "central": lc["central"],
+                          "central_sweep": sweep,
                           "central_parallel": lc["central_parallel"], "local": lc["local"],
                           "central_rounds": lc["central_rounds"],
                           "baselines_reused_from": lc.get("reused_from"),

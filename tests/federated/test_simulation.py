@@ -65,8 +65,8 @@ def test_heterogeneous_rounds_learn_and_only_adapters_travel(tiny_folder, tmp_ho
 
 
 def test_kept_optimizer_state_survives_rounds_in_each_clients_context(tiny_folder, tmp_home):
-    kept = simulate(_cfg(tiny_folder, rounds=3, keep_optimizer=True), workers=3)
-    fresh = simulate(_cfg(tiny_folder, rounds=3), workers=3)
+    kept = simulate(_cfg(tiny_folder, rounds=3), workers=3)  # kept by default
+    fresh = simulate(_cfg(tiny_folder, rounds=3, keep_optimizer=False), workers=3)
     for r in kept["rounds"]:  # the gateway trains every block every round
         gw = [c for c in r["clients"] if c["tier"] == "gateway"]
         assert [c["optimizer-steps"] for c in gw] == [4 * r["round"]]

@@ -26,9 +26,10 @@ def register(app: typer.Typer) -> None:
                                               "(0 = default 0.9)."),
         proximal_mu: float = typer.Option(0.0, help="FedProx proximal term (0 = off)."),
         client_opt: str = typer.Option("adamw", help="Local optimizer: adamw or sgd."),
-        keep_optimizer: bool = typer.Option(False, "--keep-optimizer", help="Each client "
-                                            "resumes its own optimizer state (AdamW moments) "
-                                            "every round, kept in Flower's context.state."),
+        keep_optimizer: bool = typer.Option(True, "--keep-optimizer/--fresh-optimizer",
+                                            help="Each client resumes its own optimizer state "
+                                            "(AdamW moments) every round, kept in Flower's "
+                                            "context.state; --fresh-optimizer restarts it."),
         local_steps: int = typer.Option(4), lr: float = typer.Option(3e-3),
         lr_schedule: str = typer.Option("constant", help="Client lr over the rounds: "
                                         "constant, linear or cosine (down to lr * lr-final)."),

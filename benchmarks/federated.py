@@ -71,16 +71,13 @@ def local_and_central(cfg: FedConfig, region: tuple[int, ...], steps: int, lr: f
         res = ev.state(_pad_to(adapter_state(m), ev))
         out["local"].append({"client": pid, "tier": tier.name, "n_train": len(examples),
                              "seconds": time.perf_counter() - t0, **res})
-    union = [e for c in data.clients for e in c]
     cache = _union_cache(cfg, region)
     out["central"] = centralized(cfg, region, steps, lr, ev=ev, cache=cache)
-    lora = LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
-                      target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
     # The same examples in as many sequential steps as the federation takes (rounds x local
     # steps, each on every client's batch at once): IID federated averaging at its best. The
     # gap between this and "central" is what fewer, larger steps cost; the gap between this
     # and the federation is what non-IID clients and heterogeneity cost.
-    m = client_model(base, lora, cfg.base_dtype)
+    union, m = _central(cfg, region)
     t0 = time.perf_counter()
     wide = cfg.batch_size * cfg.num_clients
     train(m, union, TrainConfig(steps=steps, lr=lr, batch_size=wide,
@@ -97,20 +94,13 @@ def centralized(cfg: FedConfig, region: tuple[int, ...], steps: int, lr: float,
     """Centralized LoRA at the largest rank on the union of the homes' examples, with one
     AdamW at a constant ``lr``: the same number of example passes as the whole federation
     (clients x steps x batch), in batches of 8."""
-    from edgeweave.federated.client import client_model, shared_base
-    from edgeweave.federated.tasks import cached_task
-    from edgeweave.finetune.config import LoRAConfig, TrainConfig
+    from edgeweave.finetune.config import TrainConfig
     from edgeweave.finetune.lora import adapter_state
     from edgeweave.finetune.train import train
 
-    data = cached_task(cfg.task, cfg.model, cfg.num_clients, cfg.seq_len, cfg.dirichlet_alpha,
-                       cfg.seed)
     ev = ev or Evaluator(cfg, region)
-    union = [e for c in data.clients for e in c]
+    union, m = _central(cfg, region)
     central_steps = max(1, steps * cfg.num_clients * cfg.batch_size // 8)
-    lora = LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
-                      target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
-    m = client_model(shared_base(cfg.model, cfg.base_dtype), lora, cfg.base_dtype)
     t0 = time.perf_counter()
     train(m, union, TrainConfig(steps=central_steps, lr=lr, batch_size=8,
                                 micro_batch_size=8, seq_len=cfg.seq_len),
@@ -154,19 +144,12 @@ def central_rounds(cfg: FedConfig, region: tuple[int, ...]) -> dict:
     clients' scheduled lr. Against ``central_parallel`` (one AdamW throughout, constant lr)
     it prices the optimizer restarts alone; against the federation, what splitting each
     step's batch over eight homes (and their skew and tiers) costs."""
-    from edgeweave.federated.client import client_model, shared_base
-    from edgeweave.federated.tasks import cached_task
-    from edgeweave.finetune.config import LoRAConfig, TrainConfig
+    from edgeweave.finetune.config import TrainConfig
     from edgeweave.finetune.lora import adapter_state
     from edgeweave.finetune.train import train
 
-    data = cached_task(cfg.task, cfg.model, cfg.num_clients, cfg.seq_len, cfg.dirichlet_alpha,
-                       cfg.seed)
     ev = Evaluator(cfg, region)
-    union = [e for c in data.clients for e in c]
-    lora = LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
-                      target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
-    m = client_model(shared_base(cfg.model, cfg.base_dtype), lora, cfg.base_dtype)
+    union, m = _central(cfg, region)
     cache = _union_cache(cfg, region)
     wide = cfg.batch_size * cfg.num_clients
     t0, per_round = time.perf_counter(), []
@@ -180,6 +163,21 @@ def central_rounds(cfg: FedConfig, region: tuple[int, ...]) -> dict:
             "per_round_accuracy": [r["accuracy"] for r in per_round],
             "last3_mean": {k: float(np.mean([r[k] for r in per_round[-3:]]))
                            for k in ("loss", "accuracy")}}
+
+
+def _central(cfg: FedConfig, region: tuple[int, ...]):
+    """Every home's examples in one list and a fresh max-rank adapter on the region: what
+    each centralized baseline starts from."""
+    from edgeweave.federated.client import client_model, shared_base
+    from edgeweave.federated.tasks import cached_task
+    from edgeweave.finetune.config import LoRAConfig
+
+    data = cached_task(cfg.task, cfg.model, cfg.num_clients, cfg.seq_len, cfg.dirichlet_alpha,
+                       cfg.seed)
+    lora = LoRAConfig(rank=cfg.max_rank, alpha=cfg.scale * cfg.max_rank,
+                      target_modules=cfg.targets, layers=region, init_seed=cfg.seed)
+    return ([e for c in data.clients for e in c],
+            client_model(shared_base(cfg.model, cfg.base_dtype), lora, cfg.base_dtype))
 
 
 def _union_cache(cfg: FedConfig, region: tuple[int, ...]):

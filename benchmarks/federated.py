@@ -298,6 +298,8 @@ def main() -> None:
     ap.add_argument("--avgm-momenta", default="0.5,0.8",
                     help="server momenta of the fed_pad_avgm runs (one run each, FedAvgM at "
                     "server lr 1)")
+    ap.add_argument("--logit-adjust", type=float, default=1.0,
+                    help="tau of the *_la runs (each home's label-prior logit adjustment)")
     ap.add_argument("--baseline-lr", type=float, default=0.0,
                     help="AdamW lr of the local-only and centralized runs (0 = --lr)")
     ap.add_argument("--central-lrs", default="",
@@ -372,6 +374,9 @@ def main() -> None:
         ("fed_pad_keep_fedexp", replace(base, keep_optimizer=True, server_opt="fedexp")),
         ("fed_pad_keep_scaffold", replace(base, keep_optimizer=True, drift="scaffold")),
         ("fed_pad_keep_synthetic", replace(base, keep_optimizer=True, synthetic_per_label=8)),
+        # logit adjustment by each home's own label prior (FedLC-style, against label skew)
+        ("fed_pad_keep_la", replace(base, keep_optimizer=True, logit_adjust=args.logit_adjust)),
+        ("fed_pad_la", replace(base, logit_adjust=args.logit_adjust)),
         # FedExP (Jhunjhunwala et al. 2023): the server steps further along the average
         # when the homes' updates disagree (their mean is shorter than they are)
         ("fed_pad_fedexp", replace(base, server_opt="fedexp")),

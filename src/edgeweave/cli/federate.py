@@ -41,6 +41,10 @@ def register(app: typer.Typer) -> None:
         drift: str = typer.Option("none", help="Client-drift correction: none or scaffold "
                                   "(SCAFFOLD control variates; client state in Flower's "
                                   "context.state)."),
+        logit_adjust: float = typer.Option(0.0, help="Against label skew: each home trains "
+                                           "on its logits plus tau * log(K * its own label "
+                                           "prior) (logit adjustment, as in FedLC); tau "
+                                           "in [0, 4], 0 = off; task iot."),
         synthetic: int = typer.Option(0, help="GPT-FL warm-up: synthetic examples per label the "
                                       "base model writes, trained on by the server before "
                                       "round 1 (0 = off; task iot)."),
@@ -72,7 +76,7 @@ def register(app: typer.Typer) -> None:
                         local_steps=local_steps, lr=lr, lr_schedule=lr_schedule,
                         lr_final=lr_final, region=reg,
                         targets=tuple(targets.split(",")), freeze_a=freeze_a, drift=drift,
-                        synthetic_per_label=synthetic, dp_clip=dp_clip,
+                        logit_adjust=logit_adjust, synthetic_per_label=synthetic, dp_clip=dp_clip,
                         dp_epsilon=dp_epsilon, probe=not deploy)
         if deploy:
             from edgeweave.federated.deploy import Deployment

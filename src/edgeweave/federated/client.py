@@ -114,6 +114,16 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
                        base_dtype=str(run["base-dtype"]),
                        optimizer=str(cfg.get("optimizer", "adamw")),
                        seed=int(run["seed"]) * 1000 + int(cfg["server-round"]) * 37 + partition)
+    bias = None
+    tau = float(cfg.get("logit-adjust", 0.0))
+    if tau > 0:
+        from edgeweave.errors import ConfigError
+        from edgeweave.federated.prior import label_prior_bias
+
+        if not data.label_sets:
+            raise ConfigError(f"logit adjustment needs a task with label sets; "
+                              f"{run['task']!r} has none: use task 'iot' or logit_adjust 0")
+        bias = label_prior_bias(examples, data.label_sets, tau)
     hook = None
     if control is not None:
         from edgeweave.federated.scaffold import GradientControl, local_slice
@@ -122,7 +132,8 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
         params = {k: p for k, p in adapter_parameters(model).items() if k in control}
         hook = GradientControl(params, control, old_local)
     t0 = time.perf_counter()
-    res = train(model, examples, tcfg, prefix_cache=cache, on_gradients=hook, moments=moments)
+    res = train(model, examples, tcfg, prefix_cache=cache, on_gradients=hook, moments=moments,
+                answer_bias=bias)
     out = {k: v.numpy() for k, v in adapter_state(model).items()}
     scaffold = None
     if hook is not None:
@@ -139,7 +150,7 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
                "rank": rank, "blocks": len(layers), "lr": tcfg.lr,
                "bytes-up": int(sum(v.nbytes for v in out.values())),
                "bytes-down": int(sum(np.asarray(v).nbytes for v in arrays.values())),
-               "partition-id": partition,
+               "partition-id": partition, "logit-adjust": tau,
                # steps the optimizer has taken, earlier rounds' too when its state is kept
                "optimizer-steps": max((int(st["step"]) for st in (res.moments or {}).values()
                                        if "step" in st), default=tcfg.steps)}

@@ -68,6 +68,11 @@ class FedConfig:
     that is every step (measured at a constant lr: centralized training in the federation's 64
     steps x batch 32 reaches 0.94 held-out accuracy, restarted every 4 steps 0.77; a cosine lr
     hides most of it for one large batch, 0.94, not for eight homes' small ones).
+    ``logit_adjust`` tau > 0: every home trains on its answer logits plus
+    ``tau * log(K * pi_home(label))``, its own add-one-smoothed label prior (logit adjustment,
+    as FedLC does against label skew; :mod:`edgeweave.federated.prior`), so that the shared
+    adapter learns the sensor evidence the homes agree on, not each home's label mix. 0 is
+    off; it needs a task with label sets (``iot``).
     ``synthetic_per_label`` > 0: before round 1 the server trains the global adapter for
     ``synthetic_steps`` steps on examples the base model writes itself, in each task's format
     (GPT-FL; :mod:`edgeweave.federated.synthetic`). Only for the ``iot`` task.
@@ -102,6 +107,7 @@ class FedConfig:
     freeze_a: bool = False
     drift: str = "none"  # "scaffold": control variates against client drift
     keep_optimizer: bool = True  # each client resumes its own optimizer state every round
+    logit_adjust: float = 0.0  # tau of the per-home label-prior logit adjustment (0 = off)
     synthetic_per_label: int = 0  # GPT-FL warm-up: synthetic examples per label (0 = off)
     synthetic_steps: int = 16  # server-side training steps on them
     dp_clip: float = 0.0
@@ -136,6 +142,12 @@ class FedConfig:
             raise ConfigError("drift='scaffold' keeps control variates per factor, but SVD "
                               "redistribution re-bases the factors every round: use "
                               "aggregation='pad' or 'fedavg' with scaffold")
+        if not 0.0 <= self.logit_adjust <= 4.0:
+            raise ConfigError(f"logit_adjust is tau in [0, 4] (1 = Menon et al.'s logit "
+                              f"adjustment, 0 = off), got {self.logit_adjust}")
+        if self.logit_adjust and self.task != "iot":
+            raise ConfigError(f"logit adjustment needs a task with label sets: task='iot' "
+                              f"(got {self.task!r})")
         if self.synthetic_per_label < 0 or self.synthetic_steps < 1:
             raise ConfigError("synthetic_per_label must be >= 0 and synthetic_steps >= 1")
         if self.synthetic_per_label and self.task != "iot":

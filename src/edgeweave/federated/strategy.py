@@ -126,6 +126,7 @@ class HeteroLoRA(Strategy):
             "proximal-mu": self.cfg.proximal_mu, "server-round": server_round,
             "optimizer": self.cfg.client_optimizer,
             "keep-optimizer": self.cfg.keep_optimizer,
+            "logit-adjust": self.cfg.logit_adjust,
             "tier": tier.name})
         self._sent[node] = {"tier": tier.name, "rank": a.rank, "blocks": len(a.layers),
                             "bytes_down": _nbytes(sub)}

@@ -36,6 +36,8 @@ class TaskData:
     clients: tuple[tuple[Example, ...], ...]
     heldout: tuple[EvalItem, ...]
     description: str
+    # per sub-task, the first tokens of its labels (public task metadata; empty = free text)
+    label_sets: tuple[tuple[int, ...], ...] = ()
 
 
 TASKS: dict[str, Callable[..., TaskData]] = {}
@@ -79,12 +81,14 @@ def iot_task(tokenizer, n_clients: int, seq_len: int = 96, alpha: float = 0.5,
     rng = np.random.default_rng(seed)
     train_items: list[tuple[str, str, str]] = []  # (task, query, label)
     heldout: list[EvalItem] = []
+    label_sets: list[tuple[int, ...]] = []
     for name in ("activity", "occupancy"):
         task, split = get_task(name), load_split(name, seed)
         choices = tuple(task.template.choices)
         firsts = tuple(tokenizer.encode(" " + c)[0] for c in choices)
         if len(set(firsts)) != len(firsts):
             raise ConfigError(f"labels of {name} share a first token with this tokenizer")
+        label_sets.append(firsts)
         tmpl = PROMPTS[name][0]
         for it in split.train:
             train_items.append((name, tmpl.format(q=it.query), it.answer))
@@ -99,7 +103,8 @@ def iot_task(tokenizer, n_clients: int, seq_len: int = 96, alpha: float = 0.5,
                                         seq_len) for i in part) for part in parts)
     return TaskData(clients, tuple(heldout),
                     f"iot: activity+occupancy, {len(train_items)} train / {len(heldout)} "
-                    f"held-out, Dirichlet({alpha}) over (task,label) for {n_clients} homes")
+                    f"held-out, Dirichlet({alpha}) over (task,label) for {n_clients} homes",
+                    tuple(label_sets))
 
 
 @register("pattern")

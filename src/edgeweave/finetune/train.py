@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from edgeweave.errors import CheckpointError
+from edgeweave.errors import CheckpointError, ConfigError
 from edgeweave.finetune.config import TrainConfig
 from edgeweave.finetune.data import IGNORE, Example, collate
 from edgeweave.finetune.lora import (
@@ -122,16 +122,32 @@ def run_from(model: nn.Module, h: torch.Tensor, start: int, stop: int | None = N
 
 
 def loss_from(model: nn.Module, h: torch.Tensor, labels: torch.Tensor, start: int,
-              grad_checkpointing: bool = False) -> torch.Tensor:
+              grad_checkpointing: bool = False,
+              answer_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token loss of blocks ``[start, end)`` + head on hidden states ``h``.
 
     The vocabulary projection runs only at target positions: with short answers after
-    long prompts that is most of the compute of a small model.
+    long prompts that is most of the compute of a small model. ``answer_bias`` (a
+    ``(vocab,)`` tensor) is added to the logits of each row's first target, the answer's
+    first token (a federated home's logit adjustment, :mod:`edgeweave.federated.prior`).
     """
     h = run_from(model, h, start, grad_checkpointing=grad_checkpointing)
     mask = labels != IGNORE
     logits = model.head(h[mask]).float()  # (targets, vocab)
+    if answer_bias is not None:
+        # a row's first target: masked here and not at the position before
+        first = mask & ~torch.nn.functional.pad(mask[:, :-1], (1, 0), value=False)
+        logits = logits + first[mask].unsqueeze(1).float() * answer_bias.to(logits.dtype)
     return F.cross_entropy(logits, labels[mask])
+
+
+def _bias_vector(answer_bias: Mapping[int, float], vocab: int | None) -> torch.Tensor:
+    if vocab is None or any(not 0 <= int(t) < vocab for t in answer_bias):
+        raise ConfigError(f"answer_bias names tokens outside the vocabulary ({vocab})")
+    out = torch.zeros(vocab)
+    for t, b in answer_bias.items():
+        out[int(t)] = float(b)
+    return out
 
 
 def batch_indices(n: int, step: int, cfg: TrainConfig) -> list[int]:
@@ -214,7 +230,8 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
           prefix_cache: PrefixCache | None = None,
           on_step: Callable[[int, float], None] | None = None,
           on_gradients: Callable[[], None] | None = None,
-          moments: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> TrainResult:
+          moments: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+          answer_bias: Mapping[int, float] | None = None) -> TrainResult:
     """Train the adapters already injected in ``model`` (see :func:`apply_lora`).
 
     ``on_gradients`` runs once per step with the step's whole gradient in ``.grad`` (all
@@ -228,6 +245,9 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
     starting it fresh: a federated client's few local steps per round then keep the second
     moments of all its earlier rounds, where a fresh AdamW takes sign-like steps of ``lr`` on
     every coordinate, noise included. The result carries the state at the end.
+
+    ``answer_bias`` (``{token: bias}``) is added to the logits of every example's first
+    answer token in the training loss only (see :func:`loss_from`).
     """
     if not examples:
         raise CheckpointError("no training examples: give the run some data")
@@ -246,6 +266,9 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     step, losses = _load_checkpoint(ckpt, model, opt, cfg) if ckpt else (0, [])
     resumed_from = step
+    bias = None
+    if answer_bias:
+        bias = _bias_vector(answer_bias, getattr(getattr(model, "cfg", None), "vocab_size", None))
     reference = ([p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None)
     meter = MemoryMeter()
     t0 = time.perf_counter()
@@ -263,7 +286,7 @@ def train(model: nn.Module, examples: Sequence[Example], cfg: TrainConfig, *,
                     h = (_frozen(model, prefix_cache.batch(model, examples, micro),
                                  prefix_cache.start, start) if prefix_cache
                          else hidden_in(model, ids, start))
-                    loss = loss_from(model, h, labels, start, cfg.grad_checkpointing)
+                    loss = loss_from(model, h, labels, start, cfg.grad_checkpointing, bias)
                     loss = loss / cfg.accumulation
                     if reference is not None and m0 == 0:
                         prox = sum(((p - r) ** 2).sum() for p, r in zip(params, reference,

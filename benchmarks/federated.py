@@ -368,6 +368,9 @@ def main() -> None:
         # the other control: the same non-IID homes, all in the largest tier (rank 8 on every
         # region block); its gap to fed_pad is what rank tiers and windows cost
         ("fed_largest", replace(base, aggregation="fedavg", tiers=(tiers(region_len)[-1],))),
+        # the IID control with kept optimizers: against central_parallel (the same 64 steps of
+        # every home's batch in one process) it shows what federating costs without skew
+        ("fed_pad_keep_iid", replace(base, keep_optimizer=True, dirichlet_alpha=1000.0)),
         # every client resumes its own AdamW state each round (a fresh AdamW's first steps
         # are sign-like: about lr on every coordinate, noise included)
         ("fed_pad_keep", replace(base, keep_optimizer=True)),

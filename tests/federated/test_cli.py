@@ -28,3 +28,13 @@ def test_federate_cli_keeps_the_optimizer_by_default_and_fresh_on_request(tiny_f
         last = json.loads(out.read_text())["rounds"][-1]["clients"]
         steps[flag] = {c["optimizer-steps"] for c in last}
     assert steps == {"": {2}, "--fresh-optimizer": {1}}
+
+
+def test_federate_cli_refuses_logit_adjustment_on_a_task_without_labels(tiny_folder, tmp_path,
+                                                                        tmp_home, capsys):
+    rc = main(["federate", "--model", str(tiny_folder), "--task", "pattern", "--clients", "2",
+               "--rounds", "1", "--logit-adjust", "1.0", "--out", str(tmp_path / "f.json")])
+    assert rc == 2
+    err = capsys.readouterr()
+    assert "task='iot'" in err.err + err.out
+    assert not (tmp_path / "f.json").exists()

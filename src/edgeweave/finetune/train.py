@@ -136,7 +136,7 @@ def loss_from(model: nn.Module, h: torch.Tensor, labels: torch.Tensor, start: in
     logits = model.head(h[mask]).float()  # (targets, vocab)
     if answer_bias is not None:
         # a row's first target: masked here and not at the position before
-        first = mask & ~torch.nn.functional.pad(mask[:, :-1], (1, 0), value=False)
+        first = mask & ~F.pad(mask[:, :-1], (1, 0), value=False)
         logits = logits + first[mask].unsqueeze(1).float() * answer_bias.to(logits.dtype)
     return F.cross_entropy(logits, labels[mask])
 

@@ -34,16 +34,16 @@ def label_prior_bias(examples: Sequence[Example], label_sets: Sequence[Sequence[
     """
     if tau < 0:
         raise ConfigError(f"logit adjustment tau must be >= 0 (got {tau})")
-    owner: dict[int, int] = {}
+    seen: set[int] = set()
     for i, labels in enumerate(label_sets):
         if len(set(labels)) != len(labels) or not labels:
             raise ConfigError(f"label set {i} must hold distinct first tokens: {labels}")
         for t in labels:
-            if t in owner:
+            if t in seen:
                 raise ConfigError(f"token {t} is a label of two label sets; give each sub-task "
                                   "labels with distinct first tokens")
-            owner[t] = i
-    counts = Counter(int(e.ids[e.n_prompt]) for e in examples if int(e.ids[e.n_prompt]) in owner)
+            seen.add(t)
+    counts = Counter(int(e.ids[e.n_prompt]) for e in examples if int(e.ids[e.n_prompt]) in seen)
     bias: dict[int, float] = {}
     for labels in label_sets:
         n = sum(counts[t] for t in labels)

@@ -280,6 +280,9 @@ def main() -> None:
                     "(bf16_base takes ~2 min a step on CPUs without bf16 instructions)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--local-steps", type=int, default=4)
+    ap.add_argument("--local-epochs", type=float, default=0.0,
+                    help="E > 0: each home takes ceil(E * its examples / batch) steps a round "
+                    "instead of --local-steps")
     ap.add_argument("--batch", type=int, default=4, help="examples per local step")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--region", default="24-30", help="blocks with adapters, half-open")
@@ -330,6 +333,7 @@ def main() -> None:
     region_len = b - a
     base = FedConfig(model=args.model, task=args.task, num_clients=args.clients,
                      rounds=args.rounds, local_steps=args.local_steps,
+                     local_epochs=args.local_epochs,
                      lr=args.lr, lr_schedule=args.lr_schedule, lr_final=args.lr_final,
                      region=(a, b), tiers=tiers(region_len), seq_len=args.seq_len,
                      targets=("q_proj", "v_proj"), batch_size=args.batch, timeout_s=900,

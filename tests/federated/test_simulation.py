@@ -4,6 +4,7 @@ client that hangs mid-run without stalling the round beyond its timeout."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgeweave.errors import ConfigError
 from edgeweave.federated.config import FedConfig
 from edgeweave.federated.hetero import Tier
 from edgeweave.federated.run import initial_arrays, simulate
@@ -73,6 +75,21 @@ def test_kept_optimizer_state_survives_rounds_in_each_clients_context(tiny_folde
     assert all(c["optimizer-steps"] == 4 for r in fresh["rounds"] for c in r["clients"])
     assert any(not np.array_equal(kept["final_arrays"][k], fresh["final_arrays"][k])
                for k in kept["final_arrays"])
+
+
+def test_local_epochs_give_each_home_steps_in_proportion_to_its_examples(tiny_folder,
+                                                                         tmp_home):
+    res = simulate(_cfg(tiny_folder, rounds=1, local_epochs=1.0, keep_optimizer=False,
+                        dirichlet_alpha=0.3), workers=3)
+    clients = res["rounds"][0]["clients"]
+    steps = [c["optimizer-steps"] for c in clients]
+    assert steps == [math.ceil(c["num-examples"] / 4) for c in clients]  # batch_size 4
+    assert len(set(steps)) > 1  # the skewed split gives the homes different sizes
+
+
+def test_local_epochs_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError, match="local_epochs"):
+        FedConfig(local_epochs=-1.0)
 
 
 def test_clients_train_with_the_scheduled_lr(tiny_folder, tmp_home):

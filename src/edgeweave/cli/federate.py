@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
                                             "(AdamW moments) every round, kept in Flower's "
                                             "context.state; --fresh-optimizer restarts it."),
         local_steps: int = typer.Option(4), lr: float = typer.Option(3e-3),
+        local_epochs: float = typer.Option(0.0, help="E > 0: each home takes ceil(E * its "
+                                           "examples / batch) steps a round instead of "
+                                           "--local-steps (FedAvg's E local epochs)."),
         lr_schedule: str = typer.Option("constant", help="Client lr over the rounds: "
                                         "constant, linear or cosine (down to lr * lr-final)."),
         lr_final: float = typer.Option(0.1, help="Last round's client lr as a fraction of lr."),
@@ -73,7 +76,8 @@ def register(app: typer.Typer) -> None:
                         aggregation=aggregation, server_opt=server_opt, proximal_mu=proximal_mu,
                         server_lr=server_lr, server_momentum=server_momentum,
                         client_optimizer=client_opt, keep_optimizer=keep_optimizer,
-                        local_steps=local_steps, lr=lr, lr_schedule=lr_schedule,
+                        local_steps=local_steps, local_epochs=local_epochs, lr=lr,
+                        lr_schedule=lr_schedule,
                         lr_final=lr_final, region=reg,
                         targets=tuple(targets.split(",")), freeze_a=freeze_a, drift=drift,
                         logit_adjust=logit_adjust, synthetic_per_label=synthetic, dp_clip=dp_clip,

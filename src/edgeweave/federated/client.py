@@ -11,6 +11,7 @@ Run config: see :class:`edgeweave.federated.config.FedConfig.to_run_config`.
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
     examples = data.clients[partition % len(data.clients)]
     start = region_start(run)
     cache = prefix_cache((run["model"], run["base-dtype"], run["task"], partition, start), start)
-    tcfg = TrainConfig(steps=int(cfg["steps"]), lr=float(cfg["lr"]),
+    tcfg = TrainConfig(steps=local_steps(cfg, len(examples)), lr=float(cfg["lr"]),
                        batch_size=int(cfg["batch-size"]), micro_batch_size=int(cfg["batch-size"]),
                        seq_len=int(run["seq-len"]), proximal_mu=float(cfg.get("proximal-mu", 0.0)),
                        base_dtype=str(run["base-dtype"]),
@@ -151,6 +152,15 @@ def train_on_message(arrays: dict[str, np.ndarray], cfg: dict, run: dict,
                "optimizer-steps": max((int(st["step"]) for st in (res.moments or {}).values()
                                        if "step" in st), default=tcfg.steps)}
     return ClientUpdate(out, metrics, scaffold, res.moments)
+
+
+def local_steps(cfg: dict, n_examples: int) -> int:
+    """This round's step count: ``steps`` for every home, or with ``local-epochs`` E > 0
+    ``ceil(E * n_examples / batch-size)`` (E passes over the home's own data, at least 1)."""
+    epochs = float(cfg.get("local-epochs", 0.0))
+    if epochs <= 0:
+        return int(cfg["steps"])
+    return max(1, math.ceil(epochs * n_examples / int(cfg["batch-size"])))
 
 
 def train_only(mod):

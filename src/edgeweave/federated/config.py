@@ -73,6 +73,10 @@ class FedConfig:
     as FedLC does against label skew; :mod:`edgeweave.federated.prior`), so that the shared
     adapter learns the sensor evidence the homes agree on, not each home's label mix. 0 is
     off; it needs a task with label sets (``iot``).
+    ``local_epochs`` E > 0: each home takes ``ceil(E * n_home / batch_size)`` steps a round
+    instead of ``local_steps`` for all (McMahan et al.'s FedAvg with E local epochs): a home
+    with ten times the examples does ten times the work, where fixed steps let the biggest
+    homes, which carry most of the FedAvg weight, see a fraction of their data each round.
     ``synthetic_per_label`` > 0: before round 1 the server trains the global adapter for
     ``synthetic_steps`` steps on examples the base model writes itself, in each task's format
     (GPT-FL; :mod:`edgeweave.federated.synthetic`). Only for the ``iot`` task.
@@ -89,6 +93,7 @@ class FedConfig:
     proximal_mu: float = 0.0
     client_optimizer: str = "adamw"
     local_steps: int = 5
+    local_epochs: float = 0.0  # > 0: each home takes ceil(E * its examples / batch) steps
     lr: float = 2e-3
     lr_schedule: str = "constant"
     lr_final: float = 0.1
@@ -153,6 +158,10 @@ class FedConfig:
         if self.synthetic_per_label and self.task != "iot":
             raise ConfigError(f"the synthetic warm-up writes IoT sensor windows: it needs "
                               f"task='iot' (got {self.task!r})")
+        if not 0.0 <= self.local_epochs <= 16.0:
+            raise ConfigError(f"local_epochs is E in [0, 16] (each home's passes over its own "
+                              f"examples per round; 0 = local_steps for every home), got "
+                              f"{self.local_epochs}")
         if self.num_clients < 1 or self.rounds < 1 or self.local_steps < 1:
             raise ConfigError("num_clients, rounds and local_steps must be >= 1")
         if self.region is not None and not 0 <= self.region[0] < self.region[1]:

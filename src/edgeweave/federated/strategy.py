@@ -122,7 +122,8 @@ class HeteroLoRA(Strategy):
         sub = truncate(glob, a.rank, keys)
         conf = ConfigRecord({
             "rank": a.rank, "layers": list(a.layers), "lr": self.cfg.client_lr(server_round),
-            "steps": self.cfg.local_steps, "batch-size": self.cfg.batch_size,
+            "steps": self.cfg.local_steps, "local-epochs": self.cfg.local_epochs,
+            "batch-size": self.cfg.batch_size,
             "proximal-mu": self.cfg.proximal_mu, "server-round": server_round,
             "optimizer": self.cfg.client_optimizer,
             "keep-optimizer": self.cfg.keep_optimizer,

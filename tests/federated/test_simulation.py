@@ -79,11 +79,11 @@ def test_kept_optimizer_state_survives_rounds_in_each_clients_context(tiny_folde
 
 def test_local_epochs_give_each_home_steps_in_proportion_to_its_examples(tiny_folder,
                                                                          tmp_home):
-    res = simulate(_cfg(tiny_folder, rounds=1, local_epochs=1.0, keep_optimizer=False,
-                        dirichlet_alpha=0.3), workers=3)
-    clients = res["rounds"][0]["clients"]
+    cfg = _cfg(tiny_folder, rounds=1, local_epochs=1.0, keep_optimizer=False,
+               dirichlet_alpha=0.3)
+    clients = simulate(cfg, workers=3)["rounds"][0]["clients"]
     steps = [c["optimizer-steps"] for c in clients]
-    assert steps == [math.ceil(c["num-examples"] / 4) for c in clients]  # batch_size 4
+    assert steps == [math.ceil(c["num-examples"] / cfg.batch_size) for c in clients]
     assert len(set(steps)) > 1  # the skewed split gives the homes different sizes
 
 

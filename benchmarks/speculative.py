@@ -3,7 +3,7 @@
 The edge is one ``edgeweave node`` process (started as the README says) holding the whole
 model in ``--target-variant`` (fp32 by default: the full model where the compute is); the
 entry device is ``edgeweave serve --plan plan.json --node edge=ADDR`` dialing the node
-through a :class:`~edgeweave.runtime.transport.delay_proxy.DelayProxy` that adds a one-way
+through a :class:`~edgeweave.runtime.transport.delay_proxy.NodeDelayProxy` that adds a one-way
 delay (0, 5, 10, 20 ms) to each direction of the link. At every delay, rows back to back:
 
 * **plain**: ``serve`` without a draft (one round trip per token);
@@ -44,7 +44,7 @@ from serve import EDGEWEAVE, MODEL, Served, stream_once  # noqa: E402
 
 from edgeweave.runtime.deployment import stop_processes  # noqa: E402
 from edgeweave.runtime.launch import wait_ready  # noqa: E402
-from edgeweave.runtime.transport.delay_proxy import DelayProxy, LinkShape  # noqa: E402
+from edgeweave.runtime.transport.delay_proxy import LinkShape, NodeDelayProxy  # noqa: E402
 from edgeweave.types import Plan  # noqa: E402
 
 QUESTION = ("You are the assistant of a smart home. The living room sensor reports 27.5 C and "
@@ -124,7 +124,7 @@ def main() -> None:
     try:
         address = wait_ready(node, log, 900)
         for delay in delays:
-            with DelayProxy(address, LinkShape(delay_ms=delay)) as proxy:
+            with NodeDelayProxy(address, LinkShape(delay_ms=delay)) as proxy:
                 base = ["--plan", str(tmp / "plan.json"), "--node", f"edge={proxy.address}"]
                 plain_text, plain_tps, plain_agg = None, None, None
                 for draft in [None, *drafts]:

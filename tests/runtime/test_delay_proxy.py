@@ -141,3 +141,31 @@ def test_a_half_closed_connection_still_gets_its_answer():
         server.server_close()
     # Assert: the EOF went through after the bytes, and the answer came back whole
     assert got == b"70000 bytes"
+
+
+def test_a_node_proxy_delays_the_frame_socket_the_coordinator_switches_to(tiny_folder):
+    # Prepare: a node with its frame socket, behind 20 ms each way on both of its ports
+    from edgeweave.runtime.transport.delay_proxy import NodeDelayProxy
+    from edgeweave.runtime.transport.dial import dial
+    from edgeweave.runtime.transport.frame_socket import FrameServer, SocketLink
+
+    host = StageHost(str(tiny_folder))
+    server, port = serve(host)
+    frames = FrameServer(host)
+    host.frames_port = frames.port
+    try:
+        with NodeDelayProxy(f"127.0.0.1:{port}", LinkShape(delay_ms=20)) as proxy:
+            # Execute: dial the proxy as a coordinator would, and time a round trip
+            link = dial(proxy.address)
+            t0 = time.perf_counter()
+            assert link.call(Frame(Op.PING), 10).op == Op.OK
+            rtt = time.perf_counter() - t0
+            peer = link._sock.getpeername()
+            link.close()
+    finally:
+        frames.close()
+        server.stop(0)
+    # Assert: the frames took the shaped socket, not the node's own port
+    assert isinstance(link, SocketLink)
+    assert peer == ("127.0.0.2", frames.port)
+    assert rtt >= 0.04

@@ -96,7 +96,7 @@ def test_drafting_ahead_during_the_verify_pass_keeps_greedy_output(lm, kind):
 def test_over_a_delayed_link_the_draft_works_while_the_pass_travels(tmp_path):
     # Prepare: a real node behind a link of 10 ms each way, the model itself as the draft
     from edgeweave.runtime.launch import attach
-    from edgeweave.runtime.transport.delay_proxy import DelayProxy, LinkShape
+    from edgeweave.runtime.transport.delay_proxy import LinkShape, NodeDelayProxy
 
     model = random_model(make_cfg(), seed=5)
     reference = _reference(model)
@@ -104,7 +104,7 @@ def test_over_a_delayed_link_the_draft_works_while_the_pass_travels(tmp_path):
     lm = load(str(folder))
     plan = Plan.split(4, [], ["n0"])
     with launch(plan, str(folder), threads=1, max_len=128, backend="torch") as dep, \
-            DelayProxy(dep.addresses["n0"], LinkShape(delay_ms=10)) as proxy:
+            NodeDelayProxy(dep.addresses["n0"], LinkShape(delay_ms=10)) as proxy:
         far = attach(plan, str(folder), {"n0": proxy.address}, backend="torch", max_len=128)
         # Execute
         with SpeculativeSession(far.coordinator.new_session(),
@@ -124,7 +124,7 @@ def test_sampled_requests_draft_ahead_unless_they_are_seeded(tmp_path, seed):
     # Prepare: a node behind 10 ms each way; nearly greedy sampling with the model itself as
     # the draft, so the draft's guesses of the bonus token often hold
     from edgeweave.runtime.launch import attach
-    from edgeweave.runtime.transport.delay_proxy import DelayProxy, LinkShape
+    from edgeweave.runtime.transport.delay_proxy import LinkShape, NodeDelayProxy
 
     model = random_model(make_cfg(), seed=5)
     folder = save_folder(model, tmp_path / "tiny")
@@ -132,7 +132,7 @@ def test_sampled_requests_draft_ahead_unless_they_are_seeded(tmp_path, seed):
     params = SamplingParams(max_tokens=24, temperature=0.05, seed=seed, ignore_eos=True)
     plan = Plan.split(4, [], ["n0"])
     with launch(plan, str(folder), threads=1, max_len=128, backend="torch") as dep, \
-            DelayProxy(dep.addresses["n0"], LinkShape(delay_ms=10)) as proxy:
+            NodeDelayProxy(dep.addresses["n0"], LinkShape(delay_ms=10)) as proxy:
         far = attach(plan, str(folder), {"n0": proxy.address}, backend="torch", max_len=128)
         # Execute
         with SpeculativeSession(far.coordinator.new_session(),

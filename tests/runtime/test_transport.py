@@ -65,7 +65,9 @@ def test_three_nodes_match_single_process(deployment, reference):
     with deployment.coordinator.new_session() as s:
         got = list(generate_step(s, PROMPT, PARAMS))
         stats = s.stats
-    # Assert
+    # Assert: over each node's frame socket (mutual TLS), as ``edgeweave node`` serves it
+    assert {type(link).__name__ for link in deployment.coordinator.links.values()} == {
+        "SocketLink"}
     assert got == reference
     assert stats["hops"] == 3 * (len(got) - 1)  # decode hops (the prefill is not a token)
     assert stats["bytes_received"] > stats["bytes_sent"] > 0  # logits come back

@@ -28,12 +28,16 @@ class NodeOptions:
     port: int
     memory_mb: int
     threads: int = 0
+    frames_port: int = 0
 
     def __post_init__(self) -> None:
         check_host(self.host)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not in [0, 65535]: pass a free port, or 0 "
                               "to pick one (printed when the node is ready)")
+        if not -1 <= self.frames_port <= 65535:
+            raise ConfigError(f"--frames-port {self.frames_port} is not in [-1, 65535]: pass a "
+                              "free port, 0 to pick one, or -1 to serve frames on gRPC only")
         if self.memory_mb <= 0:
             raise ConfigError(f"--memory-mb {self.memory_mb} must be a positive number of MiB "
                               "for the KV caches, e.g. 4096")
@@ -54,6 +58,9 @@ def register(app: typer.Typer) -> None:
                                   help="Bundled name, HF folder or artifact folder."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
         port: int = typer.Option(0, "--port", "-p", help="0 picks a free port (printed)."),
+        frames_port: int = typer.Option(0, "--frames-port", help="TCP port of the fast frame "
+                                        "socket beside gRPC, announced to coordinators (0: a "
+                                        "free one; -1: gRPC only)."),
         stage: list[str] = typer.Option([], "--stage", help="Preload blocks START:END "  # noqa: B008
                                         "(repeatable; the coordinator can load more)."),
         variant: str = typer.Option("int4", "--variant", help="Weights: int4 (default, built "
@@ -91,7 +98,7 @@ def register(app: typer.Typer) -> None:
         mdns_interface: list[str] = mdns_interface_option(),
     ) -> None:
         """Host stages of a pipeline; prints `EDGEWEAVE-NODE READY host:port` when serving."""
-        opts = NodeOptions(host, port, memory_mb, threads)  # refused before anything loads
+        opts = NodeOptions(host, port, memory_mb, threads, frames_port)  # refused before anything loads
         from edgeweave.control.client import BrokerAuth
         from edgeweave.control.mdns import mdns_choice
 
@@ -119,4 +126,4 @@ def register(app: typer.Typer) -> None:
                  device=name,
                  fleet=fleet, telemetry_s=telemetry_s, colocated=colocated,
                  device_class=device_class, zone=zone, mqtt_auth=auth, advertise=advertise,
-                 mdns=mdns)
+                 mdns=mdns, frames_port=frames_port)

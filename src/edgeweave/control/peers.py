@@ -40,12 +40,13 @@ class PeerMeasure:
 
 
 def measure_peer(address: str, tls: Any = None, timeout_s: float = 2.0) -> PeerMeasure:
-    """Ping ``address`` (a node's gRPC endpoint); raises ``StageUnavailable`` if it is not
-    reachable (or its certificate is not from this fleet's CA)."""
+    """Ping ``address`` (a node's gRPC endpoint, or the frame socket it announces); raises
+    ``StageUnavailable`` if it is not reachable (or its certificate is not from this fleet's
+    CA)."""
+    from edgeweave.runtime.transport.dial import dial
     from edgeweave.runtime.transport.frame import Frame, Op
-    from edgeweave.runtime.transport.grpc_link import GrpcLink
 
-    link = GrpcLink(address, tls, connect_timeout=timeout_s)
+    link = dial(address, tls, connect_timeout=timeout_s)  # the path frames will take
     try:
         def ping(n: int) -> float:
             t0 = time.perf_counter()

@@ -30,6 +30,7 @@ from edgeweave.types import Plan, Shard
 
 if TYPE_CHECKING:
     from edgeweave.models.tokenizer import Tokenizer
+    from edgeweave.runtime.transport.base import Link
 
 READY = "EDGEWEAVE-NODE READY"
 
@@ -105,7 +106,7 @@ def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = N
     ``tokenizer="auto"`` loads the model's tokenizer here (``deployment.tokenizer``); None
     loads none (a coordinator that only steps token ids)."""
     from edgeweave.runtime.local import default_backend
-    from edgeweave.runtime.transport.grpc_link import GrpcLink
+    from edgeweave.runtime.transport.dial import dial
 
     missing = sorted({s.device for s in plan.stages} - set(addresses))
     if missing:
@@ -113,11 +114,11 @@ def attach(plan: Plan, model: str, addresses: Mapping[str, str], *, tls: Any = N
                           "every device of the plan")
     addrs = dict(addresses)  # shared with coordinator.addresses, so add_device() extends it
 
-    def connect(device: str) -> GrpcLink:
+    def connect(device: str) -> Link:
         if device not in addrs:
             raise ConfigError(f"device {device!r} has no known address: "
                               "call coordinator.add_device(device, 'host:port') first")
-        return GrpcLink(addrs[device], tls, connect_timeout)
+        return dial(addrs[device], tls, connect_timeout)
 
     tok = _tokenizer(model) if isinstance(tokenizer, str) else tokenizer  # before any load
     coord = Coordinator(plan, model, connect, addresses=addrs,
@@ -219,8 +220,12 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
              telemetry_s: float | None = 5.0, colocated: bool = False,
              device_class: str | None = None, zone: str | None = None,
              mqtt_auth: Any = None, advertise: str | None = None,
-             mdns: Any = None) -> None:
+             mdns: Any = None, frames_port: int = 0) -> None:
     """Serve stages of ``model`` until SIGTERM/SIGINT (the body of ``edgeweave node``).
+
+    Frames travel on gRPC at ``host:port`` and on a plain TCP socket at ``frames_port`` of the
+    same host (0: a free one; -1: none), which INFO announces and coordinators switch to
+    (``transport.frame_socket``: a third of gRPC's per-frame time in Python).
 
     With ``mqtt`` (``HOST:PORT`` of the fleet's broker) the node also joins the control plane
     from this same process: it announces what a server needs to plan on it
@@ -258,6 +263,16 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
     server, bound = serve(stage_host, f"{host}:{port}", tls)
     if bound == 0:
         raise ConfigError(f"cannot listen on {host}:{port}: is the port taken?")
+    frames = None
+    if frames_port >= 0:
+        from edgeweave.runtime.transport.frame_socket import FrameServer
+
+        try:
+            frames = FrameServer(stage_host, host, frames_port, tls)
+        except Exception:
+            server.stop(grace=0)
+            raise
+        stage_host.frames_port = frames.port
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -284,6 +299,8 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
             prober.stop()
         if agent is not None:
             agent.stop()  # a clean goodbye: offline/clean instead of the will
+        if frames is not None:
+            frames.close()
         server.stop(grace=1.0).wait()
 
 

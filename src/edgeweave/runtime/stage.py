@@ -95,6 +95,7 @@ class StageHost:
                               "bytes): pass --memory-mb > 0")
         self.model = model
         self.colocated = colocated  # set when other nodes share this host's cores
+        self.frames_port: int | None = None  # the node's frame socket, announced in INFO
         self.memory_cap_bytes = memory_cap_bytes
         self.threads = threads
         self.engines: dict[str, StageEngine] = {}
@@ -143,7 +144,8 @@ class StageHost:
                 "prefix_bytes": sum(slot.nbytes for slot in self._lru.values() if slot.prefix),
                 "prefix_evictions": self.prefix_evictions,
                 "adapters": {k: sorted(v) for k, v in sorted(self._adapters.items())},
-                "blas_threads": self.colocated.current if self.colocated else None}
+                "blas_threads": self.colocated.current if self.colocated else None,
+                "frames_port": self.frames_port}
 
     # -- sessions -----------------------------------------------------------------------
     def _open(self, engine: StageEngine, session: str, max_len: int,

@@ -10,6 +10,11 @@ Each direction is shaped apart, as a real link is: a chunk read at time ``t`` is
 at ``t + delay`` at the earliest, and no faster than ``rate_mbit`` (its serialisation time,
 ``8 * bytes / rate``, queues behind the previous chunk). Order and bytes are kept exactly,
 so TLS and gRPC run through it untouched.
+
+A node serves frames on two ports (gRPC, and the frame socket its INFO announces), and a
+coordinator dials the second on the host of the first: :class:`NodeDelayProxy` shapes both,
+listening on another loopback address (``127.0.0.2``) with the frame socket's own port
+number, so the link a coordinator upgrades to is delayed like the one it dialled.
 """
 
 from __future__ import annotations
@@ -43,14 +48,15 @@ class LinkShape:
 
 
 class DelayProxy:
-    """Listens on ``127.0.0.1`` (a free port unless ``port``) and forwards every connection
+    """Listens on ``host`` (a free port unless ``port``) and forwards every connection
     to ``target`` (``host:port``) through a :class:`LinkShape`; use as a context manager or
     :meth:`start` / :meth:`stop`. :attr:`address` is what to dial instead of the target."""
 
-    def __init__(self, target: str, shape: LinkShape, port: int = 0) -> None:
+    def __init__(self, target: str, shape: LinkShape, port: int = 0,
+                 host: str = "127.0.0.1") -> None:
         self.target_host, self.target_port = parse_hostport(target, flag="proxy target")
         self.shape = shape
-        self._port = port
+        self._port, self._host = port, host
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="delay-proxy",
                                         daemon=True)
@@ -61,8 +67,8 @@ class DelayProxy:
     def start(self) -> DelayProxy:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._accept, "127.0.0.1", self._port), self._loop).result(10)
-        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+            asyncio.start_server(self._accept, self._host, self._port), self._loop).result(10)
+        self.address = f"{self._host}:{self._server.sockets[0].getsockname()[1]}"
         return self
 
     def stop(self) -> None:
@@ -157,3 +163,47 @@ class _Connection:
         for w in self.writers:
             with contextlib.suppress(Exception):
                 w.close()
+
+
+class NodeDelayProxy:
+    """:class:`DelayProxy` for a whole node: its gRPC port and the frame socket it announces
+    (asked over gRPC at :meth:`start`), both on ``host``; dial :attr:`address`."""
+
+    def __init__(self, target: str, shape: LinkShape, host: str = "127.0.0.2",
+                 tls: object = None) -> None:
+        self.target, self.shape, self.host, self.tls = target, shape, host, tls
+        self._proxies: list[DelayProxy] = []
+        self.address = ""
+
+    def start(self) -> NodeDelayProxy:
+        from edgeweave.runtime.transport.dial import frames_port
+        from edgeweave.runtime.transport.frame import Frame, Op
+        from edgeweave.runtime.transport.grpc_link import GrpcLink
+
+        link = GrpcLink(self.target, self.tls)
+        try:
+            port = frames_port(link.call(Frame(Op.INFO), 10).json())
+        finally:
+            link.close()
+        try:
+            self._proxies.append(DelayProxy(self.target, self.shape, host=self.host).start())
+            if port is not None:
+                node_host = parse_hostport(self.target, flag="proxy target")[0]
+                self._proxies.append(DelayProxy(f"{node_host}:{port}", self.shape, port=port,
+                                                host=self.host).start())
+        except BaseException:
+            self.stop()
+            raise
+        self.address = self._proxies[0].address
+        return self
+
+    def stop(self) -> None:
+        for p in self._proxies:
+            p.stop()
+        self._proxies.clear()
+
+    def __enter__(self) -> NodeDelayProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,256 @@
+"""The node's fast data path: the same frames, length-prefixed on one TCP connection.
+
+gRPC's Python API runs a bidirectional stream on extra threads (a request consumer and a
+response reader on the client, a handler on the server), and each message crosses them:
+on loopback a frame's round trip measured 400-420 us through :class:`GrpcLink` against
+120-150 us here (and 80-100 us with no reader thread; ``benchmarks/runtime.py`` has the
+fleet's figures). A 3-stage fleet pays that once per stage per token, so the node serves
+this socket beside its gRPC port and announces it in INFO (``frames_port``);
+:func:`edgeweave.runtime.transport.dial.dial` upgrades a link to it. gRPC stays the
+control path and the fallback for nodes that announce none.
+
+Wire: a ``u32`` little-endian length, then one packed :class:`Frame`; each direction
+carries frames in order, and a node answers one connection's frames in the order they
+came, as on the gRPC stream. With ``tls`` both ends do mutual TLS with the fleet's
+certificates (the trust rule of ``security.tls``: the fleet CA, the name
+``FLEET_HOSTNAME``). A length beyond :data:`MAX_FRAME` closes the connection: the stream
+cannot be resynchronised after it, so the peer sees the link break, not a wrong answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Any
+
+from edgeweave.errors import RuntimeStageError
+from edgeweave.runtime.transport.base import StageUnavailable
+from edgeweave.runtime.transport.frame import Frame
+
+if TYPE_CHECKING:
+    from edgeweave.runtime.stage import StageHost
+
+MAX_FRAME = 256 << 20  # as gRPC's message limit on the stage channels
+_LEN = struct.Struct("<I")
+# a dead peer whose host vanished (no FIN) surfaces within seconds, as gRPC's keepalive does
+_KEEPALIVE = (("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 2))
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one small frame per token
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in _KEEPALIVE:
+        if hasattr(socket, name):  # Linux names; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def _read_exact(f: Any, n: int) -> bytes | None:
+    data = f.read(n)
+    return data if data is not None and len(data) == n else None
+
+
+def read_frame(f: Any) -> bytes | None:
+    """One frame's bytes from a buffered reader; None at a clean end of stream."""
+    head = _read_exact(f, _LEN.size)
+    if head is None:
+        return None
+    (n,) = _LEN.unpack(head)
+    if n > MAX_FRAME:
+        raise RuntimeStageError(f"a frame of {n} bytes announced, over the {MAX_FRAME}-byte "
+                                "limit: the peer is not an edgeweave node or link")
+    body = _read_exact(f, n)
+    if body is None:
+        raise RuntimeStageError(f"the connection closed inside a frame of {n} bytes")
+    return body
+
+
+def _server_context(tls: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    ctx.verify_mode = ssl.CERT_REQUIRED  # a client our CA did not sign is refused
+    return ctx
+
+
+def _client_context(tls: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    return ctx
+
+
+class FrameServer:
+    """Serves ``host`` on a TCP port: a thread per connection answers its frames in order."""
+
+    def __init__(self, host: StageHost, address: str = "127.0.0.1", port: int = 0,
+                 tls: Any = None) -> None:
+        self.host = host
+        self._ctx = _server_context(tls) if tls is not None else None
+        family = socket.AF_INET6 if ":" in address.strip("[]") else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((address.strip("[]"), port))
+        except OSError as e:
+            self._sock.close()
+            raise RuntimeStageError(f"cannot listen for frames on {address}:{port} ({e}): "
+                                    "pick another --frames-port, or 0 for a free one") from None
+        self._sock.listen(64)
+        self.port: int = self._sock.getsockname()[1]
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._accept = threading.Thread(target=self._serve, name=f"frames-{self.port}",
+                                        daemon=True)
+        self._accept.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._connection, args=(conn,), daemon=True,
+                             name=f"frames-{self.port}-conn").start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        try:
+            _tune(conn)
+            if self._ctx is not None:
+                conn.settimeout(10.0)  # a peer that never finishes its handshake lets go
+                conn = self._ctx.wrap_socket(conn, server_side=True)
+                conn.settimeout(None)
+        except (OSError, ssl.SSLError):
+            conn.close()
+            return
+        with self._lock:
+            if self._closed:
+                conn.close()
+                return
+            self._conns.add(conn)
+        reader = conn.makefile("rb")
+        try:
+            while (raw := read_frame(reader)) is not None:
+                out = self.host.handle_bytes(raw)
+                conn.sendall(_LEN.pack(len(out)) + out)
+        except (OSError, RuntimeStageError):
+            pass  # the peer went away or broke framing: drop this connection only
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            with contextlib.suppress(OSError):
+                reader.close()
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._conns = list(self._conns), set()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        for conn in conns:  # shutdown wakes the connection threads blocked in recv
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class SocketLink:
+    """A :class:`~edgeweave.runtime.transport.base.Link` over :class:`FrameServer`'s
+    socket; same contract as ``GrpcLink``: answers matched by ``seq``, many threads may wait
+    on one node, and a broken connection or a missed deadline breaks the link for good."""
+
+    parallel = True
+
+    def __init__(self, address: str, host: str, port: int, tls: Any = None,
+                 connect_timeout: float = 10.0) -> None:
+        self.address = address  # the node's gRPC address: how the fleet names it
+        try:
+            sock = socket.create_connection((host.strip("[]"), port), timeout=connect_timeout)
+            _tune(sock)
+            if tls is not None:
+                from edgeweave.security.tls import FLEET_HOSTNAME
+
+                sock = _client_context(tls).wrap_socket(sock, server_hostname=FLEET_HOSTNAME)
+            sock.settimeout(None)
+        except (OSError, ssl.SSLError) as e:
+            raise StageUnavailable(f"cannot reach the frame port {port} of stage node {address} "
+                                   f"({e}): is it running, and does its certificate come from "
+                                   "this fleet's CA?") from None
+        self._sock = sock
+        self._seq = itertools.count(1)
+        self._pending: dict[int, Future[Frame]] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._broken: str | None = None
+        self._reader = threading.Thread(target=self._read, name=f"frames-link-{address}",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        f = self._sock.makefile("rb")
+        try:
+            while (raw := read_frame(f)) is not None:
+                resp = Frame.unpack(raw)
+                with self._lock:
+                    fut = self._pending.pop(resp.seq, None)
+                if fut is not None:
+                    fut.set_result(resp)
+            reason = "the node closed the connection"
+        except (OSError, RuntimeStageError) as e:
+            reason = f"{type(e).__name__}: {e}"
+        finally:
+            with contextlib.suppress(OSError):
+                f.close()
+        self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            self._broken = self._broken or reason
+            pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            fut.set_exception(StageUnavailable(f"stage node {self.address}: {reason}"))
+
+    def call(self, frame: Frame, timeout: float) -> Frame:
+        return self.submit(frame, timeout)()
+
+    def submit(self, frame: Frame, timeout: float) -> Callable[[], Frame]:
+        fut: Future[Frame] = Future()
+        with self._lock:
+            if self._broken:
+                raise StageUnavailable(f"stage node {self.address} is unavailable: {self._broken}")
+            frame.seq = next(self._seq)
+            self._pending[frame.seq] = fut
+        data = frame.pack()
+        try:
+            with self._send_lock:  # frames of several threads must not interleave
+                self._sock.sendall(_LEN.pack(len(data)) + data)
+        except OSError as e:
+            self._fail(f"sending failed: {e}")
+            self._shutdown()
+        deadline = time.monotonic() + timeout
+
+        def wait() -> Frame:
+            try:
+                return fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                self._fail(f"no answer within the {timeout:.1f} s deadline")
+                self._shutdown()
+                raise StageUnavailable(f"stage node {self.address} did not answer within "
+                                       f"{timeout:.1f} s") from None
+
+        return wait
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._fail("link closed")
+        self._shutdown()
+        with contextlib.suppress(OSError):
+            self._sock.close()

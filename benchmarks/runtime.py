@@ -6,7 +6,8 @@ Measures, in one run against a single-process baseline:
     hand (no launcher: each applies its own thread policy) and ``edgeweave serve --plan
     plan.json --node n0=... --node n1=... --node n2=...``, driven over HTTP by the official
     ``openai`` client, against ``edgeweave serve`` with no plan in the same run (target
-    >= 0.8x, greedy text identical);
+    >= 0.8x, greedy text identical), and the same nodes with ``--frames-port -1`` (frames
+    on gRPC only, as before the frame socket) beside them;
   * decode tok/s of a 3-node loopback deployment (real ``edgeweave node`` processes, gRPC)
     per hidden-state codec, and the ratio to one process (target >= 0.8x);
   * per-token overhead per hop (round trip seen by the coordinator minus the node's compute
@@ -78,48 +79,58 @@ def readme_fleet(variant: str, cuts: list[int], tokens: int, rounds: int) -> dic
     plan = Plan.split(n, cuts, ["n0", "n1", "n2"], variant=variant, codec="fp16")
     tmp = Path(tempfile.mkdtemp(prefix="edgeweave-readme-"))
     (tmp / "plan.json").write_text(_json.dumps({"plan": plan.to_dict()}))
-    nodes, addrs = [], []
+    nodes: list = []
+    fleets = {"fleet": [], "fleet_grpc": []}  # the README's nodes; the same with --frames-port -1
     try:
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
-            log = tmp / f"n{i}.log"
-            # exactly the README's command line: the node decides its own threads and waits
-            proc = subprocess.Popen([*EDGEWEAVE, "node", "--stage", f"{a}:{b}", "--variant",
-                                     variant, "--colocated"], stdout=subprocess.PIPE,
-                                    stderr=log.open("wb"))
-            nodes.append(proc)
-        addrs = [wait_ready(p, tmp / f"n{i}.log", 900) for i, p in enumerate(nodes)]
-        single = Served(["--variant", variant])
+        for key, extra in (("fleet", []), ("fleet_grpc", ["--frames-port", "-1"])):
+            for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+                log = tmp / f"{key}-n{i}.log"
+                # exactly the README's command line: the node decides its own threads and waits
+                proc = subprocess.Popen([*EDGEWEAVE, "node", "--stage", f"{a}:{b}", "--variant",
+                                         variant, "--colocated", *extra],
+                                        stdout=subprocess.PIPE, stderr=log.open("wb"))
+                nodes.append(proc)
+                fleets[key].append((proc, log))
+        addrs = {key: [wait_ready(p, log, 900) for p, log in procs]
+                 for key, procs in fleets.items()}
+        servers = {"single": Served(["--variant", variant])}
         try:
-            fleet = Served(["--plan", str(tmp / "plan.json"),
-                            *[x for i, ad in enumerate(addrs) for x in ("--node", f"n{i}={ad}")]])
+            for key in fleets:
+                servers[key] = Served(["--plan", str(tmp / "plan.json"),
+                                       *[x for i, ad in enumerate(addrs[key])
+                                         for x in ("--node", f"n{i}={ad}")]])
         except BaseException:
-            single.close()
+            for srv in servers.values():
+                srv.close()
             raise
         try:
             text_of = {}
-            per = {"single": [], "fleet": []}
-            for srv in (single, fleet):  # warm-up
+            per: dict[str, list] = {key: [] for key in servers}
+            for srv in servers.values():  # warm-up
                 stream_once(srv.url, "What should a thermostat do when the window is open?", 8)
             for _ in range(rounds):
-                for srv, key in ((single, "single"), (fleet, "fleet")):
+                for key, srv in servers.items():
                     per[key].append(stream_once(srv.url, QUESTION, tokens)["decode_tps"])
-            for srv, key in ((single, "single"), (fleet, "fleet")):
+            for key, srv in servers.items():
                 import openai
 
                 c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0)
                 r = c.chat.completions.create(model=MODEL, temperature=0, max_tokens=tokens,
                                               messages=[{"role": "user", "content": QUESTION}])
                 text_of[key] = r.choices[0].message.content
-            health = fleet.health()
+            health = servers["fleet"].health()
         finally:
-            fleet.close()
-            single.close()
+            for srv in servers.values():
+                srv.close()
     finally:
         stop_processes(nodes)
     ratios = sorted(f / s for f, s in zip(per["fleet"], per["single"], strict=True))
+    grpc = sorted(f / s for f, s in zip(per["fleet_grpc"], per["single"], strict=True))
     return {"single_tps": per["single"], "fleet_tps": per["fleet"],
             "ratio_median": statistics.median(ratios), "ratios": ratios,
             "same_text": text_of["single"] == text_of["fleet"],
+            "grpc_only_tps": per["fleet_grpc"], "grpc_only_ratio_median": statistics.median(grpc),
+            "grpc_only_same_text": text_of["single"] == text_of["fleet_grpc"],
             "backend": health.get("backend"), "variant": health.get("variant"),
             "plan": [f"{s['device']}{s['blocks']}" for s in health.get("plan", [])]}
 
@@ -149,7 +160,10 @@ def main() -> None:
                 [["edgeweave serve (one process)", [round(x, 1) for x in readme["single_tps"]],
                   1.0, ""],
                  ["3 nodes + serve --plan --node", [round(x, 1) for x in readme["fleet_tps"]],
-                  readme["ratio_median"], readme["same_text"]]])
+                  readme["ratio_median"], readme["same_text"]],
+                 ["the same, nodes with --frames-port -1 (gRPC only)",
+                  [round(x, 1) for x in readme["grpc_only_tps"]],
+                  readme["grpc_only_ratio_median"], readme["grpc_only_same_text"]]])
     if args.only_readme:
         write_json("runtime", {"model": MODEL, "readme_fleet": readme})
         return

@@ -6,6 +6,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeweave.errors import ConfigError, RuntimeStageError
 from edgeweave.runtime import codec
@@ -97,3 +99,36 @@ def test_top64_keeps_the_largest_logits_and_their_positions():
     top = np.argsort(-logits[0])[:64]
     np.testing.assert_array_equal(out[0, top], logits[0, top])
     assert np.isinf(out).sum() == 1000 - 64
+
+
+@settings(max_examples=200, deadline=None)
+@given(k=st.integers(1, 8), extra=st.integers(0, 900), seed=st.integers(0, 2**32 - 1),
+       levels=st.sampled_from([0, 3, 50]), neg_inf=st.booleans())
+def test_top_indices_find_the_k_largest_values(k, extra, seed, levels, neg_inf):
+    # rows long enough for the chunked path (16 k and up, with a ragged last chunk), values
+    # continuous or from a few levels (ties across the floor), -inf where a mask put it
+    rng = np.random.default_rng(seed)
+    v = 16 * k + extra
+    row = (rng.integers(0, levels, v) if levels else rng.standard_normal(v) * 5
+           ).astype(np.float32)
+    if neg_inf:
+        row[rng.random(v) < 0.5] = -np.inf
+    idx = codec.top_indices(row, k)
+    assert idx.shape == (k,) and len(set(idx.tolist())) == k
+    np.testing.assert_array_equal(np.sort(row[idx]), np.sort(row)[-k:])
+
+
+def test_top_indices_of_a_long_row_with_nan_fall_back_to_the_plain_partition():
+    row = np.random.default_rng(2).standard_normal(49152).astype(np.float32)
+    row[::7] = np.nan
+    idx = codec.top_indices(row, 64)
+    np.testing.assert_array_equal(np.sort(idx), np.sort(np.argpartition(row, -64)[-64:]))
+
+
+def test_top64_of_a_bundled_size_vocabulary_and_several_rows():
+    logits = np.random.default_rng(3).standard_normal((3, 1, 49152)).astype(np.float32)
+    out = codec.TOP64.decode(codec.TOP64.encode(logits), (3, 1, 49152))
+    for r in range(3):
+        top = np.argsort(-logits[r, 0])[:64]
+        np.testing.assert_array_equal(out[r, 0, top], logits[r, 0, top])
+        assert np.isinf(out[r]).sum() == 49152 - 64

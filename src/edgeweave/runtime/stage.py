@@ -3,9 +3,10 @@
 :class:`StageHost` is transport-free: it turns a request :class:`Frame` into a response frame
 (schema in ``runtime.transport.frame``). The in-process transport calls it directly; the
 gRPC server (``runtime.transport.grpc_server.serve``) exposes it as one bidirectional stream method
-``/edgeweave.Stage/Stream`` whose messages are packed frames. Requests on one stream are
-answered in order, one at a time, so a coordinator multiplexes all its sessions over a single
-stream per node.
+``/edgeweave.Stage/Stream`` whose messages are packed frames, and the frame socket
+(``runtime.transport.frame_socket``) serves the same frames on one TCP connection. Requests on
+one stream or connection are answered in order, one at a time, so a coordinator multiplexes
+all its sessions over a single one per node.
 
 Memory: every session's cache counts against ``memory_cap_bytes``. OPEN is checked before
 anything is allocated: ``max_len`` beyond the model's context is refused (``TOO_LONG``), and

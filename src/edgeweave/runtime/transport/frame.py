@@ -1,7 +1,8 @@
 """Versioned binary frame exchanged between the coordinator and stage nodes (schema v1).
 
-One frame per gRPC stream message (generic handlers, no protoc), or passed as an object by
-the in-process transport. All integers little-endian.
+One frame per gRPC stream message (generic handlers, no protoc), behind a u32 length on the
+node's frame socket (``frame_socket``), or passed as an object by the in-process transport.
+All integers little-endian.
 
 ========  ====  =============================================================
 offset    size  field

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from edgeweave.runtime.stage import StageHost
 
 MAX_FRAME = 256 << 20  # as gRPC's message limit on the stage channels
+# a coordinator holds one connection per node; a flood of idle ones must not cost a thread each
+MAX_CONNECTIONS = 64
 _LEN = struct.Struct("<I")
 # a dead peer whose host vanished (no FIN) surfaces within seconds, as gRPC's keepalive does
 _KEEPALIVE = (("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 2))
@@ -130,7 +132,7 @@ class FrameServer:
             conn.close()
             return
         with self._lock:
-            if self._closed:
+            if self._closed or len(self._conns) >= MAX_CONNECTIONS:
                 conn.close()
                 return
             self._conns.add(conn)

@@ -160,3 +160,33 @@ def test_node_cli_refuses_a_bad_frames_port(capsys):
     assert main(["node", "--frames-port", "70000"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--frames-port 70000" in err[0]
+
+
+def test_many_threads_share_one_mtls_link(tiny_model, fleets):
+    # 8 threads send big and small frames through one TLS channel (sealed under its lock,
+    # sent whole and in order) while the link's reader unseals every answer off the socket
+    import threading
+
+    ours, _ = fleets
+    with node(tiny_model, TLSFiles.from_dir(ours, "node0")) as (_, addr, fs):
+        link = SocketLink(addr, "127.0.0.1", fs.port, TLSFiles.from_dir(ours, "coordinator"))
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            try:
+                for j in range(40):
+                    size = (256 << 10) if (i + j) % 5 == 0 else 8 * j
+                    resp = link.call(Frame(Op.PING, payload=bytes([i]) * size), 20)
+                    assert resp.op == Op.OK
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        info = link.call(Frame(Op.INFO), 10).json()
+        link.close()
+    assert errors == []
+    assert info["frames_port"] == fs.port

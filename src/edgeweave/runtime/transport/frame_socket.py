@@ -171,15 +171,16 @@ class SocketLink:
     def __init__(self, address: str, host: str, port: int, tls: Any = None,
                  connect_timeout: float = 10.0) -> None:
         self.address = address  # the node's gRPC address: how the fleet names it
+        sock = None
         try:
             sock = socket.create_connection((host.strip("[]"), port), timeout=connect_timeout)
             _tune(sock)
-            if tls is not None:
-                from edgeweave.security.tls import FLEET_HOSTNAME
-
-                sock = _client_context(tls).wrap_socket(sock, server_hostname=FLEET_HOSTNAME)
+            self._chan: _PlainChannel | _TlsChannel = (
+                _PlainChannel(sock) if tls is None else _TlsChannel(sock, tls, connect_timeout))
             sock.settimeout(None)
         except (OSError, ssl.SSLError) as e:
+            if sock is not None:
+                sock.close()
             raise StageUnavailable(f"cannot reach the frame port {port} of stage node {address} "
                                    f"({e}): is it running, and does its certificate come from "
                                    "this fleet's CA?") from None
@@ -187,27 +188,22 @@ class SocketLink:
         self._seq = itertools.count(1)
         self._pending: dict[int, Future[Frame]] = {}
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
         self._broken: str | None = None
         self._reader = threading.Thread(target=self._read, name=f"frames-link-{address}",
                                         daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        f = self._sock.makefile("rb")
         try:
-            while (raw := read_frame(f)) is not None:
+            while (raw := read_frame(self._chan)) is not None:
                 resp = Frame.unpack(raw)
                 with self._lock:
                     fut = self._pending.pop(resp.seq, None)
                 if fut is not None:
                     fut.set_result(resp)
             reason = "the node closed the connection"
-        except (OSError, RuntimeStageError) as e:
+        except (OSError, ssl.SSLError, RuntimeStageError) as e:
             reason = f"{type(e).__name__}: {e}"
-        finally:
-            with contextlib.suppress(OSError):
-                f.close()
         self._fail(reason)
 
     def _fail(self, reason: str) -> None:
@@ -229,9 +225,8 @@ class SocketLink:
             self._pending[frame.seq] = fut
         data = frame.pack()
         try:
-            with self._send_lock:  # frames of several threads must not interleave
-                self._sock.sendall(_LEN.pack(len(data)) + data)
-        except OSError as e:
+            self._chan.send(_LEN.pack(len(data)) + data)
+        except (OSError, ssl.SSLError) as e:
             self._fail(f"sending failed: {e}")
             self._shutdown()
         deadline = time.monotonic() + timeout
@@ -256,3 +251,92 @@ class SocketLink:
         self._shutdown()
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+class _PlainChannel:
+    """A TCP socket: many senders (a lock keeps their frames whole), one reader."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock, self._send_lock = sock, threading.Lock()
+        self._file = sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            self._sock.sendall(data)
+
+    def read(self, n: int) -> bytes:
+        return self._file.read(n)
+
+
+class _TlsChannel:
+    """Mutual TLS over a TCP socket where one thread reads while others send.
+
+    OpenSSL forbids ``SSL_read`` and ``SSL_write`` on one connection from two threads at
+    once (a blocking ``SSLSocket`` read beside a send corrupts it), so the TLS state is an
+    ``SSLObject`` over memory buffers, touched only under ``_tls``; the socket itself, which
+    is full duplex, is read and written outside that lock. Records leave in the order they
+    were sealed (``_send`` is held across both)."""
+
+    def __init__(self, sock: socket.socket, tls: Any, timeout: float) -> None:
+        from edgeweave.security.tls import FLEET_HOSTNAME
+
+        self._sock = sock
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._obj = _client_context(tls).wrap_bio(self._in, self._out,
+                                                  server_hostname=FLEET_HOSTNAME)
+        self._tls, self._send = threading.Lock(), threading.Lock()
+        self._buf = bytearray()
+        self._eof = False
+        sock.settimeout(timeout)
+        while True:  # the handshake, before any other thread has the channel
+            try:
+                self._obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._fill():
+                    raise ConnectionError("the node closed the connection during the TLS "
+                                          "handshake") from None
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what the TLS state has sealed (caller holds ``_send``, or is alone)."""
+        with self._tls:
+            out = self._out.read()
+        if out:
+            self._sock.sendall(out)
+
+    def _fill(self) -> bool:
+        data = self._sock.recv(1 << 16)
+        if not data:
+            return False
+        with self._tls:
+            self._in.write(data)
+        return True
+
+    def send(self, data: bytes) -> None:
+        with self._send:
+            with self._tls:
+                self._obj.write(data)
+            self._flush()
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` plaintext bytes, fewer only at the end of the stream (one reader)."""
+        while len(self._buf) < n and not self._eof:
+            with self._tls:
+                try:
+                    while chunk := self._obj.read(1 << 16):
+                        self._buf += chunk
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLZeroReturnError:  # the node's close_notify
+                    self._eof = True
+                reply = self._out.pending > 0  # TLS 1.3 may answer a key update
+            if reply:
+                with self._send:
+                    self._flush()
+            if len(self._buf) < n and not self._eof and not self._fill():
+                self._eof = True
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out

@@ -163,6 +163,7 @@ class OnnxStageEngine:
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._input = "input_ids" if config.shard.is_first else "hidden_states"
         self._output = "logits" if config.shard.is_last else "hidden_states_out"
+        self._widths: dict[int, tuple[Any, int | None]] = {}  # by session: _out_width
         # unmerged LoRA: how to get the LoRA twin graph, its session once loaded, and the
         # factor inputs of every added adapter (OrtValues bound by its sessions)
         self._lora_graph = lora_graph
@@ -314,14 +315,35 @@ class OnnxStageEngine:
         binding.bind_cpu_input(self._input, arr)
         binding.bind_cpu_input("seqlens_k", seqlens)
         binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        binding.bind_output(self._output, "cpu")
+        runner = self._runner(adapter)
+        width = self._out_width(runner) if arr.shape[1] == 1 else None
+        out = None
+        if width is not None:
+            # a decode step writes straight into an array of ours: get_outputs() would wrap
+            # every present_* output too (61 OrtValues for 30 blocks) and copy the result
+            # (measured: a whole-model int4 step 9.15 ms against 9.24, medians of 770 each)
+            out = np.empty((arr.shape[0], 1, width), np.float32)
+            binding.bind_output(self._output, "cpu", 0, np.float32, list(out.shape),
+                                out.ctypes.data)
+        else:
+            binding.bind_output(self._output, "cpu")
         # a prefill's activations are T times a decode step's: give them back afterwards
         # instead of keeping the arena at the largest prompt seen (decode steps reuse theirs)
-        self._runner(adapter).run_with_iobinding(binding,
-                                                 self._shrink if arr.shape[1] > 1 else None)
+        runner.run_with_iobinding(binding, self._shrink if arr.shape[1] > 1 else None)
         if self._watch is not None:  # now, while our workers are stopped and the pipeline
             self._watch.sample()  # waits for us
-        return binding.get_outputs()[0].numpy()
+        return out if out is not None else binding.get_outputs()[0].numpy()
+
+    def _out_width(self, runner: Any) -> int | None:
+        """The static last dimension of the graph's float output (vocabulary or hidden
+        size), or None where the graph leaves it symbolic or is not float32."""
+        cached = self._widths.get(id(runner))
+        if cached is None or cached[0] is not runner:
+            meta = next(o for o in runner.get_outputs() if o.name == self._output)
+            dim = meta.shape[-1] if meta.shape else None
+            width = dim if isinstance(dim, int) and meta.type == "tensor(float)" else None
+            cached = self._widths[id(runner)] = (runner, width)
+        return cached[1]
 
     def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:
         out = self._step(session_id, x, all_positions=False)

@@ -108,16 +108,19 @@ TOPK = 64
 
 def top_indices(row: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest values of a 1-D ``row`` (in no order), as
-    ``np.argpartition(row, -k)[-k:]`` finds them but about 10x faster on a 49k vocabulary
-    (0.6 ms a row measured on a node's last stage: 6 % of a token). The ``k``-th largest of
-    the maxima of ``k``-wide chunks is a floor: ``k`` chunks each hold a value at or above
-    it, so the ``k`` largest values all are, and only they and values tied near them pass."""
+    ``np.argpartition(row, -k)[-k:]`` finds them, in 35 us a 49k-vocabulary row against
+    390 (0.4-0.6 ms on a node's last stage beside its engine: 5 % of a token). Split the row into
+    ``G >= k`` groups (strided, so one vectorised max over rows finds every group's
+    maximum); the ``k``-th largest group maximum is a floor: ``k`` groups each hold a value
+    at or above it, so the ``k`` largest values all are, and only they and values tied near
+    them pass it."""
     v = row.shape[0]
-    if v < 16 * k:  # a small row: one partition costs less than the chunking
+    groups = v // k
+    if groups < max(k, 16):  # a short row: one partition costs less than the grouping
         return np.argpartition(row, -k)[-k:]
-    body = v - v % k
-    maxima = row[:body].reshape(-1, k).max(axis=1)
-    if body < v:
+    body = groups * k
+    maxima = row[:body].reshape(k, groups).max(axis=0)
+    if body < v:  # the ragged tail is one more group
         maxima = np.append(maxima, row[body:].max())
     floor = np.partition(maxima, -k)[-k]
     cand = np.flatnonzero(row >= floor)

@@ -132,3 +132,20 @@ def test_top64_of_a_bundled_size_vocabulary_and_several_rows():
         top = np.argsort(-logits[r, 0])[:64]
         np.testing.assert_array_equal(out[r, 0, top], logits[r, 0, top])
         assert np.isinf(out[r]).sum() == 49152 - 64
+
+
+def test_top1_keeps_the_argmax_of_every_row_even_among_ties():
+    logits = np.random.default_rng(4).standard_normal((2, 3, 1000)).astype(np.float32)
+    logits[1, 2, [10, 700]] = 9.0  # a tie: argmax picks the lowest index, so must top1
+    data = codec.TOP1.encode(logits)
+    assert len(data) == 6 * 8 == codec.TOP1.size((2, 3, 1000))
+    out = codec.TOP1.decode(data, (2, 3, 1000))
+    np.testing.assert_array_equal(out.argmax(-1), logits.argmax(-1))
+    assert out[1, 2, 10] == 9.0 and np.isinf(out).sum() == 6 * 999
+    np.testing.assert_array_equal(out.max(-1), logits.max(-1))
+
+
+def test_top1_refuses_an_index_outside_the_vocabulary():
+    bad = np.float32(1.0).tobytes() + np.int32(1000).tobytes()
+    with pytest.raises(RuntimeStageError, match="outside the 1000-token vocabulary"):
+        codec.TOP1.decode(bad, (1, 1000))

@@ -158,7 +158,7 @@ def test_top64_logits_keep_greedy_tokens_and_shrink_the_last_hop(lm):
     assert s_small.stats["bytes_received"] == s_big.stats["bytes_received"]
 
 
-def test_a_greedy_request_gets_its_logits_as_the_top_64(tmp_path):
+def test_a_greedy_request_gets_only_its_argmax_logit(tmp_path):
     from edgeweave.runtime.generate import stream_generate
     from tests.conftest import make_cfg, random_model, save_folder
 
@@ -172,10 +172,10 @@ def test_a_greedy_request_gets_its_logits_as_the_top_64(tmp_path):
         with coord.new_session() as s:
             got = [t for r in stream_generate(s, lm.tokenizer, PROMPT, params) for t in r.tokens]
             received[name] = s.stats["bytes_received"]
-            assert s.logits_codec == ("top64" if name == "greedy" else "fp32")
+            assert s.logits_codec == ("top1" if name == "greedy" else "fp32")
         if name == "greedy":
-            assert got == _reference(lm.model)  # the same argmax from 64 values
+            assert got == _reference(lm.model)  # the same argmax from the largest logit
     coord.close()
-    # 1,024 logits are 4 KiB in fp32, the top 64 with their ids 512 bytes
+    # 1,024 logits are 4 KiB in fp32, the largest with its id 8 bytes
     assert received["greedy"] < 0.25 * received["logprobs"]
     assert received["sampled"] == pytest.approx(received["logprobs"], rel=0.01)  # full rows

@@ -509,8 +509,8 @@ class _Refused(Exception):
         self.code, self.message = code, message
 
 
-# logits come back as fp32, fp16 or top64; hidden states in any of the plan's codecs
-_REPLY_CODECS = (*CODECS, codecs.TOP64.name)
+# logits come back as fp32, fp16, top64 or top1; hidden states in any of the plan's codecs
+_REPLY_CODECS = (*CODECS, codecs.TOP64.name, codecs.TOP1.name)
 
 
 def _codec(cid: int, what: str, allowed: tuple[str, ...]) -> codecs.Codec:

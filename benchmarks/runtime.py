@@ -11,10 +11,13 @@ Measures, in one run against a single-process baseline:
   * decode tok/s of a 3-node loopback deployment (real ``edgeweave node`` processes, gRPC)
     per hidden-state codec, and the ratio to one process (target >= 0.8x);
   * per-token overhead per hop (round trip seen by the coordinator minus the node's compute
-    time; target < 2 ms at fp16) and bytes on the wire per token by codec;
+    time; target < 2 ms at fp16) and bytes on the wire per token by codec, and a PING's
+    round trip to a launched node over its gRPC stream and over its frame socket;
   * recovery time after SIGKILL of the middle node mid-stream (target < 10 s), checking the
     stream's tokens against an undisturbed run;
   * aggregate throughput with 1, 4 and 16 concurrent streams.
+The anchor, onnxruntime-genai on the same weights in one process, prints beside the README
+row.
 Greedy decoding, ``--tokens`` new tokens after a chat prompt. Every round runs every
 configuration back to back; a configuration's ratio is the median over rounds of its tok/s
 divided by the best single-process run *of the same round* (this VM's speed drifts by 20-30 %
@@ -61,6 +64,42 @@ def paired_ratio(results, singles_per_round):  # noqa: ANN001, ANN201
     ratios = sorted(r.metrics.decode_tps / max(q.metrics.decode_tps for q in sq)
                     for r, sq in zip(results, singles_per_round, strict=True))
     return statistics.median(ratios), ratios
+
+
+def transport(address: str, rounds: int, n: int = 2000) -> dict:
+    """Round trips of a PING to a real ``edgeweave node`` through its gRPC stream and
+    through the frame socket ``dial`` switches to, empty and carrying one fp16 hidden
+    state of the bundled model (1,152 bytes); alternating rounds, medians in us."""
+    from edgeweave.runtime.transport.dial import dial
+    from edgeweave.runtime.transport.frame import Frame, Op
+    from edgeweave.runtime.transport.grpc_link import GrpcLink
+
+    links = {"gRPC stream": GrpcLink(address), "frame socket": dial(address)}
+    out: dict = {name: {"empty": [], "1152 B": []} for name in links}
+    try:
+        for _ in range(rounds):
+            for name, link in links.items():
+                for label, size in (("empty", 0), ("1152 B", 1152)):
+                    times = []
+                    for _ in range(n):
+                        t0 = time.perf_counter()
+                        link.call(Frame(Op.PING, payload=bytes(size)), 10)
+                        times.append(time.perf_counter() - t0)
+                    out[name][label].append(1e6 * statistics.median(times))
+    finally:
+        for link in links.values():
+            link.close()
+    out["kinds"] = {name: type(link).__name__ for name, link in links.items()}
+    return out
+
+
+def genai_anchor(variant: str, tokens: int) -> dict:
+    """onnxruntime-genai on the same weights in its own process, one stream (serve.py's)."""
+    from serve import in_child, threads_default
+
+    precision = variant if variant in ("int4", "fp32") else "int4"
+    return in_child("genai", precision, argparse.Namespace(new_tokens=tokens, repeat=3,
+                                                           threads=threads_default()))
 
 
 def readme_fleet(variant: str, cuts: list[int], tokens: int, rounds: int) -> dict:
@@ -154,6 +193,8 @@ def main() -> None:
     n = args.tokens
     cuts = [int(c) for c in args.cuts.split(",")]
     readme = readme_fleet(args.variant, cuts, n, args.rounds)
+    anchor = genai_anchor(args.variant, n)
+    readme["genai_anchor"] = anchor
     print_table(f"As the README says: 3 `edgeweave node` + `edgeweave serve --plan --node` vs "
                 f"`edgeweave serve`, HTTP, {args.variant}, {n} tokens, {args.rounds} rounds",
                 ["setup", "tok/s per round", "x single (median)", "same text"],
@@ -163,7 +204,9 @@ def main() -> None:
                   readme["ratio_median"], readme["same_text"]],
                  ["the same, nodes with --frames-port -1 (gRPC only)",
                   [round(x, 1) for x in readme["grpc_only_tps"]],
-                  readme["grpc_only_ratio_median"], readme["grpc_only_same_text"]]])
+                  readme["grpc_only_ratio_median"], readme["grpc_only_same_text"]],
+                 ["anchor: onnxruntime-genai, one process, no HTTP",
+                  round(anchor.get("decode_tps", 0.0), 1), "", ""]])
     if args.only_readme:
         write_json("runtime", {"model": MODEL, "readme_fleet": readme})
         return
@@ -187,6 +230,7 @@ def main() -> None:
     with launch(plans["fp32"], MODEL, max_len=max_len, replay=args.replay,
                 env=node_env or None) as dep:
         coord = dep.coordinator
+        out["transport"] = transport(dep.addresses["n1"], args.rounds)
         inproc = embedded(MODEL, plans["fp32"], max_len=max_len).coordinator
         # rounds interleave every configuration, so background load hurts all alike
         runs: dict[str, list] = {}
@@ -294,6 +338,11 @@ def main() -> None:
     print_table("Concurrent streams (3 nodes, fp16)",
                 ["streams", "finished", "tokens", "wall s", "aggregate tok/s",
                  "per-stream tok/s"], conc_rows)
+    tr = out["transport"]
+    print_table("PING round trips to a launched node (us, median of 2,000 per round; rounds)",
+                ["link", "class", "empty", "1,152 B (one fp16 hidden state)"],
+                [[name, tr["kinds"][name], [round(x) for x in tr[name]["empty"]],
+                  [round(x) for x in tr[name]["1152 B"]]] for name in tr["kinds"]])
     rec = out["recovery"]
     print_table("Recovery after SIGKILL of the middle node",
                 ["recovery s", "stall s", "replayed tokens", "identical"],

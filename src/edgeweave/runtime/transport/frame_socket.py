@@ -20,18 +20,15 @@ cannot be resynchronised after it, so the peer sees the link break, not a wrong 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import socket
 import ssl
 import struct
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from edgeweave.errors import RuntimeStageError
+from edgeweave.runtime.transport.answers import Answers
 from edgeweave.runtime.transport.base import StageUnavailable
 from edgeweave.runtime.transport.frame import Frame
 
@@ -185,10 +182,7 @@ class SocketLink:
                                    f"({e}): is it running, and does its certificate come from "
                                    "this fleet's CA?") from None
         self._sock = sock
-        self._seq = itertools.count(1)
-        self._pending: dict[int, Future[Frame]] = {}
-        self._lock = threading.Lock()
-        self._broken: str | None = None
+        self._answers = Answers(address)
         self._reader = threading.Thread(target=self._read, name=f"frames-link-{address}",
                                         daemon=True)
         self._reader.start()
@@ -196,58 +190,31 @@ class SocketLink:
     def _read(self) -> None:
         try:
             while (raw := read_frame(self._chan)) is not None:
-                resp = Frame.unpack(raw)
-                with self._lock:
-                    fut = self._pending.pop(resp.seq, None)
-                if fut is not None:
-                    fut.set_result(resp)
+                self._answers.resolve(Frame.unpack(raw))
             reason = "the node closed the connection"
         except (OSError, ssl.SSLError, RuntimeStageError) as e:
             reason = f"{type(e).__name__}: {e}"
-        self._fail(reason)
-
-    def _fail(self, reason: str) -> None:
-        with self._lock:
-            self._broken = self._broken or reason
-            pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            fut.set_exception(StageUnavailable(f"stage node {self.address}: {reason}"))
+        self._answers.fail(reason)
 
     def call(self, frame: Frame, timeout: float) -> Frame:
         return self.submit(frame, timeout)()
 
     def submit(self, frame: Frame, timeout: float) -> Callable[[], Frame]:
-        fut: Future[Frame] = Future()
-        with self._lock:
-            if self._broken:
-                raise StageUnavailable(f"stage node {self.address} is unavailable: {self._broken}")
-            frame.seq = next(self._seq)
-            self._pending[frame.seq] = fut
+        fut = self._answers.register(frame)
         data = frame.pack()
         try:
             self._chan.send(_LEN.pack(len(data)) + data)
         except (OSError, ssl.SSLError) as e:
-            self._fail(f"sending failed: {e}")
+            self._answers.fail(f"sending failed: {e}")
             self._shutdown()
-        deadline = time.monotonic() + timeout
-
-        def wait() -> Frame:
-            try:
-                return fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                self._fail(f"no answer within the {timeout:.1f} s deadline")
-                self._shutdown()
-                raise StageUnavailable(f"stage node {self.address} did not answer within "
-                                       f"{timeout:.1f} s") from None
-
-        return wait
+        return self._answers.waiter(fut, timeout, self._shutdown)
 
     def _shutdown(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        self._fail("link closed")
+        self._answers.fail("link closed")
         self._shutdown()
         with contextlib.suppress(OSError):
             self._sock.close()

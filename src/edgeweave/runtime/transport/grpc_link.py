@@ -8,15 +8,12 @@ fails over instead of retrying a dead node).
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from edgeweave.runtime.transport.answers import Answers
 from edgeweave.runtime.transport.base import StageUnavailable
 from edgeweave.runtime.transport.frame import Frame
 from edgeweave.runtime.transport.grpc_server import GRPC_OPTIONS, METHOD
@@ -43,11 +40,8 @@ class GrpcLink:
             raise StageUnavailable(
                 f"cannot reach stage node {address} within {connect_timeout:.0f} s: is it "
                 "running, and does its certificate come from this fleet's CA?") from None
-        self._seq = itertools.count(1)
-        self._pending: dict[int, Future[Frame]] = {}
-        self._lock = threading.Lock()
+        self._answers = Answers(address)
         self._out: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._broken: str | None = None
         call = self._channel.stream_stream(METHOD)  # no serializers: frames are bytes
         self._responses = call(iter(self._out.get, _END))
         self._reader = threading.Thread(target=self._read, name=f"grpc-link-{address}",
@@ -57,23 +51,12 @@ class GrpcLink:
     def _read(self) -> None:
         try:
             for raw in self._responses:
-                resp = Frame.unpack(raw)
-                with self._lock:
-                    fut = self._pending.pop(resp.seq, None)
-                if fut is not None:
-                    fut.set_result(resp)
+                self._answers.resolve(Frame.unpack(raw))
             reason = "the node closed the stream"
         except Exception as e:  # grpc.RpcError when the node dies or the channel closes
             details = e.details() if hasattr(e, "details") else str(e)
             reason = f"{type(e).__name__}: {details}"
-        self._fail(reason)
-
-    def _fail(self, reason: str) -> None:
-        with self._lock:
-            self._broken = self._broken or reason
-            pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            fut.set_exception(StageUnavailable(f"stage node {self.address}: {reason}"))
+        self._answers.fail(reason)
 
     def call(self, frame: Frame, timeout: float) -> Frame:
         return self.submit(frame, timeout)()
@@ -81,26 +64,11 @@ class GrpcLink:
     def submit(self, frame: Frame, timeout: float) -> Callable[[], Frame]:
         """Send ``frame`` now; the returned function waits (``timeout`` from now) for its
         answer. The node serves a stream's frames in the order they were sent."""
-        fut: Future[Frame] = Future()
-        with self._lock:
-            if self._broken:
-                raise StageUnavailable(f"stage node {self.address} is unavailable: {self._broken}")
-            frame.seq = next(self._seq)
-            self._pending[frame.seq] = fut
+        fut = self._answers.register(frame)
         self._out.put(frame.pack())
-        deadline = time.monotonic() + timeout
-
-        def wait() -> Frame:
-            try:
-                return fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                self._fail(f"no answer within the {timeout:.1f} s deadline")
-                raise StageUnavailable(f"stage node {self.address} did not answer within "
-                                       f"{timeout:.1f} s") from None
-
-        return wait
+        return self._answers.waiter(fut, timeout)
 
     def close(self) -> None:
         self._out.put(_END)
-        self._fail("link closed")
+        self._answers.fail("link closed")
         self._channel.close()

@@ -85,3 +85,13 @@ def test_distillation_resumes_from_its_checkpoint(tiny_lm, calib, tmp_path) -> N
     straight, third = train_student(tiny_lm.model, r, calib.ids, tmp_path / "other.pt")
     ids = calib.ids[:1]
     assert torch.allclose(resumed(ids), straight(ids), atol=1e-4)
+
+
+def test_distillation_logs_its_progress(tiny_lm, calib, tmp_path, caplog) -> None:
+    r = Distill(student_layers=2, steps=20, batch=2, checkpoint_every=50)
+    with caplog.at_level("INFO", logger="edgeweave.compress.distill.kd"):
+        train_student(tiny_lm.model, r, calib.ids, tmp_path / "kd.pt")
+    lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("distill")]
+    assert len(lines) == 10  # every 2nd step of 20
+    assert lines[0].startswith("distill: step 2/20, loss ") and "s a step" in lines[0]
+    assert lines[-1].startswith("distill: step 20/20,") and "about 0 s left" in lines[-1]

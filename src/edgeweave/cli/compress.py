@@ -42,8 +42,22 @@ def register(app: typer.Typer) -> None:
             console.print(table("recipe presets", ["name", "recipe"],
                                 [(k, v.label()) for k, v in presets().items()]))
             return
+        _progress_to_stderr()
         m = run_compress(model, recipe, out, calib_sequences, calib_seq_len)
         s = m["stats"]
         console.print(f"wrote {out}: {s['size_bytes'] / 1e6:.1f} MB "
                       f"({100 * s['size_vs_fp16']:.0f}% of fp16, {s['bits_per_weight']:.2f} "
                       f"bits/weight) in {m['compress_seconds']:.0f} s · {m['runtime']}")
+
+
+def _progress_to_stderr() -> None:
+    """Long compressions (a distilled student trains for minutes) log their progress at INFO
+    under ``edgeweave.compress``: print those lines, and nothing of other libraries."""
+    import logging
+
+    log = logging.getLogger("edgeweave.compress")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)

@@ -4,6 +4,9 @@ embedding, final norm and head, then trains on the calibration text to match the
 temperature-softened next-token distribution (``loss="kd"``) or, as the baseline, the text's
 own next tokens (``loss="ce"``; same steps, same batches).
 
+Progress (step, recent loss, seconds a step, time left) is logged about ten times a run at
+INFO (``edgeweave compress`` prints it): a student of the bundled model trains for minutes.
+
 Training checkpoints (student, optimizer, step) are written atomically every
 ``checkpoint_every`` steps under the work folder, keyed by recipe + source + data, and a later
 run resumes from them; the checkpoint is removed once the student is finished.
@@ -15,6 +18,7 @@ import copy
 import hashlib
 import io
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,8 @@ from edgeweave.compress.recipes import Distill, register_method
 from edgeweave.errors import CheckpointError, ConfigError
 from edgeweave.models.llama import BlockModel
 from edgeweave.paths import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 
 def pick_layers(n_teacher: int, n_student: int) -> list[int]:
@@ -104,6 +110,12 @@ def train_student(teacher: BlockModel, r: Distill, ids: torch.Tensor, ckpt: Path
             opt.step()
             losses.append(float(loss.detach()))
             done = step + 1
+            if done % max(1, r.steps // 10) == 0 or done == r.steps:
+                per = (time.perf_counter() - t0) / (done - start)
+                recent = losses[-10:]
+                log.info("distill: step %d/%d, loss %.3f (mean of the last %d), %.1f s a step, "
+                         "about %.0f s left", done, r.steps, sum(recent) / len(recent),
+                         len(recent), per, per * (r.steps - done))
             if done % r.checkpoint_every == 0 and done < r.steps:
                 buf = io.BytesIO()
                 torch.save({"student": student.state_dict(), "optimizer": opt.state_dict(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -190,3 +191,27 @@ def test_many_threads_share_one_mtls_link(tiny_model, fleets):
         link.close()
     assert errors == []
     assert info["frames_port"] == fs.port
+
+
+def test_connections_beyond_the_cap_are_closed(tiny_model, monkeypatch):
+    import edgeweave.runtime.transport.frame_socket as fs_mod
+
+    monkeypatch.setattr(fs_mod, "MAX_CONNECTIONS", 3)
+    with node(tiny_model) as (_, _, fs):
+        held = [socket.create_connection(("127.0.0.1", fs.port), timeout=10) for _ in range(3)]
+        for i, s in enumerate(held):  # each answered: all three are counted
+            assert _send(s, Frame(Op.PING, seq=i + 1).pack()).seq == i + 1
+        with socket.create_connection(("127.0.0.1", fs.port), timeout=10) as extra:
+            assert extra.recv(1) == b""  # closed at once
+        held.pop().close()
+        for _ in range(50):  # the freed seat is taken back once its thread has let go
+            with socket.create_connection(("127.0.0.1", fs.port), timeout=10) as again:
+                try:
+                    if _send(again, Frame(Op.PING, seq=9).pack()).seq == 9:
+                        break
+                except (struct.error, ConnectionError):
+                    time.sleep(0.05)
+        else:
+            raise AssertionError("a freed connection seat was never reused")
+        for s in held:
+            s.close()

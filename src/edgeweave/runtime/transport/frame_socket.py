@@ -119,32 +119,34 @@ class FrameServer:
                              name=f"frames-{self.port}-conn").start()
 
     def _connection(self, conn: socket.socket) -> None:
+        with self._lock:  # counted before the handshake: a flood of them is refused too
+            if self._closed or len(self._conns) >= MAX_CONNECTIONS:
+                conn.close()
+                return
+            self._conns.add(conn)
+        plain, reader = conn, None
         try:
             _tune(conn)
             if self._ctx is not None:
                 conn.settimeout(10.0)  # a peer that never finishes its handshake lets go
                 conn = self._ctx.wrap_socket(conn, server_side=True)
                 conn.settimeout(None)
-        except (OSError, ssl.SSLError):
-            conn.close()
-            return
-        with self._lock:
-            if self._closed or len(self._conns) >= MAX_CONNECTIONS:
-                conn.close()
-                return
-            self._conns.add(conn)
-        reader = conn.makefile("rb")
-        try:
+                with self._lock:  # the TLS socket owns the descriptor now
+                    self._conns.discard(plain)
+                    self._conns.add(conn)
+            reader = conn.makefile("rb")
             while (raw := read_frame(reader)) is not None:
                 out = self.host.handle_bytes(raw)
                 conn.sendall(_LEN.pack(len(out)) + out)
-        except (OSError, RuntimeStageError):
-            pass  # the peer went away or broke framing: drop this connection only
+        except (OSError, ssl.SSLError, RuntimeStageError):
+            pass  # a failed handshake, a peer gone or broken framing: this connection only
         finally:
             with self._lock:
+                self._conns.discard(plain)
                 self._conns.discard(conn)
             with contextlib.suppress(OSError):
-                reader.close()
+                if reader is not None:
+                    reader.close()
                 conn.close()
 
     def close(self) -> None:

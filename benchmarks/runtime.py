@@ -6,8 +6,9 @@ Measures, in one run against a single-process baseline:
     hand (no launcher: each applies its own thread policy) and ``edgeweave serve --plan
     plan.json --node n0=... --node n1=... --node n2=...``, driven over HTTP by the official
     ``openai`` client, against ``edgeweave serve`` with no plan in the same run (target
-    >= 0.8x, greedy text identical), and the same nodes with ``--frames-port -1`` (frames
-    on gRPC only, as before the frame socket) beside them;
+    >= 0.8x, greedy text identical), and beside them the same nodes with ``--frames-port
+    -1`` (frames on gRPC only, as before the frame socket) and with mutual TLS
+    (``edgeweave certs init``, ``--tls-dir`` on the nodes and on ``serve``);
   * decode tok/s of a 3-node loopback deployment (real ``edgeweave node`` processes, gRPC)
     per hidden-state codec, and the ratio to one process (target >= 0.8x);
   * per-token overhead per hop (round trip seen by the coordinator minus the node's compute
@@ -119,14 +120,20 @@ def readme_fleet(variant: str, cuts: list[int], tokens: int, rounds: int) -> dic
     tmp = Path(tempfile.mkdtemp(prefix="edgeweave-readme-"))
     (tmp / "plan.json").write_text(_json.dumps({"plan": plan.to_dict()}))
     nodes: list = []
-    fleets = {"fleet": [], "fleet_grpc": []}  # the README's nodes; the same with --frames-port -1
+    certs = tmp / "certs"  # as a user makes them: `edgeweave certs init DIR NAMES...`
+    subprocess.run([*EDGEWEAVE, "certs", "init", str(certs), "coordinator", "n0", "n1", "n2"],
+                   check=True, capture_output=True)
+    # the README's nodes; the same with --frames-port -1 (gRPC only); the same with mTLS
+    fleets: dict[str, list] = {"fleet": [], "fleet_grpc": [], "fleet_tls": []}
     try:
-        for key, extra in (("fleet", []), ("fleet_grpc", ["--frames-port", "-1"])):
+        for key, extra in (("fleet", []), ("fleet_grpc", ["--frames-port", "-1"]),
+                           ("fleet_tls", ["--tls-dir", str(certs)])):
             for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
                 log = tmp / f"{key}-n{i}.log"
+                names = ["--name", f"n{i}"] if key == "fleet_tls" else []
                 # exactly the README's command line: the node decides its own threads and waits
                 proc = subprocess.Popen([*EDGEWEAVE, "node", "--stage", f"{a}:{b}", "--variant",
-                                         variant, "--colocated", *extra],
+                                         variant, "--colocated", *extra, *names],
                                         stdout=subprocess.PIPE, stderr=log.open("wb"))
                 nodes.append(proc)
                 fleets[key].append((proc, log))
@@ -135,7 +142,8 @@ def readme_fleet(variant: str, cuts: list[int], tokens: int, rounds: int) -> dic
         servers = {"single": Served(["--variant", variant])}
         try:
             for key in fleets:
-                servers[key] = Served(["--plan", str(tmp / "plan.json"),
+                tls = ["--tls-dir", str(certs)] if key == "fleet_tls" else []
+                servers[key] = Served(["--plan", str(tmp / "plan.json"), *tls,
                                        *[x for i, ad in enumerate(addrs[key])
                                          for x in ("--node", f"n{i}={ad}")]])
         except BaseException:
@@ -165,11 +173,14 @@ def readme_fleet(variant: str, cuts: list[int], tokens: int, rounds: int) -> dic
         stop_processes(nodes)
     ratios = sorted(f / s for f, s in zip(per["fleet"], per["single"], strict=True))
     grpc = sorted(f / s for f, s in zip(per["fleet_grpc"], per["single"], strict=True))
+    mtls = sorted(f / s for f, s in zip(per["fleet_tls"], per["single"], strict=True))
     return {"single_tps": per["single"], "fleet_tps": per["fleet"],
             "ratio_median": statistics.median(ratios), "ratios": ratios,
             "same_text": text_of["single"] == text_of["fleet"],
             "grpc_only_tps": per["fleet_grpc"], "grpc_only_ratio_median": statistics.median(grpc),
             "grpc_only_same_text": text_of["single"] == text_of["fleet_grpc"],
+            "mtls_tps": per["fleet_tls"], "mtls_ratio_median": statistics.median(mtls),
+            "mtls_same_text": text_of["single"] == text_of["fleet_tls"],
             "backend": health.get("backend"), "variant": health.get("variant"),
             "plan": [f"{s['device']}{s['blocks']}" for s in health.get("plan", [])]}
 
@@ -205,6 +216,9 @@ def main() -> None:
                  ["the same, nodes with --frames-port -1 (gRPC only)",
                   [round(x, 1) for x in readme["grpc_only_tps"]],
                   readme["grpc_only_ratio_median"], readme["grpc_only_same_text"]],
+                 ["the same with mutual TLS (--tls-dir on nodes and serve)",
+                  [round(x, 1) for x in readme["mtls_tps"]],
+                  readme["mtls_ratio_median"], readme["mtls_same_text"]],
                  ["anchor: onnxruntime-genai, one process, no HTTP",
                   round(anchor.get("decode_tps", 0.0), 1), "", ""]])
     if args.only_readme:

@@ -163,7 +163,9 @@ class OnnxStageEngine:
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._input = "input_ids" if config.shard.is_first else "hidden_states"
         self._output = "logits" if config.shard.is_last else "hidden_states_out"
-        self._widths: dict[int, tuple[Any, int | None]] = {}  # by session: _out_width
+        # the output's static last dimension (vocabulary or hidden size): one graph file, so
+        # the same for a rebuilt session and for the LoRA twin, which only adds inputs
+        self._width = _out_width(self.session, self._output)
         # unmerged LoRA: how to get the LoRA twin graph, its session once loaded, and the
         # factor inputs of every added adapter (OrtValues bound by its sessions)
         self._lora_graph = lora_graph
@@ -316,7 +318,7 @@ class OnnxStageEngine:
         binding.bind_cpu_input("seqlens_k", seqlens)
         binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         runner = self._runner(adapter)
-        width = self._out_width(runner) if arr.shape[1] == 1 else None
+        width = self._width if arr.shape[1] == 1 else None
         out = None
         if width is not None:
             # a decode step writes straight into an array of ours: get_outputs() would wrap
@@ -333,17 +335,6 @@ class OnnxStageEngine:
         if self._watch is not None:  # now, while our workers are stopped and the pipeline
             self._watch.sample()  # waits for us
         return out if out is not None else binding.get_outputs()[0].numpy()
-
-    def _out_width(self, runner: Any) -> int | None:
-        """The static last dimension of the graph's float output (vocabulary or hidden
-        size), or None where the graph leaves it symbolic or is not float32."""
-        cached = self._widths.get(id(runner))
-        if cached is None or cached[0] is not runner:
-            meta = next(o for o in runner.get_outputs() if o.name == self._output)
-            dim = meta.shape[-1] if meta.shape else None
-            width = dim if isinstance(dim, int) and meta.type == "tensor(float)" else None
-            cached = self._widths[id(runner)] = (runner, width)
-        return cached[1]
 
     def forward(self, session_id: str, x: np.ndarray) -> np.ndarray:
         out = self._step(session_id, x, all_positions=False)
@@ -581,3 +572,11 @@ def export_stages(model: str, variant: str = "fp32", cuts: list[int] | None = No
 @register_engine("onnx")
 def _make(config: EngineConfig) -> StageEngine:
     return build_engine(config)
+
+
+def _out_width(session: Any, name: str) -> int | None:
+    """The static last dimension of the graph's float output ``name``, or None where the
+    graph leaves it symbolic or it is not float32."""
+    meta = next(o for o in session.get_outputs() if o.name == name)
+    dim = meta.shape[-1] if meta.shape else None
+    return dim if isinstance(dim, int) and meta.type == "tensor(float)" else None

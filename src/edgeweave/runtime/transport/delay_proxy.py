@@ -177,12 +177,11 @@ class NodeDelayProxy:
 
     def start(self) -> NodeDelayProxy:
         from edgeweave.runtime.transport.dial import frames_port
-        from edgeweave.runtime.transport.frame import Frame, Op
         from edgeweave.runtime.transport.grpc_link import GrpcLink
 
         link = GrpcLink(self.target, self.tls)
         try:
-            port = frames_port(link.call(Frame(Op.INFO), 10).json())
+            port = frames_port(link, 10)
         finally:
             link.close()
         try:

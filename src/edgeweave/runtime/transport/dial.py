@@ -20,8 +20,10 @@ from edgeweave.runtime.transport.grpc_link import GrpcLink
 log = logging.getLogger(__name__)
 
 
-def frames_port(info: Any) -> int | None:
-    """The frame socket's port a node's INFO announces, or None."""
+def frames_port(link: Link, timeout: float) -> int | None:
+    """The frame socket's port the node behind ``link`` announces in INFO, or None."""
+    resp = link.call(Frame(Op.INFO), timeout)
+    info = resp.json() if resp.op == Op.OK else None
     port = info.get("frames_port") if isinstance(info, dict) else None
     return port if isinstance(port, int) and 0 < port < 65536 else None
 
@@ -32,8 +34,7 @@ def dial(address: str, tls: Any = None, connect_timeout: float = 10.0) -> Link:
     from edgeweave.runtime.transport.frame_socket import SocketLink
 
     link = GrpcLink(address, tls, connect_timeout)
-    resp = link.call(Frame(Op.INFO), connect_timeout)
-    port = frames_port(resp.json()) if resp.op == Op.OK else None
+    port = frames_port(link, connect_timeout)
     split = split_hostport(address)
     if port is None or split is None:
         return link

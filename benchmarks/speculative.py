@@ -4,20 +4,24 @@ The edge is one ``edgeweave node`` process (started as the README says) holding 
 model in ``--target-variant`` (fp32 by default: the full model where the compute is); the
 entry device is ``edgeweave serve --plan plan.json --node edge=ADDR`` dialing the node
 through a :class:`~edgeweave.runtime.transport.delay_proxy.NodeDelayProxy` that adds a one-way
-delay (0, 5, 10, 20 ms) to each direction of the link. At every delay, rows back to back:
+delay (0, 5, 10, 20 ms) to each direction of the link. At every delay, one server per row,
+all running at once:
 
 * **plain**: ``serve`` without a draft (one round trip per token);
 * **draft KIND**: ``serve --draft KIND`` (adaptive ``k`` unless ``--draft-k``): the draft
   runs in the serving process, the node verifies ``k + 1`` tokens per round trip.
 
+Their streams alternate, ``--rounds`` rounds with the order rotating, and a row's ratio to
+plain is the median of same-round ratios (this shared VM's speed drifts between minutes).
 Per row, through the official ``openai`` client (greedy, ``--tokens`` new tokens): decode
-tok/s as the client sees it, the ratio to plain at the same delay, the acceptance rate and
-tokens per verify pass (from the response's ``edgeweave`` field), and whether the text is
-the plain row's. With ``--concurrent K`` (default 4; 0: off) each row also runs K streams at
-once: their aggregate tok/s (streams that meet step plain in one batch, so a draft must
-not cost batched serving its throughput). The anchor is onnxruntime-genai on the same fp32
-weights in this process (no network): the speed of one local device. Targets: >= 1.8x plain
-at 10 ms one-way with identical greedy text; never below 0.95x plain at 0 ms.
+tok/s as the client sees it (median of the rounds), the ratio to plain at the same delay,
+the acceptance rate and tokens per verify pass (from the response's ``edgeweave`` field),
+and whether the text is the plain row's. With ``--concurrent K`` (default 4; 0: off) each
+row also runs K streams at once: their aggregate tok/s (streams that meet step plain in one
+batch, so a draft must not cost batched serving its throughput). The anchor is onnxruntime-
+genai on the same fp32 weights in this process (no network): the speed of one local device.
+Targets: >= 1.8x plain at 10 ms one-way with identical greedy text; never below 0.95x plain
+at 0 ms.
 
     flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/speculative.py
 
@@ -61,13 +65,10 @@ def text_of(url: str, n: int) -> str:
     return r.choices[0].message.content or ""
 
 
-def streamed(url: str, n: int, repeat: int) -> dict[str, Any]:
-    """Best of ``repeat`` streams (after a warm-up) with its ``edgeweave`` figures."""
+def figures(url: str, n: int) -> dict[str, Any]:
+    """The ``edgeweave`` figures of one more greedy stream (acceptance, tokens per pass, k)."""
     import openai
 
-    stream_once(url, "What should a thermostat do when the window is open?", 8)
-    runs = [stream_once(url, QUESTION, n) for _ in range(repeat)]
-    best = max(runs, key=lambda r: r["decode_tps"])
     c = openai.OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=600)
     s = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
                                   max_tokens=n, temperature=0, stream=True,
@@ -76,9 +77,31 @@ def streamed(url: str, n: int, repeat: int) -> dict[str, Any]:
     for chunk in s:
         if chunk.choices and chunk.choices[0].finish_reason:
             ew = (chunk.model_extra or {}).get("edgeweave", {}) or {}
-    return {**best, "all_tps": [r["decode_tps"] for r in runs],
-            "acceptance": ew.get("spec_acceptance"), "per_pass": ew.get("spec_tokens_per_round"),
+    return {"acceptance": ew.get("spec_acceptance"), "per_pass": ew.get("spec_tokens_per_round"),
             "k": ew.get("spec_k"), "plain_steps": ew.get("spec_plain_steps"), "edgeweave": ew}
+
+
+def interleaved(servers: dict[str | None, Served], n: int, rounds: int
+                ) -> dict[str | None, dict[str, Any]]:
+    """``rounds`` rounds of one stream per server, the order rotating each round: this VM's
+    speed drifts 20-30 % between minutes, so a row's ratio to plain is the median of
+    same-round ratios, not a ratio of runs minutes apart."""
+    names = list(servers)
+    for srv in servers.values():  # warm-up: arenas, first-run allocations, the draft's too
+        stream_once(srv.url, "What should a thermostat do when the window is open?", 8)
+    runs: dict[str | None, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            runs[name].append(stream_once(servers[name].url, QUESTION, n))
+    out = {}
+    for name in names:
+        tps = [x["decode_tps"] for x in runs[name]]
+        ratios = [x["decode_tps"] / p["decode_tps"] for x, p in zip(runs[name], runs[None],
+                                                                     strict=True)]
+        out[name] = {"decode_tps": statistics.median(tps), "all_tps": tps,
+                     "ratio_to_plain": statistics.median(ratios), "ratios": ratios,
+                     "ttft_s": statistics.median(x["ttft_s"] for x in runs[name])}
+    return out
 
 
 def together(url: str, n: int, k: int) -> float:
@@ -102,10 +125,11 @@ def genai_anchor(n: int, threads: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=96)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="streams per row, the rows alternating (ratios: median of rounds)")
     ap.add_argument("--delays", default="0,5,10,20", help="one-way delays in ms")
     ap.add_argument("--target-variant", default="fp32")
-    ap.add_argument("--drafts", default="int4,early-exit:10",
+    ap.add_argument("--drafts", default="int8,int4,early-exit:10",
                     help="comma-separated --draft values (a distilled student's folder too)")
     ap.add_argument("--draft-k", type=int, default=0)
     ap.add_argument("--concurrent", type=int, default=4, help="streams at once (0: skip)")
@@ -126,30 +150,33 @@ def main() -> None:
         for delay in delays:
             with NodeDelayProxy(address, LinkShape(delay_ms=delay)) as proxy:
                 base = ["--plan", str(tmp / "plan.json"), "--node", f"edge={proxy.address}"]
-                plain_text, plain_tps, plain_agg = None, None, None
-                for draft in [None, *drafts]:
-                    extra = base + ([] if draft is None else
-                                    ["--draft", draft, "--draft-k", str(args.draft_k)])
-                    srv = Served(extra)
-                    try:
-                        res = streamed(srv.url, args.tokens, args.repeat)
-                        text = text_of(srv.url, args.tokens)
-                        agg = together(srv.url, args.tokens, args.concurrent) \
-                            if args.concurrent > 1 else None
-                    finally:
+                # every row's server at once, so that their streams can alternate
+                servers: dict[str | None, Served] = {}
+                try:
+                    for draft in [None, *drafts]:
+                        servers[draft] = Served(base + ([] if draft is None else [
+                            "--draft", draft, "--draft-k", str(args.draft_k)]))
+                    speed = interleaved(servers, args.tokens, args.rounds)
+                    res = {d: {**speed[d], **figures(srv.url, args.tokens),
+                               "text": text_of(srv.url, args.tokens),
+                               "aggregate_tps": together(srv.url, args.tokens, args.concurrent)
+                               if args.concurrent > 1 else None}
+                           for d, srv in servers.items()}
+                finally:
+                    for srv in servers.values():
                         srv.close()
-                    if draft is None:
-                        plain_text, plain_tps, plain_agg = text, res["decode_tps"], agg
-                    ratio = res["decode_tps"] / plain_tps if plain_tps else 0.0
+                plain = res[None]
+                plain_text = plain["text"]
+                for draft, r in res.items():
+                    agg, plain_agg = r["aggregate_tps"], plain["aggregate_tps"]
                     agg_ratio = agg / plain_agg if agg and plain_agg else None
-                    same = text == plain_text
-                    rows.append([f"{delay:g}", draft or "plain", round(res["decode_tps"], 1),
-                                 round(ratio, 2), _fmt(res["acceptance"]), _fmt(res["per_pass"]),
-                                 _fmt(res["k"]), "yes" if same else "NO", _fmt(agg),
-                                 _fmt(agg_ratio)])
-                    out["rows"].append({"delay_ms": delay, "draft": draft, **res,
-                                        "ratio_to_plain": ratio, "same_text": same,
-                                        "concurrent": args.concurrent, "aggregate_tps": agg,
+                    same = r.pop("text") == plain_text
+                    rows.append([f"{delay:g}", draft or "plain", round(r["decode_tps"], 1),
+                                 round(r["ratio_to_plain"], 2), _fmt(r["acceptance"]),
+                                 _fmt(r["per_pass"]), _fmt(r["k"]), "yes" if same else "NO",
+                                 _fmt(agg), _fmt(agg_ratio)])
+                    out["rows"].append({"delay_ms": delay, "draft": draft, **r,
+                                        "same_text": same, "concurrent": args.concurrent,
                                         "aggregate_ratio_to_plain": agg_ratio})
     finally:
         stop_processes([node])
@@ -157,7 +184,8 @@ def main() -> None:
     anchor = genai_anchor(args.tokens, threads)
     out["anchor_genai_fp32_tps"] = anchor
     print_table(f"speculative decoding, target {args.target_variant} on an edge node, "
-                f"{args.tokens} tokens (onnxruntime-genai fp32, one process: {anchor:.1f} tok/s)",
+                f"{args.tokens} tokens, x plain = median of {args.rounds} same-round ratios "
+                f"(onnxruntime-genai fp32, one process: {anchor:.1f} tok/s)",
                 ["one-way ms", "draft", "tok/s", "x plain", "acceptance", "tok/pass", "k",
                  "same text", (f"{args.concurrent} at once tok/s" if args.concurrent
                                else "at once: skipped"), "agg x plain"], rows)

@@ -270,3 +270,22 @@ def test_an_onnx_early_exit_is_exported_by_a_child_and_keeps_greedy_output(lm, t
     again = build_draft(DraftSpec.parse("early-exit:2"), str(lm.folder),
                         EngineChoice("onnx", "fp32"))
     assert again.path == draft.path
+
+
+def test_an_int8_variant_drafts_for_the_fp32_model_and_agrees_with_it(lm, tmp_home):
+    # the draft the README recommends: the served model in 8 bits, on the default engine
+    from edgeweave.runtime.local import EngineChoice
+
+    draft = build_draft(DraftSpec.parse("int8"), str(lm.folder), EngineChoice("onnx"))
+    assert draft.config.variant == "int8" and draft.config.backend == "onnx"
+    coord = embedded(str(lm.folder), Plan.split(4, [2]), loaded=lm, max_len=128,
+                     backend="torch").coordinator
+    with SpeculativeSession(coord.new_session(), EngineSession(draft, 128),
+                            SpeculationConfig(k=4)) as spec:
+        got = _tokens(spec, lm.tokenizer)
+        stats = spec.stats
+    coord.close()
+    assert got == _reference(lm.model)
+    # 8-bit weights round the fp32 model's logits only slightly: its proposals mostly hold
+    assert stats["spec_acceptance"] > 0.8
+    assert stats["steps"] < 16

@@ -120,7 +120,7 @@ def draft_option() -> Any:
 
     return typer.Option("", "--draft", help="Speculative decoding: a draft in this process "
                         "proposes tokens the model verifies several at a time: a variant "
-                        "(int4), early-exit:K (the first K blocks) or a compressed artifact "
+                        "(int8 or int4), early-exit:K (the first K blocks) or a compressed artifact "
                         "folder (a distilled student). Greedy output is unchanged.")
 
 

@@ -215,3 +215,36 @@ def test_connections_beyond_the_cap_are_closed(tiny_model, monkeypatch):
             raise AssertionError("a freed connection seat was never reused")
         for s in held:
             s.close()
+
+
+class _OlderNode(StageHost):
+    """A node of a build from before INFO announced its reply codecs (no ``top1``)."""
+
+    def info(self):
+        return {k: v for k, v in super().info().items() if k != "reply_codecs"}
+
+
+def test_a_node_of_an_older_build_gets_top64_for_greedy_requests(tiny_model):
+    # Prepare: one node of this build, one that announces no reply codecs
+    host = _OlderNode("mem")
+    n = tiny_model.cfg.num_layers
+    host.add_engine(TorchStageEngine(EngineConfig("mem", Shard(0, n, n)), model=tiny_model))
+    server, port = serve(host, "127.0.0.1:0")
+    try:
+        with node(tiny_model) as (_, new_addr, _fs):
+            for addr, want in ((f"127.0.0.1:{port}", "top64"), (new_addr, "top1")):
+                coord = attach(Plan.single(4, "node0"), "mem", {"node0": addr},
+                               tokenizer=None, max_len=64).coordinator
+                try:
+                    with coord.new_session() as s:
+                        # Execute: a greedy request, set up as a server's Generation does
+                        s.configure_sampling(PARAMS)
+                        got = list(generate_step(s, [1, 4, 9], PARAMS))
+                        codec = s.logits_codec
+                finally:
+                    coord.close()
+                # Assert: the codec the node knows, and the tokens a single process gives
+                assert codec == want
+                assert got == reference(tiny_model)
+    finally:
+        server.stop(0)

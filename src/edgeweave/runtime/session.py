@@ -85,7 +85,18 @@ class Session:
 
         argmax_only = (params.temperature < GREEDY_BELOW and params.repetition_penalty == 1.0
                        and params.logprobs is None and params.output is None)
-        self._logits_codec = "top1" if argmax_only else None
+        self._logits_codec = self._argmax_codec() if argmax_only else None
+
+    def _argmax_codec(self) -> str | None:
+        """``top1``, or ``top64`` where the last stage's node is of a build without it (a
+        fleet in the middle of an upgrade: ``dial`` keeps what INFO announced; links
+        made otherwise, in-process ones too, are of this build)."""
+        last = self.coord.plan.stages[-1].device
+        link = self.coord.links.get(last)
+        known = getattr(link, "reply_codecs", None)
+        if known is None or "top1" in known:
+            return "top1"
+        return "top64" if "top64" in known else None
     def prefill(self, ids: list[int]) -> np.ndarray:
         self._kept()
         self.coord.run(self._open_all, self.counters)

@@ -146,7 +146,7 @@ class StageHost:
                 "prefix_evictions": self.prefix_evictions,
                 "adapters": {k: sorted(v) for k, v in sorted(self._adapters.items())},
                 "blas_threads": self.colocated.current if self.colocated else None,
-                "frames_port": self.frames_port}
+                "frames_port": self.frames_port, "reply_codecs": list(_REPLY_CODECS)}
 
     # -- sessions -----------------------------------------------------------------------
     def _open(self, engine: StageEngine, session: str, max_len: int,

@@ -20,12 +20,29 @@ from edgeweave.runtime.transport.grpc_link import GrpcLink
 log = logging.getLogger(__name__)
 
 
-def frames_port(link: Link, timeout: float) -> int | None:
-    """The frame socket's port the node behind ``link`` announces in INFO, or None."""
+def node_info(link: Link, timeout: float) -> dict[str, Any]:
+    """What the node behind ``link`` says of itself in INFO ({} if it says nothing)."""
     resp = link.call(Frame(Op.INFO), timeout)
     info = resp.json() if resp.op == Op.OK else None
-    port = info.get("frames_port") if isinstance(info, dict) else None
+    return info if isinstance(info, dict) else {}
+
+
+def frames_port(link: Link, timeout: float, info: dict[str, Any] | None = None) -> int | None:
+    """The frame socket's port the node behind ``link`` announces in INFO, or None."""
+    port = (node_info(link, timeout) if info is None else info).get("frames_port")
     return port if isinstance(port, int) and 0 < port < 65536 else None
+
+
+# what builds from before the announcement answer with (they know no ``top1``)
+UNANNOUNCED_REPLY_CODECS = ("fp32", "fp16", "int8", "top64")
+
+
+def reply_codecs(info: dict[str, Any]) -> tuple[str, ...]:
+    """The reply codecs a node announces in INFO (an older build announces none)."""
+    names = info.get("reply_codecs")
+    if not isinstance(names, list):
+        return UNANNOUNCED_REPLY_CODECS
+    return tuple(str(n) for n in names)
 
 
 def dial(address: str, tls: Any = None, connect_timeout: float = 10.0) -> Link:
@@ -33,15 +50,19 @@ def dial(address: str, tls: Any = None, connect_timeout: float = 10.0) -> Link:
     raises ``StageUnavailable`` when it cannot be reached."""
     from edgeweave.runtime.transport.frame_socket import SocketLink
 
-    link = GrpcLink(address, tls, connect_timeout)
-    port = frames_port(link, connect_timeout)
+    link: Any = GrpcLink(address, tls, connect_timeout)
+    info = node_info(link, connect_timeout)
+    port = frames_port(link, connect_timeout, info)
     split = split_hostport(address)
-    if port is None or split is None:
-        return link
-    try:
-        fast = SocketLink(address, split[0], port, tls, connect_timeout)
-    except StageUnavailable as e:  # a firewall that lets the gRPC port through only
-        log.warning("%s; staying on gRPC", e)
-        return link
-    link.close()
-    return fast
+    if port is not None and split is not None:
+        try:
+            fast = SocketLink(address, split[0], port, tls, connect_timeout)
+        except StageUnavailable as e:  # a firewall that lets the gRPC port through only
+            log.warning("%s; staying on gRPC", e)
+        else:
+            link.close()
+            link = fast
+    # a coordinator asks a node only for the reply codecs its build knows (a fleet in the
+    # middle of an upgrade keeps answering greedy requests)
+    link.reply_codecs = reply_codecs(info)
+    return link

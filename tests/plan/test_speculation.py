@@ -154,6 +154,22 @@ def test_plan_prints_the_speculation_line(capsys, wide_console, tmp_home):
     assert "speculation" not in capsys.readouterr().out  # no option, no line
 
 
+def test_plan_prices_the_draft_variant_it_is_given(capsys, tmp_home):
+    campus = str(FLEETS / "campus.yaml")
+    ms = {}
+    for variant in ("int4", "int8"):
+        assert main(["plan", "--fleet", campus, "--json", "--draft-acceptance", "0.9",
+                     "--draft-variant", variant]) == 0
+        spec = json.loads(capsys.readouterr().out)["speculation"]
+        assert spec["draft_estimated"] and spec["draft_variant"] == variant
+        ms[variant] = spec["draft_ms"]
+    # the roofline reads twice the bytes of weights a token in 8 bits as in 4
+    assert ms["int8"] > ms["int4"]
+    assert main(["plan", "--fleet", campus, "--draft-acceptance", "0.9",
+                 "--draft-variant", "int3"]) == 2
+    assert "no 'int3' variant to price a draft" in capsys.readouterr().err
+
+
 def test_plan_json_carries_the_prediction(capsys, tmp_home):
     campus = str(FLEETS / "campus.yaml")
     assert main(["plan", "--fleet", campus, "--json"]) == 0

@@ -117,7 +117,10 @@ _DRAFT_ACCEPTANCE = typer.Option(None, "--draft-acceptance",
 _DRAFT_TOKEN_MS = typer.Option(None, "--draft-token-ms",
                                help="With --draft-acceptance: the draft's ms per token on "
                                     "the fleet's entry device (default: the cost model's "
-                                    "int4 estimate).")
+                                    "estimate of --draft-variant).")
+_DRAFT_VARIANT = typer.Option("int4", "--draft-variant",
+                              help="With --draft-acceptance: the variant of the model the "
+                                   "cost model prices as the draft (int4, int8, ...).")
 
 
 def plan_cmd(
@@ -134,6 +137,7 @@ def plan_cmd(
     max_cost: float = max_cost_option(),
     show_explain: bool = _EXPLAIN, as_json: bool = _JSON,
     draft_acceptance: float = _DRAFT_ACCEPTANCE, draft_token_ms: float = _DRAFT_TOKEN_MS,
+    draft_variant: str = _DRAFT_VARIANT,
 ) -> None:
     """Place the model's blocks on a fleet minimising an objective; print the breakdown."""
     from edgeweave.control.mdns import mdns_choice
@@ -158,7 +162,7 @@ def plan_cmd(
 
         atomic_write_json(out, {"plan": r["plans"]["planner"].to_dict()})
         console.print(f"plan written to {out}")
-    spec = (predict_speculation(r, draft_acceptance, draft_token_ms)
+    spec = (predict_speculation(r, draft_acceptance, draft_token_ms, draft_variant)
             if draft_acceptance is not None else None)
     if as_json:
         doc = {k: p.to_dict() for k, p in r["plans"].items()}
@@ -234,7 +238,8 @@ def check_speculation_options(alpha: float | None, draft_ms: float | None) -> No
                           f"{draft_ms!r}): the draft's time per token, e.g. 5.5")
 
 
-def predict_speculation(r: dict, alpha: float, draft_ms: float | None = None) -> dict:
+def predict_speculation(r: dict, alpha: float, draft_ms: float | None = None,
+                        draft_variant: str = "int4") -> dict:
     """What speculative decoding would do on the chosen plan (``plan.speculation``), the
     draft and the coordinator on the fleet's entry: the best k (0: off), its predicted
     speed-up and the figures behind it, in milliseconds."""
@@ -246,13 +251,14 @@ def predict_speculation(r: dict, alpha: float, draft_ms: float | None = None) ->
         raise ConfigError("--draft-acceptance prices speculation with a fleet file's cost "
                           "tables, which a plan of announced nodes lacks: plan on --fleet FILE "
                           "(without --mqtt / --discover) to see the prediction")
-    est = draft_estimate(t, r.get("cal")) if draft_ms is None else None
+    est = draft_estimate(t, r.get("cal"), draft_variant) if draft_ms is None else None
     draft_s = draft_ms / 1e3 if est is None else est.token_s
     costs = plan_costs(plan, t, draft_s)
     c = best_k(alpha, costs)
     return {"k": c.k, "speedup": c.speedup, "tokens_per_s": c.tokens_per_s,
             "best_k": c.considered_k, "best_speedup": c.considered_speedup, "alpha": alpha,
             "draft_ms": draft_s * 1e3, "draft_estimated": est is not None,
+            "draft_variant": est.variant if est is not None else None,
             "draft_device": t.fleet.entry, "draft_fits": est is None or est.fits,
             "verify_ms": costs.verify_token_s * 1e3,
             "verify_extra_ms": costs.verify_extra_token_s * 1e3, "rtt_ms": costs.rtt_s * 1e3}
@@ -262,7 +268,7 @@ def speculation_line(spec: dict) -> str:
     """One line: ``speculation: k=5 predicted 2.1x (alpha 0.80, rtt 20.0 ms, draft ...)``."""
     draft = f"draft {spec['draft_ms']:.3g} ms/token"
     if spec["draft_estimated"]:
-        draft += f" int4 est. on {spec['draft_device']}"
+        draft += f" {spec['draft_variant']} est. on {spec['draft_device']}"
     if not spec["draft_fits"]:
         draft += ", which does not fit its memory"
     why = f"alpha {spec['alpha']:.2f}, rtt {spec['rtt_ms']:.1f} ms, {draft}"

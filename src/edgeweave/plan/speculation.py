@@ -167,27 +167,33 @@ def _extra_token_s(plan: Plan, t: CostTables) -> float:
 
 @dataclass(frozen=True)
 class DraftEstimate:
-    """The cost model's int4 draft on the entry device: seconds per token, and whether the
-    whole model in 4 bits fits that device's free memory."""
+    """The cost model's draft (a variant of the served model) on the entry device: seconds
+    per token, and whether the whole model in that variant fits the device's free memory."""
 
     token_s: float
     device: str
     fits: bool
+    variant: str = DRAFT_VARIANT
 
 
-def draft_estimate(t: CostTables, calibration: Calibration | None = None) -> DraftEstimate:
-    """Predicted decode step of an int4 draft (the served model, whole, in 4 bits:
-    ``runtime.drafts``) on the fleet's entry device, calibrated like the plan's figures."""
+def draft_estimate(t: CostTables, calibration: Calibration | None = None,
+                   variant: str = DRAFT_VARIANT) -> DraftEstimate:
+    """Predicted decode step of a ``variant`` draft (the served model, whole, in that
+    variant: ``runtime.drafts``) on the fleet's entry device, calibrated like the plan's
+    figures."""
     from edgeweave.profile import cost as C
     from edgeweave.profile.variants import DEFAULT_VARIANTS
 
-    v = {x.name: x for x in t.variants}.get(DRAFT_VARIANT, DEFAULT_VARIANTS.get(DRAFT_VARIANT))
+    v = {x.name: x for x in t.variants}.get(variant, DEFAULT_VARIANTS.get(variant))
     if v is None:
-        raise ConfigError(f"the cost model knows no {DRAFT_VARIANT!r} variant to price a draft "
-                          "with: give the draft's time with --draft-token-ms MS")
+        known = sorted({*(x.name for x in t.variants), *DEFAULT_VARIANTS})
+        raise ConfigError(f"the cost model knows no {variant!r} variant to price a draft "
+                          f"with: choose one of {', '.join(known)}, or give the draft's time "
+                          "with --draft-token-ms MS")
     dev = t.fleet.devices[t.entry]
     token_s = C.decode_token_s(t.model, dev.profile, v, calibration or C.UNCALIBRATED)
-    return DraftEstimate(token_s, dev.id, C.model_memory(t.model, v) <= float(t.cap[t.entry]))
+    return DraftEstimate(token_s, dev.id, C.model_memory(t.model, v) <= float(t.cap[t.entry]),
+                         variant)
 
 
 def _check_alpha(alpha: float) -> None:

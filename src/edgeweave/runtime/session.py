@@ -97,6 +97,7 @@ class Session:
         if known is None or "top1" in known:
             return "top1"
         return "top64" if "top64" in known else None
+
     def prefill(self, ids: list[int]) -> np.ndarray:
         self._kept()
         self.coord.run(self._open_all, self.counters)

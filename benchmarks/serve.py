@@ -141,7 +141,7 @@ def stream_once(url: str, prompt: str, n: int) -> dict[str, float]:
     return {"ttft_s": first - t0, "total_s": end - t0, "tokens": tokens,
             "decode_tps": (tokens - 1) / (last - first) if last > first and tokens > 1 else 0.0,
             "server_decode_tps": float(ew.get("decode_tok_s") or 0.0),
-            "backend": ew.get("backend"), "variant": ew.get("variant")}
+            "backend": ew.get("backend"), "variant": ew.get("variant"), "edgeweave": ew}
 
 
 def served_single(srv: Served, n: int, repeat: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from edgeweave.cli.common import (
     table,
 )
 from edgeweave.errors import ConfigError
+from edgeweave.plan.speculation import DRAFT_VARIANT
 
 
 def run_plan(fleet: str, objective: str = "latency", model: str | None = None,
@@ -118,7 +119,7 @@ _DRAFT_TOKEN_MS = typer.Option(None, "--draft-token-ms",
                                help="With --draft-acceptance: the draft's ms per token on "
                                     "the fleet's entry device (default: the cost model's "
                                     "estimate of --draft-variant).")
-_DRAFT_VARIANT = typer.Option("int4", "--draft-variant",
+_DRAFT_VARIANT = typer.Option(DRAFT_VARIANT, "--draft-variant",
                               help="With --draft-acceptance: the variant of the model the "
                                    "cost model prices as the draft (int4, int8, ...).")
 
@@ -239,7 +240,7 @@ def check_speculation_options(alpha: float | None, draft_ms: float | None) -> No
 
 
 def predict_speculation(r: dict, alpha: float, draft_ms: float | None = None,
-                        draft_variant: str = "int4") -> dict:
+                        draft_variant: str = DRAFT_VARIANT) -> dict:
     """What speculative decoding would do on the chosen plan (``plan.speculation``), the
     draft and the coordinator on the fleet's entry: the best k (0: off), its predicted
     speed-up and the figures behind it, in milliseconds."""

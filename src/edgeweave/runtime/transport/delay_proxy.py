@@ -176,12 +176,12 @@ class NodeDelayProxy:
         self.address = ""
 
     def start(self) -> NodeDelayProxy:
-        from edgeweave.runtime.transport.dial import frames_port
+        from edgeweave.runtime.transport.dial import frames_port, node_info
         from edgeweave.runtime.transport.grpc_link import GrpcLink
 
         link = GrpcLink(self.target, self.tls)
         try:
-            port = frames_port(link, 10)
+            port = frames_port(node_info(link, 10))
         finally:
             link.close()
         try:

@@ -27,9 +27,9 @@ def node_info(link: Link, timeout: float) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def frames_port(link: Link, timeout: float, info: dict[str, Any] | None = None) -> int | None:
-    """The frame socket's port the node behind ``link`` announces in INFO, or None."""
-    port = (node_info(link, timeout) if info is None else info).get("frames_port")
+def frames_port(info: dict[str, Any]) -> int | None:
+    """The frame socket's port a node announces in its INFO (``node_info``), or None."""
+    port = info.get("frames_port")
     return port if isinstance(port, int) and 0 < port < 65536 else None
 
 
@@ -50,9 +50,9 @@ def dial(address: str, tls: Any = None, connect_timeout: float = 10.0) -> Link:
     raises ``StageUnavailable`` when it cannot be reached."""
     from edgeweave.runtime.transport.frame_socket import SocketLink
 
-    link: Any = GrpcLink(address, tls, connect_timeout)
+    link: GrpcLink | SocketLink = GrpcLink(address, tls, connect_timeout)
     info = node_info(link, connect_timeout)
-    port = frames_port(link, connect_timeout, info)
+    port = frames_port(info)
     split = split_hostport(address)
     if port is not None and split is not None:
         try:

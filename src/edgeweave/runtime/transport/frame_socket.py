@@ -166,6 +166,7 @@ class SocketLink:
     on one node, and a broken connection or a missed deadline breaks the link for good."""
 
     parallel = True
+    reply_codecs: tuple[str, ...] | None = None  # as ``GrpcLink``'s
 
     def __init__(self, address: str, host: str, port: int, tls: Any = None,
                  connect_timeout: float = 10.0) -> None:

@@ -23,6 +23,8 @@ _END = object()
 
 class GrpcLink:
     parallel = True  # each node computes in its own process; answers match by seq
+    # the reply codecs the node announced (``dial`` sets them); None: a node of this build
+    reply_codecs: tuple[str, ...] | None = None
 
     def __init__(self, address: str, tls: Any = None, connect_timeout: float = 10.0) -> None:
         import grpc

@@ -54,6 +54,15 @@ from tests.helpers import mutations as shared_mutations
     ({"method": "rtn", "parms": {"bits": 4}}, ["unknown key 'parms' (did you mean 'params'?)"]),
     ({"method": "rtn", "params": {"bitz": 4}}, ["unknown key 'bitz' (did you mean 'bits'?)"]),
     ([{"method": "rtn"}], ["a recipe is a JSON object"]),
+    ({"method": "rtn", "params": {"int_zero": "o_proj"}},
+     ["int_zero must be a list of strings", '"int_zero": []']),
+    ({"method": "rtn", "params": {"int_zero": ["o_proj", 3]}}, ["int_zero must be a list"]),
+    ({"method": "rtn", "params": {"int_zero": ["layers.0.o_proj"]}},
+     ["name linears as inside a block", '["o_proj", "down_proj"]']),
+    ({"method": "rtn", "params": {"bits": 4, "symmetric": True, "int_zero": ["o_proj"]}},
+     ["asymmetric int4 grid"]),
+    ({"method": "rtn", "params": {"bits": 8, "int_zero": ["o_proj"]}}, ["bits=4"]),
+    ({"method": "rtn", "params": {"embedding_bits": 6}}, ["embedding_bits=6: choose 8 or 4"]),
 ])
 def test_wrong_types_and_keys_name_the_field_and_the_fix(doc: object,
                                                         needles: list[str]) -> None:
@@ -72,6 +81,9 @@ def test_valid_json_values_still_load() -> None:
     assert from_dict(json.loads(two.to_json())) == two
     for r in PRESETS.values():
         assert from_dict(json.loads(r.to_json())) == r
+    mixed = RTN(bits=4, group_size=32, int_zero=("o_proj", "down_proj"), embedding_bits=8)
+    assert from_dict(json.loads(mixed.to_json())) == mixed  # a JSON list back to a tuple
+    assert RTN(bits=4, int_zero=["o_proj"]) == RTN(bits=4, int_zero=("o_proj",))
 
 
 def test_recipe_files_are_read_and_their_errors_name_the_file(tmp_path: Path) -> None:

@@ -82,3 +82,19 @@ def test_cached_variants_rebuild_when_the_recipe_changes(tiny_folder, tmp_home):
     m["recipe"]["version"] = 0  # an older version of the same recipe
     (path / "manifest.json").write_text(json.dumps(m))
     assert not usable(path, get("int8"))
+
+
+def test_a_mixed_recipe_round_trips_and_quantizes_what_it_names(tiny_lm, tmp_path):
+    from edgeweave.compress.modules import Int4Linear, Int8Linear, QuantEmbedding
+
+    recipe = RTN(bits=4, group_size=32, int_zero=("o_proj", "down_proj"), embedding_bits=8)
+    art = compress(tiny_lm, recipe, out=tmp_path / "mixed")
+    assert from_manifest(art.path).recipe == recipe  # the names come back as a tuple
+    kinds = {name.rsplit(".", 1)[-1]: m.zero_point for name, m in art.model.named_modules()
+             if isinstance(m, Int4Linear)}
+    assert kinds == {"q_proj": "float", "k_proj": "float", "v_proj": "float", "o_proj": "int",
+                     "gate_proj": "float", "up_proj": "float", "down_proj": "int"}
+    assert isinstance(art.model.embed_tokens, QuantEmbedding)
+    assert art.model.embed_tokens.bits == 8 and isinstance(art.model.lm_head, Int8Linear)
+    with pytest.raises(ConfigError, match=r"int_zero names \['o_prj'\].*choose among"):
+        compress(tiny_lm, RTN(bits=4, group_size=32, int_zero=("o_prj",)))

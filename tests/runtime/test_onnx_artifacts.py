@@ -29,6 +29,10 @@ RECIPES = {
     # integer zero points: MatMulNBits and GatherBlockQuantized read them natively
     "int4-rtn-g32-intzp": ("int4", lambda: compress.RTN(bits=4, group_size=32, zero_point="int")),
     "int4-rtn-g64-intzp": ("int4", lambda: compress.RTN(bits=4, group_size=64, zero_point="int")),
+    # float zeros but integer ones for o_proj and q_proj (fused with k/v, which keep float
+    # zeros: the fused weight carries q's offsets as exact float zeros), an int8 table and head
+    "int4-rtn-g32-asym-intzp-q8emb": ("int4", lambda: compress.RTN(
+        bits=4, group_size=32, int_zero=("o_proj", "q_proj"), embedding_bits=8)),
 }
 
 
@@ -56,7 +60,7 @@ def test_artifact_graph_equals_dequantized_artifact(tiny_model, tmp_path, recipe
     cfg = tiny_model.cfg
     art = compress.compress(tiny_model, make()).model
     head = weight_of(art.lm_head, None)
-    assert isinstance(head, Packed) and head.bits == (8 if variant == "int8" else 4)
+    assert isinstance(head, Packed) and head.bits == (8 if variant == "int8" or "q8emb" in recipe else 4)
     whole = Shard(0, cfg.num_layers, cfg.num_layers)
     ref = _trace(StageChain([TorchStageEngine(EngineConfig("t", whole),
                                               model=_dequantized(art, cfg))], 64))

@@ -91,6 +91,8 @@ def _field_types(cls: type[Recipe]) -> dict[str, Any]:
 def _describe(tp: Any) -> str:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('a ')}s"
     return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
             type(None): "null"}.get(tp, str(tp))
 
@@ -116,6 +118,12 @@ def _typed(tp: Any, value: Any) -> tuple[bool, Any]:
         return is_number(value), float(value) if is_number(value) else value
     if tp is str:
         return isinstance(value, str), value
+    if typing.get_origin(tp) is tuple:  # tuple[str, ...]: a JSON list of strings
+        (item, _more) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            return False, value
+        checked = [_typed(item, v) for v in value]
+        return all(ok for ok, _ in checked), tuple(v for _, v in checked)
     return False, value  # a field type this loader was not taught: refuse, do not guess
 
 
@@ -220,6 +228,12 @@ class RTN(Recipe):
     pad: bool = False
     embeddings: bool = True
     zero_point: str = "float"
+    # Linears (by their name in a block, e.g. "o_proj") whose asymmetric int4 grids take
+    # integer zero points even when ``zero_point`` is "float": they skip the ONNX graph's
+    # group-sum correction where that costs the least quality (see variants.py).
+    int_zero: tuple[str, ...] = ()
+    # bits of the token embedding and the tied head (8 or 4); None: ``bits``
+    embedding_bits: int | None = None
 
     def weight_format(self) -> WeightFormat:
         if self.bits == 8:
@@ -231,6 +245,13 @@ class RTN(Recipe):
         _check_zero_point(self.zero_point)
         _check_int4(self.bits, self.group_size if self.bits == 4 and self.group_size else 128,
                     (4, 8))
+        _check(self.embedding_bits in (None, 4, 8), f"embedding_bits={self.embedding_bits}: "
+               "choose 8 or 4 (or null: the recipe's bits)")
+        _check(all(n and "." not in n for n in self.int_zero), f"int_zero={self.int_zero!r}: "
+               "name linears as inside a block, e.g. [\"o_proj\", \"down_proj\"]")
+        _check(not self.int_zero or (self.bits == 4 and not self.symmetric), "int_zero names "
+               "linears of an asymmetric int4 grid: use it with bits=4, symmetric=false")
+        object.__setattr__(self, "int_zero", tuple(self.int_zero))
         if self.bits == 8:
             _check(self.group_size is None, "int8 runs fbgemm's per-output-channel kernel: use "
                    "group_size=None (groups are for int4)")

@@ -82,10 +82,19 @@ def quantize_embeddings(model: BlockModel, bits: int, group_size: int, symmetric
 def apply_rtn(r: RTN, model: BlockModel, ctx: Any, note: dict[str, Any]) -> BlockModel:
     if r.bits == 4:
         check_groups(model, r.group_size, r.pad, "rtn")
-    for name, m in block_linears(model):
+    linears = block_linears(model)
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in linears}
+    unknown = [n for n in r.int_zero if n not in leaves]
+    if unknown:
+        raise ConfigError(f"rtn: int_zero names {unknown}, which no block has: choose among "
+                          f"{sorted(leaves)}")
+    for name, m in linears:
+        zero_point = "int" if name.rsplit(".", 1)[-1] in r.int_zero else r.zero_point
         set_module(model, name, quantize_linear(m, r.bits, r.group_size, bool(r.symmetric),
-                                                r.zero_point))
+                                                zero_point))
+    if r.int_zero:
+        note["int_zero"] = list(r.int_zero)
     if r.embeddings:
-        quantize_embeddings(model, r.bits, r.group_size or 128, bool(r.symmetric), note,
-                            r.zero_point)
+        quantize_embeddings(model, r.embedding_bits or r.bits, r.group_size or 128,
+                            bool(r.symmetric), note, r.zero_point)
     return model

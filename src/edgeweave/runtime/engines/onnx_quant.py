@@ -17,7 +17,7 @@ what the artifact holds) while a plain ``nn.Linear`` is quantized here with roun
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -146,10 +146,12 @@ def concat(parts: list[Weight]) -> Weight:
         return Dense(np.concatenate([p.weight for p in parts]), _cat_bias(parts))
     if not all(isinstance(p, Packed) for p in parts):
         raise ConfigError("cannot fuse projections mixing dense and packed weights")
+    if len({p.zero_points is None for p in parts}) > 1:  # some integer zero points, some not
+        parts = [_float_zeros(p) for p in parts]
     first = parts[0]
-    if any((p.bits, p.group_size, p.k, p.zero_points is None)
-           != (first.bits, first.group_size, first.k, first.zero_points is None) for p in parts):
-        raise ConfigError("fused projections need the same bits, group size and symmetry")
+    if any((p.bits, p.group_size, p.k) != (first.bits, first.group_size, first.k)
+           for p in parts):
+        raise ConfigError("fused projections need the same bits and group size")
     zp = None if first.zero_points is None else np.concatenate([p.zero_points for p in parts])
     fz = None
     if any(p.float_zeros is not None for p in parts):
@@ -158,6 +160,19 @@ def concat(parts: list[Weight]) -> Weight:
     return Packed(first.bits, first.group_size, sum(p.n for p in parts), first.k,
                   np.concatenate([p.qweight for p in parts]),
                   np.concatenate([p.scales for p in parts]), zp, _cat_bias(parts), fz)
+
+
+def _float_zeros(p: Packed) -> Packed:
+    """The same weights with the default zero point and the offset as a float term, exactly:
+    ``(q - zp) * s = (q - 2^(b-1)) * s + (2^(b-1) - zp) * s``. A fused projection whose parts
+    differ in zero-point kind (a recipe's ``int_zero`` naming q_proj but not k_proj) runs
+    as one MatMulNBits with the correction instead of failing to fuse."""
+    if p.zero_points is None:
+        return p
+    zp = unpack(p.zero_points, p.bits)[:, :p.groups].astype(np.float32)
+    offset = (2 ** (p.bits - 1) - zp) * p.scales
+    fz = offset if p.float_zeros is None else p.float_zeros + offset
+    return replace(p, zero_points=None, float_zeros=np.ascontiguousarray(fz, np.float32))
 
 
 def _cat_bias(parts: list[Weight]) -> np.ndarray | None:

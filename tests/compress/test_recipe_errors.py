@@ -60,7 +60,7 @@ from tests.helpers import mutations as shared_mutations
     ({"method": "rtn", "params": {"int_zero": ["layers.0.o_proj"]}},
      ["name linears as inside a block", '["o_proj", "down_proj"]']),
     ({"method": "rtn", "params": {"bits": 4, "symmetric": True, "int_zero": ["o_proj"]}},
-     ["asymmetric int4 grid"]),
+     ["asymmetric low-bit grid"]),
     ({"method": "rtn", "params": {"bits": 8, "int_zero": ["o_proj"]}}, ["bits=4"]),
     ({"method": "rtn", "params": {"embedding_bits": 6}}, ["embedding_bits=6: choose 8 or 4"]),
 ])

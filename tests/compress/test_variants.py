@@ -84,11 +84,13 @@ def test_cached_variants_rebuild_when_the_recipe_changes(tiny_folder, tmp_home):
     assert not usable(path, get("int8"))
 
 
-def test_a_mixed_recipe_round_trips_and_quantizes_what_it_names(tiny_lm, tmp_path):
+@pytest.mark.parametrize("method", [RTN, GPTQ])
+def test_a_mixed_recipe_round_trips_and_quantizes_what_it_names(tiny_lm, calib, tmp_path,
+                                                                method):
     from edgeweave.compress.modules import Int4Linear, Int8Linear, QuantEmbedding
 
-    recipe = RTN(bits=4, group_size=32, int_zero=("o_proj", "down_proj"), embedding_bits=8)
-    art = compress(tiny_lm, recipe, out=tmp_path / "mixed")
+    recipe = method(bits=4, group_size=32, int_zero=("o_proj", "down_proj"), embedding_bits=8)
+    art = compress(tiny_lm, recipe, calib=calib, out=tmp_path / "mixed")
     assert from_manifest(art.path).recipe == recipe  # the names come back as a tuple
     kinds = {name.rsplit(".", 1)[-1]: m.zero_point for name, m in art.model.named_modules()
              if isinstance(m, Int4Linear)}
@@ -97,4 +99,4 @@ def test_a_mixed_recipe_round_trips_and_quantizes_what_it_names(tiny_lm, tmp_pat
     assert isinstance(art.model.embed_tokens, QuantEmbedding)
     assert art.model.embed_tokens.bits == 8 and isinstance(art.model.lm_head, Int8Linear)
     with pytest.raises(ConfigError, match=r"int_zero names \['o_prj'\].*choose among"):
-        compress(tiny_lm, RTN(bits=4, group_size=32, int_zero=("o_prj",)))
+        compress(tiny_lm, method(bits=4, group_size=32, int_zero=("o_prj",)), calib=calib)

@@ -202,6 +202,17 @@ def _int4_format(bits: int, group_size: int, symmetric: bool, zero_point: str) -
                         grid_bits=0 if bits == 4 else bits)
 
 
+def _check_mixed(int_zero: tuple[str, ...], embedding_bits: int | None, asymmetric: bool
+                 ) -> None:
+    _check(embedding_bits in (None, 4, 8), f"embedding_bits={embedding_bits}: choose 8 or 4 "
+           "(or null: the recipe's bits)")
+    _check(all(isinstance(n, str) and n and "." not in n for n in int_zero),
+           f"int_zero={int_zero!r}: name linears as inside a block, e.g. "
+           '["o_proj", "down_proj"]')
+    _check(not int_zero or asymmetric, "int_zero names linears of an asymmetric low-bit grid: "
+           "use it with bits=4, symmetric=false")
+
+
 def _check_int4(bits: int, group_size: int | None, allowed_bits: tuple[int, ...]) -> None:
     _check(bits in allowed_bits, f"bits={bits} is not supported here: choose one of "
            f"{allowed_bits} (packed kernels exist for int8 and int4; int3 is stored in int4)")
@@ -245,12 +256,7 @@ class RTN(Recipe):
         _check_zero_point(self.zero_point)
         _check_int4(self.bits, self.group_size if self.bits == 4 and self.group_size else 128,
                     (4, 8))
-        _check(self.embedding_bits in (None, 4, 8), f"embedding_bits={self.embedding_bits}: "
-               "choose 8 or 4 (or null: the recipe's bits)")
-        _check(all(n and "." not in n for n in self.int_zero), f"int_zero={self.int_zero!r}: "
-               "name linears as inside a block, e.g. [\"o_proj\", \"down_proj\"]")
-        _check(not self.int_zero or (self.bits == 4 and not self.symmetric), "int_zero names "
-               "linears of an asymmetric int4 grid: use it with bits=4, symmetric=false")
+        _check_mixed(self.int_zero, self.embedding_bits, self.bits == 4 and not self.symmetric)
         object.__setattr__(self, "int_zero", tuple(self.int_zero))
         if self.bits == 8:
             _check(self.group_size is None, "int8 runs fbgemm's per-output-channel kernel: use "
@@ -283,6 +289,8 @@ class GPTQ(Recipe):
     embeddings: bool = True
     head: bool = True  # GPTQ the output head too (tied: the embedding shares its integers)
     zero_point: str = "float"
+    int_zero: tuple[str, ...] = ()  # as RTN's
+    embedding_bits: int | None = None  # 8: an RTN int8 table and tied head, no head GPTQ
 
     def weight_format(self) -> WeightFormat:
         return _int4_format(self.bits, self.group_size, self.symmetric, self.zero_point)
@@ -291,6 +299,8 @@ class GPTQ(Recipe):
         _check_zero_point(self.zero_point)
         _check_int4(self.bits, self.group_size, (3, 4))
         _check(0 < self.damp < 1, f"damp={self.damp} must be in (0, 1), e.g. 0.01")
+        _check_mixed(self.int_zero, self.embedding_bits, not self.symmetric)
+        object.__setattr__(self, "int_zero", tuple(self.int_zero))
 
 
 @recipe_type

@@ -20,7 +20,12 @@ from edgeweave.compress.quant import (
     pack_nibbles,
     pad_columns,
 )
-from edgeweave.compress.quantize.rtn import check_groups, quantize_embeddings
+from edgeweave.compress.quantize.rtn import (
+    check_groups,
+    check_int_zero,
+    quantize_embeddings,
+    zero_point_of,
+)
 from edgeweave.compress.recipes import GPTQ, register_method
 from edgeweave.models.llama import BlockModel
 
@@ -96,17 +101,22 @@ def apply_gptq(r: GPTQ, model: BlockModel, ctx: Any, note: dict[str, Any]) -> Bl
             k = m.in_features
             W = pad_columns(m.weight.detach().float(), r.group_size)
             H = pad_columns(pad_columns(st.hessian, r.group_size).T, r.group_size).T
+            zero_point = zero_point_of(name, r)
             q, s, z = gptq_quantize(W, H, r.bits, r.group_size, r.symmetric, r.act_order, r.damp,
-                                    zero_point=r.zero_point)
+                                    zero_point=zero_point)
             bias = None if m.bias is None else m.bias.detach()
             set_module(block, name, Int4Linear.from_ints(q, s, z, r.group_size, k, r.bits, bias,
-                                                         r.zero_point))
+                                                         zero_point))
 
+    check_int_zero(model, r, note)
     hs = sequential(model, ids, process)
-    if r.head and model.lm_head is not None and (r.embeddings or not model.cfg.tie_word_embeddings):
+    wide_table = r.embedding_bits == 8  # an RTN int8 table and head: nothing for GPTQ to feed
+    if (r.head and not wide_table and model.lm_head is not None
+            and (r.embeddings or not model.cfg.tie_word_embeddings)):
         gptq_head(model, hs, r, note)
     if r.embeddings:
-        quantize_embeddings(model, 4, r.group_size, r.symmetric, note, r.zero_point)
+        quantize_embeddings(model, 8 if wide_table else 4, r.group_size, r.symmetric, note,
+                            r.zero_point)
     note["calibration_tokens"] = int(ids.numel())
     return model
 

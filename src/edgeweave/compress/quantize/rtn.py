@@ -29,6 +29,22 @@ def check_groups(model: BlockModel, group_size: int, pad: bool, method: str) -> 
                 f"that width to a multiple of {group_size})")
 
 
+def check_int_zero(model: BlockModel, r: Any, note: dict[str, Any]) -> None:
+    """Every linear a recipe's ``int_zero`` names exists in the blocks."""
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in block_linears(model)}
+    unknown = [n for n in r.int_zero if n not in leaves]
+    if unknown:
+        raise ConfigError(f"{r.method}: int_zero names {unknown}, which no block has: choose "
+                          f"among {sorted(leaves)}")
+    if r.int_zero:
+        note["int_zero"] = list(r.int_zero)
+
+
+def zero_point_of(name: str, r: Any) -> str:
+    """The zero-point kind of the linear ``name`` (full or within a block) under recipe ``r``."""
+    return "int" if name.rsplit(".", 1)[-1] in r.int_zero else r.zero_point
+
+
 def int4_module(w: torch.Tensor, bias: torch.Tensor | None, group_size: int, bits: int,
                 symmetric: bool, zero_point: str = "float") -> Int4Linear:
     k = w.shape[1]
@@ -82,18 +98,10 @@ def quantize_embeddings(model: BlockModel, bits: int, group_size: int, symmetric
 def apply_rtn(r: RTN, model: BlockModel, ctx: Any, note: dict[str, Any]) -> BlockModel:
     if r.bits == 4:
         check_groups(model, r.group_size, r.pad, "rtn")
-    linears = block_linears(model)
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in linears}
-    unknown = [n for n in r.int_zero if n not in leaves]
-    if unknown:
-        raise ConfigError(f"rtn: int_zero names {unknown}, which no block has: choose among "
-                          f"{sorted(leaves)}")
-    for name, m in linears:
-        zero_point = "int" if name.rsplit(".", 1)[-1] in r.int_zero else r.zero_point
+    check_int_zero(model, r, note)
+    for name, m in block_linears(model):
         set_module(model, name, quantize_linear(m, r.bits, r.group_size, bool(r.symmetric),
-                                                zero_point))
-    if r.int_zero:
-        note["int_zero"] = list(r.int_zero)
+                                                zero_point_of(name, r)))
     if r.embeddings:
         quantize_embeddings(model, r.embedding_bits or r.bits, r.group_size or 128,
                             bool(r.symmetric), note, r.zero_point)

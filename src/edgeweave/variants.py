@@ -90,18 +90,17 @@ def _builtin() -> dict[str, Variant]:
         made("int8", 8.06, 0.99, RTN(bits=8)),
         # The default low-bit variant (as Ollama defaults to Q4_K_M), chosen by measurement on
         # the bundled model (Wikipedia / Shakespeare perplexity, 2,048 held-out tokens; fp32
-        # 19.96 / 65.4). Its weights come from a Q4_1 GGUF (g32, a float offset per block):
-        # RTN g32 with float zeros reproduces the blocks' grids (19.98 / 65.5 with the table
-        # left in fp32), integer zero points cannot (all of them: 25.1 / 82.8; GPTQ 24.7 /
-        # 88.0), and the float zeros cost the ONNX graph a group-sum correction per linear.
-        # Measured per projection (2026-12-07): integer zeros cost least in o_proj and
-        # down_proj, and a 4-bit table and tied head cost the most (21.27 / 70.3 against
-        # 19.99 / 65.6 at 8 bits). So: integer zeros for o_proj and down_proj (half the
-        # corrections), an int8 table and head: 21.29 / 72.1 through the ONNX graph against
-        # 21.36 / 70.5 for float zeros everywhere, a decode step 0.95x as long (7.79 ms
-        # against 8.20), the same resident memory (223 MB against 227), 95 MB on disk not 84.
-        made("int4", 5.65, 0.94, RTN(bits=4, group_size=32, pad=True,
-                                     int_zero=("o_proj", "down_proj"), embedding_bits=8)),
+        # 19.96 / 65.4): RTN g32 with float zeros 21.33 / 70.4 (+6.9 %): its weights come from
+        # a Q4_1 GGUF (g32, a float offset per block) and this grid reproduces it. Integer
+        # zero points cannot (GPTQ g32 24.7 / 88.0, RTN g32 27.6 / 92.5, g64 26.9 / 98.7)
+        # and symmetric grids are worse still (GPTQ g32 28.7 / 107.7). The float zeros cost
+        # the ONNX graph a group-sum correction: 0.77-0.80x the speed of int4-fast.
+        made("int4", 5.0, 0.94, RTN(bits=4, group_size=32, pad=True)),
+        # the default's grid with an int8 table and tied head, where its 4-bit table loses the
+        # most (2026-12-07, per projection): 20.00 / 65.6 through the ONNX graph, a decode
+        # step 1.04x the default's alone and 1.09x in a batch of 16 (an AVX2 host), the same
+        # resident memory (228 MB against 227 for a bare engine), 95 MB on disk not 84
+        made("int4-hq", 5.65, 0.99, RTN(bits=4, group_size=32, pad=True, embedding_bits=8)),
         # integer zero points, native to MatMulNBits: int4-sym's speed, +24 % perplexity here
         made("int4-fast", 5.0, 0.81, GPTQ(bits=4, group_size=32, zero_point="int", pad=True)),
         made("int4-rtn", 4.5, 0.49, RTN(bits=4, group_size=128, pad=True)),

@@ -241,7 +241,8 @@ class RTN(Recipe):
     zero_point: str = "float"
     # Linears (by their name in a block, e.g. "o_proj") whose asymmetric int4 grids take
     # integer zero points even when ``zero_point`` is "float": they skip the ONNX graph's
-    # group-sum correction where that costs the least quality (see variants.py).
+    # group-sum correction where that costs the least quality (measured per projection in
+    # the README's variant table).
     int_zero: tuple[str, ...] = ()
     # bits of the token embedding and the tied head (8 or 4); None: ``bits``
     embedding_bits: int | None = None

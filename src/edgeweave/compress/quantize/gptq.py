@@ -110,7 +110,8 @@ def apply_gptq(r: GPTQ, model: BlockModel, ctx: Any, note: dict[str, Any]) -> Bl
 
     check_int_zero(model, r, note)
     hs = sequential(model, ids, process)
-    wide_table = r.embedding_bits == 8  # an RTN int8 table and head: nothing for GPTQ to feed
+    # an RTN int8 table and head: nothing for GPTQ to feed
+    wide_table = r.embeddings and r.embedding_bits == 8
     if (r.head and not wide_table and model.lm_head is not None
             and (r.embeddings or not model.cfg.tie_word_embeddings)):
         gptq_head(model, hs, r, note)

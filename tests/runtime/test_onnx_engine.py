@@ -19,7 +19,13 @@ from edgeweave.runtime.engines.onnx import (  # noqa: E402
 )
 from edgeweave.runtime.engines.onnx_chain import StageChain  # noqa: E402
 from edgeweave.runtime.engines.onnx_export import ExportSpec  # noqa: E402
-from edgeweave.runtime.engines.onnx_quant import Packed, QuantSpec, rtn, weight_of  # noqa: E402
+from edgeweave.runtime.engines.onnx_quant import (  # noqa: E402
+    Packed,
+    QuantSpec,
+    concat,
+    rtn,
+    weight_of,
+)
 from edgeweave.runtime.engines.torch import TorchStageEngine  # noqa: E402
 from edgeweave.types import Shard  # noqa: E402
 
@@ -131,6 +137,20 @@ def test_rtn_layout_round_trip_and_error():
         rtn(w[:, :48], QuantSpec(4, 32))
     with pytest.raises(ConfigError, match="4 or 8"):
         QuantSpec(bits=3)
+
+
+def test_fusing_integer_and_default_zero_points_keeps_every_weight():
+    # q_proj with integer zero points beside k/v without: one fused weight whose
+    # integer offsets became float zeros, the very same numbers
+    rng = np.random.default_rng(1)
+    parts = [rtn(rng.standard_normal((n, 64)).astype(np.float32), QuantSpec(4, 32, sym))
+             for n, sym in [(32, False), (16, True), (16, True)]]
+    assert parts[0].zero_points is not None and parts[1].zero_points is None
+    fused = concat(parts)
+    assert fused.zero_points is None and fused.float_zeros is not None
+    np.testing.assert_allclose(fused.dequantize(),
+                               np.concatenate([p.dequantize() for p in parts]), rtol=0,
+                               atol=1e-6)
 
 
 def test_export_cache_reused_and_rebuilt_when_stale(tiny_model, tiny_folder, tmp_home):

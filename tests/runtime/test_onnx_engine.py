@@ -75,7 +75,9 @@ def test_any_two_way_split_equals_whole_graph(tiny_model, tmp_path, cut):
                        64)
     assert all(isinstance(st, StageEngine) for st in split.stages)
     for a, b in zip(whole, _trace(split), strict=True):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+        # bit for bit: the later stage's first norm is the fused kernel the whole graph runs
+        # there (a plain RMSNorm differed by ~1e-6, which int8 activations can carry on)
+        np.testing.assert_array_equal(b, a)
 
 
 def test_middle_stage_maps_hidden_states(tiny_model, tmp_path):

@@ -47,6 +47,7 @@ from edgeweave.runtime.engines.onnx_spec import (  # noqa: F401 - re-exported
     LAST_STARTS,
     MS_OPSET,
     OPSET,
+    SEAM_ZERO,
     ExportSpec,
     check_exportable,
 )
@@ -319,7 +320,17 @@ class _Stage:
         layer = self.model.layers[str(i)]
         sandwich = hasattr(layer, "pre_feedforward_layernorm")  # Gemma 3's four norms
         p = f"layers.{i}"
-        if pending is None:
+        if pending is None and i == self.spec.start > 0:
+            # the hidden states another stage sent (its residual + pending, added in fp32):
+            # the same fused kernel the whole graph runs at this block, skip = exact zeros.
+            # A plain SimplifiedLayerNormalization differs from it by ~1e-6, which int8
+            # activations carry on (an AVX2 host: a 3-stage split left the whole graph's
+            # greedy text at token 38 of 64)
+            zero = self.g.init(SEAM_ZERO, np.array(0, np.float32))
+            (zeros,) = self.g.node("Mul", [residual, zero], name=f"{p}/zeros")
+            ln1 = self.g.init(f"{p}.input_layernorm.weight", _norm_weight(layer.input_layernorm))
+            x, residual = self._skip_norm(residual, zeros, ln1, f"{p}/ln1")
+        elif pending is None:
             x = self._norm(residual, f"{p}.input_layernorm.weight", layer.input_layernorm,
                            f"{p}/ln1")
         else:

@@ -10,9 +10,10 @@ and the head after the last. So the graph of ``[start, end)`` is the graph of an
 seams made the way the exporter makes them:
 
 * a cut before block ``start`` (``start > c``): that block's first norm reads the
-  ``hidden_states`` input (``SimplifiedLayerNormalization``) instead of adding the previous
-  block's pending output to the residual (``SkipSimplifiedLayerNormalization``), and the
-  residual stream starts at the input;
+  ``hidden_states`` input with exact zeros as its skip (``SkipSimplifiedLayerNormalization``
+  still, the kernel the wider graph runs there: a plain ``SimplifiedLayerNormalization``
+  rounds differently) instead of adding the previous block's pending output to the residual,
+  and the residual stream starts at the input;
 * a cut after block ``end - 1`` (``end < d``): ``hidden_states_out`` is the sum of the pending
   output and the residual that block ``end``'s first norm would have added.
 
@@ -28,7 +29,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeweave.errors import RuntimeStageError
+from edgeweave.runtime.engines.onnx_spec import SEAM_ZERO
 
 _RANGE = re.compile(r"(\d+)-(\d+)")
 
@@ -128,6 +132,10 @@ def slice_export(source: Path, start: int, end: int, n_layers: int) -> Any:
             "hidden_states_out", TensorProto.FLOAT, ["batch", "seq", hidden]))
     used = {name for n in nodes for name in n.input}
     inits = [_inline(t, source) for t in g.initializer if t.name in used]
+    if SEAM_ZERO in used and all(t.name != SEAM_ZERO for t in inits):
+        from onnx import numpy_helper
+
+        inits.append(numpy_helper.from_array(np.array(0, np.float32), SEAM_ZERO))
     # an overridable initializer (``last.starts`` of the head) goes with its nodes: left as
     # an input without its initializer it would become one the runs must feed
     dropped = {t.name for t in g.initializer if t.name not in used}
@@ -140,17 +148,18 @@ def slice_export(source: Path, start: int, end: int, n_layers: int) -> Any:
 
 
 def _input_seam(node: Any, helper: Any) -> list[Any]:
-    """Block ``start``'s first norm, reading the stage input as the exporter builds it."""
+    """Block ``start``'s first norm, reading the stage input as the exporter builds it: the
+    same fused kernel with exact zeros as the skip, so the stage input's norm and residual
+    are bit for bit what the wider graph computed there."""
     pending, residual, weight = node.input[:3]
     del pending, residual  # from the blocks cut away
-    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-6)
-    norm = helper.make_node("SimplifiedLayerNormalization", ["hidden_states", weight],
-                            [node.output[0]], name=node.name, axis=-1, epsilon=eps,
-                            stash_type=1)
-    # the residual stream of the stage starts at its input
-    residual_out = helper.make_node("Identity", ["hidden_states"], [node.output[3]],
-                                    name=f"{node.name}/residual")
-    return [norm, residual_out]
+    block = node.name.rsplit("/", 1)[0]
+    zeros = helper.make_node("Mul", ["hidden_states", SEAM_ZERO], [f"{block}/zeros/out0"],
+                             name=f"{block}/zeros")
+    norm = helper.make_node(node.op_type, ["hidden_states", zeros.output[0], weight],
+                            list(node.output), name=node.name, domain=node.domain)
+    norm.attribute.extend(node.attribute)
+    return [zeros, norm]
 
 
 def _keep_io(name: str, start: int, end: int, src_start: int, src_end: int) -> bool:

@@ -13,8 +13,11 @@ from edgeweave.types import Shard
 
 OPSET = 21
 MS_OPSET = 1
-# bump when the graph layout changes: cached exports are rebuilt (4: LAST_STARTS overridable)
-EXPORTER_VERSION = 4
+# bump when the graph layout changes: cached exports are rebuilt (4: LAST_STARTS overridable;
+# 5: a later stage's first norm is the fused kernel the whole graph runs there)
+EXPORTER_VERSION = 5
+# the scalar 0 a later stage's first norm takes as its skip (the exporter and the slicer)
+SEAM_ZERO = "zero"
 # The start of the last stage's "last position only" Slice before the head: an initializer
 # (-1) that is also a graph input, so a run may override it (ONNX IR >= 4): 0 puts the head
 # on every position (``forward_all``), the default keeps decode's one-row head.

@@ -120,14 +120,13 @@ def run_server(extra: list[str], levels: list[int], n: int, tokenizer: Any) -> d
         srv.close()
 
 
-def engine_steps(steps: int = 32, sizes: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
+def engine_steps(engine: Any, steps: int = 32, sizes: tuple[int, ...] = (1, 4, 16)
+                 ) -> dict[str, Any]:
     """The default engine alone (no server): ms per batched decode step at each batch size,
     after a 40-token prompt per session: what the server's rounds are built from."""
     from edgeweave.runtime.engine import EngineSession
-    from edgeweave.runtime.local import whole_model
     from edgeweave.runtime.sequence import StepInput
 
-    engine = whole_model(MODEL)
     out: dict[str, Any] = {}
     for b in sizes:
         sessions = [EngineSession(engine, 40 + steps + 8) for _ in range(b)]
@@ -148,7 +147,7 @@ def engine_steps(steps: int = 32, sizes: tuple[int, ...] = (1, 4, 16)) -> dict[s
     return out
 
 
-def engine_top1(tokenizer: Any, n: int, batch: int = 16) -> dict[str, Any]:
+def engine_top1(engine: Any, tokenizer: Any, n: int, batch: int = 16) -> dict[str, Any]:
     """Top-1 agreement of a batched step with the same step alone, teacher-forced: the
     default engine greedy-decodes each prompt (chat template as the server renders it) alone,
     then ``batch`` sessions step together on those very tokens, and each position's argmax is
@@ -158,10 +157,8 @@ def engine_top1(tokenizer: Any, n: int, batch: int = 16) -> dict[str, Any]:
     import numpy as np
 
     from edgeweave.runtime.engine import EngineSession
-    from edgeweave.runtime.local import whole_model
     from edgeweave.runtime.sequence import StepInput
 
-    engine = whole_model(MODEL)
     prompts = [tokenizer.encode_chat([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
                for i in range(batch)]
     alone: list[list[int]] = []
@@ -221,14 +218,16 @@ def main() -> None:
     ap.add_argument("--torch-check", action="store_true",
                     help="also serve the fp32 torch reference: batched text must be identical")
     a = ap.parse_args()
-    from edgeweave.runtime.local import tokenizer_for
+    from edgeweave.runtime.local import tokenizer_for, whole_model
 
     tok = tokenizer_for(MODEL)
     levels = [1, 4, 16] + ([32] if a.max_streams == 32 else [])
-    engine = engine_steps()
+    default_engine = whole_model(MODEL)  # the engine rows share one load
+    engine = engine_steps(default_engine)
     print_table("the default engine alone: batched decode steps", ["batch", "ms/step", "tok/s"],
                 [[b, x["ms_per_step"], x["tok_s"]] for b, x in engine.items()])
-    top1 = engine_top1(tok, a.new_tokens)
+    top1 = engine_top1(default_engine, tok, a.new_tokens)
+    del default_engine  # the servers that follow run their own
     print(f"the default engine, batch {top1['batch']} against alone, teacher-forced: top-1 "
           f"agreement {top1['top1_agreement']:.4f} over {top1['tokens']} tokens")
     runs = {"default": run_server([], levels, a.new_tokens, tok)}

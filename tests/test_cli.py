@@ -15,6 +15,9 @@ from edgeweave.cli.app import main
     (["generate", "hi", "--model", "no-such-model"], "Available bundled models"),
     (["generate", "hi", "--max-tokens", "0"], "max_tokens must be > 0"),
     (["bench", "--suite", "nope"], "unknown suite 'nope'"),
+    (["serve", "--batch-invariant", "--backend", "torch"], "mode of the onnx backend"),
+    (["serve", "--batch-invariant", "--draft", "int8"], "drop one of them"),
+    (["serve", "--batch-invariant", "--plan", "plan.json"], "in this process for now"),
 ])
 def test_user_errors_exit_2_with_the_fix(argv, needle, capsys, tmp_home):
     assert main(argv) == 2

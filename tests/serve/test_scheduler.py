@@ -214,3 +214,53 @@ def test_a_prompt_with_no_stream_to_protect_goes_in_whole(tiny_sessions):
     finally:
         sched.stop()
     assert fed[:2] == [0, 121] and len(fed) == 3, fed
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_fixed_chunks_cut_a_prompt_the_same_way_at_any_load(tiny_sessions, fixed):
+    """With ``fixed_chunks`` (a batch-invariant server) a prompt is cut into the same chunks
+    alone as beside others, and a chunk the round's budget cannot hold waits whole; without
+    it a lone prompt goes in whole and a busy round shrinks a chunk to the budget left."""
+    from edgeweave.serve.backend import LocalSessions
+
+    # no prefix cache (as a batch-invariant server): a cached prompt would be fed from there
+    sessions = LocalSessions(tiny_sessions.engine, tiny_sessions.tokenizer, "tiny",
+                             prefix_cache_bytes=0)
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    long = [1, *range(10, 47)]  # 38 tokens: chunks 8, 8, 8, 8, 6
+
+    def cuts(prompts):  # type: ignore[no-untyped-def]
+        """Prompt tokens each job asked for, round by round."""
+        seen: dict[int, list[int]] = {}
+        sched = Scheduler(sessions, max_active=4, prefill_chunk=8, prefill_budget=12,
+                          fixed_chunks=fixed)
+        jobs: list[Job] = []
+
+        def on_step(_n: int) -> None:
+            for i, j in enumerate(jobs):
+                g = j.generation
+                if g is not None and g.prefilling and g._asked:
+                    seen.setdefault(i, []).append(g._asked)
+        sched.on_step = on_step
+        done = threading.Semaphore(0)
+
+        def sink(ev: Event) -> None:
+            if ev.error is not None or ev.piece.finish_reason:
+                done.release()
+        jobs.extend(Job(list(p), params, sink) for p in prompts)
+        try:
+            for job in jobs:
+                sched.submit(job)
+            for _ in prompts:
+                assert done.acquire(timeout=60)
+        finally:
+            sched.stop()
+        return seen
+
+    alone = cuts([long])
+    busy = cuts([long, long, [1, 5, 9]])
+    if fixed:
+        assert alone[0] == busy[0] == busy[1] == [8, 8, 8, 8, 6]
+    else:
+        assert alone.get(0, []) in ([], [38])  # in whole (the step that finishes prefill)
+        assert any(c not in (8, 6) for c in busy[1]), busy  # the budget cut a chunk short

@@ -14,6 +14,7 @@ import typer
 
 from edgeweave.cli.common import (
     backend_option,
+    batch_invariant_option,
     discover_option,
     draft_k_option,
     draft_option,
@@ -178,6 +179,7 @@ def serve_cmd(
     prefix_cache_mb: int = _prefix_cache_option(),
     backend: str = backend_option(), variant: str = variant_option(),
     threads: int = threads_option(), draft: str = draft_option(), draft_k: int = draft_k_option(),
+    batch_invariant: bool = batch_invariant_option(),
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health
     and /metrics."""
@@ -196,7 +198,7 @@ def serve_cmd(
     cfg = _serve_config(api_key, api_key_file, max_concurrent, max_prompt_tokens,
                         max_tokens_limit, max_body_bytes, embeddings)
     ServerAddress(host, port)  # a bad address fails before the warning and the load
-    choice = EngineChoice(backend, variant, threads)
+    choice = EngineChoice(backend, variant, threads, batch_invariant)
     speculation = Speculation.from_options(draft, draft_k)
     specs = _adapter_folders(adapter or [])
     _warn_if_open(host, cfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeweave.errors import ConfigError
-from edgeweave.runtime.engines.base import EngineConfig
+from edgeweave.runtime.engines.base import EngineConfig, check_batch_invariant
 from edgeweave.types import Shard
 
 if TYPE_CHECKING:
@@ -50,11 +50,13 @@ def default_backend() -> str:
 class EngineChoice:
     """``backend`` (``onnx`` | ``torch``; empty = the default) and ``variant`` (a name of
     :mod:`edgeweave.variants`; ignored when the model is an artifact folder, which is its own
-    variant); ``threads`` 0 lets the process policy decide."""
+    variant); ``threads`` 0 lets the process policy decide; ``batch_invariant``: a session's
+    numbers do not depend on the sessions batched beside it (ONNX only, see EngineConfig)."""
 
     backend: str = ""
     variant: str = DEFAULT_VARIANT
     threads: int = 0
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         if not self.backend:
@@ -73,9 +75,11 @@ class EngineChoice:
                               "be built yet: choose fp32, int8 or int4")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (got {self.threads})")
+        check_batch_invariant(self.backend, self.batch_invariant)
 
     def config(self, model: str, shard: Shard) -> EngineConfig:
-        return EngineConfig(model, shard, self.variant, self.backend, self.threads)
+        return EngineConfig(model, shard, self.variant, self.backend, self.threads,
+                            self.batch_invariant)
 
 
 def n_layers(model: str) -> int:
@@ -109,7 +113,10 @@ def engine_info(engine: Any) -> dict[str, str]:
     """What a stage engine runs, as responses and ``/health`` report it."""
     cfg = engine.config
     info = getattr(engine, "info", None) or {}
-    return {"backend": cfg.backend, "variant": str(info.get("variant") or cfg.variant)}
+    out = {"backend": cfg.backend, "variant": str(info.get("variant") or cfg.variant)}
+    if getattr(cfg, "batch_invariant", False):
+        out["batch_invariant"] = "true"
+    return out
 
 
 @dataclass

@@ -139,6 +139,10 @@ def build(model: str, *, speculation: Speculation | None = None, **options: Any)
     """The sessions ``serve`` answers from (the options are :func:`build_sessions`'s);
     with ``speculation`` (``runtime.drafts``) a draft in this process proposes tokens that
     those sessions verify several at a time."""
+    choice = options.get("choice")
+    if speculation is not None and choice is not None and choice.batch_invariant:
+        raise ConfigError("--batch-invariant with --draft: a verify pass scores several tokens "
+                          "in one step, which rounds unlike a plain step; drop one of them")
     stack = build_sessions(model, **options)
     if speculation is None:
         return stack
@@ -177,6 +181,12 @@ def build_sessions(model: str, *, plan: str | Path | None = None, nodes: Sequenc
                           "disables the prefix cache")
     prefix_bytes = prefix_cache_mb << 20
     choice = choice or EngineChoice()
+    if choice.batch_invariant:
+        if plan is not None or nodes or fleet_file is not None or mqtt or mdns is not None:
+            raise ConfigError("--batch-invariant serves the model in this process for now: drop "
+                              "--plan/--node/--fleet-file/--mqtt/--discover, or the flag")
+        # a request that starts from a cached prefix is cut elsewhere than a fresh one: off
+        prefix_bytes = 0
     if (mqtt or mdns is not None) and plan is None and not nodes:
         if adapters:  # refused before any node is asked to load a stage
             load_checked(tuple(adapters), model, Path(model).name)

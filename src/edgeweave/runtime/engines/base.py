@@ -72,13 +72,21 @@ class SessionNotFound(RuntimeStageError):
     """The stage holds no cache for this session (never opened, closed or evicted)."""
 
 
+def check_batch_invariant(backend: str, batch_invariant: bool) -> None:
+    if batch_invariant and backend != "onnx":
+        raise ConfigError(f"--batch-invariant is a mode of the onnx backend (the {backend} "
+                          "engine has no such mode): use --backend onnx")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """What a node needs to build one stage: model source, block range, weight variant.
 
     ``model`` is a bundled name, a Hugging Face folder, or a compression artifact folder;
     ``variant`` names the weights (``fp32`` or a ``compress.variant`` name such as ``int8``);
-    ``threads`` 0 keeps the process default.
+    ``threads`` 0 keeps the process default. ``batch_invariant`` (ONNX stages): every step
+    of one row runs as a batch of two, so a session's numbers do not depend on how many
+    others step beside it (low-bit kernels round a single row unlike a batch).
     """
 
     model: str
@@ -86,6 +94,7 @@ class EngineConfig:
     variant: str = "fp32"
     backend: str = "torch"
     threads: int = 0
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -95,6 +104,7 @@ class EngineConfig:
                               "int8, int4 or another name `edgeweave.compress` knows")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (got {self.threads})")
+        check_batch_invariant(self.backend, self.batch_invariant)
 
     @property
     def key(self) -> str:

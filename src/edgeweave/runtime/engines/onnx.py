@@ -59,10 +59,12 @@ class _Pool:
     are always ``[0, used)`` (closing one moves the last into its place), so any run of
     sessions can be stepped by one batched ``GroupQueryAttention`` reading a view of
     consecutive slots, and a single session reads its one-slot view. ``version`` changes
-    whenever the arrays are reallocated or a slot moves: views bound before are stale."""
+    whenever the arrays are reallocated or a slot moves: views bound before are stale.
+    ``spare`` slots stay free past the used ones (a batch-invariant engine's pad row)."""
 
-    def __init__(self, n_layers: int, kv: int, length: int, hd: int) -> None:
+    def __init__(self, n_layers: int, kv: int, length: int, hd: int, spare: int = 0) -> None:
         self.length = length
+        self.spare = spare
         self._row = (kv, length, hd)
         self.keys = [np.zeros((0, *self._row), np.float32) for _ in range(n_layers)]
         self.values = [np.zeros((0, *self._row), np.float32) for _ in range(n_layers)]
@@ -79,8 +81,8 @@ class _Pool:
         self.version += 1
 
     def add(self, session: _Session) -> None:
-        if len(self.owners) == self.keys[0].shape[0]:  # full: double (amortised copies)
-            self._resize(max(2 * len(self.owners), 1))
+        if len(self.owners) + self.spare >= self.keys[0].shape[0]:  # full: double (amortised)
+            self._resize(max(2 * len(self.owners), 1) + self.spare)
         session.slot = len(self.owners)
         self.owners.append(session)
 
@@ -93,7 +95,7 @@ class _Pool:
         self.version += 1
         cap = self.keys[0].shape[0]
         if len(self.owners) <= cap // 4:  # give memory back once three quarters are free
-            self._resize(max(cap // 2, len(self.owners)))
+            self._resize(max(cap // 2, len(self.owners) + self.spare))
 
     def swap(self, a: _Session, b: _Session) -> None:
         n = max(a.length, b.length)
@@ -257,7 +259,8 @@ class OnnxStageEngine:
         pool = self._pools.get(length)
         if pool is None:
             pool = self._pools[length] = _Pool(len(self._layers), self._kv_heads, length,
-                                               self._head_dim)
+                                               self._head_dim,
+                                               spare=int(self.config.batch_invariant))
         s = _Session(pool, max_len, adapter=adapter)
         pool.add(s)
         self._sessions[session_id] = s
@@ -351,14 +354,52 @@ class OnnxStageEngine:
         dtype = np.int64 if self.config.shard.is_first else np.float32
         arr = np.ascontiguousarray(x, dtype=dtype)
         total = self._check_room(s, arr.shape[1])
-        binding = self._binding(s.pool, s.slot, 1, s.adapter)
-        seqlens = np.array([total - 1], np.int32)
-        if all_positions:
-            out = self._run_all(binding, arr, seqlens, total, s.adapter)
+        if self.config.batch_invariant and arr.shape[0] * arr.shape[1] == 1:
+            out = self._padded(s, arr, total, all_positions)
         else:
-            out = self._run(binding, arr, seqlens, total, s.adapter)
+            binding = self._binding(s.pool, s.slot, 1, s.adapter)
+            seqlens = np.array([total - 1], np.int32)
+            if all_positions:
+                out = self._run_all(binding, arr, seqlens, total, s.adapter)
+            else:
+                out = self._run(binding, arr, seqlens, total, s.adapter)
         s.length = total
         return out
+
+    def _padded(self, s: _Session, arr: np.ndarray, total: int, all_positions: bool
+                ) -> np.ndarray:
+        """A one-row step run as two rows, the session's and a pad row beside it in the pool,
+        so it takes the kernels a batch takes: MatMulNBits computes one row (M = 1) with
+        another kernel than M >= 2, whose rows are bit-identical whatever M (measured on
+        AVX2; its int8 activations turn the 1e-7 difference into other tokens). The pad
+        row writes one position of its slot's cache: the position its owner writes next
+        (that owner's cache is unchanged), or of the pool's spare slot."""
+        start, row, pad_len = self._pad_rows(s)
+        binding = self._binding(s.pool, start, 2, s.adapter)
+        lens = [total - 1, pad_len] if row == 0 else [pad_len, total - 1]
+        both = np.ascontiguousarray(np.concatenate([arr, arr], axis=0))
+        seqlens, most = np.array(lens, np.int32), max(total, pad_len + 1)
+        if all_positions:
+            out = self._run_all(binding, both, seqlens, most, s.adapter)
+        else:
+            out = self._run(binding, both, seqlens, most, s.adapter)
+        return out[row:row + 1]
+
+    def _pad_rows(self, s: _Session) -> tuple[int, int, int]:
+        """(first slot, the session's row in it, the pad row's cache length) of a two-slot
+        view holding ``s`` and a pad slot whose next position is free to overwrite."""
+        pool = s.pool
+        for start, row in ((s.slot, 0), (s.slot - 1, 1)):
+            other = start + 1 - row
+            if not 0 <= other < pool.keys[0].shape[0]:
+                continue
+            if other >= len(pool.owners):
+                return start, row, 0  # a free slot
+            if pool.owners[other].length < pool.length:
+                return start, row, pool.owners[other].length
+        # both neighbours' caches are full: the session moves beside the spare slot
+        pool.swap(s, pool.owners[-1])
+        return s.slot, 0, 0
 
     def _run_all(self, binding: Any, arr: np.ndarray, seqlens: np.ndarray, total: int,
                  adapter: str | None) -> np.ndarray:

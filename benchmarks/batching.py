@@ -15,6 +15,11 @@ tokens (EOS ignored), each level started at once:
   re-converges after a flip); with ``--torch-check`` a second server on the fp32 torch
   reference must give identical text.
 
+The same levels on ``edgeweave serve --batch-invariant`` (every step takes the kernels a
+batch takes, prompts cut the same way at any load): there every stream's text must equal its
+single-stream text, and its single stream shows what the mode costs (``--no-invariant``
+skips it).
+
 The same levels through the 3-node pipeline started as the README says (three
 ``edgeweave node --stage A:B --variant int4 --colocated`` processes and ``edgeweave serve
 --plan plan.json --node ...``; the issue asks 16 streams >= 3x its own single stream), unless
@@ -44,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _common import emit_result, print_table, write_json  # noqa: E402
-from serve import EDGEWEAVE, MODEL, PROMPTS, Served  # noqa: E402
+from serve import EDGEWEAVE, MODEL, PROMPTS, Served, genai_anchor  # noqa: E402
 
 
 def stream(url: str, prompt: str, n: int) -> dict[str, Any]:
@@ -215,6 +220,8 @@ def main() -> None:
     ap.add_argument("--max-streams", type=int, default=16, choices=(16, 32))
     ap.add_argument("--no-pipeline", action="store_true",
                     help="skip the 3-node pipeline started as the README says")
+    ap.add_argument("--no-invariant", action="store_true",
+                    help="skip the `edgeweave serve --batch-invariant` row")
     ap.add_argument("--torch-check", action="store_true",
                     help="also serve the fp32 torch reference: batched text must be identical")
     a = ap.parse_args()
@@ -231,12 +238,16 @@ def main() -> None:
     print(f"the default engine, batch {top1['batch']} against alone, teacher-forced: top-1 "
           f"agreement {top1['top1_agreement']:.4f} over {top1['tokens']} tokens")
     runs = {"default": run_server([], levels, a.new_tokens, tok)}
+    if not a.no_invariant:
+        runs["--batch-invariant"] = run_server(["--batch-invariant"], [1, 4, 16],
+                                               a.new_tokens, tok)
     if not a.no_pipeline:
         with readme_nodes() as args:
             runs["3-node pipeline"] = run_server(args, [1, 4, 16], a.new_tokens, tok)
     if a.torch_check:
         runs["torch-fp32"] = run_server(["--backend", "torch", "--variant", "fp32"], [1, 4],
                                         a.new_tokens, tok)
+    anchor = genai_anchor("int4", a.new_tokens)
     rows = []
     for name, r in runs.items():
         base = r[1]["aggregate_tps"]
@@ -249,7 +260,10 @@ def main() -> None:
     print_table(f"edgeweave serve, {a.new_tokens}-token greedy streams (openai client)",
                 ["server", "streams", "agg tok/s", "x single", "TTFT p50 s", "TTFT p90 s",
                  "fairness", "agreement", "identical"], rows)
+    print(f"anchor: onnxruntime-genai int4, one stream in one process (no HTTP): "
+          f"{anchor.get('decode_tps', anchor.get('error'))} tok/s")
     payload = {"new_tokens": a.new_tokens, "engine_steps": engine, "engine_top1": top1,
+               "genai_anchor": anchor,
                "runs": {n: {str(k): v for k, v in r.items()} for n, r in runs.items()}}
     write_json("batching", payload)
     emit_result(payload)

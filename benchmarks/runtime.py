@@ -94,15 +94,6 @@ def transport(address: str, rounds: int, n: int = 2000) -> dict:
     return out
 
 
-def genai_anchor(variant: str, tokens: int) -> dict:
-    """onnxruntime-genai on the same weights in its own process, one stream (serve.py's)."""
-    from serve import in_child, threads_default
-
-    precision = variant if variant in ("int4", "fp32") else "int4"
-    return in_child("genai", precision, argparse.Namespace(new_tokens=tokens, repeat=3,
-                                                           threads=threads_default()))
-
-
 def readme_fleet(variant: str, cuts: list[int], tokens: int, rounds: int) -> dict:
     """Nodes and server started with the README's commands; one process vs 3 nodes, HTTP."""
     import json as _json
@@ -204,6 +195,8 @@ def main() -> None:
     n = args.tokens
     cuts = [int(c) for c in args.cuts.split(",")]
     readme = readme_fleet(args.variant, cuts, n, args.rounds)
+    from serve import genai_anchor
+
     anchor = genai_anchor(args.variant, n)
     readme["genai_anchor"] = anchor
     print_table(f"As the README says: 3 `edgeweave node` + `edgeweave serve --plan --node` vs "

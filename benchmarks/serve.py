@@ -279,6 +279,14 @@ def in_child(kind: str, precision: str, a: argparse.Namespace) -> dict[str, Any]
     return got
 
 
+def genai_anchor(variant: str, tokens: int) -> dict:
+    """onnxruntime-genai on the same weights in its own process, one stream: the anchor
+    other benchmarks print beside their rows."""
+    precision = variant if variant in ("int4", "fp32") else "int4"
+    return in_child("genai", precision, argparse.Namespace(new_tokens=tokens, repeat=3,
+                                                           threads=threads_default()))
+
+
 # -- whole run -------------------------------------------------------------------------------
 def bandwidth_gbs() -> float:
     """Best-of-5 read bandwidth of a 1 GiB sum over every core (numpy in threads)."""

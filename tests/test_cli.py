@@ -17,7 +17,7 @@ from edgeweave.cli.app import main
     (["bench", "--suite", "nope"], "unknown suite 'nope'"),
     (["serve", "--batch-invariant", "--backend", "torch"], "mode of the onnx backend"),
     (["serve", "--batch-invariant", "--draft", "int8"], "drop one of them"),
-    (["serve", "--batch-invariant", "--plan", "plan.json"], "in this process for now"),
+    (["node", "--batch-invariant", "--backend", "torch"], "mode of the onnx backend"),
 ])
 def test_user_errors_exit_2_with_the_fix(argv, needle, capsys, tmp_home):
     assert main(argv) == 2

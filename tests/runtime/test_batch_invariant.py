@@ -131,3 +131,50 @@ def test_the_pool_keeps_a_spare_slot_for_the_pad_row(model, export):
 def test_batch_invariance_is_an_onnx_mode():
     with pytest.raises(ConfigError, match="onnx backend"):
         EngineConfig("tiny", Shard(0, 4, 4), "fp32", backend="torch", batch_invariant=True)
+
+
+@pytest.mark.parametrize("invariant", [True, False])
+def test_a_split_plan_asks_its_nodes_for_batch_invariant_stages(tiny_folder, tmp_home,
+                                                                invariant):
+    """A coordinator with ``batch_invariant`` LOADs every stage of a split int4 plan in that
+    mode (its key says so); its sessions stepping together in FORWARD_BATCH frames then
+    compute each step's logits exactly as each session alone."""
+    from edgeweave.runtime.generate import SamplingParams
+    from edgeweave.runtime.launch import embedded
+    from edgeweave.runtime.sequence import Generation, step_batch
+    from edgeweave.types import Plan
+
+    prompts = [[1, 5, 9, 17, 33, 3, 40, 41], [1, 7, 8], [1, *range(20, 44)], [1, 60, 61, 62]]
+    params = SamplingParams(max_tokens=10, ignore_eos=True, temperature=1.0, seed=0)
+    dep = embedded(str(tiny_folder), Plan.split(4, [2], ["a", "b"], variant="int4"),
+                   backend="onnx", max_len=128, batch_invariant=invariant)
+
+    def drive(which: list[int]) -> dict[int, list[np.ndarray]]:
+        sessions = [dep.coordinator.new_session(64) for _ in which]
+        gens = [Generation(s, dep.tokenizer, prompts[i], params)
+                for s, i in zip(sessions, which, strict=True)]
+        seen: dict[int, list[np.ndarray]] = {i: [] for i in which}
+        while not all(g.finished for g in gens):
+            live = [(i, s, g) for i, s, g in zip(which, sessions, gens, strict=True)
+                    if not g.finished]
+            out = step_batch([(s, g.next_input(8)) for _, s, g in live])
+            for (i, _, g), r in zip(live, out, strict=True):
+                assert not isinstance(r, BaseException), r
+                seen[i].append(np.asarray(r).copy())
+                g.feed(r)
+        for s in sessions:
+            s.close()
+        return seen
+
+    try:
+        alone = {i: drive([i])[i] for i in range(len(prompts))}
+        together = drive(list(range(len(prompts))))
+        keys = [k for host in dep.hosts.values() for k in host.engines]
+    finally:
+        dep.close()
+    assert len(keys) == 2 and all(k.endswith("+bi") == invariant for k in keys), keys
+    if invariant:
+        for i, steps in alone.items():
+            assert len(steps) == len(together[i])
+            for a, b in zip(steps, together[i], strict=True):
+                np.testing.assert_array_equal(b, a)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgeweave.errors import GenerationError
 from edgeweave.models import load
@@ -11,7 +13,7 @@ from edgeweave.runtime.engine import EngineSession
 from edgeweave.runtime.engines.base import EngineConfig
 from edgeweave.runtime.engines.torch import TorchStageEngine
 from edgeweave.runtime.generate import SamplingParams, generate
-from edgeweave.runtime.sequence import Generation, StepInput, advance, step_batch
+from edgeweave.runtime.sequence import Generation, StepInput, advance, chunk_size, step_batch
 from edgeweave.types import Shard
 
 PROMPT = [1, *range(10, 40)]
@@ -83,3 +85,20 @@ def test_prefill_never_ends_in_a_one_token_chunk(lm, engine):
         gen.feed(advance(s, step))
     s.close()
     assert sizes == [8, 7, 2]
+
+
+@given(st.integers(1, 300), st.lists(st.integers(0, 70), min_size=1, max_size=40))
+def test_a_prompt_is_never_cut_into_a_one_token_chunk(n, limits):
+    """Whatever limits the rounds' budgets give (1, 2, 0 = all, ...), the chunks cover the
+    prompt, each within its limit but for one extra token, and none is one token long unless
+    the whole prompt is: where a prompt is cut then never changes its numbers."""
+    left, chunks = n, []
+    for limit in limits * (n + 1):
+        if not left:
+            break
+        c = chunk_size(left, limit)
+        assert 1 <= c <= left and (limit <= 0 or c <= max(limit, 2) + 1)
+        chunks.append(c)
+        left -= c
+    assert sum(chunks) == n
+    assert n == 1 or min(chunks) >= 2, chunks

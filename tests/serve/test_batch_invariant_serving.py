@@ -1,7 +1,8 @@
 """A batch-invariant server (``serve --batch-invariant``) on a tiny int4 ONNX model: greedy
 text of concurrent requests equals each request's text when it runs alone, through the
-official ``openai`` client, long prompts (cut in chunks) included; ``/health`` and every
-response say the mode is on."""
+official ``openai`` client, long prompts (cut in chunks) and prompts the prefix cache holds
+(the concurrent rounds repeat the lone ones) included; ``/health`` and every response say
+the mode is on."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def invariant_server(tiny_sessions, tmp_path_factory):  # type: ignore[no-untype
     spec = ExportSpec(0, n, weights="int4", max_len=model.cfg.max_position)
     engine = engine_from_model(model, cfg, tmp_path_factory.mktemp("bi"), spec,
                                SessionProfile(threads=1))
-    sessions = LocalSessions(engine, tiny_sessions.tokenizer, "tiny-int4", prefix_cache_bytes=0)
+    sessions = LocalSessions(engine, tiny_sessions.tokenizer, "tiny-int4")  # prefix cache on
     conf = ServeConfig(api_keys=(API_KEY,), max_prompt_tokens=200, max_tokens_limit=64,
                        default_max_tokens=16, max_concurrent=16)
     with BackgroundServer(sessions, conf) as url:

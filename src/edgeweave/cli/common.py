@@ -38,9 +38,8 @@ def batch_invariant_option() -> Any:
     import typer
 
     return typer.Option(False, "--batch-invariant", help="A request's tokens do not depend on "
-                        "what else runs: every step takes the kernels a batch takes, prompts are "
-                        "cut the same way at any load, no prefix cache (ONNX backend; a single "
-                        "stream decodes about 1.3x slower).")
+                        "what else runs: a lone decode step takes the kernels a batch takes "
+                        "(ONNX backend; a single stream decodes about 1.3x slower).")
 
 
 def keep_in_option() -> Any:

@@ -96,6 +96,10 @@ def register(app: typer.Typer) -> None:
         mqtt_ca: str = mqtt_ca_option(),
         discover: str = discover_option(),
         mdns_interface: list[str] = mdns_interface_option(),
+        batch_invariant: bool = typer.Option(False, "--batch-invariant", help="Preload the "
+                                             "--stage ranges as batch-invariant engines, what "
+                                             "`edgeweave serve --batch-invariant` asks for "
+                                             "(else it loads them a second time)."),
     ) -> None:
         """Host stages of a pipeline; prints `EDGEWEAVE-NODE READY host:port` when serving."""
         opts = NodeOptions(host, port, memory_mb, threads, frames_port)  # refused before anything loads
@@ -126,4 +130,4 @@ def register(app: typer.Typer) -> None:
                  device=name,
                  fleet=fleet, telemetry_s=telemetry_s, colocated=colocated,
                  device_class=device_class, zone=zone, mqtt_auth=auth, advertise=advertise,
-                 mdns=mdns, frames_port=frames_port)
+                 mdns=mdns, frames_port=frames_port, batch_invariant=batch_invariant)

@@ -36,6 +36,7 @@ from typing import TypeVar
 
 from edgeweave.errors import ConfigError, EdgeweaveError, RuntimeStageError
 from edgeweave.runtime.adapters import Adapter, to_bytes
+from edgeweave.runtime.engines.base import check_batch_invariant
 from edgeweave.runtime.payload import Payload
 from edgeweave.runtime.pipeline import PIPELINE_CHUNK
 from edgeweave.runtime.planstate import PlanState, PlanView
@@ -74,7 +75,7 @@ class Coordinator:
                  replan: Replanner = reassign_failed, backend: str = "torch",
                  addresses: dict[str, str] | None = None, replay: str = "exact",
                  logits_codec: str = "fp32", prefix_cache_bytes: int = 0,
-                 pipeline_chunk: int = PIPELINE_CHUNK) -> None:
+                 pipeline_chunk: int = PIPELINE_CHUNK, batch_invariant: bool = False) -> None:
         if replay not in ("exact", "batched"):
             raise ConfigError(f"replay must be 'exact' or 'batched' (got {replay!r})")
         if logits_codec not in ("fp32", "fp16", "top64"):
@@ -93,6 +94,9 @@ class Coordinator:
         self.deadline_s, self.per_token_s = deadline_s, per_token_s
         self.replan = replan
         self.backend = backend
+        check_batch_invariant(backend, batch_invariant)
+        # every stage loads as a batch-invariant engine (EngineConfig.batch_invariant)
+        self.batch_invariant = batch_invariant
         self._connect = connect
         self.links: dict[str, Link] = {}
         # attach(): where each device's node listens (the same dict its connect() reads)
@@ -126,6 +130,8 @@ class Coordinator:
         spec = {"model": self.model, "shard": {"start": st.shard.start, "end": st.shard.end,
                                                "n_layers": st.shard.n_layers},
                 "variant": st.variant, "backend": self.backend}
+        if self.batch_invariant:  # absent otherwise: a node of before this still loads
+            spec["batch_invariant"] = True
         return Frame(Op.LOAD, payload=Frame.json_bytes(spec))
 
     def _load(self, st: Stage) -> str:

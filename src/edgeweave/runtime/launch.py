@@ -220,7 +220,7 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
              telemetry_s: float | None = 5.0, colocated: bool = False,
              device_class: str | None = None, zone: str | None = None,
              mqtt_auth: Any = None, advertise: str | None = None,
-             mdns: Any = None, frames_port: int = 0) -> None:
+             mdns: Any = None, frames_port: int = 0, batch_invariant: bool = False) -> None:
     """Serve stages of ``model`` until SIGTERM/SIGINT (the body of ``edgeweave node``).
 
     Frames travel on gRPC at ``host:port`` and on a plain TCP socket at ``frames_port`` of the
@@ -238,13 +238,12 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
     every interface). ``mdns`` (a ``control.mdns.MdnsOptions``) instead of ``mqtt`` announces
     the same over DNS-SD on the LAN, no broker (``control.mdns``).
     """
-    from edgeweave.runtime.engines.base import EngineConfig
     from edgeweave.runtime.local import EngineChoice
     from edgeweave.runtime.stage import StageHost
     from edgeweave.runtime.threads import ColocatedThreads, blas_threads
     from edgeweave.runtime.transport.grpc_server import serve
 
-    choice = EngineChoice(backend, variant, threads)  # validated before anything loads
+    choice = EngineChoice(backend, variant, threads, batch_invariant)  # checked before loading
     backend, variant = choice.backend, choice.variant
     if threads and backend == "torch":
         import torch
@@ -259,7 +258,7 @@ def run_node(model: str, host: str = "127.0.0.1", port: int = 0, stages: tuple[s
             start, end = (int(v) for v in spec.split(":"))
         except ValueError:
             raise ConfigError(f"--stage {spec!r} must look like START:END, e.g. 0:10") from None
-        stage_host.load(EngineConfig(model, Shard(start, end, n), variant, backend, threads))
+        stage_host.load(choice.config(model, Shard(start, end, n)))
     server, bound = serve(stage_host, f"{host}:{port}", tls)
     if bound == 0:
         raise ConfigError(f"cannot listen on {host}:{port}: is the port taken?")

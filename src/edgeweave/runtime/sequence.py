@@ -36,6 +36,22 @@ from edgeweave.runtime.sampling import SamplingParams, sample, speculative_pick
 from edgeweave.runtime.text import IncrementalDecoder, held_back
 
 
+def chunk_size(left: int, limit: int) -> int:
+    """Prompt tokens of the next chunk: at most ``limit`` (0: all ``left``), but never a chunk
+    of one token, nor one that leaves one, while more than one is left (a limit of 1, or 2
+    with 3 left, takes all 3): a one-token step runs attention's decode kernel, which rounds
+    unlike the prompt kernel every longer chunk takes (and, on low-bit weights without
+    ``--batch-invariant``, the single-row MatMul kernel), so where a prompt is cut would
+    change its numbers; cut into chunks of two or more, it computes the same whatever the
+    cuts (measured bit for bit on the bundled int4 model)."""
+    if limit <= 0 or limit >= left:
+        return left
+    n = max(limit, 2)
+    if left - n == 1:
+        n = n - 1 if n > 2 else left
+    return min(n, left)
+
+
 @dataclass(frozen=True)
 class StepInput:
     """What the engine is fed next: token ids, and whether they start a new sequence."""
@@ -103,11 +119,7 @@ class Generation:
             if callable(reuse):
                 self.cached_tokens = self._fed = int(reuse(self.prompt))
         if self.prefilling:
-            n = len(self.prompt) - self._fed
-            if 0 < limit < n:
-                # never leave a last chunk of one token: a one-token step takes the low-bit
-                # kernels' single-row path, which rounds unlike prefill (runtime.prefix)
-                n = limit - 1 if n - limit == 1 and limit > 1 else limit
+            n = chunk_size(len(self.prompt) - self._fed, limit)
             self._asked = n
             return StepInput(tuple(self.prompt[self._fed:self._fed + n]), self._fed == 0)
         self._asked = 1

@@ -484,14 +484,18 @@ class StageHost:
         spec = req.json()
         try:
             shard = Shard(**spec["shard"])
+            invariant = spec.get("batch_invariant", False)
+            if not isinstance(invariant, bool):
+                raise TypeError(f"batch_invariant must be true or false, not {invariant!r}")
             return EngineConfig(model=spec.get("model") or self.model, shard=shard,
                                 variant=spec.get("variant", "fp32"),
                                 backend=spec.get("backend") or default_backend(),
-                                threads=self.threads)
+                                threads=self.threads, batch_invariant=invariant)
         except (KeyError, TypeError, AttributeError) as e:
             raise _Refused(ErrorCode.BAD_FRAME, "LOAD payload must be a JSON object "
                            '{"shard": {"start", "end", "n_layers"}, "model"?, "variant"?, '
-                           f'"backend"?}} ({type(e).__name__}: {e})') from None
+                           f'"backend"?, "batch_invariant"?}} ({type(e).__name__}: {e})'
+                           ) from None
 
     def handle_bytes(self, raw: bytes) -> bytes:
         """One packed request to one packed response; never raises, so a bad frame costs its

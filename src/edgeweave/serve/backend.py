@@ -234,7 +234,10 @@ class CoordinatorSessions:
 
     def engine_info(self) -> dict[str, str]:
         variants = sorted({st.variant for st in self.coordinator.plan.stages})
-        return {"backend": self.coordinator.backend, "variant": ",".join(variants)}
+        info = {"backend": self.coordinator.backend, "variant": ",".join(variants)}
+        if self.coordinator.batch_invariant:
+            info["batch_invariant"] = "true"
+        return info
 
     def cache_usage(self) -> CacheUsage:
         """The plan's prefix cache (the nodes' KV caches are theirs to report)."""

@@ -181,12 +181,6 @@ def build_sessions(model: str, *, plan: str | Path | None = None, nodes: Sequenc
                           "disables the prefix cache")
     prefix_bytes = prefix_cache_mb << 20
     choice = choice or EngineChoice()
-    if choice.batch_invariant:
-        if plan is not None or nodes or fleet_file is not None or mqtt or mdns is not None:
-            raise ConfigError("--batch-invariant serves the model in this process for now: drop "
-                              "--plan/--node/--fleet-file/--mqtt/--discover, or the flag")
-        # a request that starts from a cached prefix is cut elsewhere than a fresh one: off
-        prefix_bytes = 0
     if (mqtt or mdns is not None) and plan is None and not nodes:
         if adapters:  # refused before any node is asked to load a stage
             load_checked(tuple(adapters), model, Path(model).name)
@@ -216,11 +210,13 @@ def build_sessions(model: str, *, plan: str | Path | None = None, nodes: Sequenc
 
         tls = TLSFiles.from_dir(tls_dir, "coordinator") if tls_dir is not None else None
         dep = attach(the_plan, model, addresses, tls=tls, backend=choice.backend,
+                     batch_invariant=choice.batch_invariant,
                      prefix_cache_bytes=prefix_bytes)
     else:
         from edgeweave.runtime.launch import embedded
 
-        dep = embedded(model, the_plan, backend=choice.backend, prefix_cache_bytes=prefix_bytes)
+        dep = embedded(model, the_plan, backend=choice.backend, prefix_cache_bytes=prefix_bytes,
+                       batch_invariant=choice.batch_invariant)
     coord = dep.coordinator  # nothing launched: closing the sessions closes all of it
     sessions = CoordinatorSessions(coord, dep.tokenizer, model_id=Path(model).name)
     try:
@@ -274,7 +270,8 @@ def discover(model: str, mqtt: str | None, *, fleet: str | None = None,
                              overlay=overlay, options=options)
         adapter = make_fleet_adapter(model, asm.wait(), objective, policy)
         dep = attach(adapter.plan, model, {d: a.address for d, a in asm.admitted.items()},
-                     tls=tls, backend=choice.backend, prefix_cache_bytes=prefix_bytes)
+                     tls=tls, backend=choice.backend, prefix_cache_bytes=prefix_bytes,
+                     batch_invariant=choice.batch_invariant)
         coord = dep.coordinator
         sessions = CoordinatorSessions(coord, dep.tokenizer, model_id=Path(model).name)
         try:

@@ -10,10 +10,7 @@ coordinator), and waiting
 requests are admitted between rounds. A new prompt is fed in chunks of at most
 ``prefill_chunk`` tokens, at most ``prefill_budget`` prompt tokens per round, inside the same
 batch, so a long prompt never stalls the running streams for more than one chunk. While no
-stream is decoding there is nothing to protect, and prompts go in whole. With
-``fixed_chunks`` (a batch-invariant server) a prompt is cut the same way whatever else runs:
-always in chunks of ``prefill_chunk``, and a chunk that does not fit the round's budget waits
-whole, so a request's numbers do not depend on the load.
+stream is decoding there is nothing to protect, and prompts go in whole.
 
 Each session is a ``runtime.sequence.Generation`` state machine (sampling, structured-output
 mask, stop tokens and strings, detokenisation), the same one ``stream_generate`` runs.
@@ -80,8 +77,7 @@ class Scheduler:
     def __init__(self, sessions: SessionFactory, max_active: int,
                  on_finish: Callable[[Job, GenerationResponse | None], None] | None = None,
                  prefill_chunk: int = PREFILL_CHUNK, prefill_budget: int = PREFILL_BUDGET,
-                 on_step: Callable[[int], None] | None = None,
-                 fixed_chunks: bool = False) -> None:
+                 on_step: Callable[[int], None] | None = None) -> None:
         if prefill_chunk < 1 or prefill_budget < prefill_chunk:
             raise EdgeweaveError(f"prefill_chunk must be >= 1 and prefill_budget >= it (got "
                                  f"{prefill_chunk}, {prefill_budget})")
@@ -90,7 +86,6 @@ class Scheduler:
         self.on_finish = on_finish
         self.on_step = on_step  # called with the batch size of every round (metrics)
         self.prefill_chunk, self.prefill_budget = prefill_chunk, prefill_budget
-        self.fixed_chunks = fixed_chunks
         self.last_batch = 0  # sessions stepped in the last round (metrics read it)
         self._jobs: list[Job] = []
         self._cv = threading.Condition()
@@ -140,9 +135,8 @@ class Scheduler:
         # goes in whole (a chunk costs an engine run of its own: 2 x 64 tokens take longer
         # than 1 x 128, which is most of a cached prompt's TTFT)
         decoding = any(j.generation is not None and not j.generation.prefilling for j in jobs)
-        cut = decoding or self.fixed_chunks
-        chunk = self.prefill_chunk if cut else 0
-        budget = self.prefill_budget if cut else sys.maxsize
+        chunk = self.prefill_chunk if decoding else 0
+        budget = self.prefill_budget if decoding else sys.maxsize
         for job in jobs:
             if job.cancelled:
                 self._finish(job, None, None)
@@ -150,10 +144,9 @@ class Scheduler:
             try:
                 gen = job.generation or self._start(job)
                 if gen.prefilling:
-                    if budget <= 0 or (self.fixed_chunks and budget < chunk):
+                    if budget <= 0:
                         continue  # its next chunk waits for the next round
-                    step = gen.next_input(chunk if self.fixed_chunks
-                                          else min(chunk, budget) if chunk else 0)
+                    step = gen.next_input(min(chunk, budget) if chunk else 0)
                     budget -= len(step.ids)
                 else:
                     step = gen.next_input()

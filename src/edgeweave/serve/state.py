@@ -75,10 +75,8 @@ class AppState:
             return running, len(self._live) - running
 
     def start(self) -> None:
-        # a batch-invariant backend also needs prompts cut the same way whatever the load
-        fixed = self.backend.engine_info().get("batch_invariant") == "true"
         self.scheduler = Scheduler(self.backend, self.config.max_concurrent, self._finished,
-                                   on_step=self.metrics.observe_batch, fixed_chunks=fixed)
+                                   on_step=self.metrics.observe_batch)
 
     def stop(self) -> None:
         if self.scheduler is not None:

@@ -108,8 +108,10 @@ class EngineConfig:
 
     @property
     def key(self) -> str:
-        """Stable name of this stage on a node, e.g. ``"0-10:fp32"``."""
-        return f"{self.shard.start}-{self.shard.end}:{self.variant}"
+        """Stable name of this stage on a node, e.g. ``"0-10:fp32"`` (``"0-10:int4+bi"``
+        batch-invariant: another engine than the default one of the same blocks)."""
+        mode = "+bi" if self.batch_invariant else ""
+        return f"{self.shard.start}-{self.shard.end}:{self.variant}{mode}"
 
 
 @runtime_checkable

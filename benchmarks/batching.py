@@ -188,9 +188,11 @@ def engine_top1(engine: Any, tokenizer: Any, n: int, batch: int = 16) -> dict[st
 
 
 @contextlib.contextmanager
-def readme_nodes(variant: str = "int4", cuts: tuple[int, ...] = (10, 20)) -> Iterator[list[str]]:
-    """Three ``edgeweave node`` processes as the README starts them; yields the ``serve``
-    arguments (``--plan`` file and ``--node`` addresses) that use them."""
+def readme_nodes(variant: str = "int4", cuts: tuple[int, ...] = (10, 20),
+                 extra: tuple[str, ...] = ()) -> Iterator[list[str]]:
+    """Three ``edgeweave node`` processes as the README starts them (plus ``extra``
+    arguments); yields the ``serve`` arguments (``--plan`` file and ``--node`` addresses)
+    that use them."""
     from edgeweave.runtime.deployment import stop_processes
     from edgeweave.runtime.launch import wait_ready
     from edgeweave.types import Plan
@@ -204,7 +206,7 @@ def readme_nodes(variant: str = "int4", cuts: tuple[int, ...] = (10, 20)) -> Ite
     try:
         for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
             nodes.append(subprocess.Popen([*EDGEWEAVE, "node", "--stage", f"{a}:{b}",
-                                           "--variant", variant, "--colocated"],
+                                           "--variant", variant, "--colocated", *extra],
                                           stdout=subprocess.PIPE,
                                           stderr=(tmp / f"n{i}.log").open("wb")))
         addrs = [wait_ready(p, tmp / f"n{i}.log", 900) for i, p in enumerate(nodes)]
@@ -244,6 +246,10 @@ def main() -> None:
     if not a.no_pipeline:
         with readme_nodes() as args:
             runs["3-node pipeline"] = run_server(args, [1, 4, 16], a.new_tokens, tok)
+        if not a.no_invariant:
+            with readme_nodes(extra=("--batch-invariant",)) as args:
+                runs["3-node --batch-invariant"] = run_server([*args, "--batch-invariant"],
+                                                              [1, 4, 16], a.new_tokens, tok)
     if a.torch_check:
         runs["torch-fp32"] = run_server(["--backend", "torch", "--variant", "fp32"], [1, 4],
                                         a.new_tokens, tok)

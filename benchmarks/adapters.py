@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _common import print_table, write_json  # noqa: E402
-from serve import MODEL, QUESTION, Served, rss_mb  # noqa: E402
+from serve import MODEL, QUESTION, Served, anchor_line, genai_anchor, rss_mb  # noqa: E402
 
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -168,8 +168,10 @@ def main() -> None:
                 "(median of rounds; ratio = adapter / base in the same round)",
                 ["engine", "base", "base, no adapters loaded", "home-a r8 q,v", "home-b r16 all",
                  "answers differ", "RSS MB with / without"], rows)
+    anchor = genai_anchor("int4", args.new_tokens)  # the base model, no adapter
+    print(anchor_line(anchor))
     write_json("adapters", {"rounds": args.rounds, "new_tokens": args.new_tokens,
-                            "results": res, "raw": raw})
+                            "results": res, "raw": raw, "genai_anchor": anchor})
 
 
 if __name__ == "__main__":

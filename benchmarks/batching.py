@@ -49,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _common import emit_result, print_table, write_json  # noqa: E402
-from serve import EDGEWEAVE, MODEL, PROMPTS, Served, genai_anchor  # noqa: E402
+from serve import EDGEWEAVE, MODEL, PROMPTS, Served, anchor_line, genai_anchor  # noqa: E402
 
 
 def stream(url: str, prompt: str, n: int) -> dict[str, Any]:
@@ -266,8 +266,7 @@ def main() -> None:
     print_table(f"edgeweave serve, {a.new_tokens}-token greedy streams (openai client)",
                 ["server", "streams", "agg tok/s", "x single", "TTFT p50 s", "TTFT p90 s",
                  "fairness", "agreement", "identical"], rows)
-    print(f"anchor: onnxruntime-genai int4, one stream in one process (no HTTP): "
-          f"{anchor.get('decode_tps', anchor.get('error'))} tok/s")
+    print(anchor_line(anchor))
     payload = {"new_tokens": a.new_tokens, "engine_steps": engine, "engine_top1": top1,
                "genai_anchor": anchor,
                "runs": {n: {str(k): v for k, v in r.items()} for n, r in runs.items()}}

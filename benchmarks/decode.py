@@ -104,8 +104,13 @@ def main() -> None:
                 ["engine", "decode tok/s", "TTFT ms", "x HF", "greedy tokens = HF"], rows)
     speedup = best["edgeweave"]["decode_tps"] / ref["decode_tps"]
     print(f"\ntarget >= 1.2x HF decode tok/s: {speedup:.2f}x -> {'met' if speedup >= 1.2 else 'NOT met'}")
+    from serve import anchor_line, genai_anchor
+
+    anchor = genai_anchor("fp32", args.new_tokens)  # the same fp32 weights
+    print(anchor_line(anchor).replace("int4", "fp32", 1))
     write_json("decode", {
         "model": DEFAULT_MODEL, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+        "genai_anchor": anchor,
         "rounds": {k: [{kk: vv for kk, vv in r.items() if kk != "tokens"} for r in v]
                    for k, v in runs.items()},
         "best": {k: {kk: vv for kk, vv in r.items() if kk != "tokens"} for k, r in best.items()},

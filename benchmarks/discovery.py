@@ -202,6 +202,10 @@ def main() -> None:
         ["leave: kill -> new plan s", lv["kill_to_new_plan_s"]],
         ["leave: next first token s", lv["first_token_after_s"]],
     ])
+    from serve import anchor_line, genai_anchor
+
+    res["genai_anchor"] = genai_anchor("int4", 64)  # one process, no fleet
+    print(anchor_line(res["genai_anchor"]))
     write_json("discovery", res)
 
 

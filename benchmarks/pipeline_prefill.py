@@ -141,6 +141,11 @@ def main() -> None:
                 f"({args.variant}, {args.codec} hidden states), median of {args.rounds} rounds",
                 ["config", "chunks", "TTFT ms", "x sequential", "compute ms n0 / n1 / n2",
                  "compute sum ms", "overlap ms", "same argmax"], rows)
+    from serve import anchor_line, genai_anchor
+
+    # the same prompt's prefill in one onnxruntime-genai process
+    out["genai_anchor"] = genai_anchor(args.variant, 8, tok.decode(ids))
+    print(anchor_line(out["genai_anchor"]))
     write_json("pipeline_prefill", out)
 
 

@@ -16,7 +16,8 @@ tokens). Target (issue 17): cached TTFT (median over the requests that reused th
 <= 20 % of cold (median of the same requests without the cache); the cached request still
 computes its query, so the ratio cannot fall below the query's share of the prompt. Also
 reported: greedy text equal between the two servers, ``usage.prompt_tokens_details.
-cached_tokens``, and the ``/metrics`` hit rate. Writes ``results/prefix.json``.
+cached_tokens``, the ``/metrics`` hit rate, and the anchor: onnxruntime-genai's prefill of the
+first request's prompt in one process (no cache, no HTTP). Writes ``results/prefix.json``.
 
     flock /tmp/edgeweave-cpu.lock .venv/bin/python benchmarks/prefix.py [--requests 20]
 """
@@ -34,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _common import print_table, write_json  # noqa: E402
-from serve import MODEL, Served  # noqa: E402
+from serve import MODEL, Served, anchor_line, genai_anchor  # noqa: E402
 
 TARGET = 0.20
 
@@ -165,6 +166,7 @@ def main() -> None:
             warm_srv.close()
     finally:
         cold_srv.close()
+    anchor = genai_anchor("int4", a.max_tokens, texts["window"][0])
     rows, results = [], {}
     for kind, (cold, warm) in runs.items():
         # reused the instructions and demonstrations (the chat template's first tokens are
@@ -203,9 +205,10 @@ def main() -> None:
                      ["/metrics prefix cache bytes",
                       f"{prom.get('edgeweave_prefix_cache_usage_bytes', 0):.0f}"]]
     print_table("Prefix cache", ["figure", "value"], summary_rows)
+    print(anchor_line(anchor))
     write_json("prefix", {"model": MODEL, "requests": a.requests, "shared_tokens": shared,
                           "max_tokens": a.max_tokens, "target": TARGET, "results": results,
-                          "metrics": prom,
+                          "metrics": prom, "genai_anchor": anchor,
                           "runs": {k: {"cold": c, "cached": w} for k, (c, w) in runs.items()}})
 
 

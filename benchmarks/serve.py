@@ -161,13 +161,14 @@ def busy_core() -> subprocess.Popen[bytes]:
 
 
 # -- children: one engine each ---------------------------------------------------------------
-def child_main(kind: str, precision: str, n: int, repeat: int, threads: int) -> None:
+def child_main(kind: str, precision: str, n: int, repeat: int, threads: int,
+               prompt: str = "") -> None:
     """One engine in this fresh process; emits speed and memory."""
     rss0, _ = rss_mb()
     if kind == "raw":
         out = _raw(precision, n, repeat)
     elif kind == "genai":
-        out = _genai(precision, n, repeat, threads)
+        out = _genai(precision, n, repeat, threads, prompt)
     elif kind == "llama":
         out = _llama(precision, n, repeat, threads)
     else:
@@ -220,7 +221,7 @@ def _raw(precision: str, n: int, repeat: int) -> dict[str, Any]:
     return out
 
 
-def _genai(precision: str, n: int, repeat: int, threads: int) -> dict[str, Any]:
+def _genai(precision: str, n: int, repeat: int, threads: int, prompt: str = "") -> dict[str, Any]:
     import numpy as np
     import onnxruntime_genai as og
     from _anchors import genai_folder, onnx_weight_bytes
@@ -233,14 +234,17 @@ def _genai(precision: str, n: int, repeat: int, threads: int) -> dict[str, Any]:
     # a served genai model needs its tokenizer too (our processes hold theirs): like for like
     tokenizer = og.Tokenizer(model)
     ids = list(tokenizer.encode(tokenizer.apply_chat_template(
-        json.dumps([{"role": "user", "content": QUESTION}]), add_generation_prompt=True)))
-    speeds = []
+        json.dumps([{"role": "user", "content": prompt or QUESTION}]),
+        add_generation_prompt=True)))
+    speeds, prefills = [], []
     for _ in range(repeat + 1):
         params = og.GeneratorParams(model)
         params.set_search_options(do_sample=False, max_length=len(ids) + n,
                                   min_length=len(ids) + n)
         gen = og.Generator(model, params)
-        gen.append_tokens(ids)
+        t = time.perf_counter()
+        gen.append_tokens(ids)  # the prompt's prefill, which yields the first token's logits
+        prefills.append(time.perf_counter() - t)
         t = time.perf_counter()
         got = 0
         while not gen.is_done() and got < n - 1:
@@ -251,6 +255,7 @@ def _genai(precision: str, n: int, repeat: int, threads: int) -> dict[str, Any]:
     speeds = sorted(speeds[1:])
     del np
     return _alive({"decode_tps": speeds[len(speeds) // 2], "decode_tps_runs": speeds,
+                   "prefill_s": statistics.median(prefills[1:]), "prompt_tokens": len(ids),
                    "weight_bytes": onnx_weight_bytes(next(out_dir.glob("*.onnx")))})
 
 
@@ -271,20 +276,38 @@ def _llama(precision: str, n: int, repeat: int, threads: int) -> dict[str, Any]:
 
 
 def in_child(kind: str, precision: str, a: argparse.Namespace) -> dict[str, Any]:
+    prompt = getattr(a, "prompt_file", "")
     got, proc = run_child([__file__, "--child", kind, "--precision", precision,
                            "--new-tokens", str(a.new_tokens), "--repeat", str(a.repeat),
-                           "--threads", str(a.threads)])
+                           "--threads", str(a.threads),
+                           *(["--prompt-file", prompt] if prompt else [])])
     if got is None:
         return {"error": f"child exited {proc.returncode}: {proc.stderr[-400:]}"}
     return got
 
 
-def genai_anchor(variant: str, tokens: int) -> dict:
-    """onnxruntime-genai on the same weights in its own process, one stream: the anchor
-    other benchmarks print beside their rows."""
+def genai_anchor(variant: str, tokens: int, prompt: str = "") -> dict:
+    """onnxruntime-genai on the same weights in its own process, one stream (of ``prompt`` as
+    the user's chat message, else the serve benchmark's question): the anchor other
+    benchmarks print beside their rows, its decode rate and its prompt's prefill time."""
+    import tempfile
+
     precision = variant if variant in ("int4", "fp32") else "int4"
-    return in_child("genai", precision, argparse.Namespace(new_tokens=tokens, repeat=3,
-                                                           threads=threads_default()))
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+        f.write(prompt)
+        f.flush()
+        return in_child("genai", precision, argparse.Namespace(
+            new_tokens=tokens, repeat=3, threads=threads_default(),
+            prompt_file=f.name if prompt else ""))
+
+
+def anchor_line(anchor: dict) -> str:
+    """The anchor as one printed line."""
+    if "error" in anchor:
+        return f"anchor: onnxruntime-genai failed: {anchor['error']}"
+    return (f"anchor: onnxruntime-genai int4, one stream in one process (no HTTP): decode "
+            f"{anchor['decode_tps']:.1f} tok/s, prefill of its {anchor['prompt_tokens']}-token "
+            f"prompt {anchor['prefill_s']:.3f} s")
 
 
 # -- whole run -------------------------------------------------------------------------------
@@ -374,9 +397,11 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of: fp32,busy,concurrency,control")
     ap.add_argument("--child", default="")
     ap.add_argument("--precision", default="int4")
+    ap.add_argument("--prompt-file", default="", help="(children) the user message to time")
     a = ap.parse_args()
     if a.child:
-        child_main(a.child, a.precision, a.new_tokens, a.repeat, a.threads)
+        prompt = Path(a.prompt_file).read_text() if a.prompt_file else ""
+        child_main(a.child, a.precision, a.new_tokens, a.repeat, a.threads, prompt)
         return
     skip = set(a.skip.split(","))
     has_llama = importlib.util.find_spec("llama_cpp") is not None

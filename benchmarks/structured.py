@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _common import print_table, write_json  # noqa: E402
-from serve import MODEL, Served  # noqa: E402
+from serve import MODEL, Served, anchor_line, genai_anchor  # noqa: E402
 
 SCHEMAS = [
     ({"type": "object", "properties": {"device": {"enum": ["heater", "fan", "blinds", "light"]},
@@ -154,8 +154,10 @@ def main() -> None:
     print_table("Mask + advance per token, same tokens", ["library", "us/token"],
                 [["llguidance", masks["llguidance_us_per_token"]],
                  ["xgrammar", masks.get("xgrammar_us_per_token", masks.get("xgrammar"))]])
+    anchor = genai_anchor("int4", 64)  # no structured output: the engine's own pace
+    print(anchor_line(anchor))
     write_json("structured", {"model": MODEL, **res, "unconstrained_decode_tps": free,
-                              "overhead": overhead, "mask_times": masks})
+                              "overhead": overhead, "mask_times": masks, "genai_anchor": anchor})
 
 
 if __name__ == "__main__":

@@ -199,7 +199,7 @@ def readme_nodes(variant: str = "int4", cuts: tuple[int, ...] = (10, 20),
 
     n = 30
     bounds = [0, *cuts, n]
-    plan = Plan.split(n, list(cuts), ["n0", "n1", "n2"], variant=variant, codec="fp16")
+    plan = Plan.split(n, list(cuts), ["n0", "n1", "n2"], variant=variant)  # fp32 frames
     tmp = Path(tempfile.mkdtemp(prefix="edgeweave-batching-"))
     (tmp / "plan.json").write_text(json.dumps({"plan": plan.to_dict()}))
     nodes = []

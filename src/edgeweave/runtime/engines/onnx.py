@@ -371,7 +371,7 @@ class OnnxStageEngine:
         """A one-row step run as two rows, the session's and a pad row beside it in the pool,
         so it takes the kernels a batch takes: MatMulNBits computes one row (M = 1) with
         another kernel than M >= 2, whose rows are bit-identical whatever M (measured on
-        AVX2; its int8 activations turn the 1e-7 difference into other tokens). The pad
+        AVX2; its int8 activations turn the ~1e-6 difference into other tokens). The pad
         row writes one position of its slot's cache: the position its owner writes next
         (that owner's cache is unchanged), or of the pool's spare slot."""
         start, row, pad_len = self._pad_rows(s)

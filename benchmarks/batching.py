@@ -15,10 +15,9 @@ tokens (EOS ignored), each level started at once:
   re-converges after a flip); with ``--torch-check`` a second server on the fp32 torch
   reference must give identical text.
 
-The same levels on ``edgeweave serve --batch-invariant`` (every step takes the kernels a
-batch takes, prompts cut the same way at any load): there every stream's text must equal its
-single-stream text, and its single stream shows what the mode costs (``--no-invariant``
-skips it).
+The same levels on ``edgeweave serve --batch-invariant`` (a lone decode step takes the
+kernels a batch takes): there every stream's text must equal its single-stream text, and its
+single stream shows what the mode costs (``--no-invariant`` skips it).
 
 The same levels through the 3-node pipeline started as the README says (three
 ``edgeweave node --stage A:B --variant int4 --colocated`` processes and ``edgeweave serve

@@ -107,7 +107,7 @@ def main() -> None:
     from serve import anchor_line, genai_anchor
 
     anchor = genai_anchor("fp32", args.new_tokens)  # the same fp32 weights
-    print(anchor_line(anchor).replace("int4", "fp32", 1))
+    print(anchor_line(anchor))
     write_json("decode", {
         "model": DEFAULT_MODEL, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
         "genai_anchor": anchor,

@@ -293,19 +293,22 @@ def genai_anchor(variant: str, tokens: int, prompt: str = "") -> dict:
     import tempfile
 
     precision = variant if variant in ("int4", "fp32") else "int4"
+    a = argparse.Namespace(new_tokens=tokens, repeat=3, threads=threads_default())
+    if not prompt:
+        return {**in_child("genai", precision, a), "precision": precision}
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
         f.write(prompt)
         f.flush()
-        return in_child("genai", precision, argparse.Namespace(
-            new_tokens=tokens, repeat=3, threads=threads_default(),
-            prompt_file=f.name if prompt else ""))
+        a.prompt_file = f.name
+        return {**in_child("genai", precision, a), "precision": precision}
 
 
 def anchor_line(anchor: dict) -> str:
     """The anchor as one printed line."""
     if "error" in anchor:
         return f"anchor: onnxruntime-genai failed: {anchor['error']}"
-    return (f"anchor: onnxruntime-genai int4, one stream in one process (no HTTP): decode "
+    return (f"anchor: onnxruntime-genai {anchor.get('precision', 'int4')}, one stream in one "
+            f"process (no HTTP): decode "
             f"{anchor['decode_tps']:.1f} tok/s, prefill of its {anchor['prompt_tokens']}-token "
             f"prompt {anchor['prefill_s']:.3f} s")
 

@@ -49,7 +49,7 @@ def chunk_size(left: int, limit: int) -> int:
     n = max(limit, 2)
     if left - n == 1:
         n = n - 1 if n > 2 else left
-    return min(n, left)
+    return n
 
 
 @dataclass(frozen=True)

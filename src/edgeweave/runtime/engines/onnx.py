@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,99 +38,12 @@ from edgeweave.runtime.engines.base import (
 )
 
 # session options live in onnx_profile; imported here, where callers always found them
+from edgeweave.runtime.engines.onnx_pool import Donor, KVPool, PoolSession, capacity
 from edgeweave.runtime.engines.onnx_profile import SessionProfile, device_kind  # noqa: F401
 from edgeweave.runtime.engines.onnx_spec import LAST_STARTS
 from edgeweave.runtime.policy import core_watch
 
 log = logging.getLogger(__name__)
-
-
-def capacity(max_len: int) -> int:
-    """Cache rows a session of ``max_len`` tokens gets: the next power of two, so sessions of
-    similar size share one pool (at most 2x the positions asked for; a one-token probe gets
-    exactly one, which is how ``stage_limits`` measures bytes per token)."""
-    return 1 << max(int(max_len) - 1, 0).bit_length()
-
-
-class _Pool:
-    """The KV caches of every session with the same capacity ``length``, one array per layer
-    ``(slots, kv, length, hd)`` for keys and for values. A session is a slot; the used slots
-    are always ``[0, used)`` (closing one moves the last into its place), so any run of
-    sessions can be stepped by one batched ``GroupQueryAttention`` reading a view of
-    consecutive slots, and a single session reads its one-slot view. ``version`` changes
-    whenever the arrays are reallocated or a slot moves: views bound before are stale.
-    ``spare`` slots stay free past the used ones (a batch-invariant engine's pad row)."""
-
-    def __init__(self, n_layers: int, kv: int, length: int, hd: int, spare: int = 0) -> None:
-        self.length = length
-        self.spare = spare
-        self._row = (kv, length, hd)
-        self.keys = [np.zeros((0, *self._row), np.float32) for _ in range(n_layers)]
-        self.values = [np.zeros((0, *self._row), np.float32) for _ in range(n_layers)]
-        self.owners: list[_Session] = []
-        self.version = 0
-
-    def _resize(self, slots: int) -> None:
-        n = len(self.owners)
-        for arrs in (self.keys, self.values):
-            for j, old in enumerate(arrs):
-                new = np.zeros((slots, *self._row), np.float32)
-                new[:n] = old[:n]
-                arrs[j] = new
-        self.version += 1
-
-    def add(self, session: _Session) -> None:
-        if len(self.owners) + self.spare >= self.keys[0].shape[0]:  # full: double (amortised)
-            self._resize(max(2 * len(self.owners), 1) + self.spare)
-        session.slot = len(self.owners)
-        self.owners.append(session)
-
-    def remove(self, session: _Session) -> None:
-        last = self.owners.pop()
-        if last is not session:  # the last slot moves into the freed one
-            self._copy(last.slot, session.slot, last.length)
-            last.slot = session.slot
-            self.owners[session.slot] = last
-        self.version += 1
-        cap = self.keys[0].shape[0]
-        if len(self.owners) <= cap // 4:  # give memory back once three quarters are free
-            self._resize(max(cap // 2, len(self.owners) + self.spare))
-
-    def swap(self, a: _Session, b: _Session) -> None:
-        n = max(a.length, b.length)
-        for arrs in (self.keys, self.values):
-            for arr in arrs:
-                tmp = arr[a.slot, :, :n].copy()
-                arr[a.slot, :, :n] = arr[b.slot, :, :n]
-                arr[b.slot, :, :n] = tmp
-        a.slot, b.slot = b.slot, a.slot
-        self.owners[a.slot], self.owners[b.slot] = a, b
-        self.version += 1
-
-    def _copy(self, src: int, dst: int, n: int) -> None:
-        for arrs in (self.keys, self.values):
-            for arr in arrs:
-                arr[dst, :, :n] = arr[src, :, :n]
-
-
-@dataclass(eq=False)
-class _Session:
-    pool: _Pool
-    max_len: int
-    slot: int = -1
-    length: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
-    adapter: str | None = None  # a LoRA adapter: the session runs on the LoRA twin graph
-
-
-@dataclass(eq=False)
-class _Prefix:
-    """A donor (``save_prefix``): per layer ``(kv, length, hd)`` keys and values of its own,
-    outside the pools, so it takes no slot of a batch and exactly the bytes it holds."""
-
-    keys: list[np.ndarray]
-    values: list[np.ndarray]
-    length: int
 
 
 class OnnxStageEngine:
@@ -157,9 +69,9 @@ class OnnxStageEngine:
         self.session = self._new_session(self.path)
         self._kv_heads, self._head_dim = kv_shape
         self._layers = range(config.shard.start, config.shard.end)
-        self._sessions: dict[str, _Session] = {}
-        self._pools: dict[int, _Pool] = {}  # by capacity (positions per session)
-        self._prefixes: dict[str, _Prefix] = {}  # donors (runtime.prefix)
+        self._sessions: dict[str, PoolSession] = {}
+        self._pools: dict[int, KVPool] = {}  # by capacity (positions per session)
+        self._prefixes: dict[str, Donor] = {}  # donors (runtime.prefix)
         self._bindings: dict[tuple[int, int, int], tuple[Any, ...]] = {}
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -258,14 +170,14 @@ class OnnxStageEngine:
             length = max(fits, key=lambda p: (len(p.owners), -p.length)).length
         pool = self._pools.get(length)
         if pool is None:
-            pool = self._pools[length] = _Pool(len(self._layers), self._kv_heads, length,
+            pool = self._pools[length] = KVPool(len(self._layers), self._kv_heads, length,
                                                self._head_dim,
                                                spare=int(self.config.batch_invariant))
-        s = _Session(pool, max_len, adapter=adapter)
+        s = PoolSession(pool, max_len, adapter=adapter)
         pool.add(s)
         self._sessions[session_id] = s
 
-    def _get(self, session_id: str) -> _Session:
+    def _get(self, session_id: str) -> PoolSession:
         try:
             return self._sessions[session_id]
         except KeyError:
@@ -275,7 +187,7 @@ class OnnxStageEngine:
     def _runner(self, adapter: str | None) -> Any:
         return self.session if adapter is None else self._lora
 
-    def _binding(self, pool: _Pool, start: int, count: int, adapter: str | None = None) -> Any:
+    def _binding(self, pool: KVPool, start: int, count: int, adapter: str | None = None) -> Any:
         """An IO binding whose past and present are the views of slots [start, start +
         count) of ``pool`` (the same memory: GroupQueryAttention appends in place), reused
         while the pool's arrays stay where they are. With ``adapter`` it belongs to the LoRA
@@ -304,11 +216,11 @@ class OnnxStageEngine:
         self._bindings[key] = (pool, pool.version, binding, held)
         return binding
 
-    def _forget_bindings(self, pool: _Pool, keep_current: bool = False) -> None:
+    def _forget_bindings(self, pool: KVPool, keep_current: bool = False) -> None:
         self._bindings = {k: v for k, v in self._bindings.items() if v[0] is not pool
                           or (keep_current and v[1] == pool.version)}
 
-    def _check_room(self, s: _Session, t: int) -> int:
+    def _check_room(self, s: PoolSession, t: int) -> int:
         total = s.length + t
         if total > s.max_len:
             raise GenerationError(f"the KV cache holds {s.max_len} tokens but the sequence needs "
@@ -366,7 +278,7 @@ class OnnxStageEngine:
         s.length = total
         return out
 
-    def _padded(self, s: _Session, arr: np.ndarray, total: int, all_positions: bool
+    def _padded(self, s: PoolSession, arr: np.ndarray, total: int, all_positions: bool
                 ) -> np.ndarray:
         """A one-row step run as two rows, the session's and a pad row beside it in the pool,
         so it takes the kernels a batch takes: MatMulNBits computes one row (M = 1) with
@@ -377,7 +289,7 @@ class OnnxStageEngine:
         start, row, pad_len = self._pad_rows(s)
         binding = self._binding(s.pool, start, 2, s.adapter)
         lens = [total - 1, pad_len] if row == 0 else [pad_len, total - 1]
-        both = np.ascontiguousarray(np.concatenate([arr, arr], axis=0))
+        both = np.concatenate([arr, arr], axis=0)  # a new, contiguous array
         seqlens, most = np.array(lens, np.int32), max(total, pad_len + 1)
         if all_positions:
             out = self._run_all(binding, both, seqlens, most, s.adapter)
@@ -385,7 +297,7 @@ class OnnxStageEngine:
             out = self._run(binding, both, seqlens, most, s.adapter)
         return out[row:row + 1]
 
-    def _pad_rows(self, s: _Session) -> tuple[int, int, int]:
+    def _pad_rows(self, s: PoolSession) -> tuple[int, int, int]:
         """(first slot, the session's row in it, the pad row's cache length) of a two-slot
         view holding ``s`` and a pad slot whose next position is free to overwrite."""
         pool = s.pool
@@ -444,7 +356,7 @@ class OnnxStageEngine:
                 out[j] = self.forward(sid, xs[j])
         return out  # type: ignore[return-value]
 
-    def _decode_rows(self, sessions: list[_Session], xs: list[np.ndarray], rows: list[int],
+    def _decode_rows(self, sessions: list[PoolSession], xs: list[np.ndarray], rows: list[int],
                      out: list[np.ndarray | None]) -> None:
         pool = sessions[0].pool
         order = sorted(range(len(sessions)), key=lambda k: sessions[k].slot)
@@ -475,7 +387,7 @@ class OnnxStageEngine:
         p = self._prefixes.get(session_id)
         return p.length if p is not None else self._get(session_id).length
 
-    def _release(self, s: _Session) -> None:
+    def _release(self, s: PoolSession) -> None:
         s.pool.remove(s)
         if not s.pool.owners:
             self._pools.pop(s.pool.length, None)
@@ -519,7 +431,7 @@ class OnnxStageEngine:
         if prefix_id in self._prefixes or prefix_id in self._sessions:
             raise RuntimeStageError(f"stage {self.config.key} holds {prefix_id!r} already: "
                                     "give the prefix another id")
-        self._prefixes[prefix_id] = _Prefix([k[:, :length].copy() for k in keys],
+        self._prefixes[prefix_id] = Donor([k[:, :length].copy() for k in keys],
                                             [v[:, :length].copy() for v in values], length)
 
     def load_prefix(self, prefix_id: str, session_id: str, length: int) -> None:
